@@ -1,0 +1,233 @@
+"""Throughput: walrelay (file sink) against pg_recvlogical on the same workload.
+
+Both consumers read the same backlog from their own slot, created before the
+workload, one after the other so each has the machine to itself. The
+reference, pg_recvlogical writing to /dev/null, is bounded by the walsender
+(decoding on the server), which is also walrelay's ceiling.
+
+    .venv/bin/python bench/throughput.py [--changes 1000000] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import psycopg
+import yaml
+
+from walrelay.model import parse_lsn
+from walrelay.testing.pgcluster import PgCluster, pg_bindir, start_cluster
+
+OPTIONS = {
+    "proto_version": "2",
+    "publication_names": "bench_pub",
+    "messages": "true",
+    "streaming": "true",
+}
+
+
+def setup(cluster: PgCluster) -> str:
+    dsn = cluster.dsn()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "create table bench (id bigint primary key, k int not null, v text not null, "
+            "n numeric(12,2) not null, ts timestamptz not null default now())"
+        )
+        conn.execute("create publication bench_pub for table bench")
+        for slot in ("ref_slot", "walrelay_slot"):
+            conn.execute("select pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
+    return dsn
+
+
+def workload(dsn: str, changes: int) -> tuple[int, int, float]:
+    """Half the changes as single-row transactions, half as 100-row ones.
+
+    Returns (changes, transactions, seconds)."""
+    singles = changes // 2
+    batches = (changes - singles) // 100
+    t0 = time.monotonic()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        # Server-side loops with COMMIT: many small transactions, fast to generate.
+        conn.execute(
+            f"""
+            do $$
+            declare i bigint;
+            begin
+              for i in 1..{singles} loop
+                insert into bench (id, k, v, n) values (i, i % 1000, 'single ' || i, i % 9999);
+                commit;
+              end loop;
+              for b in 0..{batches - 1} loop
+                insert into bench (id, k, v, n)
+                  select {singles} + b * 100 + g, g, 'batch ' || b, g * 1.5
+                  from generate_series(1, 100) g;
+                commit;
+              end loop;
+            end $$;
+            """
+        )
+    return singles + batches * 100, singles + batches, time.monotonic() - t0
+
+
+def end_lsn(dsn: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("select pg_current_wal_lsn()::text").fetchone()
+        assert row is not None
+        return parse_lsn(row[0])
+
+
+def confirmed(dsn: str, slot: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "select confirmed_flush_lsn::text from pg_replication_slots where slot_name = %s",
+            (slot,),
+        ).fetchone()
+        assert row is not None
+        return parse_lsn(row[0])
+
+
+def run_reference(cluster: PgCluster, target: int) -> float:
+    lsn_text = f"{target >> 32:X}/{target & 0xFFFFFFFF:X}"
+    cmd = [
+        str(pg_bindir() / "pg_recvlogical"),
+        "-d",
+        cluster.dsn(),
+        "--slot",
+        "ref_slot",
+        "--start",
+        "--no-loop",
+        f"--endpos={lsn_text}",
+        "-f",
+        "/dev/null",
+        "-s",
+        "1",
+    ]
+    for k, v in OPTIONS.items():
+        cmd += ["-o", f"{k}={v}"]
+    t0 = time.monotonic()
+    subprocess.run(cmd, check=True, capture_output=True)
+    return time.monotonic() - t0
+
+
+def run_walrelay(cluster: PgCluster, target: int, workdir: Path) -> tuple[float, int, int]:
+    """Returns (seconds, lines written, peak RSS bytes)."""
+    out = workdir / "events.jsonl"
+    cfg = {
+        "source": {
+            "dsn": cluster.dsn(),
+            "slot": "walrelay_slot",
+            "publication": "bench_pub",
+            "tables": ["public.bench"],
+            "status_interval": 1,
+        },
+        "destinations": [
+            {"name": "file", "sink": {"type": "file", "path": str(out), "fsync": "batch"}}
+        ],
+        "log_level": "warning",
+    }
+    cfg_path = workdir / "walrelay.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    lsn_text = f"{target >> 32:X}/{target & 0xFFFFFFFF:X}"
+    t0 = time.monotonic()
+    # Like pg_recvlogical --endpos: the process exits once it has delivered
+    # and confirmed everything up to the target, so both timings are whole runs.
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "walrelay",
+            "run",
+            "--config",
+            str(cfg_path),
+            "--until-lsn",
+            lsn_text,
+        ],
+        stderr=open(workdir / "walrelay.log", "wb"),  # noqa: SIM115
+    )
+    peak = 0
+    try:
+        ps = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            with contextlib.suppress(psutil.Error):
+                peak = max(peak, ps.memory_info().rss)
+            time.sleep(0.05)  # sampling memory while it runs
+        elapsed = time.monotonic() - t0
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"walrelay exited with {proc.returncode}: "
+                + (workdir / "walrelay.log").read_text()[-2000:]
+            )
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=60)
+    deadline = time.monotonic() + 10
+    while confirmed(cluster.dsn(), "walrelay_slot") < target:
+        if time.monotonic() > deadline:
+            raise RuntimeError("walrelay stopped before confirming the target LSN")
+        time.sleep(0.05)  # the walsender applies the last status update after we exit
+    with open(out, "rb") as f:
+        lines = sum(1 for _ in f)
+    return elapsed, lines, peak
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--changes", type=int, default=1_000_000)
+    ap.add_argument("--json", default="bench/results/throughput.json")
+    args = ap.parse_args()
+
+    cluster = start_cluster({"logical_decoding_work_mem": "64MB"})
+    try:
+        dsn = setup(cluster)
+        n, txs, gen_s = workload(dsn, args.changes)
+        target = end_lsn(dsn)
+        ref_s = run_reference(cluster, target)
+        with tempfile.TemporaryDirectory(prefix="walrelay-bench-") as tmp:
+            wr_s, lines, peak = run_walrelay(cluster, target, Path(tmp))
+    finally:
+        cluster.stop()
+    if lines != n:
+        print(f"ERROR: walrelay wrote {lines} events, expected {n}", file=sys.stderr)
+    ref_rate, wr_rate = n / ref_s, n / wr_s
+    result = {
+        "benchmark": "throughput",
+        "changes": n,
+        "transactions": txs,
+        "workload": "half single-row transactions, half 100-row transactions",
+        "workload_generation_s": round(gen_s, 2),
+        "pg_recvlogical": {"seconds": round(ref_s, 3), "changes_per_s": round(ref_rate)},
+        "walrelay_file_sink": {
+            "seconds": round(wr_s, 3),
+            "changes_per_s": round(wr_rate),
+            "events_written": lines,
+            "peak_rss_mb": round(peak / 2**20, 1),
+        },
+        "ratio": round(wr_rate / ref_rate, 3),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+    }
+    print(f"{'consumer':<24}{'seconds':>10}{'changes/s':>14}")
+    print(f"{'pg_recvlogical':<24}{ref_s:>10.2f}{ref_rate:>14,.0f}")
+    print(f"{'walrelay (file sink)':<24}{wr_s:>10.2f}{wr_rate:>14,.0f}")
+    print(
+        f"ratio walrelay / pg_recvlogical: {wr_rate / ref_rate:.3f}   "
+        f"(peak RSS {peak / 2**20:.0f} MiB, {n:,} changes in {txs:,} transactions)"
+    )
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.json}")
+    return 0 if lines == n else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what walrelay needs on a fresh Debian 12 machine: PostgreSQL server
+# binaries (if missing) and a virtualenv in .venv with walrelay and, with
+# "test", the test tools. Sourced by demo.sh and test.sh.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+EXTRA="${1:-}"
+
+have_pg() {
+  command -v initdb >/dev/null 2>&1 && return 0
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1
+}
+if ! have_pg; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "bootstrap: installing PostgreSQL server packages" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  else
+    echo "bootstrap: PostgreSQL server binaries missing: sudo apt-get install postgresql" >&2
+    exit 1
+  fi
+fi
+
+PY="${PYTHON:-python3}"
+if [ ! -x "$ROOT/.venv/bin/python" ]; then
+  "$PY" -m venv "$ROOT/.venv"
+fi
+STAMP="$ROOT/.venv/.walrelay-installed${EXTRA:+-$EXTRA}"
+if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
+  "$ROOT/.venv/bin/pip" install -q --upgrade pip >/dev/null
+  if [ -n "$EXTRA" ]; then
+    "$ROOT/.venv/bin/pip" install -q -e "$ROOT[$EXTRA]"
+  else
+    "$ROOT/.venv/bin/pip" install -q -e "$ROOT"
+  fi
+  touch "$STAMP"
+fi

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Installs the real servers walrelay's tests and benchmarks start on loopback
+# ports (src/walrelay/testing/servers.py): Redis, NATS (JetStream), RabbitMQ
+# from Debian's packages, and Apache Kafka 4.x (KRaft) as jars from Maven Central.
+#
+#   bash scripts/servers/install.sh [all|redis|nats|rabbitmq|kafka ...]
+#
+# Idempotent and quiet: it only checks files when everything is in place.
+# The Debian packages' own system services are never started (a policy-rc.d
+# answering 101 is in force during the install) and are disabled afterwards
+# where systemd runs: walrelay starts its own instances on free ports.
+#
+# Environment:
+#   WALRELAY_CACHE          cache root (default ~/.cache/walrelay); the Kafka
+#                           jars go to $WALRELAY_CACHE/kafka-$KAFKA_VERSION/libs
+#   WALRELAY_KAFKA_VERSION  Kafka version (default 4.4.0)
+#   WALRELAY_LOG4J_VERSION  log4j2 version for the broker's logging backend
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+KAFKA_VERSION="${WALRELAY_KAFKA_VERSION:-4.4.0}"
+LOG4J_VERSION="${WALRELAY_LOG4J_VERSION:-2.25.5}"
+SLF4J_VERSION="${WALRELAY_SLF4J_VERSION:-2.0.17}"
+CACHE="${WALRELAY_CACHE:-${HOME}/.cache/walrelay}"
+KAFKA_LIBS="$CACHE/kafka-$KAFKA_VERSION/libs"
+RABBITMQ_SERVER=/usr/lib/rabbitmq/bin/rabbitmq-server
+
+say() { echo "servers/install: $*" >&2; }
+
+want=("$@")
+[ ${#want[@]} -eq 0 ] && want=(all)
+wants() {
+  local w
+  for w in "${want[@]}"; do
+    [ "$w" = all ] || [ "$w" = "$1" ] && return 0
+  done
+  return 1
+}
+for w in "${want[@]}"; do
+  case "$w" in
+    all | redis | nats | rabbitmq | kafka) ;;
+    *) say "unknown server '$w' (all, redis, nats, rabbitmq, kafka)"; exit 2 ;;
+  esac
+done
+
+# --- Debian packages -------------------------------------------------------
+pkgs=()
+services=()
+if wants redis && ! command -v redis-server >/dev/null 2>&1; then
+  pkgs+=(redis-server); services+=(redis-server)
+fi
+if wants nats && ! command -v nats-server >/dev/null 2>&1; then
+  pkgs+=(nats-server); services+=(nats-server)
+fi
+if wants rabbitmq && { [ ! -x "$RABBITMQ_SERVER" ] || ! command -v epmd >/dev/null 2>&1; }; then
+  pkgs+=(rabbitmq-server); services+=(rabbitmq-server epmd.socket epmd)
+fi
+if wants kafka; then
+  command -v java >/dev/null 2>&1 || pkgs+=(openjdk-17-jre-headless)
+  if [ ! -f "$KAFKA_LIBS/.complete" ] && ! command -v mvn >/dev/null 2>&1; then
+    pkgs+=(maven)
+  fi
+fi
+
+if [ ${#pkgs[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    say "missing Debian packages; as root run: apt-get install ${pkgs[*]}"
+    exit 1
+  fi
+  say "installing ${pkgs[*]}"
+  # Keep the packages' postinst from starting system-wide instances.
+  made_policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\n# walrelay servers/install.sh: no service starts during install\nexit 101\n' \
+      >/usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    made_policy=1
+  fi
+  cleanup_policy() { [ -n "$made_policy" ] && rm -f /usr/sbin/policy-rc.d; return 0; }
+  trap cleanup_policy EXIT
+  log="$(mktemp)"
+  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    --no-install-recommends "${pkgs[@]}"; } >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    say "apt-get install ${pkgs[*]} failed"
+    exit 1
+  fi
+  rm -f "$log"
+  cleanup_policy
+  trap - EXIT
+  # Under systemd: make sure the system-wide services neither run nor start at boot.
+  if [ ${#services[@]} -gt 0 ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+    systemctl disable --now "${services[@]}" >/dev/null 2>&1 || true
+  fi
+fi
+
+# --- Kafka jars from Maven Central ------------------------------------------
+if wants kafka && [ ! -f "$KAFKA_LIBS/.complete" ]; then
+  say "fetching Kafka $KAFKA_VERSION jars into $KAFKA_LIBS"
+  tmp="$KAFKA_LIBS.tmp.$$"
+  rm -rf "$tmp"
+  mkdir -p "$tmp"
+  log="$(mktemp)"
+  if ! mvn -B -q -f "$HERE/kafka/pom.xml" dependency:copy-dependencies \
+    -Dkafka.version="$KAFKA_VERSION" -Dlog4j.version="$LOG4J_VERSION" \
+    -Dslf4j.version="$SLF4J_VERSION" -DincludeScope=runtime \
+    -DoutputDirectory="$tmp" >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    rm -rf "$tmp"
+    say "Maven could not fetch org.apache.kafka:kafka_2.13:$KAFKA_VERSION"
+    exit 1
+  fi
+  rm -f "$log"
+  if [ ! -f "$tmp/kafka_2.13-$KAFKA_VERSION.jar" ]; then
+    rm -rf "$tmp"
+    say "kafka_2.13-$KAFKA_VERSION.jar missing after the Maven download"
+    exit 1
+  fi
+  echo "kafka=$KAFKA_VERSION log4j=$LOG4J_VERSION slf4j=$SLF4J_VERSION" >"$tmp/.complete"
+  rm -rf "$KAFKA_LIBS"
+  mv "$tmp" "$KAFKA_LIBS"
+fi
+exit 0

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The README's test command, also what CI runs: install, lint, type-check, test.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+bash scripts/bootstrap.sh test
+V=.venv/bin
+echo "== ruff"; $V/ruff check src tests bench; $V/ruff format --check src tests bench
+echo "== mypy"; $V/mypy
+echo "== pytest"; $V/pytest -q -p no:cacheprovider "$@"

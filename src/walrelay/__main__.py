@@ -1,0 +1,3 @@
+from walrelay.cli import main
+
+main()

@@ -1,0 +1,434 @@
+"""The engine: source -> decoder -> router -> per-destination pipelines -> LSN.
+
+One asyncio task reads the replication stream and routes events into the
+destinations' bounded buffers (awaiting when one is full: backpressure);
+each destination's scheduler delivers; a feedback task reports the safe
+LSN to the server on a timer, also while reading is paused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import psycopg
+
+from walrelay.config import Config, DestinationConfig
+from walrelay.errors import SlotLost, WalrelayError
+from walrelay.model import Begin, Change, Commit, Event, Lsn, format_lsn
+from walrelay.pipeline.backoff import Backoff
+from walrelay.pipeline.envelope import EnvelopeBuilder
+from walrelay.pipeline.lsn import LsnTracker
+from walrelay.pipeline.scheduler import Destination
+from walrelay.sinks.base import Sink
+from walrelay.sinks.factory import build_sink
+from walrelay.source.slot import SourceInfo, prepare_source, slot_busy_from_error
+from walrelay.source.stream import (
+    Keepalive,
+    PsycopgReplicationStream,
+    ReplicationConnectionLost,
+    ReplicationSource,
+    XLogData,
+)
+from walrelay.source.transactions import TransactionAssembler
+from walrelay.source.types import TypeRegistry
+
+log = logging.getLogger("walrelay.engine")
+
+SourceFactory = Callable[[str], ReplicationSource]
+SinkFactory = Callable[[DestinationConfig], Sink]
+
+
+@dataclass
+class _Route:
+    """Which destinations want events of one (table, op)."""
+
+    destinations: list[Destination] = field(default_factory=list)
+
+
+@dataclass
+class EngineStats:
+    events_in: int = 0
+    transactions_in: int = 0
+    last_commit_lsn: Lsn = 0
+    last_delivery_lag: float | None = None
+    reconnects: int = 0
+
+
+class Engine:
+    """Runs one slot to its destinations until :meth:`request_stop`."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        source_factory: SourceFactory | None = None,
+        sink_factory: SinkFactory | None = None,
+        until_lsn: Lsn | None = None,
+    ) -> None:
+        self.config = config
+        self.until_lsn = until_lsn
+        self._source_factory: SourceFactory = source_factory or (
+            lambda dsn: PsycopgReplicationStream(dsn)
+        )
+        self._sink_factory: SinkFactory = sink_factory or (lambda d: build_sink(d.sink))
+        self.tracker = LsnTracker()
+        self.stats = EngineStats()
+        self.destinations: dict[str, Destination] = {}
+        self._dest_configs: dict[str, DestinationConfig] = {d.name: d for d in config.destinations}
+        self._routes: dict[tuple[str, str], list[Destination]] = {}
+        self._stop = asyncio.Event()
+        self._stream: ReplicationSource | None = None
+        self._builder: EnvelopeBuilder | None = None
+        self.source_info: SourceInfo | None = None
+        self.started = asyncio.Event()
+        # The transaction being received: Begin seen, Commit not yet.
+        self._begin: Begin | None = None
+        self._seq = 0
+        # After a reconnect in the middle of a transaction, the server sends it
+        # again from its start: skip the changes already routed.
+        self._resume_commit_lsn: Lsn | None = None
+        self._resume_seq = 0
+        self._last_sealed_end: Lsn = 0
+        self._last_status_sent: Lsn = -1
+        self._session_task: asyncio.Task[None] | None = None
+        self._force_stop: asyncio.TimerHandle | None = None
+
+    # ---------------------------------------------------------------- control
+
+    def request_stop(self) -> None:
+        if not self._stop.is_set():
+            log.info("stopping: finishing the current transaction and in-flight deliveries")
+            self._stop.set()
+            if self._stream is not None:
+                self._stream.wake()
+            # Reading finishes the transaction it is in; if a full buffer keeps it
+            # from getting there, give up on that transaction after the timeout
+            # (it is not confirmed, so it comes again after restart).
+            self._force_stop = asyncio.get_running_loop().call_later(
+                self.config.shutdown_timeout, self._cancel_session
+            )
+
+    def _cancel_session(self) -> None:
+        task = self._session_task
+        if task is not None and not task.done():
+            log.warning("shutdown_timeout reached while reading a transaction; abandoning it")
+            task.cancel()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    @property
+    def confirmed_lsn(self) -> Lsn:
+        return self.tracker.confirmed
+
+    # ---------------------------------------------------------------- run
+
+    async def run(self) -> None:
+        src = self.config.source
+        async with await psycopg.AsyncConnection.connect(
+            src.dsn_value, autocommit=True, application_name="walrelay-admin"
+        ) as admin:
+            self.source_info = await prepare_source(src, admin)
+        self._builder = EnvelopeBuilder(TypeRegistry(), key_columns=self.source_info.key_columns)
+        await self._open_destinations()
+        self.started.set()
+        try:
+            await self._replicate()
+        finally:
+            await self._shutdown()
+
+    async def _open_destinations(self) -> None:
+        opened: list[Sink] = []
+        try:
+            for dcfg in self.config.destinations:
+                sink = self._sink_factory(dcfg)
+                await sink.open()
+                opened.append(sink)
+                dest = Destination(
+                    dcfg.name,
+                    sink,
+                    max_in_flight=dcfg.effective_max_in_flight(),
+                    max_buffer_bytes=dcfg.buffer_bytes,
+                    backoff=Backoff(
+                        initial=dcfg.retry.initial,
+                        multiplier=dcfg.retry.multiplier,
+                        maximum=dcfg.retry.max,
+                    ),
+                    on_finished=self._finished_callback(dcfg.name),
+                )
+                self.destinations[dcfg.name] = dest
+        except BaseException:
+            for sink in opened:
+                with contextlib.suppress(Exception):
+                    await sink.close()
+            raise
+        for dest in self.destinations.values():
+            dest.start()
+
+    def _finished_callback(self, name: str) -> Callable[[Sequence[Event]], None]:
+        tracker = self.tracker
+        stats = self.stats
+
+        def on_finished(batch: Sequence[Event]) -> None:
+            lsn = -1
+            count = 0
+            for ev in batch:
+                if ev.commit_lsn != lsn:
+                    if count:
+                        tracker.finish(lsn, count, destination=name)
+                    lsn, count = ev.commit_lsn, 0
+                count += 1
+            if count:
+                tracker.finish(lsn, count, destination=name)
+            if self.until_lsn is not None and tracker.confirmed >= self.until_lsn:
+                self.request_stop()
+            if batch:
+                stats.last_delivery_lag = max(
+                    0.0, (datetime.now(UTC) - batch[-1].committed_at).total_seconds()
+                )
+
+        return on_finished
+
+    def _start_options(self) -> dict[str, str]:
+        src = self.config.source
+        opts = {
+            "proto_version": "2" if src.streaming else "1",
+            "publication_names": src.publication,
+            "messages": "true",
+        }
+        if src.streaming:
+            opts["streaming"] = "true"
+        return opts
+
+    def _resume_lsn(self) -> Lsn:
+        return max(self.tracker.confirmed, self._last_sealed_end)
+
+    async def _replicate(self) -> None:
+        src = self.config.source
+        backoff = Backoff(
+            initial=src.reconnect.initial,
+            multiplier=src.reconnect.multiplier,
+            maximum=src.reconnect.max,
+        )
+        attempt = 0
+        while not self.stopping:
+            stream = self._source_factory(src.dsn_value)
+            start_lsn = self._resume_lsn()
+            try:
+                await stream.start(src.slot, start_lsn, self._start_options())
+            except ReplicationConnectionLost as e:
+                self._raise_if_fatal(str(e))
+                attempt += 1
+                delay = backoff.delay(attempt)
+                log.warning(
+                    "cannot start replication on slot %s (%s); retrying in %.1fs",
+                    src.slot,
+                    e,
+                    delay,
+                )
+                await self._sleep_unless_stopped(delay)
+                continue
+            self._stream = stream
+            if attempt:
+                self.stats.reconnects += 1
+                log.info("replication resumed on slot %s from %s", src.slot, format_lsn(start_lsn))
+            else:
+                log.info("streaming slot %s from %s", src.slot, format_lsn(start_lsn))
+            attempt = 0
+            feedback = asyncio.create_task(self._feedback_loop(stream), name="walrelay-feedback")
+            self._session_task = asyncio.create_task(self._session(stream), name="walrelay-read")
+            try:
+                await asyncio.wait({self._session_task})
+                if not self._session_task.cancelled():
+                    self._session_task.result()
+            except ReplicationConnectionLost as e:
+                self._raise_if_fatal(str(e))
+                attempt += 1
+                delay = backoff.delay(attempt)
+                log.warning("replication connection lost (%s); reconnecting in %.1fs", e, delay)
+                await self._sleep_unless_stopped(delay)
+            finally:
+                feedback.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await feedback
+                if self._stop.is_set():
+                    await self._drain_and_confirm(stream)
+                self._stream = None
+                await stream.close()
+
+    def _raise_if_fatal(self, message: str) -> None:
+        slot = self.config.source.slot
+        busy = slot_busy_from_error(slot, message)
+        if busy is not None:
+            raise busy
+        if "does not exist" in message and "slot" in message:
+            raise SlotLost(
+                f"replication slot {slot} no longer exists",
+                fix="start walrelay again to create a new slot (changes made meanwhile "
+                "were not captured: backfill the tables)",
+            )
+        if "can no longer get changes" in message or "invalidated" in message:
+            raise SlotLost(
+                f"replication slot {slot} was invalidated: the WAL it needed is gone",
+                fix=f"SELECT pg_drop_replication_slot('{slot}'); then start again and "
+                "backfill the tables",
+            )
+
+    async def _sleep_unless_stopped(self, delay: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), timeout=delay)
+
+    async def _session(self, stream: ReplicationSource) -> None:
+        src = self.config.source
+        assembler = TransactionAssembler(
+            spill_dir=src.spill_dir, memory_limit_bytes=src.spill_memory_bytes
+        )
+        tracker = self.tracker
+        if self._begin is not None:
+            # The connection dropped inside a transaction: it comes again whole.
+            self._resume_commit_lsn = self._begin.commit_lsn
+            self._resume_seq = self._seq
+            self._begin = None
+        try:
+            while True:
+                if self.stopping and self._begin is None:
+                    return
+                frames = await stream.read_frames()
+                for frame in frames:
+                    if type(frame) is Keepalive:
+                        tracker.keepalive(frame.wal_end)
+                        if self.until_lsn is not None and tracker.confirmed >= self.until_lsn:
+                            self.request_stop()
+                        if frame.reply_requested:
+                            self._send_status(stream)
+                        continue
+                    assert type(frame) is XLogData
+                    for item in assembler.feed(
+                        frame.payload, frame.data_start, offset=frame.offset
+                    ):
+                        if type(item) is Change:
+                            await self._route_change(item)
+                        elif type(item) is Begin:
+                            self._on_begin(item)
+                        elif type(item) is Commit:
+                            self._on_commit(item)
+        finally:
+            assembler.close()
+
+    def _on_begin(self, begin: Begin) -> None:
+        self._begin = begin
+        self._seq = 0
+        if begin.commit_lsn == self._resume_commit_lsn:
+            return  # already begun in the tracker before the reconnect
+        self._resume_commit_lsn = None
+        self.tracker.begin(begin.commit_lsn)
+        self.stats.transactions_in += 1
+
+    def _on_commit(self, commit: Commit) -> None:
+        self.tracker.seal(commit.commit_lsn, commit.end_lsn)
+        self._last_sealed_end = max(self._last_sealed_end, commit.end_lsn)
+        self.stats.last_commit_lsn = commit.commit_lsn
+        self._begin = None
+        self._resume_commit_lsn = None
+
+    def _routes_for(self, table: str, op: str) -> list[Destination]:
+        key = (table, op)
+        dests = self._routes.get(key)
+        if dests is None:
+            dests = []
+            for name, dest in self.destinations.items():
+                dcfg = self._dest_configs[name]
+                if dcfg.ops is not None and op not in dcfg.ops:
+                    continue
+                if op != "message" and dcfg.tables is not None and table not in dcfg.tables:
+                    continue
+                dests.append(dest)
+            self._routes[key] = dests
+        return dests
+
+    def _truncate_routes(self, change: Change) -> list[Destination]:
+        """A TRUNCATE of several tables goes to every destination wanting any of them."""
+        seen: dict[str, Destination] = {}
+        for rel in change.relations:
+            for dest in self._routes_for(rel.qualified_name, "truncate"):
+                seen[dest.name] = dest
+        return list(seen.values())
+
+    async def _route_change(self, change: Change) -> None:
+        begin = self._begin
+        if begin is None:
+            raise WalrelayError("received a change outside a transaction (decoder bug)")
+        seq = self._seq
+        self._seq = seq + 1
+        if self._resume_commit_lsn is not None and seq < self._resume_seq:
+            return  # routed before the connection dropped
+        if change.op == "truncate":
+            dests = self._truncate_routes(change)
+        else:
+            rel = change.relation
+            dests = self._routes_for(rel.qualified_name if rel is not None else "", change.op)
+        if not dests:
+            return
+        assert self._builder is not None
+        event = self._builder.build(begin, change, seq)
+        self.stats.events_in += 1
+        for dest in dests:
+            self.tracker.add(begin.commit_lsn, 1, destination=dest.name)
+            await dest.put(event)
+
+    # ---------------------------------------------------------------- LSN feedback
+
+    def _send_status(self, stream: ReplicationSource) -> None:
+        confirmed = self.tracker.confirmed
+        stream.send_status(confirmed)
+        self._last_status_sent = confirmed
+
+    async def _feedback_loop(self, stream: ReplicationSource) -> None:
+        interval = self.config.source.status_interval
+        tick = min(1.0, interval) if interval > 0 else 1.0
+        last_time = time.monotonic()
+        while True:
+            await asyncio.sleep(tick)  # a timer, not synchronisation
+            now = time.monotonic()
+            if self.tracker.confirmed != self._last_status_sent or now - last_time >= interval:
+                self._send_status(stream)
+                last_time = now
+
+    # ---------------------------------------------------------------- shutdown
+
+    async def _drain_and_confirm(self, stream: ReplicationSource) -> None:
+        timeout = self.config.shutdown_timeout
+        deadline = time.monotonic() + timeout
+        for dest in self.destinations.values():
+            left = max(0.0, deadline - time.monotonic())
+            if not await dest.drain(left):
+                log.warning(
+                    "destination %s: %d event(s) not delivered within shutdown_timeout "
+                    "(%.0fs); they will be delivered after restart",
+                    dest.name,
+                    dest.buffered_events + dest.in_flight,
+                    timeout,
+                )
+        self._send_status(stream)
+        log.info(
+            "confirmed %s to slot %s", format_lsn(self.tracker.confirmed), self.config.source.slot
+        )
+
+    async def _shutdown(self) -> None:
+        if self._force_stop is not None:
+            self._force_stop.cancel()
+        for dest in self.destinations.values():
+            with contextlib.suppress(Exception):
+                await dest.stop()
+        for dest in self.destinations.values():
+            try:
+                await dest.sink.close()
+            except Exception as e:  # closing must not hide the reason we stopped
+                log.warning("destination %s: error while closing sink: %s", dest.name, e)

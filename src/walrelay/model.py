@@ -1,0 +1,174 @@
+"""Plain data carried through the pipeline: LSNs, relations, changes, events.
+
+The decoder produces :class:`Change` objects with *raw* column values (the
+text-format bytes pgoutput sent); conversion to Python values happens once,
+when a change becomes an :class:`Event` (see ``walrelay.pipeline.envelope``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final, Literal
+
+Lsn = int
+"""A WAL position as an unsigned 64-bit integer."""
+
+
+def format_lsn(lsn: Lsn) -> str:
+    """``0x16B3748`` -> ``'0/16B3748'``, the notation PostgreSQL uses."""
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def parse_lsn(text: str) -> Lsn:
+    """``'0/16B3748'`` -> ``0x16B3748``. Raises ValueError on anything else."""
+    hi, sep, lo = text.partition("/")
+    if not sep or not hi or not lo:
+        raise ValueError(f"not an LSN: {text!r} (expected 'X/Y' in hex)")
+    return (int(hi, 16) << 32) | int(lo, 16)
+
+
+def format_event_id(commit_lsn: Lsn, seq: int) -> str:
+    """The message id ``<commit_lsn>/<seq>`` (ARCHITECTURE section 2).
+
+    The LSN is written as 16 zero-padded hex digits so that ids sort
+    lexicographically in commit order, which the ledgers and the file sink
+    rely on.
+    """
+    return f"{commit_lsn:016X}/{seq}"
+
+
+def parse_event_id(text: str) -> tuple[Lsn, int]:
+    lsn, sep, seq = text.rpartition("/")
+    if not sep:
+        raise ValueError(f"not an event id: {text!r} (expected '<commit_lsn>/<seq>')")
+    return int(lsn, 16), int(seq)
+
+
+class _Unchanged:
+    """Marker for a TOASTed column whose value the server did not send."""
+
+    __slots__ = ()
+    _instance: _Unchanged | None = None
+
+    def __new__(cls) -> _Unchanged:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "UNCHANGED_TOAST"
+
+    def __reduce__(self) -> str:
+        return "UNCHANGED_TOAST"
+
+
+UNCHANGED_TOAST: Final = _Unchanged()
+"""A column value pgoutput marked 'u' (unchanged TOAST): never null."""
+
+RawValue = bytes | None | _Unchanged
+RawTuple = tuple[RawValue, ...]
+
+
+@dataclass(slots=True, frozen=True)
+class Column:
+    name: str
+    type_oid: int
+    type_modifier: int
+    is_key: bool
+
+
+@dataclass(slots=True, frozen=True)
+class Relation:
+    """A table as pgoutput described it in its last Relation message."""
+
+    oid: int
+    schema: str
+    name: str
+    replica_identity: str  # 'd' default, 'n' nothing, 'f' full, 'i' index
+    columns: tuple[Column, ...]
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def key_indexes(self) -> tuple[int, ...]:
+        return tuple(i for i, c in enumerate(self.columns) if c.is_key)
+
+
+Op = Literal["insert", "update", "delete", "truncate", "message", "read"]
+
+
+@dataclass(slots=True)
+class Change:
+    """One decoded change inside a transaction.
+
+    ``new``/``old`` hold raw text values in column order of ``relation``.
+    ``old_kind`` is ``'K'`` when the server sent only the old key, ``'O'``
+    when it sent the whole old row (REPLICA IDENTITY FULL), else None.
+    """
+
+    op: Op
+    relation: Relation | None = None
+    new: RawTuple | None = None
+    old: RawTuple | None = None
+    old_kind: str | None = None
+    # TRUNCATE: every relation truncated by one statement, and its options.
+    relations: tuple[Relation, ...] = ()
+    cascade: bool = False
+    restart_identity: bool = False
+    # Logical decoding messages (pg_logical_emit_message).
+    prefix: str | None = None
+    content: bytes | None = None
+    message_lsn: Lsn = 0
+    # The (sub)transaction that made the change, when the server says so
+    # (streamed transactions only).
+    xid: int | None = None
+
+
+@dataclass(slots=True)
+class Begin:
+    """Start of a committed transaction, as handed to the pipeline."""
+
+    xid: int
+    commit_lsn: Lsn
+    committed_at: datetime
+    origin: str | None = None
+
+
+@dataclass(slots=True)
+class Commit:
+    xid: int
+    commit_lsn: Lsn
+    end_lsn: Lsn
+    committed_at: datetime
+
+
+@dataclass(slots=True)
+class Event:
+    """A change as one destination sees it: id, grouping keys, encoded body.
+
+    ``keys`` holds one grouping key, or two for an UPDATE that changed the
+    key (old and new): the scheduler holds both while the event is in
+    flight. ``body`` is the JSON envelope, encoded once and shared by every
+    destination that uses the default envelope.
+    """
+
+    commit_lsn: Lsn
+    seq: int
+    op: Op
+    table: str
+    keys: tuple[str, ...]
+    body: bytes
+    xid: int
+    committed_at: datetime
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return format_event_id(self.commit_lsn, self.seq)
+
+    @property
+    def size(self) -> int:
+        return len(self.body)

@@ -1,0 +1,284 @@
+"""HTTP webhook sink, signed per Standard Webhooks (https://www.standardwebhooks.com).
+
+Every event is one ``POST`` of ``event.body`` (``Content-Type:
+application/json``) with the headers
+
+- ``webhook-id``: the event id ``<commit_lsn>/<seq>``, identical on every
+  retry: receivers use it as their idempotency key;
+- ``webhook-timestamp``: this attempt's time, integer Unix seconds;
+- ``webhook-signature``: ``v1,<base64 HMAC-SHA256>`` over
+  ``{id}.{timestamp}.{body}`` (see :mod:`walrelay.sinks.signing`, which also
+  has ``verify`` for receivers). Omitted when no secret is configured.
+
+Outcomes: ``2xx`` delivered. ``408``, ``429`` and ``5xx`` raise a retryable
+:class:`~walrelay.errors.SinkError` (``retry_after`` from a ``Retry-After``
+header, seconds or HTTP date). Redirects are not followed (the spec: fix
+the URL instead) and, like every other ``4xx`` (``410 Gone`` included),
+raise a permanent ``SinkError``. Timeouts and connection failures raise
+:class:`~walrelay.errors.SinkUnavailable`.
+
+With ``batch_size > 1`` the events of one ``deliver`` call are POSTed
+concurrently; if any fails, ``deliver`` raises and the pipeline retries the
+*whole* batch. Events that had succeeded are sent again with the same
+``webhook-id``, which the receiver drops as a duplicate. The error is
+retryable if any failure was; permanent only if all failures were.
+
+The URL may carry credentials (``https://user:pass@host/path?token=...``):
+they are used (basic auth, query string) but never appear in errors or
+logs, which name the URL without user info, query and fragment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import importlib.metadata
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import aiohttp
+from yarl import URL
+
+from walrelay.errors import ConfigError, SinkError, SinkUnavailable
+from walrelay.model import Event
+from walrelay.sinks.signing import secret_key, signature_headers
+
+__all__ = ["WebhookSink", "safe_url"]
+
+log = logging.getLogger("walrelay.sinks.webhook")
+
+_BODY_EXCERPT = 200
+_RETRYABLE_4XX = frozenset({408, 429})
+
+try:
+    _USER_AGENT = f"walrelay/{importlib.metadata.version('walrelay')}"
+except importlib.metadata.PackageNotFoundError:  # pragma: no cover - source checkout
+    _USER_AGENT = "walrelay"
+
+
+def safe_url(url: str | URL) -> str:
+    """``url`` without user info, query string and fragment: safe for logs and errors."""
+    u = url if isinstance(url, URL) else URL(url)
+    if u.is_absolute():
+        u = u.with_user(None)
+    return str(u.with_query(None).with_fragment(None))
+
+
+class WebhookSink:
+    """POSTs each event to ``url``; see the module docstring."""
+
+    ordered = False
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        secret: bytes | str | None,
+        timeout: float = 10.0,
+        headers: dict[str, str] | None = None,
+        max_connections: int = 64,
+        batch_size: int = 1,
+    ) -> None:
+        try:
+            parsed = URL(url)
+        except (TypeError, ValueError):
+            parsed = None
+        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.raw_host:
+            shown = safe_url(parsed) if parsed is not None else "(unparsable)"
+            raise ConfigError(
+                f"webhook sink: URL {shown} is not an absolute http(s) URL",
+                fix="set the webhook url to e.g. https://example.com/hooks/walrelay",
+            )
+        if timeout <= 0:
+            raise ConfigError(
+                f"webhook sink: timeout must be > 0 seconds, got {timeout}",
+                fix="set timeout to e.g. 10 (Standard Webhooks suggests 15-30 s)",
+            )
+        if max_connections < 1 or batch_size < 1:
+            raise ConfigError(
+                "webhook sink: max_connections and batch_size must be >= 1",
+                fix="set max_connections to e.g. 64 and batch_size to 1",
+            )
+        static: dict[str, str] = {}
+        for name, value in (headers or {}).items():
+            if name.lower().startswith("webhook-"):
+                raise ConfigError(
+                    f"webhook sink: header {name!r} is reserved for the Standard Webhooks "
+                    "signature",
+                    fix="remove it from the sink's headers",
+                )
+            static[name] = value
+        lowered = {n.lower() for n in static}
+        if "content-type" not in lowered:
+            static["Content-Type"] = "application/json"
+        if "user-agent" not in lowered:
+            static["User-Agent"] = _USER_AGENT
+        try:
+            self._key: bytes | None = None if secret is None else secret_key(secret)
+        except ValueError as exc:
+            raise ConfigError(
+                f"webhook sink: {exc}", fix="set the secret to 'whsec_<base64>' or a raw string"
+            ) from None
+        self._url = parsed
+        self.url = safe_url(parsed)
+        self.timeout = timeout
+        self.max_connections = max_connections
+        self.batch_size = batch_size
+        self._headers = static
+        self._session: aiohttp.ClientSession | None = None
+        self._scrub = _scrub_list(parsed)
+
+    def __repr__(self) -> str:
+        return f"WebhookSink({self.url!r})"
+
+    async def open(self) -> None:
+        if self._session is not None:
+            return
+        if self._key is None:
+            log.warning(
+                "webhook sink %s: no secret configured; requests are NOT signed and the "
+                "receiver cannot tell them from forged ones",
+                self.url,
+            )
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.max_connections),
+            timeout=aiohttp.ClientTimeout(total=self.timeout),
+            headers=self._headers,
+        )
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def deliver(self, events: Sequence[Event]) -> None:
+        session = self._session
+        if session is None:
+            raise SinkError(f"webhook sink {self.url}: deliver() before open() or after close()")
+        if len(events) == 1:
+            await self._send(session, events[0])
+            return
+        if not events:
+            return
+        results = await asyncio.gather(
+            *(self._send(session, e) for e in events), return_exceptions=True
+        )
+        failures: list[SinkError] = []
+        for r in results:
+            if isinstance(r, SinkError):
+                failures.append(r)
+            elif isinstance(r, BaseException):
+                raise r
+        if failures:
+            raise _combine(failures, len(events))
+
+    async def _send(self, session: aiohttp.ClientSession, event: Event) -> None:
+        body = event.body
+        msg_id = event.id
+        headers = signature_headers(self._key, msg_id, body)
+        try:
+            async with session.post(
+                self._url, data=body, headers=headers, allow_redirects=False
+            ) as resp:
+                status = resp.status
+                if 200 <= status < 300:
+                    # The status is the acknowledgement; drain the body so the
+                    # connection can be reused, but a failure here changes nothing.
+                    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                        await resp.read()
+                    return
+                excerpt = await _excerpt(resp)
+                retry_after_header = resp.headers.get("Retry-After")
+                reason = resp.reason or ""
+        except TimeoutError:
+            raise SinkUnavailable(
+                f"webhook {self.url}: no response within {self.timeout:g} s for event {msg_id}"
+            ) from None
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
+            raise SinkUnavailable(
+                f"webhook {self.url}: {self._describe(exc)} for event {msg_id}"
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise SinkError(
+                f"webhook {self.url}: {self._describe(exc)} for event {msg_id}"
+            ) from None
+
+        what = f"webhook {self.url} answered {status} {reason}".rstrip()
+        detail = (
+            f"{what} for event {msg_id}: {excerpt!r}" if excerpt else f"{what} for event {msg_id}"
+        )
+        if status >= 500 or status in _RETRYABLE_4XX:
+            raise SinkError(
+                detail, permanent=False, retry_after=_parse_retry_after(retry_after_header)
+            )
+        if 300 <= status < 400:
+            detail += " (redirects are not followed: set the webhook url to the final address)"
+        raise SinkError(detail, permanent=True)
+
+    def _describe(self, exc: BaseException) -> str:
+        text = f"{type(exc).__name__}: {exc}"
+        for secret in self._scrub:
+            text = text.replace(secret, "***")
+        return text
+
+
+def _scrub_list(url: URL) -> list[str]:
+    """Strings that must never appear in a message: the raw URL and its secret parts."""
+    items = {str(url), url.human_repr()}
+    for part in (url.raw_user, url.user, url.raw_password, url.password):
+        if part:
+            items.add(part)
+    if url.raw_query_string:
+        items.add(url.raw_query_string)
+        items.add(url.query_string)
+        for value in url.query.values():
+            if len(value) >= 4:
+                items.add(value)
+    if url.raw_fragment:
+        items.add(url.raw_fragment)
+    # Longest first so a URL is replaced whole before its parts.
+    return sorted((i for i in items if i), key=len, reverse=True)
+
+
+async def _excerpt(resp: aiohttp.ClientResponse) -> str:
+    try:
+        raw = await resp.content.read(_BODY_EXCERPT * 4)
+    except (aiohttp.ClientError, TimeoutError):
+        return ""
+    text = " ".join(raw.decode("utf-8", "replace").split())
+    return text[:_BODY_EXCERPT]
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    """``Retry-After``: delay seconds or an HTTP date (RFC 9110 10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _combine(failures: list[SinkError], total: int) -> SinkError:
+    transient = [f for f in failures if not f.permanent]
+    chosen = transient or failures
+    first = chosen[0]
+    message = (
+        f"{len(failures)} of {total} webhook deliveries in the batch failed "
+        f"(the batch is retried whole, same webhook-id); first: {first}"
+    )
+    if not transient:
+        return SinkError(message, permanent=True)
+    delays = [f.retry_after for f in transient if f.retry_after is not None]
+    retry_after = max(delays) if delays else None
+    if any(isinstance(f, SinkUnavailable) for f in transient):
+        return SinkUnavailable(message, retry_after=retry_after)
+    return SinkError(message, permanent=False, retry_after=retry_after)

@@ -1,0 +1,307 @@
+"""Checks and creates what streaming needs on the source: publication and slot.
+
+Everything is checked before anything is created, so a failed start leaves
+the database as it was. Names from config go through ``sql.Identifier``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg import sql
+
+from walrelay.config import SourceConfig
+from walrelay.errors import SlotBusy, SlotLost, SourceSetupError
+from walrelay.model import Lsn, parse_lsn
+
+log = logging.getLogger("walrelay.source.slot")
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    name: str  # schema.table
+    oid: int
+    replica_identity: str
+    key_columns: tuple[str, ...]
+    columns: tuple[str, ...]
+
+
+@dataclass
+class SourceInfo:
+    tables: dict[str, TableInfo] = field(default_factory=dict)
+    slot_created: bool = False
+    publication_created: bool = False
+    confirmed_flush_lsn: Lsn | None = None
+    server_version: int = 0
+
+    @property
+    def key_columns(self) -> dict[str, tuple[str, ...]]:
+        return {name: t.key_columns for name, t in self.tables.items()}
+
+
+def split_table(name: str) -> tuple[str, str]:
+    schema, _, table = name.partition(".")
+    return schema, table
+
+
+async def _fetchone(
+    conn: psycopg.AsyncConnection[tuple[object, ...]],
+    query: str | sql.Composed,
+    params: tuple[object, ...] = (),
+) -> tuple[object, ...] | None:
+    cur = await conn.execute(query, params)
+    return await cur.fetchone()
+
+
+async def _check_wal_level(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
+    row = await _fetchone(conn, "select current_setting('wal_level')")
+    level = str(row[0]) if row else "?"
+    if level != "logical":
+        raise SourceSetupError(
+            f"wal_level is '{level}' on the source; logical decoding needs 'logical'",
+            fix="ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL",
+        )
+
+
+_TABLE_QUERY = """
+select c.oid, c.relkind, c.relreplident
+from pg_class c join pg_namespace n on n.oid = c.relnamespace
+where n.nspname = %s and c.relname = %s
+"""
+
+_PK_QUERY = """
+select a.attname
+from pg_index i
+join lateral unnest(i.indkey) with ordinality as k(attnum, ord) on true
+join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum
+where i.indrelid = %s and {cond}
+order by k.ord
+"""
+
+_COLUMNS_QUERY = """
+select attname from pg_attribute
+where attrelid = %s and attnum > 0 and not attisdropped order by attnum
+"""
+
+
+async def _key_columns(
+    conn: psycopg.AsyncConnection[tuple[object, ...]], oid: int, cond: str
+) -> tuple[str, ...]:
+    cur = await conn.execute(_PK_QUERY.format(cond=cond), (oid,))
+    return tuple(str(r[0]) for r in await cur.fetchall())
+
+
+async def inspect_table(
+    conn: psycopg.AsyncConnection[tuple[object, ...]],
+    name: str,
+    override: list[str] | None,
+) -> TableInfo:
+    schema, table = split_table(name)
+    row = await _fetchone(conn, _TABLE_QUERY, (schema, table))
+    if row is None:
+        raise SourceSetupError(
+            f"table {name} does not exist in the source database",
+            fix=f"create {name}, or remove it from source.tables",
+        )
+    oid, relkind, ident = int(str(row[0])), str(row[1]), str(row[2])
+    if relkind not in ("r", "p"):
+        raise SourceSetupError(
+            f"{name} is not a table (relkind '{relkind}'); only tables can be published",
+            fix=f"remove {name} from source.tables",
+        )
+    cur = await conn.execute(_COLUMNS_QUERY, (oid,))
+    columns = tuple(str(r[0]) for r in await cur.fetchall())
+    pk = await _key_columns(conn, oid, "i.indisprimary")
+    if ident == "n":
+        raise SourceSetupError(
+            f"table {name} has REPLICA IDENTITY NOTHING: updates and deletes carry no key",
+            fix=f"ALTER TABLE {name} REPLICA IDENTITY DEFAULT (with a primary key)",
+        )
+    if ident == "d" and not pk:
+        raise SourceSetupError(
+            f"table {name} has no primary key and REPLICA IDENTITY DEFAULT, so updates "
+            "and deletes would carry no key",
+            fix=f"ALTER TABLE {name} ADD PRIMARY KEY (...), or ALTER TABLE {name} "
+            "REPLICA IDENTITY FULL and set source.key_columns for it",
+        )
+    key: tuple[str, ...] = pk
+    if ident == "i":
+        key = await _key_columns(conn, oid, "i.indisreplident")
+    if override:
+        missing = [c for c in override if c not in columns]
+        if missing:
+            raise SourceSetupError(
+                f"source.key_columns for {name} names unknown column(s): {', '.join(missing)}",
+                fix=f"use columns of {name}: {', '.join(columns)}",
+            )
+        key = tuple(override)
+    if not key:
+        raise SourceSetupError(
+            f"table {name} has REPLICA IDENTITY FULL but no primary key, so walrelay "
+            "cannot tell which events belong to the same row",
+            fix=f"add a primary key to {name}, or set source.key_columns: {{{name}: [col, ...]}}",
+        )
+    if ident == "f":
+        log.warning(
+            "table %s has REPLICA IDENTITY FULL: every update and delete logs the whole "
+            "old row to WAL; DEFAULT with a primary key is cheaper",
+            name,
+        )
+    return TableInfo(name, oid, ident, key, columns)
+
+
+async def _check_publication(
+    conn: psycopg.AsyncConnection[tuple[object, ...]], cfg: SourceConfig
+) -> list[str] | None:
+    """Tables to add to the publication, or None when it must be created."""
+    row = await _fetchone(
+        conn, "select puballtables from pg_publication where pubname = %s", (cfg.publication,)
+    )
+    if row is None:
+        if not cfg.create_publication:
+            raise SourceSetupError(
+                f"publication {cfg.publication} does not exist and create_publication is false",
+                fix=f"CREATE PUBLICATION {cfg.publication} FOR TABLE {', '.join(cfg.tables)}",
+            )
+        return None
+    if row[0]:
+        log.warning(
+            "publication %s is FOR ALL TABLES: every table's changes are decoded and "
+            "sent; a FOR TABLE publication is lighter on the primary",
+            cfg.publication,
+        )
+        return []
+    cur = await conn.execute(
+        "select schemaname || '.' || tablename from pg_publication_tables where pubname = %s",
+        (cfg.publication,),
+    )
+    published = {str(r[0]) for r in await cur.fetchall()}
+    missing = [t for t in cfg.tables if t not in published]
+    if missing and not cfg.create_publication:
+        raise SourceSetupError(
+            f"publication {cfg.publication} does not include {', '.join(missing)}",
+            fix=f"ALTER PUBLICATION {cfg.publication} ADD TABLE {', '.join(missing)}",
+        )
+    return missing
+
+
+async def _check_slot(
+    conn: psycopg.AsyncConnection[tuple[object, ...]], cfg: SourceConfig
+) -> tuple[bool, Lsn | None]:
+    """(exists, confirmed_flush_lsn). Raises when the slot cannot be used."""
+    row = await _fetchone(
+        conn,
+        "select plugin, slot_type, database, active_pid, wal_status, confirmed_flush_lsn::text "
+        "from pg_replication_slots where slot_name = %s",
+        (cfg.slot,),
+    )
+    if row is None:
+        if not cfg.create_slot:
+            raise SourceSetupError(
+                f"replication slot {cfg.slot} does not exist and create_slot is false",
+                fix=f"SELECT pg_create_logical_replication_slot('{cfg.slot}', 'pgoutput')",
+            )
+        return False, None
+    plugin, slot_type, database, active_pid, wal_status, confirmed = row
+    db_row = await _fetchone(conn, "select current_database()")
+    current_db = str(db_row[0]) if db_row else "?"
+    if slot_type != "logical" or plugin != "pgoutput":
+        raise SourceSetupError(
+            f"replication slot {cfg.slot} exists but is a {slot_type} slot using plugin "
+            f"{plugin!r}; walrelay needs a logical slot using pgoutput",
+            fix="set source.slot to another name, or drop that slot if nothing uses it",
+        )
+    if database != current_db:
+        raise SourceSetupError(
+            f"replication slot {cfg.slot} belongs to database {database}, not {current_db}",
+            fix="set source.slot to another name, or connect to the slot's database",
+        )
+    if active_pid is not None:
+        raise SlotBusy(
+            f"replication slot {cfg.slot} is already streaming to PID {active_pid}",
+            fix="stop the other walrelay (or consumer) first, or use another slot",
+        )
+    if wal_status == "lost":
+        raise SlotLost(
+            f"replication slot {cfg.slot} has lost WAL it still needed (wal_status 'lost')",
+            fix=f"SELECT pg_drop_replication_slot('{cfg.slot}') and start again with a "
+            "new snapshot of the tables",
+        )
+    return True, parse_lsn(str(confirmed)) if confirmed else None
+
+
+async def prepare_source(
+    cfg: SourceConfig, conn: psycopg.AsyncConnection[tuple[object, ...]]
+) -> SourceInfo:
+    """Check everything first, then create the publication and the slot if needed."""
+    info = SourceInfo(server_version=conn.info.server_version)
+    await _check_wal_level(conn)
+    for name in cfg.tables:
+        info.tables[name] = await inspect_table(conn, name, cfg.key_columns.get(name))
+    to_add = await _check_publication(conn, cfg)
+    slot_exists, confirmed = await _check_slot(conn, cfg)
+    info.confirmed_flush_lsn = confirmed
+
+    tables_sql = sql.SQL(", ").join(
+        sql.Identifier(*split_table(t)) for t in (cfg.tables if to_add is None else to_add)
+    )
+    pub = sql.Identifier(cfg.publication)
+    try:
+        if to_add is None:
+            await conn.execute(
+                sql.SQL(
+                    "CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)"
+                ).format(pub, tables_sql)
+            )
+            info.publication_created = True
+            log.info("created publication %s for %s", cfg.publication, ", ".join(cfg.tables))
+        elif to_add:
+            await conn.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(pub, tables_sql))
+            log.info("added %s to publication %s", ", ".join(to_add), cfg.publication)
+    except psycopg.errors.InsufficientPrivilege as e:
+        raise SourceSetupError(
+            f"cannot create or alter publication {cfg.publication}: {e.diag.message_primary}",
+            fix="run walrelay as the tables' owner, or create the publication as a superuser",
+        ) from None
+    if not slot_exists:
+        try:
+            row = await _fetchone(
+                conn,
+                "select lsn::text from pg_create_logical_replication_slot(%s, 'pgoutput')",
+                (cfg.slot,),
+            )
+        except psycopg.Error as e:
+            if info.publication_created:
+                await conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(pub))
+                info.publication_created = False
+            if isinstance(e, psycopg.errors.DuplicateObject):
+                raise SlotBusy(
+                    f"replication slot {cfg.slot} was created by another process just now",
+                    fix="make sure only one walrelay runs per slot",
+                ) from None
+            raise SourceSetupError(
+                f"cannot create replication slot {cfg.slot}: {e.diag.message_primary or e}",
+                fix="grant the REPLICATION attribute (ALTER ROLE ... REPLICATION) and check "
+                "max_replication_slots",
+            ) from None
+        info.slot_created = True
+        info.confirmed_flush_lsn = parse_lsn(str(row[0])) if row else None
+        log.info("created replication slot %s (pgoutput)", cfg.slot)
+    return info
+
+
+_ACTIVE_PID = re.compile(r"active for PID (\d+)")
+
+
+def slot_busy_from_error(slot: str, message: str) -> SlotBusy | None:
+    """Turn the server's 'slot is active for PID n' error into :class:`SlotBusy`."""
+    m = _ACTIVE_PID.search(message)
+    if not m:
+        return None
+    return SlotBusy(
+        f"replication slot {slot} is already streaming to PID {m.group(1)}",
+        fix="stop the other walrelay (or consumer) first, or use another slot",
+    )

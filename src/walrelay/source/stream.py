@@ -1,0 +1,207 @@
+"""The replication connection: psycopg 3.3 COPY BOTH driven from asyncio.
+
+libpq keeps doing what it is good at (TLS, SCRAM, passfiles, service files);
+we only use its low-level ``pgconn`` copy calls, non-blocking, with the
+socket registered on the event loop. See the PostgreSQL docs, "Streaming
+Replication Protocol" (START_REPLICATION, XLogData, Primary keepalive and
+Standby status update messages).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import psycopg
+from psycopg import pq, sql
+
+from walrelay.model import Lsn, format_lsn
+
+log = logging.getLogger("walrelay.source.stream")
+
+_PG_EPOCH_OFFSET_US = 946_684_800 * 1_000_000  # 2000-01-01 in Unix microseconds
+_XLOGDATA = struct.Struct("!QQQ")
+_KEEPALIVE = struct.Struct("!QQB")
+_STATUS = struct.Struct("!cQQQQB")
+
+
+@dataclass(slots=True)
+class XLogData:
+    """One XLogData frame; the pgoutput message is ``payload[offset:]``.
+
+    The frame is kept whole (not sliced) to save a copy per message.
+    """
+
+    data_start: Lsn
+    wal_end: Lsn
+    payload: bytes
+    offset: int = 25
+
+
+@dataclass(slots=True)
+class Keepalive:
+    wal_end: Lsn
+    reply_requested: bool
+
+
+Frame = XLogData | Keepalive
+
+
+class ReplicationConnectionLost(Exception):
+    """The replication connection dropped; the engine reconnects with backoff."""
+
+
+class ReplicationSource(Protocol):
+    """What the engine needs from a replication connection (swappable)."""
+
+    async def start(self, slot: str, start_lsn: Lsn, options: dict[str, str]) -> None: ...
+
+    async def read_frames(self) -> list[Frame]: ...
+
+    def send_status(self, flushed: Lsn, *, reply: bool = False) -> None: ...
+
+    def wake(self) -> None:
+        """Make a pending :meth:`read_frames` return now (possibly empty)."""
+
+    async def close(self) -> None: ...
+
+
+def _now_pg_us() -> int:
+    return int(time.time() * 1_000_000) - _PG_EPOCH_OFFSET_US
+
+
+class PsycopgReplicationStream:
+    """One replication session. Not reusable after :meth:`close`."""
+
+    def __init__(self, dsn: str, *, application_name: str = "walrelay") -> None:
+        self._dsn = dsn
+        self._application_name = application_name
+        self._conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
+        self._readable: asyncio.Event = asyncio.Event()
+        self._fd: int | None = None
+        self._woken = False
+        self.backend_pid: int | None = None
+
+    async def start(self, slot: str, start_lsn: Lsn, options: dict[str, str]) -> None:
+        try:
+            self._conn = await psycopg.AsyncConnection.connect(
+                self._dsn,
+                replication="database",
+                autocommit=True,
+                application_name=self._application_name,
+                # The type loaders expect ISO dates, UTC, postgres intervals, UTF-8.
+                options="-c DateStyle=ISO -c TimeZone=UTC -c IntervalStyle=postgres "
+                "-c client_encoding=UTF8",
+            )
+            self.backend_pid = self._conn.pgconn.backend_pid
+            opts = sql.SQL(", ").join(
+                sql.SQL("{} {}").format(sql.Identifier(k), sql.Literal(v))
+                for k, v in options.items()
+            )
+            # START_REPLICATION is a replication command: the LSN is not a literal.
+            query = sql.SQL("START_REPLICATION SLOT {} LOGICAL {} ({})").format(
+                sql.Identifier(slot), sql.SQL(format_lsn(start_lsn)), opts
+            )
+            cur = self._conn.cursor()
+            await cur.execute(query)
+        except psycopg.OperationalError as e:
+            await self.close()
+            raise ReplicationConnectionLost(str(e)) from e
+        except BaseException:
+            await self.close()
+            raise
+        pgconn = self._conn.pgconn
+        if cur.pgresult is None or cur.pgresult.status != pq.ExecStatus.COPY_BOTH:
+            await self.close()
+            raise RuntimeError("START_REPLICATION did not enter COPY BOTH mode")
+        pgconn.nonblocking = 1
+        self._fd = pgconn.socket
+        asyncio.get_running_loop().add_reader(self._fd, self._readable.set)
+
+    async def read_frames(self) -> list[Frame]:
+        """Every frame libpq has buffered; waits on the socket when there is none."""
+        conn = self._conn
+        if conn is None:
+            raise ReplicationConnectionLost("not started")
+        pgconn = conn.pgconn
+        frames: list[Frame] = []
+        while True:
+            try:
+                nbytes, data = pgconn.get_copy_data(1)
+            except psycopg.OperationalError as e:
+                raise ReplicationConnectionLost(str(e)) from e
+            if nbytes > 0:
+                buf = bytes(data)
+                kind = buf[0]
+                if kind == 0x77:  # 'w' XLogData
+                    start, end, _ = _XLOGDATA.unpack_from(buf, 1)
+                    frames.append(XLogData(start, end, buf))
+                elif kind == 0x6B:  # 'k' keepalive
+                    end, _, reply = _KEEPALIVE.unpack_from(buf, 1)
+                    frames.append(Keepalive(end, bool(reply)))
+                if len(frames) >= 4096:
+                    return frames
+                continue
+            if nbytes == 0:
+                if frames:
+                    return frames
+                if self._take_wake():
+                    return frames
+                self._readable.clear()
+                await self._readable.wait()
+                if self._take_wake():
+                    return frames
+                try:
+                    pgconn.consume_input()
+                except psycopg.OperationalError as e:
+                    raise ReplicationConnectionLost(str(e)) from e
+                continue
+            # -1: the server ended the COPY; -2: error.
+            msg = pgconn.get_error_message(encoding="utf-8") or "replication stream ended"
+            raise ReplicationConnectionLost(msg.strip())
+
+    def _take_wake(self) -> bool:
+        woken, self._woken = self._woken, False
+        return woken
+
+    def wake(self) -> None:
+        self._woken = True
+        self._readable.set()
+
+    def send_status(self, flushed: Lsn, *, reply: bool = False) -> None:
+        """Standby status update: written = flushed = applied = ``flushed``."""
+        conn = self._conn
+        if conn is None:
+            return
+        msg = _STATUS.pack(b"r", flushed, flushed, flushed, _now_pg_us(), 1 if reply else 0)
+        pgconn = conn.pgconn
+        try:
+            if pgconn.put_copy_data(msg) != 1:
+                log.debug("status update deferred: libpq output buffer full")
+            pgconn.flush()
+        except psycopg.OperationalError as e:
+            log.warning("could not send status update: %s", e)
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if self._fd is not None:
+            with contextlib.suppress(RuntimeError, ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(self._fd)
+            self._fd = None
+        self._readable.set()
+        if conn is not None:
+            try:
+                # Let a last status update leave before the socket closes.
+                for _ in range(100):
+                    if conn.pgconn.flush() == 0:
+                        break
+                    await asyncio.sleep(0.01)
+            except psycopg.OperationalError:
+                pass
+            with contextlib.suppress(psycopg.Error):  # closing a broken connection
+                await conn.close()

@@ -1,0 +1,327 @@
+"""Type OID -> Python value conversion for pgoutput's text-format column values.
+
+pgoutput (without ``binary``) sends every column as the text its type's output
+function prints. Instead of writing parsers, :class:`TypeRegistry` reuses
+psycopg 3's text loaders: one private :class:`psycopg.adapt.AdaptersMap`
+(a copy of the global one, so nothing leaks into application connections) with
+a few loaders swapped, one loader instance per OID, its bound ``load`` cached.
+
+What each type becomes:
+
+=============================================  ==================================
+int2, int4, int8, oid                           ``int``
+numeric                                         ``Decimal`` (``NaN``/``Infinity``
+                                                 included, no float on the way)
+float4, float8                                  ``float``
+bool                                            ``bool``
+text, varchar, bpchar (padded), name, "char"    ``str``
+json, jsonb                                     the parsed value (orjson; numbers
+                                                 as 64-bit ints / doubles, see
+                                                 :func:`load_json`)
+timestamptz                                     aware ``datetime`` in UTC
+timestamp / date / time                         naive ``datetime`` / ``date`` /
+                                                 ``time``
+timetz                                          ``time`` with a fixed offset
+interval                                        ``timedelta`` (psycopg: 1 month
+                                                 = 30 days, 1 year = 365 days)
+uuid                                            ``UUID``
+bytea (hex or escape output)                    ``bytes``
+arrays of the above                             ``list`` (nested for n-dim,
+                                                 ``None`` for NULL elements)
+inet, cidr, money, ranges, multiranges          ``str``, exactly as printed
+enums, composites, domains, anything unknown    ``str``, exactly as printed
+=============================================  ==================================
+
+Values Python's date/time types cannot hold -- ``infinity``/``-infinity``
+(timestamps, dates, and intervals on PostgreSQL 17), BC dates, years after
+9999, ``24:00:00`` -- stay the text the server printed (e.g. the string
+``'infinity'``), never an error and never a wrong value.
+
+Assumptions about the replication session (the stream sets them through the
+connection options): ``DateStyle=ISO``, ``client_encoding=UTF8`` and
+``TimeZone=UTC`` (any ISO offset such as ``+00`` or ``+05:30`` is handled;
+``timestamptz`` values are normalised to UTC). ``IntervalStyle`` must be the
+default ``postgres``.
+
+A value a *known* type's loader rejects (which means the session settings are
+not what we assume, or a bug) raises :class:`walrelay.errors.DecodeError`
+naming the type and OID; it is never turned into text or ``None`` silently.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any, Final
+
+import orjson
+from psycopg import abc as pg_abc
+from psycopg import errors as pg_errors
+from psycopg import postgres
+from psycopg.abc import AdaptContext, Buffer
+from psycopg.adapt import AdaptersMap, Loader
+from psycopg.pq import Format
+from psycopg.types.array import ArrayLoader
+
+from walrelay.errors import DecodeError
+
+__all__ = ["Converter", "TypeRegistry", "load_json"]
+
+Converter = Callable[[bytes], Any]
+"""Text-format column value -> Python value."""
+
+_TEXT: Final = Format.TEXT
+
+# OIDs of the built-in types this module treats specially.
+INTERVAL_OID: Final = 1186
+JSON_OID: Final = 114
+JSONB_OID: Final = 3802
+_DATE_OID: Final = 1082
+_TIME_OID: Final = 1083
+_TIMETZ_OID: Final = 1266
+_TIMESTAMP_OID: Final = 1114
+_TIMESTAMPTZ_OID: Final = 1184
+_DATETIME_OIDS: Final = frozenset(
+    {_DATE_OID, _TIME_OID, _TIMETZ_OID, _TIMESTAMP_OID, _TIMESTAMPTZ_OID, INTERVAL_OID}
+)
+_AS_TEXT_NAMES: Final = ("inet", "cidr")  # kept as text, no ipaddress objects
+
+_INFINITIES: Final = (b"infinity", b"-infinity")
+_DIGITS: Final = frozenset(b"0123456789")
+_FOREIGN_INTERVAL_STYLES: Final = (b"P", b"@")  # iso_8601, postgres_verbose
+
+
+def _text_loader() -> type[pg_abc.Loader]:
+    cls = postgres.adapters.get_loader(0, _TEXT)  # what psycopg uses for unknown OIDs
+    if cls is None:  # pragma: no cover - psycopg always has it
+        raise RuntimeError("psycopg has no text loader")
+    return cls
+
+
+_TextLoader: Final = _text_loader()
+
+
+def load_json(data: Buffer) -> Any:
+    """Parse a json/jsonb value.
+
+    orjson parses numbers as 64-bit integers or IEEE doubles -- what every
+    JSON consumer (JavaScript, most JSON libraries) does too; a jsonb number
+    with more than 17 significant digits or an integer outside the 64-bit
+    range loses precision that way. Text orjson refuses although PostgreSQL
+    accepted it (numbers overflowing a double such as ``1e400``, lone UTF-16
+    surrogate escapes in ``json``) is parsed again by the standard library,
+    with non-integer numbers as ``Decimal`` so nothing turns into infinity.
+    """
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(bytes(data), parse_float=Decimal)
+
+
+class _JsonLoader(Loader):
+    """json/jsonb (and, through the array loaders, json[]/jsonb[]) via orjson."""
+
+    def load(self, data: Buffer) -> Any:
+        return load_json(data)
+
+    fast_load = staticmethod(orjson.loads)
+
+
+def _out_of_python_range(oid: int, data: Buffer) -> bool:
+    """True for date/time text that is valid in PostgreSQL but not in Python."""
+    raw = bytes(data)
+    if raw in _INFINITIES or raw.endswith(b" BC"):
+        return True
+    if oid in (_TIME_OID, _TIMETZ_OID):
+        return raw.startswith(b"24:")
+    if oid == INTERVAL_OID:
+        return False  # every finite interval fits in a timedelta
+    # ISO dates start with a 4-digit year; five digits mean a year after 9999.
+    return len(raw) > 5 and all(b in _DIGITS for b in raw[:5])
+
+
+class _DateTimeLoader(Loader):
+    """psycopg's C date/time loader, keeping unrepresentable values as text.
+
+    Subclassed once per base OID (``inner_oid``) because psycopg's C loader
+    classes cannot be subclassed.
+    """
+
+    inner_oid: int = 0
+
+    def __init__(self, oid: int, context: AdaptContext | None = None) -> None:
+        super().__init__(oid, context)
+        inner = postgres.adapters.get_loader(self.inner_oid, _TEXT)
+        if inner is None:  # pragma: no cover - psycopg always has these
+            raise RuntimeError(f"psycopg has no text loader for oid {self.inner_oid}")
+        self._inner = inner(self.inner_oid, context).load
+        # psycopg loads interval 'infinity' (PostgreSQL 17) as timedelta(0)
+        # without an error, so the interval fast path must check first.
+        self.fast_load: Converter = self.load if self.inner_oid == INTERVAL_OID else self._inner
+
+    def load(self, data: Buffer) -> Any:
+        if self.inner_oid == INTERVAL_OID:
+            raw = bytes(data)
+            if raw in _INFINITIES:
+                return raw.decode()
+            if raw[:1] in _FOREIGN_INTERVAL_STYLES or raw[:2] == b"-P":
+                # psycopg would misread these silently ('P1D' -> 60 seconds).
+                raise pg_errors.DataError(f"interval not in IntervalStyle 'postgres': {raw!r}")
+        try:
+            return self._inner(data)
+        except pg_errors.DataError:
+            if _out_of_python_range(self.inner_oid, data):
+                return bytes(data).decode()
+            raise
+
+
+_datetime_loader_classes: dict[int, type[_DateTimeLoader]] = {}
+
+
+def _datetime_loader(oid: int) -> type[_DateTimeLoader]:
+    cls = _datetime_loader_classes.get(oid)
+    if cls is None:
+        cls = type(f"_DateTimeLoader{oid}", (_DateTimeLoader,), {"inner_oid": oid})
+        _datetime_loader_classes[oid] = cls
+    return cls
+
+
+# Dynamically made classes are cached: psycopg's own array loaders do the
+# same, because classes deriving from C types are never garbage-collected.
+_array_loader_classes: dict[tuple[int, bytes], type[pg_abc.Loader]] = {}
+
+
+def _array_loader(element_oid: int, delimiter: bytes) -> type[pg_abc.Loader]:
+    cls = _array_loader_classes.get((element_oid, delimiter))
+    if cls is None:
+        attrs = {"base_oid": element_oid, "delimiter": delimiter}
+        cls = type(f"_ArrayLoader{element_oid}", (ArrayLoader,), attrs)
+        _array_loader_classes[(element_oid, delimiter)] = cls
+    return cls
+
+
+def _guarded(load: Converter, oid: int, name: str) -> Converter:
+    def convert(data: bytes) -> Any:
+        try:
+            return load(data)
+        except DecodeError:
+            raise
+        except Exception as exc:
+            raise DecodeError(
+                f"cannot convert a value of type {name} (oid {oid}) "
+                f"from pgoutput's text format: {type(exc).__name__}: {exc}",
+                fix="the replication session must use DateStyle=ISO, IntervalStyle=postgres "
+                "and client_encoding=UTF8; otherwise report this value as a bug",
+            ) from exc
+
+    return convert
+
+
+class TypeRegistry:
+    """Converters from pgoutput text values to Python values, by type OID.
+
+    ``converter(oid)`` is the safe one: it returns the value or raises
+    :class:`~walrelay.errors.DecodeError`. ``fast_converter(oid)`` is the bare
+    psycopg loader for the hot path: it may raise anything, or fail on values
+    the safe converter handles (``'infinity'``), so a caller must redo the
+    value with ``converter(oid)`` when it raises (the envelope builder converts
+    whole rows that way). Both are cached per OID; OIDs never seen before
+    become text.
+
+    Custom types announced by pgoutput Type messages (enums, composites,
+    domains, their arrays) are text unless :meth:`register` says otherwise.
+    :attr:`version` changes on every registration, so callers caching
+    converters know when to look again.
+    """
+
+    def __init__(self) -> None:
+        adapters = AdaptersMap(postgres.adapters)
+        for tname in _AS_TEXT_NAMES:
+            adapters.register_loader(tname, _TextLoader)
+        for info in postgres.types:
+            # Range and multirange objects are not JSON: keep the text.
+            if info.name.endswith("range"):
+                adapters.register_loader(info.oid, _TextLoader)
+        adapters.register_loader(JSON_OID, _JsonLoader)
+        adapters.register_loader(JSONB_OID, _JsonLoader)
+        for oid in _DATETIME_OIDS:
+            adapters.register_loader(oid, _datetime_loader(oid))
+        self._adapters = adapters
+        self._names: dict[int, str] = {}
+        for info in postgres.types:
+            self._names[info.oid] = info.name
+            if info.array_oid:
+                self._names[info.array_oid] = f"{info.name}[]"
+        self._safe: dict[int, Converter] = {}
+        self._fast: dict[int, Converter] = {}
+        self._version = 0
+
+    @property
+    def version(self) -> int:
+        """Bumped by :meth:`register`; converters cached by callers are stale then."""
+        return self._version
+
+    def type_name(self, oid: int) -> str:
+        """The type's name (``'int4'``, ``'_mood'``, ...) or ``'oid <n>'`` if unknown."""
+        return self._names.get(oid) or f"oid {oid}"
+
+    def converter(self, oid: int) -> Converter:
+        """Safe converter for ``oid``: value or :class:`~walrelay.errors.DecodeError`."""
+        conv = self._safe.get(oid)
+        if conv is None:
+            self._load(oid)
+            conv = self._safe[oid]
+        return conv
+
+    def fast_converter(self, oid: int) -> Converter:
+        """Hot-path converter: on *any* exception, use :meth:`converter` instead."""
+        conv = self._fast.get(oid)
+        if conv is None:
+            self._load(oid)
+            conv = self._fast[oid]
+        return conv
+
+    def convert(self, oid: int, data: bytes | None) -> Any:
+        """Convenience: ``None`` (SQL NULL) stays ``None``, anything else is converted."""
+        return None if data is None else self.converter(oid)(data)
+
+    def register(
+        self,
+        oid: int,
+        name: str,
+        *,
+        base_oid: int | None = None,
+        element_oid: int | None = None,
+        delimiter: str = ",",
+    ) -> None:
+        """Describe a type that is not built in.
+
+        - plain (e.g. from a pgoutput Type message: an enum or composite):
+          values stay text; the name shows up in error messages;
+        - ``base_oid``: a domain, converted like its base type;
+        - ``element_oid``: an array type whose elements are ``element_oid``
+          values (so an enum array becomes a list of strings).
+        """
+        if base_oid is not None and element_oid is not None:
+            raise ValueError("a type is a domain (base_oid) or an array (element_oid), not both")
+        loader: type[pg_abc.Loader]
+        if base_oid is not None:
+            loader = self._adapters.get_loader(base_oid, _TEXT) or _TextLoader
+        elif element_oid is not None:
+            loader = _array_loader(element_oid, delimiter.encode())
+        else:
+            loader = _TextLoader
+        self._adapters.register_loader(oid, loader)
+        self._names[oid] = name
+        # Arrays of this type and domains over it may have cached its old loader.
+        self._safe.clear()
+        self._fast.clear()
+        self._version += 1
+
+    def _load(self, oid: int) -> None:
+        cls = self._adapters.get_loader(oid, _TEXT) or _TextLoader
+        loader = cls(oid, self._adapters)
+        load: Converter = loader.load
+        self._fast[oid] = getattr(loader, "fast_load", load)
+        self._safe[oid] = _guarded(load, oid, self.type_name(oid))

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from walrelay.testing.pgcluster import PgCluster, start_cluster
+
+_db_counter = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[PgCluster]:
+    """One cluster for the session; every test gets its own database (``db``)."""
+    cluster = start_cluster({"logical_decoding_work_mem": "64kB", "wal_sender_timeout": "20s"})
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def db(pg: PgCluster) -> Iterator[str]:
+    """A fresh database; its slots and the database are dropped afterwards."""
+    name = f"t{next(_db_counter)}"
+    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+        conn.execute(f"create database {name}")
+    try:
+        yield pg.dsn(name)
+    finally:
+        with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+            conn.execute(
+                "select pg_terminate_backend(active_pid) from pg_replication_slots "
+                "where database = %s and active_pid is not null",
+                (name,),
+            )
+            for _ in range(100):
+                rows = conn.execute(
+                    "select slot_name, active from pg_replication_slots where database = %s",
+                    (name,),
+                ).fetchall()
+                if not any(active for _, active in rows):
+                    break
+                conn.execute("select pg_sleep(0.05)")
+            for slot, _ in rows:
+                conn.execute("select pg_drop_replication_slot(%s)", (slot,))
+            conn.execute(f"drop database {name} with (force)")

@@ -1,0 +1,430 @@
+"""Destination: scheduling, per-key order, barriers, backpressure, retries."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+import pytest
+
+from walrelay.errors import SinkError
+from walrelay.model import Event
+from walrelay.pipeline.backoff import Backoff
+from walrelay.pipeline.buffer import BufferClosed
+from walrelay.pipeline.scheduler import Destination, FailureDecision
+from walrelay.sinks.base import Sink
+from walrelay.sinks.memory import MemorySink
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+FAST = Backoff(initial=0.001, multiplier=2.0, maximum=0.005)
+
+
+def ev(i: int, *keys: str, size: int = 10) -> Event:
+    """Event number ``i`` (ids increase with i); no keys = a barrier."""
+    return Event(
+        commit_lsn=1000 + i // 8,
+        seq=i % 8,
+        op="truncate" if not keys else "insert",
+        table="public.t",
+        keys=keys,
+        body=b"x" * size,
+        xid=1,
+        committed_at=T0,
+    )
+
+
+def order_key(e: Event) -> tuple[int, int]:
+    return (e.commit_lsn, e.seq)
+
+
+async def until(cond: Callable[[], bool]) -> None:
+    """Wait for a condition on stats that have no awaitable of their own."""
+    async with asyncio.timeout(5):
+        while not cond():  # noqa: ASYNC110 - polling a plain attribute
+            await asyncio.sleep(0.001)
+
+
+class Recorder:
+    """on_finished: counts how often each event was finished."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[tuple[int, int]] = Counter()
+        self.batches = 0
+
+    def __call__(self, batch: Sequence[Event]) -> None:
+        self.batches += 1
+        for e in batch:
+            self.counts[order_key(e)] += 1
+
+    def assert_once(self, events: Sequence[Event]) -> None:
+        assert self.counts == Counter(order_key(e) for e in events)
+        assert set(self.counts.values()) <= {1}
+
+
+def assert_per_key_order(events: Sequence[Event], seen: Sequence[Event]) -> None:
+    """For every key, ``seen`` holds that key's events in id order."""
+    per_key: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for e in seen:
+        for k in e.keys:
+            per_key[k].append(order_key(e))
+    expected: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for e in events:
+        for k in e.keys:
+            expected[k].append(order_key(e))
+    assert per_key == expected
+
+
+def test_memory_sink_satisfies_the_protocol() -> None:
+    assert isinstance(MemorySink(), Sink)
+
+
+async def test_per_key_order_under_parallel_delivery_with_random_delays() -> None:
+    rng = random.Random(7)
+    events = []
+    for i in range(3000):
+        k = f"k{rng.randrange(60)}"
+        if rng.random() < 0.1:  # an UPDATE that changed the key
+            events.append(ev(i, k, f"k{rng.randrange(60)}"))
+        else:
+            events.append(ev(i, k))
+    started: list[Event] = []
+    dest: Destination | None = None
+    max_seen = 0
+
+    async def delay(batch: Sequence[Event]) -> None:
+        nonlocal max_seen
+        assert dest is not None
+        max_seen = max(max_seen, dest.in_flight)
+        started.extend(batch)
+        await asyncio.sleep(rng.uniform(0, 0.002))
+
+    sink = MemorySink(batch_size=4, delay=delay, track_keys=True)
+    recorder = Recorder()
+    dest = Destination("d", sink, max_in_flight=32, on_finished=recorder)
+    dest.start()
+    for e in events:
+        await dest.put(e)
+    assert await dest.drain(timeout=30)
+    await dest.stop()
+
+    assert sink.key_overlaps == []  # no key was ever in two deliveries at once
+    assert_per_key_order(events, started)  # started in per-key id order
+    assert_per_key_order(events, sink.delivered)  # and completed so
+    assert sorted(sink.delivered, key=order_key) == events
+    assert 1 < max_seen <= 32
+    assert sink.max_active > 1
+    assert all(len(b) <= 4 for b in sink.batches)
+    recorder.assert_once(events)
+    assert dest.delivered_total == len(events)
+    assert dest.buffered_events == 0 and dest.buffered_bytes == 0 and dest.in_flight == 0
+
+
+class Gates:
+    """A sink delay that blocks each event id until the test opens its gate."""
+
+    def __init__(self) -> None:
+        self.gates: dict[tuple[int, int], asyncio.Event] = defaultdict(asyncio.Event)
+        self.started: list[tuple[int, int]] = []
+
+    def open(self, e: Event) -> None:
+        self.gates[order_key(e)].set()
+
+    async def __call__(self, batch: Sequence[Event]) -> None:
+        for e in batch:
+            self.started.append(order_key(e))
+        for e in batch:
+            await self.gates[order_key(e)].wait()
+
+
+async def test_key_change_update_holds_both_keys() -> None:
+    gates = Gates()
+    sink = MemorySink(batch_size=10, delay=gates, track_keys=True)
+    dest = Destination("d", sink, max_in_flight=10)
+    old, move, new, other = ev(0, "old"), ev(1, "old", "new"), ev(2, "new"), ev(3, "x")
+    dest.start()
+    for e in (old, move, new, other):
+        await dest.put(e)
+    await until(lambda: len(gates.started) == 2)
+    assert gates.started == [order_key(old), order_key(other)]  # one batch
+    gates.open(other)
+    gates.open(new)
+    gates.open(move)
+    for _ in range(10):  # a negative check: give a wrong scheduler the chance
+        await asyncio.sleep(0)
+    # `new` did not start although its key is not in flight: the key-change
+    # UPDATE before it holds it.
+    assert len(gates.started) == 2
+    gates.open(old)
+    assert await dest.drain(timeout=5)
+    assert gates.started == [order_key(e) for e in (old, other, move, new)]
+    assert sink.delivered == [old, other, move, new]
+    assert sink.key_overlaps == []
+    await dest.stop()
+
+
+async def test_barrier_goes_alone_after_everything_before_it() -> None:
+    rng = random.Random(3)
+    events = [ev(i, f"k{i % 7}") for i in range(40)]
+    barrier = ev(40)
+    after = [ev(i, f"k{i % 7}") for i in range(41, 80)]
+    active_at_barrier: list[int] = []
+    sink_ref: list[MemorySink] = []
+
+    async def delay(batch: Sequence[Event]) -> None:
+        if not batch[0].keys:
+            active_at_barrier.append(sink_ref[0].active)
+            assert len(batch) == 1
+        await asyncio.sleep(rng.uniform(0, 0.003))
+
+    sink = MemorySink(batch_size=3, delay=delay)
+    sink_ref.append(sink)
+    recorder = Recorder()
+    dest = Destination("d", sink, max_in_flight=8, on_finished=recorder)
+    dest.start()
+    for e in [*events, barrier, *after]:
+        await dest.put(e)
+    assert await dest.drain(timeout=10)
+    await dest.stop()
+    position = sink.delivered.index(barrier)
+    assert sorted(sink.delivered[:position], key=order_key) == events
+    assert sorted(sink.delivered[position + 1 :], key=order_key) == after
+    assert [barrier] in sink.batches
+    assert active_at_barrier == [1]  # nothing else was being delivered meanwhile
+    recorder.assert_once([*events, barrier, *after])
+
+
+async def test_put_blocks_when_the_buffer_is_full_and_resumes() -> None:
+    gate = asyncio.Event()
+
+    async def delay(batch: Sequence[Event]) -> None:
+        await gate.wait()
+
+    sink = MemorySink(batch_size=100, delay=delay)
+    dest = Destination("d", sink, max_in_flight=100, max_buffer_bytes=1000)
+    dest.start()
+    events = [ev(i, f"k{i}", size=100) for i in range(25)]
+    producer = asyncio.create_task(_put_all(dest, events))
+    await until(lambda: dest.blocked)
+    assert dest.buffered_bytes == 1000 and dest.buffered_events + dest.in_flight == 10
+    assert not producer.done()
+    gate.set()
+    await producer
+    assert await dest.drain(timeout=5)
+    assert sorted(sink.delivered, key=order_key) == events
+    assert not dest.blocked
+    await dest.stop()
+
+
+async def _put_all(dest: Destination, events: Sequence[Event]) -> None:
+    for e in events:
+        await dest.put(e)
+
+
+async def test_retries_keep_order_and_deliver_each_event_once() -> None:
+    rng = random.Random(11)
+    events = [ev(i, f"k{i % 13}") for i in range(400)]
+    attempts: Counter[tuple[int, int]] = Counter()
+
+    def flaky(e: Event) -> bool:
+        attempts[order_key(e)] += 1
+        return attempts[order_key(e)] <= 2 and rng.random() < 0.3
+
+    sink = MemorySink(batch_size=5, fail_when=flaky, delay=(0.0, 0.001), seed=5, track_keys=True)
+    recorder = Recorder()
+    dest = Destination("d", sink, max_in_flight=16, backoff=FAST, on_finished=recorder)
+    dest.start()
+    await _put_all(dest, events)
+    assert await dest.drain(timeout=20)
+    await dest.stop()
+    assert sink.failures > 0 and dest.failures_total == sink.failures
+    assert dest.last_error is not None and "injected failure" in dest.last_error
+    assert len(sink.delivered) == len(events)  # each exactly once on success
+    assert sorted(sink.delivered, key=order_key) == events
+    assert_per_key_order(events, sink.delivered)
+    assert sink.key_overlaps == []
+    recorder.assert_once(events)
+    assert dest.delivered_total == len(events)
+
+
+async def test_failing_key_holds_only_its_own_key() -> None:
+    sink = MemorySink(batch_size=1, fail_keys={"bad"})
+    dest = Destination("d", sink, max_in_flight=4, backoff=FAST)
+    events = [ev(0, "bad"), ev(1, "good"), ev(2, "bad"), ev(3, "good")]
+    dest.start()
+    await _put_all(dest, events)
+    await sink.wait_delivered(2)
+    await until(lambda: dest.failures_total >= 3)
+    assert sink.delivered == [events[1], events[3]]
+    assert dest.in_flight == 1  # the second "bad" waits behind the first
+    sink.fail_keys.clear()
+    assert await dest.drain(timeout=5)
+    assert sink.delivered[2:] == [events[0], events[2]]
+    await dest.stop()
+
+
+async def test_unexpected_exception_is_logged_and_retried(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sink = MemorySink(batch_size=10, fail_times=2, error=lambda batch: RuntimeError("boom"))
+    dest = Destination("d", sink, backoff=FAST)
+    dest.start()
+    events = [ev(0, "a"), ev(1, "b")]
+    with caplog.at_level(logging.WARNING, logger="walrelay.pipeline.scheduler"):
+        await _put_all(dest, events)
+        assert await dest.drain(timeout=5)
+    await dest.stop()
+    assert sink.delivered == events
+    assert dest.failures_total == 2
+    assert dest.last_error == "RuntimeError: boom"
+    bugs = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(bugs) == 2 and all(r.exc_info for r in bugs)
+
+
+async def test_on_failure_hook_can_park() -> None:
+    seen: list[tuple[int, str, int]] = []
+
+    async def on_failure(batch: Sequence[Event], error: BaseException, n: int) -> FailureDecision:
+        seen.append((len(batch), str(error), n))
+        return "parked" if n >= 3 else "retry"
+
+    sink = MemorySink(batch_size=10, fail_keys={"a"}, retry_after=0.0)
+    recorder = Recorder()
+    dest = Destination(
+        "d", sink, backoff=FAST, on_finished=recorder, on_failure=on_failure, max_in_flight=10
+    )
+    dest.start()
+    events = [ev(0, "a"), ev(1, "b")]
+    await _put_all(dest, events)
+    assert await dest.drain(timeout=5)
+    await dest.stop()
+    assert [n for _, _, n in seen] == [1, 2, 3]
+    assert dest.parked_total == 2 and dest.delivered_total == 0  # one batch of two
+    assert sink.delivered == []
+    recorder.assert_once(events)
+
+
+async def test_ordered_sink_sees_exact_id_order() -> None:
+    rng = random.Random(5)
+    events = [ev(i, f"k{rng.randrange(5)}") if i % 97 else ev(i) for i in range(1, 1500)]
+    sink = MemorySink(batch_size=50, ordered=True, delay=(0.0, 0.0005), seed=2)
+    recorder = Recorder()
+    dest = Destination("d", sink, max_in_flight=32, on_finished=recorder)
+    dest.start()
+    await _put_all(dest, events)
+    assert await dest.drain(timeout=20)
+    await dest.stop()
+    assert sink.delivered == events
+    assert sink.max_active == 1
+    assert all(len(b) <= 50 for b in sink.batches)
+    assert all(len(b) == 1 for b in sink.batches if not b[0].keys)
+    assert max(len(b) for b in sink.batches) == 50  # batching happened
+    recorder.assert_once(events)
+
+
+async def test_ordered_sink_retries_in_place() -> None:
+    sink = MemorySink(batch_size=3, ordered=True, fail_ids={ev(4, "a").id})
+    dest = Destination("d", sink, backoff=FAST)
+    events = [ev(i, "a" if i % 2 else "b") for i in range(9)]
+    dest.start()
+    await _put_all(dest, events)
+    await until(lambda: dest.failures_total >= 2)
+    assert sink.delivered == events[:3]  # nothing overtakes the failing batch
+    sink.fail_ids.clear()
+    assert await dest.drain(timeout=5)
+    assert sink.delivered == events
+    await dest.stop()
+
+
+async def test_drain_times_out_then_stop_cancels_cleanly() -> None:
+    gate = asyncio.Event()
+    cancelled = 0
+
+    async def delay(batch: Sequence[Event]) -> None:
+        nonlocal cancelled
+        try:
+            await gate.wait()
+        except asyncio.CancelledError:
+            cancelled += 1
+            raise
+
+    sink = MemorySink(batch_size=1, delay=delay)
+    recorder = Recorder()
+    dest = Destination("d", sink, max_in_flight=2, max_buffer_bytes=30, on_finished=recorder)
+    assert await dest.drain(timeout=0) is True  # nothing put
+    dest.start()
+    dest.start()  # idempotent
+    await _put_all(dest, [ev(0, "a"), ev(1, "b"), ev(2, "c")])
+    await until(lambda: dest.in_flight == 2)
+    assert await dest.drain(timeout=0.01) is False
+    blocked = asyncio.create_task(dest.put(ev(3, "d")))
+    await until(lambda: dest.blocked)
+    drainer = asyncio.create_task(dest.drain())
+    await asyncio.sleep(0)
+    await dest.stop()
+    assert cancelled == 2
+    assert await drainer is False
+    with pytest.raises(BufferClosed):
+        await blocked
+    with pytest.raises(BufferClosed):
+        await dest.put(ev(4, "e"))
+    with pytest.raises(RuntimeError):
+        dest.start()
+    assert recorder.counts == Counter()  # nothing finished, nothing confirmed
+    assert sink.delivered == []
+
+
+async def test_events_put_before_start_are_delivered() -> None:
+    sink = MemorySink(batch_size=100)
+    dest = Destination("d", sink, max_in_flight=100)
+    events = [ev(i, f"k{i % 3}") for i in range(30)]
+    await _put_all(dest, events)
+    assert dest.buffered_events == 30 and dest.in_flight == 0
+    dest.start()
+    assert await dest.drain(timeout=5)
+    assert sorted(sink.delivered, key=order_key) == events
+    assert_per_key_order(events, sink.delivered)
+    # Three keys, one event of a key in flight at a time: batches of <= 3.
+    assert all(len(b) <= 3 for b in sink.batches)
+    await dest.stop()
+
+
+async def test_sink_error_retry_after_is_honoured() -> None:
+    assert FAST.delay(1, retry_after=0.003) == 0.003
+    assert FAST.delay(1, retry_after=100) == FAST.maximum
+    assert Backoff().delay(5, retry_after=-1) == 0.0
+
+
+def test_backoff_full_jitter_and_cap() -> None:
+    b = Backoff(initial=0.2, multiplier=2.0, maximum=30.0)
+    assert [b.ceiling(n) for n in (1, 2, 3, 4)] == [0.2, 0.4, 0.8, 1.6]
+    assert b.ceiling(9) == 30.0
+    assert b.ceiling(10_000) == 30.0  # no overflow
+    rng = random.Random(1)
+    delays = [b.delay(3, rng=rng) for _ in range(200)]
+    assert all(0 <= d <= 0.8 for d in delays)
+    assert min(delays) < 0.2 and max(delays) > 0.6
+    with pytest.raises(ValueError):
+        Backoff(multiplier=0.5)
+
+
+async def test_sink_error_from_errors_module_is_the_retry_signal() -> None:
+    calls = 0
+
+    async def delay(batch: Sequence[Event]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise SinkError("temporarily down", retry_after=0.001)
+
+    sink = MemorySink(batch_size=10, delay=delay)
+    dest = Destination("d", sink, backoff=Backoff(initial=10, maximum=10))
+    dest.start()
+    await dest.put(ev(0, "a"))
+    # retry_after (1 ms) wins over the 10 s backoff ceiling.
+    assert await dest.drain(timeout=5)
+    assert dest.failures_total == 1
+    await dest.stop()
