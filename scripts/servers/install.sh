@@ -79,7 +79,8 @@ if [ ${#pkgs[@]} -gt 0 ]; then
   cleanup_policy() { [ -n "$made_policy" ] && rm -f /usr/sbin/policy-rc.d; return 0; }
   trap cleanup_policy EXIT
   log="$(mktemp)"
-  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+  apt=(apt-get -qq -o DPkg::Lock::Timeout=300)
+  if ! { "${apt[@]}" update && DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y \
     --no-install-recommends "${pkgs[@]}"; } >"$log" 2>&1; then
     cat "$log" >&2
     rm -f "$log"

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 import psycopg
 
 from walrelay.config import Config, DestinationConfig
-from walrelay.errors import SlotLost, WalrelayError
+from walrelay.errors import SlotLost, SourceSetupError, WalrelayError
 from walrelay.model import Begin, Change, Commit, Event, Lsn, format_lsn
 from walrelay.pipeline.backoff import Backoff
 from walrelay.pipeline.envelope import EnvelopeBuilder
@@ -94,6 +94,7 @@ class Engine:
         # again from its start: skip the changes already routed.
         self._resume_commit_lsn: Lsn | None = None
         self._resume_seq = 0
+        self._skip_tx = False
         self._last_sealed_end: Lsn = 0
         self._last_status_sent: Lsn = -1
         self._session_task: asyncio.Task[None] | None = None
@@ -132,10 +133,18 @@ class Engine:
 
     async def run(self) -> None:
         src = self.config.source
-        async with await psycopg.AsyncConnection.connect(
-            src.dsn_value, autocommit=True, application_name="walrelay-admin"
-        ) as admin:
+        try:
+            admin = await psycopg.AsyncConnection.connect(
+                src.dsn_value, autocommit=True, application_name="walrelay-admin"
+            )
+        except psycopg.OperationalError as e:
+            raise SourceSetupError(
+                f"cannot connect to the source ({src.masked_dsn}): {str(e).strip()}",
+                fix="check source.dsn, the server, and PGPASSWORD / the passfile",
+            ) from None
+        async with admin:
             self.source_info = await prepare_source(src, admin)
+        self.tracker = LsnTracker(start=self.source_info.confirmed_flush_lsn or 0)
         self._builder = EnvelopeBuilder(TypeRegistry(), key_columns=self.source_info.key_columns)
         await self._open_destinations()
         self.started.set()
@@ -173,20 +182,11 @@ class Engine:
             dest.start()
 
     def _finished_callback(self, name: str) -> Callable[[Sequence[Event]], None]:
-        tracker = self.tracker
+        tracker = self.tracker  # replaced only before destinations exist
         stats = self.stats
 
         def on_finished(batch: Sequence[Event]) -> None:
-            lsn = -1
-            count = 0
-            for ev in batch:
-                if ev.commit_lsn != lsn:
-                    if count:
-                        tracker.finish(lsn, count, destination=name)
-                    lsn, count = ev.commit_lsn, 0
-                count += 1
-            if count:
-                tracker.finish(lsn, count, destination=name)
+            tracker.finish_events(batch, name)
             if self.until_lsn is not None and tracker.confirmed >= self.until_lsn:
                 self.request_stop()
             if batch:
@@ -325,13 +325,24 @@ class Engine:
     def _on_begin(self, begin: Begin) -> None:
         self._begin = begin
         self._seq = 0
+        self._skip_tx = False
         if begin.commit_lsn == self._resume_commit_lsn:
             return  # already begun in the tracker before the reconnect
         self._resume_commit_lsn = None
+        last = self.tracker.last_begun
+        if last is not None and begin.commit_lsn <= last:
+            # Sent again after a reconnect although we asked to start past it.
+            log.debug("skipping transaction %s: already received", format_lsn(begin.commit_lsn))
+            self._skip_tx = True
+            return
         self.tracker.begin(begin.commit_lsn)
         self.stats.transactions_in += 1
 
     def _on_commit(self, commit: Commit) -> None:
+        if self._skip_tx:
+            self._skip_tx = False
+            self._begin = None
+            return
         self.tracker.seal(commit.commit_lsn, commit.end_lsn)
         self._last_sealed_end = max(self._last_sealed_end, commit.end_lsn)
         self.stats.last_commit_lsn = commit.commit_lsn
@@ -367,7 +378,7 @@ class Engine:
             raise WalrelayError("received a change outside a transaction (decoder bug)")
         seq = self._seq
         self._seq = seq + 1
-        if self._resume_commit_lsn is not None and seq < self._resume_seq:
+        if self._skip_tx or (self._resume_commit_lsn is not None and seq < self._resume_seq):
             return  # routed before the connection dropped
         if change.op == "truncate":
             dests = self._truncate_routes(change)

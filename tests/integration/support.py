@@ -28,10 +28,11 @@ from walrelay.testing.pgcluster import free_port
 async def wait_for(
     predicate: Callable[[], bool | Awaitable[bool]],
     *,
-    timeout: float = 30.0,
+    within: float = 30.0,
     what: str = "condition",
 ) -> None:
-    """Await until ``predicate()`` is true; fail with ``what`` after ``timeout``."""
+    """Await until ``predicate()`` is true; fail with ``what`` after ``within`` s."""
+    timeout = within
     deadline = time.monotonic() + timeout
     while True:
         result = predicate()
@@ -90,7 +91,16 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     p = Path(path)
     if not p.exists():
         return []
-    return [orjson.loads(line) for line in p.read_bytes().splitlines() if line.strip()]
+    data = p.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]  # a line still being written is not read
+    return [orjson.loads(line) for line in complete.splitlines() if line.strip()]
+
+
+def count_lines(path: str | Path) -> int:
+    try:
+        return Path(path).read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
 
 
 def execute(dsn: str, *statements: str, params: tuple[Any, ...] | None = None) -> None:

@@ -80,13 +80,13 @@ def test_stop_even_when_the_test_fails() -> None:
     assert_gone(pids, root)
 
 
-def test_failed_start_reports_the_log_and_cleans_up() -> None:
-    srv = RedisServer(config={"no-such-directive": "1"})
+def test_failed_start_reports_the_log_and_cleans_up(tmp_path: Path) -> None:
+    srv = RedisServer(config={"no-such-directive": "1"}, base_dir=tmp_path)
     with pytest.raises(RuntimeError, match="no-such-directive") as info:
         srv.start()
     assert "redis exited during start-up" in str(info.value)
     assert srv.pids() == []
-    assert srv._root is None
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_missing_servers_say_how_to_install(

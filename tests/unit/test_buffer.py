@@ -15,6 +15,12 @@ from walrelay.pipeline.buffer import BufferClosed, KeyedBuffer, OrderedBuffer
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
 
+@pytest.fixture(autouse=True)
+def _sizes_are_body_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests count buffer space in body bytes: no per-event overhead."""
+    monkeypatch.setattr("walrelay.model.EVENT_OVERHEAD_BYTES", 0)
+
+
 def ev(i: int, *keys: str, size: int = 10) -> Event:
     """Event number ``i`` (ids increase with i); no keys = a barrier."""
     return Event(

@@ -11,6 +11,7 @@ import pytest
 
 from walrelay.errors import ConfigError, DecodeError
 from walrelay.model import (
+    EVENT_OVERHEAD_BYTES,
     UNCHANGED_TOAST,
     Begin,
     Change,
@@ -110,10 +111,13 @@ def test_insert_envelope() -> None:
     assert event.table == "public.users"
     assert event.keys == ("public.users\x1f7",)
     assert event.committed_at == BEGIN.committed_at
-    assert event.size == len(event.body)
-    # data is the envelope itself, with Python values (encoded once into body)
-    assert event.data["record"]["created"] == datetime(2024, 1, 2, 3, 4, 5, 500000, UTC)
-    assert str(event.data["record"]["balance"]) == "12345678901234567890.123456789"
+    assert event.size == len(event.body) + EVENT_OVERHEAD_BYTES
+    # envelope() decodes the body for sinks that need its fields
+    env = event.envelope()
+    assert datetime.fromisoformat(env["record"]["created"]) == datetime(
+        2024, 1, 2, 3, 4, 5, 500000, UTC
+    )
+    assert env["record"]["balance"] == "12345678901234567890.123456789"
     assert "unchanged" not in body
 
 
@@ -210,7 +214,7 @@ def test_unchanged_toast_is_left_out_not_null() -> None:
     event, body = build(change)
     assert body["record"] == {"id": 3, "n": None}
     assert body["unchanged"] == ["big", "doc"]
-    assert event.data["unchanged"] == ["big", "doc"]
+    assert event.envelope()["unchanged"] == ["big", "doc"]
     assert event.keys == ("public.users\x1f3",)
 
 

@@ -246,7 +246,7 @@ class TrackerMachine(RuleBasedStateMachine):
         self.finished: dict[int, dict[str, int]] = {}
         self.sealed: dict[int, int] = {}
         self.order: list[int] = []
-        self.keepalive = 0
+        self.wal_end = 0
         self.last_confirmed = 0
         self.model_confirmed = 0
 
@@ -293,7 +293,7 @@ class TrackerMachine(RuleBasedStateMachine):
         # transaction it sends commits at or after it.
         wal_end = max(0, self.next_lsn - back)
         self.tracker.keepalive(wal_end)
-        self.keepalive = max(self.keepalive, wal_end)
+        self.wal_end = max(self.wal_end, wal_end)
 
     def _done(self, lsn: int) -> bool:
         return lsn in self.sealed and self.added[lsn] == self.finished[lsn]
@@ -312,7 +312,7 @@ class TrackerMachine(RuleBasedStateMachine):
                 break
             prefix_end = self.sealed[lsn]
         # Liveness: as far as the rules allow, and no further.
-        candidate = prefix_end if pending else max(prefix_end, self.keepalive)
+        candidate = prefix_end if pending else max(prefix_end, self.wal_end)
         self.model_confirmed = max(self.model_confirmed, candidate)
         assert confirmed == self.model_confirmed
 

@@ -23,6 +23,12 @@ T0 = datetime(2024, 1, 1, tzinfo=UTC)
 FAST = Backoff(initial=0.001, multiplier=2.0, maximum=0.005)
 
 
+@pytest.fixture(autouse=True)
+def _sizes_are_body_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests count buffer space in body bytes: no per-event overhead."""
+    monkeypatch.setattr("walrelay.model.EVENT_OVERHEAD_BYTES", 0)
+
+
 def ev(i: int, *keys: str, size: int = 10) -> Event:
     """Event number ``i`` (ids increase with i); no keys = a barrier."""
     return Event(

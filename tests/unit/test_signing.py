@@ -117,3 +117,10 @@ def test_timestamp_tolerance() -> None:
 def test_unsigned_headers_without_key() -> None:
     headers = signature_headers(None, "0000000000000001/0", b"{}", timestamp=5)
     assert headers == {"webhook-id": "0000000000000001/0", "webhook-timestamp": "5"}
+
+
+def test_secret_key_accepts_padded_base64() -> None:
+    # 11 bytes -> base64 with one "=" of padding, as most generators print it.
+    padded = "whsec_" + base64.b64encode(b"abcdefghijk").decode()
+    assert padded.endswith("=")
+    assert secret_key(padded) == b"abcdefghijk"

@@ -171,13 +171,18 @@ def _sanitize(value: Any) -> Any:
 
 
 def encode_json(value: Any) -> bytes:
-    """Encode an envelope (or any converted values) as :class:`EnvelopeBuilder` does."""
+    """Encode an envelope (or any converted values) as :class:`EnvelopeBuilder` does.
+
+    orjson returns its bytes inside a buffer of at least 4 KiB; an event body
+    lives in the buffers for a while, so it is copied to its exact size (about
+    0.1 µs) instead of holding ~4 KiB per buffered event.
+    """
     try:
-        return orjson.dumps(value, default=_default)
+        return memoryview(orjson.dumps(value, default=_default)).tobytes()
     except orjson.JSONEncodeError:
         pass
     try:
-        return orjson.dumps(_sanitize(value), default=_default)
+        return memoryview(orjson.dumps(_sanitize(value), default=_default)).tobytes()
     except orjson.JSONEncodeError as exc:
         raise DecodeError(f"cannot encode a change as JSON: {exc}") from exc
 
@@ -490,7 +495,6 @@ class EnvelopeBuilder:
             body=encode_json(env),
             xid=begin.xid,
             committed_at=begin.committed_at,
-            data=env,
         )
 
     def _common(self, begin: Begin, op: str, seq: int) -> dict[str, Any]:
@@ -520,7 +524,6 @@ class EnvelopeBuilder:
             body=encode_json(env),
             xid=begin.xid,
             committed_at=begin.committed_at,
-            data=env,
         )
 
     def _message_event(self, begin: Begin, change: Change, seq: int) -> Event:
@@ -543,5 +546,4 @@ class EnvelopeBuilder:
             body=encode_json(env),
             xid=begin.xid,
             committed_at=begin.committed_at,
-            data=env,
         )

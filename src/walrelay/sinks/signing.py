@@ -67,8 +67,9 @@ def secret_key(secret: bytes | str) -> bytes:
         if secret.startswith(SECRET_PREFIX):
             encoded = secret[len(SECRET_PREFIX) :]
             try:
-                # Tolerate missing padding; b64decode ignores surplus "=".
-                key = base64.b64decode(encoded + "==", validate=True)
+                # Tolerate missing or surplus padding.
+                bare = encoded.rstrip("=")
+                key = base64.b64decode(bare + "=" * (-len(bare) % 4), validate=True)
             except (binascii.Error, ValueError):
                 raise ValueError(
                     "webhook secret starts with 'whsec_' but the rest is not valid base64"

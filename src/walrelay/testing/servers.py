@@ -116,8 +116,31 @@ def _require_module(module: str, extra: str) -> None:
 # --------------------------------------------------------------------------- processes
 
 
+def _proc_table() -> dict[int, tuple[bytes, int, int, int]]:
+    """pid -> (state, ppid, pgrp, start time) of every process (Linux ``/proc``)."""
+    table: dict[int, tuple[bytes, int, int, int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # after "pid (comm)": state ppid pgrp session tty tpgid flags ... starttime (20th)
+        fields = stat.rsplit(b")", 1)[-1].split()
+        if len(fields) > 19:
+            table[int(entry.name)] = (fields[0], int(fields[1]), int(fields[2]), int(fields[19]))
+    return table
+
+
 class _Child:
-    """One spawned process, leader of its own process group (pgid == pid)."""
+    """One spawned process, leader of its own process group (pgid == pid).
+
+    Some servers' helpers leave the group (Erlang's ``erl_child_setup`` and
+    ``inet_gethost`` call ``setsid``); those are tracked as descendants of the
+    leader, by (pid, start time) so a reused pid is never taken for one of ours.
+    """
 
     def __init__(
         self,
@@ -138,6 +161,7 @@ class _Child:
                 start_new_session=True,
             )
         self.pid = self.popen.pid
+        self._seen: dict[int, int] = {}  # descendants ever observed: pid -> start time
 
     def exited(self) -> bool:
         """True once the leader has exited; does not reap it (the pgid stays ours)."""
@@ -149,27 +173,32 @@ class _Child:
             return True
         return info is not None
 
-    def group_members(self) -> list[int]:
-        """Live processes of our group other than the leader (Linux ``/proc``)."""
-        members: list[int] = []
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit() or int(entry.name) == self.pid:
+    def _others(self) -> list[int]:
+        """Live members of our group and live descendants of the leader, leader excluded."""
+        table = _proc_table()
+        if self.popen.returncode is None and self.pid in table:
+            children: dict[int, list[int]] = {}
+            for pid, (_, ppid, _, _) in table.items():
+                children.setdefault(ppid, []).append(pid)
+            todo = [self.pid]
+            while todo:
+                for child in children.get(todo.pop(), []):
+                    self._seen[child] = table[child][3]
+                    todo.append(child)
+        live: list[int] = []
+        for pid, (state, _, pgrp, started) in table.items():
+            if pid == self.pid or state == b"Z":
                 continue
-            try:
-                with open(f"/proc/{entry.name}/stat", "rb") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            fields = stat.rsplit(b")", 1)[-1].split()
-            # fields: state, ppid, pgrp, ...
-            if len(fields) > 2 and int(fields[2]) == self.pid and fields[0] != b"Z":
-                members.append(int(entry.name))
-        return members
+            if pgrp == self.pid or self._seen.get(pid) == started:
+                if pgrp == self.pid:
+                    self._seen[pid] = started
+                live.append(pid)
+        return live
 
     def pids(self) -> list[int]:
-        """The leader (while not reaped) and every live member of its group."""
+        """The leader (while not reaped) and every live process it started."""
         leader = [] if self.popen.returncode is not None else [self.pid]
-        return leader + self.group_members()
+        return leader + self._others()
 
     def signal_leader(self, sig: int) -> None:
         if not self.exited():
@@ -192,6 +221,7 @@ class _Child:
 
     def terminate(self, sig: int, timeout: float) -> None:
         """Ask the leader to stop with ``sig``; SIGKILL the group after ``timeout``."""
+        self._others()  # note the current descendants before they are orphaned
         self.signal_leader(sig)
         if not self.wait_exit(timeout):
             self.signal_group(signal.SIGKILL)
@@ -199,16 +229,21 @@ class _Child:
         self._finish()
 
     def kill(self) -> None:
-        """SIGKILL the whole group at once (a crash, as far as the server can tell)."""
+        """SIGKILL everything we started at once (a crash, as far as the server can tell)."""
+        self._others()
         self.signal_group(signal.SIGKILL)
-        self.wait_exit(30.0)
         self._finish()
 
     def _finish(self) -> None:
-        # The leader has exited but is not reaped yet: kill what is left of its group.
+        self.wait_exit(30.0)
+        # The leader has exited but is not reaped yet, so the group id is still
+        # ours: kill what is left of the group and of the leader's descendants.
         deadline = time.monotonic() + 10.0
-        while self.group_members() and time.monotonic() < deadline:
+        while (left := self._others()) and time.monotonic() < deadline:
             self.signal_group(signal.SIGKILL)
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             time.sleep(_POLL)
         self.popen.wait()
 
