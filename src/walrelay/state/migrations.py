@@ -1,0 +1,106 @@
+"""walrelay's own tables, in a schema of the state database, versioned.
+
+Each migration is applied once, in order, inside one transaction holding an
+advisory lock, so two processes starting together cannot race. The schema
+name comes from config and is always quoted through ``sql.Identifier``.
+The schema is never added to a publication (walrelay only publishes the
+tables listed in ``source.tables``).
+
+To add a migration: append a ``Migration`` with the next version number to
+``MIGRATIONS``; never edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+log = logging.getLogger("walrelay.state")
+
+_LOCK_KEY = 0x57414C52  # "WALR": serialises migrations across processes
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    # Builds the statements for a given schema identifier.
+    statements: Callable[[sql.Identifier], list[sql.Composed]]
+
+
+def _v1(s: sql.Identifier) -> list[sql.Composed]:
+    return [
+        sql.SQL(
+            "create table if not exists {}.meta (key text primary key, value text not null)"
+        ).format(s),
+    ]
+
+
+MIGRATIONS: list[Migration] = [
+    Migration(1, "meta table", _v1),
+]
+
+
+async def current_version(conn: psycopg.AsyncConnection[tuple[object, ...]], schema: str) -> int:
+    cur = await conn.execute(
+        "select 1 from pg_tables where schemaname = %s and tablename = 'schema_version'",
+        (schema,),
+    )
+    if await cur.fetchone() is None:
+        return 0
+    cur = await conn.execute(
+        sql.SQL("select coalesce(max(version), 0) from {}.schema_version").format(
+            sql.Identifier(schema)
+        )
+    )
+    row = await cur.fetchone()
+    return int(str(row[0])) if row else 0
+
+
+async def migrate(
+    conn: psycopg.AsyncConnection[tuple[object, ...]],
+    schema: str = "walrelay",
+    migrations: list[Migration] | None = None,
+) -> int:
+    """Bring ``schema`` up to the newest version. Returns the version reached.
+
+    ``conn`` must be in autocommit mode; the migration runs in its own
+    transaction.
+    """
+    steps = MIGRATIONS if migrations is None else migrations
+    ident = sql.Identifier(schema)
+    async with conn.transaction():
+        await conn.execute("select pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        await conn.execute(sql.SQL("create schema if not exists {}").format(ident))
+        await conn.execute(
+            sql.SQL(
+                "create table if not exists {}.schema_version ("
+                "version int primary key, description text not null, "
+                "applied_at timestamptz not null default now())"
+            ).format(ident)
+        )
+        version = await current_version(conn, schema)
+        newest = max((m.version for m in steps), default=0)
+        if version > newest:
+            raise RuntimeError(
+                f"state schema {schema} is at version {version}, newer than this walrelay "
+                f"knows ({newest}): upgrade walrelay"
+            )
+        for m in sorted(steps, key=lambda m: m.version):
+            if m.version <= version:
+                continue
+            for stmt in m.statements(ident):
+                await conn.execute(stmt)
+            await conn.execute(
+                sql.SQL(
+                    "insert into {}.schema_version (version, description) values (%s, %s)"
+                ).format(ident),
+                (m.version, m.description),
+            )
+            log.info("state schema %s: applied migration %d (%s)", schema, m.version, m.description)
+            version = m.version
+    return version
