@@ -88,6 +88,45 @@ class BackoffConfig(_Model):
     max: Seconds = 30.0
 
 
+class StateConfig(_Model):
+    """walrelay's own tables (failed events, ledger): ``state: {dsn, schema}``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    dsn: SecretStr | None = None  # default: source.dsn
+    schema_name: str = Field(default="walrelay", alias="schema")
+
+    @property
+    def schema(self) -> str:  # type: ignore[override]  # BaseModel.schema is deprecated
+        return self.schema_name
+
+    @field_validator("schema_name")
+    @classmethod
+    def _schema(cls, v: str) -> str:
+        if not re.match(r"^[a-z_][a-z0-9_]{0,62}$", v):
+            raise ValueError(f"state schema {v!r}: use 1-63 chars of a-z, 0-9 and _")
+        return v
+
+
+class FailedConfig(_Model):
+    """Failed deliveries: parked in ``<state schema>.failed_events`` (pipeline/retry.py)."""
+
+    enabled: bool = True
+    # Failed attempts (transient errors) retried in memory before the event is parked.
+    park_after: int = Field(default=3, ge=1)
+    # Attempts before a permanently rejected event (HTTP 400/404/422, ...) is dead.
+    permanent_attempts: int = Field(default=3, ge=1)
+    # Attempts in all before any event is dead; None: retry for ever.
+    max_attempts: int | None = Field(default=None, ge=1)
+    # block: a dead event keeps its key blocked until `walrelay failed retry|discard`;
+    # skip_dead: it stays in the table, is logged and counted, and its key moves on.
+    on_dead: Literal["block", "skip_dead"] = "block"
+    backoff: BackoffConfig = BackoffConfig(initial=1.0, multiplier=2.0, max=300.0)
+    # Reaching either cap pauses replication until the backlog drains below 90% of it.
+    max_events: int = Field(default=100_000, gt=0)
+    max_bytes: Bytes = 1024**3
+
+
 class SourceConfig(_Model):
     dsn: SecretStr = Field(description="libpq connection string or URL")
     slot: str = "walrelay"
@@ -180,8 +219,192 @@ class WebhookSinkConfig(_Model):
         return None
 
 
+def env_secret(var: str | None, what: str) -> str | None:
+    """The value of environment variable ``var`` (None when ``var`` is None)."""
+    if var is None:
+        return None
+    value = os.environ.get(var)
+    if not value:
+        raise ConfigError(
+            f"{what}: environment variable {var} is not set",
+            fix=f"export {var}=... before starting walrelay, or remove the setting",
+        )
+    return value
+
+
+class TlsConfig(_Model):
+    """TLS for a broker connection; present (even empty: ``tls: {}``) means on."""
+
+    ca_file: str | None = None  # default: the system's CA bundle
+    cert_file: str | None = None  # client certificate (mutual TLS)
+    key_file: str | None = None
+    key_password_env: str | None = None
+    verify: bool = True  # false: no certificate or host name check (tests only)
+
+    def ssl_context(self) -> Any:
+        """An ``ssl.SSLContext`` for asyncio clients (NATS, Redis, RabbitMQ)."""
+        import ssl
+
+        try:
+            ctx = ssl.create_default_context(cafile=self.ca_file)
+            if self.cert_file:
+                ctx.load_cert_chain(
+                    self.cert_file,
+                    self.key_file,
+                    password=env_secret(self.key_password_env, "tls key password"),
+                )
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(
+                f"tls: cannot load certificates ({e})",
+                fix="check tls.ca_file, tls.cert_file and tls.key_file",
+            ) from None
+        if not self.verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+
+class KafkaSinkConfig(_Model):
+    type: Literal["kafka"]
+    bootstrap_servers: str
+    mode: Literal["exactly_once", "at_least_once"] = "exactly_once"
+    topic: str = "{prefix}.{schema}.{table}"
+    message_topic: str = "{prefix}.messages"
+    prefix: str = "walrelay"
+    transactional_id: str | None = None  # default walrelay-<slot>-<destination>
+    checkpoint_topic: str = "walrelay.checkpoints"
+    auto_create: bool = True
+    partitions: int = Field(default=-1, ge=-1)  # -1: the broker's num.partitions
+    replication_factor: int = Field(default=-1, ge=-1)
+    security_protocol: Literal["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"] | None = None
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password_env: str | None = None
+    tls: TlsConfig | None = None
+    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "lz4"
+    linger: Seconds = 0.005
+    delivery_timeout: Seconds = 30.0
+    options: dict[str, str | int | float | bool] = Field(default_factory=dict)  # librdkafka
+    batch_size: int = Field(default=500, gt=0)
+
+
+class NatsSinkConfig(_Model):
+    type: Literal["nats"]
+    servers: Annotated[
+        list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)
+    ] = Field(min_length=1)
+    subject: str = "{prefix}.{schema}.{table}"
+    message_subject: str = "{prefix}.messages"
+    prefix: str = "walrelay"
+    stream: str = "WALRELAY"
+    auto_create: bool = True
+    stream_subjects: list[str] | None = None  # for auto-create; default ["<prefix>.>"]
+    duplicate_window: Seconds = 120.0  # for auto-create
+    user: str | None = None
+    password_env: str | None = None
+    token_env: str | None = None
+    creds_file: str | None = None
+    tls: TlsConfig | None = None
+    timeout: Seconds = 10.0
+    batch_size: int = Field(default=100, gt=0)
+
+
+class RedisSinkConfig(_Model):
+    type: Literal["redis"]
+    url: SecretStr
+    username: str | None = None
+    password_env: str | None = None
+    stream: str = "{prefix}:{schema}.{table}"
+    message_stream: str = "{prefix}:messages"
+    prefix: str = "walrelay"
+    maxlen: int | None = Field(default=None, gt=0)
+    approximate_maxlen: bool = True
+    auto_create: bool = True
+    tls: TlsConfig | None = None
+    timeout: Seconds = 10.0
+    batch_size: int = Field(default=500, gt=0)
+
+
+class RabbitMQSinkConfig(_Model):
+    type: Literal["rabbitmq"]
+    url: SecretStr
+    username: str | None = None
+    password_env: str | None = None
+    exchange: str = "{prefix}"
+    exchange_type: Literal["topic", "direct", "fanout", "headers"] = "topic"
+    routing_key: str = "{schema}.{table}.{op}"
+    message_exchange: str = "{prefix}"
+    message_routing_key: str = "message"
+    prefix: str = "walrelay"
+    auto_create: bool = True
+    mandatory: bool = True
+    tls: TlsConfig | None = None
+    timeout: Seconds = 10.0
+    batch_size: int = Field(default=100, gt=0)
+
+
+BrokerSinkConfig = KafkaSinkConfig | NatsSinkConfig | RedisSinkConfig | RabbitMQSinkConfig
+
+class PostgresSinkConfig(_Model):
+    """Applies changes to tables of another PostgreSQL database (walrelay.sinks.postgres)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    type: Literal["postgres"]
+    dsn: SecretStr
+    # Target schema of tables not named in ``tables`` (default: the source table's schema).
+    target_schema: str | None = Field(default=None, alias="schema")
+    # source table -> target table ('orders' or 'schema.orders'); same names by default.
+    tables: dict[str, str] = Field(default_factory=dict)
+    # Schema in the *target* database holding walrelay's applied-events table.
+    state_schema: str = "walrelay"
+    ordered: bool = True
+    max_connections: int = Field(default=4, gt=0)  # used when ordered is false
+    batch_size: int = Field(default=500, gt=0)
+    connect_timeout: Seconds = 10.0
+
+    @field_validator("tables")
+    @classmethod
+    def _qualify_sources(cls, v: dict[str, str]) -> dict[str, str]:
+        return {qualify(k): t.strip() for k, t in v.items()}
+
+
+class RedisLedgerConfig(_Model):
+    type: Literal["redis"]
+    url: SecretStr
+    key_prefix: str = "walrelay:ledger:"
+    timeout: Seconds = 5.0
+
+
+class PostgresLedgerConfig(_Model):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    type: Literal["postgres"]
+    # Default: the state database (state.dsn when configured, else source.dsn).
+    dsn: SecretStr | None = None
+    # Default: the state schema (state.schema when configured, else 'walrelay').
+    ledger_schema: str | None = Field(default=None, alias="schema")
+
+
+class NoLedgerConfig(_Model):
+    type: Literal["none"]
+
+
+LedgerConfig = Annotated[
+    RedisLedgerConfig | PostgresLedgerConfig | NoLedgerConfig, Field(discriminator="type")
+]
+
+
 SinkConfig = Annotated[
-    FileSinkConfig | StdoutSinkConfig | WebhookSinkConfig, Field(discriminator="type")
+    FileSinkConfig
+    | StdoutSinkConfig
+    | WebhookSinkConfig
+    | KafkaSinkConfig
+    | NatsSinkConfig
+    | RedisSinkConfig
+    | RabbitMQSinkConfig
+    | PostgresSinkConfig,
+    Field(discriminator="type"),
 ]
 
 OPS = ("insert", "update", "delete", "truncate", "message")
@@ -195,6 +418,10 @@ class DestinationConfig(_Model):
     max_in_flight: int | None = Field(default=None, gt=0)
     buffer_bytes: Bytes = 64 * 1024 * 1024
     retry: BackoffConfig = BackoffConfig()
+    # Failed deliveries parked in the state database (walrelay.pipeline.retry).
+    failed: FailedConfig = FailedConfig()
+    # Overrides the top-level ``ledger`` for this destination.
+    ledger: LedgerConfig | None = None
 
     @field_validator("name")
     @classmethod
@@ -211,7 +438,83 @@ class DestinationConfig(_Model):
     def effective_max_in_flight(self) -> int:
         if self.max_in_flight is not None:
             return self.max_in_flight
+        if self.sink.type == "postgres" and not self.sink.ordered:
+            return self.sink.batch_size * self.sink.max_connections
         return 32 if self.sink.type == "webhook" else self.sink.batch_size
+
+
+class ThresholdsConfig(_Model):
+    """Overrides of :class:`walrelay.monitor.thresholds.Thresholds` (unset = default)."""
+
+    retained_wal_warn_bytes: Bytes | None = None
+    retained_wal_page_bytes: Bytes | None = None
+    retained_wal_page_fraction_of_keep_size: float | None = Field(default=None, gt=0, le=1)
+    slot_inactive_warn_seconds: Seconds | None = None
+    slot_inactive_page_seconds: Seconds | None = None
+    wal_disk_warn_percent: float | None = Field(default=None, gt=0, le=100)
+    wal_disk_page_percent: float | None = Field(default=None, gt=0, le=100)
+    delivery_lag_warn_seconds: Seconds | None = None
+    delivery_lag_page_seconds: Seconds | None = None
+    oldest_transaction_warn_seconds: Seconds | None = None
+    oldest_transaction_page_seconds: Seconds | None = None
+    spill_page_fraction_of_free_disk: float | None = Field(default=None, gt=0, le=1)
+
+
+class MonitorConfig(_Model):
+    """The engine's watch over the source cluster (walrelay.monitor.service)."""
+
+    enabled: bool = True
+    interval: Seconds = 10.0
+    # Defaults to source.dsn; a role with pg_monitor is enough.
+    dsn: SecretStr | None = None
+    watch_other_slots: bool = True
+    # Spilling warns once the spill counters grew at this many checks in a row.
+    spill_sustained_checks: int = Field(default=3, ge=1)
+    thresholds: ThresholdsConfig = ThresholdsConfig()
+
+
+class AlertWebhookConfig(_Model):
+    """A Slack-compatible incoming webhook: POST {"text": ...}."""
+
+    url: SecretStr | None = None
+    url_env: str | None = None
+    min_severity: Literal["warn", "page"] = "warn"
+    timeout: Seconds = 5.0
+
+    @model_validator(mode="after")
+    def _one_url(self) -> AlertWebhookConfig:
+        if (self.url is None) == (self.url_env is None):
+            raise ValueError("set exactly one of url and url_env")
+        return self
+
+    def url_value(self) -> str:
+        if self.url_env is not None:
+            value = os.environ.get(self.url_env)
+            if not value:
+                raise ConfigError(
+                    f"alerts webhook: environment variable {self.url_env} is not set",
+                    fix=f"export {self.url_env}=https://hooks.example/... or remove the webhook",
+                )
+            return value
+        assert self.url is not None
+        return self.url.get_secret_value()
+
+
+class AlertsConfig(_Model):
+    webhooks: list[AlertWebhookConfig] = Field(default_factory=list)
+
+
+class HttpConfig(_Model):
+    """/healthz, /metrics (open), /api/* and the dashboard (token required)."""
+
+    enabled: bool = True
+    listen: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)  # 0: any free port
+    token_env: str | None = None
+    # Read from this file; when no token is configured anywhere, a random one
+    # is generated and kept in a file only the user can read (default
+    # $XDG_STATE_HOME/walrelay/<slot>-<port>.token).
+    token_file: str | None = None
 
 
 class Config(_Model):
@@ -219,6 +522,18 @@ class Config(_Model):
     destinations: list[DestinationConfig] = Field(min_length=1)
     shutdown_timeout: Seconds = 30.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Dedup ledger for every non-transactional sink (webhook, ...); type none: off.
+    ledger: LedgerConfig = PostgresLedgerConfig(type="postgres")
+    monitor: MonitorConfig = MonitorConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    http: HttpConfig = HttpConfig()
+    # walrelay's own tables (failed events, ledger); never published.
+    state: StateConfig = StateConfig()
+
+    @property
+    def state_dsn(self) -> str:
+        """The state database: ``state.dsn``, else the source database."""
+        return self.state.dsn.get_secret_value() if self.state.dsn else self.source.dsn_value
 
     @model_validator(mode="after")
     def _check(self) -> Config:
@@ -227,6 +542,12 @@ class Config(_Model):
         if dupes:
             raise ValueError(f"destination names must be unique; repeated: {', '.join(dupes)}")
         source_tables = set(self.source.tables)
+        internal = [t for t in self.source.tables if t.startswith(self.state.schema + ".")]
+        if internal and self.state.dsn is None:
+            raise ValueError(
+                f"source.tables lists {internal[0]!r}, in walrelay's own state schema "
+                f"{self.state.schema!r}, which is never published; remove it"
+            )
         for d in self.destinations:
             for t in d.tables or []:
                 if t not in source_tables:

@@ -261,3 +261,51 @@ async def test_slot_advances_through_unpublished_writes(db: str, tmp_path: Path)
             what="the idle slot to confirm past the unpublished writes",
         )
     assert read_jsonl(tmp_path / "e.jsonl") == []
+
+
+async def test_status_updates_continue_while_backpressured(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A paused reader still answers the server: wal_sender_timeout never fires."""
+    execute(db, "create table t (id int primary key, pad text)")
+    execute(db, "alter system set wal_sender_timeout = '2s'", "select pg_reload_conf()")
+    secret = webhook_secret(monkeypatch)
+    try:
+        async with WebhookReceiver(secret) as hook:
+            hook.status = 503  # nothing gets delivered: the buffer fills and stays full
+            config = make_config(
+                db,
+                ["public.t"],
+                [
+                    {
+                        "name": "hook",
+                        "buffer_bytes": 4096,
+                        "retry": {"initial": 0.5, "max": 1},
+                        "sink": {
+                            "type": "webhook",
+                            "url": hook.url,
+                            "secret_env": "WALRELAY_TEST_SECRET",
+                        },
+                    }
+                ],
+                status_interval=0.5,
+            )
+            async with running_engine(config) as engine:
+                await wait_for(
+                    lambda: slot_state(db, "walrelay").get("active") is True, what="streaming"
+                )
+                pid = slot_state(db, "walrelay")["active_pid"]
+                execute(
+                    db, "insert into t select g, repeat('x', 200) from generate_series(1, 500) g"
+                )
+                dest = engine.destinations["hook"]
+                await wait_for(lambda: dest.blocked, what="the reader to block on a full buffer")
+                # Three wal_sender_timeouts pass with the reader blocked.
+                await asyncio.sleep(6)
+                assert dest.blocked
+                assert engine.stats.reconnects == 0
+                assert slot_state(db, "walrelay")["active_pid"] == pid
+                hook.status = 200
+                await wait_for(lambda: len(hook.received) == 500, what="every event")
+    finally:
+        execute(db, "alter system reset wal_sender_timeout", "select pg_reload_conf()")

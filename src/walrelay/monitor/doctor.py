@@ -469,6 +469,9 @@ def _wal_disk(
     return DiskFacts(str(wal.resolve()), usage.total, usage.used, usage.free), ""
 
 
+wal_disk = _wal_disk  # also used by the engine's monitor (walrelay.monitor.probe)
+
+
 # --------------------------------------------------------------------------- findings
 
 

@@ -126,6 +126,13 @@ class Destination:
 
     # -- feeding ----------------------------------------------------------------
 
+    def try_put(self, event: Event) -> bool:
+        """Hand an event over if it fits now, without waiting (the hot path)."""
+        if self._buffer.try_push(event):
+            self._wake.set()
+            return True
+        return False
+
     async def put(self, event: Event) -> None:
         """Hand an event over (in id order). Waits while the buffer is full."""
         buffer = self._buffer

@@ -61,6 +61,8 @@ class FileSink:
     """Appends event bodies as JSON lines to ``path``; see the module docstring."""
 
     ordered = True
+    # Exactly-once on its own (the high-water mark): no dedup ledger in front.
+    transactional = True
 
     def __init__(
         self,

@@ -14,8 +14,7 @@ import contextlib
 import logging
 import struct
 import time
-from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 import psycopg
 from psycopg import pq, sql
@@ -25,31 +24,29 @@ from walrelay.model import Lsn, format_lsn
 log = logging.getLogger("walrelay.source.stream")
 
 _PG_EPOCH_OFFSET_US = 946_684_800 * 1_000_000  # 2000-01-01 in Unix microseconds
-_XLOGDATA = struct.Struct("!QQQ")
+_U64 = struct.Struct("!Q")
 _KEEPALIVE = struct.Struct("!QQB")
 _STATUS = struct.Struct("!cQQQQB")
 
 
-@dataclass(slots=True)
-class XLogData:
-    """One XLogData frame; the pgoutput message is ``payload[offset:]``.
+XLOGDATA: Final = 0x77  # 'w': Int64 data start, Int64 wal end, Int64 time, message
+KEEPALIVE: Final = 0x6B  # 'k': Int64 wal end, Int64 time, Byte1 reply requested
+XLOGDATA_HEADER: Final = 25  # the pgoutput message starts at this offset
 
-    The frame is kept whole (not sliced) to save a copy per message.
-    """
-
-    data_start: Lsn
-    wal_end: Lsn
-    payload: bytes
-    offset: int = 25
+Frame = bytes
+"""One CopyData message as the server sent it, unparsed (one allocation per
+message is all the hot path can afford): ``frame[0]`` is XLOGDATA or
+KEEPALIVE; see :func:`xlogdata_start` and :func:`parse_keepalive`."""
 
 
-@dataclass(slots=True)
-class Keepalive:
-    wal_end: Lsn
-    reply_requested: bool
+def xlogdata_start(frame: bytes) -> Lsn:
+    return int(_U64.unpack_from(frame, 1)[0])
 
 
-Frame = XLogData | Keepalive
+def parse_keepalive(frame: bytes) -> tuple[Lsn, bool]:
+    """(wal_end, reply_requested) of a keepalive frame."""
+    end, _, reply = _KEEPALIVE.unpack_from(frame, 1)
+    return int(end), bool(reply)
 
 
 class ReplicationConnectionLost(Exception):
@@ -136,14 +133,7 @@ class PsycopgReplicationStream:
             except psycopg.OperationalError as e:
                 raise ReplicationConnectionLost(str(e)) from e
             if nbytes > 0:
-                buf = bytes(data)
-                kind = buf[0]
-                if kind == 0x77:  # 'w' XLogData
-                    start, end, _ = _XLOGDATA.unpack_from(buf, 1)
-                    frames.append(XLogData(start, end, buf))
-                elif kind == 0x6B:  # 'k' keepalive
-                    end, _, reply = _KEEPALIVE.unpack_from(buf, 1)
-                    frames.append(Keepalive(end, bool(reply)))
+                frames.append(bytes(data))
                 if len(frames) >= 4096:
                     return frames
                 continue

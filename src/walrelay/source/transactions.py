@@ -50,6 +50,10 @@ from typing import BinaryIO, Final
 from walrelay.errors import DecodeError
 from walrelay.model import Begin, Change, Commit, Lsn, Relation, format_lsn
 from walrelay.source.pgoutput import (
+    _BEGIN,
+    _COMMIT,
+    BEGIN,
+    COMMIT,
     ORIGIN,
     STREAM_STOP,
     XID_CARRYING,
@@ -64,6 +68,7 @@ from walrelay.source.pgoutput import (
     StreamStartMessage,
     StreamStopMessage,
     TypeMessage,
+    pg_timestamp,
 )
 
 __all__ = ["Item", "TransactionAssembler"]
@@ -158,6 +163,25 @@ def _subxid(payload: bytes, default: int) -> int:
     return default
 
 
+_BEGIN_LEN = 1 + _BEGIN.size
+_COMMIT_LEN = 1 + _COMMIT.size
+
+
+class _Where:
+    """An LSN that formats itself only when an error message is built."""
+
+    __slots__ = ("lsn",)
+
+    def __init__(self, lsn: Lsn) -> None:
+        self.lsn = lsn
+
+    def __str__(self) -> str:
+        return format_lsn(self.lsn)
+
+    def __format__(self, spec: str) -> str:
+        return format_lsn(self.lsn)
+
+
 class TransactionAssembler:
     """Turns pgoutput payloads into the Begin / Change / Commit items the pipeline consumes.
 
@@ -246,6 +270,23 @@ class TransactionAssembler:
         if self._stream is not None and kind != STREAM_STOP:
             self._buffer(self._stream, payload, offset, kind, wal_start)
             return _NO_ITEMS
+        # Fast paths for the two messages every transaction has (a single-row
+        # transaction is Begin, one change, Commit): no message objects.
+        if kind == BEGIN and self._begin is None and len(payload) - offset == _BEGIN_LEN:
+            final_lsn, ts, xid = _BEGIN.unpack_from(payload, offset + 1)
+            self._begin = Begin(xid, final_lsn, pg_timestamp(ts))
+            self._pending_begin = True
+            return _NO_ITEMS
+        if kind == COMMIT and self._begin is not None and len(payload) - offset == _COMMIT_LEN:
+            begin = self._begin
+            _, commit_lsn, end_lsn, _ = _COMMIT.unpack_from(payload, offset + 1)
+            # pgoutput sends the same commit timestamp in Begin and Commit.
+            commit = Commit(begin.xid, commit_lsn, end_lsn, begin.committed_at)
+            self._begin = None
+            if self._pending_begin:
+                self._pending_begin = False
+                return [begin, commit]
+            return [commit]
         msg = self._decoder.decode(payload, offset, False)
         if type(msg) is Change:
             begin = self._begin
@@ -260,7 +301,7 @@ class TransactionAssembler:
         return self._control(msg, wal_start)
 
     def _control(self, msg: object, wal_start: Lsn) -> Iterable[Item]:
-        where = format_lsn(wal_start)
+        where = _Where(wal_start)  # formatted only if an error message needs it
         if isinstance(msg, BeginMessage):
             if self._begin is not None:
                 raise DecodeError(

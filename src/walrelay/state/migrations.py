@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from walrelay.state.failed import migration_statements as failed_events_statements
+
 log = logging.getLogger("walrelay.state")
 
 _LOCK_KEY = 0x57414C52  # "WALR": serialises migrations across processes
@@ -40,8 +42,26 @@ def _v1(s: sql.Identifier) -> list[sql.Composed]:
     ]
 
 
+def _v3_ledger(s: sql.Identifier) -> list[sql.Composed]:
+    """The delivery ledger (walrelay.pipeline.ledger.PostgresLedger)."""
+    return [
+        sql.SQL(
+            "create table if not exists {}.ledger ("
+            "destination text not null, event_id text not null, commit_lsn pg_lsn not null, "
+            "recorded_at timestamptz not null default now(), "
+            "primary key (destination, event_id))"
+        ).format(s),
+        sql.SQL(
+            "create index if not exists ledger_destination_lsn on {}.ledger "
+            "(destination, commit_lsn)"
+        ).format(s),
+    ]
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "meta table", _v1),
+    Migration(2, "failed events", failed_events_statements),
+    Migration(3, "delivery ledger", _v3_ledger),
 ]
 
 

@@ -1,0 +1,474 @@
+"""The delivery ledger: which event ids a destination has already received.
+
+ARCHITECTURE section 2, layer 2 of exactly-once. After a crash PostgreSQL
+replays every transaction after the slot's confirmed LSN, so a sink that is
+not transactional (webhooks, RabbitMQ) would receive again what it already
+had. The engine wraps such a sink in a :class:`LedgeredSink`, which for every
+batch
+
+1. **checks** the ledger (one round trip) and drops the ids it holds;
+2. **sends** the rest through the real sink;
+3. **records** their ids in the ledger (one round trip) -- retrying the
+   record until the ledger takes it, so an outage of the ledger never makes
+   a *sent* batch go out again;
+
+so a replay is dropped, and a resend can only happen when walrelay dies
+between 2 and 3 (then the same ids are sent again: the webhook ``webhook-id``
+lets the receiver drop them).
+
+If the ledger cannot be reached at step 1, ``deliver`` raises
+:class:`LedgerUnavailable` (a :class:`~walrelay.errors.SinkUnavailable`):
+nothing is sent unchecked, the scheduler retries with backoff, and delivery
+resumes by itself when the ledger is back.
+
+Backends (``ledger:`` in the config):
+
+:class:`RedisLedger` (``{type: redis, url: redis://...}``)
+    one sorted set per destination (``<key_prefix><destination>``), member =
+    event id, score = commit LSN. Check is one ``ZMSCORE``; record is one
+    ``ZADD`` pipelined with the trim ``ZREMRANGEBYSCORE -inf (<floor>``.
+    Scores are doubles: exact for LSNs below 2^53 (8 PiB of WAL).
+    Durability is Redis's: with ``appendfsync everysec`` a crash *of Redis*
+    can forget the last second of records (those events may be sent once
+    more, with the same id).
+:class:`PostgresLedger` (``{type: postgres}``, the default)
+    the table ``<schema>.ledger`` in the state database (state migration 3),
+    primary key ``(destination, event_id)``. Check is one ``select``; record
+    is one ``insert .. on conflict do nothing`` (plus the trim, at most once
+    a second, in the same pipeline).
+
+Trimming: ids of transactions below the *trim floor* can never be replayed
+(the slot's confirmed LSN is past them), so they are removed. The engine
+sets the floor through :meth:`LedgeredSink.trim_below` from the LSN tracker;
+a failed-event store that re-delivers parked events below the confirmed LSN
+must hold the floor at its oldest parked commit LSN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import psycopg
+from psycopg import sql
+
+from walrelay import failpoints
+from walrelay.config import masked_dsn
+from walrelay.errors import ConfigError, SinkUnavailable
+from walrelay.model import Event, Lsn, format_lsn
+from walrelay.pipeline.backoff import Backoff
+from walrelay.sinks.base import Sink
+
+if TYPE_CHECKING:
+    from walrelay.config import Config, DestinationConfig
+
+__all__ = [
+    "Ledger",
+    "LedgerUnavailable",
+    "LedgeredSink",
+    "PostgresLedger",
+    "RedisLedger",
+    "TrimAware",
+    "build_ledger",
+    "is_transactional",
+    "wrap_sink",
+]
+
+log = logging.getLogger("walrelay.ledger")
+
+TRIM_INTERVAL = 1.0
+"""Seconds between two trims of one destination's ledger (trims ride along a record)."""
+
+
+class LedgerUnavailable(SinkUnavailable):
+    """The ledger could not be read or written: delivery pauses until it is back."""
+
+
+@runtime_checkable
+class Ledger(Protocol):
+    """Remembers delivered event ids per destination."""
+
+    async def open(self) -> None:
+        """Prepare (create tables); must not fail because the backend is down."""
+
+    async def close(self) -> None: ...
+
+    async def delivered(self, destination: str, events: Sequence[Event]) -> set[str]:
+        """The ids among ``events`` recorded as delivered. Raises :class:`LedgerUnavailable`."""
+        ...
+
+    async def record(
+        self, destination: str, events: Sequence[Event], trim_below: Lsn | None = None
+    ) -> None:
+        """Record the ids (idempotent); with ``trim_below``, also forget ids of
+        transactions whose commit LSN is below it. Raises :class:`LedgerUnavailable`."""
+        ...
+
+
+@runtime_checkable
+class TrimAware(Protocol):
+    """A sink (or wrapper) that keeps per-id records and wants to forget old ones."""
+
+    def trim_below(self, lsn: Lsn) -> None:
+        """No event with a commit LSN below ``lsn`` will be delivered again."""
+
+
+def is_transactional(sink: object) -> bool:
+    """True when the sink itself never lets a replayed id be seen twice downstream
+    (``transactional = True`` on the sink class: PostgreSQL, Kafka transactions, ...)."""
+    return bool(getattr(sink, "transactional", False))
+
+
+# --------------------------------------------------------------------------- Redis
+
+
+class RedisLedger:
+    """Sorted set per destination; see the module docstring."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        key_prefix: str = "walrelay:ledger:",
+        timeout: float = 5.0,
+    ) -> None:
+        try:
+            import redis.asyncio as aioredis
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+        except ImportError:  # pragma: no cover - depends on the install
+            raise ConfigError(
+                "ledger type redis needs the redis client",
+                fix="pip install 'walrelay[redis]'",
+            ) from None
+        self._url = url
+        self.key_prefix = key_prefix
+        try:
+            # No retries inside the client: an outage surfaces at once as
+            # LedgerUnavailable and the pipeline's backoff takes over.
+            self._client: Any = aioredis.Redis.from_url(
+                url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 0),
+                health_check_interval=0,
+            )
+        except ValueError as e:
+            raise ConfigError(
+                f"ledger: bad redis url: {e}", fix="use redis://host:port/db"
+            ) from None
+        from redis.exceptions import RedisError
+
+        self._errors: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+
+    @property
+    def where(self) -> str:
+        from yarl import URL
+
+        u = URL(self._url)
+        return str(u.with_user(None).with_password(None)) if u.is_absolute() else "redis"
+
+    def key(self, destination: str) -> str:
+        return self.key_prefix + destination
+
+    async def open(self) -> None:
+        try:
+            await self._client.ping()
+        except self._errors as e:
+            log.warning(
+                "ledger %s is not reachable (%s); delivery waits for it", self.where, e
+            )
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def delivered(self, destination: str, events: Sequence[Event]) -> set[str]:
+        if not events:
+            return set()
+        ids = [e.id for e in events]
+        try:
+            scores = await self._client.zmscore(self.key(destination), ids)
+        except self._errors as e:
+            raise LedgerUnavailable(f"ledger {self.where}: {type(e).__name__}: {e}") from None
+        return {i for i, s in zip(ids, scores, strict=True) if s is not None}
+
+    async def record(
+        self, destination: str, events: Sequence[Event], trim_below: Lsn | None = None
+    ) -> None:
+        key = self.key(destination)
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                if events:
+                    pipe.zadd(key, {e.id: float(e.commit_lsn) for e in events})
+                if trim_below is not None:
+                    pipe.zremrangebyscore(key, "-inf", f"({trim_below}")
+                await pipe.execute()
+        except self._errors as e:
+            raise LedgerUnavailable(f"ledger {self.where}: {type(e).__name__}: {e}") from None
+
+    def __repr__(self) -> str:
+        return f"RedisLedger({self.where!r})"
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+class PostgresLedger:
+    """The ``ledger`` table in the state database; see the module docstring."""
+
+    def __init__(self, dsn: str, *, schema: str = "walrelay", connect_timeout: float = 5.0) -> None:
+        self._dsn = dsn
+        self.schema = schema
+        self.connect_timeout = connect_timeout
+        self._conn: psycopg.AsyncConnection[tuple[Any, ...]] | None = None
+        self._lock = asyncio.Lock()
+        s = sql.Identifier(schema)
+        self._q_delivered = sql.SQL(
+            "select event_id from {}.ledger where destination = %s and event_id = any(%s)"
+        ).format(s)
+        self._q_record = sql.SQL(
+            "insert into {}.ledger (destination, event_id, commit_lsn) "
+            "select %s, i, l::pg_lsn from unnest(%s::text[], %s::text[]) as u(i, l) "
+            "on conflict do nothing"
+        ).format(s)
+        self._q_trim = sql.SQL(
+            "delete from {}.ledger where destination = %s and commit_lsn < %s::pg_lsn"
+        ).format(s)
+
+    @property
+    def where(self) -> str:
+        return f"{masked_dsn(self._dsn)} schema {self.schema}"
+
+    async def open(self) -> None:
+        try:
+            await self._connection()
+        except LedgerUnavailable as e:
+            log.warning("%s; delivery waits for it", e)
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close()
+
+    async def _connection(self) -> psycopg.AsyncConnection[tuple[Any, ...]]:
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            return conn
+        self._conn = None
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                self._dsn,
+                autocommit=True,
+                connect_timeout=max(1, round(self.connect_timeout)),
+                application_name="walrelay-ledger",
+            )
+        except psycopg.OperationalError as e:
+            raise LedgerUnavailable(
+                f"ledger {self.where}: cannot connect: {str(e).strip()}"
+            ) from None
+        try:
+            from walrelay.state.migrations import migrate
+
+            await migrate(conn, self.schema)
+        except psycopg.OperationalError as e:
+            await conn.close()
+            raise LedgerUnavailable(f"ledger {self.where}: {str(e).strip()}") from None
+        self._conn = conn
+        return conn
+
+    async def _run(self, fn: Any) -> Any:
+        async with self._lock:
+            conn = await self._connection()
+            try:
+                return await fn(conn)
+            except psycopg.OperationalError as e:
+                self._conn = None
+                await conn.close()
+                raise LedgerUnavailable(f"ledger {self.where}: {str(e).strip()}") from None
+
+    async def delivered(self, destination: str, events: Sequence[Event]) -> set[str]:
+        if not events:
+            return set()
+        ids = [e.id for e in events]
+
+        async def q(conn: psycopg.AsyncConnection[tuple[Any, ...]]) -> set[str]:
+            cur = await conn.execute(self._q_delivered, (destination, ids))
+            return {str(r[0]) for r in await cur.fetchall()}
+
+        result: set[str] = await self._run(q)
+        return result
+
+    async def record(
+        self, destination: str, events: Sequence[Event], trim_below: Lsn | None = None
+    ) -> None:
+        ids = [e.id for e in events]
+        lsns = [format_lsn(e.commit_lsn) for e in events]
+
+        async def q(conn: psycopg.AsyncConnection[tuple[Any, ...]]) -> None:
+            async with conn.pipeline():
+                if ids:
+                    await conn.execute(self._q_record, (destination, ids, lsns))
+                if trim_below is not None:
+                    await conn.execute(self._q_trim, (destination, format_lsn(trim_below)))
+
+        await self._run(q)
+
+    def __repr__(self) -> str:
+        return f"PostgresLedger({self.where!r})"
+
+
+# --------------------------------------------------------------------------- the wrapper
+
+
+class LedgeredSink:
+    """check -> send -> record around a non-transactional sink (a :class:`Sink`)."""
+
+    transactional = False
+
+    def __init__(
+        self,
+        sink: Sink,
+        ledger: Ledger,
+        destination: str,
+        *,
+        record_backoff: Backoff | None = None,
+    ) -> None:
+        self.inner = sink
+        self.ledger = ledger
+        self.destination = destination
+        self.batch_size = sink.batch_size
+        self.ordered = sink.ordered
+        self._record_backoff = record_backoff or Backoff(initial=0.1, multiplier=2.0, maximum=5.0)
+        self._trim_floor: Lsn | None = None
+        self._trimmed_floor: Lsn | None = None
+        self._last_trim = 0.0
+        # Stats.
+        self.replays_dropped = 0  # events the ledger already had
+        self.sent = 0
+        self.record_retries = 0
+
+    def __repr__(self) -> str:
+        return f"LedgeredSink({self.inner!r}, {self.ledger!r})"
+
+    async def open(self) -> None:
+        await self.inner.open()
+        try:
+            await self.ledger.open()
+        except BaseException:
+            await self.inner.close()
+            raise
+
+    async def close(self) -> None:
+        try:
+            await self.inner.close()
+        finally:
+            await self.ledger.close()
+
+    def trim_below(self, lsn: Lsn) -> None:
+        if self._trim_floor is None or lsn > self._trim_floor:
+            self._trim_floor = lsn
+
+    def _take_trim(self) -> Lsn | None:
+        floor = self._trim_floor
+        if floor is None or floor == self._trimmed_floor:
+            return None
+        now = time.monotonic()
+        if now - self._last_trim < TRIM_INTERVAL:
+            return None
+        self._last_trim = now
+        return floor
+
+    async def deliver(self, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        done = await self.ledger.delivered(self.destination, events)
+        todo = [e for e in events if e.id not in done] if done else list(events)
+        if done:
+            self.replays_dropped += len(events) - len(todo)
+            log.debug(
+                "destination %s: %d replayed event(s) already delivered, dropped",
+                self.destination,
+                len(events) - len(todo),
+            )
+        if not todo:
+            return
+        failpoints.hit("sink.before_send")
+        await self.inner.deliver(todo)
+        failpoints.hit("sink.after_send")
+        self.sent += len(todo)
+        await self._record(todo)
+        failpoints.hit("ledger.after_record")
+
+    async def _record(self, events: Sequence[Event]) -> None:
+        """Record until the ledger takes it: the batch was sent, sending it again
+        because the ledger is down would be a duplicate we can avoid."""
+        attempt = 0
+        while True:
+            trim = self._take_trim()
+            try:
+                await self.ledger.record(self.destination, events, trim_below=trim)
+            except LedgerUnavailable as e:
+                attempt += 1
+                self.record_retries += 1
+                delay = self._record_backoff.delay(attempt)
+                if attempt == 1 or attempt % 10 == 0:
+                    log.warning(
+                        "destination %s: %d event(s) sent but not yet recorded in the ledger"
+                        " (%s); retrying the record in %.2fs (attempt %d)",
+                        self.destination,
+                        len(events),
+                        e,
+                        delay,
+                        attempt,
+                    )
+                await asyncio.sleep(delay)
+                continue
+            if trim is not None:
+                self._trimmed_floor = trim
+            if attempt:
+                log.info(
+                    "destination %s: ledger is back; recorded after %d retries",
+                    self.destination,
+                    attempt,
+                )
+            return
+
+
+# --------------------------------------------------------------------------- from config
+
+
+def build_ledger(config: Config, destination: DestinationConfig) -> Ledger | None:
+    """The ledger ``destination`` uses (its own ``ledger:`` or the top-level one), or None."""
+    from walrelay.config import NoLedgerConfig, RedisLedgerConfig
+
+    cfg = destination.ledger if destination.ledger is not None else config.ledger
+    if isinstance(cfg, NoLedgerConfig):
+        return None
+    if isinstance(cfg, RedisLedgerConfig):
+        return RedisLedger(
+            cfg.url.get_secret_value(), key_prefix=cfg.key_prefix, timeout=cfg.timeout
+        )
+    # The state database: state.dsn / state.schema when the config has them.
+    state = getattr(config, "state", None)
+    dsn = cfg.dsn.get_secret_value() if cfg.dsn is not None else None
+    if dsn is None and state is not None and getattr(state, "dsn", None) is not None:
+        value = state.dsn
+        dsn = value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
+    if dsn is None:
+        dsn = config.source.dsn_value
+    schema = cfg.ledger_schema or str(getattr(state, "schema", None) or "walrelay")
+    return PostgresLedger(dsn, schema=schema)
+
+
+def wrap_sink(sink: Sink, config: Config, destination: DestinationConfig) -> Sink:
+    """``sink`` behind its destination's ledger, unless it is transactional or
+    the ledger is off (``ledger: {type: none}``)."""
+    if is_transactional(sink):
+        return sink
+    ledger = build_ledger(config, destination)
+    if ledger is None:
+        return sink
+    return LedgeredSink(sink, ledger, destination.name)

@@ -1,0 +1,881 @@
+"""Kafka sink (confluent-kafka, i.e. librdkafka).
+
+Every event becomes one record:
+
+- topic: from the ``topic`` template (default ``{prefix}.{schema}.{table}``;
+  logical decoding messages use ``message_topic``, default
+  ``{prefix}.messages``; a TRUNCATE goes to the topic of each table it
+  truncated; see :mod:`walrelay.sinks.templates`);
+- key: the envelope's ``key`` object as canonical JSON (sorted keys, no
+  spaces), e.g. ``{"id":7}``, so one row's changes land in one partition and
+  per-key order becomes partition order. Events without a key object use
+  ``{"table":"<schema.table>"}`` (rows of a table without a key, truncates) or
+  ``{"prefix":"<prefix>"}`` (logical messages), keeping their order too;
+- value: the JSON envelope (``event.body``);
+- headers: ``id`` (the event id ``<commit_lsn>/<seq>``), ``op``, ``table``.
+
+Two modes:
+
+``exactly_once`` (default)
+    A transactional producer with a stable ``transactional.id`` (default
+    ``walrelay-<slot>-<destination>``). Each batch is one Kafka transaction
+    holding the batch's records *and* a checkpoint record
+    ``{"slot", "destination", "last_id"}`` (key ``<slot>/<destination>``)
+    on a compacted checkpoint topic: both become visible to ``read_committed``
+    consumers together, or neither does. On start (and after any failure
+    whose outcome is unknown, e.g. a commit that timed out) the sink creates a
+    new producer -- ``init_transactions`` fences the old one and finishes or
+    aborts its open transaction -- and reads its checkpoint back with
+    ``read_committed``. Replayed events at or below the checkpoint's id are
+    skipped. The skip rule is only sound if everything at or below the
+    checkpoint was delivered, i.e. if batches commit in id order; so this mode
+    asks the scheduler for ``ordered = True``: one transaction at a time,
+    ids increasing. (With parallel batches a later batch of other keys could
+    commit first; its checkpoint would then claim the earlier batch, and a
+    crash before that one commits would lose it.)
+
+``at_least_once``
+    The idempotent producer (``enable.idempotence``: no duplicates from the
+    producer's own retries, order kept per partition), batches in parallel
+    (``ordered = False``; the scheduler never puts one key in two batches in
+    flight). A batch the pipeline retries after an error can be written twice;
+    consumers dedupe by the ``id`` header. For clusters without transactions.
+
+librdkafka calls block, so they run in a thread pool owned by the sink
+(one thread in ``exactly_once`` mode). ``deliver`` returns once every record
+of the batch is acknowledged (``acks=all``) and, in ``exactly_once`` mode,
+the transaction is committed. Errors: an unreachable cluster or a timeout
+raises :class:`~walrelay.errors.SinkUnavailable` (retried); a record too large
+for the broker raises :class:`~walrelay.errors.PoisonEvent`; a missing topic
+(with ``auto_create`` off) or an authorization failure raises a permanent
+:class:`~walrelay.errors.SinkError` naming the fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import orjson
+
+from walrelay.errors import ConfigError, PoisonEvent, SinkError, SinkUnavailable
+from walrelay.model import Event, parse_event_id
+from walrelay.sinks.templates import Naming
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from confluent_kafka import KafkaError, Producer
+    from confluent_kafka.admin import AdminClient
+
+    from walrelay.config import KafkaSinkConfig
+
+__all__ = ["KafkaSink", "clean_topic_part", "message_key"]
+
+log = logging.getLogger("walrelay.sinks.kafka")
+_rdlog = logging.getLogger("walrelay.sinks.kafka.librdkafka")
+
+Mode = Literal["exactly_once", "at_least_once"]
+_Mark = tuple[int, int]
+
+_RESERVED = (
+    "bootstrap.servers",
+    "transactional.id",
+    "enable.idempotence",
+    "acks",
+    "isolation.level",
+)
+_LEGAL = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+_SORT = orjson.OPT_SORT_KEYS
+
+
+def _import_kafka() -> ModuleType:
+    try:
+        import confluent_kafka
+    except ImportError:
+        raise ConfigError(
+            "kafka sink: the confluent-kafka package is not installed",
+            fix="pip install 'walrelay[kafka]'",
+        ) from None
+    return confluent_kafka
+
+
+def clean_topic_part(value: str) -> str:
+    """A table or schema name made legal in a topic name (``[a-zA-Z0-9._-]``)."""
+    if all(c in _LEGAL for c in value):
+        return value
+    return "".join(c if c in _LEGAL else "_" for c in value)
+
+
+def _loads(body: bytes) -> dict[str, Any]:
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        value = json.loads(body)
+    assert isinstance(value, dict)
+    return value
+
+
+def message_key(event: Event, table: str) -> bytes:
+    """The record key: canonical JSON of the envelope's key (module docstring)."""
+    if event.op == "message":
+        return orjson.dumps({"prefix": _loads(event.body).get("prefix")})
+    if event.op != "truncate":
+        key = _loads(event.body).get("key")
+        if key is not None:
+            return orjson.dumps(key, option=_SORT)
+    return orjson.dumps({"table": table})
+
+
+@dataclass(slots=True)
+class _Record:
+    topic: str
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, str | bytes | None]]
+    event_id: str
+
+
+class _Reports:
+    """Delivery reports of one batch, filled in by librdkafka's callback thread."""
+
+    def __init__(self, expected: int) -> None:
+        self._lock = threading.Lock()
+        self.pending = expected
+        self.done = threading.Event()
+        self.failures: list[tuple[KafkaError, _Record]] = []
+        if expected == 0:
+            self.done.set()
+
+    def callback(self, record: _Record) -> Callable[[Any, Any], None]:
+        def on_delivery(err: KafkaError | None, _msg: Any) -> None:
+            with self._lock:
+                if err is not None:
+                    self.failures.append((err, record))
+                self.pending -= 1
+                if self.pending <= 0:
+                    self.done.set()
+
+        return on_delivery
+
+    def cancel_one(self) -> None:
+        with self._lock:
+            self.pending -= 1
+            if self.pending <= 0:
+                self.done.set()
+
+
+class KafkaSink:
+    """Produces events to Kafka; see the module docstring."""
+
+    def __init__(
+        self,
+        client_config: dict[str, Any],
+        *,
+        mode: Mode = "exactly_once",
+        topic: str = "{prefix}.{schema}.{table}",
+        message_topic: str = "{prefix}.messages",
+        prefix: str = "walrelay",
+        slot: str = "walrelay",
+        destination: str = "default",
+        transactional_id: str | None = None,
+        checkpoint_topic: str = "walrelay.checkpoints",
+        auto_create: bool = True,
+        partitions: int = -1,
+        replication_factor: int = -1,
+        tables: Sequence[str] = (),
+        producer_options: dict[str, Any] | None = None,
+        delivery_timeout: float = 30.0,
+        batch_size: int = 500,
+    ) -> None:
+        self._ck = _import_kafka()
+        if mode not in ("exactly_once", "at_least_once"):
+            raise ConfigError(
+                f"kafka sink: unknown mode {mode!r}", fix="use exactly_once or at_least_once"
+            )
+        if "bootstrap.servers" not in client_config:
+            raise ConfigError("kafka sink: bootstrap_servers is not set", fix="set it to host:9092")
+        if delivery_timeout <= 0 or batch_size < 1:
+            raise ConfigError(
+                "kafka sink: delivery_timeout must be > 0 and batch_size >= 1",
+                fix="set delivery_timeout to e.g. 30 and batch_size to e.g. 500",
+            )
+        options = dict(producer_options or {})
+        reserved = sorted(k for k in options if k in _RESERVED)
+        if reserved:
+            raise ConfigError(
+                f"kafka sink: options may not set {', '.join(reserved)} (walrelay sets them)",
+                fix="remove them; use bootstrap_servers, mode and transactional_id instead",
+            )
+        self.mode: Mode = mode
+        self.ordered = mode == "exactly_once"
+        self.batch_size = batch_size
+        self.bootstrap = str(client_config["bootstrap.servers"])
+        self.naming = Naming(
+            topic,
+            message_topic,
+            prefix=prefix,
+            setting="kafka topic",
+            message_setting="kafka message_topic",
+            clean=clean_topic_part,
+        )
+        self.slot = slot
+        self.destination = destination
+        self.transactional_id = transactional_id or f"walrelay-{slot}-{destination}"
+        self.checkpoint_topic = checkpoint_topic
+        self.auto_create = auto_create
+        self.partitions = partitions
+        self.replication_factor = replication_factor
+        self.tables = tuple(tables)
+        self.delivery_timeout = delivery_timeout
+        self._client = dict(client_config)
+        self._producer_config: dict[str, Any] = {
+            **self._client,
+            "linger.ms": 5,
+            "compression.type": "lz4",
+            **options,
+            "acks": "all",
+            "enable.idempotence": True,
+            "message.timeout.ms": int(delivery_timeout * 1000),
+            "logger": _rdlog,
+            "error_cb": self._on_client_error,
+        }
+        if self.ordered:
+            self._producer_config["transactional.id"] = self.transactional_id
+            self._producer_config["transaction.timeout.ms"] = int(
+                max(60.0, 2 * delivery_timeout) * 1000
+            )
+        self._checkpoint_key = f"{slot}/{destination}".encode()
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._producer: Producer | None = None
+        self._admin: AdminClient | None = None
+        self._topics_lock = threading.Lock()
+        self._producer_lock = threading.Lock()
+        self._known_topics: set[str] = set()
+        self._needs_reset = True
+        self._fatal = False
+        self._mark: _Mark | None = None
+        self.skipped = 0  # replayed events dropped by the checkpoint
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: KafkaSinkConfig,
+        *,
+        slot: str = "walrelay",
+        destination: str = "default",
+        tables: Sequence[str] = (),
+    ) -> KafkaSink:
+        from walrelay.config import env_secret
+
+        client: dict[str, Any] = {
+            "bootstrap.servers": cfg.bootstrap_servers,
+            "client.id": f"walrelay-{slot}-{destination}",
+        }
+        protocol: str | None = cfg.security_protocol
+        if protocol is None and (cfg.sasl_mechanism or cfg.tls is not None):
+            protocol = ("sasl_" if cfg.sasl_mechanism else "") + (
+                "ssl" if cfg.tls is not None else "plaintext"
+            )
+        if protocol is not None:
+            client["security.protocol"] = protocol
+        if cfg.sasl_mechanism:
+            if not cfg.sasl_username or not cfg.sasl_password_env:
+                raise ConfigError(
+                    f"kafka sink: sasl_mechanism {cfg.sasl_mechanism} needs sasl_username and "
+                    "sasl_password_env",
+                    fix="set both (the password is read from that environment variable)",
+                )
+            client["sasl.mechanism"] = cfg.sasl_mechanism
+            client["sasl.username"] = cfg.sasl_username
+            client["sasl.password"] = env_secret(cfg.sasl_password_env, "kafka sasl password")
+        if cfg.tls is not None:
+            tls = cfg.tls
+            if tls.ca_file:
+                client["ssl.ca.location"] = tls.ca_file
+            if tls.cert_file:
+                client["ssl.certificate.location"] = tls.cert_file
+            if tls.key_file:
+                client["ssl.key.location"] = tls.key_file
+            if tls.key_password_env:
+                client["ssl.key.password"] = env_secret(tls.key_password_env, "kafka tls key")
+            client["enable.ssl.certificate.verification"] = tls.verify
+            client["ssl.endpoint.identification.algorithm"] = "https" if tls.verify else "none"
+        options: dict[str, Any] = {
+            "compression.type": cfg.compression,
+            "linger.ms": round(cfg.linger * 1000, 3),
+            **cfg.options,
+        }
+        return cls(
+            client,
+            mode=cfg.mode,
+            topic=cfg.topic,
+            message_topic=cfg.message_topic,
+            prefix=cfg.prefix,
+            slot=slot,
+            destination=destination,
+            transactional_id=cfg.transactional_id,
+            checkpoint_topic=cfg.checkpoint_topic,
+            auto_create=cfg.auto_create,
+            partitions=cfg.partitions,
+            replication_factor=cfg.replication_factor,
+            tables=tables,
+            producer_options=options,
+            delivery_timeout=cfg.delivery_timeout,
+            batch_size=cfg.batch_size,
+        )
+
+    def __repr__(self) -> str:
+        return f"KafkaSink({self.bootstrap!r}, mode={self.mode!r})"
+
+    @property
+    def checkpoint(self) -> str | None:
+        """The last event id committed with a checkpoint (exactly_once mode)."""
+        mark = self._mark
+        return None if mark is None else f"{mark[0]:016X}/{mark[1]}"
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._executor is not None:
+            return
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1 if self.ordered else 4, thread_name_prefix="walrelay-kafka"
+        )
+        try:
+            await self._run(self._open_sync)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(executor, self._close_sync)
+        finally:
+            executor.shutdown(wait=False)
+
+    async def deliver(self, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        if self.ordered:
+            await self._run(self._deliver_transactional, events)
+        else:
+            await self._run(self._deliver_idempotent, events)
+
+    async def _run(self, fn: Callable[..., None], *args: Any) -> None:
+        executor = self._executor
+        if executor is None:
+            raise SinkError(f"kafka sink {self.bootstrap}: used before open() or after close()")
+        await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+
+    # -- worker-thread code: start and stop ----------------------------------------
+
+    def _open_sync(self) -> None:
+        ck = self._ck
+        self._admin = ck.admin.AdminClient({**self._client, "logger": _rdlog})
+        try:
+            metadata = self._admin.list_topics(timeout=min(self.delivery_timeout, 30.0))
+        except ck.KafkaException as exc:
+            raise ConfigError(
+                f"kafka sink: cannot reach the cluster at {self.bootstrap}: {_err(exc)}",
+                fix="check bootstrap_servers, the security settings, and that the brokers run",
+            ) from None
+        existing = {name for name, t in metadata.topics.items() if t.error is None}
+        self._known_topics |= existing
+        wanted = dict(self.naming.table_names(self.tables))
+        missing = sorted(set(wanted) - existing)
+        if missing:
+            if not self.auto_create:
+                raise ConfigError(
+                    f"kafka sink: topic(s) {', '.join(missing)} do not exist and auto_create is "
+                    "off",
+                    fix=f"create them (kafka-topics.sh --create --topic {missing[0]} ...) or set "
+                    "auto_create: true",
+                )
+            self._create_topics(missing, config_error=True)
+        if self.ordered:
+            if self.checkpoint_topic not in existing:
+                if not self.auto_create:
+                    raise ConfigError(
+                        f"kafka sink: checkpoint topic {self.checkpoint_topic} does not exist "
+                        "and auto_create is off",
+                        fix=f"kafka-topics.sh --create --topic {self.checkpoint_topic} "
+                        "--partitions 1 --config cleanup.policy=compact, or set auto_create",
+                    )
+                self._create_topics(
+                    [self.checkpoint_topic],
+                    config_error=True,
+                    partitions=1,
+                    config={
+                        "cleanup.policy": "compact",
+                        "segment.ms": "3600000",
+                        "min.cleanable.dirty.ratio": "0.1",
+                    },
+                )
+            try:
+                self._reset_transactional()
+            except SinkError as exc:
+                raise ConfigError(
+                    f"kafka sink: cannot start the transactional producer "
+                    f"{self.transactional_id}: {exc}",
+                    fix="check that the cluster supports transactions (transaction.state.log "
+                    "replication factor <= brokers) and the ACLs on the transactional id, or "
+                    "use mode: at_least_once",
+                ) from None
+            log.info(
+                "kafka sink %s: transactional id %s, checkpoint %s",
+                self.bootstrap,
+                self.transactional_id,
+                self.checkpoint or "(none yet)",
+            )
+        else:
+            self._producer = ck.Producer(self._producer_config)
+            self._needs_reset = False
+
+    def _close_sync(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            remaining = producer.flush(min(self.delivery_timeout, 10.0))
+            if remaining:
+                log.warning(
+                    "kafka sink %s: %d record(s) not acknowledged at close; they are "
+                    "delivered again after restart",
+                    self.bootstrap,
+                    remaining,
+                )
+            _dispose(producer)
+        self._admin = None
+
+    def _on_client_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self._fatal = True
+            log.error("kafka sink %s: fatal client error: %s", self.bootstrap, err.str())
+        else:
+            log.debug("kafka sink %s: %s", self.bootstrap, err.str())
+
+    # -- worker-thread code: topics --------------------------------------------------
+
+    def _ensure_topics(self, names: Iterable[str]) -> None:
+        missing = {n for n in names if n not in self._known_topics}
+        if not missing:
+            return
+        ck = self._ck
+        with self._topics_lock:
+            missing -= self._known_topics
+            if not missing:
+                return
+            admin = self._admin
+            assert admin is not None
+            try:
+                metadata = admin.list_topics(timeout=self.delivery_timeout)
+            except ck.KafkaException as exc:
+                raise SinkUnavailable(
+                    f"kafka sink {self.bootstrap}: cannot read topic metadata: {_err(exc)}"
+                ) from None
+            found = {n for n in missing if n in metadata.topics and not metadata.topics[n].error}
+            self._known_topics |= found
+            missing -= found
+            if not missing:
+                return
+            if not self.auto_create:
+                shown = ", ".join(sorted(missing))
+                raise SinkError(
+                    f"kafka sink {self.bootstrap}: topic(s) {shown} do not exist and auto_create "
+                    f"is off -- fix: create them (kafka-topics.sh --create --topic "
+                    f"{min(missing)}) or set auto_create: true",
+                    permanent=True,
+                )
+            self._create_topics(sorted(missing), config_error=False)
+
+    def _create_topics(
+        self,
+        names: Sequence[str],
+        *,
+        config_error: bool,
+        partitions: int | None = None,
+        config: dict[str, str] | None = None,
+    ) -> None:
+        ck = self._ck
+        admin = self._admin
+        assert admin is not None
+        new = [
+            ck.admin.NewTopic(
+                n,
+                num_partitions=self.partitions if partitions is None else partitions,
+                replication_factor=self.replication_factor,
+                config=config or {},
+            )
+            for n in names
+        ]
+        futures = admin.create_topics(new, operation_timeout=self.delivery_timeout)
+        for name, fut in futures.items():
+            try:
+                fut.result(self.delivery_timeout)
+            except ck.KafkaException as exc:
+                err = exc.args[0]
+                if err.code() == ck.KafkaError.TOPIC_ALREADY_EXISTS:
+                    continue
+                text = f"kafka sink {self.bootstrap}: cannot create topic {name}: {err.str()}"
+                if config_error:
+                    raise ConfigError(
+                        text, fix="create the topic yourself, or grant CREATE on the cluster"
+                    ) from None
+                if err.retriable():
+                    raise SinkUnavailable(text) from None
+                raise SinkError(text, permanent=True) from None
+            log.info("kafka sink %s: created topic %s", self.bootstrap, name)
+        self._known_topics.update(names)
+
+    # -- worker-thread code: delivery -------------------------------------------------
+
+    def _records(self, events: Sequence[Event]) -> list[_Record]:
+        names = self.naming.names
+        out: list[_Record] = []
+        for event in events:
+            eid = event.id
+            id_header = ("id", eid.encode())
+            op_header = ("op", event.op.encode())
+            for topic, table in names(event):
+                out.append(
+                    _Record(
+                        topic,
+                        message_key(event, table),
+                        event.body,
+                        [id_header, op_header, ("table", table.encode())],
+                        eid,
+                    )
+                )
+        return out
+
+    def _produce(self, producer: Producer, record: _Record, on_delivery: Any) -> None:
+        while True:
+            try:
+                producer.produce(
+                    record.topic,
+                    value=record.value,
+                    key=record.key,
+                    headers=record.headers,
+                    on_delivery=on_delivery,
+                )
+                return
+            except BufferError:  # the local queue is full: serve reports, then retry
+                producer.poll(0.05)
+
+    def _deliver_idempotent(self, events: Sequence[Event]) -> None:
+        ck = self._ck
+        if self._fatal or self._producer is None:
+            with self._producer_lock:
+                if self._fatal or self._producer is None:
+                    old, self._producer = self._producer, None
+                    self._fatal = False
+                    if old is not None:
+                        _dispose_later(old)
+                    self._producer = ck.Producer(self._producer_config)
+        producer = self._producer
+        assert producer is not None
+        records = self._records(events)
+        self._ensure_topics({r.topic for r in records})
+        reports = _Reports(len(records))
+        sync_error: SinkError | None = None
+        for record in records:
+            if sync_error is not None:
+                reports.cancel_one()
+                continue
+            try:
+                self._produce(producer, record, reports.callback(record))
+            except ck.KafkaException as exc:
+                sync_error = self._classify(exc.args[0], record)
+                reports.cancel_one()
+        deadline = time.monotonic() + self.delivery_timeout + 30.0
+        while not reports.done.is_set():
+            producer.poll(0.05)
+            if time.monotonic() > deadline:  # librdkafka reports within message.timeout.ms
+                raise SinkUnavailable(
+                    f"kafka sink {self.bootstrap}: no delivery report within "
+                    f"{self.delivery_timeout:g} s for a batch from {events[0].id}"
+                )
+        if sync_error is not None:
+            raise sync_error
+        if reports.failures:
+            raise self._combine(reports.failures, len(records))
+
+    def _deliver_transactional(self, events: Sequence[Event]) -> None:
+        ck = self._ck
+        if self._needs_reset or self._fatal or self._producer is None:
+            self._reset_transactional()
+        producer = self._producer
+        assert producer is not None
+        mark = self._mark
+        fresh: Sequence[Event] = events
+        if mark is not None and (events[0].commit_lsn, events[0].seq) <= mark:
+            fresh = [e for e in events if (e.commit_lsn, e.seq) > mark]
+            skipped = len(events) - len(fresh)
+            self.skipped += skipped
+            log.info(
+                "kafka sink %s: skipped %d replayed event(s) at or below checkpoint %s",
+                self.bootstrap,
+                skipped,
+                self.checkpoint,
+            )
+            if not fresh:
+                return
+        records = self._records(fresh)
+        self._ensure_topics({r.topic for r in records})
+        last = fresh[-1]
+        checkpoint = orjson.dumps(
+            {"slot": self.slot, "destination": self.destination, "last_id": last.id}
+        )
+        by_id = {r.event_id: r for r in records}
+        failures: list[tuple[KafkaError, _Record]] = []
+        committing = False
+        current: _Record | None = None
+
+        def on_delivery(err: KafkaError | None, msg: Any) -> None:
+            if err is not None:
+                failures.append((err, _record_of(msg, by_id)))
+
+        try:
+            producer.poll(0)
+            producer.begin_transaction()
+            for record in records:
+                current = record
+                self._produce(producer, record, on_delivery)
+            current = None
+            producer.produce(
+                self.checkpoint_topic,
+                value=checkpoint,
+                key=self._checkpoint_key,
+                on_delivery=on_delivery,
+            )
+            committing = True
+            producer.commit_transaction(self.delivery_timeout)
+        except (ck.KafkaException, RuntimeError) as exc:
+            err = exc.args[0] if isinstance(exc, ck.KafkaException) and exc.args else None
+            if err is None or not hasattr(err, "txn_requires_abort"):
+                # IllegalStateException and the like: start over with a new producer.
+                self._needs_reset = True
+                raise SinkUnavailable(
+                    f"kafka sink {self.bootstrap}: transaction failed: {exc}"
+                ) from None
+            if not committing or err.txn_requires_abort():
+                try:
+                    producer.abort_transaction(self.delivery_timeout)
+                except Exception:
+                    self._needs_reset = True
+            else:
+                # The commit's outcome is unknown (timeout, lost coordinator): a new
+                # producer's init_transactions settles it, the checkpoint tells which.
+                self._needs_reset = True
+            if err.fatal():
+                self._needs_reset = True
+            for failed_err, record in failures:
+                problem = self._classify(failed_err, record)
+                if problem.permanent:
+                    raise problem from None
+            if current is not None:
+                raise self._classify(err, current) from None
+            raise self._classify(err, None) from None
+        self._mark = (last.commit_lsn, last.seq)
+
+    def _reset_transactional(self) -> None:
+        """New producer: fence the old one, settle its transaction, read the checkpoint."""
+        ck = self._ck
+        old, self._producer = self._producer, None
+        self._needs_reset = True
+        self._fatal = False
+        if old is not None:
+            _dispose_later(old)
+        producer = ck.Producer(self._producer_config)
+        try:
+            producer.init_transactions(self.delivery_timeout)
+        except ck.KafkaException as exc:
+            _dispose_later(producer)
+            err = exc.args[0]
+            raise self._classify(err, None, what="init_transactions") from None
+        self._producer = producer
+        self._mark = self._read_checkpoint()
+        self._needs_reset = False
+
+    def _read_checkpoint(self) -> _Mark | None:
+        """The last checkpoint of this slot/destination, read with read_committed.
+
+        Scans each partition of the checkpoint topic backwards in growing
+        windows from its end, so a topic that compaction has not cleaned up
+        yet is not read whole.
+        """
+        ck = self._ck
+        topic = self.checkpoint_topic
+        consumer = ck.Consumer(
+            {
+                **self._client,
+                "group.id": f"{self.transactional_id}.checkpoint-reader",
+                "isolation.level": "read_committed",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                "auto.offset.reset": "earliest",
+                "logger": _rdlog,
+            }
+        )
+        deadline = time.monotonic() + self.delivery_timeout
+        try:
+            try:
+                metadata = consumer.list_topics(topic, timeout=self.delivery_timeout)
+                partitions = sorted(metadata.topics[topic].partitions)
+                best: _Mark | None = None
+                for partition in partitions:
+                    tp = ck.TopicPartition(topic, partition)
+                    low, high = consumer.get_watermark_offsets(
+                        tp, timeout=self.delivery_timeout, cached=False
+                    )
+                    window = 256
+                    while high > low:
+                        start = max(low, high - window)
+                        found = self._scan(consumer, partition, start, high, deadline)
+                        if found is not None:
+                            best = found if best is None else max(best, found)
+                            break
+                        if start == low:
+                            break
+                        window *= 16
+                return best
+            except ck.KafkaException as exc:
+                raise SinkUnavailable(
+                    f"kafka sink {self.bootstrap}: cannot read checkpoint topic {topic}: "
+                    f"{_err(exc)}"
+                ) from None
+        finally:
+            consumer.close()
+
+    def _scan(
+        self, consumer: Any, partition: int, start: int, high: int, deadline: float
+    ) -> _Mark | None:
+        ck = self._ck
+        topic = self.checkpoint_topic
+        consumer.assign([ck.TopicPartition(topic, partition, start)])
+        found: _Mark | None = None
+        try:
+            while True:
+                if time.monotonic() > deadline:
+                    raise SinkUnavailable(
+                        f"kafka sink {self.bootstrap}: reading checkpoint topic {topic} "
+                        f"partition {partition} took longer than {self.delivery_timeout:g} s"
+                    )
+                msg = consumer.poll(0.2)
+                if msg is None:
+                    continue
+                err = msg.error()
+                if err is not None:
+                    if err.code() != ck.KafkaError._PARTITION_EOF:
+                        raise ck.KafkaException(err)
+                    # At the last stable offset. An open transaction of another
+                    # destination may hide later records: wait for the true end.
+                    position = consumer.position([ck.TopicPartition(topic, partition)])
+                    if position[0].offset >= high:
+                        return found
+                    continue
+                if msg.key() != self._checkpoint_key:
+                    continue
+                value = msg.value()
+                if value is None:
+                    found = None  # a tombstone: the checkpoint was deleted
+                    continue
+                try:
+                    found = parse_event_id(str(orjson.loads(value)["last_id"]))
+                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                    log.warning(
+                        "kafka sink %s: ignoring a malformed checkpoint record at %s[%d]@%s",
+                        self.bootstrap,
+                        topic,
+                        partition,
+                        msg.offset(),
+                    )
+        finally:
+            consumer.unassign()
+
+    # -- errors -----------------------------------------------------------------------
+
+    def _classify(
+        self, err: KafkaError, record: _Record | None, *, what: str = "delivery"
+    ) -> SinkError:
+        ck = self._ck
+        code = err.code()
+        E = ck.KafkaError
+        where = f"kafka sink {self.bootstrap}"
+        about = f" of event {record.event_id} to topic {record.topic}" if record else ""
+        text = f"{where}: {what}{about} failed: {err.str()}"
+        if code in (E.MSG_SIZE_TOO_LARGE, E._MSG_SIZE_TOO_LARGE, E.RECORD_LIST_TOO_LARGE):
+            size = len(record.value) if record else 0
+            return PoisonEvent(
+                f"{text} ({size} bytes; raise the topic's max.message.bytes and the "
+                "producer's message.max.bytes option, or filter the column out)"
+            )
+        if code in (E.UNKNOWN_TOPIC_OR_PART, E._UNKNOWN_TOPIC):
+            return SinkError(
+                f"{text} -- fix: create the topic or set auto_create: true", permanent=True
+            )
+        if code in (
+            E.TOPIC_AUTHORIZATION_FAILED,
+            E.CLUSTER_AUTHORIZATION_FAILED,
+            E.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+            E.SASL_AUTHENTICATION_FAILED,
+            E._AUTHENTICATION,
+        ):
+            return SinkError(f"{text} -- fix: check the credentials and ACLs", permanent=True)
+        if code in (E.INVALID_RECORD, E.CORRUPT_MESSAGE, E._INVALID_ARG):
+            return PoisonEvent(text)
+        return SinkUnavailable(text)
+
+    def _combine(self, failures: list[tuple[KafkaError, _Record]], total: int) -> SinkError:
+        errors = [self._classify(err, record) for err, record in failures]
+        permanent = [e for e in errors if e.permanent]
+        first = (permanent or errors)[0]
+        if len(errors) == 1:
+            return first
+        message = f"{len(errors)} of {total} records failed; first: {first}"
+        if permanent:
+            if isinstance(first, PoisonEvent):
+                return PoisonEvent(message)
+            return SinkError(message, permanent=True)
+        return SinkUnavailable(message)
+
+
+def _record_of(msg: Any, records: dict[str, _Record]) -> _Record:
+    for name, value in msg.headers() or ():
+        if name == "id" and value is not None:
+            found = records.get(value.decode())
+            if found is not None:
+                return found
+    return _Record(msg.topic() or "?", b"", msg.value() or b"", [], "(checkpoint)")
+
+
+def _err(exc: BaseException) -> str:
+    arg = exc.args[0] if exc.args else exc
+    text = arg.str() if hasattr(arg, "str") else str(arg)
+    return str(text)
+
+
+def _dispose(producer: Producer) -> None:
+    try:
+        producer.purge(in_queue=True, in_flight=True, blocking=False)
+        producer.poll(0)
+        producer.close()
+    except Exception as exc:  # closing a broken producer must not hide the real error
+        log.debug("kafka sink: error while closing a producer: %s", exc)
+
+
+def _dispose_later(producer: Producer) -> None:
+    """Close a producer we gave up on without blocking delivery on it."""
+    threading.Thread(
+        target=_dispose, args=(producer,), name="walrelay-kafka-dispose", daemon=True
+    ).start()

@@ -1,0 +1,390 @@
+"""NATS JetStream sink (nats-py).
+
+Every event is published to a subject from the ``subject`` template (default
+``{prefix}.{schema}.{table}``; logical messages: ``message_subject``, default
+``{prefix}.messages``; a TRUNCATE to the subject of each table it truncated)
+with the headers
+
+- ``Nats-Msg-Id``: the event id ``<commit_lsn>/<seq>`` (for a TRUNCATE sent
+  to several subjects: ``<id>@<schema.table>`` per copy). JetStream drops a
+  message whose id it has seen within the stream's duplicate window, so a
+  batch the pipeline retries -- after a lost connection, a timeout, a
+  restart of the broker or of walrelay -- is stored once;
+- ``Walrelay-Op`` and ``Walrelay-Table``.
+
+The payload is the JSON envelope. Publishes of a batch are pipelined
+(``publish_async``) and ``deliver`` returns once JetStream acknowledged every
+one of them (stored, and replicated per the stream's settings); a message the
+stream dropped as a duplicate counts as delivered. Publishes carry the
+expected stream (``Nats-Expected-Stream``), so a subject captured by another
+stream is an error rather than a silent misdelivery.
+
+The duplicate window bounds the guarantee: a replay arriving later than
+``duplicate_window`` after the original (walrelay down for longer than that,
+then restarted from an old confirmed LSN) would be stored again. The
+auto-created stream uses a 2 minute window; raise ``duplicate_window`` if
+outages can be longer.
+
+Batches go in parallel (``ordered = False``): dedup by id does not depend on
+order, and the scheduler never has two events of one key in flight.
+
+With ``auto_create`` (default) the stream is created if missing, capturing
+the subjects the templates can produce (``walrelay.*.*`` and
+``walrelay.messages`` with the defaults, or ``stream_subjects``); an existing
+stream is left as it is. At start the sink checks that the stream exists and
+captures the subject of every configured table, and fails with a
+:class:`~walrelay.errors.ConfigError` naming the subject and the fix if not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from walrelay.errors import ConfigError, PoisonEvent, SinkError, SinkUnavailable
+from walrelay.model import Event
+from walrelay.sinks.templates import NameTemplate, Naming
+
+if TYPE_CHECKING:
+    import ssl
+    from types import ModuleType
+
+    from nats.aio.client import Client
+    from nats.js import JetStreamContext
+
+    from walrelay.config import NatsSinkConfig
+
+__all__ = ["NatsSink", "clean_subject_part", "stream_subjects"]
+
+log = logging.getLogger("walrelay.sinks.nats")
+
+_BAD = frozenset(" \t\r\n.*>")
+_EXPECTED_STREAM_MISMATCH = 10060
+
+
+def _import_nats() -> ModuleType:
+    try:
+        import nats
+        import nats.js.errors
+    except ImportError:
+        raise ConfigError(
+            "nats sink: the nats-py package is not installed", fix="pip install 'walrelay[nats]'"
+        ) from None
+    return nats
+
+
+def clean_subject_part(value: str) -> str:
+    """A schema or table name made one legal subject token."""
+    if not any(c in _BAD for c in value):
+        return value
+    return "".join("_" if c in _BAD else c for c in value)
+
+
+def stream_subjects(*templates: NameTemplate) -> list[str]:
+    """Subjects capturing everything the templates can render: each token holding a
+    field becomes ``*`` (``{prefix}.{schema}.{table}`` -> ``walrelay.*.*``)."""
+    marker = "\x00"
+    out: list[str] = []
+    for template in templates:
+        rendered = template.render(schema=marker, table=marker, op=marker)
+        subject = ".".join("*" if marker in tok else tok for tok in rendered.split("."))
+        if subject not in out:
+            out.append(subject)
+    return out
+
+
+class NatsSink:
+    """Publishes events to a JetStream stream; see the module docstring."""
+
+    ordered = False
+
+    def __init__(
+        self,
+        servers: Sequence[str],
+        *,
+        subject: str = "{prefix}.{schema}.{table}",
+        message_subject: str = "{prefix}.messages",
+        prefix: str = "walrelay",
+        stream: str = "WALRELAY",
+        auto_create: bool = True,
+        subjects: Sequence[str] | None = None,
+        duplicate_window: float = 120.0,
+        tables: Sequence[str] = (),
+        connect_options: dict[str, Any] | None = None,
+        timeout: float = 10.0,
+        batch_size: int = 100,
+    ) -> None:
+        self._nats = _import_nats()
+        if not servers:
+            raise ConfigError("nats sink: no servers", fix="set servers to e.g. nats://host:4222")
+        if timeout <= 0 or batch_size < 1 or duplicate_window <= 0:
+            raise ConfigError(
+                "nats sink: timeout and duplicate_window must be > 0 and batch_size >= 1",
+                fix="set timeout to e.g. 10, duplicate_window to e.g. 120, batch_size to 100",
+            )
+        self.servers = list(servers)
+        self.naming = Naming(
+            subject,
+            message_subject,
+            prefix=prefix,
+            setting="nats subject",
+            message_setting="nats message_subject",
+            clean=clean_subject_part,
+        )
+        self.stream = stream
+        self.auto_create = auto_create
+        self.subjects = (
+            list(subjects)
+            if subjects
+            else stream_subjects(self.naming.table_template, self.naming.message_template)
+        )
+        self.duplicate_window = duplicate_window
+        self.tables = tuple(tables)
+        self.timeout = timeout
+        self.batch_size = batch_size
+        self._connect_options = dict(connect_options or {})
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self.duplicates = 0  # publishes JetStream dropped as already stored
+
+    @classmethod
+    def from_config(cls, cfg: NatsSinkConfig, *, tables: Sequence[str] = ()) -> NatsSink:
+        from walrelay.config import env_secret
+
+        options: dict[str, Any] = {}
+        if cfg.user:
+            options["user"] = cfg.user
+            options["password"] = env_secret(cfg.password_env, "nats password")
+        if cfg.token_env:
+            options["token"] = env_secret(cfg.token_env, "nats token")
+        if cfg.creds_file:
+            options["user_credentials"] = cfg.creds_file
+        if cfg.tls is not None:
+            tls: ssl.SSLContext = cfg.tls.ssl_context()
+            options["tls"] = tls
+        return cls(
+            cfg.servers,
+            subject=cfg.subject,
+            message_subject=cfg.message_subject,
+            prefix=cfg.prefix,
+            stream=cfg.stream,
+            auto_create=cfg.auto_create,
+            subjects=cfg.stream_subjects,
+            duplicate_window=cfg.duplicate_window,
+            tables=tables,
+            connect_options=options,
+            timeout=cfg.timeout,
+            batch_size=cfg.batch_size,
+        )
+
+    def __repr__(self) -> str:
+        return f"NatsSink({self.servers!r}, stream={self.stream!r})"
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._nc is not None:
+            return
+        nats = self._nats
+        where = ", ".join(self.servers)
+
+        async def on_error(exc: Exception) -> None:
+            log.debug("nats sink %s: %s: %s", where, type(exc).__name__, exc)
+
+        async def on_disconnect() -> None:
+            log.warning("nats sink %s: disconnected; reconnecting", where)
+
+        async def on_reconnect() -> None:
+            log.info("nats sink %s: reconnected", where)
+
+        try:
+            nc = await asyncio.wait_for(
+                nats.connect(
+                    self.servers,
+                    name="walrelay",
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    connect_timeout=max(1, round(self.timeout)),
+                    error_cb=on_error,
+                    disconnected_cb=on_disconnect,
+                    reconnected_cb=on_reconnect,
+                    **self._connect_options,
+                ),
+                timeout=self.timeout * 2,
+            )
+        except (TimeoutError, OSError, nats.errors.Error) as exc:
+            raise ConfigError(
+                f"nats sink: cannot connect to {where}: {type(exc).__name__}: {exc}",
+                fix="check servers, the credentials and TLS settings, and that nats-server runs",
+            ) from None
+        try:
+            js = nc.jetstream(timeout=self.timeout)
+            await self._check_stream(js)
+        except BaseException:
+            await nc.close()
+            raise
+        self._nc, self._js = nc, js
+
+    async def close(self) -> None:
+        nc, self._nc, self._js = self._nc, None, None
+        if nc is not None:
+            try:
+                await nc.close()
+            except Exception as exc:  # closing must not hide why we stopped
+                log.debug("nats sink: error while closing: %s", exc)
+
+    async def _check_stream(self, js: JetStreamContext) -> None:
+        errors = self._nats.js.errors
+        try:
+            await js.stream_info(self.stream)
+        except errors.NotFoundError:
+            if not self.auto_create:
+                raise ConfigError(
+                    f"nats sink: JetStream stream {self.stream} does not exist and auto_create "
+                    "is off",
+                    fix=f"create it (nats stream add {self.stream} --subjects "
+                    f"'{self.subjects[0]}' ...) or set auto_create: true",
+                ) from None
+            try:
+                await js.add_stream(
+                    name=self.stream,
+                    subjects=self.subjects,
+                    storage="file",
+                    duplicate_window=self.duplicate_window,
+                )
+            except errors.APIError as exc:
+                raise ConfigError(
+                    f"nats sink: cannot create stream {self.stream} for subjects "
+                    f"{', '.join(self.subjects)}: {exc}",
+                    fix="create the stream yourself, or set stream_subjects so that they do "
+                    "not overlap another stream",
+                ) from None
+            log.info(
+                "nats sink: created stream %s for %s (duplicate window %gs)",
+                self.stream,
+                ", ".join(self.subjects),
+                self.duplicate_window,
+            )
+        except errors.Error as exc:
+            raise ConfigError(
+                f"nats sink: cannot read stream {self.stream}: {exc}",
+                fix="check that JetStream is enabled (nats-server -js) and the account's "
+                "permissions",
+            ) from None
+        for subject, table in self.naming.table_names(self.tables).items():
+            try:
+                owner = await js.find_stream_name_by_subject(subject)
+            except errors.NotFoundError:
+                owner = None
+            if owner != self.stream:
+                holder = f"stream {owner}" if owner else "no stream"
+                raise ConfigError(
+                    f"nats sink: subject {subject} (table {table}) is captured by {holder}, "
+                    f"not by {self.stream}",
+                    fix=f"add {subject} to the subjects of stream {self.stream}, or change "
+                    "the subject template",
+                )
+
+    # -- delivery ------------------------------------------------------------------
+
+    async def deliver(self, events: Sequence[Event]) -> None:
+        js = self._js
+        if js is None:
+            raise SinkError("nats sink: deliver() before open() or after close()")
+        nats = self._nats
+        pending: list[tuple[asyncio.Future[Any], str, str]] = []
+        names = self.naming.names
+        stream = self.stream
+        event: Event | None = None
+        try:
+            for event in events:
+                targets = names(event)
+                for subject, table in targets:
+                    msg_id = event.id if len(targets) == 1 else f"{event.id}@{table}"
+                    headers = {
+                        "Nats-Msg-Id": msg_id,
+                        "Walrelay-Op": event.op,
+                        "Walrelay-Table": table,
+                    }
+                    future = await js.publish_async(
+                        subject,
+                        event.body,
+                        wait_stall=self.timeout,
+                        stream=stream,
+                        headers=headers,
+                    )
+                    pending.append((future, msg_id, subject))
+        except nats.errors.MaxPayloadError as exc:
+            _cancel(pending)
+            raise PoisonEvent(
+                f"nats sink: event {event.id if event else '?'} is larger than the "
+                f"server's max_payload ({exc}); raise max_payload or filter the column out"
+            ) from None
+        except (nats.errors.Error, OSError) as exc:
+            _cancel(pending)
+            raise SinkUnavailable(
+                f"nats sink: publish failed: {type(exc).__name__}: {exc}"
+            ) from None
+        if not pending:
+            return
+        _, not_done = await asyncio.wait([f for f, _, _ in pending], timeout=self.timeout)
+        if not_done:
+            for future in not_done:
+                future.cancel()
+            raise SinkUnavailable(
+                f"nats sink: {len(not_done)} of {len(pending)} publishes not acknowledged "
+                f"within {self.timeout:g} s (server unreachable?); the batch is retried, "
+                "JetStream drops what it already stored"
+            )
+        failures: list[SinkError] = []
+        duplicates = 0
+        for future, msg_id, subject in pending:
+            error = asyncio.CancelledError() if future.cancelled() else future.exception()
+            if error is None:
+                if future.result().duplicate:
+                    duplicates += 1
+                continue
+            failures.append(self._classify(error, msg_id, subject))
+        if duplicates:
+            self.duplicates += duplicates
+            log.debug("nats sink: %d publish(es) were duplicates JetStream dropped", duplicates)
+        if failures:
+            permanent = [f for f in failures if f.permanent]
+            first = (permanent or failures)[0]
+            if len(failures) == 1:
+                raise first
+            message = f"{len(failures)} of {len(pending)} publishes failed; first: {first}"
+            if permanent:
+                raise SinkError(message, permanent=True)
+            raise SinkUnavailable(message)
+
+    def _classify(self, exc: BaseException, msg_id: str, subject: str) -> SinkError:
+        errors = self._nats.js.errors
+        what = f"nats sink: publish of {msg_id} to {subject}"
+        if isinstance(exc, errors.NoStreamResponseError):
+            return SinkError(
+                f"{what}: no stream captures the subject -- fix: add it to stream "
+                f"{self.stream}'s subjects or change the subject template",
+                permanent=True,
+            )
+        if isinstance(exc, errors.ServiceUnavailableError):
+            return SinkUnavailable(f"{what}: JetStream unavailable")
+        if isinstance(exc, errors.APIError):
+            if exc.err_code == _EXPECTED_STREAM_MISMATCH:
+                return SinkError(
+                    f"{what}: the subject belongs to another stream than {self.stream} -- fix: "
+                    "change the subject template or the streams' subjects",
+                    permanent=True,
+                )
+            return SinkError(f"{what}: {exc}", permanent=False)
+        if isinstance(exc, asyncio.CancelledError):
+            return SinkUnavailable(f"{what}: cancelled (connection lost)")
+        return SinkUnavailable(f"{what}: {type(exc).__name__}: {exc}")
+
+
+def _cancel(pending: list[tuple[asyncio.Future[Any], str, str]]) -> None:
+    for future, _, _ in pending:
+        future.cancel()

@@ -1,0 +1,490 @@
+"""PostgreSQL sink: apply changes to tables of another database, exactly once.
+
+Config::
+
+    sink:
+      type: postgres
+      dsn: postgresql://app@target/db
+      schema: replica              # target schema for tables not in `tables`
+      tables: {public.orders: orders_copy, public.items: archive.items}
+      ordered: true                # default; false = per-key parallel
+      max_connections: 4           # connections when ordered is false
+      batch_size: 500
+
+What a batch does, in **one target transaction**:
+
+1. ``insert into <state_schema>.applied_events (destination, event_id, ...)
+   ... on conflict do nothing returning event_id`` -- the ids that come back
+   are the ones never applied before; the others are replays and skipped;
+2. one statement per new event, pipelined: ``insert`` / ``update`` become an
+   upsert on the target's primary key, ``delete`` deletes by key, an
+   ``update`` that changed the key deletes the old key first, ``truncate``
+   truncates the mapped target tables (``restart identity`` when the source
+   asked for it); logical messages are only recorded;
+3. ``COMMIT``.
+
+Because the ids are recorded in the transaction that applies the changes,
+a change is applied and recorded, or neither: a replay after a crash, a
+retried batch whose COMMIT answer was lost, a re-delivered parked event --
+none can apply a change twice. No ledger is needed (``transactional =
+True``).
+
+Column values come from the event envelope and are cast by PostgreSQL
+itself through ``jsonb_populate_record(null::<target>, <envelope> ->
+'record')``: every column gets its value by the target column's own input
+function (numeric strings, ``\\x`` bytea, ISO timestamps and intervals, JSON
+arrays into arrays, JSON into json/jsonb), so the target's types decide.
+Source columns missing in the target are ignored (logged once); generated
+target columns are never written; TOASTed values the server did not resend
+are left as they are (an upsert only sets the columns it got).
+
+Order: with ``ordered: true`` (the default) one batch is in flight and the
+target sees changes in exact source commit order -- foreign keys between
+target tables hold, a reader never sees a change without every earlier one.
+A batch may end inside a source transaction, so a reader can see part of
+one. ``ordered: false`` applies batches of disjoint keys in parallel on up to
+``max_connections`` connections: faster on a remote target, per-key order
+still holds, but changes to different keys (and tables) can commit in any
+order, so foreign keys across tables can fail transiently (retried).
+
+Errors: a lost connection is :class:`~walrelay.errors.SinkUnavailable`.
+When a batch fails for its data, the events are applied one transaction
+each, in order, up to the bad one (applied ones are recorded, so the retry
+skips them); the bad event raises :class:`~walrelay.errors.PoisonEvent` for
+data and constraint errors (SQLSTATE classes 22, 23 except foreign keys), a
+retryable :class:`~walrelay.errors.SinkError` otherwise (a missing target
+table or column, a deadlock: fix the target and it goes on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import sql
+
+from walrelay import failpoints
+from walrelay.config import masked_dsn
+from walrelay.errors import ConfigError, PoisonEvent, SinkError, SinkUnavailable
+from walrelay.model import Event, Lsn, format_lsn
+
+if TYPE_CHECKING:
+    from walrelay.config import PostgresSinkConfig
+
+__all__ = ["PostgresSink"]
+
+log = logging.getLogger("walrelay.sinks.postgres")
+
+Conn = psycopg.AsyncConnection[tuple[Any, ...]]
+
+TRIM_INTERVAL = 1.0  # seconds between deletions of old applied-event records
+
+
+@dataclass(frozen=True)
+class _Table:
+    """A target table as the catalog describes it."""
+
+    name: str  # qualified, for messages
+    ident: sql.Composable
+    columns: frozenset[str]
+    key: tuple[str, ...]  # primary key columns
+
+
+class _BadEvent(Exception):
+    """Applying one event failed for its data (carries the classified error)."""
+
+    def __init__(self, event: Event, error: SinkError) -> None:
+        super().__init__(str(error))
+        self.event = event
+        self.error = error
+
+
+class PostgresSink:
+    """Applies events to target tables; see the module docstring."""
+
+    transactional = True
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        destination: str = "postgres",
+        schema: str | None = None,
+        tables: dict[str, str] | None = None,
+        state_schema: str = "walrelay",
+        ordered: bool = True,
+        max_connections: int = 4,
+        batch_size: int = 500,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        if batch_size < 1 or max_connections < 1:
+            raise ConfigError(
+                "postgres sink: batch_size and max_connections must be >= 1",
+                fix="set batch_size to e.g. 500",
+            )
+        self._dsn = dsn
+        self.where = masked_dsn(dsn)
+        self.destination = destination
+        self.target_schema = schema
+        self.tables = dict(tables or {})
+        self.state_schema = state_schema
+        self.ordered = ordered
+        self.batch_size = batch_size
+        self.max_connections = 1 if ordered else max_connections
+        self.connect_timeout = connect_timeout
+        self._sem = asyncio.Semaphore(self.max_connections)
+        self._idle: list[Conn] = []
+        self._ready = False
+        self._meta: dict[str, _Table] = {}  # source table -> its target table
+        self._warned: set[tuple[str, str]] = set()
+        self._sql: dict[tuple[Any, ...], sql.Composed] = {}
+        self._trim_floor: Lsn | None = None
+        self._trimmed_floor: Lsn | None = None
+        self._last_trim = 0.0
+        s = sql.Identifier(state_schema)
+        self._q_claim = sql.SQL(
+            "insert into {}.applied_events (destination, event_id, commit_lsn) "
+            "select %s, i, l::pg_lsn from unnest(%s::text[], %s::text[]) as u(i, l) "
+            "on conflict do nothing returning event_id"
+        ).format(s)
+        self._q_trim = sql.SQL(
+            "delete from {}.applied_events where destination = %s and commit_lsn < %s::pg_lsn"
+        ).format(s)
+        # Stats.
+        self.applied = 0
+        self.replays_skipped = 0
+
+    @classmethod
+    def from_config(cls, cfg: PostgresSinkConfig, *, destination: str) -> PostgresSink:
+        return cls(
+            cfg.dsn.get_secret_value(),
+            destination=destination,
+            schema=cfg.target_schema,
+            tables=cfg.tables,
+            state_schema=cfg.state_schema,
+            ordered=cfg.ordered,
+            max_connections=cfg.max_connections,
+            batch_size=cfg.batch_size,
+            connect_timeout=cfg.connect_timeout,
+        )
+
+    def __repr__(self) -> str:
+        return f"PostgresSink({self.where!r})"
+
+    # -- life cycle -------------------------------------------------------------
+
+    async def open(self) -> None:
+        try:
+            conn = await self._connect()
+        except SinkUnavailable as e:
+            log.warning("%s; delivery waits for the target", e)
+            return
+        self._idle.append(conn)
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    def trim_below(self, lsn: Lsn) -> None:
+        """Records of transactions below ``lsn`` will never be needed again."""
+        if self._trim_floor is None or lsn > self._trim_floor:
+            self._trim_floor = lsn
+
+    async def _connect(self) -> Conn:
+        try:
+            conn: Conn = await psycopg.AsyncConnection.connect(
+                self._dsn,
+                autocommit=True,
+                connect_timeout=max(1, round(self.connect_timeout)),
+                application_name=f"walrelay-sink-{self.destination}"[:63],
+            )
+        except psycopg.OperationalError as e:
+            raise SinkUnavailable(
+                f"postgres sink {self.where}: cannot connect: {str(e).strip()}"
+            ) from None
+        if not self._ready:
+            try:
+                await self._prepare(conn)
+            except psycopg.OperationalError as e:
+                await conn.close()
+                raise SinkUnavailable(f"postgres sink {self.where}: {str(e).strip()}") from None
+            except psycopg.Error as e:
+                await conn.close()
+                raise SinkError(
+                    f"postgres sink {self.where}: cannot create {self.state_schema}."
+                    f"applied_events: {str(e).strip()}"
+                ) from None
+            self._ready = True
+        return conn
+
+    async def _prepare(self, conn: Conn) -> None:
+        s = sql.Identifier(self.state_schema)
+        async with conn.transaction():
+            await conn.execute("select pg_advisory_xact_lock(%s)", (0x57414C41,))
+            await conn.execute(sql.SQL("create schema if not exists {}").format(s))
+            await conn.execute(
+                sql.SQL(
+                    "create table if not exists {}.applied_events ("
+                    "destination text not null, event_id text not null, "
+                    "commit_lsn pg_lsn not null, applied_at timestamptz not null default now(), "
+                    "primary key (destination, event_id))"
+                ).format(s)
+            )
+            await conn.execute(
+                sql.SQL(
+                    "create index if not exists applied_events_destination_lsn "
+                    "on {}.applied_events (destination, commit_lsn)"
+                ).format(s)
+            )
+
+    # -- delivery ---------------------------------------------------------------
+
+    async def deliver(self, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        async with self._sem:
+            conn = self._idle.pop() if self._idle else await self._connect()
+            ok = False
+            try:
+                try:
+                    await self._apply(conn, events)
+                except _BadEvent:
+                    if len(events) == 1:
+                        raise
+                    # Find the bad event: one transaction per event, in order,
+                    # so everything before it is applied (and recorded).
+                    for event in events:
+                        await self._apply(conn, [event])
+                ok = True
+            except _BadEvent as bad:
+                ok = not conn.closed
+                raise bad.error from None
+            except psycopg.OperationalError as e:
+                raise SinkUnavailable(
+                    f"postgres sink {self.where}: {type(e).__name__}: {str(e).strip()}"
+                ) from None
+            finally:
+                if ok and not conn.closed:
+                    self._idle.append(conn)
+                else:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+        failpoints.hit("sink.after_send")
+
+    async def _apply(self, conn: Conn, events: Sequence[Event]) -> None:
+        """Claim, apply and commit ``events`` in one transaction."""
+        ids = [e.id for e in events]
+        lsns = [format_lsn(e.commit_lsn) for e in events]
+        trim = self._take_trim()
+        try:
+            async with conn.transaction():
+                cur = await conn.execute(self._q_claim, (self.destination, ids, lsns))
+                new = {str(r[0]) for r in await cur.fetchall()}
+                statements: list[tuple[Event, sql.Composed, tuple[Any, ...]]] = []
+                for event in events:
+                    if event.id in new:
+                        statements.extend(await self._statements(conn, event))
+                if statements:
+                    async with conn.pipeline():
+                        for _, query, params in statements:
+                            await conn.execute(query, params)
+                if trim is not None:
+                    await conn.execute(self._q_trim, (self.destination, format_lsn(trim)))
+                failpoints.hit("postgres.before_commit")
+        except psycopg.OperationalError:
+            raise
+        except SinkError as e:
+            raise _BadEvent(events[0], e) from None
+        except psycopg.Error as e:
+            if isinstance(e, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedColumn):
+                self._meta.clear()
+            raise _BadEvent(events[0], self._classify(e, events)) from None
+        if trim is not None:
+            self._trimmed_floor = trim
+        self.applied += len(new)
+        self.replays_skipped += len(events) - len(new)
+
+    def _take_trim(self) -> Lsn | None:
+        floor = self._trim_floor
+        if floor is None or floor == self._trimmed_floor:
+            return None
+        now = time.monotonic()
+        if now - self._last_trim < TRIM_INTERVAL:
+            return None
+        self._last_trim = now
+        return floor
+
+    def _classify(self, e: psycopg.Error, events: Sequence[Event]) -> SinkError:
+        state = e.sqlstate or ""
+        where = events[0].id if len(events) == 1 else f"{len(events)} events from {events[0].id}"
+        text = f"postgres sink {self.where}: {state} {str(e).strip()} (applying {where})"
+        if state.startswith("22") or (state.startswith("23") and state != "23503"):
+            return PoisonEvent(text)
+        return SinkError(text)
+
+    # -- statements -------------------------------------------------------------
+
+    def _target_name(self, source: str) -> tuple[str, str]:
+        src_schema, _, src_table = source.partition(".")
+        target = self.tables.get(source)
+        default_schema = self.target_schema or src_schema
+        if target is None:
+            return default_schema, src_table
+        if "." in target:
+            schema, _, table = target.partition(".")
+            return schema, table
+        return default_schema, target
+
+    async def _table(self, conn: Conn, source: str) -> _Table | None:
+        if source in self._meta:
+            return self._meta[source]
+        schema, table = self._target_name(source)
+        cur = await conn.execute(
+            "select c.oid, a.attname, a.attgenerated <> '' "
+            "from pg_class c join pg_namespace n on n.oid = c.relnamespace "
+            "join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped "
+            "where n.nspname = %s and c.relname = %s and c.relkind in ('r', 'p')",
+            (schema, table),
+        )
+        rows = await cur.fetchall()
+        if not rows:
+            return None  # not cached: it may be created meanwhile
+        oid = rows[0][0]
+        columns = frozenset(str(r[1]) for r in rows if not r[2])
+        cur = await conn.execute(
+            "select a.attname from pg_index i "
+            "join lateral unnest(i.indkey) with ordinality as k(attnum, n) on true "
+            "join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum "
+            "where i.indrelid = %s and i.indisprimary order by k.n",
+            (oid,),
+        )
+        key = tuple(str(r[0]) for r in await cur.fetchall())
+        info = _Table(f"{schema}.{table}", sql.Identifier(schema, table), columns, key)
+        self._meta[source] = info
+        return info
+
+    async def _statements(
+        self, conn: Conn, event: Event
+    ) -> list[tuple[Event, sql.Composed, tuple[Any, ...]]]:
+        op = event.op
+        if op == "message":
+            return []
+        env = event.envelope()
+        body = event.body.decode()
+        if op == "truncate":
+            return await self._truncate(conn, event, env)
+        table = await self._table(conn, event.table)
+        if table is None:
+            schema, name = self._target_name(event.table)
+            raise SinkError(
+                f"postgres sink {self.where}: target table {schema}.{name} (for {event.table})"
+                " does not exist (create it; delivery retries meanwhile)"
+            )
+        if not table.key:
+            raise PoisonEvent(
+                f"postgres sink {self.where}: target table {table.name} has no primary key"
+                " to upsert on (fix: ALTER TABLE ... ADD PRIMARY KEY)"
+            )
+        out: list[tuple[Event, sql.Composed, tuple[Any, ...]]] = []
+        old = env.get("old")
+        if op == "delete":
+            self._require_key(table, old, event)
+            out.append((event, self._delete_sql(table), (body,)))
+            return out
+        record = env.get("record")
+        if not isinstance(record, dict):
+            return out
+        if (
+            isinstance(old, dict)
+            and all(k in old for k in table.key)
+            and any(old[k] != record.get(k) for k in table.key)
+        ):
+            out.append((event, self._delete_sql(table), (body,)))
+        cols = tuple(c for c in record if c in table.columns)
+        for c in record:
+            if c not in table.columns and (table.name, c) not in self._warned:
+                self._warned.add((table.name, c))
+                log.warning(
+                    "postgres sink: column %s of %s is not in target %s (or is generated);"
+                    " its values are not applied",
+                    c,
+                    event.table,
+                    table.name,
+                )
+        self._require_key(table, record, event)
+        out.append((event, self._upsert_sql(table, cols), (body,)))
+        return out
+
+    def _require_key(self, table: _Table, values: Any, event: Event) -> None:
+        if not isinstance(values, dict) or any(k not in values for k in table.key):
+            raise PoisonEvent(
+                f"postgres sink {self.where}: event {event.id} ({event.op} on {event.table})"
+                f" does not carry the target key ({', '.join(table.key)}) of {table.name}"
+                " (fix: make the target's primary key the source's replica identity)"
+            )
+
+    def _upsert_sql(self, table: _Table, cols: tuple[str, ...]) -> sql.Composed:
+        cache_key = ("upsert", table.name, cols)
+        q = self._sql.get(cache_key)
+        if q is None:
+            names = sql.SQL(", ").join(map(sql.Identifier, cols))
+            updates = [c for c in cols if c not in table.key]
+            conflict = sql.SQL(", ").join(map(sql.Identifier, table.key))
+            action: sql.Composable
+            if updates:
+                action = sql.SQL("do update set {}").format(
+                    sql.SQL(", ").join(
+                        sql.SQL("{0} = excluded.{0}").format(sql.Identifier(c)) for c in updates
+                    )
+                )
+            else:
+                action = sql.SQL("do nothing")
+            q = sql.SQL(
+                "insert into {t} ({names}) select {names} "
+                "from jsonb_populate_record(null::{t}, %s::jsonb -> 'record') "
+                "on conflict ({conflict}) {action}"
+            ).format(t=table.ident, names=names, conflict=conflict, action=action)
+            self._sql[cache_key] = q
+        return q
+
+    def _delete_sql(self, table: _Table) -> sql.Composed:
+        cache_key = ("delete", table.name)
+        q = self._sql.get(cache_key)
+        if q is None:
+            key = sql.SQL(", ").join(map(sql.Identifier, table.key))
+            q = sql.SQL(
+                "delete from {t} where ({key}) = "
+                "(select {key} from jsonb_populate_record(null::{t}, %s::jsonb -> 'old'))"
+            ).format(t=table.ident, key=key)
+            self._sql[cache_key] = q
+        return q
+
+    async def _truncate(
+        self, conn: Conn, event: Event, env: dict[str, Any]
+    ) -> list[tuple[Event, sql.Composed, tuple[Any, ...]]]:
+        targets: list[sql.Composable] = []
+        for source in env.get("tables") or []:
+            table = await self._table(conn, str(source))
+            if table is None:
+                log.warning(
+                    "postgres sink: TRUNCATE of %s: no target table %s; skipped",
+                    source,
+                    ".".join(self._target_name(str(source))),
+                )
+                continue
+            targets.append(table.ident)
+        if not targets:
+            return []
+        q: sql.Composed = sql.SQL("truncate {}{}").format(
+            sql.SQL(", ").join(targets),
+            sql.SQL(" restart identity") if env.get("restart_identity") else sql.SQL(""),
+        )
+        return [(event, q, ())]
