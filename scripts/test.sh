@@ -5,6 +5,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash scripts/bootstrap.sh test
 bash scripts/servers/install.sh all
+bash scripts/install-browser.sh
 V=.venv/bin
 echo "== ruff"; $V/ruff check src tests bench; $V/ruff format --check src tests bench
 echo "== mypy"; $V/mypy

@@ -114,9 +114,13 @@ def demo(transactions: int, output: str, quiet: bool) -> None:
 
 
 def _register_subcommands() -> None:
+    from walrelay.cli_failed import failed_command
     from walrelay.monitor.doctor import doctor_command
+    from walrelay.monitor.status import status_command
 
     main.add_command(doctor_command)
+    main.add_command(failed_command)
+    main.add_command(status_command)
 
 
 _register_subcommands()

@@ -140,6 +140,9 @@ class SourceConfig(_Model):
     reconnect: BackoffConfig = BackoffConfig(initial=0.5, max=30.0)
     spill_dir: str | None = None
     spill_memory_bytes: Bytes = 8 * 1024 * 1024
+    # With nothing pending, confirm the last keepalive's wal_end (keeps the slot
+    # moving while the publication is quiet). Off only to show why it exists.
+    confirm_idle: bool = True
 
     @field_validator("tables")
     @classmethod
@@ -288,11 +291,13 @@ class KafkaSinkConfig(_Model):
     batch_size: int = Field(default=500, gt=0)
 
 
+def _one_or_many(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
 class NatsSinkConfig(_Model):
     type: Literal["nats"]
-    servers: Annotated[
-        list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)
-    ] = Field(min_length=1)
+    servers: Annotated[list[str], BeforeValidator(_one_or_many)] = Field(min_length=1)
     subject: str = "{prefix}.{schema}.{table}"
     message_subject: str = "{prefix}.messages"
     prefix: str = "walrelay"
@@ -344,6 +349,7 @@ class RabbitMQSinkConfig(_Model):
 
 
 BrokerSinkConfig = KafkaSinkConfig | NatsSinkConfig | RedisSinkConfig | RabbitMQSinkConfig
+
 
 class PostgresSinkConfig(_Model):
     """Applies changes to tables of another PostgreSQL database (walrelay.sinks.postgres)."""
@@ -407,6 +413,105 @@ SinkConfig = Annotated[
     Field(discriminator="type"),
 ]
 
+def _header_map(value: Any) -> Any:
+    return {c: c for c in value} if isinstance(value, list) else value
+
+
+class OutboxRouterConfig(_Model):
+    """``router: {type: outbox, ...}`` on a destination (walrelay.outbox.router)."""
+
+    type: Literal["outbox"]
+    # The outbox table whose inserts are routed; other tables' events pass unchanged.
+    table: str = "public.outbox"
+    # Table-less events: pg_logical_emit_message(true, <message_prefix>, <JSON object>).
+    message_prefix: str = "walrelay.outbox"
+    # The column (message field) that picks the topic: {routed_by} in ``topic``.
+    route_by: str = "aggregate_type"
+    # Topic / subject / stream: a template over {routed_by} and the row's columns ...
+    topic: str = "{routed_by}.events"
+    # ... or, when set, re.fullmatch(topic_regex, <route_by value>).expand(topic_replacement).
+    topic_regex: str | None = None
+    topic_replacement: str | None = None
+    key: str = "aggregate_id"  # record key and per-key order
+    payload: str = "payload"  # sent as JSON, not as a string
+    # column -> header name (a list means the same names).
+    headers: Annotated[dict[str, str], BeforeValidator(_header_map)] = Field(
+        default_factory=lambda: {
+            "id": "outbox_id",
+            "event_type": "event_type",
+            "aggregate_type": "aggregate_type",
+        }
+    )
+    # Columns placed beside the payload: the value becomes {"payload": ..., <col>: ...}.
+    envelope_fields: list[str] = Field(default_factory=list)
+    # A NULL payload becomes a tombstone (Kafka: null value) instead of JSON null.
+    tombstone_on_empty: bool = False
+    # UPDATE/DELETE/TRUNCATE of outbox rows are not events: skip them (logged) or
+    # deliver them unrouted.
+    other_ops: Literal["skip", "deliver"] = "skip"
+
+    @field_validator("table")
+    @classmethod
+    def _qualify(cls, v: str) -> str:
+        return qualify(v)
+
+    @field_validator("topic_regex")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as e:
+                raise ValueError(f"topic_regex {v!r} is not a valid regular expression: {e}")
+        return v
+
+    @model_validator(mode="after")
+    def _pair(self) -> OutboxRouterConfig:
+        if (self.topic_regex is None) != (self.topic_replacement is None):
+            raise ValueError("set both topic_regex and topic_replacement, or neither")
+        return self
+
+
+class HeartbeatConfig(_Model):
+    """``heartbeat: {interval, table}`` (walrelay.source.heartbeat)."""
+
+    enabled: bool = True
+    interval: Seconds = 30.0
+    # None: pg_logical_emit_message(false, <prefix>, ...). A table: UPDATE a row
+    # of it instead (created if missing and added to the publication).
+    table: str | None = None
+    prefix: str = "walrelay.heartbeat"
+
+    @field_validator("interval")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("heartbeat.interval must be > 0 (use enabled: false to turn off)")
+        return v
+
+    @field_validator("table")
+    @classmethod
+    def _qualify(cls, v: str | None) -> str | None:
+        return None if v is None else qualify(v)
+
+
+class OutboxConfig(_Model):
+    """``outbox:``: the engine's upkeep of the outbox table's daily partitions."""
+
+    table: str = "public.outbox"
+    maintain: bool = True  # false: only `walrelay outbox maintain` does upkeep
+    interval: Seconds = 3600.0
+    days_ahead: int = Field(default=7, ge=1, le=366)  # future partitions kept
+    retention_days: int = Field(default=7, ge=1)  # partitions older than this are dropped
+    lock_timeout: Seconds = 2.0  # for DETACH PARTITION; a timeout retries next run
+    confirm_wait: Seconds = 30.0  # how long to wait for the slot to confirm a detach
+
+    @field_validator("table")
+    @classmethod
+    def _qualify(cls, v: str) -> str:
+        return qualify(v)
+
+
 OPS = ("insert", "update", "delete", "truncate", "message")
 
 
@@ -422,6 +527,8 @@ class DestinationConfig(_Model):
     failed: FailedConfig = FailedConfig()
     # Overrides the top-level ``ledger`` for this destination.
     ledger: LedgerConfig | None = None
+    # Turns outbox rows / messages into routed events (walrelay.outbox.router).
+    router: OutboxRouterConfig | None = None
 
     @field_validator("name")
     @classmethod
@@ -529,6 +636,10 @@ class Config(_Model):
     http: HttpConfig = HttpConfig()
     # walrelay's own tables (failed events, ledger); never published.
     state: StateConfig = StateConfig()
+    # pg_logical_emit_message (or a table UPDATE) every interval (walrelay.source.heartbeat).
+    heartbeat: HeartbeatConfig = HeartbeatConfig()
+    # Partition upkeep of the outbox table by the engine (walrelay.outbox.partitions).
+    outbox: OutboxConfig | None = None
 
     @property
     def state_dsn(self) -> str:

@@ -20,12 +20,14 @@ import psycopg
 
 from walrelay import failpoints
 from walrelay.config import Config, DestinationConfig
-from walrelay.errors import SlotLost, SourceSetupError, WalrelayError
+from walrelay.errors import DecodeError, SlotLost, SourceSetupError, WalrelayError
 from walrelay.model import Begin, Change, Commit, Event, Lsn, format_lsn
+from walrelay.monitor.service import Services
 from walrelay.pipeline.backoff import Backoff
 from walrelay.pipeline.envelope import EnvelopeBuilder
 from walrelay.pipeline.ledger import TrimAware, wrap_sink
 from walrelay.pipeline.lsn import LsnTracker
+from walrelay.pipeline.retry import DestinationRetry, RetryStore
 from walrelay.pipeline.scheduler import Destination
 from walrelay.sinks.base import Sink
 from walrelay.sinks.factory import build_sink
@@ -63,6 +65,14 @@ class EngineStats:
     last_commit_lsn: Lsn = 0
     last_delivery_lag: float | None = None
     reconnects: int = 0
+    heartbeat_lag: float | None = None  # seconds, set by heartbeats when they run
+
+
+def _at_lsn(error: DecodeError, frame: bytes) -> DecodeError:
+    """The decoder is not told each message's LSN (it costs time per message):
+    add it to the error here."""
+    error.message = f"{error.message} (message at WAL {format_lsn(xlogdata_start(frame))})"
+    return error
 
 
 class Engine:
@@ -99,6 +109,8 @@ class Engine:
         self._builder: EnvelopeBuilder | None = None
         self.source_info: SourceInfo | None = None
         self.started = asyncio.Event()
+        # Monitor loop, alerts, metrics and the HTTP server (walrelay.monitor.service).
+        self.services = Services(self)
         # The transaction being received: Begin seen, Commit not yet.
         self._begin: Begin | None = None
         self._seq = 0
@@ -112,6 +124,8 @@ class Engine:
         self._last_status_sent: Lsn = -1
         self._session_task: asyncio.Task[None] | None = None
         self._force_stop: asyncio.TimerHandle | None = None
+        # Failed deliveries parked in the state database (None: no destination parks).
+        self.retry_store: RetryStore | None = None
 
     # ---------------------------------------------------------------- control
 
@@ -142,6 +156,13 @@ class Engine:
     def confirmed_lsn(self) -> Lsn:
         return self.tracker.confirmed
 
+    @property
+    def replication_paused(self) -> bool:
+        """True while a destination's parked events are at their cap: the engine
+        does not read the stream (status updates go on). A page-level condition."""
+        store = self.retry_store
+        return store is not None and store.paused
+
     # ---------------------------------------------------------------- run
 
     async def run(self) -> None:
@@ -160,11 +181,13 @@ class Engine:
         self.tracker = LsnTracker(start=self.source_info.confirmed_flush_lsn or 0)
         self._builder = EnvelopeBuilder(TypeRegistry(), key_columns=self.source_info.key_columns)
         await self._open_destinations()
-        self.started.set()
         try:
+            await self.services.start()
+            self.started.set()
             await self._replicate()
         finally:
             await self._shutdown()
+            await self.services.stop()
 
     async def _open_destinations(self) -> None:
         opened: list[Sink] = []
@@ -185,9 +208,16 @@ class Engine:
                         maximum=dcfg.retry.max,
                     ),
                     on_finished=self._finished_callback(dcfg.name),
+                    parking=self._parking_for(dcfg, sink),
                 )
                 self.destinations[dcfg.name] = dest
+            if self.retry_store is not None:
+                await self.retry_store.open()
+                await self.retry_store.load()
+                self.retry_store.start()
         except BaseException:
+            if self.retry_store is not None:
+                await self.retry_store.close()
             for sink in opened:
                 with contextlib.suppress(Exception):
                     await sink.close()
@@ -195,12 +225,32 @@ class Engine:
         for dest in self.destinations.values():
             dest.start()
 
+    def _parking_for(self, dcfg: DestinationConfig, sink: Sink) -> DestinationRetry | None:
+        """The destination's failed-event store, unless it is off or the sink is
+        ordered (a parked event would be overtaken: those retry in memory)."""
+        if not dcfg.failed.enabled:
+            return None
+        if sink.ordered:
+            log.info(
+                "destination %s: its sink delivers in exact id order, so failed deliveries"
+                " are retried in memory instead of being parked",
+                dcfg.name,
+            )
+            return None
+        if self.retry_store is None:
+            self.retry_store = RetryStore(self.config.state_dsn, self.config.state.schema)
+        return self.retry_store.add_destination(
+            dcfg.name, dcfg.failed, max_in_flight=dcfg.effective_max_in_flight()
+        )
+
     def _finished_callback(self, name: str) -> Callable[[Sequence[Event]], None]:
         tracker = self.tracker  # replaced only before destinations exist
         stats = self.stats
+        services = self.services
 
         def on_finished(batch: Sequence[Event]) -> None:
             tracker.finish_events(batch, name)
+            services.on_finished(name, batch)
             failpoints.hit("pipeline.after_finish")
             if self.until_lsn is not None and tracker.confirmed >= self.until_lsn:
                 self.request_stop()
@@ -324,7 +374,10 @@ class Engine:
                 for frame in frames:
                     kind = frame[0]
                     if kind == XLOGDATA:
-                        items = feed(frame, xlogdata_start(frame), offset=XLOGDATA_HEADER)
+                        try:
+                            items = feed(frame, 0, offset=XLOGDATA_HEADER)
+                        except DecodeError as e:
+                            raise _at_lsn(e, frame) from None
                         for item in items:
                             cls = type(item)
                             if cls is Change:
@@ -469,7 +522,13 @@ class Engine:
         """Below this commit LSN no event is ever delivered again: the ledgers
         forget those ids. (A failed-event store re-delivering parked events
         must lower it to its oldest parked commit LSN.)"""
-        return self.tracker.confirmed
+        floor = self.tracker.confirmed
+        if self.retry_store is not None:
+            for parked in self.retry_store.destinations.values():
+                oldest = parked.oldest_commit_lsn()
+                if oldest is not None and oldest < floor:
+                    floor = oldest
+        return floor
 
     def _trim_ledgers(self) -> None:
         floor = self._trim_floor()
@@ -515,6 +574,11 @@ class Engine:
         for dest in self.destinations.values():
             with contextlib.suppress(Exception):
                 await dest.stop()
+        if self.retry_store is not None:  # its retry loops use the sinks
+            try:
+                await self.retry_store.close()
+            except Exception as e:
+                log.warning("failed-events store: error while closing: %s", e)
         for dest in self.destinations.values():
             try:
                 await dest.sink.close()

@@ -147,6 +147,26 @@ class Commit:
     committed_at: datetime
 
 
+@dataclass(slots=True, frozen=True)
+class Route:
+    """Where a router (the outbox event router, :mod:`walrelay.outbox.router`)
+    sends an event, for the sinks that have topics, subjects or streams.
+
+    A broker sink honours it instead of its own naming: ``topic`` is the
+    Kafka topic / NATS subject / Redis stream / RabbitMQ routing key, ``key``
+    the record key (Kafka key), ``value`` the record value (the routed payload
+    as JSON; None: a tombstone, e.g. a Kafka record with a null value) and
+    ``headers`` extra record headers (after the sink's own ``id``, ``op``,
+    ``table``). Sinks without such notions (file, stdout, webhook) ignore it:
+    for them the event's ``body`` already is the routed envelope.
+    """
+
+    topic: str
+    key: str | None
+    value: bytes | None
+    headers: tuple[tuple[str, str], ...] = ()
+
+
 @dataclass(slots=True)
 class Event:
     """A change as one destination sees it: id, grouping keys, encoded body.
@@ -167,6 +187,8 @@ class Event:
     body: bytes
     xid: int
     committed_at: datetime
+    # Set by a destination's router (outbox): topic, key, value, headers for brokers.
+    route: Route | None = None
 
     @property
     def id(self) -> str:
@@ -177,6 +199,9 @@ class Event:
         """Memory this event holds while buffered: its body plus the Python
         objects around it (measured: ~300 bytes), so that ``buffer_bytes``
         bounds the process's memory rather than just the payload bytes."""
+        route = self.route
+        if route is not None and route.value is not None:
+            return len(self.body) + len(route.value) + EVENT_OVERHEAD_BYTES
         return len(self.body) + EVENT_OVERHEAD_BYTES
 
     def envelope(self) -> dict[str, Any]:

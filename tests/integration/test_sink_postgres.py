@@ -68,14 +68,17 @@ TYPES_DDL = (
 
 
 async def test_every_op_and_type_matrix(db: str, target: str) -> None:
-    execute(db, TYPES_DDL.format(t="kinds"), "alter table kinds alter column big set storage external")
+    execute(
+        db, TYPES_DDL.format(t="kinds"), "alter table kinds alter column big set storage external"
+    )
     execute(target, TYPES_DDL.format(t="kinds"))
     config = make_config(db, ["public.kinds"], [sink_dest(target)])
     async with running_engine(config) as engine:
         execute(
             db,
-            "insert into kinds values (1, 12345678901234.12345, '\\x00ff', '{\"k\": [1, 2.5, null]}',"
-            " '{1,2,3}', '2024-01-02 03:04:05.123456+02', '1 day 02:03:04.5',"
+            "insert into kinds values (1, 12345678901234.12345, '\\x00ff',"
+            " '{\"k\": [1, 2.5, null]}', '{1,2,3}', '2024-01-02 03:04:05.123456+02',"
+            " '1 day 02:03:04.5',"
             " 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'héllo\nworld', 'NaN', true, '2024-02-29',"
             " repeat('x', 10000))",
             "insert into kinds (id) values (2)",
@@ -97,7 +100,9 @@ async def test_every_op_and_type_matrix(db: str, target: str) -> None:
 
 
 async def test_table_mapping_schema_and_truncate(db: str, target: str) -> None:
-    execute(db, "create table a (id int primary key, v text)", "create table b (id int primary key)")
+    execute(
+        db, "create table a (id int primary key, v text)", "create table b (id int primary key)"
+    )
     execute(
         target,
         "create schema replica",
@@ -159,7 +164,7 @@ async def test_replayed_batch_is_applied_once(target: str) -> None:
         batch = [_event(100, i, "insert", "public.t", {"id": i, "v": i}) for i in range(5)]
         await sink.deliver(batch)
         await sink.deliver(batch)  # a replay after a crash
-        await sink.deliver(batch[2:] + [_event(200, 0, "update", "public.t", {"id": 1, "v": 7})])
+        await sink.deliver([*batch[2:], _event(200, 0, "update", "public.t", {"id": 1, "v": 7})])
         assert sink.applied == 6 and sink.replays_skipped == 8
     finally:
         await sink.close()
@@ -221,7 +226,9 @@ async def test_parallel_mode_keeps_per_key_order(db: str, target: str, tmp_path:
             lambda: engine.destinations["pg"].delivered_total >= 1200, what="1200 events"
         )
     assert rows(target, "select count(*), min(v), max(v) from c") == [(200, 5, 5)]
-    audit = rows(target, "select (row_data->>'id')::int, (row_data->>'v')::int from audit order by n")
+    audit = rows(
+        target, "select (row_data->>'id')::int, (row_data->>'v')::int from audit order by n"
+    )
     per_key: dict[int, list[int]] = {}
     for key, v in audit:
         per_key.setdefault(key, []).append(v)

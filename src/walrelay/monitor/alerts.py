@@ -209,7 +209,9 @@ class WebhookTarget:
     def display(self) -> str:
         """Scheme and host only: a Slack webhook's path is its secret."""
         parts = urlsplit(self.url)
-        return f"{parts.scheme}://{parts.hostname or '?'}{':' + str(parts.port) if parts.port else ''}"
+        return (
+            f"{parts.scheme}://{parts.hostname or '?'}{':' + str(parts.port) if parts.port else ''}"
+        )
 
     def wants(self, notification: Notification) -> bool:
         level = notification.alert.notified if notification.kind == "resolved" else None
@@ -221,10 +223,11 @@ class WebhookTarget:
 class Notifier:
     """Logs every notification and posts it to the webhooks that want it."""
 
-    ATTEMPTS = 3
-
-    def __init__(self, webhooks: Sequence[WebhookTarget] = (), *, queue_size: int = 1000) -> None:
+    def __init__(
+        self, webhooks: Sequence[WebhookTarget] = (), *, queue_size: int = 1000, attempts: int = 3
+    ) -> None:
         self.webhooks = list(webhooks)
+        self.attempts = attempts
         self.sent_total = 0
         self.failed_total = 0
         self._queue: asyncio.Queue[tuple[WebhookTarget, bytes]] = asyncio.Queue(queue_size)
@@ -270,7 +273,7 @@ class Notifier:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession()
         error = ""
-        for attempt in range(1, self.ATTEMPTS + 1):
+        for attempt in range(1, self.attempts + 1):
             try:
                 async with self._session.post(
                     target.url,
@@ -285,11 +288,11 @@ class Notifier:
                     error = f"HTTP {resp.status}"
             except (aiohttp.ClientError, TimeoutError) as e:
                 error = f"{type(e).__name__}: {e}"
-            if attempt < self.ATTEMPTS:
+            if attempt < self.attempts:
                 await asyncio.sleep(0.5 * 2 ** (attempt - 1))  # backoff between attempts
         self.failed_total += 1
         log.warning(
-            "alert webhook %s failed after %d attempts: %s", target.display, self.ATTEMPTS, error
+            "alert webhook %s failed after %d attempts: %s", target.display, self.attempts, error
         )
 
     async def flush(self, timeout: float = 3.0) -> bool:  # noqa: ASYNC109

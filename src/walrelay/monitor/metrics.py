@@ -162,19 +162,15 @@ class MetricsCollector:
         yield streaming
 
         d = ["destination"]
-        fams = {
-            "events_in": counter(
-                "walrelay_events_in_total", "Events routed to the destination", d
-            ),
+        fams: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
+            "events_in": counter("walrelay_events_in_total", "Events routed to the destination", d),
             "events_out": counter(
                 "walrelay_events_out_total", "Events delivered to the destination", d
             ),
             "parked_total": counter(
                 "walrelay_events_parked_total", "Events moved to the failed-event store", d
             ),
-            "failures": counter(
-                "walrelay_delivery_failures_total", "Failed delivery attempts", d
-            ),
+            "failures": counter("walrelay_delivery_failures_total", "Failed delivery attempts", d),
             "lag": gauge(
                 "walrelay_delivery_lag_seconds",
                 "Commit -> delivered lag now (an estimate; 0 when nothing waits)",
@@ -245,9 +241,13 @@ class MetricsCollector:
         svc = self.services
         snap = svc.monitor.snapshot if svc.monitor is not None else None
         labels = ["slot", "database", "owned"]
-        active = GaugeMetricFamily("walrelay_slot_active", "1 if the slot has a consumer", labels=labels)
+        active = GaugeMetricFamily(
+            "walrelay_slot_active", "1 if the slot has a consumer", labels=labels
+        )
         retained = GaugeMetricFamily(
-            "walrelay_slot_retained_wal_bytes", "WAL retained: current LSN - restart_lsn", labels=labels
+            "walrelay_slot_retained_wal_bytes",
+            "WAL retained: current LSN - restart_lsn",
+            labels=labels,
         )
         pending = GaugeMetricFamily(
             "walrelay_slot_pending_wal_bytes",

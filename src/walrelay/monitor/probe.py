@@ -68,8 +68,7 @@ left join pg_stat_replication r on r.pid = s.active_pid
 order by s.slot_name
 """
 _SPILL_COLUMNS = (
-    "st.spill_txns, st.spill_count, st.spill_bytes, st.stream_txns, st.total_txns, "
-    "st.total_bytes"
+    "st.spill_txns, st.spill_count, st.spill_bytes, st.stream_txns, st.total_txns, st.total_bytes"
 )
 _NO_SPILL_COLUMNS = (
     "null::bigint as spill_txns, null::bigint as spill_count, null::bigint as spill_bytes, "
@@ -169,7 +168,7 @@ async def read_snapshot(conn: AsyncConn) -> Snapshot:
         slots_sql = _SLOTS.format(cur=cur, spills=_SPILL_COLUMNS, spill_join=_SPILL_JOIN)
     else:
         slots_sql = _SLOTS.format(cur=cur, spills=_NO_SPILL_COLUMNS, spill_join="")
-    cursor = await conn.execute(slots_sql)  # type: ignore[arg-type]  # built from constants
+    cursor = await conn.execute(slots_sql)
     slots = [SlotState(**r) for r in await cursor.fetchall()]
     tx_row = await (await conn.execute(_OLDEST_TX)).fetchone()
     oldest = TransactionState(**tx_row) if tx_row is not None else None
@@ -200,7 +199,7 @@ async def read_snapshot(conn: AsyncConn) -> Snapshot:
 
 
 async def _one(conn: AsyncConn, query: str) -> dict[str, Any]:
-    cursor = await conn.execute(query)  # type: ignore[arg-type]  # constants only
+    cursor = await conn.execute(query)
     row = await cursor.fetchone()
     assert row is not None, query
     return row

@@ -178,9 +178,7 @@ class RedisLedger:
         try:
             await self._client.ping()
         except self._errors as e:
-            log.warning(
-                "ledger %s is not reachable (%s); delivery waits for it", self.where, e
-            )
+            log.warning("ledger %s is not reachable (%s); delivery waits for it", self.where, e)
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -362,6 +360,12 @@ class LedgeredSink:
             raise
 
     async def close(self) -> None:
+        if self.replays_dropped:
+            log.info(
+                "destination %s: the ledger dropped %d replayed event(s) already delivered",
+                self.destination,
+                self.replays_dropped,
+            )
         try:
             await self.inner.close()
         finally:

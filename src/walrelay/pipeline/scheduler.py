@@ -27,6 +27,19 @@ Before each retry the ``on_failure(batch, error, attempts)`` hook decides
 ``"retry"`` (the default) or ``"parked"``: the latter means the hook stored the
 batch durably elsewhere (the retry store), and the batch then counts as
 finished (keys released, ``on_finished`` called).
+
+Parking (unordered sinks only; :class:`Parking`, implemented by
+:class:`walrelay.pipeline.retry.DestinationRetry`): once an event is parked,
+every later event sharing one of its keys must go behind it. The scheduler
+asks ``parking.blocks(event)`` for each event it takes (one attribute check
+while nothing is parked) and *diverts* blocked events to the store instead
+of the sink. A diverted event releases its keys in the buffer at once (the
+next event of the key is diverted right behind it, into the same FIFO, so
+the store receives a key's events in id order); it is finished (the LSN
+tracker may pass it) only when the store reports it durably written. While
+the store is at its cap (``parking.paused``), diverting stops: such events
+stay taken and keep their keys (:attr:`Destination.held`), and ``put`` waits
+-- replication pauses -- until the backlog drains.
 """
 
 from __future__ import annotations
@@ -34,7 +47,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Literal
+from typing import Literal, Protocol
 
 from walrelay.errors import SinkError
 from walrelay.model import Event
@@ -42,7 +55,7 @@ from walrelay.pipeline.backoff import Backoff
 from walrelay.pipeline.buffer import EventBuffer, make_buffer
 from walrelay.sinks.base import Sink
 
-__all__ = ["Destination", "FailureDecision", "OnFailure", "OnFinished"]
+__all__ = ["Destination", "FailureDecision", "OnFailure", "OnFinished", "Parking"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +66,37 @@ OnFailure = Callable[[Sequence[Event], BaseException, int], Awaitable[FailureDec
 
 def _ignore(batch: Sequence[Event]) -> None:
     return None
+
+
+class Parking(Protocol):
+    """What a destination needs from its failed-event store."""
+
+    @property
+    def active(self) -> bool:
+        """True while any event is parked (so :meth:`blocks` may say yes)."""
+        ...
+
+    @property
+    def paused(self) -> bool:
+        """True while the store is at its cap: take no more events."""
+        ...
+
+    def bind(self, destination: Destination) -> None: ...
+
+    def blocks(self, event: Event) -> bool:
+        """Must ``event`` go behind a parked event (a shared key, or a barrier)?"""
+        ...
+
+    def divert(self, events: list[Event]) -> bool:
+        """Park ``events`` behind their keys; they are finished later through
+        :meth:`Destination.finish_diverted`. False (nothing done) when paused."""
+        ...
+
+    async def on_failure(
+        self, batch: Sequence[Event], error: BaseException, attempts: int
+    ) -> FailureDecision: ...
+
+    async def wait_unpaused(self) -> None: ...
 
 
 class Destination:
@@ -74,6 +118,7 @@ class Destination:
         backoff: Backoff | None = None,
         on_finished: OnFinished | None = None,
         on_failure: OnFailure | None = None,
+        parking: Parking | None = None,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
@@ -86,7 +131,20 @@ class Destination:
         self.backoff = backoff or Backoff()
         self._batch_size = sink.batch_size
         self._on_finished = on_finished or _ignore
+        if parking is not None:
+            if self.ordered:
+                raise ValueError(
+                    f"destination {name!r}: an ordered sink cannot park events (a parked"
+                    " event would be overtaken)"
+                )
+            parking.bind(self)
+            if on_failure is None:
+                on_failure = parking.on_failure
+        self._parking = parking
         self._on_failure = on_failure
+        # Taken events that must be diverted while the store is paused (keep their keys).
+        self._held: list[Event] = []
+        self._diverting = 0  # diverted, not yet durably parked
         self._buffer: EventBuffer = make_buffer(self.ordered, max_buffer_bytes)
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
@@ -124,20 +182,51 @@ class Destination:
         """True while a ``put`` is waiting for buffer space (backpressure)."""
         return self._buffer.blocked
 
+    @property
+    def parking(self) -> Parking | None:
+        """The failed-event store (None: failures are retried in memory only)."""
+        return self._parking
+
+    @property
+    def held(self) -> int:
+        """Events waiting to be parked while the store is at its cap."""
+        return len(self._held)
+
+    @property
+    def paused(self) -> bool:
+        """True while the store is at its cap: ``put`` waits (replication paused)."""
+        parking = self._parking
+        return parking is not None and parking.paused
+
+    def _unfinished(self) -> int:
+        return self._buffer.count + self._diverting
+
     # -- feeding ----------------------------------------------------------------
 
     def try_put(self, event: Event) -> bool:
         """Hand an event over if it fits now, without waiting (the hot path)."""
+        parking = self._parking
+        if parking is not None and parking.paused:
+            return False
         if self._buffer.try_push(event):
             self._wake.set()
             return True
         return False
 
     async def put(self, event: Event) -> None:
-        """Hand an event over (in id order). Waits while the buffer is full."""
+        """Hand an event over (in id order). Waits while the buffer is full,
+        and while the failed-event store is at its cap (replication paused)."""
+        parking = self._parking
+        if parking is not None:
+            while parking.paused and not self._stopped:
+                await parking.wait_unpaused()
         buffer = self._buffer
         if not buffer.try_push(event):
             await buffer.put(event)
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Run the scheduler again (the store has room, or events were finished)."""
         self._wake.set()
 
     # -- lifecycle --------------------------------------------------------------
@@ -153,7 +242,7 @@ class Destination:
 
     async def drain(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
         """Wait until every event put was finished. False on timeout (or stop)."""
-        if not self._buffer.count:
+        if not self._unfinished():
             return True
         if self._stopped:
             return False
@@ -167,7 +256,7 @@ class Destination:
         finally:
             if fut in self._drain_waiters:
                 self._drain_waiters.remove(fut)
-        return not self._buffer.count
+        return not self._unfinished()
 
     async def stop(self) -> None:
         """Cancel the scheduler and the batches in flight; fail waiting puts.
@@ -204,14 +293,55 @@ class Destination:
                 if batch:
                     self._spawn(batch)
             return
-        room = self.max_in_flight - buffer.in_flight
+        parking = self._parking
+        held = self._held
+        if held and parking is not None and parking.divert(held):
+            self._diverted(held)
+            self._held = held = []
+        room = self.max_in_flight - (buffer.in_flight - len(held))
         batch_size = self._batch_size
         while room > 0:
             batch = buffer.take(min(room, batch_size))
             if not batch:
                 break
+            if parking is not None and parking.active:
+                # Events behind a parked event of their key go to the store. A
+                # batch never holds two events of one key, so the order of the
+                # checks inside it does not matter.
+                divert = [e for e in batch if parking.blocks(e)]
+                if divert:
+                    if held or not parking.divert(divert):
+                        held.extend(divert)  # keep their keys until the store has room
+                    else:
+                        self._diverted(divert)
+                    if len(divert) == len(batch):
+                        continue
+                    diverted = {id(e) for e in divert}
+                    batch = [e for e in batch if id(e) not in diverted]
             room -= len(batch)
             self._spawn(batch)
+
+    def _diverted(self, events: list[Event]) -> None:
+        """The store took ``events``: release their keys and space now (the next
+        event of each key goes to the store right behind it)."""
+        self._diverting += len(events)
+        self._buffer.done(events)
+
+    def finish_diverted(self, events: Sequence[Event]) -> None:
+        """Called by the store once diverted ``events`` are durably parked."""
+        self._diverting -= len(events)
+        self.parked_total += len(events)
+        try:
+            self._on_finished(events)
+        except Exception:
+            log.exception("destination %s: on_finished callback failed", self.name)
+        self._wake.set()
+        if self._drain_waiters and not self._unfinished():
+            self._resolve_drain()
+
+    async def deliver_parked(self, events: Sequence[Event]) -> None:
+        """Deliver events taken from the store (by its retry loop) through the sink."""
+        await self.sink.deliver(events)
 
     def _spawn(self, batch: list[Event]) -> None:
         task = asyncio.get_running_loop().create_task(self._deliver(batch))
@@ -301,7 +431,7 @@ class Destination:
         except Exception:
             log.exception("destination %s: on_finished callback failed", self.name)
         self._wake.set()
-        if self._drain_waiters and not self._buffer.count:
+        if self._drain_waiters and not self._unfinished():
             self._resolve_drain()
 
     def _resolve_drain(self) -> None:

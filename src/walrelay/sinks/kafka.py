@@ -216,6 +216,9 @@ class KafkaSink:
             )
         self.mode: Mode = mode
         self.ordered = mode == "exactly_once"
+        # Transactional: no replayed id is ever visible to a read_committed
+        # consumer, so the engine puts no dedup ledger in front of this sink.
+        self.transactional = mode == "exactly_once"
         self.batch_size = batch_size
         self.bootstrap = str(client_config["bootstrap.servers"])
         self.naming = Naming(

@@ -99,6 +99,8 @@ class NatsSink:
     """Publishes events to a JetStream stream; see the module docstring."""
 
     ordered = False
+    # JetStream drops a replayed Nats-Msg-Id (within the duplicate window).
+    transactional = True
 
     def __init__(
         self,

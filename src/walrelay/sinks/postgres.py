@@ -188,6 +188,12 @@ class PostgresSink:
         self._idle.append(conn)
 
     async def close(self) -> None:
+        if self.replays_skipped:
+            log.info(
+                "destination %s: skipped %d replayed event(s) already applied",
+                self.destination,
+                self.replays_skipped,
+            )
         idle, self._idle = self._idle, []
         for conn in idle:
             with contextlib.suppress(Exception):

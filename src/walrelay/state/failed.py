@@ -137,7 +137,7 @@ def key_matches(wanted: str, keys: Iterable[str]) -> bool:
     any table."""
     for key in keys:
         shown = display_key(key)
-        if wanted == shown or wanted == key:
+        if wanted in (shown, key):
             return True
         if ":" not in wanted and shown.partition(":")[2] == wanted:
             return True

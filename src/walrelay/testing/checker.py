@@ -24,6 +24,7 @@ per-key version). Tests and ``bench/chaos.py`` share it::
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -85,9 +86,13 @@ class Report:
                 f"{some(list(self.duplicated))}"
             )
         if self.id_changed:
-            out.append(f"{len(self.id_changed)} redelivered under another id: {some(self.id_changed)}")
+            out.append(
+                f"{len(self.id_changed)} redelivered under another id: {some(self.id_changed)}"
+            )
         if self.id_collisions:
-            out.append(f"{len(self.id_collisions)} ids used for two changes: {some(self.id_collisions)}")
+            out.append(
+                f"{len(self.id_collisions)} ids used for two changes: {some(self.id_collisions)}"
+            )
         if self.reordered:
             out.append(f"{len(self.reordered)} reordered within a key: {some(self.reordered)}")
         if self.aborted:
@@ -170,7 +175,7 @@ def check(
     report.unique = len(copies)
     report.lost = [uid for uid in committed if uid not in copies]
     report.duplicated = {uid: n - 1 for uid, n in copies.items() if n > 1}
-    for before, after in zip(confirmed_lsns, confirmed_lsns[1:], strict=False):
+    for before, after in itertools.pairwise(confirmed_lsns):
         if after < before:
             report.lsn_backwards.append((before, after))
     return report

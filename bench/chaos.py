@@ -1,0 +1,519 @@
+"""Chaos: SIGKILL walrelay again and again under load, stop Redis once; judge the history.
+
+One walrelay process streams a table to two destinations at once:
+
+- ``pg``: the PostgreSQL sink into another database (exactly-once by
+  construction), whose table carries an audit trigger recording every row
+  write and delete it receives;
+- ``hook``: the webhook sink to a receiver in this process, behind the Redis
+  ledger (at-least-once, duplicates only from a crash between a send and its
+  ledger write, always with the same ``webhook-id``).
+
+A writer commits the workload while walrelay runs: transactions of 1-10
+changes over ``--keys`` keys, each change carrying the key's next version
+(insert version 1, updates +1, some deletes, re-inserts go on counting);
+some transactions roll back (they write negative versions, which must never
+appear downstream). Meanwhile walrelay is SIGKILLed at random moments
+``--kills`` times and restarted each time, and Redis is stopped and restarted
+once, half way. At the end walrelay runs until everything is confirmed
+(``--until-lsn``) and the history checker (:mod:`walrelay.testing.checker`)
+judges both destinations:
+
+- PostgreSQL: target equals source, and the audit shows each (key, version)
+  exactly once, in increasing order per key, nothing from aborted
+  transactions;
+- webhook: every change received at least once, every duplicate with the id
+  it had the first time, duplicates counted;
+- the slot's confirmed LSN, sampled all along, never went backwards.
+
+    .venv/bin/python bench/chaos.py            # 100k changes, 1,000 keys, 20 kills
+    .venv/bin/python bench/chaos.py --short    # 5k changes, 3 kills (the test suite's)
+
+Prints the figures, writes JSON (default bench/results/chaos.json), exits 1
+if any check failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import random
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+import yaml
+from aiohttp import web
+
+from walrelay.model import format_lsn, parse_lsn
+from walrelay.testing.checker import Change, Delivery, check
+from walrelay.testing.pgcluster import PgCluster, free_port, start_cluster
+from walrelay.testing.servers import RedisServer
+
+TARGET_DDL = """
+create table items (id int primary key, version int not null, payload text not null);
+create table fence (id int primary key);
+create table audit (n bigserial primary key, id int not null, version int not null, op text);
+create function audit_fn() returns trigger language plpgsql as $$
+begin
+  if tg_op = 'DELETE' then
+    insert into audit (id, version, op) values (old.id, old.version, 'D');
+  else
+    insert into audit (id, version, op) values (new.id, new.version, 'W');
+  end if;
+  return null;
+end $$;
+create trigger audit after insert or update or delete on items
+  for each row execute function audit_fn();
+"""
+
+
+@dataclass
+class Plan:
+    changes: int
+    keys: int
+    kills: int
+    seconds: float  # how long the writer spreads the workload over
+    kill_after: tuple[float, float]  # seconds a walrelay run lives before SIGKILL
+    redis_down: float  # seconds Redis stays stopped
+    seed: int
+
+
+@dataclass
+class Workload:
+    """What the writer committed and rolled back."""
+
+    committed: list[Change] = field(default_factory=list)
+    aborted: set[tuple[int, int, str]] = field(default_factory=set)
+    transactions: int = 0
+    rolled_back: int = 0
+    done: bool = False
+
+
+def uid_order(key: int, version: int, op: str) -> tuple[tuple[int, int, str], int]:
+    """A change's identity and its place in the key's history: a delete of
+    version v comes after the write of v and before the write of v + 1."""
+    return (key, version, op), 2 * version + (1 if op == "D" else 0)
+
+
+async def writer(dsn: str, plan: Plan, wl: Workload) -> None:
+    rng = random.Random(plan.seed)
+    version = [0] * (plan.keys + 1)
+    exists = [False] * (plan.keys + 1)
+    per_second = plan.changes / plan.seconds
+    started = time.monotonic()
+    written = 0
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        while written < plan.changes:
+            size = min(rng.randint(1, 10), plan.changes - written)
+            abort = rng.random() < 0.03
+            pending: list[tuple[int, int, str]] = []
+            undo: list[tuple[int, int, bool]] = []
+            try:
+                async with conn.transaction():
+                    for _ in range(size):
+                        k = rng.randint(1, plan.keys)
+                        undo.append((k, version[k], exists[k]))
+                        if exists[k] and rng.random() < 0.03:
+                            if abort:
+                                # Visible only if an aborted change leaked.
+                                await conn.execute(
+                                    "update items set version = %s where id = %s",
+                                    (-version[k], k),
+                                )
+                                pending.append((k, -version[k], "W"))
+                            await conn.execute("delete from items where id = %s", (k,))
+                            pending.append((k, -version[k] if abort else version[k], "D"))
+                            exists[k] = False
+                            continue
+                        version[k] += 1
+                        v = -version[k] if abort else version[k]
+                        payload = f"k{k}v{version[k]}" + "x" * rng.randint(0, 200)
+                        if exists[k]:
+                            await conn.execute(
+                                "update items set version = %s, payload = %s where id = %s",
+                                (v, payload, k),
+                            )
+                        else:
+                            await conn.execute(
+                                "insert into items values (%s, %s, %s)", (k, v, payload)
+                            )
+                            exists[k] = True
+                        pending.append((k, v, "W"))
+                    if abort:
+                        raise _Rollback
+            except _Rollback:
+                wl.rolled_back += 1
+                for k, v, e in reversed(undo):
+                    version[k], exists[k] = v, e
+                wl.aborted.update(pending)
+                continue
+            wl.transactions += 1
+            for k, v, op in pending:
+                uid, order = uid_order(k, v, op)
+                wl.committed.append(Change(uid=uid, key=k, order=order))
+            written += size
+            # Pace the workload over plan.seconds.
+            ahead = written / per_second - (time.monotonic() - started)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+    wl.done = True
+
+
+class _Rollback(Exception):
+    pass
+
+
+class Receiver:
+    """The webhook peer: records (webhook-id, body) in arrival order."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.seen: list[tuple[str, dict[str, Any]]] = []
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = orjson.loads(await request.read())
+        self.seen.append((request.headers["webhook-id"], body))
+        return web.Response(status=204)
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/hook", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+class Walrelay:
+    """walrelay as a child process we start, SIGKILL by its own pid, and restart."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.config = config
+        self.log = log
+        self.proc: asyncio.subprocess.Process | None = None
+        self.starts = 0
+
+    async def start(self, *extra: str) -> None:
+        with open(self.log, "ab") as out:  # noqa: ASYNC230 - handed to the child
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "walrelay",
+                "run",
+                "--config",
+                str(self.config),
+                *extra,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+        self.starts += 1
+
+    async def kill(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.returncode is None:
+            proc.send_signal(signal.SIGKILL)
+            await proc.wait()
+
+    async def wait(self, within: float) -> int:
+        assert self.proc is not None
+        return await asyncio.wait_for(self.proc.wait(), within)
+
+
+async def sample_slot(dsn: str, samples: list[int], stop: asyncio.Event) -> None:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        while not stop.is_set():
+            cur = await conn.execute(
+                "select confirmed_flush_lsn::text from pg_replication_slots "
+                "where slot_name = 'walrelay'"
+            )
+            row = await cur.fetchone()
+            if row is not None and row[0]:
+                samples.append(parse_lsn(row[0]))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.2)  # the sampling period
+
+
+def setup_databases(cluster: PgCluster) -> tuple[str, str]:
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        conn.execute("create database source")
+        conn.execute("create database target")
+    source, target = cluster.dsn("source"), cluster.dsn("target")
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute(
+            "create table items (id int primary key, version int not null, payload text not null)"
+        )
+        conn.execute("alter table items replica identity full")  # deletes carry the version
+        conn.execute("create table fence (id int primary key)")
+    with psycopg.connect(target, autocommit=True) as conn:
+        conn.execute(TARGET_DDL)
+    return source, target
+
+
+def write_config(path: Path, source: str, target: str, hook_url: str, redis_url: str) -> None:
+    config = {
+        "source": {
+            "dsn": source,
+            "tables": ["public.items", "public.fence"],
+            "status_interval": 1,
+        },
+        "destinations": [
+            {"name": "pg", "sink": {"type": "postgres", "dsn": target, "batch_size": 500}},
+            {
+                "name": "hook",
+                "max_in_flight": 32,
+                "sink": {"type": "webhook", "url": hook_url, "timeout": "5s"},
+                "ledger": {"type": "redis", "url": redis_url, "timeout": "1s"},
+                "retry": {"initial": 0.1, "max": 1.0},
+            },
+        ],
+        "shutdown_timeout": 30,
+        "log_level": "info",
+        "http": {"enabled": False},
+    }
+    path.write_text(yaml.safe_dump(config))
+
+
+def judge(
+    wl: Workload,
+    source: str,
+    target: str,
+    receiver: Receiver,
+    samples: list[int],
+) -> dict[str, Any]:
+    with psycopg.connect(source) as conn:
+        want = conn.execute("select id, version, md5(payload) from items order by id").fetchall()
+    with psycopg.connect(target) as conn:
+        got = conn.execute("select id, version, md5(payload) from items order by id").fetchall()
+        audit = conn.execute("select id, version, op from audit order by n").fetchall()
+        applied = conn.execute("select count(*) from walrelay.applied_events").fetchone()
+    pg_obs = []
+    for k, v, op in audit:
+        uid, order = uid_order(k, v, op)
+        pg_obs.append(Delivery(uid=uid, key=k, order=order))
+    pg = check(wl.committed, pg_obs, aborted=wl.aborted, confirmed_lsns=samples)
+    hook_obs = []
+    for hook_id, body in receiver.seen:
+        if body.get("table") != "public.items":
+            continue
+        if body["op"] == "delete":
+            k, v, op = body["old"]["id"], body["old"]["version"], "D"
+        else:
+            k, v, op = body["record"]["id"], body["record"]["version"], "W"
+        if hook_id != body["id"]:
+            raise AssertionError(f"webhook-id {hook_id} differs from the body's id {body['id']}")
+        uid, order = uid_order(k, v, op)
+        hook_obs.append(Delivery(uid=uid, key=k, order=order, id=hook_id))
+    hook = check(wl.committed, hook_obs, aborted=wl.aborted)
+    # Per-key order holds for first deliveries; a resend after a crash may come
+    # after a later change of its key only if the ledger lost the record, which
+    # the webhook contract allows (same id): count it, but do not fail on it.
+    return {
+        "postgres": {
+            **pg.to_json(),
+            "target_equals_source": got == want,
+            "rows": len(want),
+            "audit_rows": len(audit),
+            "applied_event_records_left": applied[0] if applied else None,
+            "ok": pg.ok() and got == want,
+            "summary": pg.summary(),
+        },
+        "webhook": {
+            **hook.to_json(),
+            "requests": len(receiver.seen),
+            "ok": hook.ok(allow_duplicates=True),
+            "summary": hook.summary(allow_duplicates=True),
+        },
+        "lsn_samples": len(samples),
+        "lsn_backwards": len(pg.lsn_backwards),
+    }
+
+
+async def run(plan: Plan, workdir: Path, verbose: bool) -> dict[str, Any]:
+    rng = random.Random(plan.seed + 1)
+    t0 = time.monotonic()
+
+    def say(msg: str) -> None:
+        if verbose:
+            print(f"[{time.monotonic() - t0:7.1f}s] {msg}", flush=True)
+
+    cluster = start_cluster({"wal_sender_timeout": "20s"})
+    redis = RedisServer()
+    receiver = Receiver()
+    relay: Walrelay | None = None
+    try:
+        redis.start()
+        await receiver.start()
+        source, target = setup_databases(cluster)
+        config = workdir / "walrelay.yaml"
+        write_config(config, source, target, receiver.url, redis.url)
+        relay = Walrelay(config, workdir / "walrelay.log")
+        wl = Workload()
+        samples: list[int] = []
+        stop_sampling = asyncio.Event()
+        sampler = asyncio.create_task(sample_slot(source, samples, stop_sampling))
+        await relay.start()
+        # Let the first run create the slot before the workload starts.
+        for _ in range(300):
+            if samples:
+                break
+            await asyncio.sleep(0.05)  # polling the sampler
+        say("walrelay streaming; workload starts")
+        write_task = asyncio.create_task(writer(source, plan, wl))
+        kills = 0
+        redis_outage = 0.0
+        run_lives: list[float] = []
+        while kills < plan.kills:
+            life = rng.uniform(*plan.kill_after)
+            await asyncio.sleep(life)  # a random moment to crash at
+            await relay.kill()
+            kills += 1
+            run_lives.append(life)
+            say(
+                f"SIGKILL #{kills} after {life:.2f}s; {len(wl.committed)} changes committed,"
+                f" {len(receiver.seen)} webhooks received"
+            )
+            if kills == max(1, plan.kills // 2):
+                await asyncio.to_thread(redis.stop, remove=False)
+                await relay.start()
+                say(f"Redis stopped for {plan.redis_down:.1f}s")
+                down = time.monotonic()
+                await asyncio.sleep(plan.redis_down)  # the outage
+                await asyncio.to_thread(redis.restart)
+                redis_outage = time.monotonic() - down
+                say("Redis restarted")
+                continue
+            await relay.start()
+        await write_task
+        with psycopg.connect(source, autocommit=True) as conn:
+            row = conn.execute("select pg_current_wal_insert_lsn()::text").fetchone()
+            assert row is not None
+            until = parse_lsn(row[0])
+            conn.execute("insert into fence values (1)")  # commits after `until`
+        say(f"workload done ({len(wl.committed)} changes); final run until {format_lsn(until)}")
+        await relay.kill()
+        await relay.start("--until-lsn", format_lsn(until))
+        code = await relay.wait(within=900)
+        if code != 0:
+            raise RuntimeError(f"the final walrelay run exited {code}; see {relay.log}")
+        await asyncio.sleep(0.5)  # one more LSN sample after the final confirm
+        stop_sampling.set()
+        await sampler
+        elapsed = time.monotonic() - t0
+        say("judging")
+        verdict = judge(wl, source, target, receiver, samples)
+        return {
+            "plan": {
+                "changes": plan.changes,
+                "keys": plan.keys,
+                "kills": plan.kills,
+                "seed": plan.seed,
+            },
+            "workload": {
+                "changes_committed": len(wl.committed),
+                "transactions": wl.transactions,
+                "transactions_rolled_back": wl.rolled_back,
+                "aborted_changes": len(wl.aborted),
+                "deletes": sum(1 for c in wl.committed if c.uid[2] == "D"),  # type: ignore[index]
+            },
+            "chaos": {
+                "sigkills": kills,
+                "walrelay_starts": relay.starts,
+                "mean_run_seconds_before_kill": round(sum(run_lives) / max(1, len(run_lives)), 2),
+                "redis_outage_seconds": round(redis_outage, 2),
+            },
+            **verdict,
+            "seconds": round(elapsed, 1),
+            "ok": verdict["postgres"]["ok"]
+            and verdict["webhook"]["ok"]
+            and verdict["lsn_backwards"] == 0,
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        }
+    finally:
+        if relay is not None:
+            await relay.kill()
+        await receiver.stop()
+        redis.stop()
+        cluster.stop()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description="SIGKILL walrelay under load; check exactly-once (PostgreSQL) and "
+        "at-least-once with stable ids (webhook + Redis ledger)."
+    )
+    ap.add_argument("--short", action="store_true", help="5k changes, 3 kills (the test suite)")
+    ap.add_argument("--changes", type=int)
+    ap.add_argument("--keys", type=int)
+    ap.add_argument("--kills", type=int)
+    ap.add_argument("--seconds", type=float, help="spread the workload over this long")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--json", help="default: bench/results/chaos.json (long mode)")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args()
+    if args.short:
+        plan = Plan(5_000, 250, 3, 8.0, (0.8, 2.5), 1.5, args.seed)
+    else:
+        plan = Plan(100_000, 1_000, 20, 75.0, (1.0, 5.0), 4.0, args.seed)
+    if args.changes:
+        plan.changes = args.changes
+    if args.keys:
+        plan.keys = args.keys
+    if args.kills is not None:
+        plan.kills = args.kills
+    if args.seconds:
+        plan.seconds = args.seconds
+    with tempfile.TemporaryDirectory(prefix="walrelay-chaos-") as tmp:
+        try:
+            result = asyncio.run(run(plan, Path(tmp), verbose=not args.quiet))
+        except BaseException:
+            log = Path(tmp) / "walrelay.log"
+            if log.exists():
+                sys.stderr.write(log.read_text(errors="replace")[-4000:])
+            raise
+    out = Path(args.json or ("bench/results/chaos.json" if not args.short else ""))
+    pg, hook = result["postgres"], result["webhook"]
+    print(
+        f"chaos: {result['workload']['changes_committed']} changes "
+        f"({result['workload']['transactions']} transactions, "
+        f"{result['workload']['transactions_rolled_back']} rolled back) over {plan.keys} keys; "
+        f"{result['chaos']['sigkills']} SIGKILLs, Redis down "
+        f"{result['chaos']['redis_outage_seconds']}s; {result['seconds']}s"
+    )
+    print(
+        f"  postgres: target equals source: {pg['target_equals_source']}; "
+        f"audit {pg['audit_rows']} rows: {pg['summary']}"
+    )
+    print(
+        f"  webhook:  {hook['requests']} requests: {hook['summary']}; "
+        f"duplicates {hook['duplicates']}"
+    )
+    print(f"  confirmed LSN: {result['lsn_samples']} samples, {result['lsn_backwards']} backwards")
+    print("  verdict: " + ("OK" if result["ok"] else "FAILED"))
+    if str(out) not in ("", "."):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out}")
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,481 @@
+"""``walrelay failed list|show|retry|discard``: the parked (failed) deliveries.
+
+They live in ``<state schema>.failed_events`` of the state database
+(:mod:`walrelay.state.failed`). The commands work whether walrelay is running
+or not; ``retry`` and ``discard`` notify a running walrelay, which applies the
+change at once.
+
+Filters (all commands): ``--destination D``, ``--key K`` (as ``list`` shows
+it, e.g. ``public.orders:7``; a bare value such as ``7`` matches that value
+in any table), ``--id I`` (the event id ``<commit_lsn>/<seq>``), ``--dead``
+(dead events only). ``retry`` and ``discard`` need a filter or ``--all``.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+import click
+import orjson
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from walrelay.config import Config, load_config, masked_dsn
+from walrelay.errors import WalrelayError
+from walrelay.model import parse_event_id
+from walrelay.state import failed as T
+
+__all__ = ["failed_command"]
+
+log = logging.getLogger("walrelay.failed")
+
+_Row = dict[str, Any]
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"walrelay: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _load(config_path: str) -> Config:
+    try:
+        return load_config(config_path)
+    except WalrelayError as e:
+        _fail(str(e), e.exit_code)
+
+
+def _connect(config: Config) -> psycopg.Connection[dict[str, Any]]:
+    try:
+        return psycopg.connect(
+            config.state_dsn,
+            autocommit=True,
+            application_name="walrelay-cli",
+            connect_timeout=10,
+            row_factory=dict_row,
+        )
+    except psycopg.OperationalError as e:
+        _fail(
+            f"cannot connect to the state database ({masked_dsn(config.state_dsn)}):"
+            f" {str(e).strip()} -- fix: check state.dsn (default: source.dsn)"
+        )
+
+
+def _has_table(conn: psycopg.Connection[dict[str, Any]], schema: str) -> bool:
+    row = conn.execute(
+        "select to_regclass(format('%%I.failed_events', %s::text)) is not null as ok", (schema,)
+    ).fetchone()
+    return bool(row and row["ok"])
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat() if value is not None else None
+
+
+def _state(row: _Row) -> str:
+    if row["skipped"]:
+        return "skipped"
+    if row["dead"]:
+        return "dead"
+    return "parked"
+
+
+def _select(
+    conn: psycopg.Connection[dict[str, Any]],
+    schema: str,
+    *,
+    destination: str | None,
+    key: str | None,
+    event_id: str | None,
+    dead_only: bool,
+    payload: bool = False,
+    limit: int | None = None,
+) -> list[_Row]:
+    where: list[sql.Composable] = [sql.SQL("true")]
+    params: list[Any] = []
+    if destination is not None:
+        where.append(sql.SQL("destination = %s"))
+        params.append(destination)
+    if event_id is not None:
+        try:
+            lsn, seq = parse_event_id(event_id)
+        except ValueError:
+            _fail(f"--id {event_id!r} is not an event id (like 00000000016B3748/0)", 2)
+        where.append(sql.SQL("commit_lsn = %s and seq = %s"))
+        params.extend((lsn, seq))
+    if dead_only:
+        where.append(sql.SQL("dead"))
+    columns: sql.Composable = sql.SQL(
+        "destination, commit_lsn, seq, event_id, keys, op, table_name, xid, committed_at, size,"
+        " attempts, last_error, permanent, dead, skipped, first_failed_at, last_attempt_at,"
+        " next_attempt_at"
+    )
+    if payload:
+        columns = sql.SQL("{}, payload").format(columns)
+    query = sql.SQL("select {} from {} where {} order by destination, commit_lsn, seq").format(
+        columns, T.table(schema), sql.SQL(" and ").join(where)
+    )
+    out: list[_Row] = []
+    for row in conn.execute(query, params):
+        row["keys"] = [T.decode_key(k) for k in row["keys"]]
+        if key is not None and not T.key_matches(key, row["keys"]):
+            continue
+        out.append(row)
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
+def _summary(
+    conn: psycopg.Connection[dict[str, Any]], schema: str, config: Config, destination: str | None
+) -> list[_Row]:
+    rows = conn.execute(
+        sql.SQL(
+            "select destination,"
+            " count(*) filter (where not dead) as parked,"
+            " count(*) filter (where dead) as dead,"
+            " count(*) filter (where skipped) as skipped,"
+            " coalesce(sum(size) filter (where not skipped), 0) as bytes,"
+            " extract(epoch from now() - min(first_failed_at) filter (where not dead)) as age"
+            " from {} group by destination order by destination"
+        ).format(T.table(schema))
+    ).fetchall()
+    by_name = {r["destination"]: r for r in rows}
+    names = [d.name for d in config.destinations]
+    names += [n for n in by_name if n not in names]
+    out = []
+    for name in names:
+        if destination is not None and name != destination:
+            continue
+        r = by_name.get(name)
+        age = r["age"] if r is not None else None
+        out.append(
+            {
+                "destination": name,
+                "configured": name in {d.name for d in config.destinations},
+                "parked": int(r["parked"]) if r else 0,
+                "dead": int(r["dead"]) if r else 0,
+                "skipped": int(r["skipped"]) if r else 0,
+                "parked_bytes": int(r["bytes"]) if r else 0,
+                "oldest_parked_age_seconds": round(float(age), 3) if age is not None else None,
+            }
+        )
+    return out
+
+
+def _event_json(row: _Row) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "destination": row["destination"],
+        "id": row["event_id"],
+        "keys": [T.display_key(k) for k in row["keys"]],
+        "op": row["op"],
+        "table": row["table_name"] or None,
+        "xid": row["xid"],
+        "committed_at": _iso(row["committed_at"]),
+        "size": row["size"],
+        "state": _state(row),
+        "attempts": row["attempts"],
+        "permanent": row["permanent"],
+        "last_error": row["last_error"],
+        "first_failed_at": _iso(row["first_failed_at"]),
+        "last_attempt_at": _iso(row["last_attempt_at"]),
+        "next_attempt_at": None if row["dead"] else _iso(row["next_attempt_at"]),
+    }
+    if "payload" in row:
+        raw = bytes(row["payload"])
+        try:
+            out["payload"] = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            out["payload_base64"] = base64.b64encode(raw).decode()
+    return out
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
+
+
+def _notify(conn: psycopg.Connection[dict[str, Any]], schema: str) -> None:
+    conn.execute("select pg_notify(%s, %s)", (T.CHANNEL, schema))
+
+
+# ---------------------------------------------------------------------------- commands
+
+_config_option = click.option(
+    "--config", "config_path", required=True, type=click.Path(dir_okay=False), help="walrelay.yaml"
+)
+_destination_option = click.option("--destination", default=None, help="only this destination")
+_key_option = click.option(
+    "--key", default=None, help="only events with this key (e.g. public.orders:7, or 7)"
+)
+_id_option = click.option("--id", "event_id", default=None, help="only this event id")
+_dead_option = click.option("--dead", "dead_only", is_flag=True, help="only dead events")
+_json_option = click.option("--json", "as_json", is_flag=True, help="print JSON")
+
+
+@click.group("failed")
+def failed_command() -> None:
+    """Deliveries that failed and wait in the state database (parked or dead)."""
+    _setup_logging()
+
+
+@failed_command.command("list")
+@_config_option
+@_destination_option
+@_key_option
+@_id_option
+@_dead_option
+@_json_option
+@click.option("--limit", default=100, show_default=True, help="at most this many events")
+def list_command(
+    config_path: str,
+    destination: str | None,
+    key: str | None,
+    event_id: str | None,
+    dead_only: bool,
+    as_json: bool,
+    limit: int,
+) -> None:
+    """Per destination: parked and dead counts, oldest parked age; then the events."""
+    config = _load(config_path)
+    schema = config.state.schema
+    with _connect(config) as conn:
+        if _has_table(conn, schema):
+            summary = _summary(conn, schema, config, destination)
+            rows = _select(
+                conn,
+                schema,
+                destination=destination,
+                key=key,
+                event_id=event_id,
+                dead_only=dead_only,
+                limit=limit,
+            )
+        else:
+            summary = _summary_empty(config, destination)
+            rows = []
+    if as_json:
+        _echo_json({"destinations": summary, "events": [_event_json(r) for r in rows]})
+        return
+    click.echo(f"{'DESTINATION':<20} {'PARKED':>8} {'DEAD':>6} {'OLDEST PARKED':>14}")
+    for s in summary:
+        click.echo(
+            f"{s['destination']:<20} {s['parked']:>8} {s['dead']:>6}"
+            f" {_age(s['oldest_parked_age_seconds']):>14}"
+            + ("" if s["configured"] else "  (not in the config)")
+        )
+    if not rows:
+        if any(s["parked"] or s["dead"] for s in summary):
+            click.echo("\nno parked events match")
+        return
+    click.echo("")
+    click.echo(
+        f"{'DESTINATION':<14} {'ID':<20} {'KEY':<24} {'STATE':<8} {'TRIES':>5} "
+        f"{'NEXT ATTEMPT':<20} LAST ERROR"
+    )
+    for r in rows:
+        keys = ",".join(T.display_key(k) for k in r["keys"]) or "(all: truncate)"
+        nxt = "-" if r["dead"] else r["next_attempt_at"].astimezone(UTC).strftime("%F %T")
+        error = (r["last_error"] or "(waits behind an earlier event of its key)").splitlines()[0]
+        click.echo(
+            f"{r['destination']:<14} {r['event_id']:<20} {keys:<24} {_state(r):<8}"
+            f" {r['attempts']:>5} {nxt:<20} {error[:100]}"
+        )
+    if len(rows) >= limit:
+        click.echo(f"(first {limit}; use --limit)")
+
+
+def _summary_empty(config: Config, destination: str | None) -> list[_Row]:
+    return [
+        {
+            "destination": d.name,
+            "configured": True,
+            "parked": 0,
+            "dead": 0,
+            "skipped": 0,
+            "parked_bytes": 0,
+            "oldest_parked_age_seconds": None,
+        }
+        for d in config.destinations
+        if destination is None or d.name == destination
+    ]
+
+
+@failed_command.command("show")
+@_config_option
+@_destination_option
+@click.option("--id", "event_id", required=True, help="the event id")
+@_json_option
+def show_command(config_path: str, destination: str | None, event_id: str, as_json: bool) -> None:
+    """One event in full, with its payload."""
+    config = _load(config_path)
+    schema = config.state.schema
+    with _connect(config) as conn:
+        rows = (
+            _select(
+                conn,
+                schema,
+                destination=destination,
+                key=None,
+                event_id=event_id,
+                dead_only=False,
+                payload=True,
+            )
+            if _has_table(conn, schema)
+            else []
+        )
+    if not rows:
+        _fail(f"no parked event {event_id}" + (f" for {destination}" if destination else ""))
+    events = [_event_json(r) for r in rows]
+    if as_json:
+        _echo_json(events[0] if len(events) == 1 else events)
+        return
+    for ev in events:
+        payload = ev.pop("payload", None)
+        for name, value in ev.items():
+            click.echo(f"{name + ':':<17} {value}")
+        if payload is not None:
+            click.echo("payload:")
+            click.echo(orjson.dumps(payload, option=orjson.OPT_INDENT_2).decode())
+        click.echo("")
+
+
+def _targets(
+    conn: psycopg.Connection[dict[str, Any]],
+    schema: str,
+    destination: str | None,
+    key: str | None,
+    event_id: str | None,
+    dead_only: bool,
+    everything: bool,
+) -> list[_Row]:
+    if not everything and destination is None and key is None and event_id is None:
+        _fail("name the events (--destination, --key, --id, --dead) or pass --all", 2)
+    if not _has_table(conn, schema):
+        return []
+    return _select(
+        conn, schema, destination=destination, key=key, event_id=event_id, dead_only=dead_only
+    )
+
+
+@failed_command.command("retry")
+@_config_option
+@_destination_option
+@_key_option
+@_id_option
+@_dead_option
+@click.option("--all", "everything", is_flag=True, help="every parked event")
+@_json_option
+def retry_command(
+    config_path: str,
+    destination: str | None,
+    key: str | None,
+    event_id: str | None,
+    dead_only: bool,
+    everything: bool,
+    as_json: bool,
+) -> None:
+    """Make events due now (dead ones come alive again for another attempt).
+
+    Only the oldest parked event of a key is ever attempted: the others of
+    that key follow it in order.
+    """
+    config = _load(config_path)
+    schema = config.state.schema
+    with _connect(config) as conn:
+        rows = _targets(conn, schema, destination, key, event_id, dead_only, everything)
+        if rows:
+            with conn.transaction():
+                conn.cursor().executemany(
+                    sql.SQL(
+                        "update {} set dead = false, skipped = false, next_attempt_at = now()"
+                        " where destination = %s and commit_lsn = %s and seq = %s"
+                    ).format(T.table(schema)),
+                    [(r["destination"], r["commit_lsn"], r["seq"]) for r in rows],
+                )
+                _notify(conn, schema)
+    skipped = [r for r in rows if r["skipped"]]
+    for r in skipped:
+        log.warning(
+            "event %s (destination %s) was skipped; later events of its key were delivered"
+            " before it, so it now arrives after them",
+            r["event_id"],
+            r["destination"],
+        )
+    if as_json:
+        _echo_json({"retried": [r["event_id"] for r in rows]})
+    else:
+        click.echo(f"{len(rows)} event(s) due now")
+
+
+@failed_command.command("discard")
+@_config_option
+@_destination_option
+@_key_option
+@_id_option
+@_dead_option
+@click.option("--all", "everything", is_flag=True, help="every parked event")
+@_json_option
+def discard_command(
+    config_path: str,
+    destination: str | None,
+    key: str | None,
+    event_id: str | None,
+    dead_only: bool,
+    everything: bool,
+    as_json: bool,
+) -> None:
+    """Delete events for good (each is logged); a key whose backlog is then
+    empty flows again."""
+    config = _load(config_path)
+    schema = config.state.schema
+    with _connect(config) as conn:
+        rows = _targets(conn, schema, destination, key, event_id, dead_only, everything)
+        if rows:
+            with conn.transaction():
+                conn.cursor().executemany(
+                    sql.SQL(
+                        "delete from {} where destination = %s and commit_lsn = %s and seq = %s"
+                    ).format(T.table(schema)),
+                    [(r["destination"], r["commit_lsn"], r["seq"]) for r in rows],
+                )
+                _notify(conn, schema)
+    for r in rows:
+        log.warning(
+            "discarded event %s of destination %s (key %s, %s, %d attempt(s), last error: %s)",
+            r["event_id"],
+            r["destination"],
+            ",".join(T.display_key(k) for k in r["keys"]) or "-",
+            _state(r),
+            r["attempts"],
+            r["last_error"],
+        )
+    if as_json:
+        _echo_json({"discarded": [r["event_id"] for r in rows]})
+    else:
+        click.echo(f"discarded {len(rows)} event(s)")
+
+
+def _setup_logging() -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.WARNING,
+            stream=sys.stderr,
+            format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        )

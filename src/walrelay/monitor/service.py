@@ -1,0 +1,465 @@
+"""What runs beside the replication pipeline: the monitor loop and the HTTP server.
+
+:class:`Services` is created by the engine, started once its destinations
+are open and stopped after it shut them down. It owns
+
+* :class:`Monitor`: every ``monitor.interval`` it reads a
+  :class:`~walrelay.monitor.probe.Snapshot` over its own read-only
+  connection, evaluates the :mod:`rules <walrelay.monitor.rules>` and
+  hands the conditions to the :class:`~walrelay.monitor.alerts.AlertManager`,
+  whose notifications go to the log and the alert webhooks;
+* the commit -> delivered :class:`~walrelay.monitor.metrics.LatencyHistogram`
+  (fed by the engine as batches finish);
+* the :class:`~walrelay.web.server.HttpServer` (``/healthz``, ``/metrics``,
+  ``/api/status``, the dashboard);
+* :meth:`Services.status`, the one status document that ``/api/status``,
+  the dashboard and ``walrelay status`` show.
+
+Nothing here may stop CDC: a monitor check that fails is logged (and, when
+it keeps failing, alerted); a port already in use leaves the engine running
+without its HTTP server, with an error in the log and an open alert.
+
+Other parts of the engine can raise their own alerts through
+:meth:`Services.set_condition` (e.g. the failed-event store when its cap
+is reached). Parked and dead counts are read from the engine when it has
+them: ``engine.failed_counts()`` returning ``{destination: {"parked": n,
+"dead": n}}``, or ``parked_count`` / ``dead_count`` attributes on a
+destination; 0 until then. Heartbeat lag is read from
+``engine.stats.heartbeat_lag`` (seconds, None until heartbeats run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from walrelay.model import Event, format_lsn
+from walrelay.monitor.alerts import Alert, AlertManager, Condition, Notifier, WebhookTarget
+from walrelay.monitor.metrics import LatencyHistogram
+from walrelay.monitor.probe import Probe, Snapshot
+from walrelay.monitor.rules import (
+    DB_RULES,
+    ENGINE_RULES,
+    RuleState,
+    evaluate_engine,
+    evaluate_snapshot,
+)
+from walrelay.monitor.thresholds import DEFAULT_THRESHOLDS, Severity, Thresholds
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from walrelay.config import Config, MonitorConfig
+    from walrelay.engine import Engine
+    from walrelay.web.server import HttpServer
+
+__all__ = ["Monitor", "Services", "thresholds_from_config"]
+
+log = logging.getLogger("walrelay.monitor")
+
+# Consecutive failed checks before "the monitor cannot see the source" alerts.
+MONITOR_FAILURES_BEFORE_ALERT = 3
+
+
+def thresholds_from_config(config: MonitorConfig) -> Thresholds:
+    """The defaults of ARCHITECTURE section 3 with the configured overrides."""
+    from dataclasses import replace
+
+    overrides = config.thresholds.model_dump(exclude_none=True)
+    return replace(DEFAULT_THRESHOLDS, **overrides)
+
+
+def instance_name(config: Config) -> str:
+    """How alerts name this walrelay: its slot and where the source is."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    src = config.source
+    try:
+        params = conninfo_to_dict(src.dsn_value)
+    except Exception:
+        params = {}
+    where = (
+        f"{params.get('host', 'localhost')}:{params.get('port', 5432)}/{params.get('dbname', '')}"
+    )
+    return f"walrelay slot {src.slot} @ {where}"
+
+
+class Monitor:
+    """The check loop. :meth:`check` is one check; :meth:`run` loops until cancelled."""
+
+    def __init__(self, services: Services, config: MonitorConfig, dsn: str) -> None:
+        self.services = services
+        self.config = config
+        self.interval = config.interval
+        self.thresholds = thresholds_from_config(config)
+        self.probe = Probe(dsn)
+        self.rule_state = RuleState()
+        self.snapshot: Snapshot | None = None
+        self.last_error: str | None = None
+        self.errors_total = 0
+        self.checks_total = 0
+        self._failures = 0
+
+    async def check(self) -> None:
+        svc = self.services
+        engine = svc.engine
+        now = time.monotonic()
+        rules: set[str] = set(ENGINE_RULES)
+        conditions: list[Condition] = []
+        try:
+            async with asyncio.timeout(max(5.0, self.interval)):
+                snap = await self.probe.read()
+        except Exception as e:  # the check must never take the engine down
+            self.errors_total += 1
+            self._failures += 1
+            self.last_error = " ".join(f"{type(e).__name__}: {e}".split())
+            if self._failures == 1 or self._failures % 10 == 0:
+                log.warning(
+                    "monitor: cannot read the source's replication state: %s", self.last_error
+                )
+            if self._failures >= MONITOR_FAILURES_BEFORE_ALERT:
+                rules.add("monitor_unavailable")
+                conditions.append(
+                    Condition(
+                        "monitor_unavailable",
+                        "monitor",
+                        Severity.WARN,
+                        f"the monitor has not been able to read the source for "
+                        f"{self._failures} checks: {self.last_error}; slot and WAL alerts "
+                        "are stale meanwhile",
+                        "check monitor.dsn (or source.dsn) and that the role can connect; "
+                        "pg_monitor is enough",
+                    )
+                )
+        else:
+            self.snapshot = snap
+            self.last_error = None
+            self._failures = 0
+            rules |= DB_RULES | {"monitor_unavailable"}
+            state = svc.state()
+            detail = (
+                ""
+                if state == "streaming"
+                else (f"{state} ({engine.stats.reconnects} reconnects so far)")
+            )
+            conditions += evaluate_snapshot(
+                snap,
+                own_slot=engine.config.source.slot,
+                thresholds=self.thresholds,
+                state=self.rule_state,
+                now=now,
+                watch_other_slots=self.config.watch_other_slots,
+                spill_sustained_checks=self.config.spill_sustained_checks,
+                own_detail=detail,
+            )
+        conditions += evaluate_engine(svc.delivery_lags(), thresholds=self.thresholds)
+        rules |= svc.external_rules
+        conditions += svc.external_conditions.values()
+        self.checks_total += 1
+        svc.notifier.notify(svc.alerts.update(conditions, rules=rules))
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.check()
+            except Exception:  # a bug in a rule: log it, keep looking
+                log.exception("monitor: check failed")
+            await asyncio.sleep(self.interval)  # the check timer
+
+    async def close(self) -> None:
+        await self.probe.close()
+
+
+class Services:
+    """Monitor + metrics + HTTP for one :class:`~walrelay.engine.Engine`."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        config = engine.config
+        self.latency = LatencyHistogram()
+        self.alerts = AlertManager(instance_name(config))
+        self.notifier = Notifier()
+        self.monitor: Monitor | None = None
+        self.http: HttpServer | None = None
+        self.metrics_registry: CollectorRegistry | None = None
+        self.external_conditions: dict[str, Condition] = {}
+        self.external_rules: set[str] = set()
+        self.started_at = time.time()
+        self._pending_since: dict[str, float] = {}
+        self._monitor_task: asyncio.Task[None] | None = None
+
+    # -- engine hooks ---------------------------------------------------------
+
+    def on_finished(self, destination: str, batch: Sequence[Event]) -> None:
+        """A batch was delivered or parked (called by the engine, cheap)."""
+        self.latency.observe_batch(destination, batch)
+
+    def set_condition(
+        self, rule: str, obj: str, severity: Severity, message: str, fix: str | None = None
+    ) -> None:
+        """Raise (or with ``Severity.OK``, clear) an alert from elsewhere in the
+        engine; it fires at the next check."""
+        self.external_rules.add(rule)
+        cond = Condition(rule, obj, severity, message, fix)
+        if cond.firing:
+            self.external_conditions[cond.key] = cond
+        else:
+            self.external_conditions.pop(cond.key, None)
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def start(self) -> None:
+        config = self.engine.config
+        try:
+            self.notifier.webhooks = [
+                WebhookTarget(w.url_value(), Severity(w.min_severity), w.timeout)
+                for w in config.alerts.webhooks
+            ]
+        except Exception as e:
+            log.error("alerts: %s; alerts go to the log only", e)
+        if config.monitor.enabled:
+            dsn = (
+                config.monitor.dsn.get_secret_value()
+                if config.monitor.dsn is not None
+                else config.source.dsn_value
+            )
+            self.monitor = Monitor(self, config.monitor, dsn)
+            self._monitor_task = asyncio.get_running_loop().create_task(
+                self.monitor.run(), name="walrelay-monitor"
+            )
+        if config.http.enabled:
+            await self._start_http()
+
+    async def _start_http(self) -> None:
+        from walrelay.web.auth import resolve_token
+        from walrelay.web.server import HttpServer
+
+        cfg = self.engine.config.http
+        try:
+            token, where = resolve_token(cfg, self.engine.config.source.slot, create=True)
+        except Exception as e:
+            log.error("http: no API token (%s); the HTTP server is off", e)
+            self.set_condition("http_unavailable", "http", Severity.WARN, f"no API token: {e}")
+            return
+        server = HttpServer(self, host=cfg.listen, port=cfg.port, token=token)
+        try:
+            await server.start()
+        except OSError as e:
+            log.error(
+                "http: cannot listen on %s:%d (%s); metrics, API and dashboard are off",
+                cfg.listen,
+                cfg.port,
+                e.strerror or e,
+            )
+            self.set_condition(
+                "http_unavailable",
+                "http",
+                Severity.WARN,
+                f"cannot listen on {cfg.listen}:{cfg.port}: {e.strerror or e}",
+                "free the port or set http.port (0 picks a free one)",
+            )
+            return
+        self.http = server
+        log.info(
+            "http: listening on %s (/healthz, /metrics open; API and dashboard need the token "
+            "from %s)",
+            server.url,
+            where,
+        )
+
+    async def stop(self) -> None:
+        task, self._monitor_task = self._monitor_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.monitor is not None:
+            await self.monitor.close()
+        if self.http is not None:
+            await self.http.stop()
+            self.http = None
+        await self.notifier.close()
+
+    # -- reading --------------------------------------------------------------
+
+    def state(self) -> str:
+        engine = self.engine
+        if engine.stopping:
+            return "stopping"
+        if not engine.started.is_set():
+            return "starting"
+        if getattr(engine, "_stream", None) is not None:
+            return "streaming"
+        return "reconnecting"
+
+    def open_alerts(self) -> list[Alert]:
+        return self.alerts.open
+
+    def _failed_counts(self) -> dict[str, dict[str, Any]]:
+        fn = getattr(self.engine, "failed_counts", None)
+        if callable(fn):
+            try:
+                counts = fn()
+                return {str(k): dict(v) for k, v in counts.items()}
+            except Exception:
+                log.debug("failed_counts() raised", exc_info=True)
+        return {}
+
+    def destination_rows(self) -> list[dict[str, Any]]:
+        failed = self._failed_counts()
+        lags = self.delivery_lags()
+        rows = []
+        for name, dest in self.engine.destinations.items():
+            counts = failed.get(name, {})
+            waiting = dest.buffered_events
+            in_flight = dest.in_flight
+            rows.append(
+                {
+                    "name": name,
+                    "sink": type(dest.sink).__name__,
+                    # Every event put is finished (delivered or parked) or still held.
+                    "events_in": dest.delivered_total + dest.parked_total + waiting + in_flight,
+                    "events_out": dest.delivered_total,
+                    "parked_total": dest.parked_total,
+                    "failures": dest.failures_total,
+                    "in_flight": in_flight,
+                    "buffered": waiting,
+                    "buffered_bytes": dest.buffered_bytes,
+                    "blocked": dest.blocked,
+                    "retrying": dest.retrying,
+                    "parked": counts.get("parked", getattr(dest, "parked_count", 0)) or 0,
+                    "dead": counts.get("dead", getattr(dest, "dead_count", 0)) or 0,
+                    "lag": lags.get(name, 0.0),
+                    "last_latency": self.latency.last.get(name),
+                    "last_error": dest.last_error,
+                }
+            )
+        return rows
+
+    def delivery_lags(self) -> dict[str, float]:
+        """Commit -> delivered lag per destination, now.
+
+        0 when nothing waits. While events wait, the latency of the last
+        finished batch plus the time since anything finished (or since the
+        first check that saw events waiting, if later): it keeps growing
+        while a destination is stuck, which a "last delivery" figure would not.
+        """
+        now = time.monotonic()
+        out: dict[str, float] = {}
+        for name, dest in self.engine.destinations.items():
+            if dest.buffered_events + dest.in_flight == 0:
+                self._pending_since.pop(name, None)
+                out[name] = 0.0
+                continue
+            since = self._pending_since.setdefault(name, now)
+            last_finish = self.latency.last_finish.get(name, 0.0)
+            stalled = now - max(last_finish, since)
+            out[name] = self.latency.last.get(name, 0.0) + stalled
+        return out
+
+    def slot_rows(self) -> list[dict[str, Any]]:
+        monitor = self.monitor
+        snap = monitor.snapshot if monitor is not None else None
+        if snap is None:
+            return []
+        return slot_rows(
+            snap, self.engine.config.source.slot, monitor.rule_state if monitor else None
+        )
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        state = self.state()
+        return state == "streaming", {
+            "status": state,
+            "slot": self.engine.config.source.slot,
+            "confirmed_lsn": format_lsn(self.engine.tracker.confirmed),
+        }
+
+    def status(self) -> dict[str, Any]:
+        """The status document (``/api/status``, the dashboard, ``walrelay status``)."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        engine = self.engine
+        stats = engine.stats
+        try:
+            ver = version("walrelay")
+        except PackageNotFoundError:  # pragma: no cover - running from a source tree
+            ver = "?"
+        monitor = self.monitor
+        snap = monitor.snapshot if monitor is not None else None
+        return {
+            "source": "engine",
+            "version": ver,
+            "instance": self.alerts.instance,
+            "time": time.time(),
+            "started_at": self.started_at,
+            "state": self.state(),
+            "slot": engine.config.source.slot,
+            "publication": engine.config.source.publication,
+            "confirmed_lsn": format_lsn(engine.tracker.confirmed),
+            "last_commit_lsn": format_lsn(stats.last_commit_lsn),
+            "events_in": stats.events_in,
+            "transactions_in": stats.transactions_in,
+            "reconnects": stats.reconnects,
+            "last_delivery_lag": stats.last_delivery_lag,
+            "heartbeat_lag": getattr(stats, "heartbeat_lag", None),
+            "destinations": self.destination_rows(),
+            "slots": self.slot_rows(),
+            "server": server_dict(snap),
+            "monitor": {
+                "enabled": monitor is not None,
+                "interval": monitor.interval if monitor is not None else None,
+                "last_check": snap.taken_at if snap is not None else None,
+                "error": monitor.last_error if monitor is not None else None,
+                "checks": monitor.checks_total if monitor is not None else 0,
+                "notes": snap.notes if snap is not None else [],
+            },
+            "alerts": [a.to_dict() for a in self.open_alerts()],
+        }
+
+
+def slot_rows(snap: Snapshot, own_slot: str, state: RuleState | None) -> list[dict[str, Any]]:
+    """Slots of a snapshot as status rows (inactive time from the monitor's memory)."""
+    now = time.monotonic()
+    rows = []
+    for s in snap.slots:
+        row = s.to_dict()
+        row["owned"] = s.name == own_slot
+        inactive: float | None = None
+        if not s.active:
+            if s.server_inactive_seconds is not None:
+                inactive = s.server_inactive_seconds
+            elif state is not None and s.name in state.inactive_since:
+                inactive = now - state.inactive_since[s.name]
+        row["inactive_seconds"] = inactive
+        rows.append(row)
+    rows.sort(key=lambda r: (not r["owned"], r["name"]))
+    return rows
+
+
+def server_dict(snap: Snapshot | None) -> dict[str, Any] | None:
+    if snap is None:
+        return None
+    server = snap.server
+    tx = server.oldest_transaction
+    return {
+        "current_lsn": server.current_lsn,
+        "server_version_num": server.server_version_num,
+        "max_slot_wal_keep_size": server.max_slot_wal_keep_size,
+        "pg_wal_bytes": server.pg_wal_bytes,
+        "pg_wal_disk_used_percent": server.disk_used_percent,
+        "pg_wal_disk_free_bytes": server.disk.free if server.disk is not None else None,
+        "oldest_transaction": None
+        if tx is None
+        else {
+            "pid": tx.pid,
+            "seconds": tx.seconds,
+            "state": tx.state,
+            "application": tx.application,
+            "database": tx.database,
+            "user": tx.user,
+        },
+    }

@@ -1,0 +1,415 @@
+"""RabbitMQ sink (aio-pika, AMQP 0-9-1).
+
+Every event is published to an exchange from the ``exchange`` template
+(default ``{prefix}``, a durable ``topic`` exchange named ``walrelay``) with a
+routing key from the ``routing_key`` template (default
+``{schema}.{table}.{op}``, e.g. ``public.orders.update``; logical messages use
+``message_exchange`` / ``message_routing_key``, default ``message``; a
+TRUNCATE is published once per table it truncated). The message:
+
+- body: the JSON envelope, ``content_type`` ``application/json``;
+- ``delivery_mode`` persistent, ``message_id`` the event id
+  ``<commit_lsn>/<seq>``, ``type`` the op, headers ``walrelay-op`` and
+  ``walrelay-table``.
+
+The channel runs in publisher-confirm mode: ``deliver`` returns once the
+broker confirmed every message of the batch (for persistent messages routed
+to durable queues, after they are written to disk). With ``mandatory`` (the
+default) a message no queue is bound for is returned by the broker and the
+batch fails with a permanent error naming the exchange and routing key,
+instead of being dropped silently.
+
+At least once: RabbitMQ has no deduplication. A batch retried after a lost
+connection or a missing confirm can be delivered twice, always with the same
+``message_id``, which consumers use to drop the second copy. Batches go in
+parallel (``ordered = False``); the scheduler never has two events of one key
+in flight, and AMQP keeps publish order on a channel.
+
+A lost connection fails the batch with
+:class:`~walrelay.errors.SinkUnavailable`; the next ``deliver`` reconnects.
+With ``auto_create`` (default) exchanges are declared (durable) on first
+use; otherwise they are checked passively, at start for every configured
+table, and a missing one is a :class:`~walrelay.errors.ConfigError` naming it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from walrelay.errors import ConfigError, SinkError, SinkUnavailable
+from walrelay.model import Event
+from walrelay.sinks.templates import ROW_OPS, Naming, truncated_tables
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
+
+    from walrelay.config import RabbitMQSinkConfig
+
+__all__ = ["RabbitMQSink", "safe_amqp_url"]
+
+log = logging.getLogger("walrelay.sinks.rabbitmq")
+
+
+def _import_aio_pika() -> ModuleType:
+    try:
+        import aio_pika
+    except ImportError:
+        raise ConfigError(
+            "rabbitmq sink: the aio-pika package is not installed",
+            fix="pip install 'walrelay[rabbitmq]'",
+        ) from None
+    return aio_pika
+
+
+def _clean_word(value: str) -> str:
+    """A schema or table name as one word of a topic routing key."""
+    return value.replace(".", "_") if "." in value else value
+
+
+def safe_amqp_url(url: str) -> str:
+    """The URL without its password (for logs and errors)."""
+    from yarl import URL
+
+    try:
+        u = URL(url)
+    except (TypeError, ValueError):
+        return "(unparsable url)"
+    if u.password is not None:
+        u = u.with_password("***")
+    return str(u)
+
+
+class RabbitMQSink:
+    """Publishes events with publisher confirms; see the module docstring."""
+
+    ordered = False
+    # No broker-side dedup: the engine puts its dedup ledger in front.
+    transactional = False
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        exchange: str = "{prefix}",
+        exchange_type: str = "topic",
+        routing_key: str = "{schema}.{table}.{op}",
+        message_exchange: str = "{prefix}",
+        message_routing_key: str = "message",
+        prefix: str = "walrelay",
+        auto_create: bool = True,
+        mandatory: bool = True,
+        tables: Sequence[str] = (),
+        connect_options: dict[str, Any] | None = None,
+        timeout: float = 10.0,
+        batch_size: int = 100,
+    ) -> None:
+        self._pika = _import_aio_pika()
+        if not url.startswith(("amqp://", "amqps://")):
+            raise ConfigError(
+                f"rabbitmq sink: {safe_amqp_url(url)} is not an amqp:// URL",
+                fix="set url to e.g. amqp://user@host:5672/vhost (amqps:// for TLS)",
+            )
+        if timeout <= 0 or batch_size < 1:
+            raise ConfigError(
+                "rabbitmq sink: timeout must be > 0 and batch_size >= 1",
+                fix="set timeout to e.g. 10 and batch_size to e.g. 100",
+            )
+        self._url = url
+        self.url = safe_amqp_url(url)
+        self.exchanges = Naming(
+            exchange,
+            message_exchange,
+            prefix=prefix,
+            setting="rabbitmq exchange",
+            message_setting="rabbitmq message_exchange",
+        )
+        self.routing_keys = Naming(
+            routing_key,
+            message_routing_key,
+            prefix=prefix,
+            setting="rabbitmq routing_key",
+            message_setting="rabbitmq message_routing_key",
+            clean=_clean_word,
+        )
+        self.exchange_type = exchange_type
+        self.auto_create = auto_create
+        self.mandatory = mandatory
+        self.tables = tuple(tables)
+        self.timeout = timeout
+        self.batch_size = batch_size
+        self._options = dict(connect_options or {})
+        self._connection: AbstractConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._exchanges: dict[str, AbstractExchange] = {}  # on the current channel
+        self._checked: set[str] = set()  # exchange names known to exist
+        self._lock = asyncio.Lock()
+        self._open = False
+
+    @classmethod
+    def from_config(cls, cfg: RabbitMQSinkConfig, *, tables: Sequence[str] = ()) -> RabbitMQSink:
+        from walrelay.config import env_secret
+
+        options: dict[str, Any] = {}
+        if cfg.username:
+            options["login"] = cfg.username
+        password = env_secret(cfg.password_env, "rabbitmq password")
+        if password is not None:
+            options["password"] = password
+        url = cfg.url.get_secret_value()
+        if cfg.tls is not None:
+            options["ssl"] = True
+            options["ssl_context"] = cfg.tls.ssl_context()
+            if url.startswith("amqp://"):
+                url = "amqps://" + url.removeprefix("amqp://")
+        return cls(
+            url,
+            exchange=cfg.exchange,
+            exchange_type=cfg.exchange_type,
+            routing_key=cfg.routing_key,
+            message_exchange=cfg.message_exchange,
+            message_routing_key=cfg.message_routing_key,
+            prefix=cfg.prefix,
+            auto_create=cfg.auto_create,
+            mandatory=cfg.mandatory,
+            tables=tables,
+            connect_options=options,
+            timeout=cfg.timeout,
+            batch_size=cfg.batch_size,
+        )
+
+    def __repr__(self) -> str:
+        return f"RabbitMQSink({self.url!r})"
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._open:
+            return
+        try:
+            await self._channel_or_reconnect()
+        except SinkUnavailable as exc:
+            raise ConfigError(
+                f"rabbitmq sink: cannot connect to {self.url}: {exc}",
+                fix="check url, username/password_env and TLS settings, and that RabbitMQ runs",
+            ) from None
+        try:
+            names = {self.exchanges.for_table(t, op) for t in self.tables for op in ROW_OPS}
+            for name in sorted(names):
+                await self._exchange(name, config_error=True)
+        except BaseException:
+            await self._disconnect()
+            raise
+        self._open = True
+
+    async def close(self) -> None:
+        self._open = False
+        await self._disconnect()
+
+    async def _disconnect(self) -> None:
+        connection, self._connection, self._channel = self._connection, None, None
+        self._exchanges = {}
+        if connection is not None:
+            try:
+                await connection.close()
+            except Exception as exc:  # closing must not hide why we stopped
+                log.debug("rabbitmq sink %s: error while closing: %s", self.url, exc)
+
+    async def _channel_or_reconnect(self) -> AbstractChannel:
+        channel = self._channel
+        if channel is not None and not channel.is_closed:
+            return channel
+        async with self._lock:
+            channel = self._channel
+            if channel is not None and not channel.is_closed:
+                return channel
+            await self._disconnect()
+            pika = self._pika
+            try:
+                connection = await pika.connect(self._url, timeout=self.timeout, **self._options)
+            except (*pika.exceptions.CONNECTION_EXCEPTIONS, TimeoutError) as exc:
+                raise SinkUnavailable(
+                    f"rabbitmq sink {self.url}: cannot connect: {type(exc).__name__}: {exc}"
+                ) from None
+            try:
+                fresh: AbstractChannel = await connection.channel(
+                    publisher_confirms=True, on_return_raises=self.mandatory
+                )
+            except BaseException:
+                await connection.close()
+                raise
+            self._connection, self._channel = connection, fresh
+            return fresh
+
+    async def _exchange(self, name: str, *, config_error: bool = False) -> AbstractExchange:
+        exchange = self._exchanges.get(name)
+        if exchange is not None:
+            return exchange
+        channel = await self._channel_or_reconnect()
+        pika = self._pika
+        if name == "" or name in self._checked:
+            exchange = await channel.get_exchange(name, ensure=False)
+        elif self.auto_create and not name.startswith("amq."):
+            try:
+                exchange = await channel.declare_exchange(
+                    name, self.exchange_type, durable=True, timeout=self.timeout
+                )
+            except pika.exceptions.ChannelPreconditionFailed as exc:
+                self._channel = None
+                raise self._config_problem(
+                    f"exchange {name} exists with other settings than a durable "
+                    f"{self.exchange_type} exchange ({exc})",
+                    "set exchange_type to match it, or use another exchange name",
+                    config_error,
+                ) from None
+        else:
+            # Passive check on a channel of its own: a 404 closes the channel.
+            probe = await self._probe_channel()
+            try:
+                await probe.declare_exchange(name, passive=True, timeout=self.timeout)
+            except pika.exceptions.ChannelNotFoundEntity:
+                raise self._config_problem(
+                    f"exchange {name} does not exist and auto_create is off",
+                    f"declare it (rabbitmqadmin declare exchange name={name} "
+                    f"type={self.exchange_type} durable=true) or set auto_create: true",
+                    config_error,
+                ) from None
+            finally:
+                if not probe.is_closed:
+                    await probe.close()
+            exchange = await channel.get_exchange(name, ensure=False)
+        self._checked.add(name)
+        self._exchanges[name] = exchange
+        return exchange
+
+    async def _probe_channel(self) -> AbstractChannel:
+        await self._channel_or_reconnect()
+        connection = self._connection
+        assert connection is not None
+        return await connection.channel(publisher_confirms=False)
+
+    def _config_problem(self, problem: str, fix: str, config_error: bool) -> Exception:
+        text = f"rabbitmq sink {self.url}: {problem}"
+        if config_error:
+            return ConfigError(text, fix=fix)
+        return SinkError(f"{text} -- fix: {fix}", permanent=True)
+
+    # -- delivery -------------------------------------------------------------------
+
+    def _targets(self, event: Event) -> list[tuple[str, str, str]]:
+        """(exchange, routing key, table) per copy of the event."""
+        op = event.op
+        if op == "message":
+            return [(self.exchanges.for_message(), self.routing_keys.for_message(), "")]
+        tables = truncated_tables(event) if op == "truncate" else [event.table]
+        out: list[tuple[str, str, str]] = []
+        for table in tables:
+            target = (
+                self.exchanges.for_table(table, op),
+                self.routing_keys.for_table(table, op),
+                table,
+            )
+            if all(t[:2] != target[:2] for t in out):
+                out.append(target)
+        return out
+
+    async def deliver(self, events: Sequence[Event]) -> None:
+        if not self._open:
+            raise SinkError(f"rabbitmq sink {self.url}: deliver() before open() or after close()")
+        if not events:
+            return
+        pika = self._pika
+        persistent = pika.DeliveryMode.PERSISTENT
+        publishes: list[tuple[Any, str, str, str]] = []
+        try:
+            for event in events:
+                for exchange_name, routing_key, table in self._targets(event):
+                    exchange = await self._exchange(exchange_name)
+                    message = pika.Message(
+                        event.body,
+                        content_type="application/json",
+                        delivery_mode=persistent,
+                        message_id=event.id,
+                        type=event.op,
+                        headers={"walrelay-op": event.op, "walrelay-table": table},
+                    )
+                    publishes.append(
+                        (
+                            exchange.publish(
+                                message,
+                                routing_key,
+                                mandatory=self.mandatory,
+                                timeout=self.timeout,
+                            ),
+                            event.id,
+                            exchange_name,
+                            routing_key,
+                        )
+                    )
+        except SinkError:
+            _close_all(publishes)
+            raise
+        except (*pika.exceptions.CONNECTION_EXCEPTIONS, TimeoutError) as exc:
+            _close_all(publishes)
+            self._channel = None
+            raise SinkUnavailable(
+                f"rabbitmq sink {self.url}: {type(exc).__name__}: {exc}"
+            ) from None
+        results = await asyncio.gather(*(p[0] for p in publishes), return_exceptions=True)
+        failures: list[SinkError] = []
+        for (_, event_id, exchange_name, routing_key), result in zip(
+            publishes, results, strict=True
+        ):
+            if isinstance(result, BaseException):
+                failures.append(self._classify(result, event_id, exchange_name, routing_key))
+        if failures:
+            if any(isinstance(f, SinkUnavailable) for f in failures):
+                self._channel = None  # reconnect on the next attempt
+            permanent = [f for f in failures if f.permanent]
+            first = (permanent or failures)[0]
+            if len(failures) == 1:
+                raise first
+            message = f"{len(failures)} of {len(publishes)} publishes failed; first: {first}"
+            if permanent:
+                raise SinkError(message, permanent=True)
+            if any(isinstance(f, SinkUnavailable) for f in failures):
+                raise SinkUnavailable(message)
+            raise SinkError(message)
+
+    def _classify(
+        self, exc: BaseException, event_id: str, exchange: str, routing_key: str
+    ) -> SinkError:
+        pika = self._pika
+        what = (
+            f"rabbitmq sink {self.url}: publish of {event_id} to exchange {exchange!r} "
+            f"with routing key {routing_key!r}"
+        )
+        if isinstance(exc, pika.exceptions.PublishError):
+            return SinkError(
+                f"{what}: returned unroutable -- fix: bind a queue to the exchange for this "
+                "routing key, or set mandatory: false to let the broker drop such messages",
+                permanent=True,
+            )
+        if isinstance(exc, pika.exceptions.ChannelNotFoundEntity):
+            self._checked.discard(exchange)
+            self._exchanges.pop(exchange, None)
+            return SinkError(
+                f"{what}: the exchange does not exist -- fix: declare it or set auto_create",
+                permanent=True,
+            )
+        if isinstance(exc, pika.exceptions.DeliveryError):
+            return SinkError(f"{what}: the broker refused it (nack): {exc}")
+        if isinstance(exc, TimeoutError):
+            return SinkUnavailable(f"{what}: no confirm within {self.timeout:g} s")
+        if isinstance(exc, asyncio.CancelledError):
+            return SinkUnavailable(f"{what}: cancelled (connection lost)")
+        return SinkUnavailable(f"{what}: {type(exc).__name__}: {exc}")
+
+
+def _close_all(publishes: list[tuple[Any, str, str, str]]) -> None:
+    for coro, *_ in publishes:
+        coro.close()  # created, never awaited

@@ -1,0 +1,289 @@
+"""Redis Streams sink (redis-py asyncio).
+
+Every event is one ``XADD`` to a stream from the ``stream`` template (default
+``{prefix}:{schema}.{table}``; logical messages: ``message_stream``, default
+``{prefix}:messages``; a TRUNCATE to the stream of each table it truncated),
+with fields ``id`` (the event id), ``op``, ``table`` and ``body`` (the JSON
+envelope) and an **explicit entry id** ``<commit_lsn>-<seq>`` (decimal): the
+event id in Redis's ``<ms>-<seq>`` form.
+
+Exactly once: Redis refuses an entry id equal to or below the stream's last
+id ("The ID specified in XADD is equal or smaller than the target stream top
+item"). A replayed event -- a batch retried after a lost connection, or
+events Postgres streams again after a restart -- is therefore rejected by
+Redis itself; the sink treats exactly that error as "already delivered",
+counts it and logs it at debug level. The rule holds because each stream
+receives ids in increasing order, which is why the sink asks the scheduler
+for ``ordered = True`` (one batch at a time, exact id order): with parallel
+batches a later id could reach a stream first, and the earlier event would
+then be rejected as if it were a replay -- lost. A batch is still one round
+trip: all its ``XADD`` commands go in one pipeline.
+
+``maxlen`` caps each stream (``MAXLEN ~ n`` with ``approximate_maxlen``);
+trimming never lowers the stream's last id, so replays stay rejected.
+``auto_create: false`` uses ``XADD ... NOMKSTREAM``: a stream that does not
+exist is an error naming the stream instead of a silent new key.
+
+Durability is Redis's: an acknowledged ``XADD`` survives a Redis crash only
+as far as its persistence settings allow (``appendonly yes`` with
+``appendfsync always`` for no loss; ``everysec`` can lose the last second).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from walrelay.errors import ConfigError, PoisonEvent, SinkError, SinkUnavailable
+from walrelay.model import Event
+from walrelay.sinks.templates import Naming
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from redis.asyncio import Redis
+
+    from walrelay.config import RedisSinkConfig
+
+__all__ = ["RedisStreamsSink", "entry_id", "safe_redis_url"]
+
+log = logging.getLogger("walrelay.sinks.redis")
+
+_REPLAYED = "equal or smaller than the target stream top item"
+
+
+def _import_redis() -> ModuleType:
+    try:
+        import redis.asyncio
+        import redis.exceptions
+    except ImportError:
+        raise ConfigError(
+            "redis sink: the redis package is not installed", fix="pip install 'walrelay[redis]'"
+        ) from None
+    return redis
+
+
+def entry_id(event: Event) -> str:
+    """The stream entry id of an event: ``<commit_lsn>-<seq>``."""
+    return f"{event.commit_lsn}-{event.seq}"
+
+
+def safe_redis_url(url: str) -> str:
+    """The URL without its password (for logs and errors)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    netloc = f"{user}:***@{host}" if user else f":***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class RedisStreamsSink:
+    """XADDs events to Redis streams with explicit ids; see the module docstring."""
+
+    ordered = True
+    # Redis rejects a replayed entry id: no dedup ledger needed in front.
+    transactional = True
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        stream: str = "{prefix}:{schema}.{table}",
+        message_stream: str = "{prefix}:messages",
+        prefix: str = "walrelay",
+        maxlen: int | None = None,
+        approximate_maxlen: bool = True,
+        auto_create: bool = True,
+        tables: Sequence[str] = (),
+        client_options: dict[str, Any] | None = None,
+        timeout: float = 10.0,
+        batch_size: int = 500,
+    ) -> None:
+        self._redis = _import_redis()
+        scheme = urlsplit(url).scheme
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError(
+                f"redis sink: {safe_redis_url(url)} is not a redis:// URL",
+                fix="set url to e.g. redis://host:6379/0 (rediss:// for TLS)",
+            )
+        if timeout <= 0 or batch_size < 1 or (maxlen is not None and maxlen < 1):
+            raise ConfigError(
+                "redis sink: timeout must be > 0, batch_size and maxlen >= 1",
+                fix="set timeout to e.g. 10 and batch_size to e.g. 500",
+            )
+        self._url = url
+        self.url = safe_redis_url(url)
+        self.naming = Naming(
+            stream,
+            message_stream,
+            prefix=prefix,
+            setting="redis stream",
+            message_setting="redis message_stream",
+        )
+        self.maxlen = maxlen
+        self.approximate_maxlen = approximate_maxlen
+        self.auto_create = auto_create
+        self.tables = tuple(tables)
+        self.timeout = timeout
+        self.batch_size = batch_size
+        self._options = dict(client_options or {})
+        self._client: Redis | None = None
+        self.replayed = 0  # XADDs Redis rejected as already stored
+
+    @classmethod
+    def from_config(cls, cfg: RedisSinkConfig, *, tables: Sequence[str] = ()) -> RedisStreamsSink:
+        from walrelay.config import env_secret
+
+        url = cfg.url.get_secret_value()
+        options: dict[str, Any] = {}
+        if cfg.username:
+            options["username"] = cfg.username
+        password = env_secret(cfg.password_env, "redis password")
+        if password is not None:
+            options["password"] = password
+        if cfg.tls is not None:
+            tls = cfg.tls
+            parts = urlsplit(url)
+            if parts.scheme == "redis":
+                url = urlunsplit(("rediss", *parts[1:]))
+            options["ssl_ca_certs"] = tls.ca_file
+            options["ssl_certfile"] = tls.cert_file
+            options["ssl_keyfile"] = tls.key_file
+            options["ssl_password"] = env_secret(tls.key_password_env, "redis tls key")
+            options["ssl_cert_reqs"] = "required" if tls.verify else "none"
+            options["ssl_check_hostname"] = tls.verify
+        return cls(
+            url,
+            stream=cfg.stream,
+            message_stream=cfg.message_stream,
+            prefix=cfg.prefix,
+            maxlen=cfg.maxlen,
+            approximate_maxlen=cfg.approximate_maxlen,
+            auto_create=cfg.auto_create,
+            tables=tables,
+            client_options=options,
+            timeout=cfg.timeout,
+            batch_size=cfg.batch_size,
+        )
+
+    def __repr__(self) -> str:
+        return f"RedisStreamsSink({self.url!r})"
+
+    async def open(self) -> None:
+        if self._client is not None:
+            return
+        redis = self._redis
+        client = redis.asyncio.Redis.from_url(
+            self._url,
+            socket_timeout=self.timeout,
+            socket_connect_timeout=self.timeout,
+            **self._options,
+        )
+        try:
+            await client.ping()
+            if not self.auto_create:
+                for stream, table in sorted(self.naming.table_names(self.tables).items()):
+                    kind = await client.type(stream)
+                    kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+                    if kind != "stream":
+                        state = "does not exist" if kind == "none" else f"is a {kind}"
+                        raise ConfigError(
+                            f"redis sink {self.url}: stream {stream} (table {table}) {state} "
+                            "and auto_create is off",
+                            fix=f"create it (XGROUP CREATE {stream} <group> $ MKSTREAM) or set "
+                            "auto_create: true",
+                        )
+        except redis.exceptions.RedisError as exc:
+            await client.aclose()
+            raise ConfigError(
+                f"redis sink: cannot use {self.url}: {type(exc).__name__}: {exc}",
+                fix="check url, username/password_env and TLS settings, and that Redis runs",
+            ) from None
+        except BaseException:
+            await client.aclose()
+            raise
+        self._client = client
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                await client.aclose()
+            except Exception as exc:  # closing must not hide why we stopped
+                log.debug("redis sink %s: error while closing: %s", self.url, exc)
+
+    async def deliver(self, events: Sequence[Event]) -> None:
+        client = self._client
+        if client is None:
+            raise SinkError(f"redis sink {self.url}: deliver() before open() or after close()")
+        if not events:
+            return
+        redis = self._redis
+        names = self.naming.names
+        maxlen = self.maxlen
+        approximate = self.approximate_maxlen
+        nomkstream = not self.auto_create
+        sent: list[tuple[Event, str]] = []
+        pipe = client.pipeline(transaction=False)
+        for event in events:
+            eid = entry_id(event)
+            for stream, table in names(event):
+                pipe.xadd(
+                    stream,
+                    {"id": event.id, "op": event.op, "table": table, "body": event.body},
+                    id=eid,
+                    maxlen=maxlen,
+                    approximate=approximate,
+                    nomkstream=nomkstream,
+                )
+                sent.append((event, stream))
+        try:
+            results = await pipe.execute(raise_on_error=False)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+            raise SinkUnavailable(
+                f"redis sink {self.url}: {type(exc).__name__}: {exc} "
+                f"({len(sent)} XADDs from {events[0].id})"
+            ) from None
+        except redis.exceptions.RedisError as exc:
+            raise SinkError(f"redis sink {self.url}: {type(exc).__name__}: {exc}") from None
+        replayed = 0
+        for (event, stream), result in zip(sent, results, strict=True):
+            if result is None:
+                raise SinkError(
+                    f"redis sink {self.url}: stream {stream} does not exist and auto_create is "
+                    f"off (event {event.id}) -- fix: create the stream or set auto_create: true",
+                    permanent=True,
+                )
+            if isinstance(result, Exception):
+                text = str(result)
+                if _REPLAYED in text:
+                    replayed += 1
+                    continue
+                raise self._classify(result, event, stream)
+        if replayed:
+            self.replayed += replayed
+            log.debug(
+                "redis sink %s: %d replayed event(s) already in their streams, skipped",
+                self.url,
+                replayed,
+            )
+
+    def _classify(self, exc: Exception, event: Event, stream: str) -> SinkError:
+        redis = self._redis
+        text = f"redis sink {self.url}: XADD {stream} {entry_id(event)} (event {event.id}): {exc}"
+        if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+            return SinkUnavailable(text)
+        message = str(exc)
+        if message.startswith("WRONGTYPE"):
+            return SinkError(f"{text} -- fix: {stream} is not a stream; rename it", permanent=True)
+        if "OOM" in message or "LOADING" in message or "READONLY" in message:
+            return SinkUnavailable(text)
+        if "max" in message and "bulk" in message:
+            return PoisonEvent(text)
+        return SinkError(text, permanent=False)

@@ -1,0 +1,268 @@
+"""Kafka sink against a real Apache Kafka 4.x (KRaft) broker and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+from tests.integration.broker_workloads import (
+    EVERY_OP_COPIES,
+    EVERY_OP_TABLES,
+    LEDGER_TABLE,
+    LedgerWriter,
+    Seen,
+    check_every_op,
+    check_ledger,
+    counter_deliveries,
+    every_op_run,
+    every_op_setup,
+    ledger_setup,
+    per_key_run,
+    per_key_setup,
+    retry_fast,
+    unique_prefix,
+)
+from tests.integration.support import make_config, running_engine, wait_for
+from walrelay.errors import ConfigError
+from walrelay.model import Event, format_event_id
+from walrelay.sinks.kafka import KafkaSink
+from walrelay.testing.checker import check
+from walrelay.testing.servers import KafkaServer
+
+pytestmark = pytest.mark.servers
+
+
+@pytest.fixture(scope="module")
+def kafka() -> Iterator[KafkaServer]:
+    with KafkaServer() as server:
+        yield server
+
+
+class Reader:
+    """A read_committed consumer of every topic starting with ``prefix.``."""
+
+    def __init__(self, bootstrap: str, prefix: str) -> None:
+        self.prefix = prefix + "."
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"test-{uuid.uuid4()}",
+                "isolation.level": "read_committed",
+                "enable.auto.commit": False,
+                "enable.partition.eof": False,
+            }
+        )
+        self.assigned: set[tuple[str, int]] = set()
+        self.seen: list[Seen] = []
+        self.by_partition: dict[tuple[str, int], list[Seen]] = {}
+
+    def _refresh(self) -> None:
+        metadata = self.consumer.list_topics(timeout=10)
+        new = [
+            TopicPartition(name, p, OFFSET_BEGINNING)
+            for name, topic in metadata.topics.items()
+            if name.startswith(self.prefix) and not name.endswith("checkpoints")
+            for p in topic.partitions
+            if (name, p) not in self.assigned
+        ]
+        if new:
+            self.consumer.incremental_assign(new)
+            self.assigned |= {(tp.topic, tp.partition) for tp in new}
+
+    def read(self, quiet: float = 0.3, limit: float = 1.0) -> int:
+        """Consume until nothing came for ``quiet`` s, or for ``limit`` s at most."""
+        self._refresh()
+        last = start = time.monotonic()
+        while time.monotonic() - last < quiet and time.monotonic() - start < limit:
+            msg = self.consumer.poll(0.05)
+            if msg is None:
+                continue
+            err = msg.error()
+            if err is not None:
+                if err.code() in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
+                    continue
+                raise AssertionError(f"consumer error: {err}")
+            last = time.monotonic()
+            headers = dict(msg.headers() or [])
+            value = msg.value()
+            assert value is not None
+            envelope = orjson.loads(value)
+            topic, partition = msg.topic(), msg.partition()
+            assert topic is not None and partition is not None
+            assert headers["id"] == envelope["id"].encode()
+            assert headers["op"] == envelope["op"].encode()
+            seen = Seen(topic, envelope, headers["id"].decode())
+            self.seen.append(seen)
+            self.by_partition.setdefault((topic, partition), []).append(seen)
+            if envelope["op"] not in ("message", "truncate"):
+                assert msg.key() == orjson.dumps(envelope["key"], option=orjson.OPT_SORT_KEYS)
+        return len(self.seen)
+
+    async def until(self, count: int, within: float = 60.0) -> None:
+        async def enough() -> bool:
+            return await asyncio.to_thread(self.read) >= count
+
+        await wait_for(enough, within=within, what=f"{count} records in Kafka")
+
+    def in_partition_order(self) -> list[Seen]:
+        return [s for part in self.by_partition.values() for s in part]
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def kafka_dest(kafka: KafkaServer, prefix: str, **sink: Any) -> dict[str, Any]:
+    return {
+        "name": f"kafka-{prefix}",
+        "retry": retry_fast(),
+        "sink": {
+            "type": "kafka",
+            "bootstrap_servers": kafka.bootstrap,
+            "prefix": prefix,
+            "checkpoint_topic": f"{prefix}.checkpoints",
+            "delivery_timeout": 5,
+            **sink,
+        },
+    }
+
+
+async def test_every_op_exactly_once(kafka: KafkaServer, db: str) -> None:
+    every_op_setup(db)
+    prefix = unique_prefix("k")
+    config = make_config(db, EVERY_OP_TABLES, [kafka_dest(kafka, prefix)])
+    reader = Reader(kafka.bootstrap, prefix)
+    try:
+        async with running_engine(config):
+            every_op_run(db)
+            await reader.until(EVERY_OP_COPIES)
+        await asyncio.to_thread(reader.read, 1.0, 5.0)  # nothing more arrives
+        check_every_op(reader.seen)
+        assert {s.name for s in reader.seen} == {
+            f"{prefix}.public.items",
+            f"{prefix}.public.full_ident",
+            f"{prefix}.messages",
+        }
+    finally:
+        reader.close()
+
+
+async def test_per_key_order_parallel_at_least_once(kafka: KafkaServer, db: str) -> None:
+    per_key_setup(db)
+    prefix = unique_prefix("k")
+    dest = kafka_dest(kafka, prefix, mode="at_least_once", partitions=3, batch_size=20)
+    dest["max_in_flight"] = 200
+    config = make_config(db, ["public.counters"], [dest])
+    reader = Reader(kafka.bootstrap, prefix)
+    try:
+        async with running_engine(config) as engine:
+            destination = engine.destinations[dest["name"]]
+            assert destination.max_in_flight == 200 and not destination.ordered
+            expected = per_key_run(db)
+            await reader.until(len(expected))
+        assert len(reader.assigned) == 3
+        report = check(expected, counter_deliveries(reader.in_partition_order()))
+        assert report.ok(), report.summary()
+    finally:
+        reader.close()
+
+
+async def test_broker_killed_and_restarted_exactly_once(kafka: KafkaServer, db: str) -> None:
+    ledger_setup(db)
+    prefix = unique_prefix("k")
+    dest = kafka_dest(kafka, prefix, batch_size=50)
+    config = make_config(db, [LEDGER_TABLE], [dest])
+    reader = Reader(kafka.bootstrap, prefix)
+    try:
+        async with running_engine(config) as engine:
+            destination = engine.destinations[dest["name"]]
+            assert isinstance(destination.sink, KafkaSink)  # no ledger in front
+            writer = LedgerWriter(db).start()
+            await reader.until(200)
+            await asyncio.to_thread(kafka.kill)
+            assert writer.committed < writer.transactions, "killed after the stream ended"
+            await wait_for(lambda: destination.failures_total > 0, what="a failed delivery")
+            await kafka.arestart()
+            await asyncio.to_thread(writer.join)
+            await reader.until(writer.events, within=120)
+        await asyncio.to_thread(reader.read, 1.0, 5.0)
+        report = check_ledger(writer, reader.in_partition_order(), allow_duplicates=False)
+        assert report.observed == writer.events
+    finally:
+        reader.close()
+
+
+def _event(lsn: int, seq: int) -> Event:
+    body = orjson.dumps(
+        {
+            "id": format_event_id(lsn, seq),
+            "op": "insert",
+            "table": "public.t",
+            "key": {"id": seq},
+            "record": {"id": seq},
+        }
+    )
+    return Event(lsn, seq, "insert", "public.t", (f"public.t\x1f{seq}",), body, 1, datetime.now(UTC))
+
+
+async def test_checkpoint_skips_replay_after_restart(kafka: KafkaServer) -> None:
+    prefix = unique_prefix("k")
+
+    def sink() -> KafkaSink:
+        return KafkaSink(
+            {"bootstrap.servers": kafka.bootstrap},
+            prefix=prefix,
+            slot="s",
+            destination="replay",
+            checkpoint_topic=f"{prefix}.checkpoints",
+            tables=["public.t"],
+            delivery_timeout=10,
+        )
+
+    first = sink()
+    await first.open()
+    assert first.checkpoint is None
+    await first.deliver([_event(0x1000, i) for i in range(10)])
+    await first.close()
+
+    second = sink()  # a restart: Postgres streams from an older confirmed LSN again
+    await second.open()
+    assert second.checkpoint == format_event_id(0x1000, 9)
+    await second.deliver([_event(0x1000, i) for i in range(5, 15)])
+    assert second.skipped == 5
+    await second.close()
+
+    reader = Reader(kafka.bootstrap, prefix)
+    try:
+        await reader.until(15)
+        await asyncio.to_thread(reader.read, 1.0, 5.0)
+        assert [s.envelope["record"]["id"] for s in reader.seen] == list(range(15))
+    finally:
+        reader.close()
+
+
+async def test_missing_topic_without_auto_create(kafka: KafkaServer) -> None:
+    sink = KafkaSink(
+        {"bootstrap.servers": kafka.bootstrap},
+        prefix=unique_prefix("k"),
+        auto_create=False,
+        mode="at_least_once",
+        tables=["public.orders"],
+        delivery_timeout=5,
+    )
+    with pytest.raises(ConfigError, match=r"topic\(s\) k\w+\.public\.orders do not exist") as exc:
+        await sink.open()
+    assert "auto_create" in str(exc.value)
+
+
+async def test_unreachable_cluster_is_a_clear_error() -> None:
+    sink = KafkaSink({"bootstrap.servers": "127.0.0.1:1"}, delivery_timeout=1)
+    with pytest.raises(ConfigError, match=r"cannot reach the cluster at 127\.0\.0\.1:1"):
+        await sink.open()

@@ -1,0 +1,479 @@
+"""The failed-event store's logic: parking, key order, barriers, dead events, the cap.
+
+The store's table is replaced by a dict (``TableStore``) behind the real writer
+loop, so these tests run without PostgreSQL; tests/integration/test_failed_events.py
+runs the same store against a real one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from walrelay.config import FailedConfig
+from walrelay.errors import SinkError
+from walrelay.model import Event
+from walrelay.pipeline.backoff import Backoff
+from walrelay.pipeline.retry import (
+    PAUSED_MESSAGE,
+    DestinationRetry,
+    RetryStore,
+    _Delete,
+    _Op,
+    _Park,
+    _Reconcile,
+    _Update,
+)
+from walrelay.pipeline.scheduler import Destination
+from walrelay.sinks.memory import MemorySink
+from walrelay.state.failed import decode_key, display_key, encode_key, key_matches
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+FAST = Backoff(initial=0.001, multiplier=2.0, maximum=0.005)
+
+
+def ev(i: int, *keys: str) -> Event:
+    """Event number ``i`` (ids increase with i); no keys = a barrier."""
+    return Event(
+        commit_lsn=1000 + i // 4,
+        seq=i % 4,
+        op="truncate" if not keys else "update",
+        table="public.t",
+        keys=keys,
+        body=f'{{"n":{i}}}'.encode(),
+        xid=1,
+        committed_at=T0,
+    )
+
+
+def n_of(e: Event) -> int:
+    return int(e.body[5:-1])
+
+
+class _NoConnection:
+    async def get(self) -> None:
+        return None
+
+    async def reset(self) -> None:
+        return None
+
+
+class TableStore(RetryStore):
+    """RetryStore whose table is a dict; the real writer loop applies the ops."""
+
+    def __init__(self) -> None:
+        super().__init__("host=unused", "walrelay")
+        self._writer = _NoConnection()  # type: ignore[assignment]
+        self.table: dict[tuple[str, int, int], dict[str, Any]] = {}
+        self.events: dict[tuple[str, int, int], Event] = {}
+        self.writes = 0
+        self.fail_writes = 0  # the next N write transactions fail
+        self.hold = asyncio.Event()  # cleared: writes wait (to observe "not yet durable")
+        self.hold.set()
+
+    async def _listen_loop(self) -> None:
+        await asyncio.Event().wait()
+
+    async def _apply(self, conn: Any, batch: list[_Op]) -> None:
+        import psycopg
+
+        await self.hold.wait()
+        if self.fail_writes:
+            self.fail_writes -= 1
+            raise psycopg.OperationalError("state database down (injected)")
+        self.writes += 1
+        for op in batch:
+            name = op.dest.name
+            if isinstance(op, _Reconcile):
+                op.snapshot = [
+                    (
+                        lsn,
+                        seq,
+                        r["keys"],
+                        r["size"],
+                        r["attempts"],
+                        r["dead"],
+                        r["skipped"],
+                        r["permanent"],
+                        r["next_at"],
+                        r["first_at"],
+                    )
+                    for (d, lsn, seq), r in sorted(self.table.items())
+                    if d == name
+                ]
+            elif isinstance(op, _Park):
+                for p in op.params:
+                    key = (p[0], p[1], p[2])
+                    self.table[key] = {
+                        "keys": p[4],
+                        "size": p[10],
+                        "attempts": p[11],
+                        "error": p[12],
+                        "permanent": p[13],
+                        "dead": p[14],
+                        "skipped": p[15],
+                        "first_at": p[16].timestamp(),
+                        "next_at": p[18].timestamp(),
+                    }
+                    self.events[key] = Event(
+                        commit_lsn=p[1],
+                        seq=p[2],
+                        op=p[5],
+                        table=p[6],
+                        keys=tuple(decode_key(k) for k in p[4]),
+                        body=p[9],
+                        xid=p[7],
+                        committed_at=p[8],
+                    )
+            elif isinstance(op, _Delete):
+                self.table.pop((name, *op.row.ident), None)
+            elif isinstance(op, _Update):
+                key = (name, op.row.ident[0], op.row.ident[1])
+                if key in self.table:
+                    attempts, error, permanent, dead, skipped, next_at, _, *_ = op.params
+                    self.table[key].update(
+                        attempts=attempts,
+                        error=error,
+                        permanent=permanent,
+                        dead=dead,
+                        skipped=skipped,
+                        next_at=next_at.timestamp(),
+                    )
+
+    async def _fetch(self, destination: str, idents: list[tuple[int, int]]) -> dict[Any, Event]:
+        return {
+            i: self.events[(destination, *i)] for i in idents if (destination, *i) in self.table
+        }
+
+    def rows(self, name: str = "d") -> list[dict[str, Any]]:
+        return [
+            {"n": n_of(self.events[k]), **r} for k, r in sorted(self.table.items()) if k[0] == name
+        ]
+
+
+class Recorder:
+    """on_finished: each event id finished exactly once."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[int, int], int] = defaultdict(int)
+
+    def __call__(self, batch: Sequence[Event]) -> None:
+        for e in batch:
+            self.counts[(e.commit_lsn, e.seq)] += 1
+
+    def finished(self, events: Sequence[Event]) -> bool:
+        return all(self.counts.get((e.commit_lsn, e.seq)) == 1 for e in events)
+
+
+async def until(cond: Callable[[], bool], within: float = 5.0) -> None:
+    """Wait for a condition on stats that have no awaitable of their own."""
+    async with asyncio.timeout(within):
+        while not cond():  # noqa: ASYNC110 - polling plain attributes
+            await asyncio.sleep(0.001)
+
+
+def failed(**kw: Any) -> FailedConfig:
+    kw.setdefault("backoff", {"initial": 0.001, "multiplier": 2.0, "max": 0.01})
+    kw.setdefault("park_after", 2)
+    return FailedConfig.model_validate(kw)
+
+
+class Rig:
+    def __init__(self, sink: MemorySink, cfg: FailedConfig, *, max_in_flight: int = 8) -> None:
+        self.sink = sink
+        self.store = TableStore()
+        self.parking: DestinationRetry = self.store.add_destination(
+            "d", cfg, max_in_flight=max_in_flight
+        )
+        self.recorder = Recorder()
+        self.dest = Destination(
+            "d",
+            sink,
+            max_in_flight=max_in_flight,
+            backoff=FAST,
+            on_finished=self.recorder,
+            parking=self.parking,
+        )
+
+    async def __aenter__(self) -> Rig:
+        self.store.start()
+        self.dest.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.dest.stop()
+        await self.store.close()
+
+    async def put(self, *events: Event) -> None:
+        for e in events:
+            await self.dest.put(e)
+
+    def delivered(self, key: str) -> list[int]:
+        return [n_of(e) for e in self.sink.delivered if key in e.keys]
+
+
+async def test_failing_key_is_parked_others_flow_then_it_drains_in_order() -> None:
+    sink = MemorySink(batch_size=1, fail_keys={"bad"})
+    async with Rig(sink, failed()) as rig:
+        events = [ev(i, "bad" if i % 3 == 0 else f"k{i}") for i in range(30)]
+        await rig.put(*events)
+        good = [e for e in events if "bad" not in e.keys]
+        await sink.wait_delivered(len(good))
+        # Every event is finished: delivered, or durably parked.
+        await until(lambda: rig.recorder.finished(events))
+        assert rig.dest.parked_total == 10
+        parked = rig.store.rows()
+        assert [r["n"] for r in parked] == list(range(0, 30, 3))
+        assert parked[0]["attempts"] >= 2 and parked[0]["error"]  # failed twice in memory
+        assert all(r["attempts"] == 0 and r["error"] is None for r in parked[1:])  # diverted
+        assert rig.parking.stats()["parked"] == 10
+        sink.fail_keys.clear()  # the receiver heals
+        await until(lambda: not rig.store.table)
+        assert rig.delivered("bad") == list(range(0, 30, 3))
+        # The key is free again: a new event goes straight through.
+        await rig.put(ev(40, "bad"))
+        await until(lambda: rig.delivered("bad")[-1:] == [40])
+        assert not rig.parking.active and rig.parking.stats()["delivered_total"] == 10
+
+
+async def test_parking_is_durable_before_the_event_counts_as_finished() -> None:
+    sink = MemorySink(batch_size=1, fail_keys={"bad"})
+    async with Rig(sink, failed()) as rig:
+        rig.store.hold.clear()  # the state database is slow
+        e0, e1 = ev(0, "bad"), ev(1, "bad")
+        await rig.put(e0, e1)
+        await until(lambda: bool(rig.store._ops))
+        await asyncio.sleep(0.05)  # nothing may finish while the write is pending
+        assert not rig.recorder.counts
+        rig.store.hold.set()
+        await until(lambda: rig.recorder.finished([e0, e1]))
+        assert len(rig.store.table) == 2
+
+
+async def test_state_database_outage_keeps_events_in_memory_until_written() -> None:
+    sink = MemorySink(batch_size=1, fail_keys={"bad"})
+    async with Rig(sink, failed()) as rig:
+        rig.store.fail_writes = 3
+        e0 = ev(0, "bad")
+        await rig.put(e0)
+        await until(lambda: rig.recorder.finished([e0]), within=10)
+        assert len(rig.store.table) == 1 and rig.store.fail_writes == 0
+
+
+async def test_live_event_arriving_while_the_backlog_drains_goes_behind_it() -> None:
+    release = asyncio.Event()
+    hang = False
+
+    async def slow_first(batch: Sequence[Event]) -> None:
+        if hang and n_of(batch[0]) == 0:
+            await release.wait()
+
+    sink = MemorySink(batch_size=1, fail_keys={"bad"}, delay=slow_first)
+    async with Rig(sink, failed()) as rig:
+        await rig.put(ev(0, "bad"), ev(1, "bad"))
+        await until(lambda: len(rig.store.table) == 2)
+        hang = True  # the next retry of the first event hangs ...
+        sink.fail_keys.clear()
+        await until(lambda: sink.active == 1)
+        await rig.put(ev(2, "bad"))  # ... while a new event of the key arrives
+        await until(lambda: len(rig.store.table) == 3)
+        release.set()
+        await until(lambda: not rig.store.table)
+        await until(lambda: len(rig.delivered("bad")) == 3)
+        assert rig.delivered("bad") == [0, 1, 2]
+
+
+async def test_an_event_with_two_keys_blocks_both() -> None:
+    sink = MemorySink(batch_size=1, fail_keys={"a"})
+    async with Rig(sink, failed()) as rig:
+        await rig.put(ev(0, "a"), ev(1, "b", "a"), ev(2, "b"), ev(3, "c"))
+        await until(lambda: len(rig.store.table) == 3)
+        assert rig.delivered("c") == [3]
+        assert rig.delivered("b") == []  # 2 waits behind 1, which waits behind 0
+        sink.fail_keys.clear()
+        await until(lambda: not rig.store.table)
+        assert [n_of(e) for e in sink.delivered if e.keys != ("c",)] == [0, 1, 2]
+
+
+async def test_a_barrier_goes_behind_everything_parked_and_holds_everything_after() -> None:
+    sink = MemorySink(batch_size=1, fail_keys={"a"})
+    async with Rig(sink, failed()) as rig:
+        await rig.put(ev(0, "a"), ev(1, "b"))
+        await until(lambda: len(rig.store.table) == 1 and rig.delivered("b") == [1])
+        await rig.put(ev(2), ev(3, "c"), ev(4, "a"))
+        await until(lambda: len(rig.store.table) == 4)
+        assert rig.delivered("c") == []
+        sink.fail_keys.clear()
+        await until(lambda: not rig.store.table)
+        assert [n_of(e) for e in sink.delivered] == [1, 0, 2, 3, 4] or [
+            n_of(e) for e in sink.delivered
+        ] == [1, 0, 2, 4, 3]
+
+
+async def test_permanent_rejection_is_dead_after_its_budget_and_blocks_its_key(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sink = MemorySink(
+        batch_size=1,
+        fail_keys={"bad"},
+        error=lambda batch: SinkError("422 Unprocessable", permanent=True),
+    )
+    async with Rig(sink, failed(permanent_attempts=3, park_after=5)) as rig:
+        await rig.put(ev(0, "bad"), ev(1, "ok"))
+        await until(lambda: bool(rig.store.rows()) and rig.store.rows()[0]["dead"])
+        row = rig.store.rows()[0]
+        # Parked at the first rejection (no in-memory retries), dead at the third.
+        assert row["attempts"] == 3 and row["permanent"] and not row["skipped"]
+        assert sink.failures == 3
+        await rig.put(ev(2, "bad"))
+        await until(lambda: len(rig.store.table) == 2)
+        assert rig.delivered("ok") == [1] and rig.delivered("bad") == []
+        stats = rig.parking.stats()
+        assert stats["dead"] == 1 and stats["parked"] == 1 and stats["dead_total"] == 1
+        assert any("is dead after 3 attempt(s)" in r.message for r in caplog.records)
+        # The key stays blocked: the dead event is not retried, the next one waits.
+        await asyncio.sleep(0.05)
+        assert sink.failures == 3 and rig.delivered("bad") == []
+
+
+async def test_skip_dead_moves_the_key_on_and_keeps_the_row() -> None:
+    sink = MemorySink(batch_size=1, fail_ids={"00000000000003E8/0"})
+    async with Rig(sink, failed(max_attempts=3, on_dead="skip_dead")) as rig:
+        await rig.put(ev(0, "a"), ev(1, "a"))
+        await until(lambda: rig.delivered("a") == [1])
+        (row,) = rig.store.rows()
+        assert row["n"] == 0 and row["dead"] and row["skipped"] and row["attempts"] == 3
+        assert not rig.parking.active
+        assert rig.parking.stats()["skipped_total"] == 1
+
+
+async def test_retry_after_is_honoured_up_to_the_maximum() -> None:
+    sink = MemorySink(batch_size=1, fail_keys={"a"}, retry_after=30.0)
+    cfg = failed(backoff={"initial": 0.001, "max": 7.0}, park_after=1)
+    async with Rig(sink, cfg) as rig:
+        before = time.time()
+        await rig.put(ev(0, "a"))
+        await until(lambda: len(rig.store.table) == 1)
+        next_at = rig.store.rows()[0]["next_at"]
+        assert before + 6.9 <= next_at <= time.time() + 7.1
+
+
+async def test_cap_pauses_puts_and_resumes_when_the_backlog_drains(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sink = MemorySink(batch_size=1, fail_when=lambda e: True)
+    async with Rig(sink, failed(max_events=4, park_after=1)) as rig:
+        events = [ev(i, f"k{i}") for i in range(12)]
+        await rig.put(*events[:6])
+        await until(lambda: rig.parking.paused)
+        assert any(
+            r.levelno == logging.CRITICAL and r.message.startswith(PAUSED_MESSAGE)
+            for r in caplog.records
+        )
+        assert rig.dest.paused and not rig.dest.try_put(events[6])
+        late = asyncio.create_task(rig.put(*events[6:]))
+        await asyncio.sleep(0.05)
+        assert not late.done()  # replication paused: nothing more is taken
+        assert rig.dest.buffered_events + rig.dest.in_flight <= 6
+        assert len(rig.store.table) <= 5  # the cap, and at most one batch over it
+        sink.fail_when = None
+        await asyncio.wait_for(late, 5)
+        await sink.wait_delivered(12)
+        assert sorted(n_of(e) for e in sink.delivered) == list(range(12))
+        await until(lambda: rig.recorder.finished(events))
+        assert not rig.parking.paused and rig.parking.stats()["pauses_total"] >= 1
+
+
+async def test_reconcile_applies_discard_and_retry_from_the_cli() -> None:
+    sink = MemorySink(
+        batch_size=1, fail_keys={"a"}, error=lambda b: SinkError("400", permanent=True)
+    )
+    async with Rig(sink, failed(permanent_attempts=1)) as rig:
+        await rig.put(ev(0, "a"), ev(1, "a"), ev(2, "a"))
+        await until(lambda: len(rig.store.table) == 3)
+        assert [r["dead"] for r in rig.store.rows()] == [True, False, False]
+        # `walrelay failed discard --id <0>`: the key moves on to 1, which is
+        # delivered (it failed only as a diverted event, never itself).
+        sink.fail_keys.clear()
+        del rig.store.table[("d", 1000, 0)]
+        rig.store.reconcile()
+        await until(lambda: not rig.store.table)
+        assert rig.delivered("a") == [1, 2]
+        assert rig.parking.stats()["discarded_total"] == 1
+
+        # `walrelay failed retry`: a dead event comes alive.
+        sink.fail_keys.add("b")
+        await rig.put(ev(4, "b"))
+        await until(lambda: bool(rig.store.rows()) and rig.store.rows()[0]["dead"])
+        sink.fail_keys.clear()
+        rig.store.table[("d", 1001, 0)].update(dead=False, next_at=time.time())
+        rig.store.reconcile()
+        await until(lambda: rig.delivered("b") == [4])
+        assert not rig.store.table
+
+
+async def test_restart_keeps_the_schedule() -> None:
+    """A row loaded with next_attempt_at in the future waits for it; one in the
+    past is tried at once; a row behind it in its key waits for it."""
+    sink = MemorySink(batch_size=1)
+    async with Rig(sink, failed()) as rig:
+        now = time.time()
+        for i, key, next_at in [(0, "late", now + 0.4), (1, "late", now - 5), (2, "due", now - 5)]:
+            e = ev(i, key)
+            rig.store.table[("d", e.commit_lsn, e.seq)] = {
+                "keys": [key],
+                "size": len(e.body),
+                "attempts": 4,
+                "error": "x",
+                "permanent": False,
+                "dead": False,
+                "skipped": False,
+                "first_at": now - 60,
+                "next_at": next_at,
+            }
+            rig.store.events[("d", e.commit_lsn, e.seq)] = e
+        rig.store.reconcile()  # what load() does at start-up
+        await until(lambda: rig.delivered("due") == [2])
+        assert rig.delivered("late") == [] and rig.parking.blocks(ev(9, "late"))
+        await until(lambda: rig.delivered("late") == [0, 1])
+        assert time.time() >= now + 0.4
+
+
+async def test_ordered_sinks_cannot_park() -> None:
+    store = TableStore()
+    parking = store.add_destination("f", failed())
+    with pytest.raises(ValueError, match="ordered sink"):
+        Destination("f", MemorySink(ordered=True), parking=parking)
+
+
+def test_default_config() -> None:
+    cfg = FailedConfig()
+    assert cfg.enabled and cfg.park_after == 3 and cfg.permanent_attempts == 3
+    assert cfg.max_attempts is None and cfg.on_dead == "block"
+    assert (cfg.backoff.initial, cfg.backoff.multiplier, cfg.backoff.max) == (1.0, 2.0, 300.0)
+    assert cfg.max_events == 100_000 and cfg.max_bytes == 1024**3
+
+
+@given(st.text())
+def test_key_encoding_round_trips_and_has_no_nul(key: str) -> None:
+    text = encode_key(key)
+    assert "\x00" not in text
+    assert decode_key(text) == key
+
+
+def test_display_key_and_matching() -> None:
+    key = "public.orders\x1f7"
+    assert display_key(key) == "public.orders:7"
+    assert display_key("public.t\x1f1\x1f\x00\x1f\x00?") == "public.t:1,NULL,?"
+    assert display_key("public.nokey") == "public.nokey"
+    assert key_matches("public.orders:7", [key]) and key_matches("7", [key])
+    assert not key_matches("public.orders:8", [key]) and not key_matches("other:7", [key])
