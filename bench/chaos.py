@@ -322,10 +322,8 @@ def judge(
             raise AssertionError(f"webhook-id {hook_id} differs from the body's id {body['id']}")
         uid, order = uid_order(k, v, op)
         hook_obs.append(Delivery(uid=uid, key=k, order=order, id=hook_id))
+    # Duplicates are allowed (counted); per-key order is judged on first deliveries.
     hook = check(wl.committed, hook_obs, aborted=wl.aborted)
-    # Per-key order holds for first deliveries; a resend after a crash may come
-    # after a later change of its key only if the ledger lost the record, which
-    # the webhook contract allows (same id): count it, but do not fail on it.
     return {
         "postgres": {
             **pg.to_json(),

@@ -117,10 +117,12 @@ def _register_subcommands() -> None:
     from walrelay.cli_failed import failed_command
     from walrelay.monitor.doctor import doctor_command
     from walrelay.monitor.status import status_command
+    from walrelay.outbox.cli import outbox_command
 
     main.add_command(doctor_command)
     main.add_command(failed_command)
     main.add_command(status_command)
+    main.add_command(outbox_command)
 
 
 _register_subcommands()

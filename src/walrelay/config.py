@@ -413,6 +413,7 @@ SinkConfig = Annotated[
     Field(discriminator="type"),
 ]
 
+
 def _header_map(value: Any) -> Any:
     return {c: c for c in value} if isinstance(value, list) else value
 
@@ -462,7 +463,9 @@ class OutboxRouterConfig(_Model):
             try:
                 re.compile(v)
             except re.error as e:
-                raise ValueError(f"topic_regex {v!r} is not a valid regular expression: {e}")
+                raise ValueError(
+                    f"topic_regex {v!r} is not a valid regular expression: {e}"
+                ) from None
         return v
 
     @model_validator(mode="after")

@@ -23,6 +23,8 @@ from walrelay.config import Config, DestinationConfig
 from walrelay.errors import DecodeError, SlotLost, SourceSetupError, WalrelayError
 from walrelay.model import Begin, Change, Commit, Event, Lsn, format_lsn
 from walrelay.monitor.service import Services
+from walrelay.outbox.partitions import upkeep_loop
+from walrelay.outbox.router import OutboxRouter
 from walrelay.pipeline.backoff import Backoff
 from walrelay.pipeline.envelope import EnvelopeBuilder
 from walrelay.pipeline.ledger import TrimAware, wrap_sink
@@ -31,6 +33,7 @@ from walrelay.pipeline.retry import DestinationRetry, RetryStore
 from walrelay.pipeline.scheduler import Destination
 from walrelay.sinks.base import Sink
 from walrelay.sinks.factory import build_sink
+from walrelay.source.heartbeat import Heartbeat
 from walrelay.source.slot import SourceInfo, prepare_source, slot_busy_from_error
 from walrelay.source.stream import (
     KEEPALIVE,
@@ -126,6 +129,27 @@ class Engine:
         self._force_stop: asyncio.TimerHandle | None = None
         # Failed deliveries parked in the state database (None: no destination parks).
         self.retry_store: RetryStore | None = None
+        # Outbox event routers, per destination that has one (walrelay.outbox.router).
+        self._routers: dict[str, OutboxRouter] = {
+            d.name: OutboxRouter(d.router, destination=d.name)
+            for d in config.destinations
+            if d.router is not None
+        }
+        # Heartbeats (walrelay.source.heartbeat): never delivered, whether ours or not.
+        hb = config.heartbeat
+        self._heartbeat_prefix = hb.prefix
+        self._heartbeat_table = hb.table
+        self.heartbeat: Heartbeat | None = None
+        if hb.enabled:
+            self.heartbeat = Heartbeat(
+                hb,
+                dsn=config.source.dsn_value,
+                slot=config.source.slot,
+                publication=config.source.publication,
+                create_publication=config.source.create_publication,
+                on_lag=self._on_heartbeat_lag,
+            )
+        self._background: list[asyncio.Task[None]] = []
 
     # ---------------------------------------------------------------- control
 
@@ -178,16 +202,55 @@ class Engine:
             ) from None
         async with admin:
             self.source_info = await prepare_source(src, admin)
+            if self.heartbeat is not None:
+                await self.heartbeat.prepare(admin)
         self.tracker = LsnTracker(start=self.source_info.confirmed_flush_lsn or 0)
         self._builder = EnvelopeBuilder(TypeRegistry(), key_columns=self.source_info.key_columns)
         await self._open_destinations()
         try:
             await self.services.start()
+            self._start_background()
             self.started.set()
             await self._replicate()
         finally:
+            await self._stop_background()
             await self._shutdown()
             await self.services.stop()
+
+    def _start_background(self) -> None:
+        """Heartbeats and outbox partition upkeep: side tasks that never stop streaming."""
+        if self.heartbeat is not None:
+            self._background.append(
+                asyncio.create_task(self.heartbeat.run(), name="walrelay-heartbeat")
+            )
+        ob = self.config.outbox
+        if ob is not None and ob.maintain:
+            self._background.append(
+                asyncio.create_task(
+                    upkeep_loop(
+                        self.config.source.dsn_value,
+                        ob.table,
+                        slot=self.config.source.slot,
+                        interval=ob.interval,
+                        days_ahead=ob.days_ahead,
+                        retention_days=ob.retention_days,
+                        lock_timeout=ob.lock_timeout,
+                        confirm_wait=ob.confirm_wait,
+                    ),
+                    name="walrelay-outbox-upkeep",
+                )
+            )
+
+    async def _stop_background(self) -> None:
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._background.clear()
+
+    def _on_heartbeat_lag(self, lag: float) -> None:
+        self.stats.heartbeat_lag = lag
 
     async def _open_destinations(self) -> None:
         opened: list[Sink] = []
@@ -400,7 +463,8 @@ class Engine:
     def _on_keepalive(self, stream: ReplicationSource, frame: bytes) -> None:
         wal_end, reply = parse_keepalive(frame)
         tracker = self.tracker
-        tracker.keepalive(wal_end)
+        if self.config.source.confirm_idle:
+            tracker.keepalive(wal_end)
         if self.until_lsn is not None and tracker.confirmed >= self.until_lsn:
             self.request_stop()
         if reply:
@@ -455,6 +519,9 @@ class Engine:
         dests = self._routes.get(key)
         if dests is None:
             dests = []
+            if table == self._heartbeat_table:
+                self._routes[key] = dests  # heartbeats are never delivered
+                return dests
             for name, dest in self.destinations.items():
                 dcfg = self._dest_configs[name]
                 if dcfg.ops is not None and op not in dcfg.ops:
@@ -491,22 +558,37 @@ class Engine:
             dests = self._truncate_routes(change)
         else:
             rel = change.relation
+            if rel is None and change.prefix == self._heartbeat_prefix:
+                if self.heartbeat is not None:
+                    self.heartbeat.observe(change)
+                return None  # a heartbeat message: never delivered
             dests = self._routes.get((rel.qualified_name if rel is not None else "", change.op))
             if dests is None:
                 dests = self._routes_for(rel.qualified_name if rel is not None else "", change.op)
         if not dests:
+            if self.heartbeat is not None and self._heartbeat_table is not None:
+                self.heartbeat.observe(change)  # a heartbeat table row (routed nowhere)
             return None
         assert self._builder is not None
         event = self._builder.build(begin, change, seq)
         self.stats.events_in += 1
         adds = self._adds
+        routers = self._routers
         blocked: list[tuple[Destination, Event]] | None = None
         for dest in dests:
+            out = event
+            if routers:
+                router = routers.get(dest.name)
+                if router is not None:
+                    routed = router.route(event)
+                    if routed is None:
+                        continue  # not an outbox event (router.other_ops: skip)
+                    out = routed
             adds[dest.name] = adds.get(dest.name, 0) + 1
-            if not dest.try_put(event):
+            if not dest.try_put(out):
                 if blocked is None:
                     blocked = []
-                blocked.append((dest, event))
+                blocked.append((dest, out))
         return blocked
 
     # ---------------------------------------------------------------- LSN feedback

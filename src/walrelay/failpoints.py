@@ -38,10 +38,20 @@ The names, in the order an event passes them (see :data:`POINTS`):
 ``postgres.before_commit``
     the PostgreSQL sink applied a batch and recorded its ids, inside the
     target transaction, and is about to COMMIT.
+``retry.after_park``
+    failed (or diverted) events are committed to the failed-events table;
+    the pipeline has not counted them as finished yet.
+``retry.after_delete``
+    a parked event was delivered from the table and its row deleted; its
+    key has not moved on yet.
+
+The failed-event store (``walrelay.pipeline.retry``) adds its own:
+``retry.after_park`` (events committed to the failed-events table, not yet
+counted as finished) and ``retry.after_delete`` (a parked event delivered and
+its row deleted).
 
 Anyone may add a point: call ``failpoints.hit("area.step")`` at the spot and
-list it in :data:`POINTS` (the failed-event store's writes use
-``retry.*`` names).
+name it here.
 """
 
 from __future__ import annotations
@@ -63,6 +73,8 @@ POINTS: tuple[str, ...] = (
     "pipeline.after_finish",
     "lsn.after_confirm",
     "postgres.before_commit",
+    "retry.after_park",  # failed events committed to the store, not yet finished
+    "retry.after_delete",  # a parked event delivered and its row deleted; key not yet released
 )
 """The points walrelay's core calls. Others may be hit too (any name is accepted)."""
 

@@ -146,6 +146,10 @@ async def test_one_failing_key_parks_while_a_thousand_others_flow(
                 what="the slot to confirm past the parked events",
             )
             assert hook.versions(bad) == []
+            # Only the first of them was ever sent: the others went straight behind it.
+            rows = parked_rows(db)
+            assert [r["event_id"] in hook.attempts for r in rows] == [True] + [False] * 10
+            assert rows[0]["attempts"] >= 2 and all(r["attempts"] == 0 for r in rows[1:])
             assert hook.requests > 1000  # the failing key was retried meanwhile
             stats = engine.destinations["hook"].parking.stats()  # type: ignore[union-attr]
             assert stats["parked"] == 11 and stats["dead"] == 0

@@ -11,7 +11,10 @@ checker then judges what the receiver saw:
   target must equal the source;
 - webhook sink (with a ledger): every event arrives; duplicates only for a
   crash between the send and the ledger write (``sink.after_send``), and
-  then with the id it had the first time.
+  then with the id it had the first time;
+- the failed-event store's writes (``retry.after_park``,
+  ``retry.after_delete``): a parked event arrives exactly once after the
+  restart.
 """
 
 from __future__ import annotations
@@ -256,3 +259,73 @@ async def test_webhook_crash(
         assert report.duplicates == 1, report.summary()
     else:
         assert report.ok(), report.summary()
+
+
+async def wait_received(hook: WebhookReceiver, count: int, within: float = 60) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while sum(1 for e in hook.received if e["table"] == "public.items") < count:
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {count} events")
+        await asyncio.sleep(0.05)  # polling the receiver
+
+
+@pytest.mark.parametrize("point", ["retry.after_park", "retry.after_delete"])
+async def test_failed_event_store_crash(
+    db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, point: str
+) -> None:
+    """The failed-event store's writes: a key's first event fails and is parked
+    (then, for after_delete, delivered from the store); walrelay dies right
+    after that write; after the restart every event arrives exactly once."""
+    monkeypatch.setenv("WALRELAY_TEST_SECRET", SECRET)
+    until = workload(db)
+    async with WebhookReceiver(SECRET) as hook:
+        failed_once: set[int] = set()
+
+        def fail_first_of_key_7(event: dict[str, Any]) -> bool:
+            record = event.get("record") or {}
+            if record.get("id") != 7 or (point == "retry.after_delete" and 7 in failed_once):
+                return False
+            failed_once.add(7)
+            return True
+
+        hook.fail_when = fail_first_of_key_7
+        dest = {
+            "name": "hook",
+            "max_in_flight": 1,  # as above: no other batch between send and record
+            "sink": {"type": "webhook", "url": hook.url, "secret_env": "WALRELAY_TEST_SECRET"},
+            "ledger": {"type": "postgres"},
+            "failed": {"park_after": 1, "backoff": {"initial": 0.2, "max": 0.5}},
+        }
+        conf = config_for(db, dest)
+        cfg = write_config_file(tmp_path / "walrelay.yaml", conf)
+        code, log1 = await run_walrelay(
+            cfg, tmp_path / "run1.log", until, {failpoints.ENV_VAR: f"{point}=crash"}
+        )
+        assert code == failpoints.EXIT_CODE, f"exit {code}:\n{log1}"
+        assert f"failpoint {point}: crash" in log1
+        hook.fail_when = None
+        # Parked events count as finished for the LSN, so --until-lsn could stop
+        # before the store retried them: run until everything arrived instead.
+        with open(tmp_path / "run2.log", "wb") as out:  # noqa: ASYNC230 - for the child
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "walrelay", "run", "--config", str(cfg),
+                stdout=out, stderr=asyncio.subprocess.STDOUT,
+            )  # fmt: skip
+        try:
+            await wait_received(hook, KEYS * (UPDATES + 1))
+            await asyncio.sleep(1.0)  # anything extra would arrive now
+        finally:
+            proc.terminate()
+            assert await asyncio.wait_for(proc.wait(), 60) == 0
+        events = [e for e in hook.received if e["table"] == "public.items"]
+    observed = [
+        Delivery(
+            uid=(e["record"]["id"], e["record"]["version"]),
+            key=e["record"]["id"],
+            order=e["record"]["version"],
+            id=e["id"],
+        )
+        for e in events
+    ]
+    report = check(expected_changes(), observed)
+    assert report.ok(), report.summary()

@@ -153,16 +153,20 @@ async def test_engine_pauses_while_redis_is_down(
             await redis_server.astop(remove=False)
             confirmed = slot_state(db, "walrelay")["confirmed"]
             execute(db, "insert into t select generate_series(101, 200)")
-            await wait_for(
-                lambda: engine.destinations["hook"].failures_total > 0, what="a failed check"
-            )
-            assert len(hook.ids) == 100, "sent while the ledger was down"
-            assert engine.tracker.confirmed <= slot_state(db, "walrelay")["current"]
-            assert engine.destinations["hook"].in_flight > 0
-            await redis_server.arestart()
-            await wait_for(lambda: len(hook.ids) >= 200, within=60, what="all 200 after Redis")
-            sink = engine.destinations["hook"].sink
+            dest = engine.destinations["hook"]
+            sink = dest.sink
             assert isinstance(sink, LedgeredSink)
+            await wait_for(lambda: sink.check_retries >= 2, what="checks failing")
+            assert sink.ledger_down_since is not None
+            assert len(hook.ids) == 100, "sent while the ledger was down"
+            assert dest.in_flight > 0  # paused, in flight
+            # Not a delivery failure: nothing counted as failed, nothing parked.
+            assert dest.failures_total == 0 and dest.parked_total == 0
+            stuck = engine.tracker.confirmed
+            await redis_server.arestart()
+            await wait_for(lambda: len(hook.ids) >= 200, within=30, what="all 200 after Redis")
+            assert sink.ledger_down_since is None
+            await wait_for(lambda: engine.tracker.confirmed > stuck, what="the LSN to move on")
         assert slot_state(db, "walrelay")["confirmed"] > confirmed
     assert sorted(e["record"]["id"] for e in hook.received) == list(range(1, 201))
     assert len(set(hook.ids)) == 200

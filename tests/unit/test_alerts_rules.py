@@ -181,6 +181,13 @@ def test_delivery_lag() -> None:
     }
 
 
+def test_replication_paused_pages() -> None:
+    (c,) = evaluate_engine({}, thresholds=T, replication_paused=True, slot="walrelay")
+    assert c.rule == "replication_paused" and c.severity is Severity.PAGE
+    assert c.object == "slot walrelay"
+    assert evaluate_engine({}, thresholds=T) == []
+
+
 def base_config(**extra: Any) -> dict[str, Any]:
     return {
         "source": {"dsn": "host=x", "tables": ["t"]},

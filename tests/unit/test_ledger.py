@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import pytest
@@ -79,7 +79,7 @@ def wrapped(**kw: object) -> tuple[LedgeredSink, MemorySink, FakeLedger]:
     inner = MemorySink(batch_size=10, **kw)  # type: ignore[arg-type]
     ledger = FakeLedger()
     sink = LedgeredSink(
-        inner, ledger, "d", record_backoff=Backoff(initial=0.001, multiplier=1.0, maximum=0.001)
+        inner, ledger, "d", ledger_backoff=Backoff(initial=0.001, multiplier=1.0, maximum=0.001)
     )
     return sink, inner, ledger
 
@@ -103,16 +103,25 @@ async def test_replays_are_dropped_and_new_events_recorded() -> None:
     assert ledger.closed
 
 
-async def test_unreachable_ledger_sends_nothing() -> None:
+async def wait_until(predicate: Callable[[], bool]) -> None:
+    for _ in range(5000):
+        if predicate():
+            return
+        await asyncio.sleep(0.001)  # polling a counter of the code under test
+    raise AssertionError("timed out")
+
+
+async def test_unreachable_ledger_pauses_delivery_until_it_is_back() -> None:
     sink, inner, ledger = wrapped()
     ledger.down = True
-    with pytest.raises(LedgerUnavailable) as info:
-        await sink.deliver([ev(100)])
-    assert isinstance(info.value, SinkError) and not info.value.permanent
-    assert inner.delivered == []
+    task = asyncio.create_task(sink.deliver([ev(100)]))
+    await wait_until(lambda: sink.check_retries >= 3)
+    assert inner.delivered == [] and not task.done()  # nothing sent unchecked
+    assert sink.ledger_down_since is not None and "ledger down" in (sink.ledger_error or "")
     ledger.down = False
-    await sink.deliver([ev(100)])
+    await task  # no error reached the scheduler: nothing failed, nothing parked
     assert delivered_ids(inner) == [ev(100).id]
+    assert sink.ledger_down_since is None and sink.ledger_error is None
 
 
 async def test_record_outage_retries_the_record_not_the_send() -> None:
@@ -149,10 +158,7 @@ async def test_cancelled_while_recording_leaves_events_unrecorded() -> None:
     sink, inner, ledger = wrapped()
     ledger.down_for_records = 10**9
     task = asyncio.create_task(sink.deliver([ev(100)]))
-    for _ in range(5000):  # until the first record attempt failed
-        if sink.record_retries:
-            break
-        await asyncio.sleep(0.001)
+    await wait_until(lambda: sink.record_retries > 0)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -206,3 +212,26 @@ def test_top_level_ledger_redis() -> None:
     ledger = build_ledger(cfg, cfg.destinations[0])
     assert isinstance(ledger, PostgresLedger) and ledger.schema == "st"
     assert "s3cret" not in repr(ledger) and "host=state" in ledger.where
+
+
+async def test_concurrent_batches_share_ledger_calls() -> None:
+    sink, inner, ledger = wrapped()
+    batches = [[ev(100 + i)] for i in range(32)]  # webhooks: one event per batch
+    await asyncio.gather(*(sink.deliver(b) for b in batches))
+    assert len(inner.delivered) == 32 and len(ledger.ids["d"]) == 32
+    assert ledger.checks <= 2 and ledger.records <= 2  # not 32 of each
+    assert sink.ledger_calls == ledger.checks + ledger.records
+    await asyncio.gather(*(sink.deliver(b) for b in batches))  # all replays
+    assert len(inner.delivered) == 32 and sink.replays_dropped == 32
+
+
+async def test_batches_waiting_for_the_ledger_share_its_calls() -> None:
+    sink, inner, ledger = wrapped()
+    ledger.down = True
+    tasks = [asyncio.create_task(sink.deliver([ev(100 + i)])) for i in range(5)]
+    await wait_until(lambda: sink.check_retries >= 10)
+    assert inner.delivered == []
+    assert ledger.checks < sink.check_retries  # a failed call fails every batch in it
+    ledger.down = False
+    await asyncio.gather(*tasks)
+    assert len(inner.delivered) == 5

@@ -21,6 +21,7 @@ Metric names (the Grafana dashboard in ``grafana/walrelay.json`` uses them):
 ``walrelay_buffered_bytes{...}``            buffer bytes held (waiting + in flight)
 ``walrelay_parked_events{...}``             parked now (failed-event store)
 ``walrelay_dead_events{...}``               dead now (failed-event store)
+``walrelay_oldest_parked_age_seconds{...}`` age of the oldest parked event
 ``walrelay_confirmed_lsn``                  confirmed flush LSN, as a byte position
 ``walrelay_source_events_total``            changes routed to any destination
 ``walrelay_source_transactions_total``      transactions received
@@ -187,6 +188,9 @@ class MetricsCollector:
                 "walrelay_parked_events", "Events parked in the failed-event store now", d
             ),
             "dead": gauge("walrelay_dead_events", "Dead events in the failed-event store", d),
+            "oldest_parked_age": gauge(
+                "walrelay_oldest_parked_age_seconds", "Age of the oldest parked event", d
+            ),
         }
         hist = HistogramMetricFamily(
             "walrelay_delivery_latency_seconds",

@@ -22,6 +22,7 @@ Rules (ARCHITECTURE section 3; the numbers are :class:`Thresholds`):
 ``pg_wal_disk``           the filesystem holding pg_wal (only on its host)
 ``oldest_transaction``    a transaction open too long
 ``delivery_lag``          commit -> delivered, per destination
+``replication_paused``    the failed-event store is at its cap: page
 ========================  =====================================================
 
 Other slots on the cluster (not walrelay's) get the slot rules too: the
@@ -50,7 +51,7 @@ DB_RULES = frozenset(
         "oldest_transaction",
     }
 )
-ENGINE_RULES = frozenset({"delivery_lag"})
+ENGINE_RULES = frozenset({"delivery_lag", "replication_paused"})
 
 
 @dataclass
@@ -305,9 +306,26 @@ def evaluate_snapshot(
     return out
 
 
-def evaluate_engine(lags: Mapping[str, float], *, thresholds: Thresholds) -> list[Condition]:
+def evaluate_engine(
+    lags: Mapping[str, float],
+    *,
+    thresholds: Thresholds,
+    replication_paused: bool = False,
+    slot: str = "",
+) -> list[Condition]:
     """Firing conditions of the engine's own rules (:data:`ENGINE_RULES`)."""
     out: list[Condition] = []
+    if replication_paused:
+        out.append(
+            Condition(
+                "replication_paused",
+                f"slot {slot}",
+                Severity.PAGE,
+                "replication is paused: a destination's parked events reached their cap; "
+                "the slot does not advance and WAL piles up until the backlog drains",
+                "fix the failing destination (walrelay failed list), or raise its cap",
+            )
+        )
     for name, lag in lags.items():
         sev = thresholds.delivery_lag(lag)
         if sev is Severity.OK:

@@ -20,12 +20,11 @@ it keeps failing, alerted); a port already in use leaves the engine running
 without its HTTP server, with an error in the log and an open alert.
 
 Other parts of the engine can raise their own alerts through
-:meth:`Services.set_condition` (e.g. the failed-event store when its cap
-is reached). Parked and dead counts are read from the engine when it has
-them: ``engine.failed_counts()`` returning ``{destination: {"parked": n,
-"dead": n}}``, or ``parked_count`` / ``dead_count`` attributes on a
-destination; 0 until then. Heartbeat lag is read from
-``engine.stats.heartbeat_lag`` (seconds, None until heartbeats run).
+:meth:`Services.set_condition`. Parked and dead counts come from each
+destination's failed-event store (``destination.parking.stats()``; 0 for a
+destination without one), and ``engine.replication_paused`` (the store at
+its cap) pages. Heartbeat lag is read from ``engine.stats.heartbeat_lag``
+(seconds, None until heartbeats run).
 """
 
 from __future__ import annotations
@@ -156,7 +155,12 @@ class Monitor:
                 spill_sustained_checks=self.config.spill_sustained_checks,
                 own_detail=detail,
             )
-        conditions += evaluate_engine(svc.delivery_lags(), thresholds=self.thresholds)
+        conditions += evaluate_engine(
+            svc.delivery_lags(),
+            thresholds=self.thresholds,
+            replication_paused=bool(getattr(engine, "replication_paused", False)),
+            slot=engine.config.source.slot,
+        )
         rules |= svc.external_rules
         conditions += svc.external_conditions.values()
         self.checks_total += 1
@@ -300,14 +304,16 @@ class Services:
         return self.alerts.open
 
     def _failed_counts(self) -> dict[str, dict[str, Any]]:
-        fn = getattr(self.engine, "failed_counts", None)
-        if callable(fn):
-            try:
-                counts = fn()
-                return {str(k): dict(v) for k, v in counts.items()}
-            except Exception:
-                log.debug("failed_counts() raised", exc_info=True)
-        return {}
+        """Per destination, the failed-event store's ``stats()`` (parked, dead, ...)."""
+        out: dict[str, dict[str, Any]] = {}
+        for name, dest in self.engine.destinations.items():
+            stats = getattr(getattr(dest, "parking", None), "stats", None)
+            if callable(stats):
+                try:
+                    out[name] = dict(stats())
+                except Exception:
+                    log.debug("destination %s: parking.stats() raised", name, exc_info=True)
+        return out
 
     def destination_rows(self) -> list[dict[str, Any]]:
         failed = self._failed_counts()
@@ -331,8 +337,9 @@ class Services:
                     "buffered_bytes": dest.buffered_bytes,
                     "blocked": dest.blocked,
                     "retrying": dest.retrying,
-                    "parked": counts.get("parked", getattr(dest, "parked_count", 0)) or 0,
-                    "dead": counts.get("dead", getattr(dest, "dead_count", 0)) or 0,
+                    "parked": counts.get("parked") or 0,
+                    "dead": counts.get("dead") or 0,
+                    "oldest_parked_age": counts.get("oldest_parked_age_seconds"),
                     "lag": lags.get(name, 0.0),
                     "last_latency": self.latency.last.get(name),
                     "last_error": dest.last_error,
@@ -400,7 +407,7 @@ class Services:
             "slot": engine.config.source.slot,
             "publication": engine.config.source.publication,
             "confirmed_lsn": format_lsn(engine.tracker.confirmed),
-            "last_commit_lsn": format_lsn(stats.last_commit_lsn),
+            "last_commit_lsn": format_lsn(stats.last_commit_lsn) if stats.last_commit_lsn else None,
             "events_in": stats.events_in,
             "transactions_in": stats.transactions_in,
             "reconnects": stats.reconnects,

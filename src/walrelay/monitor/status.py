@@ -156,7 +156,7 @@ def render_status(doc: dict[str, Any], where: str) -> str:
         out.append(f"walrelay status: engine at {where}: {doc['state']}")
         out.append(
             f"slot {doc['slot']}, publication {doc['publication']}, confirmed LSN "
-            f"{doc['confirmed_lsn']}, last commit {doc.get('last_commit_lsn')}"
+            f"{doc['confirmed_lsn']}, last commit {doc.get('last_commit_lsn') or '-'}"
         )
         out.append(
             f"received {doc.get('events_in', 0)} events in {doc.get('transactions_in', 0)} "

@@ -59,7 +59,8 @@ class Thresholds:
     retained_wal_warn_bytes: int = 1 * GiB
     retained_wal_page_bytes: int = 5 * GiB
     retained_wal_page_fraction_of_keep_size: float = 0.5
-    # slot inactive for (only measurable on PostgreSQL 17+, pg_replication_slots.inactive_since)
+    # slot inactive for (the doctor reads inactive_since, PostgreSQL 17+; the engine's
+    # monitor measures it itself from the first check that saw the slot inactive)
     slot_inactive_warn_seconds: float = 60.0
     slot_inactive_page_seconds: float = 300.0
     # usage of the filesystem holding pg_wal

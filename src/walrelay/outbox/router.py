@@ -233,7 +233,8 @@ class OutboxRouter:
             value = encode_json(wrapped)
         else:
             value = encode_json(payload)
-        group = _KEY_PREFIX + topic + KEY_SEPARATOR + ("\x00" if key is None else key)
+        group = _KEY_PREFIX + topic + KEY_SEPARATOR
+        group += "\x00" if key is None else key.replace(KEY_SEPARATOR, "\x00E")
         self.routed += 1
         return Event(
             commit_lsn=event.commit_lsn,

@@ -556,9 +556,12 @@ class DestinationRetry:
     def _consider(self, row: _Row) -> None:
         """Schedule ``row`` if it may be delivered (first of its keys, alive)."""
         if self._eligible(row):
-            self._tick += 1
-            heapq.heappush(self._ready, (row.next_at, row.ident[0], row.ident[1], self._tick, row))
+            self._schedule(row)
             self._wake.set()
+
+    def _schedule(self, row: _Row) -> None:
+        self._tick += 1
+        heapq.heappush(self._ready, (row.next_at, row.ident[0], row.ident[1], self._tick, row))
 
     def _check_cap(self) -> None:
         cfg = self.config
@@ -611,8 +614,7 @@ class DestinationRetry:
 
     def _deleted(self, row: _Row) -> None:
         failpoints.hit("retry.after_delete")
-        row.busy = False
-        self._busy -= 1
+        self._unbusy(row)
         self._forget(row)
         if not row.gone:
             self.delivered_total += 1
@@ -622,13 +624,21 @@ class DestinationRetry:
                 row.id,
                 row.attempts,
             )
+
+    def _unbusy(self, row: _Row) -> None:
+        """``row``'s attempt is over and its outcome written: free its slot."""
+        row.busy = False
+        self._busy -= 1
+        if self._dest is not None:
+            self._dest.release(1)
+        self._wake.set()
+
+    def wake(self) -> None:
         self._wake.set()
 
     def _updated(self, op: _Update) -> None:
         row = op.row
-        row.busy = False
-        self._busy -= 1
-        self._wake.set()
+        self._unbusy(row)
         if row.gone:
             self._forget(row)
             return
@@ -754,8 +764,8 @@ class DestinationRetry:
         while True:
             wake.clear()
             now = time.time()
-            batch: list[_Row] = []
-            while ready and self._busy + len(batch) < self.max_in_flight:
+            due: list[_Row] = []
+            while ready and self._busy + len(due) < self.max_in_flight:
                 next_at, _, _, _, row = ready[0]
                 if next_at != row.next_at or not self._eligible(row):
                     heapq.heappop(ready)  # stale entry
@@ -763,16 +773,24 @@ class DestinationRetry:
                 if next_at > now:
                     break
                 heapq.heappop(ready)
-                row.busy = True
-                batch.append(row)
-            if batch:
-                self._busy += len(batch)
-                task = asyncio.get_running_loop().create_task(self._attempt(batch))
-                self._attempts.add(task)
-                task.add_done_callback(self._attempts.discard)
-                continue
+                due.append(row)
             timeout: float | None = None
-            if ready and self._busy < self.max_in_flight:
+            if due:
+                # Parked events share the destination's max_in_flight with live ones.
+                dest = self._dest
+                granted = dest.reserve(len(due)) if dest is not None else len(due)
+                for row in due[granted:]:
+                    self._schedule(row)  # no slot now: a finished delivery wakes us
+                batch = due[:granted]
+                if batch:
+                    for row in batch:
+                        row.busy = True
+                    self._busy += len(batch)
+                    task = asyncio.get_running_loop().create_task(self._attempt(batch))
+                    self._attempts.add(task)
+                    task.add_done_callback(self._attempts.discard)
+                    continue
+            elif ready and self._busy < self.max_in_flight:
                 timeout = max(0.0, ready[0][0] - time.time())
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
@@ -796,19 +814,15 @@ class DestinationRetry:
         await asyncio.gather(*(self._attempt_one(dest, row, events.get(row.ident)) for row in rows))
 
     def _release(self, row: _Row, next_at: float) -> None:
-        row.busy = False
-        self._busy -= 1
         row.next_at = max(row.next_at, next_at)
+        self._unbusy(row)
         self._consider(row)
-        self._wake.set()
 
     async def _attempt_one(self, dest: Destination, row: _Row, event: Event | None) -> None:
         if event is None:  # discarded from the table meanwhile
-            row.busy = False
-            self._busy -= 1
+            self._unbusy(row)
             self.discarded_total += 1
             self._forget(row)
-            self._wake.set()
             return
         try:
             await dest.deliver_parked([event])

@@ -98,6 +98,10 @@ class Parking(Protocol):
 
     async def wait_unpaused(self) -> None: ...
 
+    def wake(self) -> None:
+        """A delivery slot may be free (see :meth:`Destination.reserve`)."""
+        ...
+
 
 class Destination:
     """One destination: bounded buffer, scheduler task, batches in flight.
@@ -145,6 +149,7 @@ class Destination:
         # Taken events that must be diverted while the store is paused (keep their keys).
         self._held: list[Event] = []
         self._diverting = 0  # diverted, not yet durably parked
+        self._external = 0  # slots reserved by the store's retry loop
         self._buffer: EventBuffer = make_buffer(self.ordered, max_buffer_bytes)
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
@@ -298,7 +303,7 @@ class Destination:
         if held and parking is not None and parking.divert(held):
             self._diverted(held)
             self._held = held = []
-        room = self.max_in_flight - (buffer.in_flight - len(held))
+        room = self.max_in_flight - (buffer.in_flight - len(held)) - self._external
         batch_size = self._batch_size
         while room > 0:
             batch = buffer.take(min(room, batch_size))
@@ -342,6 +347,19 @@ class Destination:
     async def deliver_parked(self, events: Sequence[Event]) -> None:
         """Deliver events taken from the store (by its retry loop) through the sink."""
         await self.sink.deliver(events)
+
+    def reserve(self, n: int) -> int:
+        """Take up to ``n`` of the ``max_in_flight`` slots for the store's retry
+        loop (parked events count toward the destination's concurrency); the
+        store holds a slot until the outcome is written, then :meth:`release`."""
+        free = self.max_in_flight - (self._buffer.in_flight - len(self._held)) - self._external
+        taken = max(0, min(n, free))
+        self._external += taken
+        return taken
+
+    def release(self, n: int) -> None:
+        self._external -= n
+        self._wake.set()  # live events get the first go at the slot, the store the next
 
     def _spawn(self, batch: list[Event]) -> None:
         task = asyncio.get_running_loop().create_task(self._deliver(batch))
@@ -421,6 +439,8 @@ class Destination:
         return decision
 
     def _complete(self, batch: list[Event], *, parked: bool) -> None:
+        if self._parking is not None:
+            self._parking.wake()  # the store gets the first go at the freed slot
         self._buffer.done(batch)
         if parked:
             self.parked_total += len(batch)

@@ -99,6 +99,7 @@ _SORT = orjson.OPT_SORT_KEYS
 def _import_kafka() -> ModuleType:
     try:
         import confluent_kafka
+        import confluent_kafka.admin
     except ImportError:
         raise ConfigError(
             "kafka sink: the confluent-kafka package is not installed",
@@ -137,8 +138,8 @@ def message_key(event: Event, table: str) -> bytes:
 @dataclass(slots=True)
 class _Record:
     topic: str
-    key: bytes
-    value: bytes
+    key: bytes | None
+    value: bytes | None  # None: a tombstone (outbox router, tombstone_on_empty)
     headers: list[tuple[str, str | bytes | None]]
     event_id: str
 
@@ -549,6 +550,17 @@ class KafkaSink:
             eid = event.id
             id_header = ("id", eid.encode())
             op_header = ("op", event.op.encode())
+            route = event.route
+            if route is not None:  # set by a router (walrelay.outbox.router): send as routed
+                headers: list[tuple[str, str | bytes | None]] = [
+                    id_header,
+                    op_header,
+                    ("table", event.table.encode()),
+                ]
+                headers += [(k, v.encode()) for k, v in route.headers]
+                key = None if route.key is None else route.key.encode()
+                out.append(_Record(route.topic, key, route.value, headers, eid))
+                continue
             for topic, table in names(event):
                 out.append(
                     _Record(
@@ -818,7 +830,7 @@ class KafkaSink:
         about = f" of event {record.event_id} to topic {record.topic}" if record else ""
         text = f"{where}: {what}{about} failed: {err.str()}"
         if code in (E.MSG_SIZE_TOO_LARGE, E._MSG_SIZE_TOO_LARGE, E.RECORD_LIST_TOO_LARGE):
-            size = len(record.value) if record else 0
+            size = len(record.value or b"") if record else 0
             return PoisonEvent(
                 f"{text} ({size} bytes; raise the topic's max.message.bytes and the "
                 "producer's message.max.bytes option, or filter the column out)"

@@ -215,9 +215,14 @@ class RabbitMQSink:
         self._exchanges = {}
         if connection is not None:
             try:
-                await connection.close()
+                await asyncio.wait_for(connection.close(), self.timeout)
             except Exception as exc:  # closing must not hide why we stopped
                 log.debug("rabbitmq sink %s: error while closing: %s", self.url, exc)
+
+    def _broken(self) -> None:
+        """Reconnect (new connection, channel, exchange objects) before the next publish."""
+        self._channel = None
+        self._exchanges = {}
 
     async def _channel_or_reconnect(self) -> AbstractChannel:
         channel = self._channel
@@ -259,7 +264,7 @@ class RabbitMQSink:
                     name, self.exchange_type, durable=True, timeout=self.timeout
                 )
             except pika.exceptions.ChannelPreconditionFailed as exc:
-                self._channel = None
+                self._broken()
                 raise self._config_problem(
                     f"exchange {name} exists with other settings than a durable "
                     f"{self.exchange_type} exchange ({exc})",
@@ -326,6 +331,7 @@ class RabbitMQSink:
         persistent = pika.DeliveryMode.PERSISTENT
         publishes: list[tuple[Any, str, str, str]] = []
         try:
+            await self._channel_or_reconnect()
             for event in events:
                 for exchange_name, routing_key, table in self._targets(event):
                     exchange = await self._exchange(exchange_name)
@@ -355,7 +361,7 @@ class RabbitMQSink:
             raise
         except (*pika.exceptions.CONNECTION_EXCEPTIONS, TimeoutError) as exc:
             _close_all(publishes)
-            self._channel = None
+            self._broken()
             raise SinkUnavailable(
                 f"rabbitmq sink {self.url}: {type(exc).__name__}: {exc}"
             ) from None
@@ -368,7 +374,7 @@ class RabbitMQSink:
                 failures.append(self._classify(result, event_id, exchange_name, routing_key))
         if failures:
             if any(isinstance(f, SinkUnavailable) for f in failures):
-                self._channel = None  # reconnect on the next attempt
+                self._broken()
             permanent = [f for f in failures if f.permanent]
             first = (permanent or failures)[0]
             if len(failures) == 1:

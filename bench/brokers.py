@@ -1,0 +1,373 @@
+"""Throughput to each message broker, beside the file sink, in one run.
+
+One PostgreSQL cluster, one fixed workload (``--changes``, default 200k: half
+single-row transactions, half 100-row ones, the workload of
+``bench/throughput.py``), and one slot per sink created *before* the
+workload, so every sink streams exactly the same backlog from a fresh slot.
+The sinks run one after the other, each with the machine to itself: its
+broker is started (not timed), then ``walrelay run --until-lsn <end>`` is
+timed from start to exit (it exits once everything is delivered and
+confirmed, like ``pg_recvlogical --endpos``), then the broker's content is
+counted and the broker stopped.
+
+Sinks: file (fsync per batch), Kafka exactly_once (transactions + checkpoint)
+and at_least_once (idempotent producer, dedup ledger in front), NATS
+JetStream, Redis Streams, RabbitMQ (publisher confirms, dedup ledger in
+front). Brokers run with their test defaults from walrelay.testing.servers
+(Redis: ``appendfsync everysec``).
+
+    .venv/bin/python bench/brokers.py [--changes 200000] [--only kafka,redis]
+        [--json bench/results/brokers.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import psycopg
+import yaml
+
+from walrelay.model import format_lsn
+from walrelay.testing.pgcluster import PgCluster, start_cluster
+from walrelay.testing.servers import KafkaServer, NatsServer, RabbitMQServer, RedisServer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from throughput import confirmed, end_lsn, workload
+
+PREFIX = "bench"
+
+
+@dataclass
+class Case:
+    name: str
+    slot: str
+    server: Callable[[], Any] | None  # a walrelay.testing.servers class, or None
+    sink: Callable[[Any, Path], dict[str, Any]]
+    count: Callable[[Any, Path], int]
+    prepare: Callable[[Any], None] = lambda server: None
+    notes: str = ""
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+# -- counting what arrived ------------------------------------------------------------
+
+
+def count_file(_: Any, workdir: Path) -> int:
+    with open(workdir / "events.jsonl", "rb") as f:
+        return sum(1 for _ in f)
+
+
+def count_kafka(server: KafkaServer, _: Path) -> int:
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": server.bootstrap,
+            "group.id": "bench-count",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    try:
+        topic = f"{PREFIX}.public.bench"
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        left, n = set(partitions), 0
+        deadline = time.monotonic() + 120
+        while left and time.monotonic() < deadline:
+            for msg in consumer.consume(10_000, 1.0):
+                err = msg.error()
+                if err is None:
+                    n += 1
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    left.discard(msg.partition())
+                else:
+                    raise RuntimeError(f"kafka consumer: {err}")
+        return n
+    finally:
+        consumer.close()
+
+
+def count_nats(server: NatsServer, _: Path) -> int:
+    import nats
+
+    async def go() -> int:
+        nc = await nats.connect(server.url)
+        try:
+            info = await nc.jetstream().stream_info(PREFIX.upper())
+            return int(info.state.messages)
+        finally:
+            await nc.close()
+
+    return asyncio.run(go())
+
+
+def count_redis(server: RedisServer, _: Path) -> int:
+    import redis
+
+    client = redis.Redis.from_url(server.url)
+    try:
+        return int(client.xlen(f"{PREFIX}:public.bench"))
+    finally:
+        client.close()
+
+
+def prepare_rabbitmq(server: RabbitMQServer) -> None:
+    import aio_pika
+
+    async def go() -> None:
+        conn = await aio_pika.connect(server.url)
+        try:
+            channel = await conn.channel()
+            exchange = await channel.declare_exchange(PREFIX, "topic", durable=True)
+            queue = await channel.declare_queue(f"{PREFIX}.all", durable=True)
+            await queue.bind(exchange, "#")
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
+
+
+def count_rabbitmq(server: RabbitMQServer, _: Path) -> int:
+    import aio_pika
+
+    async def go() -> int:
+        conn = await aio_pika.connect(server.url)
+        try:
+            channel = await conn.channel()
+            queue = await channel.declare_queue(f"{PREFIX}.all", durable=True, passive=True)
+            count = queue.declaration_result.message_count
+            return int(count or 0)
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+CASES = [
+    Case(
+        "file",
+        "b_file",
+        None,
+        lambda s, w: {"type": "file", "path": str(w / "events.jsonl"), "fsync": "batch"},
+        count_file,
+        notes="fsync per batch",
+    ),
+    Case(
+        "kafka exactly_once",
+        "b_kafka_eo",
+        KafkaServer,
+        lambda s, w: {"type": "kafka", "bootstrap_servers": s.bootstrap, "prefix": PREFIX},
+        count_kafka,
+        notes="transaction + checkpoint per batch of 500, ordered",
+    ),
+    Case(
+        "kafka at_least_once",
+        "b_kafka_alo",
+        KafkaServer,
+        lambda s, w: {
+            "type": "kafka",
+            "bootstrap_servers": s.bootstrap,
+            "prefix": PREFIX,
+            "mode": "at_least_once",
+        },
+        count_kafka,
+        notes="idempotent producer, acks=all; dedup ledger (postgres) in front",
+    ),
+    Case(
+        "nats jetstream",
+        "b_nats",
+        NatsServer,
+        lambda s, w: {"type": "nats", "servers": s.url, "prefix": PREFIX, "stream": "BENCH"},
+        count_nats,
+        notes="publish_async + acks, Nats-Msg-Id dedup",
+    ),
+    Case(
+        "redis streams",
+        "b_redis",
+        RedisServer,
+        lambda s, w: {"type": "redis", "url": s.url, "prefix": PREFIX},
+        count_redis,
+        notes="XADD explicit ids, one pipeline per batch of 500, ordered",
+    ),
+    Case(
+        "rabbitmq",
+        "b_rabbitmq",
+        RabbitMQServer,
+        lambda s, w: {"type": "rabbitmq", "url": s.url, "prefix": PREFIX},
+        count_rabbitmq,
+        prepare=prepare_rabbitmq,
+        notes="publisher confirms, persistent; dedup ledger (postgres) in front",
+    ),
+]
+
+
+# -- running ------------------------------------------------------------------------
+
+
+def setup(cluster: PgCluster, cases: list[Case]) -> str:
+    dsn = cluster.dsn()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "create table bench (id bigint primary key, k int not null, v text not null, "
+            "n numeric(12,2) not null, ts timestamptz not null default now())"
+        )
+        conn.execute("create publication bench_pub for table bench")
+        for case in cases:
+            conn.execute("select pg_create_logical_replication_slot(%s, 'pgoutput')", (case.slot,))
+    return dsn
+
+
+@contextlib.contextmanager
+def maybe_server(factory: Callable[[], Any] | None) -> Iterator[Any]:
+    if factory is None:
+        yield None
+        return
+    with factory() as server:
+        yield server
+
+
+def run_case(cluster: PgCluster, case: Case, target: int, workdir: Path) -> None:
+    with maybe_server(case.server) as server:
+        case.prepare(server)
+        cfg = {
+            "source": {
+                "dsn": cluster.dsn(),
+                "slot": case.slot,
+                "publication": "bench_pub",
+                "tables": ["public.bench"],
+                "status_interval": 1,
+                "create_slot": False,
+            },
+            "destinations": [{"name": "bench", "sink": case.sink(server, workdir)}],
+            "http": {"enabled": False},
+            "log_level": "info",
+        }
+        cfg_path = workdir / "walrelay.yaml"
+        cfg_path.write_text(yaml.safe_dump(cfg))
+        log_path = workdir / "walrelay.log"
+        t0 = time.monotonic()
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "walrelay",
+                    "run",
+                    "--config",
+                    str(cfg_path),
+                    "--until-lsn",
+                    format_lsn(target),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        peak = 0
+        try:
+            ps = psutil.Process(proc.pid)
+            while proc.poll() is None:
+                with contextlib.suppress(psutil.Error):
+                    peak = max(peak, ps.memory_info().rss)
+                time.sleep(0.05)  # sampling memory while it runs
+            elapsed = time.monotonic() - t0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=60)
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"{case.name}: walrelay exited with {proc.returncode}: "
+                + log_path.read_text(errors="replace")[-3000:]
+            )
+        deadline = time.monotonic() + 10
+        while confirmed(cluster.dsn(), case.slot) < target:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{case.name}: the slot was not confirmed up to the target")
+            time.sleep(0.05)  # the walsender applies the last status update after we exit
+        delivered = case.count(server, workdir)
+    case.result = {
+        "seconds": round(elapsed, 3),
+        "delivered": delivered,
+        "peak_rss_mb": round(peak / 2**20, 1),
+        "notes": case.notes,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--changes", type=int, default=200_000)
+    ap.add_argument("--only", default="", help="comma-separated substrings of sink names")
+    ap.add_argument("--json", default="bench/results/brokers.json")
+    ap.add_argument("--keep", help="keep each run's config and log under this directory")
+    args = ap.parse_args()
+    wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+    cases = [c for c in CASES if not wanted or any(w in c.name for w in wanted)]
+
+    cluster = start_cluster({"logical_decoding_work_mem": "64MB"})
+    try:
+        dsn = setup(cluster, cases)
+        n, txs, gen_s = workload(dsn, args.changes)
+        target = end_lsn(dsn)
+        for case in cases:
+            print(f"running {case.name} ...", flush=True)
+            if args.keep:
+                workdir = Path(args.keep) / case.slot
+                workdir.mkdir(parents=True, exist_ok=True)
+                run_case(cluster, case, target, workdir)
+                continue
+            with tempfile.TemporaryDirectory(prefix="walrelay-bench-") as tmp:
+                run_case(cluster, case, target, Path(tmp))
+    finally:
+        cluster.stop()
+
+    base = next((c for c in cases if c.name == "file"), None)
+    base_rate = n / base.result["seconds"] if base else None
+    print()
+    print(f"{n:,} changes in {txs:,} transactions (half single-row, half 100-row)")
+    print(f"{'sink':<22}{'seconds':>9}{'changes/s':>12}{'vs file':>9}{'delivered':>11}  notes")
+    ok = True
+    for case in cases:
+        r = case.result
+        rate = n / r["seconds"]
+        r["changes_per_s"] = round(rate)
+        r["vs_file"] = round(rate / base_rate, 3) if base_rate else None
+        ok = ok and r["delivered"] == n
+        vs = f"{rate / base_rate:.2f}" if base_rate else "-"
+        print(
+            f"{case.name:<22}{r['seconds']:>9.2f}{rate:>12,.0f}{vs:>9}{r['delivered']:>11,}  "
+            f"{case.notes}"
+        )
+    result = {
+        "benchmark": "brokers",
+        "changes": n,
+        "transactions": txs,
+        "workload": "half single-row transactions, half 100-row transactions",
+        "workload_generation_s": round(gen_s, 2),
+        "sinks": {c.name: c.result for c in cases},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+    }
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.json}")
+    if not ok:
+        print("ERROR: a sink delivered a different number of events", file=sys.stderr)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""NATS JetStream sink against a real nats-server -js and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+import orjson
+import pytest
+
+from tests.integration.broker_workloads import (
+    EVERY_OP_COPIES,
+    EVERY_OP_TABLES,
+    LEDGER_TABLE,
+    LedgerWriter,
+    Seen,
+    check_every_op,
+    check_ledger,
+    counter_deliveries,
+    every_op_run,
+    every_op_setup,
+    ledger_setup,
+    per_key_run,
+    per_key_setup,
+    retry_fast,
+    unique_prefix,
+)
+from tests.integration.support import make_config, running_engine, wait_for
+from walrelay.errors import ConfigError
+from walrelay.sinks.nats import NatsSink
+from walrelay.testing.checker import check
+from walrelay.testing.servers import NatsServer
+
+pytestmark = pytest.mark.servers
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[NatsServer]:
+    with NatsServer() as srv:
+        yield srv
+
+
+class StreamReader:
+    """Reads a stream message by message (sequence order), picking up where it left."""
+
+    def __init__(self, url: str, stream: str) -> None:
+        self.url = url
+        self.stream = stream
+        self.next_seq = 1
+        self.seen: list[Seen] = []
+
+    async def read(self) -> int:
+        try:
+            nc = await nats.connect(self.url, allow_reconnect=False, connect_timeout=1)
+        except (OSError, nats.errors.Error):
+            return len(self.seen)  # the server is down
+        try:
+            js = nc.jetstream(timeout=2)
+            info = await js.stream_info(self.stream)
+            while self.next_seq <= info.state.last_seq:
+                msg = await js.get_msg(self.stream, self.next_seq)
+                headers = msg.headers or {}
+                envelope = orjson.loads(msg.data or b"")
+                assert headers["Walrelay-Op"] == envelope["op"]
+                self.seen.append(Seen(msg.subject, envelope, headers["Nats-Msg-Id"]))
+                self.next_seq += 1
+        except (nats.errors.Error, OSError):
+            pass
+        finally:
+            await nc.close()
+        return len(self.seen)
+
+    async def until(self, count: int, within: float = 60.0) -> None:
+        async def enough() -> bool:
+            return await self.read() >= count
+
+        await wait_for(enough, within=within, what=f"{count} messages in {self.stream}")
+
+
+def nats_dest(server: NatsServer, prefix: str, **sink: Any) -> dict[str, Any]:
+    return {
+        "name": f"nats-{prefix}",
+        "retry": retry_fast(),
+        "sink": {
+            "type": "nats",
+            "servers": server.url,
+            "prefix": prefix,
+            "stream": prefix.upper(),
+            "timeout": 2,
+            **sink,
+        },
+    }
+
+
+async def test_every_op(server: NatsServer, db: str) -> None:
+    every_op_setup(db)
+    prefix = unique_prefix("n")
+    config = make_config(db, EVERY_OP_TABLES, [nats_dest(server, prefix)])
+    reader = StreamReader(server.url, prefix.upper())
+    async with running_engine(config):
+        every_op_run(db)
+        await reader.until(EVERY_OP_COPIES)
+    await asyncio.sleep(0.3)
+    assert await reader.read() == EVERY_OP_COPIES
+    check_every_op(reader.seen)
+    assert {s.name for s in reader.seen} == {
+        f"{prefix}.public.items",
+        f"{prefix}.public.full_ident",
+        f"{prefix}.messages",
+    }
+    # Nats-Msg-Id is the event id; the truncate's two copies are told apart.
+    for s in reader.seen:
+        if s.envelope["op"] == "truncate":
+            assert s.msg_id == f"{s.envelope['id']}@public.{s.name.rsplit('.', 1)[1]}"
+        else:
+            assert s.msg_id == s.envelope["id"]
+
+
+async def test_per_key_order_parallel(server: NatsServer, db: str) -> None:
+    per_key_setup(db)
+    prefix = unique_prefix("n")
+    dest = nats_dest(server, prefix, batch_size=10)
+    dest["max_in_flight"] = 100
+    config = make_config(db, ["public.counters"], [dest])
+    reader = StreamReader(server.url, prefix.upper())
+    async with running_engine(config) as engine:
+        destination = engine.destinations[dest["name"]]
+        assert destination.max_in_flight == 100 and not destination.ordered
+        expected = per_key_run(db)
+        await reader.until(len(expected))
+    report = check(expected, counter_deliveries(reader.seen))
+    assert report.ok(), report.summary()
+
+
+async def test_server_killed_and_restarted(server: NatsServer, db: str) -> None:
+    ledger_setup(db)
+    prefix = unique_prefix("n")
+    dest = nats_dest(server, prefix, batch_size=50)
+    dest["max_in_flight"] = 200
+    config = make_config(db, [LEDGER_TABLE], [dest])
+    reader = StreamReader(server.url, prefix.upper())
+    async with running_engine(config) as engine:
+        destination = engine.destinations[dest["name"]]
+        assert isinstance(destination.sink, NatsSink)  # no ledger in front
+        writer = LedgerWriter(db).start()
+        await reader.until(200)
+        await asyncio.to_thread(server.kill)
+        assert writer.committed < writer.transactions, "killed after the stream ended"
+        await wait_for(lambda: destination.failures_total > 0, what="a failed delivery")
+        await server.arestart()
+        await asyncio.to_thread(writer.join)
+        await reader.until(writer.events, within=120)
+    await asyncio.sleep(0.5)
+    await reader.read()
+    report = check_ledger(writer, reader.seen, allow_duplicates=False)
+    assert report.observed == writer.events
+
+
+async def test_missing_stream_without_auto_create(server: NatsServer) -> None:
+    sink = NatsSink([server.url], prefix=unique_prefix("n"), stream="NOPE", auto_create=False)
+    with pytest.raises(ConfigError, match="stream NOPE does not exist and auto_create is off"):
+        await sink.open()
+
+
+async def test_subject_outside_the_stream_is_a_clear_error(server: NatsServer) -> None:
+    prefix = unique_prefix("n")
+    nc = await nats.connect(server.url)
+    try:
+        await nc.jetstream().add_stream(name="OTHER" + prefix, subjects=[f"{prefix}.other.>"])
+    finally:
+        await nc.close()
+    sink = NatsSink(
+        [server.url],
+        prefix=prefix,
+        stream="OTHER" + prefix,
+        auto_create=False,
+        tables=["public.orders"],
+    )
+    with pytest.raises(ConfigError, match=rf"subject {prefix}\.public\.orders .* no stream"):
+        await sink.open()

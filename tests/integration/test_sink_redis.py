@@ -1,0 +1,184 @@
+"""Redis Streams sink against a real redis-server and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from tests.integration.broker_workloads import (
+    EVERY_OP_COPIES,
+    EVERY_OP_TABLES,
+    LEDGER_TABLE,
+    LedgerWriter,
+    Seen,
+    check_every_op,
+    check_ledger,
+    counter_deliveries,
+    every_op_run,
+    every_op_setup,
+    ledger_setup,
+    per_key_run,
+    per_key_setup,
+    retry_fast,
+    unique_prefix,
+)
+from tests.integration.support import make_config, running_engine, wait_for
+from walrelay.errors import ConfigError, SinkError
+from walrelay.model import Event, format_event_id
+from walrelay.sinks.redis_streams import RedisStreamsSink, entry_id
+from walrelay.testing.checker import check
+from walrelay.testing.servers import RedisServer
+
+pytestmark = pytest.mark.servers
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RedisServer]:
+    # appendfsync always: an acknowledged XADD survives the SIGKILL below.
+    with RedisServer(appendfsync="always") as srv:
+        yield srv
+
+
+class StreamsReader:
+    """XRANGE over every stream ``<prefix>:*``, continuing after the last entry read."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.last: dict[str, str] = {}
+        self.seen: list[Seen] = []
+
+    async def read(self) -> int:
+        client = aioredis.Redis.from_url(self.url)
+        try:
+            async for raw in client.scan_iter(match=f"{self.prefix}:*"):
+                stream = raw.decode()
+                start = f"({self.last[stream]}" if stream in self.last else "-"
+                for entry_id_raw, fields in await client.xrange(stream, start, "+"):
+                    eid = entry_id_raw.decode()
+                    envelope = orjson.loads(fields[b"body"])
+                    assert fields[b"id"].decode() == envelope["id"]
+                    assert fields[b"op"].decode() == envelope["op"]
+                    self.seen.append(Seen(stream, envelope, eid))
+                    self.last[stream] = eid
+        except (redis.exceptions.ConnectionError, OSError):
+            pass  # the server is down
+        finally:
+            await client.aclose()
+        return len(self.seen)
+
+    async def until(self, count: int, within: float = 60.0) -> None:
+        async def enough() -> bool:
+            return await self.read() >= count
+
+        await wait_for(enough, within=within, what=f"{count} entries in {self.prefix}:*")
+
+
+def redis_dest(server: RedisServer, prefix: str, **sink: Any) -> dict[str, Any]:
+    return {
+        "name": f"redis-{prefix}",
+        "retry": retry_fast(),
+        "sink": {"type": "redis", "url": server.url, "prefix": prefix, "timeout": 2, **sink},
+    }
+
+
+async def test_every_op(server: RedisServer, db: str) -> None:
+    every_op_setup(db)
+    prefix = unique_prefix("r")
+    config = make_config(db, EVERY_OP_TABLES, [redis_dest(server, prefix)])
+    reader = StreamsReader(server.url, prefix)
+    async with running_engine(config):
+        every_op_run(db)
+        await reader.until(EVERY_OP_COPIES)
+    assert await reader.read() == EVERY_OP_COPIES
+    check_every_op(reader.seen)
+    assert {s.name for s in reader.seen} == {
+        f"{prefix}:public.items",
+        f"{prefix}:public.full_ident",
+        f"{prefix}:messages",
+    }
+    for s in reader.seen:  # the entry id is the event id in Redis's form
+        lsn_hex, seq = s.envelope["id"].split("/")
+        assert s.msg_id == f"{int(lsn_hex, 16)}-{seq}"
+
+
+async def test_per_key_order(server: RedisServer, db: str) -> None:
+    per_key_setup(db)
+    prefix = unique_prefix("r")
+    dest = redis_dest(server, prefix, batch_size=20)
+    dest["max_in_flight"] = 100  # not used: explicit ids need exact order per stream
+    config = make_config(db, ["public.counters"], [dest])
+    reader = StreamsReader(server.url, prefix)
+    async with running_engine(config) as engine:
+        assert engine.destinations[dest["name"]].ordered
+        expected = per_key_run(db)
+        await reader.until(len(expected))
+    report = check(expected, counter_deliveries(reader.seen))
+    assert report.ok(), report.summary()
+
+
+async def test_server_killed_and_restarted(server: RedisServer, db: str) -> None:
+    ledger_setup(db)
+    prefix = unique_prefix("r")
+    dest = redis_dest(server, prefix, batch_size=50, maxlen=100_000)
+    config = make_config(db, [LEDGER_TABLE], [dest])
+    reader = StreamsReader(server.url, prefix)
+    async with running_engine(config) as engine:
+        destination = engine.destinations[dest["name"]]
+        assert isinstance(destination.sink, RedisStreamsSink)  # no ledger in front
+        writer = LedgerWriter(db).start()
+        await reader.until(200)
+        await asyncio.to_thread(server.kill)
+        assert writer.committed < writer.transactions, "killed after the stream ended"
+        await wait_for(lambda: destination.failures_total > 0, what="a failed delivery")
+        await asyncio.sleep(0.5)
+        await server.arestart()
+        await asyncio.to_thread(writer.join)
+        await reader.until(writer.events, within=120)
+    assert await reader.read() == writer.events
+    check_ledger(writer, reader.seen, allow_duplicates=False)
+
+
+def _event(lsn: int, seq: int, table: str = "public.t") -> Event:
+    body = orjson.dumps(
+        {"id": format_event_id(lsn, seq), "op": "insert", "table": table, "record": {"id": seq}}
+    )
+    return Event(lsn, seq, "insert", table, (str(seq),), body, 1, datetime.now(UTC))
+
+
+async def test_replayed_ids_are_rejected_by_redis(server: RedisServer) -> None:
+    prefix = unique_prefix("r")
+    sink = RedisStreamsSink(server.url, prefix=prefix)
+    await sink.open()
+    try:
+        await sink.deliver([_event(0x2000, i) for i in range(5)])
+        await sink.deliver([_event(0x2000, i) for i in range(3, 8)])  # a retried/replayed batch
+        assert sink.replayed == 2
+    finally:
+        await sink.close()
+    reader = StreamsReader(server.url, prefix)
+    assert await reader.read() == 8
+    assert [s.msg_id for s in reader.seen] == [entry_id(_event(0x2000, i)) for i in range(8)]
+
+
+async def test_missing_stream_without_auto_create(server: RedisServer) -> None:
+    prefix = unique_prefix("r")
+    sink = RedisStreamsSink(server.url, prefix=prefix, auto_create=False, tables=["public.t"])
+    with pytest.raises(ConfigError, match=rf"stream {prefix}:public\.t .*does not exist"):
+        await sink.open()
+    # A stream that is not known at start (here: no tables given) fails at delivery.
+    sink = RedisStreamsSink(server.url, prefix=prefix, auto_create=False)
+    await sink.open()
+    try:
+        with pytest.raises(SinkError, match=rf"stream {prefix}:public\.t does not exist") as exc:
+            await sink.deliver([_event(0x3000, 0)])
+        assert exc.value.permanent
+    finally:
+        await sink.close()
