@@ -254,8 +254,11 @@ def run_case(cluster: PgCluster, case: Case, target: int, workdir: Path) -> None
                 "status_interval": 1,
                 "create_slot": False,
             },
-            "destinations": [{"name": "bench", "sink": case.sink(server, workdir)}],
+            # One destination name per case: the dedup ledger (in front of the
+            # non-transactional sinks) is keyed by destination name.
+            "destinations": [{"name": f"bench-{case.slot}", "sink": case.sink(server, workdir)}],
             "http": {"enabled": False},
+            "monitor": {"enabled": False},
             "log_level": "info",
         }
         cfg_path = workdir / "walrelay.yaml"

@@ -209,9 +209,7 @@ class LedgerWriter:
         return len(self.expected())
 
 
-def check_ledger(
-    writer: LedgerWriter, seen: Sequence[Seen], *, allow_duplicates: bool
-) -> Report:
+def check_ledger(writer: LedgerWriter, seen: Sequence[Seen], *, allow_duplicates: bool) -> Report:
     report = check(writer.expected(), counter_deliveries(seen))
     assert report.ok(allow_duplicates=allow_duplicates), report.summary(
         allow_duplicates=allow_duplicates

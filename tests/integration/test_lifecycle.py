@@ -137,7 +137,8 @@ def test_second_instance_exits_with_slot_and_pid(db: str, tmp_path: Path) -> Non
         (
             ["create table nokey (v text)"],
             ["public.nokey"],
-            r"table public\.nokey has no primary key.*fix: ALTER TABLE public\.nokey ADD PRIMARY KEY",
+            r"table public\.nokey has no primary key"
+            r".*fix: ALTER TABLE public\.nokey ADD PRIMARY KEY",
         ),
         (
             [

@@ -209,7 +209,9 @@ def _event(lsn: int, seq: int) -> Event:
             "record": {"id": seq},
         }
     )
-    return Event(lsn, seq, "insert", "public.t", (f"public.t\x1f{seq}",), body, 1, datetime.now(UTC))
+    return Event(
+        lsn, seq, "insert", "public.t", (f"public.t\x1f{seq}",), body, 1, datetime.now(UTC)
+    )
 
 
 async def test_checkpoint_skips_replay_after_restart(kafka: KafkaServer) -> None:
@@ -266,3 +268,47 @@ async def test_unreachable_cluster_is_a_clear_error() -> None:
     sink = KafkaSink({"bootstrap.servers": "127.0.0.1:1"}, delivery_timeout=1)
     with pytest.raises(ConfigError, match=r"cannot reach the cluster at 127\.0\.0\.1:1"):
         await sink.open()
+
+
+@pytest.mark.parametrize(
+    ("module", "sink_type", "extra"),
+    [
+        ("confluent_kafka", "kafka", "kafka"),
+        ("nats", "nats", "nats"),
+        ("redis", "redis", "redis"),
+        ("aio_pika", "rabbitmq", "rabbitmq"),
+    ],
+)
+def test_broker_sinks_from_config_and_missing_extras(
+    monkeypatch: pytest.MonkeyPatch, module: str, sink_type: str, extra: str
+) -> None:
+    from walrelay.config import parse_config
+    from walrelay.sinks.factory import build_sink
+
+    sinks: dict[str, dict[str, Any]] = {
+        "kafka": {"bootstrap_servers": "127.0.0.1:9092", "sasl_mechanism": "PLAIN"},
+        "nats": {"servers": "nats://127.0.0.1:4222", "password_env": "WR_TEST_PW", "user": "u"},
+        "redis": {"url": "redis://:pw@127.0.0.1/0", "password_env": "WR_TEST_PW", "tls": {}},
+        "rabbitmq": {"url": "amqp://guest:guest@127.0.0.1/", "password_env": "WR_TEST_PW"},
+    }
+    sink_cfg = {"type": sink_type, **sinks[sink_type]}
+    if sink_type == "kafka":
+        sink_cfg |= {"sasl_username": "u", "sasl_password_env": "WR_TEST_PW"}
+    config = parse_config(
+        {
+            "source": {"dsn": "dbname=x", "tables": ["orders"]},
+            "destinations": [{"name": "d", "sink": sink_cfg}],
+        }
+    )
+    dest = config.destinations[0]
+    with pytest.raises(ConfigError, match="WR_TEST_PW is not set"):
+        build_sink(dest.sink, destination="d", tables=["public.orders"])
+    monkeypatch.setenv("WR_TEST_PW", "secret")
+    sink = build_sink(dest.sink, slot="s", destination="d", tables=["public.orders"])
+    assert sink.batch_size == {"kafka": 500, "nats": 100, "redis": 500, "rabbitmq": 100}[extra]
+    assert "secret" not in repr(sink) and "pw@" not in repr(sink)
+    if isinstance(sink, KafkaSink):
+        assert sink.transactional_id == "walrelay-s-d" and sink.ordered
+    monkeypatch.setitem(__import__("sys").modules, module, None)  # not installed
+    with pytest.raises(ConfigError, match=rf"pip install 'walrelay\[{extra}\]'"):
+        build_sink(dest.sink, destination="d")

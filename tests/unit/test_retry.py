@@ -477,3 +477,76 @@ def test_display_key_and_matching() -> None:
     assert display_key("public.nokey") == "public.nokey"
     assert key_matches("public.orders:7", [key]) and key_matches("7", [key])
     assert not key_matches("public.orders:8", [key]) and not key_matches("other:7", [key])
+
+
+async def test_parked_and_live_deliveries_share_max_in_flight() -> None:
+    sink = MemorySink(batch_size=1, fail_keys={"a"}, delay=(0.0, 0.002), seed=3)
+    async with Rig(sink, failed(), max_in_flight=2) as rig:
+        await rig.put(*[ev(i, "a") for i in range(10)])
+        await until(lambda: len(rig.store.table) == 10)
+        sink.fail_keys.clear()
+        # The backlog drains while live events of other keys keep coming: both get slots.
+        await rig.put(*[ev(i, f"k{i}") for i in range(10, 40)])
+        await until(lambda: len(sink.delivered) == 40)
+        assert sink.max_active <= 2
+        assert rig.delivered("a") == list(range(10))
+        order = [n_of(e) for e in sink.delivered]
+        assert order.index(9) > order.index(10)  # live events did not wait for the whole backlog
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+async def test_random_failures_keep_key_and_barrier_order(seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    events: list[Event] = []
+    for i in range(400):
+        r = rng.random()
+        if r < 0.02:
+            events.append(ev(i))  # a TRUNCATE: a barrier
+        elif r < 0.12:
+            events.append(ev(i, f"k{rng.randrange(12)}", f"k{rng.randrange(12)}"))  # key change
+        else:
+            events.append(ev(i, f"k{rng.randrange(12)}"))
+    failing = {"k1", "k3", "k7"}
+    outage = True
+
+    def fail(e: Event) -> bool:
+        return (outage and not failing.isdisjoint(e.keys)) or rng.random() < 0.1
+
+    sink = MemorySink(batch_size=1, fail_when=fail, delay=(0.0, 0.001), seed=seed)
+    async with Rig(sink, failed(max_events=60, park_after=2), max_in_flight=6) as rig:
+        writer = asyncio.create_task(rig.put(*events))
+        await until(lambda: rig.parking.stats()["parked_total"] > 20, within=10)
+        outage = False
+        await asyncio.wait_for(writer, 20)
+        await until(lambda: len(sink.delivered) >= len(events) and not rig.store.table, 20)
+        await until(lambda: rig.recorder.finished(events))
+    seen = [n_of(e) for e in sink.delivered]
+    assert sorted(seen) == list(range(len(events)))  # each exactly once
+    position = {n: i for i, n in enumerate(seen)}
+    per_key: dict[str, list[int]] = defaultdict(list)
+    for n in seen:
+        for k in events[n].keys:
+            per_key[k].append(n)
+    for k, ns in per_key.items():
+        assert ns == sorted(ns), f"key {k} out of order"
+    for b in (e for e in events if not e.keys):
+        nb = n_of(b)
+        assert all(position[n] < position[nb] for n in range(nb))
+        assert all(position[n] > position[nb] for n in range(nb + 1, len(events)))
+
+
+async def test_a_replayed_event_that_is_already_parked_is_not_parked_twice() -> None:
+    sink = MemorySink(batch_size=1, fail_keys={"a"})
+    async with Rig(sink, failed()) as rig:
+        e0, e1 = ev(0, "a"), ev(1, "a")
+        await rig.put(e0, e1)
+        await until(lambda: len(rig.store.table) == 2 and rig.recorder.finished([e0, e1]))
+        # After a crash PostgreSQL sends both again (the slot was not confirmed).
+        await rig.put(ev(0, "a"), ev(1, "a"))
+        await until(lambda: all(c == 2 for c in rig.recorder.counts.values()))
+        assert len(rig.store.table) == 2 and rig.parking.count == 2
+        sink.fail_keys.clear()
+        await until(lambda: not rig.store.table)
+        assert rig.delivered("a") == [0, 1] and not rig.parking.active

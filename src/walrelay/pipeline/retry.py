@@ -311,7 +311,7 @@ class DestinationRetry:
         # Blocking rows (parked, not skipped), per key, oldest first.
         self._by_key: dict[str, deque[_Row]] = {}
         self._barriers: list[_Row] = []  # blocking rows without keys, oldest first
-        self._order: list[tuple[int, int, int, _Row]] = []  # heap of blocking rows (lazy)
+        self._before_barrier = 0  # keyed blocking rows older than the first barrier
         self._ready: list[tuple[float, int, int, int, _Row]] = []  # heap by next_at (lazy)
         self._tick = 0
         self.count = 0  # blocking rows, committed or queued: what the cap bounds
@@ -490,12 +490,26 @@ class DestinationRetry:
                     items = list(queue)
                     bisect.insort(items, row, key=_ident)
                     by_key[key] = deque(items)
+            barriers = self._barriers
+            if barriers and ident < barriers[0].ident:
+                self._before_barrier += 1
         else:
             bisect.insort(self._barriers, row, key=_ident)
-        self._tick += 1
-        heapq.heappush(self._order, (ident[0], ident[1], self._tick, row))
+            if self._barriers[0] is row:
+                self._count_before_barrier()
         self.count += 1
         self.nbytes += row.size
+
+    def _count_before_barrier(self) -> None:
+        """Recount after the first barrier changed (rare: O(parked events))."""
+        barriers = self._barriers
+        if not barriers:
+            self._before_barrier = 0
+            return
+        first = barriers[0].ident
+        self._before_barrier = sum(
+            1 for r in self._rows.values() if r.blocking and r.keys and r.ident < first
+        )
 
     def _remove_blocking(self, row: _Row) -> None:
         row.blocking = False
@@ -505,6 +519,11 @@ class DestinationRetry:
         by_key = self._by_key
         barrier_was_first = False
         if row.keys:
+            barriers = self._barriers
+            if barriers and row.ident < barriers[0].ident:
+                self._before_barrier -= 1
+                if not self._before_barrier:
+                    candidates.append(barriers[0])
             for key in row.keys:
                 queue = by_key.get(key)
                 if queue is None:
@@ -523,27 +542,23 @@ class DestinationRetry:
             barrier_was_first = bool(barriers) and barriers[0] is row
             with contextlib.suppress(ValueError):
                 barriers.remove(row)
-        if barrier_was_first:
-            candidates.extend(queue[0] for queue in by_key.values())
-        if self._barriers:
-            candidates.append(self._barriers[0])
+            if barrier_was_first:
+                self._count_before_barrier()
+                candidates.extend(queue[0] for queue in by_key.values())
+                if barriers:
+                    candidates.append(barriers[0])
         for candidate in candidates:
             self._consider(candidate)
         self._check_cap()
         if self._dest is not None and not self.active:
             self._dest.wake()
 
-    def _oldest_blocking(self) -> _Row | None:
-        order = self._order
-        while order and not order[0][3].blocking:
-            heapq.heappop(order)
-        return order[0][3] if order else None
-
     def _is_head(self, row: _Row) -> bool:
         if not row.blocking:
             return False
         if not row.keys:
-            return self._oldest_blocking() is row
+            barriers = self._barriers
+            return bool(barriers) and barriers[0] is row and not self._before_barrier
         barriers = self._barriers
         if barriers and barriers[0].ident < row.ident:
             return False
@@ -773,7 +788,8 @@ class DestinationRetry:
                 if next_at > now:
                     break
                 heapq.heappop(ready)
-                due.append(row)
+                if not due or all(r is not row for r in due):  # a row may be queued twice
+                    due.append(row)
             timeout: float | None = None
             if due:
                 # Parked events share the destination's max_in_flight with live ones.

@@ -363,11 +363,10 @@ class KafkaSink:
         executor, self._executor = self._executor, None
         if executor is None:
             return
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(executor, self._close_sync)
-        finally:
-            executor.shutdown(wait=False)
+        # Deliveries the pipeline gave up waiting for (cancelled at shutdown) still
+        # run in the pool: let them finish before the producer goes away.
+        await asyncio.to_thread(executor.shutdown, wait=True)
+        await asyncio.to_thread(self._close_sync)
 
     async def deliver(self, events: Sequence[Event]) -> None:
         if not events:

@@ -196,7 +196,8 @@ class NatsSink:
             log.debug("nats sink %s: %s: %s", where, type(exc).__name__, exc)
 
         async def on_disconnect() -> None:
-            log.warning("nats sink %s: disconnected; reconnecting", where)
+            if self._nc is not None:  # not our own close()
+                log.warning("nats sink %s: disconnected; reconnecting", where)
 
         async def on_reconnect() -> None:
             log.info("nats sink %s: reconnected", where)

@@ -278,14 +278,14 @@ class TransactionAssembler:
             self._pending_begin = True
             return _NO_ITEMS
         if kind == COMMIT and self._begin is not None and len(payload) - offset == _COMMIT_LEN:
-            begin = self._begin
+            open_begin = self._begin
             _, commit_lsn, end_lsn, _ = _COMMIT.unpack_from(payload, offset + 1)
             # pgoutput sends the same commit timestamp in Begin and Commit.
-            commit = Commit(begin.xid, commit_lsn, end_lsn, begin.committed_at)
+            commit = Commit(open_begin.xid, commit_lsn, end_lsn, open_begin.committed_at)
             self._begin = None
             if self._pending_begin:
                 self._pending_begin = False
-                return [begin, commit]
+                return [open_begin, commit]
             return [commit]
         msg = self._decoder.decode(payload, offset, False)
         if type(msg) is Change:
