@@ -391,11 +391,16 @@ class LedgeredSink:
         ledger: Ledger,
         destination: str,
         *,
+        ledger_key: str | None = None,
         ledger_backoff: Backoff | None = None,
     ) -> None:
         self.inner = sink
         self.ledger = ledger
         self.destination = destination
+        # Event ids are positions in one slot's history: the ledger entries of
+        # a destination are namespaced by slot so that two walrelays (two
+        # slots) sharing a state database never take each other's ids.
+        self.ledger_key = ledger_key or destination
         self.batch_size = sink.batch_size
         self.ordered = sink.ordered
         self._ledger_backoff = ledger_backoff or Backoff(initial=0.1, multiplier=2.0, maximum=5.0)
@@ -443,11 +448,11 @@ class LedgeredSink:
         return self._check.calls + self._record_call.calls
 
     async def _check_call(self, events: list[Event]) -> set[str]:
-        return await self.ledger.delivered(self.destination, events)
+        return await self.ledger.delivered(self.ledger_key, events)
 
     async def _record_once(self, events: list[Event]) -> None:
         trim = self._take_trim()
-        await self.ledger.record(self.destination, events, trim_below=trim)
+        await self.ledger.record(self.ledger_key, events, trim_below=trim)
         if trim is not None:
             self._trimmed_floor = trim
 
@@ -562,4 +567,6 @@ def wrap_sink(sink: Sink, config: Config, destination: DestinationConfig) -> Sin
     ledger = build_ledger(config, destination)
     if ledger is None:
         return sink
-    return LedgeredSink(sink, ledger, destination.name)
+    return LedgeredSink(
+        sink, ledger, destination.name, ledger_key=f"{config.source.slot}/{destination.name}"
+    )

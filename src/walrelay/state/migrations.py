@@ -103,15 +103,19 @@ async def migrate(
                 "applied_at timestamptz not null default now())"
             ).format(ident)
         )
-        version = await current_version(conn, schema)
+        cur = await conn.execute(sql.SQL("select version from {}.schema_version").format(ident))
+        applied = {int(str(r[0])) for r in await cur.fetchall()}
+        version = max(applied, default=0)
         newest = max((m.version for m in steps), default=0)
         if version > newest:
             raise RuntimeError(
                 f"state schema {schema} is at version {version}, newer than this walrelay "
                 f"knows ({newest}): upgrade walrelay"
             )
+        # Every missing version, not only those above the highest applied: a
+        # database may have met a later migration before an earlier one existed.
         for m in sorted(steps, key=lambda m: m.version):
-            if m.version <= version:
+            if m.version in applied:
                 continue
             for stmt in m.statements(ident):
                 await conn.execute(stmt)
@@ -122,5 +126,5 @@ async def migrate(
                 (m.version, m.description),
             )
             log.info("state schema %s: applied migration %d (%s)", schema, m.version, m.description)
-            version = m.version
+            version = max(version, m.version)
     return version
