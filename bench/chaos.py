@@ -7,7 +7,10 @@ One walrelay process streams a table to two destinations at once:
   write and delete it receives;
 - ``hook``: the webhook sink to a receiver in this process, behind the Redis
   ledger (at-least-once, duplicates only from a crash between a send and its
-  ledger write, always with the same ``webhook-id``).
+  ledger write, always with the same ``webhook-id``);
+- with ``--kafka``, also ``kafka``: the Kafka sink in ``exactly_once`` mode
+  (transactional producer + checkpoint topic) to a one-node Kafka started for
+  the run, topic ``chaos.public.items`` with several partitions.
 
 A writer commits the workload while walrelay runs: transactions of 1-10
 changes over ``--keys`` keys, each change carrying the key's next version
@@ -24,10 +27,17 @@ judges both destinations:
   transactions;
 - webhook: every change received at least once, every duplicate with the id
   it had the first time, duplicates counted;
+- Kafka (``--kafka``): the topic read from the beginning with
+  ``isolation.level=read_committed`` shows each (key, version) exactly once,
+  in increasing order per key (each key in one partition, partition order =
+  per-key order), nothing lost, no duplicates, nothing from aborted
+  transactions; the records a ``read_uncommitted`` reader sees beyond those
+  (written by transactions the crashes left open, then aborted) are counted;
 - the slot's confirmed LSN, sampled all along, never went backwards.
 
     .venv/bin/python bench/chaos.py            # 100k changes, 1,000 keys, 20 kills
     .venv/bin/python bench/chaos.py --short    # 5k changes, 3 kills (the test suite's)
+    .venv/bin/python bench/chaos.py --kafka    # the same, plus the Kafka destination
 
 Prints the figures, writes JSON (default bench/results/chaos.json), exits 1
 if any check failed.
@@ -42,6 +52,7 @@ import json
 import os
 import platform
 import random
+import re
 import signal
 import sys
 import tempfile
@@ -58,7 +69,11 @@ from aiohttp import web
 from walrelay.model import format_lsn, parse_lsn
 from walrelay.testing.checker import Change, Delivery, check
 from walrelay.testing.pgcluster import PgCluster, free_port, start_cluster
-from walrelay.testing.servers import RedisServer
+from walrelay.testing.servers import KafkaServer, RedisServer
+
+KAFKA_PREFIX = "chaos"
+KAFKA_TOPIC = f"{KAFKA_PREFIX}.public.items"
+KAFKA_PARTITIONS = 4
 
 TARGET_DDL = """
 create table items (id int primary key, version int not null, payload text not null);
@@ -268,28 +283,178 @@ def setup_databases(cluster: PgCluster) -> tuple[str, str]:
     return source, target
 
 
-def write_config(path: Path, source: str, target: str, hook_url: str, redis_url: str) -> None:
+def write_config(
+    path: Path,
+    source: str,
+    target: str,
+    hook_url: str,
+    redis_url: str,
+    kafka_bootstrap: str | None = None,
+) -> None:
+    destinations: list[dict[str, Any]] = [
+        {"name": "pg", "sink": {"type": "postgres", "dsn": target, "batch_size": 500}},
+        {
+            "name": "hook",
+            "max_in_flight": 32,
+            "sink": {"type": "webhook", "url": hook_url, "timeout": "5s"},
+            "ledger": {"type": "redis", "url": redis_url, "timeout": "1s"},
+            "retry": {"initial": 0.1, "max": 1.0},
+        },
+    ]
+    if kafka_bootstrap is not None:
+        destinations.append(
+            {
+                "name": "kafka",
+                "tables": ["public.items"],
+                "retry": {"initial": 0.1, "max": 1.0},
+                "sink": {
+                    "type": "kafka",
+                    "mode": "exactly_once",
+                    "bootstrap_servers": kafka_bootstrap,
+                    "prefix": KAFKA_PREFIX,
+                    "checkpoint_topic": f"{KAFKA_PREFIX}.checkpoints",
+                    "partitions": KAFKA_PARTITIONS,
+                    "delivery_timeout": 10,
+                },
+            }
+        )
     config = {
         "source": {
             "dsn": source,
             "tables": ["public.items", "public.fence"],
             "status_interval": 1,
         },
-        "destinations": [
-            {"name": "pg", "sink": {"type": "postgres", "dsn": target, "batch_size": 500}},
-            {
-                "name": "hook",
-                "max_in_flight": 32,
-                "sink": {"type": "webhook", "url": hook_url, "timeout": "5s"},
-                "ledger": {"type": "redis", "url": redis_url, "timeout": "1s"},
-                "retry": {"initial": 0.1, "max": 1.0},
-            },
-        ],
+        "destinations": destinations,
         "shutdown_timeout": 30,
         "log_level": "info",
         "http": {"enabled": False},
     }
     path.write_text(yaml.safe_dump(config))
+
+
+@dataclass
+class KafkaRecord:
+    partition: int
+    offset: int
+    key: bytes | None
+    id: str  # the ``id`` header
+    envelope: dict[str, Any]
+
+
+def read_topic(
+    bootstrap: str, topic: str, isolation: str, within: float = 120.0
+) -> list[KafkaRecord]:
+    """Every record of ``topic`` from the beginning, partition after partition
+    (each in offset order), read with ``isolation.level`` = ``isolation``.
+
+    Called once nothing writes any more: reads each partition up to its high
+    watermark (for read_committed: up to the last stable offset, which is the
+    high watermark once every transaction is committed or aborted).
+    """
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"chaos-judge-{isolation}-{os.getpid()}",
+            "isolation.level": isolation,
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=30)
+        partitions = sorted(metadata.topics[topic].partitions)
+        high = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30, cached=False)[1]
+            for p in partitions
+        }
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        by_partition: dict[int, list[KafkaRecord]] = {p: [] for p in partitions}
+        pending = {p for p in partitions if high[p] > 0}
+        deadline = time.monotonic() + within
+        while pending:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"kafka: partitions {sorted(pending)} of {topic} not read to their end "
+                    f"within {within:g}s ({isolation})"
+                )
+            msg = consumer.poll(0.2)
+            if msg is None:
+                continue
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    raise RuntimeError(f"kafka consumer error: {err}")
+                p = msg.partition()
+                assert p is not None
+                position = consumer.position([TopicPartition(topic, p)])[0].offset
+                if position >= high[p]:
+                    pending.discard(p)
+                continue
+            p, offset, value = msg.partition(), msg.offset(), msg.value()
+            assert p is not None and offset is not None and value is not None
+            header = dict(msg.headers() or []).get("id")
+            assert isinstance(header, bytes), f"record {p}@{offset} without an id header"
+            key = msg.key()
+            assert not isinstance(key, str)
+            by_partition[p].append(
+                KafkaRecord(p, offset, key, header.decode(), orjson.loads(value))
+            )
+        return [r for p in partitions for r in by_partition[p]]
+    finally:
+        consumer.close()
+
+
+def change_of(envelope: dict[str, Any]) -> tuple[int, int, str]:
+    """(key, version, op) of an envelope of the items table."""
+    if envelope["op"] == "delete":
+        return envelope["old"]["id"], envelope["old"]["version"], "D"
+    return envelope["record"]["id"], envelope["record"]["version"], "W"
+
+
+def judge_kafka(wl: Workload, bootstrap: str, log: Path) -> dict[str, Any]:
+    committed = read_topic(bootstrap, KAFKA_TOPIC, "read_committed")
+    uncommitted = read_topic(bootstrap, KAFKA_TOPIC, "read_uncommitted")
+    obs = []
+    partitions_of_key: dict[int, set[int]] = {}
+    for r in committed:
+        if r.id != r.envelope["id"]:
+            raise AssertionError(f"kafka id header {r.id} differs from the body's id")
+        k, v, op = change_of(r.envelope)
+        if r.key != orjson.dumps({"id": k}):
+            raise AssertionError(f"kafka record key {r.key!r} for key {k}")
+        partitions_of_key.setdefault(k, set()).add(r.partition)
+        uid, order = uid_order(k, v, op)
+        obs.append(Delivery(uid=uid, key=k, order=order, id=r.id))
+    # Partition after partition, each in offset order: with every key in one
+    # partition, the checker's per-key order is the partition order.
+    report = check(wl.committed, obs, aborted=wl.aborted)
+    # The control: what a reader that does not skip aborted transactions would see.
+    dirty = check(
+        wl.committed,
+        [
+            Delivery(uid=uid, key=uid[0], order=order)
+            for uid, order in (uid_order(*change_of(r.envelope)) for r in uncommitted)
+        ],
+        aborted=wl.aborted,
+    )
+    split = sum(1 for ps in partitions_of_key.values() if len(ps) > 1)
+    text = log.read_text(errors="replace") if log.exists() else ""
+    skipped = sum(int(n) for n in re.findall(r"skipped (\d+) replayed event", text))
+    return {
+        **report.to_json(),
+        "messages": len(committed),
+        "partitions": len({r.partition for r in committed}),
+        "keys_in_several_partitions": split,
+        "records_read_uncommitted": len(uncommitted),
+        "records_in_aborted_transactions": len(uncommitted) - len(committed),
+        "read_uncommitted_duplicates": dirty.duplicates,
+        "replayed_events_skipped_by_checkpoint": skipped,
+        "ok": report.ok() and split == 0,
+        "summary": report.summary()
+        + ("" if split == 0 else f"; {split} keys in several partitions"),
+    }
 
 
 def judge(
@@ -345,7 +510,7 @@ def judge(
     }
 
 
-async def run(plan: Plan, workdir: Path, verbose: bool) -> dict[str, Any]:
+async def run(plan: Plan, workdir: Path, verbose: bool, with_kafka: bool = False) -> dict[str, Any]:
     rng = random.Random(plan.seed + 1)
     t0 = time.monotonic()
 
@@ -356,13 +521,24 @@ async def run(plan: Plan, workdir: Path, verbose: bool) -> dict[str, Any]:
     cluster = start_cluster({"wal_sender_timeout": "20s"})
     redis = RedisServer()
     receiver = Receiver()
+    kafka = KafkaServer() if with_kafka else None
     relay: Walrelay | None = None
     try:
         redis.start()
+        if kafka is not None:
+            await kafka.astart()
+            say(f"Kafka up at {kafka.bootstrap} (pid {kafka.pid})")
         await receiver.start()
         source, target = setup_databases(cluster)
         config = workdir / "walrelay.yaml"
-        write_config(config, source, target, receiver.url, redis.url)
+        write_config(
+            config,
+            source,
+            target,
+            receiver.url,
+            redis.url,
+            kafka.bootstrap if kafka is not None else None,
+        )
         relay = Walrelay(config, workdir / "walrelay.log")
         wl = Workload()
         samples: list[int] = []
@@ -418,6 +594,8 @@ async def run(plan: Plan, workdir: Path, verbose: bool) -> dict[str, Any]:
         elapsed = time.monotonic() - t0
         say("judging")
         verdict = judge(wl, source, target, receiver, samples)
+        if kafka is not None:
+            verdict["kafka"] = await asyncio.to_thread(judge_kafka, wl, kafka.bootstrap, relay.log)
         return {
             "plan": {
                 "changes": plan.changes,
@@ -442,6 +620,7 @@ async def run(plan: Plan, workdir: Path, verbose: bool) -> dict[str, Any]:
             "seconds": round(elapsed, 1),
             "ok": verdict["postgres"]["ok"]
             and verdict["webhook"]["ok"]
+            and verdict.get("kafka", {"ok": True})["ok"]
             and verdict["lsn_backwards"] == 0,
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         }
@@ -449,8 +628,14 @@ async def run(plan: Plan, workdir: Path, verbose: bool) -> dict[str, Any]:
         if relay is not None:
             await relay.kill()
         await receiver.stop()
-        redis.stop()
-        cluster.stop()
+        try:
+            redis.stop()
+        finally:
+            try:
+                if kafka is not None:
+                    kafka.stop()  # by its own pid
+            finally:
+                cluster.stop()
 
 
 def main() -> int:
@@ -464,6 +649,11 @@ def main() -> int:
     ap.add_argument("--kills", type=int)
     ap.add_argument("--seconds", type=float, help="spread the workload over this long")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument(
+        "--kafka",
+        action="store_true",
+        help="also stream to a Kafka started for the run (exactly_once mode) and judge it",
+    )
     ap.add_argument("--json", help="default: bench/results/chaos.json (long mode)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
@@ -481,7 +671,9 @@ def main() -> int:
         plan.seconds = args.seconds
     with tempfile.TemporaryDirectory(prefix="walrelay-chaos-") as tmp:
         try:
-            result = asyncio.run(run(plan, Path(tmp), verbose=not args.quiet))
+            result = asyncio.run(
+                run(plan, Path(tmp), verbose=not args.quiet, with_kafka=args.kafka)
+            )
         except BaseException:
             log = Path(tmp) / "walrelay.log"
             if log.exists():
@@ -504,6 +696,17 @@ def main() -> int:
         f"  webhook:  {hook['requests']} requests: {hook['summary']}; "
         f"duplicates {hook['duplicates']}"
     )
+    if "kafka" in result:
+        kafka = result["kafka"]
+        print(
+            f"  kafka:    {kafka['messages']} messages (read_committed, "
+            f"{kafka['partitions']} partitions): {kafka['summary']}; "
+            f"duplicates {kafka['duplicates']}, reordered {kafka['reordered']}, "
+            f"lost {kafka['lost']}; {kafka['records_in_aborted_transactions']} records "
+            f"in aborted transactions ({kafka['read_uncommitted_duplicates']} duplicates "
+            f"for a read_uncommitted reader), {kafka['replayed_events_skipped_by_checkpoint']} "
+            "replayed events skipped by the checkpoint"
+        )
     print(f"  confirmed LSN: {result['lsn_samples']} samples, {result['lsn_backwards']} backwards")
     print("  verdict: " + ("OK" if result["ok"] else "FAILED"))
     if str(out) not in ("", "."):

@@ -114,6 +114,7 @@ def demo(transactions: int, output: str, quiet: bool) -> None:
 
 
 def _register_subcommands() -> None:
+    from walrelay.cli_backfill import backfill_command
     from walrelay.cli_failed import failed_command
     from walrelay.monitor.doctor import doctor_command
     from walrelay.monitor.status import status_command
@@ -123,6 +124,7 @@ def _register_subcommands() -> None:
     main.add_command(failed_command)
     main.add_command(status_command)
     main.add_command(outbox_command)
+    main.add_command(backfill_command)
 
 
 _register_subcommands()

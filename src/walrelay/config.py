@@ -143,6 +143,13 @@ class SourceConfig(_Model):
     # With nothing pending, confirm the last keepalive's wal_end (keeps the slot
     # moving while the publication is quiet). Off only to show why it exists.
     confirm_idle: bool = True
+    # A lost slot (wal_status 'lost', or gone): stop with what to run, or recreate
+    # it and take a new snapshot of the tables (walrelay.source.snapshot).
+    on_slot_lost: Literal["stop", "resnapshot"] = "stop"
+    # Connections reading an initial snapshot in parallel (key ranges of large tables).
+    snapshot_workers: int = Field(default=2, ge=1, le=32)
+    # How often a running engine looks for `walrelay backfill` requests.
+    backfill_poll_interval: Seconds = 1.0
 
     @field_validator("tables")
     @classmethod
@@ -532,6 +539,9 @@ class DestinationConfig(_Model):
     ledger: LedgerConfig | None = None
     # Turns outbox rows / messages into routed events (walrelay.outbox.router).
     router: OutboxRouterConfig | None = None
+    # initial: every existing row as a `read` event when the slot is created;
+    # never: changes from the slot only (walrelay.source.snapshot).
+    snapshot: Literal["initial", "never"] = "initial"
 
     @field_validator("name")
     @classmethod

@@ -23,6 +23,7 @@ from walrelay.config import Config, DestinationConfig
 from walrelay.errors import DecodeError, SlotLost, SourceSetupError, WalrelayError
 from walrelay.model import Begin, Change, Commit, Event, Lsn, format_lsn
 from walrelay.monitor.service import Services
+from walrelay.monitor.thresholds import Severity
 from walrelay.outbox.partitions import upkeep_loop
 from walrelay.outbox.router import OutboxRouter
 from walrelay.pipeline.backoff import Backoff
@@ -33,8 +34,17 @@ from walrelay.pipeline.retry import DestinationRetry, RetryStore
 from walrelay.pipeline.scheduler import Destination
 from walrelay.sinks.base import Sink
 from walrelay.sinks.factory import build_sink
+from walrelay.source.backfill import WATERMARK_PREFIX, BackfillManager
 from walrelay.source.heartbeat import Heartbeat
 from walrelay.source.slot import SourceInfo, prepare_source, slot_busy_from_error
+from walrelay.source.snapshot import (
+    Progress,
+    drop_slot,
+    mark_done_when_confirmed,
+    record_snapshot,
+    run_initial_snapshot,
+    snapshot_status,
+)
 from walrelay.source.stream import (
     KEEPALIVE,
     XLOGDATA,
@@ -150,6 +160,11 @@ class Engine:
                 on_lag=self._on_heartbeat_lag,
             )
         self._background: list[asyncio.Task[None]] = []
+        # Initial snapshots and backfills (walrelay.source.snapshot / backfill).
+        self.progress: dict[str, Progress] = {}
+        self.backfills = BackfillManager(self)
+        self._bf_watch = self.backfills.watch
+        self._resnapshot = False
 
     # ---------------------------------------------------------------- control
 
@@ -190,6 +205,54 @@ class Engine:
     # ---------------------------------------------------------------- run
 
     async def run(self) -> None:
+        """Run until stopped; with ``on_slot_lost: resnapshot`` a lost slot is
+        recreated and the tables snapshotted again (walrelay.source.snapshot)."""
+        while True:
+            try:
+                await self._run_once()
+                return
+            except SlotLost as e:
+                src = self.config.source
+                log.critical("PAGE: %s", e)
+                self.services.set_condition("slot_lost", src.slot, Severity.PAGE, str(e), e.fix)
+                if src.on_slot_lost != "resnapshot" or self.stopping:
+                    raise
+                log.critical(
+                    "on_slot_lost: resnapshot: recreating slot %s and snapshotting %s again",
+                    src.slot,
+                    ", ".join(src.tables),
+                )
+                await self._reset_for_new_slot()
+
+    async def _reset_for_new_slot(self) -> None:
+        src = self.config.source
+        async with await psycopg.AsyncConnection.connect(src.dsn_value, autocommit=True) as conn:
+            await drop_slot(conn, src.slot)
+        self.tracker = LsnTracker()
+        self.destinations = {}
+        self._routes = {}
+        self._stream = None
+        self._builder = None
+        self.source_info = None
+        self._begin = None
+        self._seq = 0
+        self._resume_commit_lsn = None
+        self._resume_seq = 0
+        self._skip_tx = False
+        self._adds.clear()
+        self._last_sealed_end = 0
+        self._last_status_sent = -1
+        self._session_task = None
+        self.retry_store = None
+        self.backfills = BackfillManager(self)
+        self._bf_watch = self.backfills.watch
+        self._resnapshot = True
+        self.services = Services(self)
+
+    def _wants_snapshot(self) -> bool:
+        return any(d.snapshot == "initial" for d in self.config.destinations)
+
+    async def _run_once(self) -> None:
         src = self.config.source
         try:
             admin = await psycopg.AsyncConnection.connect(
@@ -201,16 +264,59 @@ class Engine:
                 fix="check source.dsn, the server, and PGPASSWORD / the passfile",
             ) from None
         async with admin:
-            self.source_info = await prepare_source(src, admin)
+            state = self.config.state
+            if await snapshot_status(admin, state.schema, src.slot) == "running":
+                # The last initial snapshot was not delivered: its rows would be lost.
+                log.warning(
+                    "the initial snapshot of slot %s did not finish: dropping the slot "
+                    "to take a new snapshot",
+                    src.slot,
+                )
+                await drop_slot(admin, src.slot)
+            self.source_info = await prepare_source(
+                src, admin, export_snapshot=self._wants_snapshot()
+            )
             if self.heartbeat is not None:
                 await self.heartbeat.prepare(admin)
-        self.tracker = LsnTracker(start=self.source_info.confirmed_flush_lsn or 0)
+        exported = self.source_info.exported
+        start = self.source_info.confirmed_flush_lsn or 0
+        if exported is not None:
+            # The snapshot is the transaction consistent_point - 1 (see snapshot.py).
+            start = exported.consistent_point - 1
+            try:
+                await record_snapshot(
+                    self.config.state_dsn,
+                    state.schema,
+                    src.slot,
+                    exported.consistent_point,
+                    "running",
+                )
+            except BaseException:
+                await exported.close()
+                raise
+        self.tracker = LsnTracker(start=start)
         self._builder = EnvelopeBuilder(TypeRegistry(), key_columns=self.source_info.key_columns)
-        await self._open_destinations()
+        try:
+            await self._open_destinations()
+        except BaseException:
+            if exported is not None:
+                await exported.close()
+            raise
         try:
             await self.services.start()
             self._start_background()
             self.started.set()
+            if exported is not None:
+                await run_initial_snapshot(self, exported, reset_tables=self._resnapshot)
+                self._background.append(
+                    asyncio.create_task(
+                        mark_done_when_confirmed(self, exported.consistent_point),
+                        name="walrelay-snapshot-done",
+                    )
+                )
+            self._background.append(
+                asyncio.create_task(self.backfills.run(), name="walrelay-backfills")
+            )
             await self._replicate()
         finally:
             await self._stop_background()
@@ -558,6 +664,9 @@ class Engine:
             dests = self._truncate_routes(change)
         else:
             rel = change.relation
+            if rel is None and change.prefix == WATERMARK_PREFIX:
+                # A backfill watermark: never delivered; a high one brings the chunk.
+                return self._route_backfill(change, begin, seq)
             if rel is None and change.prefix == self._heartbeat_prefix:
                 if self.heartbeat is not None:
                     self.heartbeat.observe(change)
@@ -572,6 +681,8 @@ class Engine:
         assert self._builder is not None
         event = self._builder.build(begin, change, seq)
         self.stats.events_in += 1
+        if self._bf_watch and (change.op == "truncate" or event.table in self._bf_watch):
+            self.backfills.observe(change, event, dests)
         adds = self._adds
         routers = self._routers
         blocked: list[tuple[Destination, Event]] | None = None
@@ -589,6 +700,24 @@ class Engine:
                 if blocked is None:
                     blocked = []
                 blocked.append((dest, out))
+        return blocked
+
+    def _route_backfill(
+        self, change: Change, begin: Begin, seq: int
+    ) -> list[tuple[Destination, Event]] | None:
+        pairs = self.backfills.on_watermark(change, begin, seq)
+        if not pairs:
+            return None
+        self._seq += len(pairs)
+        self.stats.events_in += len(pairs)
+        adds = self._adds
+        blocked: list[tuple[Destination, Event]] | None = None
+        for dest, event in pairs:
+            adds[dest.name] = adds.get(dest.name, 0) + 1
+            if not dest.try_put(event):
+                if blocked is None:
+                    blocked = []
+                blocked.append((dest, event))
         return blocked
 
     # ---------------------------------------------------------------- LSN feedback

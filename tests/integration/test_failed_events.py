@@ -330,3 +330,96 @@ async def test_permanent_rejection_is_dead_lettered_and_managed_with_the_cli(
             await wait_for(lambda: parked_rows(db) == [], what="an empty table")
             refused = await run_cli("discard", "--config", str(path))
             assert refused.returncode == 2 and "--all" in refused.stderr
+
+
+async def test_a_parked_routed_event_keeps_its_route_across_a_restart(db: str) -> None:
+    """The failed-events table stores the route (migration 4): a routed outbox event
+    parked before a restart is delivered after it to its routed topic, key and value."""
+    from datetime import UTC, datetime
+
+    from walrelay.config import FailedConfig
+    from walrelay.model import Event, Route
+    from walrelay.pipeline.backoff import Backoff
+    from walrelay.pipeline.retry import RetryStore
+    from walrelay.pipeline.scheduler import Destination
+    from walrelay.sinks.memory import MemorySink
+
+    def routed(seq: int, route: Route) -> Event:
+        return Event(
+            commit_lsn=0x1_0000_0100,
+            seq=seq,
+            op="insert",
+            table="public.outbox",
+            keys=(f"outbox\x1f{route.topic}\x1f{route.key}",),
+            body=b'{"routed":"envelope"}',
+            xid=7,
+            committed_at=datetime(2024, 1, 1, tzinfo=UTC),
+            route=route,
+        )
+
+    routes = [
+        Route("order.events", "42", b'{"order":42}', (("event_type", "OrderCreated"),)),
+        Route("order.events", "43", None, (("event_type", "OrderDeleted"),)),  # tombstone
+        Route("odd.events", None, b"\xff\x00 not utf-8", (("a\\b", "c\x00d"),)),
+    ]
+    events = [routed(i, r) for i, r in enumerate(routes)]
+    plain = Event(
+        0x1_0000_0200, 0, "insert", "public.t", ("t\x1f1",), b"{}", 8, events[0].committed_at
+    )
+    fast = Backoff(initial=0.001, multiplier=2.0, maximum=0.005)
+
+    # 1. Every delivery fails: the events are parked (routed or not).
+    store = RetryStore(db)
+    await store.open()
+    parking = store.add_destination(
+        "d", FailedConfig.model_validate({"park_after": 1, "backoff": {"initial": 60}})
+    )
+    sink = MemorySink(batch_size=1, fail_when=lambda e: True)
+    dest = Destination("d", sink, max_in_flight=4, backoff=fast, parking=parking)
+    store.start()
+    dest.start()
+    try:
+        for e in [*events, plain]:
+            await dest.put(e)
+        await wait_for(lambda: parking.stats()["parked"] == 4, what="4 parked events")
+    finally:
+        await dest.stop()
+        await store.close()
+    with psycopg.connect(db, autocommit=True) as conn:
+        stored = conn.execute(
+            "select route from walrelay.failed_events order by commit_lsn, seq"
+        ).fetchall()
+        versions = [r[0] for r in conn.execute("select version from walrelay.schema_version")]
+    assert 4 in versions
+    assert stored[0][0] == {
+        "topic": "order.events",
+        "key": "42",
+        "value": '{"order":42}',
+        "headers": [["event_type", "OrderCreated"]],
+    }
+    assert stored[1][0]["value"] is None and stored[3][0] is None
+
+    # 2. "Restart": a new store loads the rows; the healed sink gets them with their routes.
+    store = RetryStore(db)
+    await store.open()
+    parking = store.add_destination(
+        "d", FailedConfig.model_validate({"backoff": {"initial": 0.01, "max": 0.02}})
+    )
+    sink = MemorySink(batch_size=1)
+    dest = Destination("d", sink, max_in_flight=4, backoff=fast, parking=parking)
+    with psycopg.connect(db, autocommit=True) as conn:  # due now
+        conn.execute("update walrelay.failed_events set next_attempt_at = now()")
+    await store.load()
+    store.start()
+    dest.start()
+    try:
+        await wait_for(lambda: len(sink.delivered) == 4, what="the parked events delivered")
+        await wait_for(lambda: parked_rows(db) == [], what="the table to drain")
+    finally:
+        await dest.stop()
+        await store.close()
+    by_id = {e.id: e for e in sink.delivered}
+    for original in [*events, plain]:
+        again = by_id[original.id]
+        assert again.route == original.route
+        assert again.body == original.body and again.keys == original.keys

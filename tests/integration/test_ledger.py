@@ -176,7 +176,11 @@ async def test_engine_drops_a_replay_through_the_postgres_ledger(
     db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two slots at the same position: the second one replays every event with the
-    same ids; the (default) PostgreSQL ledger drops all of them."""
+    same ids; the (default) PostgreSQL ledger drops all of them.
+
+    Ledger entries are namespaced by slot (two slots reading the same WAL must
+    not take each other's ids), so the test hands the first slot's entries to
+    the second, as if it were the same slot replaying after a crash."""
     monkeypatch.setenv("WALRELAY_TEST_SECRET", SECRET)
     execute(
         db,
@@ -191,6 +195,11 @@ async def test_engine_drops_a_replay_through_the_postgres_ledger(
         first = make_config(db, ["public.t"], [hook_dest(hook.url)], slot="first")
         async with running_engine(first):
             await wait_for(lambda: len(hook.ids) >= 400, what="400 events")
+        execute(
+            db,
+            "update walrelay.ledger set destination = 'second/hook' "
+            "where destination = 'first/hook'",
+        )
         second = make_config(db, ["public.t"], [hook_dest(hook.url)], slot="second")
         async with running_engine(second) as engine:
             await wait_for(

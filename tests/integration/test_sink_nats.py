@@ -182,3 +182,82 @@ async def test_subject_outside_the_stream_is_a_clear_error(server: NatsServer) -
     )
     with pytest.raises(ConfigError, match=rf"subject {prefix}\.public\.orders .* no stream"):
         await sink.open()
+
+
+async def test_outbox_events_arrive_on_routed_subjects(server: NatsServer, db: str) -> None:
+    """Mirror of test_outbox's Kafka test: route.topic is the subject, the payload the
+    body, aggregate_id the walrelay-key header."""
+    from tests.integration.support import execute
+    from tests.integration.test_outbox import EXPECTED_PAYLOADS, init, make, write_orders
+
+    await init(db)
+    execute(db, "create table orders (id int primary key, total numeric)")
+    prefix = unique_prefix("n")
+    dest = nats_dest(server, prefix)
+    # Under the stream's default subjects ({prefix}.*.*): no stream_subjects needed.
+    dest["router"] = {"type": "outbox", "topic": prefix + ".{routed_by}.events"}
+    config = make(db, [dest])
+    async with running_engine(config) as engine:
+        expected = await write_orders(db)
+        await wait_for(
+            lambda: engine.tracker.pending_events() == 0 and engine.stats.events_in >= 4,
+            within=60,
+            what="the events delivered to NATS",
+        )
+    nc = await nats.connect(server.url)
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info(prefix.upper())
+        messages = [
+            await js.get_msg(prefix.upper(), seq) for seq in range(1, info.state.last_seq + 1)
+        ]
+    finally:
+        await nc.close()
+    got = [
+        (m.subject.removeprefix(prefix + "."), (m.headers or {})["walrelay-key"]) for m in messages
+    ]
+    assert sorted(got, key=lambda sk: [k for _, k in expected].index(sk[1])) == expected
+    for m in messages:
+        headers = m.headers or {}
+        assert orjson.loads(m.data or b"") == EXPECTED_PAYLOADS[headers["walrelay-key"]]
+        assert headers["event_type"] in ("OrderCreated", "InvoiceSent")
+        assert headers["aggregate_type"] in ("order", "invoice")
+        assert "walrelay-tombstone" not in headers
+        assert headers["Nats-Msg-Id"] and headers["Walrelay-Op"] in ("insert", "message")
+    orders = [(m.headers or {})["walrelay-key"] for m in messages if ".order." in m.subject]
+    assert orders == ["42", "43", "44"]  # per-aggregate order
+
+
+async def test_routed_subject_outside_the_stream_is_a_permanent_error(
+    server: NatsServer,
+) -> None:
+    from datetime import UTC, datetime
+
+    from walrelay.errors import SinkError
+    from walrelay.model import Event, Route
+
+    prefix = unique_prefix("n")
+    sink = NatsSink([server.url], prefix=prefix, stream=prefix.upper(), timeout=2)
+    await sink.open()
+
+    def routed(seq: int, topic: str, value: bytes | None) -> Event:
+        route = Route(topic, "7", value, (("event_type", "E"),))
+        return Event(1, seq, "insert", "public.outbox", ("k",), b"{}", 1, datetime.now(UTC), route)
+
+    try:
+        with pytest.raises(
+            SinkError, match=r"routed subject order\.events .*stream_subjects"
+        ) as exc:
+            await sink.deliver([routed(0, "order.events", b"{}")])
+        assert exc.value.permanent
+        await sink.deliver([routed(1, f"{prefix}.order.events", None)])  # a tombstone
+    finally:
+        await sink.close()
+    nc = await nats.connect(server.url)
+    try:
+        msg = await nc.jetstream().get_msg(prefix.upper(), 1)
+    finally:
+        await nc.close()
+    assert msg.subject == f"{prefix}.order.events" and not msg.data
+    assert (msg.headers or {})["walrelay-tombstone"] == "true"
+    assert (msg.headers or {})["walrelay-key"] == "7"

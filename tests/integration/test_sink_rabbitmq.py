@@ -196,3 +196,80 @@ async def test_unroutable_is_a_permanent_error(server: RabbitMQServer) -> None:
         assert exc.value.permanent
     finally:
         await sink.close()
+
+
+async def drain(url: str, queue_name: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    conn = await aio_pika.connect(url, timeout=5)
+    out: list[aio_pika.abc.AbstractIncomingMessage] = []
+    try:
+        channel = await conn.channel()
+        queue = await channel.declare_queue(queue_name, durable=True, passive=True)
+        while (message := await queue.get(no_ack=True, fail=False, timeout=5)) is not None:
+            out.append(message)
+    finally:
+        await conn.close()
+    return out
+
+
+async def test_outbox_events_arrive_with_routed_routing_keys(
+    server: RabbitMQServer, db: str
+) -> None:
+    """Mirror of test_outbox's Kafka test: route.topic is the routing key on the
+    configured exchange, the payload the body, aggregate_id the walrelay-key header."""
+    from tests.integration.support import execute
+    from tests.integration.test_outbox import EXPECTED_PAYLOADS, init, make, write_orders
+
+    await init(db)
+    execute(db, "create table orders (id int primary key, total numeric)")
+    prefix = unique_prefix("q")
+    reader = QueueReader(server.url, prefix)  # exchange {prefix}, a queue bound with '#'
+    await reader.bind()
+    dest = rabbit_dest(server, prefix)
+    dest["router"] = {"type": "outbox"}  # topic: {routed_by}.events
+    config = make(db, [dest])
+    async with running_engine(config) as engine:
+        expected = await write_orders(db)
+        await wait_for(
+            lambda: engine.tracker.pending_events() == 0 and engine.stats.events_in >= 4,
+            within=60,
+            what="the events delivered to RabbitMQ",
+        )
+    messages = await drain(server.url, reader.queue)
+    got = [(m.routing_key, str((m.headers or {})["walrelay-key"])) for m in messages]
+    order = [k for _, k in expected]
+    assert sorted(got, key=lambda rk: order.index(rk[1])) == expected  # each once
+    assert [k for rk, k in got if rk == "order.events"] == ["42", "43", "44"]  # per aggregate
+    for m in messages:
+        headers = m.headers or {}
+        key = str(headers["walrelay-key"])
+        assert orjson.loads(m.body) == EXPECTED_PAYLOADS[key]  # the payload as JSON
+        assert m.exchange == prefix and m.content_type == "application/json"
+        assert m.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+        assert str(headers["event_type"]) in ("OrderCreated", "InvoiceSent")
+        assert str(headers["aggregate_type"]) in ("order", "invoice")
+        assert "walrelay-tombstone" not in headers
+    assert sorted(str(m.type) for m in messages) == ["insert", "insert", "insert", "message"]
+    assert len({m.message_id for m in messages}) == 4
+
+
+async def test_routed_tombstone(server: RabbitMQServer) -> None:
+    from datetime import UTC, datetime
+
+    from walrelay.model import Event, Route
+
+    prefix = unique_prefix("q")
+    reader = QueueReader(server.url, prefix)
+    await reader.bind()
+    sink = RabbitMQSink(server.url, prefix=prefix)
+    await sink.open()
+    try:
+        route = Route("order.events", "9", None, (("event_type", "OrderDeleted"),))
+        event = Event(1, 0, "insert", "public.outbox", ("k",), b"{}", 1, datetime.now(UTC), route)
+        await sink.deliver([event])
+    finally:
+        await sink.close()
+    [message] = await drain(server.url, reader.queue)
+    assert message.routing_key == "order.events" and message.body == b""
+    headers = message.headers or {}
+    assert str(headers["walrelay-tombstone"]) == "true" and str(headers["walrelay-key"]) == "9"
+    assert str(headers["event_type"]) == "OrderDeleted"

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from walrelay.config import FailedConfig
 from walrelay.errors import SinkError
-from walrelay.model import Event
+from walrelay.model import Event, Route
 from walrelay.pipeline.backoff import Backoff
 from walrelay.pipeline.retry import (
     PAUSED_MESSAGE,
@@ -35,7 +35,14 @@ from walrelay.pipeline.retry import (
 )
 from walrelay.pipeline.scheduler import Destination
 from walrelay.sinks.memory import MemorySink
-from walrelay.state.failed import decode_key, display_key, encode_key, key_matches
+from walrelay.state.failed import (
+    decode_key,
+    display_key,
+    encode_key,
+    key_matches,
+    route_from_json,
+    route_to_json,
+)
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 FAST = Backoff(initial=0.001, multiplier=2.0, maximum=0.005)
@@ -550,3 +557,21 @@ async def test_a_replayed_event_that_is_already_parked_is_not_parked_twice() -> 
         sink.fail_keys.clear()
         await until(lambda: not rig.store.table)
         assert rig.delivered("a") == [0, 1] and not rig.parking.active
+
+
+@pytest.mark.parametrize(
+    "route",
+    [
+        None,
+        Route("order.events", "42", b'{"order":42}', (("event_type", "OrderCreated"),)),
+        Route("order.events", None, None),
+        Route("t\\x", "k\x00", b"\xff\xfe\x00", (("h\x00", "v\\"), ("h", "w"))),
+    ],
+)
+def test_route_survives_the_table_json(route: Route | None) -> None:
+    import orjson
+
+    stored = route_to_json(route)
+    text = orjson.dumps(stored).decode()
+    assert "\\u0000" not in text  # jsonb cannot hold NUL
+    assert route_from_json(orjson.loads(text)) == route

@@ -425,6 +425,8 @@ class Services:
                 "notes": snap.notes if snap is not None else [],
             },
             "alerts": [a.to_dict() for a in self.open_alerts()],
+            # Initial snapshots and backfills (walrelay.source.snapshot).
+            "progress": [p.to_dict() for p in getattr(engine, "progress", {}).values()],
         }
 
 

@@ -71,6 +71,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from walrelay import failpoints
 from walrelay.config import FailedConfig, masked_dsn
@@ -460,6 +461,7 @@ class DestinationRetry:
             datetime.fromtimestamp(now, UTC),
             datetime.fromtimestamp(now, UTC) if error is not None else None,
             datetime.fromtimestamp(row.next_at, UTC),
+            _route_param(event),
         )
 
     def _insert(self, row: _Row, replaces: _Row | None) -> None:
@@ -928,6 +930,12 @@ class DestinationRetry:
         return min(self._rows)[0]
 
 
+def _route_param(event: Event) -> Jsonb | None:
+    """The ``route`` column of a parked event: routed events keep their route."""
+    route = T.route_to_json(event.route)
+    return None if route is None else Jsonb(route)
+
+
 def _ident(row: _Row) -> _Ident:
     return row.ident
 
@@ -951,8 +959,9 @@ class RetryStore:
         self._insert = sql.SQL(
             "insert into {} (destination, commit_lsn, seq, event_id, keys, op, table_name, xid,"
             " committed_at, payload, size, attempts, last_error, permanent, dead, skipped,"
-            " first_failed_at, last_attempt_at, next_attempt_at)"
-            " values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " first_failed_at, last_attempt_at, next_attempt_at, route)"
+            " values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+            " %s)"
             " on conflict (destination, commit_lsn, seq) do update set"
             " attempts = excluded.attempts, last_error = excluded.last_error,"
             " permanent = excluded.permanent, dead = excluded.dead, skipped = excluded.skipped,"
@@ -974,7 +983,8 @@ class RetryStore:
             " from {} where destination = %s order by commit_lsn, seq"
         ).format(self._table)
         self._fetch_sql = sql.SQL(
-            "select commit_lsn, seq, op, table_name, xid, committed_at, keys, payload from {}"
+            "select commit_lsn, seq, op, table_name, xid, committed_at, keys, payload, route"
+            " from {}"
             " where destination = %s and (commit_lsn, seq) in"
             " (select * from unnest(%s::bigint[], %s::int[]))"
         ).format(self._table)
@@ -1171,7 +1181,7 @@ class RetryStore:
                 await reader.reset()
                 raise
         out: dict[_Ident, Event] = {}
-        for lsn, seq, op, table_name, xid, committed_at, keys, payload in rows:
+        for lsn, seq, op, table_name, xid, committed_at, keys, payload, route in rows:
             ident = (int(lsn), int(seq))
             out[ident] = Event(
                 commit_lsn=ident[0],
@@ -1182,6 +1192,7 @@ class RetryStore:
                 body=bytes(payload),
                 xid=int(xid),
                 committed_at=committed_at,
+                route=T.route_from_json(route),
             )
         return out
 

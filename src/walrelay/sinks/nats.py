@@ -34,6 +34,31 @@ the subjects the templates can produce (``walrelay.*.*`` and
 stream is left as it is. At start the sink checks that the stream exists and
 captures the subject of every configured table, and fails with a
 :class:`~walrelay.errors.ConfigError` naming the subject and the fix if not.
+
+Routed events (``event.route``, set by the outbox event router,
+:mod:`walrelay.outbox.router`) are published as routed instead: to the
+subject ``route.topic`` (the subject template is not used), with the payload
+``route.value`` as the body and the headers ``Nats-Msg-Id`` (the event id),
+``Walrelay-Op``, ``Walrelay-Table``, ``walrelay-key`` (``route.key``, absent
+when None) and the route's own headers (a route header named like one of
+these is left out). A tombstone (``route.value`` None) is an empty body with
+the header ``walrelay-tombstone: true``.
+
+Routed subjects are not known when the stream is created or checked (they
+come from the data), and the sink adds no catch-all wildcard to an
+auto-created stream: a wildcard broad enough for any routed subject would
+capture other streams' subjects too. Instead, the first time a batch holds a
+routed subject the sink asks JetStream which stream captures it (the answer
+is cached); if it is not :attr:`NatsSink.stream`, the batch fails with a
+*permanent* :class:`~walrelay.errors.SinkError` naming the subject and the
+fix: add the routed subjects (e.g. ``order.events`` or ``*.events``) to
+``stream_subjects`` before the stream is created, or to the existing stream
+(``nats stream edit <stream> --subjects ...``), or change the router's
+``topic`` so that it falls under the stream's subjects (e.g.
+``walrelay.{routed_by}.events`` under the default ``walrelay.*.*``). The
+failed events are parked (``failed``) and delivered once the stream captures
+their subject. Without this check a publish to a subject no stream captures
+would go unanswered and be retried forever as an outage.
 """
 
 from __future__ import annotations
@@ -61,7 +86,10 @@ __all__ = ["NatsSink", "clean_subject_part", "stream_subjects"]
 log = logging.getLogger("walrelay.sinks.nats")
 
 _BAD = frozenset(" \t\r\n.*>")
+_BAD_SUBJECT = frozenset(" \t\r\n*>")
+_BAD_HEADER = frozenset(" \t\r\n:")
 _EXPECTED_STREAM_MISMATCH = 10060
+_ROUTED_CACHE = 10_000  # routed subjects known to be captured by the stream, at most
 
 
 def _import_nats() -> ModuleType:
@@ -149,6 +177,7 @@ class NatsSink:
         self._connect_options = dict(connect_options or {})
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
+        self._routed_ok: set[str] = set()  # routed subjects the stream captures
         self.duplicates = 0  # publishes JetStream dropped as already stored
 
     @classmethod
@@ -301,9 +330,20 @@ class NatsSink:
         pending: list[tuple[asyncio.Future[Any], str, str]] = []
         names = self.naming.names
         stream = self.stream
+        routed = await self._check_routed(js, events)
         event: Event | None = None
         try:
             for event in events:
+                route = event.route
+                if route is not None:  # set by a router (walrelay.outbox.router): as routed
+                    future = await js.publish_async(
+                        route.topic,
+                        b"" if route.value is None else route.value,
+                        stream=stream,
+                        headers=routed[event.id],
+                    )
+                    pending.append((future, event.id, route.topic))
+                    continue
                 targets = names(event)
                 for subject, table in targets:
                     msg_id = event.id if len(targets) == 1 else f"{event.id}@{table}"
@@ -363,6 +403,67 @@ class NatsSink:
                 raise SinkError(message, permanent=True)
             raise SinkUnavailable(message)
 
+    async def _check_routed(
+        self, js: JetStreamContext, events: Sequence[Event]
+    ) -> dict[str, dict[str, str]]:
+        """The headers of each routed event (by id), after checking that NATS can carry
+        them and that the stream captures every routed subject (module docstring):
+        a publish to a subject no stream captures would go unanswered."""
+        out: dict[str, dict[str, str]] = {}
+        known = self._routed_ok
+        subjects: dict[str, Event] = {}
+        for event in events:
+            route = event.route
+            if route is None:
+                continue
+            headers = _routed_headers(event)
+            for name, value in headers.items():
+                if (
+                    not name
+                    or any(c in _BAD_HEADER for c in name)
+                    or "\r" in value
+                    or ("\n" in value)
+                ):
+                    raise PoisonEvent(
+                        f"nats sink: event {event.id}: header {name!r} cannot be carried by "
+                        "NATS (a line break, or ':' or a space in the name); fix the outbox "
+                        "row or the router's headers"
+                    )
+            out[event.id] = headers
+            if route.topic not in known:
+                subjects.setdefault(route.topic, event)
+        errors = self._nats.js.errors
+        for subject, event in subjects.items():
+            if any(not t or any(c in _BAD_SUBJECT for c in t) for t in subject.split(".")):
+                raise PoisonEvent(
+                    f"nats sink: event {event.id} is routed to {subject!r}, which is not a "
+                    "valid NATS subject (an empty token, a space, '*' or '>'); fix the "
+                    "router's topic or the routing column's value"
+                )
+            try:
+                owner: str | None = await js.find_stream_name_by_subject(subject)
+            except errors.NotFoundError:
+                owner = None
+            except (self._nats.errors.Error, OSError) as exc:
+                raise SinkUnavailable(
+                    f"nats sink: cannot look up the stream of routed subject {subject}: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from None
+            if owner != self.stream:
+                holder = f"stream {owner}" if owner else "no stream"
+                raise SinkError(
+                    f"nats sink: routed subject {subject} (event {event.id}) is captured by "
+                    f"{holder}, not by {self.stream} -- fix: add {subject} (or a wildcard "
+                    f"covering it) to stream_subjects / the subjects of stream {self.stream} "
+                    "(nats stream edit), or change the router's topic to fall under them "
+                    f"({', '.join(self.subjects)})",
+                    permanent=True,
+                )
+            if len(known) >= _ROUTED_CACHE:
+                known.clear()
+            known.add(subject)
+        return out
+
     def _classify(self, exc: BaseException, msg_id: str, subject: str) -> SinkError:
         errors = self._nats.js.errors
         what = f"nats sink: publish of {msg_id} to {subject}"
@@ -385,6 +486,25 @@ class NatsSink:
         if isinstance(exc, asyncio.CancelledError):
             return SinkUnavailable(f"{what}: cancelled (connection lost)")
         return SinkUnavailable(f"{what}: {type(exc).__name__}: {exc}")
+
+
+def _routed_headers(event: Event) -> dict[str, str]:
+    """The headers of a routed event (module docstring); the sink's own win."""
+    route = event.route
+    assert route is not None
+    headers = dict(route.headers)
+    headers["Nats-Msg-Id"] = event.id
+    headers["Walrelay-Op"] = event.op
+    headers["Walrelay-Table"] = event.table
+    if route.key is not None:
+        headers["walrelay-key"] = route.key
+    else:
+        headers.pop("walrelay-key", None)
+    if route.value is None:
+        headers["walrelay-tombstone"] = "true"
+    else:
+        headers.pop("walrelay-tombstone", None)
+    return headers
 
 
 def _cancel(pending: list[tuple[asyncio.Future[Any], str, str]]) -> None:

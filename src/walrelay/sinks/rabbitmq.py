@@ -25,6 +25,18 @@ connection or a missing confirm can be delivered twice, always with the same
 parallel (``ordered = False``); the scheduler never has two events of one key
 in flight, and AMQP keeps publish order on a channel.
 
+Routed events (``event.route``, set by the outbox event router,
+:mod:`walrelay.outbox.router`) are published as routed: to the configured
+exchange (the one the event's table -- or, for a table-less outbox message,
+the message exchange -- would use) with ``route.topic`` as the routing key
+(the routing key templates are not used); the body is ``route.value``, the
+routed payload as JSON; headers: the route's headers, then ``walrelay-op``,
+``walrelay-table`` and ``walrelay-key`` (``route.key``, absent when None),
+which win over a route header of the same name. A tombstone (``route.value``
+None) is an empty body with the header ``walrelay-tombstone: true`` (and no
+``content_type``). With ``mandatory``, a routing key no queue is bound for is
+the same permanent error as above.
+
 A lost connection fails the batch with
 :class:`~walrelay.errors.SinkUnavailable`; the next ``deliver`` reconnects.
 With ``auto_create`` (default) exchanges are declared (durable) on first
@@ -308,6 +320,11 @@ class RabbitMQSink:
     def _targets(self, event: Event) -> list[tuple[str, str, str]]:
         """(exchange, routing key, table) per copy of the event."""
         op = event.op
+        route = event.route
+        if route is not None:  # set by a router (walrelay.outbox.router): as routed
+            if op == "message" or not event.table:
+                return [(self.exchanges.for_message(), route.topic, event.table)]
+            return [(self.exchanges.for_table(event.table, op), route.topic, event.table)]
         if op == "message":
             return [(self.exchanges.for_message(), self.routing_keys.for_message(), "")]
         tables = truncated_tables(event) if op == "truncate" else [event.table]
@@ -335,14 +352,17 @@ class RabbitMQSink:
             for event in events:
                 for exchange_name, routing_key, table in self._targets(event):
                     exchange = await self._exchange(exchange_name)
-                    message = pika.Message(
-                        event.body,
-                        content_type="application/json",
-                        delivery_mode=persistent,
-                        message_id=event.id,
-                        type=event.op,
-                        headers={"walrelay-op": event.op, "walrelay-table": table},
-                    )
+                    if event.route is not None:
+                        message = _routed_message(pika, event, persistent)
+                    else:
+                        message = pika.Message(
+                            event.body,
+                            content_type="application/json",
+                            delivery_mode=persistent,
+                            message_id=event.id,
+                            type=event.op,
+                            headers={"walrelay-op": event.op, "walrelay-table": table},
+                        )
                     publishes.append(
                         (
                             exchange.publish(
@@ -414,6 +434,31 @@ class RabbitMQSink:
         if isinstance(exc, asyncio.CancelledError):
             return SinkUnavailable(f"{what}: cancelled (connection lost)")
         return SinkUnavailable(f"{what}: {type(exc).__name__}: {exc}")
+
+
+def _routed_message(pika: ModuleType, event: Event, persistent: Any) -> Any:
+    """The AMQP message of a routed event (module docstring)."""
+    route = event.route
+    assert route is not None
+    headers: dict[str, Any] = dict(route.headers)
+    headers["walrelay-op"] = event.op
+    headers["walrelay-table"] = event.table
+    if route.key is not None:
+        headers["walrelay-key"] = route.key
+    else:
+        headers.pop("walrelay-key", None)
+    if route.value is None:
+        headers["walrelay-tombstone"] = "true"
+    else:
+        headers.pop("walrelay-tombstone", None)
+    return pika.Message(
+        b"" if route.value is None else route.value,
+        content_type=None if route.value is None else "application/json",
+        delivery_mode=persistent,
+        message_id=event.id,
+        type=event.op,
+        headers=headers,
+    )
 
 
 def _close_all(publishes: list[tuple[Any, str, str, str]]) -> None:

@@ -24,6 +24,15 @@ trimming never lowers the stream's last id, so replays stay rejected.
 ``auto_create: false`` uses ``XADD ... NOMKSTREAM``: a stream that does not
 exist is an error naming the stream instead of a silent new key.
 
+Routed events (``event.route``, set by the outbox event router,
+:mod:`walrelay.outbox.router`) are sent as routed: one ``XADD`` (same entry
+id) to the stream ``route.topic`` (the stream template is not used), with
+fields ``id``, ``op``, ``table``, ``key`` (``route.key``; absent when None),
+``body`` (``route.value``, the routed payload as JSON) and the route's headers
+as further fields (a header named like one of the sink's own fields is left
+out). A tombstone (``route.value`` None) has an empty ``body`` and the field
+``tombstone`` = ``1``. ``auto_create: false`` applies to routed streams too.
+
 Durability is Redis's: an acknowledged ``XADD`` survives a Redis crash only
 as far as its persistence settings allow (``appendonly yes`` with
 ``appendfsync always`` for no loss; ``everysec`` can lose the last second).
@@ -44,6 +53,7 @@ if TYPE_CHECKING:
     from types import ModuleType
 
     from redis.asyncio import Redis
+    from redis.typing import EncodableT, FieldT
 
     from walrelay.config import RedisSinkConfig
 
@@ -52,6 +62,7 @@ __all__ = ["RedisStreamsSink", "entry_id", "safe_redis_url"]
 log = logging.getLogger("walrelay.sinks.redis")
 
 _REPLAYED = "equal or smaller than the target stream top item"
+_OWN_FIELDS = frozenset(("id", "op", "table", "key", "body", "tombstone"))
 
 
 def _import_redis() -> ModuleType:
@@ -233,6 +244,18 @@ class RedisStreamsSink:
         pipe = client.pipeline(transaction=False)
         for event in events:
             eid = entry_id(event)
+            route = event.route
+            if route is not None:  # set by a router (walrelay.outbox.router): as routed
+                pipe.xadd(
+                    route.topic,
+                    _routed_fields(event),
+                    id=eid,
+                    maxlen=maxlen,
+                    approximate=approximate,
+                    nomkstream=nomkstream,
+                )
+                sent.append((event, route.topic))
+                continue
             for stream, table in names(event):
                 pipe.xadd(
                     stream,
@@ -287,3 +310,21 @@ class RedisStreamsSink:
         if "max" in message and "bulk" in message:
             return PoisonEvent(text)
         return SinkError(text, permanent=False)
+
+
+def _routed_fields(event: Event) -> dict[FieldT, EncodableT]:
+    """The entry fields of a routed event (module docstring)."""
+    route = event.route
+    assert route is not None
+    fields: dict[FieldT, EncodableT] = {"id": event.id, "op": event.op, "table": event.table}
+    if route.key is not None:
+        fields["key"] = route.key
+    if route.value is None:
+        fields["body"] = b""
+        fields["tombstone"] = "1"
+    else:
+        fields["body"] = route.value
+    for name, value in route.headers:
+        if name not in _OWN_FIELDS:
+            fields.setdefault(name, value)
+    return fields

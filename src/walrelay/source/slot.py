@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg import sql
@@ -16,6 +17,9 @@ from psycopg import sql
 from walrelay.config import SourceConfig
 from walrelay.errors import SlotBusy, SlotLost, SourceSetupError
 from walrelay.model import Lsn, parse_lsn
+
+if TYPE_CHECKING:
+    from walrelay.source.snapshot import ExportedSlot
 
 log = logging.getLogger("walrelay.source.slot")
 
@@ -36,6 +40,8 @@ class SourceInfo:
     publication_created: bool = False
     confirmed_flush_lsn: Lsn | None = None
     server_version: int = 0
+    # Set when the slot was created with an exported snapshot (walrelay.source.snapshot).
+    exported: ExportedSlot | None = None
 
     @property
     def key_columns(self) -> dict[str, tuple[str, ...]]:
@@ -234,9 +240,17 @@ async def _check_slot(
 
 
 async def prepare_source(
-    cfg: SourceConfig, conn: psycopg.AsyncConnection[tuple[object, ...]]
+    cfg: SourceConfig,
+    conn: psycopg.AsyncConnection[tuple[object, ...]],
+    *,
+    export_snapshot: bool = False,
 ) -> SourceInfo:
-    """Check everything first, then create the publication and the slot if needed."""
+    """Check everything first, then create the publication and the slot if needed.
+
+    With ``export_snapshot`` a new slot is created over a replication connection
+    with an exported snapshot, kept open in ``SourceInfo.exported`` for the
+    initial copy (walrelay.source.snapshot).
+    """
     info = SourceInfo(server_version=conn.info.server_version)
     await _check_wal_level(conn)
     for name in cfg.tables:
@@ -268,11 +282,18 @@ async def prepare_source(
         ) from None
     if not slot_exists:
         try:
-            row = await _fetchone(
-                conn,
-                "select lsn::text from pg_create_logical_replication_slot(%s, 'pgoutput')",
-                (cfg.slot,),
-            )
+            if export_snapshot:
+                from walrelay.model import format_lsn
+                from walrelay.source.snapshot import create_exported_slot
+
+                info.exported = await create_exported_slot(cfg.dsn_value, cfg.slot)
+                row: tuple[object, ...] | None = (format_lsn(info.exported.consistent_point),)
+            else:
+                row = await _fetchone(
+                    conn,
+                    "select lsn::text from pg_create_logical_replication_slot(%s, 'pgoutput')",
+                    (cfg.slot,),
+                )
         except psycopg.Error as e:
             if info.publication_created:
                 await conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(pub))

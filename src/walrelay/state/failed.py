@@ -23,6 +23,15 @@ values>"``) escaped for ``text`` (which cannot hold NUL): ``\\`` becomes
 ``\\\\`` and NUL becomes ``\\0``. :func:`display_key` turns one into what
 users type after ``--key`` (``public.orders:7``).
 
+``route`` (state migration 4) is the event's :class:`~walrelay.model.Route`
+when a router (the outbox event router) set one, else NULL, as a JSON object
+(:func:`route_to_json` / :func:`route_from_json`): ``{"topic", "key",
+"value", "headers": [[name, value], ...]}`` with the value as text (the
+routed payload is JSON), or ``"value_base64"`` instead when it is not UTF-8;
+``"value": null`` is a tombstone. Strings are escaped like ``keys`` (jsonb
+cannot hold NUL). A broker sink sends a reloaded event to the routed topic
+exactly as it would have before the restart.
+
 The CLI changes rows while walrelay runs and then sends ``NOTIFY
 walrelay_failed, '<schema>'`` in the same transaction, so the engine
 re-reads the table (:data:`CHANNEL`).
@@ -30,9 +39,13 @@ re-reads the table (:data:`CHANNEL`).
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterable
+from typing import Any
 
 from psycopg import sql
+
+from walrelay.model import Route
 
 __all__ = [
     "CHANNEL",
@@ -41,6 +54,9 @@ __all__ = [
     "encode_key",
     "key_matches",
     "migration_statements",
+    "route_from_json",
+    "route_migration_statements",
+    "route_to_json",
     "table",
 ]
 
@@ -85,6 +101,55 @@ def migration_statements(s: sql.Identifier) -> list[sql.Composed]:
             "'walrelay: parked deliveries; inspect with walrelay failed list'"
         ).format(s),
     ]
+
+
+def route_migration_statements(s: sql.Identifier) -> list[sql.Composed]:
+    """State migration 4: the routed events' route (NULL: not routed)."""
+    return [
+        sql.SQL("alter table {}.failed_events add column if not exists route jsonb").format(s),
+    ]
+
+
+def route_to_json(route: Route | None) -> dict[str, Any] | None:
+    """The ``route`` column's value for an event's route (module docstring)."""
+    if route is None:
+        return None
+    out: dict[str, Any] = {
+        "topic": encode_key(route.topic),
+        "key": None if route.key is None else encode_key(route.key),
+        "headers": [[encode_key(k), encode_key(v)] for k, v in route.headers],
+    }
+    value = route.value
+    if value is None:
+        out["value"] = None
+    else:
+        try:
+            out["value"] = encode_key(value.decode("utf-8"))
+        except UnicodeDecodeError:
+            out["value_base64"] = base64.b64encode(value).decode("ascii")
+    return out
+
+
+def route_from_json(data: Any) -> Route | None:
+    """Inverse of :func:`route_to_json` (a NULL column: None)."""
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise ValueError(f"failed_events.route is not a JSON object: {data!r}")
+    value: bytes | None
+    if data.get("value_base64") is not None:
+        value = base64.b64decode(data["value_base64"])
+    elif data.get("value") is not None:
+        value = decode_key(data["value"]).encode("utf-8")
+    else:
+        value = None
+    key = data.get("key")
+    return Route(
+        topic=decode_key(data["topic"]),
+        key=None if key is None else decode_key(key),
+        value=value,
+        headers=tuple((decode_key(k), decode_key(v)) for k, v in data.get("headers") or ()),
+    )
 
 
 def encode_key(key: str) -> str:

@@ -20,6 +20,7 @@ import psycopg
 from psycopg import sql
 
 from walrelay.state.failed import migration_statements as failed_events_statements
+from walrelay.state.failed import route_migration_statements as failed_route_statements
 
 log = logging.getLogger("walrelay.state")
 
@@ -58,10 +59,38 @@ def _v3_ledger(s: sql.Identifier) -> list[sql.Composed]:
     ]
 
 
+def _v5_snapshots(s: sql.Identifier) -> list[sql.Composed]:
+    """Initial snapshots and backfill requests (walrelay.source.snapshot / backfill)."""
+    return [
+        sql.SQL(
+            "create table if not exists {}.snapshots ("
+            "slot text primary key, consistent_point pg_lsn not null, "
+            "status text not null, started_at timestamptz not null default now(), "
+            "finished_at timestamptz)"
+        ).format(s),
+        sql.SQL(
+            "create table if not exists {}.backfills ("
+            "id bigserial primary key, slot text not null, destination text not null, "
+            "table_name text not null, where_sql text, rate double precision, "
+            "chunk_size int not null default 5000, "
+            "status text not null default 'pending', cursor jsonb, "
+            "rows_done bigint not null default 0, rows_estimated bigint not null default 0, "
+            "chunks_done int not null default 0, error text, "
+            "created_at timestamptz not null default now(), started_at timestamptz, "
+            "updated_at timestamptz not null default now(), finished_at timestamptz)"
+        ).format(s),
+        sql.SQL(
+            "create index if not exists backfills_slot_status on {}.backfills (slot, status)"
+        ).format(s),
+    ]
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "meta table", _v1),
     Migration(2, "failed events", failed_events_statements),
     Migration(3, "delivery ledger", _v3_ledger),
+    Migration(4, "failed events: route", failed_route_statements),
+    Migration(5, "snapshots and backfills", _v5_snapshots),
 ]
 
 
