@@ -267,6 +267,30 @@ async def sample_slot(dsn: str, samples: list[int], stop: asyncio.Event) -> None
                 await asyncio.wait_for(stop.wait(), 0.2)  # the sampling period
 
 
+async def initial_snapshot_done(dsn: str, within: float) -> None:
+    """Wait until the slot's initial snapshot is recorded ``done`` (state schema
+    ``walrelay``, in the source database by default)."""
+    deadline = time.monotonic() + within
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        while True:
+            status = None
+            try:
+                cur = await conn.execute(
+                    "select status from walrelay.snapshots where slot = 'walrelay'"
+                )
+                row = await cur.fetchone()
+                status = row[0] if row is not None else None
+            except psycopg.errors.UndefinedTable:
+                pass  # the state schema is not migrated yet
+            if status == "done":
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"walrelay's initial snapshot not done within {within:g}s (status {status})"
+                )
+            await asyncio.sleep(0.1)  # polling the state table
+
+
 def setup_databases(cluster: PgCluster) -> tuple[str, str]:
     with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
         conn.execute("create database source")
@@ -545,12 +569,12 @@ async def run(plan: Plan, workdir: Path, verbose: bool, with_kafka: bool = False
         stop_sampling = asyncio.Event()
         sampler = asyncio.create_task(sample_slot(source, samples, stop_sampling))
         await relay.start()
-        # Let the first run create the slot before the workload starts.
-        for _ in range(300):
-            if samples:
-                break
-            await asyncio.sleep(0.05)  # polling the sampler
-        say("walrelay streaming; workload starts")
+        # Let the first run create the slot and deliver its (empty) initial snapshot
+        # before the workload starts: a crash before the snapshot is recorded done
+        # makes the next run drop the slot and snapshot again (walrelay.engine),
+        # turning the changes made meanwhile into `read` rows (their history gone).
+        await initial_snapshot_done(source, within=60)
+        say("walrelay streaming, initial snapshot done; workload starts")
         write_task = asyncio.create_task(writer(source, plan, wl))
         kills = 0
         redis_outage = 0.0

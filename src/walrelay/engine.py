@@ -496,6 +496,12 @@ class Engine:
                 feedback.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await feedback
+                session = self._session_task
+                if session is not None and not session.done():
+                    # We were cancelled: do not leave the reader on a closing socket.
+                    session.cancel()
+                    with contextlib.suppress(BaseException):
+                        await session
                 self._stream = None
                 await stream.close()
 

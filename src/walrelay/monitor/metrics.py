@@ -236,8 +236,28 @@ class MetricsCollector:
             hb.add_metric([], float(heartbeat))
         yield hb
 
+        yield from self._progress_metrics(gauge)
         yield from self._slot_metrics()
         yield from self._alert_metrics()
+
+    def _progress_metrics(self, gauge: Any) -> Iterator[Any]:
+        """Initial snapshots and backfills: rows done of estimated, rate, ETA."""
+        labels = ["kind", "table", "id"]
+        fams = {
+            "rows_done": gauge("walrelay_snapshot_rows_done", "Rows read so far", labels),
+            "rows_estimated": gauge(
+                "walrelay_snapshot_rows_estimated", "Rows expected (pg_class.reltuples)", labels
+            ),
+            "rate": gauge("walrelay_snapshot_rows_per_second", "Rows read per second", labels),
+            "eta_seconds": gauge("walrelay_snapshot_eta_seconds", "Estimated seconds left", labels),
+        }
+        for p in getattr(self.services.engine, "progress", {}).values():
+            doc = p.to_dict()
+            ident = str(doc["backfill_id"]) if doc["backfill_id"] is not None else ""
+            for key, fam in fams.items():
+                if doc[key] is not None:
+                    fam.add_metric([doc["kind"], doc["table"], ident], float(doc[key]))
+        yield from fams.values()
 
     def _slot_metrics(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily

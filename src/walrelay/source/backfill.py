@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -101,7 +102,9 @@ class BackfillManager:
         # Tables with an open watermark window: the engine's _route checks this
         # set (cheaply) and calls :meth:`observe` only while it is not empty.
         self.watch: set[str] = set()
-        self._chunks: dict[tuple[int, int], _Chunk] = {}
+        # (backfill id, chunk number, token): the token is new for every attempt, so
+        # the watermarks of an attempt before a restart, replayed, never match.
+        self._chunks: dict[tuple[int, int, str], _Chunk] = {}
         self._builder: EnvelopeBuilder | None = None
 
     # -- called by the engine's read loop (no awaits) ---------------------------
@@ -113,7 +116,7 @@ class BackfillManager:
         chunk's read events (seq ``seq + 1`` ...) at a high watermark, else []."""
         try:
             mark = orjson.loads(change.content or b"")
-            key = (int(mark["backfill"]), int(mark["chunk"]))
+            key = (int(mark["backfill"]), int(mark["chunk"]), str(mark.get("token", "")))
             kind = mark["kind"]
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             log.warning("ignoring a malformed %s message", WATERMARK_PREFIX)
@@ -282,8 +285,9 @@ class BackfillManager:
             )
             keys = tinfo.key_columns
             key_idx = [i for k in keys for i, c in enumerate(rel.columns) if c.name == k]
-            key_sql = sql.SQL(", ").join(sql.Identifier(k) for k in keys)
-            base = sql.SQL("select {cols} from {t}").format(
+            # Qualified: a bare name in ORDER BY would mean the ::text output column.
+            key_sql = sql.SQL(", ").join(sql.Identifier("_r", k) for k in keys)
+            base = sql.SQL("select {cols} from {t} as _r").format(
                 cols=select_list(rel), t=table_ident(rel)
             )
             cursor = req.cursor
@@ -366,18 +370,19 @@ class BackfillManager:
 
         Returns (rows read, high watermark commit LSN); rows None: redo the chunk.
         """
-        key = (req.id, number)
+        token = secrets.token_hex(8)
+        key = (req.id, number, token)
         loop = asyncio.get_running_loop()
         chunk = _Chunk(req.id, number, req.table, req.destination, rel, done=loop.create_future())
         self._chunks[key] = chunk
         try:
-            await self._emit(conn, req.id, number, "low")
+            await self._emit(conn, req.id, number, token, "low")
             cur = await conn.execute(query, params)
             rows: list[RawTuple] = await cur.fetchall()
             if not rows:
                 return [], None
             chunk.rows = rows
-            await self._emit(conn, req.id, number, "high")
+            await self._emit(conn, req.id, number, token, "high")
             assert chunk.done is not None
             hw_lsn = await chunk.done
             if hw_lsn is None:
@@ -388,9 +393,15 @@ class BackfillManager:
             self._rewatch()
 
     async def _emit(
-        self, conn: psycopg.AsyncConnection[tuple[Any, ...]], bid: int, number: int, kind: str
+        self,
+        conn: psycopg.AsyncConnection[tuple[Any, ...]],
+        bid: int,
+        number: int,
+        token: str,
+        kind: str,
     ) -> None:
-        content = orjson.dumps({"backfill": bid, "chunk": number, "kind": kind}).decode()
+        mark = {"backfill": bid, "chunk": number, "token": token, "kind": kind}
+        content = orjson.dumps(mark).decode()
         await conn.execute(
             "select pg_logical_emit_message(true, %s, %s)", (WATERMARK_PREFIX, content)
         )

@@ -210,14 +210,22 @@ async def relation_for(conn: Conn, info: TableInfo) -> Relation:
     cur = await conn.execute(_ATTRS, (info.oid,))
     rows = await cur.fetchall()
     schema, name = split_table(info.name)
+    gen = await conn.execute(
+        "select attname::text from pg_attribute where attrelid = %s and attgenerated <> ''",
+        (info.oid,),
+    )
+    generated = {bytes(r[0]).decode() for r in await gen.fetchall()}
+    typmods = {(r[0].decode() if isinstance(r[0], bytes) else str(r[0])): int(r[2]) for r in rows}
+    # The columns as the *current* catalog has them (a statement plans with the
+    # latest catalog, while pg_attribute read in an old snapshot may list a
+    # column dropped since): generated columns are left out, as pgoutput does.
+    cur = await conn.execute(
+        sql.SQL("select * from {} limit 0").format(sql.Identifier(schema, name))
+    )
     cols = tuple(
-        Column(
-            r[0].decode() if isinstance(r[0], bytes) else str(r[0]),
-            int(r[1]),
-            int(r[2]),
-            False,
-        )
-        for r in rows
+        Column(d.name, int(d.type_code), typmods.get(d.name, -1), False)
+        for d in cur.description or ()
+        if d.name not in generated
     )
     keys = set(info.key_columns)
     cols = tuple(Column(c.name, c.type_oid, c.type_modifier, c.name in keys) for c in cols)
@@ -293,15 +301,14 @@ async def _read_range(
         k = sql.Identifier(info.key_columns[0])
         query = sql.SQL("{} where {k} >= %s and {k} < %s").format(query, k=k)
         params = [rng.lo, rng.hi]
-    cur = conn.cursor(name=f"walrelay_snap_{id(rng)}")
-    cur.itersize = FETCH_ROWS
-    await cur.execute(query, params)
-    while True:
-        rows = await cur.fetchmany(FETCH_ROWS)
-        if not rows:
-            break
-        await out.put((rng.table, rows))
-    await cur.close()
+    async with conn.cursor(name=f"walrelay_snap_{id(rng)}") as cur:
+        cur.itersize = FETCH_ROWS
+        await cur.execute(query, params)
+        while True:
+            rows = await cur.fetchmany(FETCH_ROWS)
+            if not rows:
+                break
+            await out.put((rng.table, rows))
 
 
 async def read_tables(
@@ -391,12 +398,20 @@ async def run_initial_snapshot(
     src = engine.config.source
     plans: list[_TablePlan] = []
     dests_by_table: dict[str, list[Destination]] = {}
-    async with await connect_reader(src.dsn_value) as conn:
+    # This transaction holds ACCESS SHARE locks on the tables until the copy is
+    # read (as pg_dump does), so DDL waits instead of breaking the readers.
+    conn = await connect_reader(src.dsn_value)
+    try:
         await _import_snapshot(conn, exported.snapshot_name)
         for name, tinfo in info.tables.items():
             dests = snapshot_destinations(engine, name)
             if not dests:
                 continue
+            await conn.execute(
+                sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(
+                    sql.Identifier(*split_table(name))
+                )
+            )
             rel = await relation_for(conn, tinfo)
             progress = Progress(
                 "snapshot",
@@ -409,6 +424,10 @@ async def run_initial_snapshot(
             plans.append(plan)
             dests_by_table[name] = dests
             engine.progress[f"snapshot:{name}"] = progress
+    except BaseException:
+        await conn.close()
+        await exported.close()
+        raise
     seq = 0
     if reset_tables:
         for plan in plans:
@@ -473,6 +492,8 @@ async def run_initial_snapshot(
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
         await exported.close()
+        with contextlib.suppress(psycopg.Error):
+            await conn.close()
     tracker.seal(commit_lsn, exported.consistent_point)
     for p in plans:
         p.progress.finish()
@@ -531,9 +552,15 @@ async def drop_slot(conn: Conn, slot: str) -> bool:
 
 async def mark_done_when_confirmed(engine: Engine, point: Lsn) -> None:
     """Record the snapshot as finished once the slot may be confirmed past it."""
-    while engine.tracker.confirmed < point:  # noqa: ASYNC110
-        await asyncio.sleep(0.2)  # polling the tracker
     cfg = engine.config
+    try:
+        while engine.tracker.confirmed < point:  # noqa: ASYNC110
+            await asyncio.sleep(0.2)  # polling the tracker
+    except asyncio.CancelledError:
+        # Stopping (after the drain): record it if the snapshot got delivered.
+        if engine.tracker.confirmed >= point:
+            await record_snapshot(cfg.state_dsn, cfg.state.schema, cfg.source.slot, point, "done")
+        raise
     await record_snapshot(cfg.state_dsn, cfg.state.schema, cfg.source.slot, point, "done")
     log.info(
         "initial snapshot delivered: slot %s may now move past %s",
