@@ -347,6 +347,15 @@ async def test_metrics_move_and_token_is_enforced(
                 text = await r.text()
             return text, parse_metrics(text)
 
+        d = '{destination="file"}'
+        own = '{database="' + db.rsplit("=", 1)[1] + '",owned="true",slot="mon_metrics"}'
+
+        async def streaming_seen() -> bool:
+            _, m = await metrics()
+            return m.get("walrelay_streaming") == 1.0 and m.get(f"walrelay_slot_active{own}") == 1.0
+
+        # The first monitor check may predate START_REPLICATION (or the snapshot).
+        await wait_for(streaming_seen, what="the monitor to see the slot streaming")
         text, before = await metrics()
         for name in EXPECTED_METRICS:
             assert f"# TYPE {name} " in text, name
@@ -357,8 +366,6 @@ async def test_metrics_move_and_token_is_enforced(
         missing = {u for u in used if u not in exported and not u.endswith(suffixes)}
         assert not missing, missing
         assert {u.removesuffix("_bucket") for u in used if u.endswith("_bucket")} <= exported
-        d = '{destination="file"}'
-        own = '{database="' + db.rsplit("=", 1)[1] + '",owned="true",slot="mon_metrics"}'
         assert before["walrelay_streaming"] == 1.0
         assert before[f"walrelay_slot_active{own}"] == 1.0
         assert f"walrelay_slot_retained_wal_bytes{own}" in before
