@@ -9,6 +9,7 @@ LSN to the server on a timer, also while reading is paused.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -135,6 +136,10 @@ class Engine:
         self._adds: dict[str, int] = {}
         self._last_sealed_end: Lsn = 0
         self._last_status_sent: Lsn = -1
+        # Confirmed LSNs sent, with when: the ledgers trim only below what the
+        # server has had for a while (see _server_confirmed).
+        self._status_sent: collections.deque[tuple[float, Lsn]] = collections.deque()
+        self._server_floor: Lsn = 0
         self._session_task: asyncio.Task[None] | None = None
         self._force_stop: asyncio.TimerHandle | None = None
         # Failed deliveries parked in the state database (None: no destination parks).
@@ -732,14 +737,30 @@ class Engine:
         confirmed = self.tracker.confirmed
         stream.send_status(confirmed)
         if confirmed != self._last_status_sent:
+            self._status_sent.append((time.monotonic(), confirmed))
             failpoints.hit("lsn.after_confirm")
         self._last_status_sent = confirmed
+
+    def _server_confirmed(self) -> Lsn:
+        """The newest confirmed LSN sent to the server at least a second ago.
+
+        Only the server's position decides what is replayed after a crash, and
+        the tracker's value may not have reached it yet: trimming the ledgers
+        below the tracker's value could forget ids that are then replayed.
+        """
+        cutoff = time.monotonic() - 1.0
+        sent = self._status_sent
+        floor = self._server_floor
+        while sent and sent[0][0] <= cutoff:
+            floor = max(floor, sent.popleft()[1])
+        self._server_floor = floor
+        return floor
 
     def _trim_floor(self) -> Lsn:
         """Below this commit LSN no event is ever delivered again: the ledgers
         forget those ids. (A failed-event store re-delivering parked events
         must lower it to its oldest parked commit LSN.)"""
-        floor = self.tracker.confirmed
+        floor = self._server_confirmed()
         if self.retry_store is not None:
             for parked in self.retry_store.destinations.values():
                 oldest = parked.oldest_commit_lsn()
