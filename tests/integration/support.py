@@ -32,8 +32,7 @@ async def wait_for(
     what: str = "condition",
 ) -> None:
     """Await until ``predicate()`` is true; fail with ``what`` after ``within`` s."""
-    timeout = within
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while True:
         result = predicate()
         if not isinstance(result, bool):
@@ -41,7 +40,7 @@ async def wait_for(
         if result:
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(0.02)  # polling interval for an external condition
 
 
