@@ -26,7 +26,11 @@ if [ ! -x "$ROOT/.venv/bin/python" ]; then
   "$PY" -m venv "$ROOT/.venv"
 fi
 STAMP="$ROOT/.venv/.walrelay-installed${EXTRA:+-$EXTRA}"
-if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
+# Reinstall when the project's metadata or its C fast paths changed, or when
+# they are not built (pip compiles src/walrelay/_speedups.c in place).
+if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ] \
+  || [ "$ROOT/src/walrelay/_speedups.c" -nt "$STAMP" ] \
+  || ! ls "$ROOT"/src/walrelay/_speedups.*.so >/dev/null 2>&1; then
   "$ROOT/.venv/bin/pip" install -q --upgrade pip >/dev/null
   if [ -n "$EXTRA" ]; then
     "$ROOT/.venv/bin/pip" install -q -e "$ROOT[$EXTRA]"

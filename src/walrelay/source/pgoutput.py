@@ -32,6 +32,7 @@ from typing import Final
 
 from walrelay.errors import DecodeError, UnknownRelation
 from walrelay.model import UNCHANGED_TOAST, Change, Column, Lsn, RawTuple, RawValue, Relation
+from walrelay.speedups import decode_tuple as _c_decode_tuple
 
 __all__ = [
     "PG_EPOCH",
@@ -211,14 +212,27 @@ def _cstring(buf: bytes, pos: int) -> tuple[str, int]:
     return buf[pos:end].decode("utf-8"), end + 1
 
 
-def _tuple(
+def _tuple(buf: bytes, pos: int, rel: Relation) -> tuple[RawTuple, int]:
+    """TupleData at ``pos`` -> (values, next position).
+
+    The C version returns None for anything malformed; the Python one then
+    finds what is wrong and says so.
+    """
+    if _c_decode_tuple is not None:
+        decoded = _c_decode_tuple(buf, pos, len(rel.columns))
+        if decoded is not None:
+            return decoded  # type: ignore[return-value]
+    return _tuple_py(buf, pos, rel)
+
+
+def _tuple_py(
     buf: bytes,
     pos: int,
     rel: Relation,
     _unpack_len: Callable[[bytes, int], tuple[int]] = _U32.unpack_from,  # bound once
     _unchanged: RawValue = UNCHANGED_TOAST,
 ) -> tuple[RawTuple, int]:
-    """TupleData at ``pos`` -> (values, next position).
+    """TupleData at ``pos`` -> (values, next position), in Python.
 
     Hot loop: literal kind bytes ('t' 116, 'n' 110, 'u' 117, 'b' 98), no
     per-column bounds check (a length running past the end leaves ``pos``

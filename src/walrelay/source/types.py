@@ -255,12 +255,17 @@ class TypeRegistry:
                 self._names[info.array_oid] = f"{info.name}[]"
         self._safe: dict[int, Converter] = {}
         self._fast: dict[int, Converter] = {}
+        self._registered: set[int] = set()
         self._version = 0
 
     @property
     def version(self) -> int:
         """Bumped by :meth:`register`; converters cached by callers are stale then."""
         return self._version
+
+    def is_registered(self, oid: int) -> bool:
+        """True for a type :meth:`register` described (never loaded as built in)."""
+        return oid in self._registered
 
     def type_name(self, oid: int) -> str:
         """The type's name (``'int4'``, ``'_mood'``, ...) or ``'oid <n>'`` if unknown."""
@@ -314,6 +319,7 @@ class TypeRegistry:
             loader = _TextLoader
         self._adapters.register_loader(oid, loader)
         self._names[oid] = name
+        self._registered.add(oid)
         # Arrays of this type and domains over it may have cached its old loader.
         self._safe.clear()
         self._fast.clear()

@@ -1,0 +1,447 @@
+/*
+ * walrelay._speedups: the two innermost loops of the hot path, in C.
+ *
+ * The pure-Python code stays the reference: every function here returns None
+ * for anything outside its narrow fast case, and the caller then takes the
+ * Python path, which produces the same result or the right error. The unit
+ * tests (tests/unit/test_speedups.py) check byte-for-byte equality of both
+ * paths on generated inputs.
+ *
+ * decode_tuple(buf, pos, ncols) -> (values, next_pos) | None
+ *     pgoutput TupleData at buf[pos]: values are bytes ('t' and 'b'), None
+ *     ('n') or the UNCHANGED marker ('u').
+ *
+ * encode_object(names, kinds, encoders, row, indexes) -> bytes | None
+ *     The JSON object {name: value, ...} for row[indexes[i]] (or row[i]),
+ *     each raw text value written according to its kind byte (see below),
+ *     exactly as orjson writes the value psycopg's loader returns for it.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+static PyObject *unchanged_marker = NULL;
+
+/* -------------------------------------------------------------- out buffer */
+
+typedef struct {
+    char *data;
+    Py_ssize_t len;
+    Py_ssize_t cap;
+    char small[512];
+} Out;
+
+static void out_init(Out *o) {
+    o->data = o->small;
+    o->len = 0;
+    o->cap = (Py_ssize_t)sizeof(o->small);
+}
+
+static void out_free(Out *o) {
+    if (o->data != o->small) PyMem_Free(o->data);
+}
+
+static int out_reserve(Out *o, Py_ssize_t extra) {
+    Py_ssize_t need = o->len + extra;
+    if (need <= o->cap) return 0;
+    Py_ssize_t cap = o->cap * 2;
+    while (cap < need) cap *= 2;
+    char *p;
+    if (o->data == o->small) {
+        p = PyMem_Malloc((size_t)cap);
+        if (p != NULL) memcpy(p, o->data, (size_t)o->len);
+    } else {
+        p = PyMem_Realloc(o->data, (size_t)cap);
+    }
+    if (p == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    o->data = p;
+    o->cap = cap;
+    return 0;
+}
+
+static int out_put(Out *o, const char *s, Py_ssize_t n) {
+    if (out_reserve(o, n) < 0) return -1;
+    memcpy(o->data + o->len, s, (size_t)n);
+    o->len += n;
+    return 0;
+}
+
+static int out_ch(Out *o, char c) {
+    if (out_reserve(o, 1) < 0) return -1;
+    o->data[o->len++] = c;
+    return 0;
+}
+
+/* ---------------------------------------------------------- value writers */
+
+/* Each writer returns 0 when written, 1 when the value is not for the fast
+ * path (the caller returns None), -1 on a Python error. */
+
+static int is_digit(char c) { return c >= '0' && c <= '9'; }
+
+/* int2/int4/int8/oid: PostgreSQL prints -?(0|[1-9][0-9]*), the JSON number
+ * orjson writes for the int. */
+static int write_integer(Out *o, const char *s, Py_ssize_t n) {
+    Py_ssize_t i = (n > 0 && s[0] == '-') ? 1 : 0;
+    if (n - i < 1 || n - i > 19 || (s[i] == '0' && n - i > 1) || (i == 1 && s[1] == '0'))
+        return 1;
+    for (; i < n; i++)
+        if (!is_digit(s[i])) return 1;
+    return out_put(o, s, n);
+}
+
+static int write_quoted(Out *o, const char *s, Py_ssize_t n) {
+    if (out_reserve(o, n + 2) < 0) return -1;
+    o->data[o->len++] = '"';
+    memcpy(o->data + o->len, s, (size_t)n);
+    o->len += n;
+    o->data[o->len++] = '"';
+    return 0;
+}
+
+/* numeric: a JSON string with every digit. Decimal(text) formatted with 'f'
+ * gives the text back for everything PostgreSQL prints: -?digits[.digits],
+ * NaN, Infinity, -Infinity. */
+static int write_numeric(Out *o, const char *s, Py_ssize_t n) {
+    if ((n == 3 && memcmp(s, "NaN", 3) == 0) || (n == 8 && memcmp(s, "Infinity", 8) == 0) ||
+        (n == 9 && memcmp(s, "-Infinity", 9) == 0))
+        return write_quoted(o, s, n);
+    Py_ssize_t i = (n > 0 && s[0] == '-') ? 1 : 0;
+    Py_ssize_t start = i;
+    while (i < n && is_digit(s[i])) i++;
+    Py_ssize_t int_digits = i - start;
+    if (int_digits < 1 || (int_digits > 1 && s[start] == '0')) return 1;
+    if (i < n) {
+        if (s[i] != '.' || i + 1 == n) return 1;
+        for (i++; i < n; i++)
+            if (!is_digit(s[i])) return 1;
+    }
+    return write_quoted(o, s, n);
+}
+
+static int is_hex_lower(char c) { return is_digit(c) || (c >= 'a' && c <= 'f'); }
+
+/* uuid: PostgreSQL's canonical form is also what orjson writes for a UUID. */
+static int write_uuid(Out *o, const char *s, Py_ssize_t n) {
+    if (n != 36) return 1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (i == 8 || i == 13 || i == 18 || i == 23) {
+            if (s[i] != '-') return 1;
+        } else if (!is_hex_lower(s[i])) {
+            return 1;
+        }
+    }
+    return write_quoted(o, s, n);
+}
+
+static int write_bool(Out *o, const char *s, Py_ssize_t n) {
+    if (n != 1) return 1;
+    if (s[0] == 't') return out_put(o, "true", 4);
+    if (s[0] == 'f') return out_put(o, "false", 5);
+    return 1;
+}
+
+static const char HEX[] = "0123456789abcdef";
+
+/* text/varchar/bpchar/name: a JSON string escaped the way orjson escapes one. */
+static int write_string(Out *o, const char *s, Py_ssize_t n) {
+    int ascii = 1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if ((unsigned char)s[i] >= 0x80) {
+            ascii = 0;
+            break;
+        }
+    }
+    if (!ascii) {
+        /* Strict UTF-8, as the text loader decodes it: anything it rejects
+         * goes the slow way, which reports it. */
+        PyObject *u = PyUnicode_DecodeUTF8(s, n, "strict");
+        if (u == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) return -1;
+            PyErr_Clear();
+            return 1;
+        }
+        Py_DECREF(u);
+    }
+    if (out_reserve(o, n + 2) < 0) return -1;
+    o->data[o->len++] = '"';
+    Py_ssize_t run = 0; /* start of the current run of characters needing no escape */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\') continue;
+        if (out_put(o, s + run, i - run) < 0) return -1;
+        run = i + 1;
+        char esc = 0;
+        switch (c) {
+            case '"': esc = '"'; break;
+            case '\\': esc = '\\'; break;
+            case '\b': esc = 'b'; break;
+            case '\t': esc = 't'; break;
+            case '\n': esc = 'n'; break;
+            case '\f': esc = 'f'; break;
+            case '\r': esc = 'r'; break;
+            default: break;
+        }
+        if (esc) {
+            char pair[2] = {'\\', esc};
+            if (out_put(o, pair, 2) < 0) return -1;
+        } else {
+            char u[6] = {'\\', 'u', '0', '0', HEX[c >> 4], HEX[c & 15]};
+            if (out_put(o, u, 6) < 0) return -1;
+        }
+    }
+    if (out_put(o, s + run, n - run) < 0) return -1;
+    return out_ch(o, '"');
+}
+
+/* "YYYY-MM-DD" with a year from 1000 (Python's date holds 1-9999; the rare
+ * years below 1000 and BC dates take the slow path). */
+static int is_date(const char *s) {
+    return s[0] >= '1' && s[0] <= '9' && is_digit(s[1]) && is_digit(s[2]) && is_digit(s[3]) &&
+           s[4] == '-' && is_digit(s[5]) && is_digit(s[6]) && s[7] == '-' && is_digit(s[8]) &&
+           is_digit(s[9]);
+}
+
+static int write_date(Out *o, const char *s, Py_ssize_t n) {
+    if (n != 10 || !is_date(s)) return 1;
+    return write_quoted(o, s, n);
+}
+
+/* timestamp ("YYYY-MM-DD HH:MM:SS[.f{1,6}]") and timestamptz (the same plus
+ * "+00": the replication session runs with TimeZone=UTC) as orjson writes
+ * the datetime psycopg loads: 'T' separator, microseconds padded to six
+ * digits and left out when zero, "+00:00" for UTC. */
+static int write_timestamp(Out *o, const char *s, Py_ssize_t n, int with_tz) {
+    if (with_tz) {
+        if (n < 22 || s[n - 3] != '+' || s[n - 2] != '0' || s[n - 1] != '0') return 1;
+        n -= 3;
+    }
+    if (n < 19 || !is_date(s) || s[10] != ' ' || !is_digit(s[11]) || !is_digit(s[12]) ||
+        s[13] != ':' || !is_digit(s[14]) || !is_digit(s[15]) || s[16] != ':' ||
+        !is_digit(s[17]) || !is_digit(s[18]))
+        return 1;
+    if (s[11] > '2' || (s[11] == '2' && s[12] > '3')) return 1; /* 24:00:00 */
+    Py_ssize_t frac = n - 20; /* digits after the point */
+    int nonzero = 0;
+    if (n > 19) {
+        if (s[19] != '.' || frac < 1 || frac > 6) return 1;
+        for (Py_ssize_t i = 20; i < n; i++) {
+            if (!is_digit(s[i])) return 1;
+            if (s[i] != '0') nonzero = 1;
+        }
+    }
+    if (out_reserve(o, 40) < 0) return -1;
+    char *p = o->data + o->len;
+    *p++ = '"';
+    memcpy(p, s, 10);
+    p += 10;
+    *p++ = 'T';
+    memcpy(p, s + 11, 8);
+    p += 8;
+    if (nonzero) {
+        *p++ = '.';
+        memcpy(p, s + 20, (size_t)frac);
+        p += frac;
+        for (Py_ssize_t i = frac; i < 6; i++) *p++ = '0';
+    }
+    if (with_tz) {
+        memcpy(p, "+00:00", 6);
+        p += 6;
+    }
+    *p++ = '"';
+    o->len = p - o->data;
+    return 0;
+}
+
+/* Kind bytes (chosen per column type by walrelay.pipeline.envelope). */
+#define K_INTEGER 'i'
+#define K_NUMERIC 'n'
+#define K_UUID 'u'
+#define K_BOOL 'b'
+#define K_STRING 's'
+#define K_DATE 'd'
+#define K_TIMESTAMP 't'
+#define K_TIMESTAMPTZ 'z'
+#define K_CALL 'c' /* encoders[i](raw) -> bytes: the JSON text of the value */
+
+static int write_value(Out *o, char kind, PyObject *raw, PyObject *encoder) {
+    if (raw == Py_None) return out_put(o, "null", 4);
+    if (!PyBytes_CheckExact(raw)) return 1; /* the UNCHANGED marker, or a bug */
+    const char *s = PyBytes_AS_STRING(raw);
+    Py_ssize_t n = PyBytes_GET_SIZE(raw);
+    switch (kind) {
+        case K_INTEGER: return write_integer(o, s, n);
+        case K_NUMERIC: return write_numeric(o, s, n);
+        case K_UUID: return write_uuid(o, s, n);
+        case K_BOOL: return write_bool(o, s, n);
+        case K_STRING: return write_string(o, s, n);
+        case K_DATE: return write_date(o, s, n);
+        case K_TIMESTAMP: return write_timestamp(o, s, n, 0);
+        case K_TIMESTAMPTZ: return write_timestamp(o, s, n, 1);
+        case K_CALL: {
+            PyObject *r = PyObject_CallOneArg(encoder, raw);
+            if (r == NULL) {
+                /* The slow path redoes the row and raises the right error. */
+                if (!PyErr_ExceptionMatches(PyExc_Exception)) return -1;
+                PyErr_Clear();
+                return 1;
+            }
+            int rc = PyBytes_Check(r) ? out_put(o, PyBytes_AS_STRING(r), PyBytes_GET_SIZE(r)) : 1;
+            Py_DECREF(r);
+            return rc;
+        }
+        default: return 1;
+    }
+}
+
+/* ------------------------------------------------------------ encode_object */
+
+static PyObject *encode_object(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "encode_object() takes 5 arguments");
+        return NULL;
+    }
+    PyObject *names = args[0], *kinds = args[1], *encoders = args[2], *row = args[3],
+             *indexes = args[4];
+    if (!PyTuple_CheckExact(names) || !PyBytes_CheckExact(kinds) ||
+        !PyTuple_CheckExact(encoders) || !PyTuple_CheckExact(row) ||
+        (indexes != Py_None && !PyTuple_CheckExact(indexes))) {
+        PyErr_SetString(PyExc_TypeError,
+                        "encode_object(names: tuple, kinds: bytes, encoders: tuple, row: tuple, "
+                        "indexes: tuple | None)");
+        return NULL;
+    }
+    Py_ssize_t m = PyTuple_GET_SIZE(names);
+    Py_ssize_t nrow = PyTuple_GET_SIZE(row);
+    if (PyBytes_GET_SIZE(kinds) != m || PyTuple_GET_SIZE(encoders) != m ||
+        (indexes != Py_None && PyTuple_GET_SIZE(indexes) != m) ||
+        (indexes == Py_None && nrow != m))
+        Py_RETURN_NONE;
+    const char *kind = PyBytes_AS_STRING(kinds);
+    Out o;
+    out_init(&o);
+    int rc = out_ch(&o, '{');
+    for (Py_ssize_t i = 0; i < m && rc == 0; i++) {
+        Py_ssize_t at = i;
+        if (indexes != Py_None) {
+            at = PyLong_AsSsize_t(PyTuple_GET_ITEM(indexes, i));
+            if (at == -1 && PyErr_Occurred()) {
+                rc = -1;
+                break;
+            }
+            if (at < 0 || at >= nrow) {
+                rc = 1;
+                break;
+            }
+        }
+        PyObject *name = PyTuple_GET_ITEM(names, i);
+        if (!PyBytes_CheckExact(name)) {
+            rc = 1;
+            break;
+        }
+        if (i > 0) rc = out_ch(&o, ',');
+        if (rc == 0) rc = out_put(&o, PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name));
+        if (rc == 0)
+            rc = write_value(&o, kind[i], PyTuple_GET_ITEM(row, at),
+                             PyTuple_GET_ITEM(encoders, i));
+    }
+    if (rc == 0) rc = out_ch(&o, '}');
+    PyObject *result = NULL;
+    if (rc == 0) {
+        result = PyBytes_FromStringAndSize(o.data, o.len);
+    } else if (rc == 1) {
+        result = Py_NewRef(Py_None);
+    }
+    out_free(&o);
+    return result;
+}
+
+/* ------------------------------------------------------------ decode_tuple */
+
+static uint32_t be32(const unsigned char *p) {
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+static PyObject *decode_tuple(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "decode_tuple(buf: bytes, pos: int, ncols: int)");
+        return NULL;
+    }
+    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
+    if (pos == -1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t ncols = PyLong_AsSsize_t(args[2]);
+    if (ncols == -1 && PyErr_Occurred()) return NULL;
+    if (pos < 0 || pos + 2 > size) Py_RETURN_NONE;
+    Py_ssize_t n = ((Py_ssize_t)buf[pos] << 8) | buf[pos + 1];
+    if (n != ncols) Py_RETURN_NONE;
+    pos += 2;
+    PyObject *values = PyTuple_New(n);
+    if (values == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (pos >= size) goto fallback;
+        unsigned char kind = buf[pos];
+        PyObject *v;
+        if (kind == 't' || kind == 'b') {
+            if (pos + 5 > size) goto fallback;
+            Py_ssize_t len = (Py_ssize_t)be32(buf + pos + 1);
+            if (len > size - pos - 5) goto fallback;
+            v = PyBytes_FromStringAndSize((const char *)buf + pos + 5, len);
+            if (v == NULL) {
+                Py_DECREF(values);
+                return NULL;
+            }
+            pos += 5 + len;
+        } else if (kind == 'n') {
+            v = Py_NewRef(Py_None);
+            pos += 1;
+        } else if (kind == 'u' && unchanged_marker != NULL) {
+            v = Py_NewRef(unchanged_marker);
+            pos += 1;
+        } else {
+            goto fallback;
+        }
+        PyTuple_SET_ITEM(values, i, v);
+    }
+    PyObject *next = PyLong_FromSsize_t(pos);
+    if (next == NULL) {
+        Py_DECREF(values);
+        return NULL;
+    }
+    PyObject *result = PyTuple_Pack(2, values, next);
+    Py_DECREF(values);
+    Py_DECREF(next);
+    return result;
+fallback:
+    Py_DECREF(values);
+    Py_RETURN_NONE;
+}
+
+/* --------------------------------------------------------------- configure */
+
+static PyObject *configure(PyObject *self, PyObject *marker) {
+    Py_XSETREF(unchanged_marker, Py_NewRef(marker));
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"encode_object", (PyCFunction)(void (*)(void))encode_object, METH_FASTCALL,
+     "JSON object of a row's raw text values, or None for the slow path."},
+    {"decode_tuple", (PyCFunction)(void (*)(void))decode_tuple, METH_FASTCALL,
+     "pgoutput TupleData -> (values, next position), or None for the slow path."},
+    {"configure", configure, METH_O, "Set the marker object for unchanged TOAST values."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "walrelay._speedups", "C fast paths for the decoder and the envelope.",
+    -1, methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__speedups(void) { return PyModule_Create(&module); }

@@ -1,0 +1,11 @@
+from collections.abc import Callable
+
+def configure(unchanged: object) -> None: ...
+def decode_tuple(buf: bytes, pos: int, ncols: int) -> tuple[tuple[object, ...], int] | None: ...
+def encode_object(
+    names: tuple[bytes, ...],
+    kinds: bytes,
+    encoders: tuple[Callable[[bytes], bytes] | None, ...],
+    row: tuple[object, ...],
+    indexes: tuple[int, ...] | None,
+) -> bytes | None: ...

@@ -1,0 +1,39 @@
+"""The optional C fast paths (``_speedups.c``), or None where they are not built.
+
+``pip install`` compiles them when a C compiler is present; without one,
+walrelay runs the same pure-Python code, which is the reference the C code
+is tested against byte for byte (``tests/unit/test_speedups.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from walrelay.model import UNCHANGED_TOAST
+
+__all__ = ["ENABLED", "decode_tuple", "encode_object"]
+
+DecodeTuple = Callable[[bytes, int, int], "tuple[tuple[object, ...], int] | None"]
+EncodeObject = Callable[
+    [
+        tuple[bytes, ...],
+        bytes,
+        tuple[Callable[[bytes], bytes] | None, ...],
+        tuple[object, ...],
+        tuple[int, ...] | None,
+    ],
+    "bytes | None",
+]
+
+decode_tuple: DecodeTuple | None
+encode_object: EncodeObject | None
+try:
+    from walrelay import _speedups
+except ImportError:  # built without a C compiler
+    decode_tuple = encode_object = None
+else:
+    _speedups.configure(UNCHANGED_TOAST)
+    decode_tuple = _speedups.decode_tuple
+    encode_object = _speedups.encode_object
+
+ENABLED = encode_object is not None

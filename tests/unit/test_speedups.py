@@ -1,0 +1,334 @@
+"""The C fast paths against the pure-Python reference, byte for byte.
+
+``walrelay._speedups`` may only ever answer what the Python code answers, or
+None (take the Python path). Values are generated the way PostgreSQL prints
+them (where the fast path must be taken) and as arbitrary bytes (where it may
+decline but never disagree).
+"""
+
+from __future__ import annotations
+
+import string
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+import orjson
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from walrelay import speedups
+from walrelay.model import UNCHANGED_TOAST, Begin, Change, Column, RawTuple, Relation
+from walrelay.pipeline import envelope
+from walrelay.pipeline.envelope import _C_KINDS, EnvelopeBuilder, _default
+from walrelay.source import pgoutput
+from walrelay.source.types import TypeRegistry
+
+REGISTRY = TypeRegistry()
+encode_object = speedups.encode_object
+decode_tuple = speedups.decode_tuple
+
+
+def test_the_c_extension_is_built() -> None:
+    # pip install compiles it; a missing compiler silently leaves the slow path.
+    assert speedups.ENABLED, "walrelay._speedups is not built: pip install -e . with gcc present"
+
+
+def python_json(oid: int, raw: bytes) -> bytes | None:
+    """What the Python path writes for one value, or None if it cannot convert it."""
+    try:
+        value = REGISTRY.converter(oid)(raw)
+        return orjson.dumps(value, default=_default)
+    except Exception:
+        return None
+
+
+def c_json(oid: int, raw: bytes | None) -> bytes | None:
+    assert encode_object is not None
+    kind = _C_KINDS[oid].encode()
+    out = encode_object((b'"v":',), kind, (None,), (raw,), None)
+    if out is None:
+        return None
+    assert out.startswith(b'{"v":') and out.endswith(b"}")
+    return out[5:-1]
+
+
+def agrees(oid: int, raw: bytes) -> bytes | None:
+    """Asserts the C answer is the Python one or None; returns the C answer."""
+    fast = c_json(oid, raw)
+    if fast is not None:
+        assert fast == python_json(oid, raw), (oid, raw)
+    return fast
+
+
+# -- values as PostgreSQL prints them: the fast path must take them ------------
+
+INTEGERS = {21: (-(2**15), 2**15 - 1), 23: (-(2**31), 2**31 - 1), 20: (-(2**63), 2**63 - 1)}
+
+
+@given(st.sampled_from(sorted(INTEGERS)), st.data())
+def test_integers(oid: int, data: st.DataObject) -> None:
+    lo, hi = INTEGERS[oid]
+    raw = str(data.draw(st.integers(lo, hi))).encode()
+    assert agrees(oid, raw) == raw
+
+
+@given(
+    st.decimals(allow_nan=False, allow_infinity=False, places=None).filter(
+        lambda d: abs(d.adjusted()) < 60
+    )
+)
+def test_numeric(value: Decimal) -> None:
+    raw = format(value, "f").encode()  # PostgreSQL never prints an exponent
+    if raw.startswith(b"-0") and not raw.strip(b"-0."):
+        raw = raw[1:]  # nor a negative zero
+    assert agrees(1700, raw) == b'"' + raw + b'"'
+
+
+@pytest.mark.parametrize("raw", [b"NaN", b"Infinity", b"-Infinity", b"0", b"0.000", b"-1.50"])
+def test_numeric_specials(raw: bytes) -> None:
+    assert agrees(1700, raw) == b'"' + raw + b'"'
+
+
+@given(st.uuids())
+def test_uuid(value: UUID) -> None:
+    raw = str(value).encode()
+    assert agrees(2950, raw) == b'"' + raw + b'"'
+
+
+@pytest.mark.parametrize(("raw", "out"), [(b"t", b"true"), (b"f", b"false")])
+def test_bool(raw: bytes, out: bytes) -> None:
+    assert agrees(16, raw) == out
+
+
+@given(st.sampled_from([25, 1043, 1042, 19]), st.text())
+def test_text(oid: int, value: str) -> None:
+    assume("\x00" not in value)  # PostgreSQL text cannot hold NUL
+    try:
+        raw = value.encode()
+    except UnicodeEncodeError:
+        assume(False)  # lone surrogates: not UTF-8 at all
+    assert agrees(oid, raw) is not None
+
+
+def test_text_escapes_like_orjson() -> None:
+    raw = ("".join(chr(i) for i in range(1, 0x20)) + '"\\ /\x7f\u2028é😀').encode()
+    assert agrees(25, raw) is not None
+
+
+def pg_timestamp_text(value: datetime, tz: bool) -> bytes:
+    text = value.strftime("%Y-%m-%d %H:%M:%S")
+    if value.microsecond:
+        text += f".{value.microsecond:06d}".rstrip("0")
+    return (text + ("+00" if tz else "")).encode()
+
+
+@given(st.datetimes(min_value=datetime(1000, 1, 1)), st.booleans())
+def test_timestamps(value: datetime, tz: bool) -> None:
+    oid = 1184 if tz else 1114
+    assert agrees(oid, pg_timestamp_text(value, tz)) is not None
+
+
+@given(st.dates(min_value=date(1000, 1, 1)))
+def test_dates(value: date) -> None:
+    assert agrees(1082, value.isoformat().encode()) is not None
+
+
+# -- anything else: the fast path may decline, never disagree -------------------
+
+
+@pytest.mark.parametrize(
+    ("oid", "raw"),
+    [
+        (23, b"-0"),
+        (23, b"007"),
+        (23, b"+1"),
+        (23, b""),
+        (20, b"12345678901234567890"),
+        (1700, b"1e5"),
+        (1700, b"01.5"),
+        (1700, b".5"),
+        (1700, b"1."),
+        (2950, b"A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11"),
+        (2950, b"{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}"),
+        (16, b"true"),
+        (25, b"\xff\xfe"),
+        (25, b"\xed\xa0\x80"),  # an encoded surrogate
+        (1184, b"infinity"),
+        (1184, b"2024-01-02 08:34:05+05:30"),
+        (1184, b"0044-03-15 00:00:00+00 BC"),
+        (1184, b"0099-01-02 03:04:05+00"),
+        (1184, b"2024-01-02 24:00:00+00"),
+        (1114, b"2024-01-02 03:04:05.1234567"),
+        (1114, b"2024-01-02T03:04:05"),
+        (1082, b"0044-03-15 BC"),
+        (1082, b"12345-01-01"),
+    ],
+)
+def test_declines_what_it_does_not_know(oid: int, raw: bytes) -> None:
+    assert c_json(oid, raw) is None
+
+
+@settings(max_examples=300)
+@given(
+    st.sampled_from(sorted(_C_KINDS)),
+    st.one_of(
+        st.binary(max_size=40),
+        st.text(alphabet=string.digits + "-+.:eE TZNaInfinityt", max_size=32).map(str.encode),
+    ),
+)
+def test_arbitrary_bytes_never_disagree(oid: int, raw: bytes) -> None:
+    agrees(oid, raw)
+
+
+def test_null_unchanged_and_bad_rows() -> None:
+    assert encode_object is not None
+    names = (b'"a":', b'"b":')
+    assert encode_object(names, b"ii", (None, None), (b"1", None), None) == b'{"a":1,"b":null}'
+    assert encode_object(names, b"ii", (None, None), (b"1", UNCHANGED_TOAST), None) is None
+    assert encode_object(names, b"ii", (None, None), (b"1",), None) is None  # length
+    assert encode_object(names, b"ii", (None, None), (b"1", b"2"), (1, 5)) is None  # index
+    assert encode_object(names, b"ii", (None, None), (b"1", b"2"), (1, 0)) == b'{"a":2,"b":1}'
+
+
+def test_call_kind_uses_the_encoder_and_declines_on_its_errors() -> None:
+    assert encode_object is not None
+
+    def fails(raw: bytes) -> bytes:
+        raise ValueError("no")
+
+    assert encode_object((b'"a":',), b"c", (lambda raw: b"[" + raw + b"]",), (b"1",), None) == (
+        b'{"a":[1]}'
+    )
+    assert encode_object((b'"a":',), b"c", (fails,), (b"1",), None) is None
+
+
+# -- decode_tuple against the Python decoder ------------------------------------
+
+values = st.one_of(
+    st.none(), st.just(UNCHANGED_TOAST), st.binary(max_size=30).map(lambda b: ("t", b))
+)
+
+
+def tuple_data(row: list[Any]) -> bytes:
+    out = len(row).to_bytes(2, "big")
+    for v in row:
+        if v is None:
+            out += b"n"
+        elif v is UNCHANGED_TOAST:
+            out += b"u"
+        else:
+            out += v[0].encode() + len(v[1]).to_bytes(4, "big") + v[1]
+    return out
+
+
+def relation(n: int) -> Relation:
+    return Relation(1, "public", "t", "d", tuple(Column(f"c{i}", 25, -1, i == 0) for i in range(n)))
+
+
+@given(st.lists(values, max_size=8), st.binary(max_size=4))
+def test_decode_tuple_matches_python(row: list[Any], trailer: bytes) -> None:
+    assert decode_tuple is not None
+    buf = b"xx" + tuple_data(row) + trailer
+    expected = pgoutput._tuple_py(buf, 2, relation(len(row)))
+    assert decode_tuple(buf, 2, len(row)) == expected
+
+
+@given(st.binary(max_size=40), st.integers(0, 6))
+def test_decode_tuple_on_garbage_is_none_or_python(buf: bytes, ncols: int) -> None:
+    assert decode_tuple is not None
+    fast = decode_tuple(buf, 0, ncols)
+    try:
+        slow: Any = pgoutput._tuple_py(buf, 0, relation(ncols))
+    except Exception:
+        slow = None
+    if fast is not None:
+        assert fast == slow
+
+
+# -- whole envelopes: C and Python paths give the same bytes --------------------
+
+COLUMNS = [
+    ("id", 20, b"42"),
+    ("n", 1700, b"-12.50"),
+    ("u", 2950, b"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
+    ("ok", 16, b"t"),
+    ("s", 25, 'quote " and \\ \n é'.encode()),
+    ("d", 1082, b"2024-02-29"),
+    ("ts", 1114, b"2024-01-02 03:04:05.5"),
+    ("tz", 1184, b"2024-01-02 03:04:05+00"),
+    ("j", 3802, b'{"a": [1, 2.5, null]}'),
+    ("f", 701, b"NaN"),
+    ("iv", 1186, b"1 day 02:03:04"),
+]
+
+
+def table(identity: str = "d") -> Relation:
+    return Relation(
+        16384,
+        "public",
+        "all types",
+        identity,
+        tuple(Column(n, oid, -1, n == "id" or identity == "f") for n, oid, _ in COLUMNS),
+    )
+
+
+ROW: RawTuple = tuple(raw for _, _, raw in COLUMNS)
+OTHER: RawTuple = (b"43", *ROW[1:4], b"other", *ROW[5:])
+BEGIN = Begin(9, 0x16B3748, datetime(2024, 1, 2, 3, 4, 5, 123456, UTC))
+
+
+def bodies(change: Change, key_columns: dict[str, list[str]] | None = None) -> tuple[bytes, bytes]:
+    fast = EnvelopeBuilder(TypeRegistry(), key_columns).build(BEGIN, change, 7).body
+    saved = envelope._c_encode_object
+    envelope._c_encode_object = None
+    try:
+        slow = EnvelopeBuilder(TypeRegistry(), key_columns).build(BEGIN, change, 7).body
+    finally:
+        envelope._c_encode_object = saved
+    return fast, slow
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        Change("insert", table(), ROW),
+        Change("update", table(), OTHER),
+        Change("update", table(), OTHER, (b"42",) + (None,) * 10, "K"),
+        Change("update", table("f"), OTHER, ROW, "O"),
+        Change("delete", table(), None, (b"42",) + (None,) * 10, "K"),
+        Change("delete", table("f"), None, ROW, "O"),
+        Change("update", table(), (b"42", UNCHANGED_TOAST, *ROW[2:])),
+        Change("insert", table(), (b"1", b"NaN", *ROW[2:7], b"infinity", *ROW[8:])),
+    ],
+    ids=["insert", "update", "update-K", "update-O", "delete-K", "delete-O", "toast", "infinity"],
+)
+def test_envelopes_are_identical(change: Change) -> None:
+    fast, slow = bodies(change)
+    assert fast == slow
+
+
+def test_key_columns_outside_the_old_key_take_the_python_path() -> None:
+    change = Change("delete", table(), None, (b"42",) + (None,) * 10, "K")
+    fast, slow = bodies(change, {"public.all types": ["u"]})
+    assert fast == slow
+    assert orjson.loads(fast)["key"] == {}
+
+
+def test_registered_types_are_never_taken_as_built_in() -> None:
+    registry = TypeRegistry()
+    registry.register(23, "my_int4")  # now text
+    t = Relation(1, "public", "t", "d", (Column("id", 23, -1, True),))
+    body = EnvelopeBuilder(registry).build(BEGIN, Change("insert", t, (b"5",)), 0).body
+    assert orjson.loads(body)["record"] == {"id": "5"}
+
+
+def test_speedups_declines_for_every_row_it_cannot_write_exactly() -> None:
+    # Spot check of the slow-path fallback: a timestamp before year 1000.
+    t = Relation(1, "public", "t", "d", (Column("ts", 1184, -1, True),))
+    old = datetime(999, 1, 1, tzinfo=UTC) + timedelta(microseconds=5)
+    change = Change("insert", t, (pg_timestamp_text(old, True),))
+    fast, slow = bodies(change)
+    assert fast == slow
