@@ -11,6 +11,7 @@ reference, pg_recvlogical writing to /dev/null, is bounded by the walsender
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
 import json
 import os
@@ -25,6 +26,8 @@ import psutil
 import psycopg
 import yaml
 
+import walrelay
+from walrelay import speedups
 from walrelay.model import parse_lsn
 from walrelay.testing.pgcluster import PgCluster, pg_bindir, start_cluster
 
@@ -187,6 +190,11 @@ def main() -> int:
     ap.add_argument("--json", default="bench/results/throughput.json")
     args = ap.parse_args()
 
+    # Time the run, not compiling walrelay's modules (PYTHONDONTWRITEBYTECODE
+    # would otherwise make every start compile them again).
+    compileall.compile_dir(Path(walrelay.__file__).parent, quiet=1)
+    if not speedups.ENABLED:
+        print("warning: walrelay._speedups is not built; measuring the pure-Python paths")
     cluster = start_cluster({"logical_decoding_work_mem": "64MB"})
     try:
         dsn = setup(cluster)
@@ -214,6 +222,7 @@ def main() -> int:
             "peak_rss_mb": round(peak / 2**20, 1),
         },
         "ratio": round(wr_rate / ref_rate, 3),
+        "c_speedups": speedups.ENABLED,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
     }
     print(f"{'consumer':<24}{'seconds':>10}{'changes/s':>14}")

@@ -39,3 +39,6 @@ if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ] \
   fi
   touch "$STAMP"
 fi
+# Byte-compile walrelay's own modules (an editable install does not), so that
+# no start pays for compiling them, even with PYTHONDONTWRITEBYTECODE set.
+"$ROOT/.venv/bin/python" -m compileall -q "$ROOT/src/walrelay" >/dev/null

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
+import importlib
 import logging
-import signal
 import sys
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import click
 
@@ -25,6 +25,8 @@ def setup_logging(level: str) -> None:
 
 def run_until_signalled(main: Callable[[], Awaitable[None]], on_signal: Callable[[], None]) -> None:
     """Run ``main``; the first SIGTERM/SIGINT calls ``on_signal``, a second one aborts."""
+    import asyncio
+    import signal
 
     async def runner() -> None:
         loop = asyncio.get_running_loop()
@@ -53,7 +55,49 @@ def run_until_signalled(main: Callable[[], Awaitable[None]], on_signal: Callable
         sys.exit(130)
 
 
-@click.group()
+class LazyGroup(click.Group):
+    """A group whose ``lazy_commands`` (name -> ``"module:attribute"``) are imported
+    only when invoked or listed, so ``walrelay run`` does not load the others."""
+
+    def __init__(self, *args: Any, lazy_commands: dict[str, str] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = lazy_commands or {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy_commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy_commands:
+            return self._load(cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        # click suggests close matches ("Did you mean ...?") from self.commands only
+        if args and self.get_command(ctx, args[0]) is None:
+            for name in self.lazy_commands:
+                self.add_command(self._load(name), name)
+        return super().resolve_command(ctx, args)
+
+    def _load(self, cmd_name: str) -> click.Command:
+        module_name, attribute = self.lazy_commands[cmd_name].split(":")
+        command = getattr(importlib.import_module(module_name), attribute)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{module_name}.{attribute} is not a click command")
+        return command
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy_commands={
+        "backfill": "walrelay.cli_backfill:backfill_command",
+        "doctor": "walrelay.monitor.doctor:doctor_command",
+        "failed": "walrelay.cli_failed:failed_command",
+        "outbox": "walrelay.outbox.cli:outbox_command",
+        "status": "walrelay.monitor.status:status_command",
+    },
+)
 @click.version_option(package_name="walrelay")
 def main() -> None:
     """walrelay: stream PostgreSQL changes to destinations, in per-key order."""
@@ -112,22 +156,6 @@ def demo(transactions: int, output: str, quiet: bool) -> None:
     run_until_signalled_demo = run_demo(transactions=transactions, output=output, quiet=quiet)
     sys.exit(run_until_signalled_demo)
 
-
-def _register_subcommands() -> None:
-    from walrelay.cli_backfill import backfill_command
-    from walrelay.cli_failed import failed_command
-    from walrelay.monitor.doctor import doctor_command
-    from walrelay.monitor.status import status_command
-    from walrelay.outbox.cli import outbox_command
-
-    main.add_command(doctor_command)
-    main.add_command(failed_command)
-    main.add_command(status_command)
-    main.add_command(outbox_command)
-    main.add_command(backfill_command)
-
-
-_register_subcommands()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 import psycopg
 
-from walrelay import failpoints
+from walrelay import failpoints, speedups
 from walrelay.config import Config, DestinationConfig
 from walrelay.errors import DecodeError, SlotLost, SourceSetupError, WalrelayError
 from walrelay.model import Begin, Change, Commit, Event, Lsn, format_lsn
@@ -480,6 +480,12 @@ class Engine:
                 log.info("replication resumed on slot %s from %s", src.slot, format_lsn(start_lsn))
             else:
                 log.info("streaming slot %s from %s", src.slot, format_lsn(start_lsn))
+                if not speedups.ENABLED:
+                    log.warning(
+                        "walrelay._speedups is not built (no C compiler at install time): "
+                        "decoding and encoding run in pure Python, at about half the speed; "
+                        "reinstall with gcc and the Python headers present"
+                    )
             attempt = 0
             feedback = asyncio.create_task(self._feedback_loop(stream), name="walrelay-feedback")
             self._session_task = asyncio.create_task(self._session(stream), name="walrelay-read")
@@ -598,25 +604,26 @@ class Engine:
         if adds:
             begin = self._begin
             assert begin is not None
-            add = self.tracker.add
-            for name, count in adds.items():
-                add(begin.commit_lsn, count, destination=name)
+            self.tracker.add_counts(begin.commit_lsn, adds)
             adds.clear()
 
     def _on_begin(self, begin: Begin) -> None:
         self._begin = begin
         self._seq = 0
         self._skip_tx = False
-        if begin.commit_lsn == self._resume_commit_lsn:
-            return  # already begun in the tracker before the reconnect
-        self._resume_commit_lsn = None
-        last = self.tracker.last_begun
-        if last is not None and begin.commit_lsn <= last:
+        commit_lsn = begin.commit_lsn
+        if self._resume_commit_lsn is not None:
+            if commit_lsn == self._resume_commit_lsn:
+                return  # already begun in the tracker before the reconnect
+            self._resume_commit_lsn = None
+        tracker = self.tracker
+        last = tracker.last_begun
+        if last is not None and commit_lsn <= last:
             # Sent again after a reconnect although we asked to start past it.
-            log.debug("skipping transaction %s: already received", format_lsn(begin.commit_lsn))
+            log.debug("skipping transaction %s: already received", format_lsn(commit_lsn))
             self._skip_tx = True
             return
-        self.tracker.begin(begin.commit_lsn)
+        tracker.begin(commit_lsn)
         self.stats.transactions_in += 1
 
     def _on_commit(self, commit: Commit) -> None:
@@ -625,8 +632,10 @@ class Engine:
             self._begin = None
             return
         self._flush_adds()
-        self.tracker.seal(commit.commit_lsn, commit.end_lsn)
-        self._last_sealed_end = max(self._last_sealed_end, commit.end_lsn)
+        end_lsn = commit.end_lsn
+        self.tracker.seal(commit.commit_lsn, end_lsn)
+        if end_lsn > self._last_sealed_end:
+            self._last_sealed_end = end_lsn
         self.stats.last_commit_lsn = commit.commit_lsn
         self._begin = None
         self._resume_commit_lsn = None

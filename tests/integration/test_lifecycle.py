@@ -116,11 +116,14 @@ def test_second_instance_exits_with_slot_and_pid(db: str, tmp_path: Path) -> Non
         tmp_path / "walrelay.yaml", config_dict(db, ["public.t"], tmp_path / "e.jsonl")
     )
     with walrelay_process(cfg, tmp_path / "first.log"):
-        # Streaming for sure (past any initial snapshot): a change came through.
+        # Streaming for sure: a change came through (possibly as an initial
+        # snapshot row, delivered before streaming starts) and the slot is held.
         execute(db, "insert into t values (1)")
         wait_for_sync(lambda: len(read_jsonl(tmp_path / "e.jsonl")) >= 1, what="first event")
+        wait_for_sync(
+            lambda: slot_state(db, "walrelay")["active_pid"] is not None, what="slot streaming"
+        )
         holder = slot_state(db, "walrelay")["active_pid"]
-        assert holder is not None
         confirmed_before = slot_state(db, "walrelay")["confirmed"]
         second = run_cli("run", "--config", str(cfg))
         assert second.returncode == 2, second.stderr

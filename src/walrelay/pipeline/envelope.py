@@ -66,7 +66,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, Final
 
@@ -476,7 +476,7 @@ class EnvelopeBuilder:
         }
         self._plans: dict[int, _Plan] = {}
         self._begin: Begin | None = None
-        self._committed_at_text = ""
+        self._committed_at = datetime.min
         self._head = b""  # the envelope's bytes up to the seq, and from commit_lsn on
         self._tail = b""
 
@@ -503,14 +503,15 @@ class EnvelopeBuilder:
             at = begin.committed_at
             if at.tzinfo is None:
                 at = at.replace(tzinfo=UTC)
-            self._committed_at_text = at.isoformat()
+            self._committed_at = at
             lsn = begin.commit_lsn
             self._head = b'{"id":"%016X/' % lsn
-            self._tail = b',"commit_lsn":"%X/%X","xid":%d,"committed_at":"%s"}' % (
+            # orjson writes an aware datetime as isoformat() does, 3x faster.
+            self._tail = b',"commit_lsn":"%X/%X","xid":%d,"committed_at":%s}' % (
                 lsn >> 32,
                 lsn & 0xFFFFFFFF,
                 begin.xid,
-                self._committed_at_text.encode(),
+                orjson.dumps(at),
             )
         op = change.op
         relation = change.relation
@@ -630,7 +631,7 @@ class EnvelopeBuilder:
             "old": old_obj,
             "commit_lsn": format_lsn(begin.commit_lsn),
             "xid": begin.xid,
-            "committed_at": self._committed_at_text,
+            "committed_at": self._committed_at,
         }
         if unchanged:
             env["unchanged"] = unchanged
@@ -646,7 +647,7 @@ class EnvelopeBuilder:
             "old": None,
             "commit_lsn": format_lsn(begin.commit_lsn),
             "xid": begin.xid,
-            "committed_at": self._committed_at_text,
+            "committed_at": self._committed_at,
         }
 
     def _truncate_event(self, begin: Begin, change: Change, seq: int) -> Event:

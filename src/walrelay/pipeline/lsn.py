@@ -14,32 +14,27 @@ so a quiet publication in a busy database still advances the slot).
 
 Every operation is O(1) amortised: a dict from commit LSN to a small record,
 and a deque of pending records in commit order whose head is retired as soon
-as it is finished.
+as it is finished. Per destination, a dict from commit LSN to the events
+pending there, in commit order, with an entry only while it is non-zero.
 """
 
 from __future__ import annotations
 
-import bisect
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import NoReturn
 
 from walrelay.model import Event, Lsn, format_lsn
 
 __all__ = ["LsnTracker"]
 
-
-class _Txn:
-    __slots__ = ("commit_lsn", "end_lsn", "outstanding", "per_dest")
-
-    def __init__(self, commit_lsn: Lsn) -> None:
-        self.commit_lsn = commit_lsn
-        self.end_lsn: Lsn | None = None  # None until sealed
-        self.outstanding = 0  # events added and not yet finished, all destinations
-        self.per_dest: dict[str, int] | None = None  # the same, per destination
-
-
-def _commit_lsn(txn: _Txn) -> Lsn:
-    return txn.commit_lsn
+# A transaction is a list [commit_lsn, end_lsn, outstanding]: end_lsn is -1
+# until sealed, outstanding counts the events added and not yet finished, all
+# destinations. (A list is several times cheaper to make than an object, and
+# one is made per transaction.)
+_Txn = list[int]
+_COMMIT, _END, _OUTSTANDING = 0, 1, 2
+_UNSEALED = -1
 
 
 class LsnTracker:
@@ -73,85 +68,110 @@ class LsnTracker:
 
     def __init__(self, start: Lsn = 0) -> None:
         self._txns: dict[Lsn, _Txn] = {}
-        self._order: deque[_Txn] = deque()  # begun and not yet retired, commit order
+        # Begun and not yet retired, commit order.
+        self._order: deque[_Txn] = deque()
         self._confirmed: Lsn = start
         self._keepalive: Lsn = start  # highest keepalive wal_end seen
-        self._last_begin: Lsn | None = None
+        self._last_begin: Lsn = -1  # -1: none yet
         self._pending_total = 0
         self._dest_pending: dict[str, int] = {}
-        # Per destination, the transactions that got events for it, in commit
-        # order; finished ones are dropped from the head lazily.
-        self._dest_order: dict[str, deque[_Txn]] = {}
+        # Per destination: commit LSN -> events pending there, in commit
+        # order; a transaction is dropped as soon as its count is zero.
+        self._dest_order: dict[str, dict[Lsn, int]] = {}
 
     # -- the stream side ------------------------------------------------------
 
     def begin(self, commit_lsn: Lsn) -> None:
         """A transaction with this commit LSN was received (strictly increasing)."""
-        if self._last_begin is not None and commit_lsn <= self._last_begin:
-            raise ValueError(
-                f"begin({format_lsn(commit_lsn)}) after begin({format_lsn(self._last_begin)}):"
-                " transactions must arrive in increasing commit LSN order"
-            )
-        if commit_lsn < self._confirmed:
-            raise ValueError(
-                f"begin({format_lsn(commit_lsn)}) below the confirmed LSN"
-                f" {format_lsn(self._confirmed)}: the server cannot send that"
-            )
-        txn = _Txn(commit_lsn)
+        if commit_lsn <= self._last_begin or commit_lsn < self._confirmed:
+            self._bad_begin(commit_lsn)
+        txn = [commit_lsn, _UNSEALED, 0]
         self._txns[commit_lsn] = txn
         self._order.append(txn)
         self._last_begin = commit_lsn
 
+    def _bad_begin(self, commit_lsn: Lsn) -> NoReturn:
+        if self._last_begin >= 0 and commit_lsn <= self._last_begin:
+            raise ValueError(
+                f"begin({format_lsn(commit_lsn)}) after begin({format_lsn(self._last_begin)}):"
+                " transactions must arrive in increasing commit LSN order"
+            )
+        raise ValueError(
+            f"begin({format_lsn(commit_lsn)}) below the confirmed LSN"
+            f" {format_lsn(self._confirmed)}: the server cannot send that"
+        )
+
     def add(self, commit_lsn: Lsn, count: int = 1, destination: str | None = None) -> None:
         """``count`` events of the transaction were routed (to ``destination``)."""
-        if count < 0:
-            raise ValueError(f"add: negative count {count}")
+        if destination is not None:
+            self.add_counts(commit_lsn, {destination: count})
+            return
+        txn = self._txns.get(commit_lsn)
+        if txn is None or txn[_END] != _UNSEALED or count < 0:
+            self._bad_add(commit_lsn, count)
+        txn[_OUTSTANDING] += count
+        self._pending_total += count
+
+    def add_counts(self, commit_lsn: Lsn, counts: Mapping[str, int]) -> None:
+        """:meth:`add` for several destinations at once: ``{destination: count}``."""
+        txn = self._txns.get(commit_lsn)
+        if txn is None or txn[_END] != _UNSEALED:
+            self._bad_add(commit_lsn, 0)
+        dest_order = self._dest_order
+        dest_pending = self._dest_pending
+        for destination, count in counts.items():
+            if count <= 0:
+                if count:
+                    self._bad_add(commit_lsn, count)
+                continue
+            txn[_OUTSTANDING] += count
+            self._pending_total += count
+            dest_pending[destination] = dest_pending.get(destination, 0) + count
+            pending = dest_order.get(destination)
+            if pending is None:
+                dest_order[destination] = {commit_lsn: count}
+                continue
+            have = pending.get(commit_lsn)
+            if have is not None:
+                pending[commit_lsn] = have + count
+            elif (
+                commit_lsn == self._last_begin
+                or not pending
+                or next(reversed(pending)) < commit_lsn
+            ):
+                pending[commit_lsn] = count
+            else:
+                # Several transactions open at once (rare): keep commit order.
+                ordered = sorted([*pending.items(), (commit_lsn, count)])
+                pending.clear()
+                pending.update(ordered)
+
+    def _bad_add(self, commit_lsn: Lsn, count: int) -> NoReturn:
         txn = self._txns.get(commit_lsn)
         if txn is None:
             raise ValueError(f"add: transaction {format_lsn(commit_lsn)} was not begun or is done")
-        if txn.end_lsn is not None:
+        if txn[_END] != _UNSEALED:
             raise ValueError(f"add: transaction {format_lsn(commit_lsn)} is already sealed")
-        if not count:
-            return
-        txn.outstanding += count
-        self._pending_total += count
-        if destination is not None:
-            per_dest = txn.per_dest
-            if per_dest is None:
-                per_dest = txn.per_dest = {}
-            have = per_dest.get(destination)
-            if have is None:
-                order = self._dest_order.get(destination)
-                if order is None:
-                    order = self._dest_order[destination] = deque()
-                if order and order[-1].commit_lsn > commit_lsn:
-                    # Several transactions open at once: keep commit order (rare).
-                    at = bisect.bisect(order, commit_lsn, key=_commit_lsn)
-                    order.insert(at, txn)
-                else:
-                    order.append(txn)
-                have = 0
-            per_dest[destination] = have + count
-            self._dest_pending[destination] = self._dest_pending.get(destination, 0) + count
+        raise ValueError(f"add: negative count {count}")
 
     def seal(self, commit_lsn: Lsn, end_lsn: Lsn) -> None:
         """The commit was seen: no more events will be added to the transaction."""
         txn = self._txns.get(commit_lsn)
+        if txn is None or txn[_END] != _UNSEALED or end_lsn < commit_lsn:
+            self._bad_seal(commit_lsn, end_lsn)
+        txn[_END] = end_lsn
+        if not txn[_OUTSTANDING] and self._order[0] is txn:
+            self._advance()
+
+    def _bad_seal(self, commit_lsn: Lsn, end_lsn: Lsn) -> NoReturn:
+        txn = self._txns.get(commit_lsn)
         if txn is None:
             raise ValueError(f"seal: transaction {format_lsn(commit_lsn)} was not begun")
-        if txn.end_lsn is not None:
+        if txn[_END] != _UNSEALED:
             raise ValueError(f"seal: transaction {format_lsn(commit_lsn)} is already sealed")
-        if end_lsn < commit_lsn:
-            raise ValueError(
-                f"seal: end LSN {format_lsn(end_lsn)} is before commit LSN {format_lsn(commit_lsn)}"
-            )
-        txn.end_lsn = end_lsn
-        if txn.outstanding == 0 and self._order[0] is txn:
-            self._advance()
-        if txn.per_dest:
-            for destination, left in txn.per_dest.items():
-                if not left:
-                    self._prune(destination)
+        raise ValueError(
+            f"seal: end LSN {format_lsn(end_lsn)} is before commit LSN {format_lsn(commit_lsn)}"
+        )
 
     def keepalive(self, wal_end: Lsn) -> None:
         """The server said it has sent everything before ``wal_end``."""
@@ -164,49 +184,69 @@ class LsnTracker:
 
     def finish(self, commit_lsn: Lsn, count: int = 1, destination: str | None = None) -> None:
         """``count`` events of the transaction were delivered or durably parked."""
-        txn = self._txns.get(commit_lsn)
-        if txn is None:
-            raise ValueError(
-                f"finish: transaction {format_lsn(commit_lsn)} has no pending events"
-                " (finished more than added, or never begun)"
-            )
-        if count < 0 or count > txn.outstanding:
-            raise ValueError(
-                f"finish: {count} events of {format_lsn(commit_lsn)} but only"
-                f" {txn.outstanding} are pending"
-            )
-        if destination is not None and count:
-            per_dest = txn.per_dest
-            have = per_dest.get(destination, 0) if per_dest is not None else 0
-            if per_dest is None or count > have:
-                raise ValueError(
-                    f"finish: {count} events of {format_lsn(commit_lsn)} for {destination!r}"
-                    f" but only {have} are pending there"
-                )
-            left = have - count
-            per_dest[destination] = left
-            self._dest_pending[destination] -= count
-            if not left:
-                self._prune(destination)
-        txn.outstanding -= count
-        self._pending_total -= count
-        if txn.outstanding == 0 and txn.end_lsn is not None and self._order[0] is txn:
-            self._advance()
+        self._finish_runs(((commit_lsn, count),), destination)
 
     def finish_events(self, events: Iterable[Event], destination: str | None = None) -> None:
-        """:meth:`finish` for a delivered batch: one call per run of equal commit LSNs."""
+        """:meth:`finish` for a delivered batch: one step per run of equal commit LSNs."""
+        runs: list[tuple[Lsn, int]] = []
         lsn: Lsn = -1
         run = 0
         for event in events:
             commit_lsn = event.commit_lsn
             if commit_lsn != lsn:
                 if run:
-                    self.finish(lsn, run, destination)
+                    runs.append((lsn, run))
                 lsn = commit_lsn
                 run = 0
             run += 1
         if run:
-            self.finish(lsn, run, destination)
+            runs.append((lsn, run))
+            self._finish_runs(runs, destination)
+
+    def _finish_runs(self, runs: Iterable[tuple[Lsn, int]], destination: str | None) -> None:
+        """Finish ``(commit_lsn, count)`` runs, then retire what they completed."""
+        txns = self._txns
+        pending = None
+        if destination is not None:
+            pending = self._dest_order.get(destination)
+            if pending is None:
+                pending = self._dest_order[destination] = {}
+        done = 0
+        try:
+            for commit_lsn, count in runs:
+                txn = txns.get(commit_lsn)
+                if txn is None:
+                    raise ValueError(
+                        f"finish: transaction {format_lsn(commit_lsn)} has no pending events"
+                        " (finished more than added, or never begun)"
+                    )
+                outstanding: int = txn[_OUTSTANDING]
+                if count < 0 or count > outstanding:
+                    raise ValueError(
+                        f"finish: {count} events of {format_lsn(commit_lsn)} but only"
+                        f" {outstanding} are pending"
+                    )
+                if pending is not None and count:
+                    have = pending.get(commit_lsn, 0)
+                    if count == have:
+                        del pending[commit_lsn]
+                    elif count < have:
+                        pending[commit_lsn] = have - count
+                    else:
+                        raise ValueError(
+                            f"finish: {count} events of {format_lsn(commit_lsn)} for"
+                            f" {destination!r} but only {have} are pending there"
+                        )
+                txn[_OUTSTANDING] = outstanding - count
+                done += count
+        finally:
+            if done:
+                self._pending_total -= done
+                if destination is not None:
+                    self._dest_pending[destination] -= done
+                head = self._order[0]
+                if not head[_OUTSTANDING] and head[_END] != _UNSEALED:
+                    self._advance()
 
     # -- reading --------------------------------------------------------------
 
@@ -218,7 +258,7 @@ class LsnTracker:
     @property
     def last_begun(self) -> Lsn | None:
         """Commit LSN of the last :meth:`begin`, or None."""
-        return self._last_begin
+        return None if self._last_begin < 0 else self._last_begin
 
     @property
     def pending_transactions(self) -> int:
@@ -235,16 +275,8 @@ class LsnTracker:
         """Commit LSN of the oldest transaction still pending (with events pending
         for ``destination`` when given), or None."""
         if destination is None:
-            return self._order[0].commit_lsn if self._order else None
-        self._prune(destination)
-        order = self._dest_order.get(destination)
-        if not order:
-            return None
-        for txn in order:  # normally the head; unsealed empty ones are skipped
-            per_dest = txn.per_dest
-            if per_dest is not None and per_dest.get(destination):
-                return txn.commit_lsn
-        return None
+            return self._order[0][_COMMIT] if self._order else None
+        return next(iter(self._dest_order.get(destination, ())), None)
 
     # -- internals ------------------------------------------------------------
 
@@ -255,26 +287,15 @@ class LsnTracker:
         end: Lsn = self._confirmed
         while order:
             txn = order[0]
-            if txn.outstanding or txn.end_lsn is None:
+            if txn[_OUTSTANDING] or txn[_END] == _UNSEALED:
                 break
             order.popleft()
-            del txns[txn.commit_lsn]
-            end = txn.end_lsn
+            del txns[txn[_COMMIT]]
+            end = txn[_END]
         if order:
             # Never pass a pending transaction, even if an end LSN was bogus.
-            end = min(end, order[0].commit_lsn)
+            end = min(end, order[0][_COMMIT])
         elif self._keepalive > end:
             end = self._keepalive
         if end > self._confirmed:
             self._confirmed = end
-
-    def _prune(self, destination: str) -> None:
-        """Drop sealed transactions with nothing pending for ``destination`` from
-        the head of its order (amortised O(1); keeps the deque bounded)."""
-        order = self._dest_order.get(destination)
-        while order:
-            txn = order[0]
-            per_dest = txn.per_dest
-            if txn.end_lsn is None or (per_dest is not None and per_dest.get(destination)):
-                break
-            order.popleft()

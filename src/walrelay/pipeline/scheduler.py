@@ -152,6 +152,9 @@ class Destination:
         self._external = 0  # slots reserved by the store's retry loop
         self._buffer: EventBuffer = make_buffer(self.ordered, max_buffer_bytes)
         self._wake = asyncio.Event()
+        # True from a try_put's wake until the scheduler clears it: later
+        # try_puts skip the redundant (and comparatively costly) wake.set().
+        self._woken = False
         self._loop_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._drain_waiters: list[asyncio.Future[None]] = []
@@ -214,7 +217,9 @@ class Destination:
         if parking is not None and parking.paused:
             return False
         if self._buffer.try_push(event):
-            self._wake.set()
+            if not self._woken:
+                self._woken = True
+                self._wake.set()
             return True
         return False
 
@@ -288,6 +293,7 @@ class Destination:
         while True:
             await wake.wait()
             wake.clear()
+            self._woken = False
             self._dispatch()
 
     def _dispatch(self) -> None:

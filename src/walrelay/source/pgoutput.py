@@ -105,7 +105,7 @@ _MAX_TS_US = 9_000_000_000_000_000  # far beyond datetime's range: reject before
 def pg_timestamp(us: int) -> datetime:
     """Microseconds since 2000-01-01 UTC -> aware datetime. DecodeError if out of range."""
     try:
-        return PG_EPOCH + timedelta(microseconds=us)
+        return PG_EPOCH + timedelta(0, 0, us)  # positional: faster than microseconds=
     except OverflowError as e:
         raise DecodeError(f"timestamp out of range: {us} microseconds since 2000-01-01") from e
 
