@@ -39,7 +39,7 @@ OPTIONS = {
 }
 
 
-def setup(cluster: PgCluster) -> str:
+def setup(cluster: PgCluster, slots: list[str]) -> str:
     dsn = cluster.dsn()
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(
@@ -47,7 +47,7 @@ def setup(cluster: PgCluster) -> str:
             "n numeric(12,2) not null, ts timestamptz not null default now())"
         )
         conn.execute("create publication bench_pub for table bench")
-        for slot in ("ref_slot", "walrelay_slot"):
+        for slot in slots:
             conn.execute("select pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
     return dsn
 
@@ -122,13 +122,15 @@ def run_reference(cluster: PgCluster, target: int) -> float:
     return time.monotonic() - t0
 
 
-def run_walrelay(cluster: PgCluster, target: int, workdir: Path) -> tuple[float, int, int]:
+def run_walrelay(
+    cluster: PgCluster, target: int, workdir: Path, slot: str, pure_python: bool = False
+) -> tuple[float, int, int]:
     """Returns (seconds, lines written, peak RSS bytes)."""
     out = workdir / "events.jsonl"
     cfg = {
         "source": {
             "dsn": cluster.dsn(),
-            "slot": "walrelay_slot",
+            "slot": slot,
             "publication": "bench_pub",
             "tables": ["public.bench"],
             "status_interval": 1,
@@ -156,6 +158,7 @@ def run_walrelay(cluster: PgCluster, target: int, workdir: Path) -> tuple[float,
             lsn_text,
         ],
         stderr=open(workdir / "walrelay.log", "wb"),  # noqa: SIM115
+        env={**os.environ, "WALRELAY_NO_SPEEDUPS": "1"} if pure_python else None,
     )
     peak = 0
     try:
@@ -175,7 +178,7 @@ def run_walrelay(cluster: PgCluster, target: int, workdir: Path) -> tuple[float,
             proc.kill()
             proc.wait(timeout=60)
     deadline = time.monotonic() + 10
-    while confirmed(cluster.dsn(), "walrelay_slot") < target:
+    while confirmed(cluster.dsn(), slot) < target:
         if time.monotonic() > deadline:
             raise RuntimeError("walrelay stopped before confirming the target LSN")
         time.sleep(0.05)  # the walsender applies the last status update after we exit
@@ -188,6 +191,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--changes", type=int, default=1_000_000)
     ap.add_argument("--json", default="bench/results/throughput.json")
+    ap.add_argument(
+        "--pure-python",
+        action="store_true",
+        help="also run walrelay with its C speedups off (WALRELAY_NO_SPEEDUPS=1)",
+    )
     args = ap.parse_args()
 
     # Time the run, not compiling walrelay's modules (PYTHONDONTWRITEBYTECODE
@@ -197,15 +205,21 @@ def main() -> int:
         print("warning: walrelay._speedups is not built; measuring the pure-Python paths")
     cluster = start_cluster({"logical_decoding_work_mem": "64MB"})
     try:
-        dsn = setup(cluster)
+        slots = ["ref_slot", "walrelay_slot"] + (["walrelay_py_slot"] if args.pure_python else [])
+        dsn = setup(cluster, slots)
         n, txs, gen_s = workload(dsn, args.changes)
         target = end_lsn(dsn)
         ref_s = run_reference(cluster, target)
         with tempfile.TemporaryDirectory(prefix="walrelay-bench-") as tmp:
-            wr_s, lines, peak = run_walrelay(cluster, target, Path(tmp))
+            wr_s, lines, peak = run_walrelay(cluster, target, Path(tmp), "walrelay_slot")
+        py: tuple[float, int, int] | None = None
+        if args.pure_python:
+            with tempfile.TemporaryDirectory(prefix="walrelay-bench-") as tmp:
+                py = run_walrelay(cluster, target, Path(tmp), "walrelay_py_slot", pure_python=True)
     finally:
         cluster.stop()
-    if lines != n:
+    ok = lines == n and (py is None or py[1] == n)
+    if not ok:
         print(f"ERROR: walrelay wrote {lines} events, expected {n}", file=sys.stderr)
     ref_rate, wr_rate = n / ref_s, n / wr_s
     result = {
@@ -222,12 +236,23 @@ def main() -> int:
             "peak_rss_mb": round(peak / 2**20, 1),
         },
         "ratio": round(wr_rate / ref_rate, 3),
+        "walrelay_pure_python": None
+        if py is None
+        else {
+            "seconds": round(py[0], 3),
+            "changes_per_s": round(n / py[0]),
+            "events_written": py[1],
+            "peak_rss_mb": round(py[2] / 2**20, 1),
+            "ratio": round(ref_s / py[0], 3),
+        },
         "c_speedups": speedups.ENABLED,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
     }
     print(f"{'consumer':<24}{'seconds':>10}{'changes/s':>14}")
     print(f"{'pg_recvlogical':<24}{ref_s:>10.2f}{ref_rate:>14,.0f}")
     print(f"{'walrelay (file sink)':<24}{wr_s:>10.2f}{wr_rate:>14,.0f}")
+    if py is not None:
+        print(f"{'walrelay, pure Python':<24}{py[0]:>10.2f}{n / py[0]:>14,.0f}")
     print(
         f"ratio walrelay / pg_recvlogical: {wr_rate / ref_rate:.3f}   "
         f"(peak RSS {peak / 2**20:.0f} MiB, {n:,} changes in {txs:,} transactions)"
@@ -235,7 +260,7 @@ def main() -> int:
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2))
     print(f"wrote {args.json}")
-    return 0 if lines == n else 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

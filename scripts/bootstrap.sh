@@ -22,6 +22,18 @@ if ! have_pg; then
 fi
 
 PY="${PYTHON:-python3}"
+
+# A C compiler and the Python headers build walrelay's C fast paths
+# (src/walrelay/_speedups.c); without them walrelay still runs, on its
+# pure-Python paths, and says so when it starts.
+have_headers() {
+  "$PY" -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'
+}
+if { ! command -v cc >/dev/null 2>&1 || ! have_headers; } && [ "$(id -u)" = 0 ]; then
+  echo "bootstrap: installing gcc and the Python headers for walrelay's C speedups" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc python3-dev >/dev/null
+fi
 if [ ! -x "$ROOT/.venv/bin/python" ]; then
   "$PY" -m venv "$ROOT/.venv"
 fi

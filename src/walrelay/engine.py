@@ -482,9 +482,10 @@ class Engine:
                 log.info("streaming slot %s from %s", src.slot, format_lsn(start_lsn))
                 if not speedups.ENABLED:
                     log.warning(
-                        "walrelay._speedups is not built (no C compiler at install time): "
-                        "decoding and encoding run in pure Python, at about half the speed; "
-                        "reinstall with gcc and the Python headers present"
+                        "the C speedups are off (walrelay._speedups was not built for lack of "
+                        "a C compiler, or WALRELAY_NO_SPEEDUPS is set): decoding and encoding "
+                        "run in pure Python, at a lower throughput; reinstall with gcc and the "
+                        "Python headers present"
                     )
             attempt = 0
             feedback = asyncio.create_task(self._feedback_loop(stream), name="walrelay-feedback")

@@ -3,10 +3,13 @@
 ``pip install`` compiles them when a C compiler is present; without one,
 walrelay runs the same pure-Python code, which is the reference the C code
 is tested against byte for byte (``tests/unit/test_speedups.py``).
+``WALRELAY_NO_SPEEDUPS=1`` in the environment turns them off (to compare,
+or to rule them out when chasing a bug).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from walrelay.model import UNCHANGED_TOAST
@@ -28,8 +31,10 @@ EncodeObject = Callable[
 decode_tuple: DecodeTuple | None
 encode_object: EncodeObject | None
 try:
+    if os.environ.get("WALRELAY_NO_SPEEDUPS", "") not in ("", "0"):
+        raise ImportError("turned off by WALRELAY_NO_SPEEDUPS")
     from walrelay import _speedups
-except ImportError:  # built without a C compiler
+except ImportError:  # built without a C compiler, or turned off
     decode_tuple = encode_object = None
 else:
     _speedups.configure(UNCHANGED_TOAST)

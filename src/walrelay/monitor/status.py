@@ -201,6 +201,24 @@ def render_status(doc: dict[str, Any], where: str) -> str:
                 for d in dests
             ],
         )
+    progress = doc.get("progress") or []
+    if progress:
+        out.append("")
+        out += _table(
+            ["LOAD", "TABLE", "DESTINATIONS", "STATE", "ROWS", "RATE", "ETA"],
+            [
+                [
+                    p["kind"] + (f" #{p['backfill_id']}" if p.get("backfill_id") else ""),
+                    p["table"],
+                    ",".join(p["destinations"]),
+                    p["state"],
+                    f"{p['rows_done']}/~{max(p['rows_estimated'], p['rows_done'])}",
+                    f"{p['rate']:.0f}/s",
+                    "-" if p["state"] != "running" else _s(p.get("eta_seconds")),
+                ]
+                for p in progress
+            ],
+        )
     slots = doc.get("slots") or []
     out.append("")
     if slots:
