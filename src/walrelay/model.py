@@ -7,7 +7,7 @@ when a change becomes an :class:`Event` (see ``walrelay.pipeline.envelope``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal
 
@@ -89,10 +89,11 @@ class Relation:
     name: str
     replica_identity: str  # 'd' default, 'n' nothing, 'f' full, 'i' index
     columns: tuple[Column, ...]
+    # "schema.name", formatted once: the engine routes every change by it.
+    qualified_name: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def qualified_name(self) -> str:
-        return f"{self.schema}.{self.name}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "qualified_name", f"{self.schema}.{self.name}")
 
     @property
     def key_indexes(self) -> tuple[int, ...]:

@@ -357,6 +357,8 @@ async def test_skip_dead_moves_the_key_on_and_keeps_the_row() -> None:
     async with Rig(sink, failed(max_attempts=3, on_dead="skip_dead")) as rig:
         await rig.put(ev(0, "a"), ev(1, "a"))
         await until(lambda: rig.delivered("a") == [1])
+        # The store is written behind delivery: wait for the dead row to be written.
+        await until(lambda: [r["skipped"] for r in rig.store.rows()] == [True])
         (row,) = rig.store.rows()
         assert row["n"] == 0 and row["dead"] and row["skipped"] and row["attempts"] == 3
         assert not rig.parking.active
