@@ -224,8 +224,10 @@ async def test_outbox_events_arrive_on_routed_subjects(server: NatsServer, db: s
         assert headers["aggregate_type"] in ("order", "invoice")
         assert "walrelay-tombstone" not in headers
         assert headers["Nats-Msg-Id"] and headers["Walrelay-Op"] in ("insert", "message")
+    # One event per aggregate: NATS deliveries of different keys overlap (a
+    # retried publish may land after a later key's), so only the set is fixed.
     orders = [(m.headers or {})["walrelay-key"] for m in messages if ".order." in m.subject]
-    assert orders == ["42", "43", "44"]  # per-aggregate order
+    assert sorted(orders) == ["42", "43", "44"]
 
 
 async def test_routed_subject_outside_the_stream_is_a_permanent_error(
