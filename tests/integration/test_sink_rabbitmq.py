@@ -237,8 +237,9 @@ async def test_outbox_events_arrive_with_routed_routing_keys(
     messages = await drain(server.url, reader.queue)
     got = [(m.routing_key, str((m.headers or {})["walrelay-key"])) for m in messages]
     order = [k for _, k in expected]
-    assert sorted(got, key=lambda rk: order.index(rk[1])) == expected  # each once
-    assert [k for rk, k in got if rk == "order.events"] == ["42", "43", "44"]  # per aggregate
+    # Each once, on its routing key. One event per aggregate: deliveries of
+    # different keys overlap (max_in_flight), so their arrival order is not fixed.
+    assert sorted(got, key=lambda rk: order.index(rk[1])) == expected
     for m in messages:
         headers = m.headers or {}
         key = str(headers["walrelay-key"])
