@@ -5,7 +5,10 @@ workload, one after the other so each has the machine to itself. The
 reference, pg_recvlogical writing to /dev/null, is bounded by the walsender
 (decoding on the server), which is also walrelay's ceiling.
 
-    .venv/bin/python bench/throughput.py [--changes 1000000] [--json out.json]
+    .venv/bin/python bench/throughput.py [--changes 1000000] [--json out.json] [--pure-python]
+
+``--pure-python`` adds a third run, from its own slot, with the C speedups
+off (``WALRELAY_NO_SPEEDUPS=1``).
 """
 
 from __future__ import annotations
@@ -220,7 +223,8 @@ def main() -> int:
         cluster.stop()
     ok = lines == n and (py is None or py[1] == n)
     if not ok:
-        print(f"ERROR: walrelay wrote {lines} events, expected {n}", file=sys.stderr)
+        written = f"{lines}" if py is None else f"{lines} (pure Python: {py[1]})"
+        print(f"ERROR: walrelay wrote {written} events, expected {n}", file=sys.stderr)
     ref_rate, wr_rate = n / ref_s, n / wr_s
     result = {
         "benchmark": "throughput",
