@@ -171,6 +171,17 @@ async def write_orders(db: str, *, rollback_id: int = 99) -> list[tuple[str, str
     ]
 
 
+async def write_aggregate_history(db: str, aggregate: str, steps: int) -> list[dict[str, Any]]:
+    """``steps`` more events of one aggregate, one transaction each; their payloads in
+    commit order (a sink must deliver them in that order: one key)."""
+    payloads = [{"order": int(aggregate), "step": i} for i in range(1, steps + 1)]
+    async with aconnect(db) as app:
+        for payload in payloads:
+            async with app.transaction():
+                await publish(app, "order", aggregate, "OrderUpdated", payload)
+    return payloads
+
+
 EXPECTED_PAYLOADS = {
     "42": {"order": 42, "total": "9.90"},
     "43": {"order": 43, "lines": [1, 2]},
