@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import psycopg
 import yaml
 
 from walrelay.model import format_lsn
@@ -46,7 +45,7 @@ from walrelay.testing.pgcluster import PgCluster, start_cluster
 from walrelay.testing.servers import KafkaServer, NatsServer, RabbitMQServer, RedisServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import confirmed, end_lsn, workload
+from throughput import confirmed, end_lsn, setup, workload
 
 PREFIX = "bench"
 
@@ -220,19 +219,6 @@ CASES = [
 # -- running ------------------------------------------------------------------------
 
 
-def setup(cluster: PgCluster, cases: list[Case]) -> str:
-    dsn = cluster.dsn()
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(
-            "create table bench (id bigint primary key, k int not null, v text not null, "
-            "n numeric(12,2) not null, ts timestamptz not null default now())"
-        )
-        conn.execute("create publication bench_pub for table bench")
-        for case in cases:
-            conn.execute("select pg_create_logical_replication_slot(%s, 'pgoutput')", (case.slot,))
-    return dsn
-
-
 @contextlib.contextmanager
 def maybe_server(factory: Callable[[], Any] | None) -> Iterator[Any]:
     if factory is None:
@@ -323,7 +309,7 @@ def main() -> int:
 
     cluster = start_cluster({"logical_decoding_work_mem": "64MB"})
     try:
-        dsn = setup(cluster, cases)
+        dsn = setup(cluster, [case.slot for case in cases])
         n, txs, gen_s = workload(dsn, args.changes)
         target = end_lsn(dsn)
         for case in cases:
