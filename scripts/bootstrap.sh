@@ -6,6 +6,11 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 EXTRA="${1:-}"
 
+apt_install() {
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
 have_pg() {
   command -v initdb >/dev/null 2>&1 && return 0
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1
@@ -13,8 +18,7 @@ have_pg() {
 if ! have_pg; then
   if [ "$(id -u)" = 0 ]; then
     echo "bootstrap: installing PostgreSQL server packages" >&2
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    apt_install postgresql
   else
     echo "bootstrap: PostgreSQL server binaries missing: sudo apt-get install postgresql" >&2
     exit 1
@@ -31,8 +35,7 @@ have_headers() {
 }
 if { ! command -v cc >/dev/null 2>&1 || ! have_headers; } && [ "$(id -u)" = 0 ]; then
   echo "bootstrap: installing gcc and the Python headers for walrelay's C speedups" >&2
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc python3-dev >/dev/null
+  apt_install gcc python3-dev
 fi
 if [ ! -x "$ROOT/.venv/bin/python" ]; then
   "$PY" -m venv "$ROOT/.venv"

@@ -558,6 +558,15 @@ class EnvelopeBuilder:
         new = change.new
         old = change.old
         c = plan.c_row
+        if change.op == "delete":
+            if old is None or (change.old_kind == "K" and not plan.key_in_ri):
+                return None  # key values the old tuple does not have
+            record_json: bytes | None = b"null"
+            key_source = old
+        else:
+            assert new is not None
+            record_json = encode(c.names, c.kinds, c.encoders, new, None)
+            key_source = new
         if old is None:
             old_json: bytes | None = b"null"
         elif change.old_kind == "K":
@@ -565,15 +574,6 @@ class EnvelopeBuilder:
             old_json = encode(ri.names, ri.kinds, ri.encoders, old, ri.indexes)
         else:
             old_json = encode(c.names, c.kinds, c.encoders, old, None)
-        if change.op == "delete":
-            if old is None or (change.old_kind == "K" and not plan.key_in_ri):
-                return None
-            record_json: bytes | None = b"null"
-            key_source = old
-        else:
-            assert new is not None
-            record_json = encode(c.names, c.kinds, c.encoders, new, None)
-            key_source = new
         if plan.key_names:
             k = plan.c_key
             key_json = encode(k.names, k.kinds, k.encoders, key_source, k.indexes)
