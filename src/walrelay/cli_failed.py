@@ -404,7 +404,8 @@ def retry_command(
             with conn.transaction():
                 conn.cursor().executemany(
                     sql.SQL(
-                        "update {} set dead = false, skipped = false, next_attempt_at = now()"
+                        "update {} set dead = false, skipped = false, next_attempt_at = now(),"
+                        " revision = revision + 1"
                         " where destination = %s and commit_lsn = %s and seq = %s"
                     ).format(T.table(schema)),
                     [(r["destination"], r["commit_lsn"], r["seq"]) for r in rows],

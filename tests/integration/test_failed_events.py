@@ -53,11 +53,19 @@ class Receiver(WebhookReceiver):
         super().__init__(secret)
         self.status_for: Callable[[dict[str, Any]], int | None] | None = None
         self.attempts: dict[str, list[float]] = defaultdict(list)
+        # An event for which ``gate`` returns an asyncio.Event waits for it (the
+        # attempt stays in flight); ``held`` is set when one does.
+        self.gate: Callable[[dict[str, Any]], asyncio.Event | None] | None = None
+        self.held = asyncio.Event()
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         event = orjson.loads(body)
         self.attempts[event["id"]].append(time.time())
+        gate = self.gate(event) if self.gate is not None else None
+        if gate is not None:
+            self.held.set()
+            await gate.wait()
         if self.status_for is not None:
             status = self.status_for(event)
             if status is not None:
@@ -330,6 +338,32 @@ async def test_permanent_rejection_is_dead_lettered_and_managed_with_the_cli(
             await wait_for(lambda: parked_rows(db) == [], what="an empty table")
             refused = await run_cli("discard", "--config", str(path))
             assert refused.returncode == 2 and "--all" in refused.stderr
+
+
+async def test_a_retry_asked_during_an_attempt_is_not_overwritten_by_it(
+    db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`walrelay failed retry` while the event's last attempt is in flight: that
+    attempt fails and would make the event dead, but the operator's retry wins."""
+    create_accounts(db)
+    async with Receiver(secret(monkeypatch)) as hook:
+        release = asyncio.Event()
+        # Attempts 1 and 2 are rejected for good (2 = permanent_attempts: dead after
+        # the second); attempt 2 is held until the CLI has run; a third is accepted.
+        hook.status_for = lambda e: 422 if len(hook.attempts[e["id"]]) <= 2 else None
+        hook.gate = lambda e: release if len(hook.attempts[e["id"]]) == 2 else None
+        conf = config_dict(db, hook.url, permanent_attempts=2, park_after=5)
+        path = write_config_file(tmp_path / "walrelay.yaml", conf)
+        async with running_engine(parse_config(conf, "(test)")):
+            execute(db, "insert into accounts values (13, 0)")
+            await wait_for(hook.held.is_set, what="the last attempt in flight")
+            retried = await run_cli("retry", "--config", str(path), "--key", "public.accounts:13")
+            assert retried.returncode == 0 and "1 event(s) due now" in retried.stdout
+            release.set()
+            await wait_for(lambda: hook.versions(13) == [0], what="13 delivered after all")
+            await wait_for(lambda: parked_rows(db) == [], what="an empty table")
+    (attempts,) = hook.attempts.values()
+    assert len(attempts) == 3
 
 
 async def test_a_parked_routed_event_keeps_its_route_across_a_restart(db: str) -> None:

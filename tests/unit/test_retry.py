@@ -113,6 +113,7 @@ class TableStore(RetryStore):
                         r["permanent"],
                         r["next_at"],
                         r["first_at"],
+                        r.get("revision", 0),
                     )
                     for (d, lsn, seq), r in sorted(self.table.items())
                     if d == name
@@ -145,7 +146,11 @@ class TableStore(RetryStore):
                 self.table.pop((name, *op.row.ident), None)
             elif isinstance(op, _Update):
                 key = (name, op.row.ident[0], op.row.ident[1])
-                if key in self.table:
+                # ... where revision = <the revision the engine last read>
+                op.superseded = (
+                    key not in self.table or self.table[key].get("revision", 0) != op.params[-1]
+                )
+                if not op.superseded:
                     attempts, error, permanent, dead, skipped, next_at, _, *_ = op.params
                     self.table[key].update(
                         attempts=attempts,
@@ -424,7 +429,8 @@ async def test_reconcile_applies_discard_and_retry_from_the_cli() -> None:
         await rig.put(ev(4, "b"))
         await until(lambda: bool(rig.store.rows()) and rig.store.rows()[0]["dead"])
         sink.fail_keys.clear()
-        rig.store.table[("d", 1001, 0)].update(dead=False, next_at=time.time())
+        row = rig.store.table[("d", 1001, 0)]
+        row.update(dead=False, next_at=time.time(), revision=row.get("revision", 0) + 1)
         rig.store.reconcile()
         await until(lambda: rig.delivered("b") == [4])
         assert not rig.store.table

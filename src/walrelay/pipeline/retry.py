@@ -125,6 +125,7 @@ class _Row:
         "keys",
         "next_at",
         "permanent",
+        "revision",
         "size",
         "skipped",
     )
@@ -142,6 +143,7 @@ class _Row:
         next_at: float = 0.0,
         first_at: float = 0.0,
         committed: bool = False,
+        revision: int = 0,
     ) -> None:
         self.ident = ident
         self.keys = _unique(keys)
@@ -153,6 +155,7 @@ class _Row:
         self.next_at = next_at
         self.first_at = first_at
         self.committed = committed  # the row is in the table (not only queued)
+        self.revision = revision  # the table's revision column as last read
         self.busy = False  # being delivered, or its outcome being written
         self.blocking = False  # in the key index (parked and not skipped)
         self.gone = False  # discarded from the table while busy
@@ -210,7 +213,10 @@ class _Delete(_Op):
 
 
 class _Update(_Op):
-    __slots__ = ("dead", "params", "permanent", "row", "skipped")
+    """An attempt's outcome, written only over the revision the engine last read;
+    ``superseded`` when the row changed meanwhile (``walrelay failed retry``)."""
+
+    __slots__ = ("dead", "params", "permanent", "row", "skipped", "superseded")
 
     def __init__(
         self,
@@ -230,6 +236,7 @@ class _Update(_Op):
         self.permanent = permanent
         self.dead = dead
         self.skipped = skipped
+        self.superseded = False
         self.params = (
             attempts,
             error,
@@ -241,6 +248,7 @@ class _Update(_Op):
             dest.name,
             row.ident[0],
             row.ident[1],
+            row.revision,
         )
 
     def done(self) -> None:
@@ -659,6 +667,16 @@ class DestinationRetry:
         if row.gone:
             self._forget(row)
             return
+        if op.superseded:
+            # The row changed in the table during the attempt: what is there
+            # now wins, and the index follows it once re-read.
+            log.info(
+                "destination %s: event %s changed in the table during its attempt; re-reading it",
+                self.name,
+                row.id,
+            )
+            self.store._enqueue(_Reconcile(self))
+            return
         attempts, error, _, _, _, next_at, *_ = op.params
         row.attempts = attempts
         row.permanent = op.permanent
@@ -701,7 +719,19 @@ class DestinationRetry:
         """Make the index match the table (committed rows only; busy ones are left
         to their outcome). ``initial``: the load at start-up."""
         seen: set[_Ident] = set()
-        for lsn, seq, keys, size, attempts, dead, skipped, permanent, next_at, first_at in snapshot:
+        for (
+            lsn,
+            seq,
+            keys,
+            size,
+            attempts,
+            dead,
+            skipped,
+            permanent,
+            next_at,
+            first_at,
+            revision,
+        ) in snapshot:
             ident = (int(lsn), int(seq))
             seen.add(ident)
             row = self._rows.get(ident)
@@ -718,16 +748,18 @@ class DestinationRetry:
                     next_at=next_ts,
                     first_at=float(first_at),
                     committed=True,
+                    revision=int(revision),
                 )
                 self._insert(row, None)
                 self._consider(row)
                 continue
             if not row.committed or row.busy:
                 continue
-            if (row.dead, row.skipped, row.attempts) == (
+            if (row.dead, row.skipped, row.attempts, row.revision) == (
                 bool(dead),
                 bool(skipped),
                 int(attempts),
+                int(revision),
             ) and abs(row.next_at - next_ts) < 0.001:
                 continue
             if not initial:
@@ -736,6 +768,7 @@ class DestinationRetry:
                 )
             row.dead = bool(dead)
             row.attempts = int(attempts)
+            row.revision = int(revision)
             row.next_at = next_ts
             row.permanent = bool(permanent)
             if row.skipped != bool(skipped):
@@ -975,11 +1008,11 @@ class RetryStore:
         self._update = sql.SQL(
             "update {} set attempts = %s, last_error = %s, permanent = %s, dead = %s,"
             " skipped = %s, next_attempt_at = %s, last_attempt_at = coalesce(%s, last_attempt_at)"
-            " where destination = %s and commit_lsn = %s and seq = %s"
+            " where destination = %s and commit_lsn = %s and seq = %s and revision = %s"
         ).format(self._table)
         self._select = sql.SQL(
             "select commit_lsn, seq, keys, size, attempts, dead, skipped, permanent,"
-            " extract(epoch from next_attempt_at), extract(epoch from first_failed_at)"
+            " extract(epoch from next_attempt_at), extract(epoch from first_failed_at), revision"
             " from {} where destination = %s order by commit_lsn, seq"
         ).format(self._table)
         self._fetch_sql = sql.SQL(
@@ -1149,21 +1182,22 @@ class RetryStore:
             return
         inserts: list[tuple[Any, ...]] = []
         deletes: list[tuple[Any, ...]] = []
-        updates: list[tuple[Any, ...]] = []
+        updates: list[_Update] = []
         for op in batch:
             if isinstance(op, _Park):
                 inserts.extend(op.params)
             elif isinstance(op, _Delete):
                 deletes.append((op.dest.name, op.row.ident[0], op.row.ident[1]))
             elif isinstance(op, _Update):
-                updates.append(op.params)
+                updates.append(op)
         async with conn.transaction(), conn.cursor() as cur:
             if inserts:
                 await cur.executemany(self._insert, inserts)
             if deletes:
                 await cur.executemany(self._delete, deletes)
-            if updates:
-                await cur.executemany(self._update, updates)
+            for update in updates:  # one by one: each needs its row count
+                await cur.execute(self._update, update.params)
+                update.superseded = cur.rowcount == 0
 
     # -- reads ---------------------------------------------------------------------------
 

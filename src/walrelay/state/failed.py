@@ -110,6 +110,21 @@ def route_migration_statements(s: sql.Identifier) -> list[sql.Composed]:
     ]
 
 
+def revision_migration_statements(s: sql.Identifier) -> list[sql.Composed]:
+    """State migration 6: a row's revision, bumped by ``walrelay failed retry``.
+
+    The engine writes an attempt's outcome only over the revision it last
+    read, so an operator's retry made while that attempt was in flight is
+    not overwritten by it (the engine re-reads the row instead).
+    """
+    return [
+        sql.SQL(
+            "alter table {}.failed_events add column if not exists revision bigint not null"
+            " default 0"
+        ).format(s),
+    ]
+
+
 def route_to_json(route: Route | None) -> dict[str, Any] | None:
     """The ``route`` column's value for an event's route (module docstring)."""
     if route is None:

@@ -20,6 +20,7 @@ import psycopg
 from psycopg import sql
 
 from walrelay.state.failed import migration_statements as failed_events_statements
+from walrelay.state.failed import revision_migration_statements as failed_revision_statements
 from walrelay.state.failed import route_migration_statements as failed_route_statements
 
 log = logging.getLogger("walrelay.state")
@@ -91,6 +92,7 @@ MIGRATIONS: list[Migration] = [
     Migration(3, "delivery ledger", _v3_ledger),
     Migration(4, "failed events: route", failed_route_statements),
     Migration(5, "snapshots and backfills", _v5_snapshots),
+    Migration(6, "failed events: revision", failed_revision_statements),
 ]
 
 
