@@ -9,4 +9,5 @@ bash scripts/install-browser.sh
 V=.venv/bin
 echo "== ruff"; $V/ruff check src tests bench; $V/ruff format --check src tests bench
 echo "== mypy"; $V/mypy
+echo "== import layers"; $V/lint-imports
 echo "== pytest"; $V/pytest -q -p no:cacheprovider "$@"

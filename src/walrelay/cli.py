@@ -121,6 +121,11 @@ def main() -> None:
 )
 def run(config_path: str, log_level: str | None, until_lsn: str | None) -> None:
     """Stream the configured slot to its destinations until SIGTERM/SIGINT."""
+    try:
+        from walrelay import failpoints  # parses WALRELAY_FAILPOINTS at import
+    except WalrelayError as e:
+        click.echo(f"walrelay: error: {e}", err=True)
+        sys.exit(e.exit_code)
     from walrelay.config import load_config
     from walrelay.engine import Engine
     from walrelay.model import parse_lsn
@@ -131,6 +136,7 @@ def run(config_path: str, log_level: str | None, until_lsn: str | None) -> None:
         raise click.BadParameter(str(e), param_hint="--until-lsn") from None
 
     try:
+        failpoints.reload()  # a bad WALRELAY_FAILPOINTS is one line, like a bad config
         config = load_config(config_path)
     except WalrelayError as e:
         click.echo(f"walrelay: error: {e}", err=True)

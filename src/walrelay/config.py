@@ -426,7 +426,7 @@ def _header_map(value: Any) -> Any:
 
 
 class OutboxRouterConfig(_Model):
-    """``router: {type: outbox, ...}`` on a destination (walrelay.outbox.router)."""
+    """``router: {type: outbox, ...}`` on a destination (walrelay.pipeline.outbox_router)."""
 
     type: Literal["outbox"]
     # The outbox table whose inserts are routed; other tables' events pass unchanged.
@@ -537,7 +537,7 @@ class DestinationConfig(_Model):
     failed: FailedConfig = FailedConfig()
     # Overrides the top-level ``ledger`` for this destination.
     ledger: LedgerConfig | None = None
-    # Turns outbox rows / messages into routed events (walrelay.outbox.router).
+    # Turns outbox rows / messages into routed events (walrelay.pipeline.outbox_router).
     router: OutboxRouterConfig | None = None
     # initial: every existing row as a `read` event when the slot is created;
     # never: changes from the slot only (walrelay.source.snapshot).

@@ -21,7 +21,8 @@ Actions:
 ``off``
     nothing (a way to keep a name in a list).
 
-The names, in the order an event passes them (see :data:`POINTS`):
+The names, in the order an event passes them (see :data:`POINTS`); each has
+a module constant (``SINK_BEFORE_SEND`` for ``sink.before_send``, ...):
 
 ``sink.before_send``
     the ledger said "not delivered yet"; nothing sent.
@@ -44,14 +45,36 @@ The names, in the order an event passes them (see :data:`POINTS`):
 ``retry.after_delete``
     a parked event was delivered from the table and its row deleted; its
     key has not moved on yet.
+``kafka.before_commit``
+    the transactional (``exactly_once``) Kafka sink produced the batch and
+    its checkpoint record and is about to call ``commit_transaction``.
+``kafka.after_commit``
+    ``commit_transaction`` returned; the sink has not reported the batch
+    delivered yet.
+``file.after_fsync``
+    the file sink's ``fsync`` of the batch returned (``fsync: batch`` or
+    ``always``); the batch is not reported delivered yet.
+``nats.after_ack``
+    every JetStream publish ack of the batch was received; not yet checked
+    nor reported delivered.
+``redis.after_xadd``
+    the replies to the batch's ``XADD`` pipeline were received; not yet
+    checked nor reported delivered.
+``snapshot.after_record``
+    the snapshot's state row (its progress) was written.
+``backfill.after_cursor``
+    a backfill's cursor / progress row was written.
+``outbox.after_partition_drop``
+    outbox upkeep dropped a detached partition; the next one (if any) is
+    not handled yet.
 
-The failed-event store (``walrelay.pipeline.retry``) adds its own:
-``retry.after_park`` (events committed to the failed-events table, not yet
-counted as finished) and ``retry.after_delete`` (a parked event delivered and
-its row deleted).
+A name in ``WALRELAY_FAILPOINTS`` that is not one of these is an error
+(:class:`FailpointSpecError`, a :class:`~walrelay.errors.ConfigError`),
+raised when the variable is parsed: at import and by :func:`reload`.
 
-Anyone may add a point: call ``failpoints.hit("area.step")`` at the spot and
-name it here.
+To add a point: define a constant here, add it to :data:`POINTS`, describe
+it above, and call ``failpoints.hit(failpoints.THE_CONSTANT)`` at the spot
+(a unit test refuses string literals at ``hit`` call sites).
 """
 
 from __future__ import annotations
@@ -60,27 +83,81 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from typing import Final
 
-__all__ = ["ENV_VAR", "EXIT_CODE", "POINTS", "FailpointSpecError", "active", "hit", "reload"]
+from walrelay.errors import ConfigError
+
+__all__ = [
+    "BACKFILL_AFTER_CURSOR",
+    "ENV_VAR",
+    "EXIT_CODE",
+    "FILE_AFTER_FSYNC",
+    "KAFKA_AFTER_COMMIT",
+    "KAFKA_BEFORE_COMMIT",
+    "LEDGER_AFTER_RECORD",
+    "LSN_AFTER_CONFIRM",
+    "NATS_AFTER_ACK",
+    "OUTBOX_AFTER_PARTITION_DROP",
+    "PIPELINE_AFTER_FINISH",
+    "POINTS",
+    "POSTGRES_BEFORE_COMMIT",
+    "REDIS_AFTER_XADD",
+    "RETRY_AFTER_DELETE",
+    "RETRY_AFTER_PARK",
+    "SINK_AFTER_SEND",
+    "SINK_BEFORE_SEND",
+    "SNAPSHOT_AFTER_RECORD",
+    "FailpointSpecError",
+    "active",
+    "hit",
+    "reload",
+]
 
 ENV_VAR = "WALRELAY_FAILPOINTS"
 EXIT_CODE = 137  # what a shell reports for SIGKILL: the crash looks like kill -9
 
-POINTS: tuple[str, ...] = (
-    "sink.before_send",
-    "sink.after_send",
-    "ledger.after_record",
-    "pipeline.after_finish",
-    "lsn.after_confirm",
-    "postgres.before_commit",
-    "retry.after_park",  # failed events committed to the store, not yet finished
-    "retry.after_delete",  # a parked event delivered and its row deleted; key not yet released
+SINK_BEFORE_SEND: Final = "sink.before_send"
+SINK_AFTER_SEND: Final = "sink.after_send"
+LEDGER_AFTER_RECORD: Final = "ledger.after_record"
+PIPELINE_AFTER_FINISH: Final = "pipeline.after_finish"
+LSN_AFTER_CONFIRM: Final = "lsn.after_confirm"
+POSTGRES_BEFORE_COMMIT: Final = "postgres.before_commit"
+RETRY_AFTER_PARK: Final = "retry.after_park"
+RETRY_AFTER_DELETE: Final = "retry.after_delete"
+KAFKA_BEFORE_COMMIT: Final = "kafka.before_commit"
+KAFKA_AFTER_COMMIT: Final = "kafka.after_commit"
+FILE_AFTER_FSYNC: Final = "file.after_fsync"
+NATS_AFTER_ACK: Final = "nats.after_ack"
+REDIS_AFTER_XADD: Final = "redis.after_xadd"
+SNAPSHOT_AFTER_RECORD: Final = "snapshot.after_record"
+BACKFILL_AFTER_CURSOR: Final = "backfill.after_cursor"
+OUTBOX_AFTER_PARTITION_DROP: Final = "outbox.after_partition_drop"
+
+POINTS: Final[tuple[str, ...]] = (
+    SINK_BEFORE_SEND,
+    SINK_AFTER_SEND,
+    LEDGER_AFTER_RECORD,
+    PIPELINE_AFTER_FINISH,
+    LSN_AFTER_CONFIRM,
+    POSTGRES_BEFORE_COMMIT,
+    RETRY_AFTER_PARK,
+    RETRY_AFTER_DELETE,
+    KAFKA_BEFORE_COMMIT,
+    KAFKA_AFTER_COMMIT,
+    FILE_AFTER_FSYNC,
+    NATS_AFTER_ACK,
+    REDIS_AFTER_XADD,
+    SNAPSHOT_AFTER_RECORD,
+    BACKFILL_AFTER_CURSOR,
+    OUTBOX_AFTER_PARTITION_DROP,
 )
-"""The points walrelay's core calls. Others may be hit too (any name is accepted)."""
+"""Every known point; ``WALRELAY_FAILPOINTS`` may name only these."""
+
+_KNOWN: Final = frozenset(POINTS)
 
 
-class FailpointSpecError(ValueError):
-    """``WALRELAY_FAILPOINTS`` does not parse."""
+class FailpointSpecError(ConfigError, ValueError):
+    """``WALRELAY_FAILPOINTS`` does not parse, or names an unknown point."""
 
 
 @dataclass
@@ -104,6 +181,11 @@ def _parse(spec: str) -> dict[str, _Point]:
         name, action = name.strip(), action.strip()
         if not sep or not name:
             raise FailpointSpecError(f"{ENV_VAR}: {item!r} is not NAME=ACTION")
+        if name not in _KNOWN:
+            raise FailpointSpecError(
+                f"{ENV_VAR}: unknown failpoint {name!r}",
+                fix="use one of " + ", ".join(POINTS),
+            )
         if action == "off":
             points[name] = _Point("off")
         elif action == "crash" or action.startswith("crash@"):
@@ -132,7 +214,11 @@ def _parse(spec: str) -> dict[str, _Point]:
 
 
 def reload(spec: str | None = None) -> None:
-    """Re-read the points from ``spec`` (default: the environment variable)."""
+    """Re-read the points from ``spec`` (default: the environment variable).
+
+    Raises :class:`FailpointSpecError` (a ``ConfigError``) for a spec that does
+    not parse or names an unknown point; the points in effect do not change then.
+    """
     global _points
     _points = _parse(os.environ.get(ENV_VAR, "") if spec is None else spec)
 

@@ -150,7 +150,7 @@ class Commit:
 
 @dataclass(slots=True, frozen=True)
 class Route:
-    """Where a router (the outbox event router, :mod:`walrelay.outbox.router`)
+    """Where a router (the outbox event router, :mod:`walrelay.pipeline.outbox_router`)
     sends an event, for the sinks that have topics, subjects or streams.
 
     A broker sink honours it instead of its own naming: ``topic`` is the

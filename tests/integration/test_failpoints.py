@@ -14,7 +14,12 @@ checker then judges what the receiver saw:
   then with the id it had the first time;
 - the failed-event store's writes (``retry.after_park``,
   ``retry.after_delete``): a parked event arrives exactly once after the
-  restart.
+  restart;
+- the exactly-once Kafka sink (``kafka.before_commit``,
+  ``kafka.after_commit``): a ``read_committed`` consumer sees every change
+  exactly once;
+- the file sink (``file.after_fsync``): the file holds every change exactly
+  once.
 """
 
 from __future__ import annotations
@@ -31,12 +36,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.integration.support import WebhookReceiver, execute, write_config_file
+from tests.integration.support import WebhookReceiver, execute, read_jsonl, write_config_file
 from walrelay import failpoints
 from walrelay.model import format_lsn
 from walrelay.testing.checker import Change, Delivery, check
 from walrelay.testing.pgcluster import PgCluster
-from walrelay.testing.servers import RedisServer
+from walrelay.testing.servers import KafkaServer, NatsServer, RedisServer
 
 SECRET = "whsec_" + base64.b64encode(b"failpoint-test-secret-0123456789").decode()
 KEYS = 60
@@ -328,4 +333,116 @@ async def test_failed_event_store_crash(
         for e in events
     ]
     report = check(expected_changes(), observed)
+    assert report.ok(), report.summary()
+
+
+def observed_items(envelopes: list[dict[str, Any]]) -> list[Delivery]:
+    return [
+        Delivery(
+            uid=(e["record"]["id"], e["record"]["version"]),
+            key=e["record"]["id"],
+            order=e["record"]["version"],
+            id=e["id"],
+        )
+        for e in envelopes
+        if e["table"] == "public.items"
+    ]
+
+
+@pytest.fixture(scope="module")
+def kafka_server() -> Iterator[KafkaServer]:
+    with KafkaServer() as server:
+        yield server
+
+
+@pytest.mark.servers
+@pytest.mark.parametrize("point", [failpoints.KAFKA_BEFORE_COMMIT, failpoints.KAFKA_AFTER_COMMIT])
+async def test_kafka_exactly_once_crash(
+    db: str, tmp_path: Path, kafka_server: KafkaServer, point: str
+) -> None:
+    """A crash right before / after commit_transaction: the aborted (or
+    committed, not yet reported) transaction is settled on restart and the
+    checkpoint skips what is committed, so read_committed sees each change once."""
+    from tests.integration.broker_workloads import unique_prefix
+    from tests.integration.test_sink_kafka import Reader, kafka_dest
+
+    until = workload(db)
+    prefix = unique_prefix("fp")
+    dest = kafka_dest(kafka_server, prefix, batch_size=10)
+    spec = f"{point}=crash@3" + slow_down(point, 0.01)
+    await crash_then_recover(tmp_path, config_for(db, dest), until, spec, point)
+    reader = Reader(kafka_server.bootstrap, prefix)
+    try:
+        await reader.until(KEYS * (UPDATES + 1), within=90)
+        await asyncio.to_thread(reader.read, 1.0, 5.0)  # nothing more arrives
+        envelopes = [s.envelope for s in reader.in_partition_order()]
+    finally:
+        reader.close()
+    report = check(expected_changes(), observed_items(envelopes))
+    assert report.ok(), report.summary()
+
+
+async def test_file_sink_crash_after_fsync(db: str, tmp_path: Path) -> None:
+    """A crash after the fsync, before the batch is reported delivered: the
+    replay is skipped by the file's own high-water mark (its last line)."""
+    point = failpoints.FILE_AFTER_FSYNC
+    until = workload(db)
+    out = tmp_path / "events.jsonl"
+    dest = {
+        "name": "file",
+        "sink": {"type": "file", "path": str(out), "fsync": "batch", "batch_size": 10},
+    }
+    spec = f"{point}=crash@4" + slow_down(point, 0.01)
+    await crash_then_recover(tmp_path, config_for(db, dest), until, spec, point)
+    report = check(expected_changes(), observed_items(read_jsonl(out)))
+    assert report.ok(), report.summary()
+
+
+@pytest.fixture(scope="module")
+def nats_server() -> Iterator[NatsServer]:
+    with NatsServer() as server:
+        yield server
+
+
+@pytest.mark.servers
+async def test_nats_crash_after_ack(db: str, tmp_path: Path, nats_server: NatsServer) -> None:
+    """A crash after JetStream acked a batch: the replay is dropped by
+    JetStream's duplicate window (Nats-Msg-Id is the event id)."""
+    from tests.integration.broker_workloads import unique_prefix
+    from tests.integration.test_sink_nats import StreamReader, nats_dest
+
+    point = failpoints.NATS_AFTER_ACK
+    until = workload(db)
+    prefix = unique_prefix("fp")
+    dest = nats_dest(nats_server, prefix, batch_size=10)
+    spec = f"{point}=crash@4" + slow_down(point, 0.01)
+    await crash_then_recover(tmp_path, config_for(db, dest), until, spec, point)
+    reader = StreamReader(nats_server.url, prefix.upper())
+    await reader.until(KEYS * (UPDATES + 1), within=60)
+    await asyncio.sleep(0.3)
+    await reader.read()
+    report = check(expected_changes(), observed_items([s.envelope for s in reader.seen]))
+    assert report.ok(), report.summary()
+
+
+@pytest.mark.servers
+async def test_redis_crash_after_xadd(db: str, tmp_path: Path, redis_url: str) -> None:
+    """A crash after Redis replied to a batch's XADDs: the replay is refused
+    by Redis (explicit entry ids at or below the stream's top)."""
+    from tests.integration.broker_workloads import unique_prefix
+    from tests.integration.test_sink_redis import StreamsReader
+
+    point = failpoints.REDIS_AFTER_XADD
+    until = workload(db)
+    prefix = unique_prefix("fp")
+    dest = {
+        "name": f"redis-{prefix}",
+        "sink": {"type": "redis", "url": redis_url, "prefix": prefix, "batch_size": 10},
+    }
+    spec = f"{point}=crash@4" + slow_down(point, 0.01)
+    await crash_then_recover(tmp_path, config_for(db, dest), until, spec, point)
+    reader = StreamsReader(redis_url, prefix)
+    await reader.until(KEYS * (UPDATES + 1), within=60)
+    await reader.read()
+    report = check(expected_changes(), observed_items([s.envelope for s in reader.seen]))
     assert report.ok(), report.summary()

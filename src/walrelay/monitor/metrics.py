@@ -51,14 +51,42 @@ from __future__ import annotations
 import bisect
 import time
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from walrelay.model import Event, Lsn
+from walrelay.monitor.alerts import Alert
+from walrelay.monitor.probe import Snapshot
+from walrelay.monitor.view import EngineView
 
 if TYPE_CHECKING:
-    from walrelay.monitor.service import Services
+    from prometheus_client import CollectorRegistry
 
-__all__ = ["BUCKETS", "LatencyHistogram", "MetricsCollector", "render_metrics"]
+__all__ = ["BUCKETS", "LatencyHistogram", "MetricsCollector", "MetricsSource", "render_metrics"]
+
+
+class _MonitorView(Protocol):
+    @property
+    def snapshot(self) -> Snapshot | None: ...
+    @property
+    def errors_total(self) -> int: ...
+
+
+class MetricsSource(Protocol):
+    """What the collector reads (walrelay.monitor.service.Services provides it)."""
+
+    metrics_registry: CollectorRegistry | None
+
+    @property
+    def engine(self) -> EngineView: ...
+    @property
+    def latency(self) -> LatencyHistogram: ...
+    @property
+    def monitor(self) -> _MonitorView | None: ...
+    def state(self) -> str: ...
+    def destination_rows(self) -> list[dict[str, Any]]: ...
+    def slot_rows(self) -> list[dict[str, Any]]: ...
+    def open_alerts(self) -> list[Alert]: ...
+
 
 BUCKETS: tuple[float, ...] = (
     0.005,
@@ -138,7 +166,7 @@ class LatencyHistogram:
 class MetricsCollector:
     """A prometheus-client collector over one engine's :class:`Services`."""
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: MetricsSource) -> None:
         self.services = services
 
     def collect(self) -> Iterator[Any]:
@@ -251,7 +279,7 @@ class MetricsCollector:
             "rate": gauge("walrelay_snapshot_rows_per_second", "Rows read per second", labels),
             "eta_seconds": gauge("walrelay_snapshot_eta_seconds", "Estimated seconds left", labels),
         }
-        for p in getattr(self.services.engine, "progress", {}).values():
+        for p in self.services.engine.progress.values():
             doc = p.to_dict()
             ident = str(doc["backfill_id"]) if doc["backfill_id"] is not None else ""
             for key, fam in fams.items():
@@ -373,7 +401,7 @@ class MetricsCollector:
         yield errors
 
 
-def render_metrics(services: Services) -> tuple[bytes, str]:
+def render_metrics(services: MetricsSource) -> tuple[bytes, str]:
     """The exposition text and its content type."""
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 

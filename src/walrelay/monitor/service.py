@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from walrelay.model import Event, format_lsn
 from walrelay.monitor.alerts import Alert, AlertManager, Condition, Notifier, WebhookTarget
-from walrelay.monitor.metrics import LatencyHistogram
+from walrelay.monitor.metrics import LatencyHistogram, render_metrics
 from walrelay.monitor.probe import Probe, Snapshot
 from walrelay.monitor.rules import (
     DB_RULES,
@@ -48,12 +48,12 @@ from walrelay.monitor.rules import (
     evaluate_snapshot,
 )
 from walrelay.monitor.thresholds import DEFAULT_THRESHOLDS, Severity, Thresholds
+from walrelay.monitor.view import EngineView
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from walrelay.config import Config, MonitorConfig
-    from walrelay.engine import Engine
     from walrelay.web.server import HttpServer
 
 __all__ = ["Monitor", "Services", "thresholds_from_config"]
@@ -158,7 +158,7 @@ class Monitor:
         conditions += evaluate_engine(
             svc.delivery_lags(),
             thresholds=self.thresholds,
-            replication_paused=bool(getattr(engine, "replication_paused", False)),
+            replication_paused=engine.replication_paused,
             slot=engine.config.source.slot,
         )
         rules |= svc.external_rules
@@ -181,7 +181,7 @@ class Monitor:
 class Services:
     """Monitor + metrics + HTTP for one :class:`~walrelay.engine.Engine`."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: EngineView) -> None:
         self.engine = engine
         config = engine.config
         self.latency = LatencyHistogram()
@@ -296,7 +296,7 @@ class Services:
             return "stopping"
         if not engine.started.is_set():
             return "starting"
-        if getattr(engine, "_stream", None) is not None:
+        if engine.streaming:
             return "streaming"
         return "reconnecting"
 
@@ -384,6 +384,9 @@ class Services:
             "slot": self.engine.config.source.slot,
             "confirmed_lsn": format_lsn(self.engine.tracker.confirmed),
         }
+
+    def metrics(self) -> tuple[bytes, str]:
+        return render_metrics(self)
 
     def status(self) -> dict[str, Any]:
         """The status document (``/api/status``, the dashboard, ``walrelay status``)."""

@@ -23,7 +23,7 @@ from walrelay.outbox.publish import (
     publish,
     publish_message,
 )
-from walrelay.outbox.router import OutboxRouter
+from walrelay.pipeline.outbox_router import OutboxRouter
 
 __all__ = [
     "MaintainReport",

@@ -57,6 +57,7 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 
+from walrelay import failpoints
 from walrelay.errors import ConfigError
 from walrelay.model import Lsn, format_lsn, parse_lsn
 
@@ -522,6 +523,7 @@ async def maintain(
                     continue
                 report.dropped.append(name)
                 log.info("outbox %s: dropped %s", t.qualified, name)
+                failpoints.hit(failpoints.OUTBOX_AFTER_PARTITION_DROP)
         if not dry_run:
             for name, reason in report.kept:
                 log.warning("outbox %s: kept %s: %s", t.qualified, name, reason)

@@ -1,7 +1,7 @@
 """``publish()``: write an outbox event inside the application's own transaction.
 
 Two ways to write an event, routed alike by the outbox router
-(:mod:`walrelay.outbox.router`):
+(:mod:`walrelay.pipeline.outbox_router`):
 
 :func:`publish`
     INSERTs a row into the outbox table (``walrelay outbox init``). The row

@@ -484,14 +484,14 @@ class LedgeredSink:
             )
         if not todo:
             return
-        failpoints.hit("sink.before_send")
+        failpoints.hit(failpoints.SINK_BEFORE_SEND)
         await self.inner.deliver(todo)
-        failpoints.hit("sink.after_send")
+        failpoints.hit(failpoints.SINK_AFTER_SEND)
         self.sent += len(todo)
         # Record until the ledger takes it: the batch was sent, and sending it
         # again because the ledger is down would be a duplicate we can avoid.
         await self._until_ledger(self._record_call, todo, "record")
-        failpoints.hit("ledger.after_record")
+        failpoints.hit(failpoints.LEDGER_AFTER_RECORD)
 
     async def _until_ledger(
         self, call: Callable[[Sequence[Event]], Awaitable[_T]], events: Sequence[Event], what: str

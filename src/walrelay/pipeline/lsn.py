@@ -20,6 +20,8 @@ pending there, in commit order, with an entry only while it is non-zero.
 
 from __future__ import annotations
 
+import asyncio
+import heapq
 from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import NoReturn
@@ -64,6 +66,7 @@ class LsnTracker:
         "_order",
         "_pending_total",
         "_txns",
+        "_waiters",
     )
 
     def __init__(self, start: Lsn = 0) -> None:
@@ -78,6 +81,8 @@ class LsnTracker:
         # Per destination: commit LSN -> events pending there, in commit
         # order; a transaction is dropped as soon as its count is zero.
         self._dest_order: dict[str, dict[Lsn, int]] = {}
+        # wait_confirmed(): (lsn, tie-breaker, future), lowest LSN first.
+        self._waiters: list[tuple[Lsn, int, asyncio.Future[None]]] = []
 
     # -- the stream side ------------------------------------------------------
 
@@ -179,6 +184,8 @@ class LsnTracker:
             self._keepalive = wal_end
         if not self._order and wal_end > self._confirmed:
             self._confirmed = wal_end
+            if self._waiters:
+                self._wake()
 
     # -- the delivery side ----------------------------------------------------
 
@@ -255,6 +262,14 @@ class LsnTracker:
         """The LSN that is safe to report as flushed. Never goes backwards."""
         return self._confirmed
 
+    async def wait_confirmed(self, lsn: Lsn) -> None:
+        """Return once :attr:`confirmed` is at or past ``lsn`` (no polling)."""
+        if self._confirmed >= lsn:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (lsn, id(future), future))
+        await future
+
     @property
     def last_begun(self) -> Lsn | None:
         """Commit LSN of the last :meth:`begin`, or None."""
@@ -299,3 +314,13 @@ class LsnTracker:
             end = self._keepalive
         if end > self._confirmed:
             self._confirmed = end
+            if self._waiters:
+                self._wake()
+
+    def _wake(self) -> None:
+        waiters = self._waiters
+        confirmed = self._confirmed
+        while waiters and waiters[0][0] <= confirmed:
+            future = heapq.heappop(waiters)[2]
+            if not future.done():
+                future.set_result(None)

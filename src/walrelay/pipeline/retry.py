@@ -624,7 +624,7 @@ class DestinationRetry:
 
     def _parked(self, op: _Park) -> None:
         self.parked_total += len(op.rows)
-        failpoints.hit("retry.after_park")
+        failpoints.hit(failpoints.RETRY_AFTER_PARK)
         for row in op.rows:
             row.committed = True
             if row.skipped:
@@ -638,7 +638,7 @@ class DestinationRetry:
             op.future.set_result(None)
 
     def _deleted(self, row: _Row) -> None:
-        failpoints.hit("retry.after_delete")
+        failpoints.hit(failpoints.RETRY_AFTER_DELETE)
         self._unbusy(row)
         self._forget(row)
         if not row.gone:

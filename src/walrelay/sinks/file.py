@@ -41,6 +41,7 @@ from typing import Literal
 
 import orjson
 
+from walrelay import failpoints
 from walrelay.errors import ConfigError, PoisonEvent, SinkError, SinkUnavailable
 from walrelay.model import Event, format_event_id, parse_event_id
 
@@ -252,6 +253,8 @@ class FileSink:
             last = events[-1]
             self._mark = (last.commit_lsn, last.seq)
             self._dirty = not self._sync_each_batch
+            if self._sync_each_batch:
+                failpoints.hit(failpoints.FILE_AFTER_FSYNC)
             return len(events)
 
     def _sync_if_dirty(self) -> None:

@@ -65,6 +65,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
+from walrelay import failpoints
 from walrelay.errors import ConfigError, PoisonEvent, SinkError, SinkUnavailable
 from walrelay.model import Event, parse_event_id
 from walrelay.sinks.templates import Naming
@@ -550,7 +551,7 @@ class KafkaSink:
             id_header = ("id", eid.encode())
             op_header = ("op", event.op.encode())
             route = event.route
-            if route is not None:  # set by a router (walrelay.outbox.router): send as routed
+            if route is not None:  # set by the outbox router: send as routed
                 headers: list[tuple[str, str | bytes | None]] = [
                     id_header,
                     op_header,
@@ -672,8 +673,10 @@ class KafkaSink:
                 key=self._checkpoint_key,
                 on_delivery=on_delivery,
             )
+            failpoints.hit(failpoints.KAFKA_BEFORE_COMMIT)
             committing = True
             producer.commit_transaction(self.delivery_timeout)
+            failpoints.hit(failpoints.KAFKA_AFTER_COMMIT)
         except (ck.KafkaException, RuntimeError) as exc:
             err = exc.args[0] if isinstance(exc, ck.KafkaException) and exc.args else None
             if err is None or not hasattr(err, "txn_requires_abort"):

@@ -36,7 +36,7 @@ captures the subject of every configured table, and fails with a
 :class:`~walrelay.errors.ConfigError` naming the subject and the fix if not.
 
 Routed events (``event.route``, set by the outbox event router,
-:mod:`walrelay.outbox.router`) are published as routed instead: to the
+:mod:`walrelay.pipeline.outbox_router`) are published as routed instead: to the
 subject ``route.topic`` (the subject template is not used), with the payload
 ``route.value`` as the body and the headers ``Nats-Msg-Id`` (the event id),
 ``Walrelay-Op``, ``Walrelay-Table``, ``walrelay-key`` (``route.key``, absent
@@ -68,6 +68,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from walrelay import failpoints
 from walrelay.errors import ConfigError, PoisonEvent, SinkError, SinkUnavailable
 from walrelay.model import Event
 from walrelay.sinks.templates import NameTemplate, Naming
@@ -335,7 +336,7 @@ class NatsSink:
         try:
             for event in events:
                 route = event.route
-                if route is not None:  # set by a router (walrelay.outbox.router): as routed
+                if route is not None:  # set by the outbox router: as routed
                     future = await js.publish_async(
                         route.topic,
                         b"" if route.value is None else route.value,
@@ -381,6 +382,7 @@ class NatsSink:
                 f"within {self.timeout:g} s (server unreachable?); the batch is retried, "
                 "JetStream drops what it already stored"
             )
+        failpoints.hit(failpoints.NATS_AFTER_ACK)
         failures: list[SinkError] = []
         duplicates = 0
         for future, msg_id, subject in pending:

@@ -283,7 +283,7 @@ class PostgresSink:
                 else:
                     with contextlib.suppress(Exception):
                         await conn.close()
-        failpoints.hit("sink.after_send")
+        failpoints.hit(failpoints.SINK_AFTER_SEND)
 
     async def _apply(self, conn: Conn, events: Sequence[Event]) -> None:
         """Claim, apply and commit ``events`` in one transaction."""
@@ -304,7 +304,7 @@ class PostgresSink:
                             await conn.execute(query, params)
                 if trim is not None:
                     await conn.execute(self._q_trim, (self.destination, format_lsn(trim)))
-                failpoints.hit("postgres.before_commit")
+                failpoints.hit(failpoints.POSTGRES_BEFORE_COMMIT)
         except psycopg.OperationalError:
             raise
         except SinkError as e:

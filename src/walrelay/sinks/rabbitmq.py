@@ -26,7 +26,7 @@ parallel (``ordered = False``); the scheduler never has two events of one key
 in flight, and AMQP keeps publish order on a channel.
 
 Routed events (``event.route``, set by the outbox event router,
-:mod:`walrelay.outbox.router`) are published as routed: to the configured
+:mod:`walrelay.pipeline.outbox_router`) are published as routed: to the configured
 exchange (the one the event's table -- or, for a table-less outbox message,
 the message exchange -- would use) with ``route.topic`` as the routing key
 (the routing key templates are not used); the body is ``route.value``, the
@@ -321,7 +321,7 @@ class RabbitMQSink:
         """(exchange, routing key, table) per copy of the event."""
         op = event.op
         route = event.route
-        if route is not None:  # set by a router (walrelay.outbox.router): as routed
+        if route is not None:  # set by the outbox router: as routed
             if op == "message" or not event.table:
                 return [(self.exchanges.for_message(), route.topic, event.table)]
             return [(self.exchanges.for_table(event.table, op), route.topic, event.table)]

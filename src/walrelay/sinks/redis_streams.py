@@ -25,7 +25,7 @@ trimming never lowers the stream's last id, so replays stay rejected.
 exist is an error naming the stream instead of a silent new key.
 
 Routed events (``event.route``, set by the outbox event router,
-:mod:`walrelay.outbox.router`) are sent as routed: one ``XADD`` (same entry
+:mod:`walrelay.pipeline.outbox_router`) are sent as routed: one ``XADD`` (same entry
 id) to the stream ``route.topic`` (the stream template is not used), with
 fields ``id``, ``op``, ``table``, ``key`` (``route.key``; absent when None),
 ``body`` (``route.value``, the routed payload as JSON) and the route's headers
@@ -45,6 +45,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
+from walrelay import failpoints
 from walrelay.errors import ConfigError, PoisonEvent, SinkError, SinkUnavailable
 from walrelay.model import Event
 from walrelay.sinks.templates import Naming
@@ -245,7 +246,7 @@ class RedisStreamsSink:
         for event in events:
             eid = entry_id(event)
             route = event.route
-            if route is not None:  # set by a router (walrelay.outbox.router): as routed
+            if route is not None:  # set by a router (walrelay.pipeline.outbox_router): as routed
                 pipe.xadd(
                     route.topic,
                     _routed_fields(event),
@@ -275,6 +276,7 @@ class RedisStreamsSink:
             ) from None
         except redis.exceptions.RedisError as exc:
             raise SinkError(f"redis sink {self.url}: {type(exc).__name__}: {exc}") from None
+        failpoints.hit(failpoints.REDIS_AFTER_XADD)
         replayed = 0
         for (event, stream), result in zip(sent, results, strict=True):
             if result is None:

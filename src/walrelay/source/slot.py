@@ -6,10 +6,11 @@ the database as it was. Names from config go through ``sql.Identifier``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -18,10 +19,48 @@ from walrelay.config import SourceConfig
 from walrelay.errors import SlotBusy, SlotLost, SourceSetupError
 from walrelay.model import Lsn, parse_lsn
 
-if TYPE_CHECKING:
-    from walrelay.source.snapshot import ExportedSlot
-
 log = logging.getLogger("walrelay.source.slot")
+
+
+# -- the exported snapshot --------------------------------------------------------
+
+
+@dataclass
+class ExportedSlot:
+    """A slot just created with an exported snapshot; close once the copy is read."""
+
+    slot: str
+    consistent_point: Lsn
+    snapshot_name: str
+    conn: psycopg.AsyncConnection[tuple[Any, ...]] | None
+
+    async def close(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()
+
+
+async def create_exported_slot(dsn: str, slot: str) -> ExportedSlot:
+    """``CREATE_REPLICATION_SLOT ... (SNAPSHOT 'export')`` (PostgreSQL 15 syntax).
+
+    The returned connection must stay open while readers import the snapshot.
+    """
+    conn = await psycopg.AsyncConnection.connect(
+        dsn, replication="database", autocommit=True, application_name="walrelay-snapshot"
+    )
+    try:
+        cur = await conn.execute(
+            sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export')").format(
+                sql.Identifier(slot)
+            )
+        )
+        row = await cur.fetchone()
+    except BaseException:
+        await conn.close()
+        raise
+    assert row is not None
+    return ExportedSlot(slot, parse_lsn(str(row[1])), str(row[2]), conn)
 
 
 @dataclass(frozen=True)
@@ -284,7 +323,6 @@ async def prepare_source(
         try:
             if export_snapshot:
                 from walrelay.model import format_lsn
-                from walrelay.source.snapshot import create_exported_slot
 
                 info.exported = await create_exported_slot(cfg.dsn_value, cfg.slot)
                 row: tuple[object, ...] | None = (format_lsn(info.exported.consistent_point),)

@@ -42,21 +42,18 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
 from psycopg.adapt import Loader
 
-from walrelay.model import Begin, Change, Column, Event, Lsn, RawTuple, Relation, format_lsn
-from walrelay.pipeline.envelope import EnvelopeBuilder
+from walrelay import failpoints
+from walrelay.model import Column, Lsn, RawTuple, Relation, format_lsn
 from walrelay.source.slot import TableInfo, split_table
-from walrelay.source.types import TypeRegistry
 
 if TYPE_CHECKING:
-    from walrelay.engine import Engine
-    from walrelay.pipeline.scheduler import Destination
+    pass
 
 log = logging.getLogger("walrelay.source.snapshot")
 
@@ -152,49 +149,6 @@ def format_progress(p: Progress) -> str:
     )
 
 
-# -- the exported snapshot --------------------------------------------------------
-
-
-@dataclass
-class ExportedSlot:
-    """A slot just created with an exported snapshot; close once the copy is read."""
-
-    slot: str
-    consistent_point: Lsn
-    snapshot_name: str
-    conn: psycopg.AsyncConnection[tuple[Any, ...]] | None
-
-    async def close(self) -> None:
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                await conn.close()
-
-
-async def create_exported_slot(dsn: str, slot: str) -> ExportedSlot:
-    """``CREATE_REPLICATION_SLOT ... (SNAPSHOT 'export')`` (PostgreSQL 15 syntax).
-
-    The returned connection must stay open while readers import the snapshot.
-    """
-    from walrelay.model import parse_lsn
-
-    conn = await psycopg.AsyncConnection.connect(
-        dsn, replication="database", autocommit=True, application_name="walrelay-snapshot"
-    )
-    try:
-        cur = await conn.execute(
-            sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export')").format(
-                sql.Identifier(slot)
-            )
-        )
-        row = await cur.fetchone()
-    except BaseException:
-        await conn.close()
-        raise
-    assert row is not None
-    return ExportedSlot(slot, parse_lsn(str(row[1])), str(row[2]), conn)
-
-
 # -- reading tables -----------------------------------------------------------------
 
 
@@ -256,20 +210,20 @@ class _Range:
 
 
 @dataclass
-class _TablePlan:
+class TablePlan:
     info: TableInfo
     rel: Relation
     progress: Progress
     ranges: list[_Range]
 
 
-async def _import_snapshot(conn: Conn, snapshot_name: str) -> None:
+async def import_snapshot(conn: Conn, snapshot_name: str) -> None:
     await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
     await conn.set_read_only(True)
     await conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name)))
 
 
-async def _plan_ranges(conn: Conn, plan: _TablePlan, parts: int) -> list[_Range]:
+async def plan_ranges(conn: Conn, plan: TablePlan, parts: int) -> list[_Range]:
     """Split a large table with one integer key column into key ranges."""
     rel, info = plan.rel, plan.info
     name = info.name
@@ -292,7 +246,7 @@ async def _plan_ranges(conn: Conn, plan: _TablePlan, parts: int) -> list[_Range]
 
 
 async def _read_range(
-    conn: Conn, plan: _TablePlan, rng: _Range, out: asyncio.Queue[tuple[str, list[RawTuple]]]
+    conn: Conn, plan: TablePlan, rng: _Range, out: asyncio.Queue[tuple[str, list[RawTuple]]]
 ) -> None:
     rel, info = plan.rel, plan.info
     query = sql.SQL("select {cols} from {t}").format(cols=select_list(rel), t=table_ident(rel))
@@ -314,12 +268,12 @@ async def _read_range(
 async def read_tables(
     dsn: str,
     snapshot_name: str,
-    plans: Sequence[_TablePlan],
+    plans: Sequence[TablePlan],
     out: asyncio.Queue[tuple[str, list[RawTuple]]],
     workers: int,
 ) -> None:
     """Read every range of every table with ``workers`` connections in the snapshot."""
-    work: asyncio.Queue[tuple[_TablePlan, _Range]] = asyncio.Queue()
+    work: asyncio.Queue[tuple[TablePlan, _Range]] = asyncio.Queue()
     for plan in plans:
         for rng in plan.ranges:
             work.put_nowait((plan, rng))
@@ -327,7 +281,7 @@ async def read_tables(
     async def worker() -> None:
         conn = await connect_reader(dsn)
         try:
-            await _import_snapshot(conn, snapshot_name)
+            await import_snapshot(conn, snapshot_name)
             while True:
                 try:
                     plan, rng = work.get_nowait()
@@ -342,162 +296,6 @@ async def read_tables(
     async with asyncio.TaskGroup() as tg:
         for _ in range(n):
             tg.create_task(worker())
-
-
-# -- emitting into the engine --------------------------------------------------------
-
-
-def snapshot_destinations(engine: Engine, table: str) -> list[Destination]:
-    """Destinations that take an initial snapshot of ``table``."""
-    out = []
-    for dcfg in engine.config.destinations:
-        if dcfg.snapshot != "initial":
-            continue
-        if dcfg.tables is not None and table not in dcfg.tables:
-            continue
-        if dcfg.ops is not None and "insert" not in dcfg.ops:
-            continue  # a destination not taking inserts does not want rows either
-        dest = engine.destinations.get(dcfg.name)
-        if dest is not None:
-            out.append(dest)
-    return out
-
-
-async def put_events(
-    engine: Engine, commit_lsn: Lsn, dest: Destination, events: list[Event]
-) -> None:
-    """Count ``events`` in the tracker for ``dest``, then hand them over (in id order)."""
-    router = engine._routers.get(dest.name)
-    if router is not None:
-        routed = [router.route(e) for e in events]
-        events = [e for e in routed if e is not None]
-    if not events:
-        return
-    engine.tracker.add(commit_lsn, len(events), destination=dest.name)
-    for event in events:
-        if not dest.try_put(event):
-            await dest.put(event)
-
-
-async def run_initial_snapshot(
-    engine: Engine, exported: ExportedSlot, *, reset_tables: bool = False
-) -> None:
-    """Read every table in the exported snapshot and hand the rows to the destinations.
-
-    ``reset_tables`` (re-snapshot after a lost slot): a ``truncate`` event of
-    each table goes first, so that a destination drops rows deleted while no
-    slot captured changes before the copy reloads the table.
-    """
-    info = engine.source_info
-    assert info is not None
-    commit_lsn = exported.consistent_point - 1
-    begin = Begin(xid=0, commit_lsn=commit_lsn, committed_at=datetime.now(UTC))
-    tracker = engine.tracker
-    tracker.begin(commit_lsn)
-    builder = EnvelopeBuilder(TypeRegistry(), key_columns=info.key_columns)
-    src = engine.config.source
-    plans: list[_TablePlan] = []
-    dests_by_table: dict[str, list[Destination]] = {}
-    # This transaction holds ACCESS SHARE locks on the tables until the copy is
-    # read (as pg_dump does), so DDL waits instead of breaking the readers.
-    conn = await connect_reader(src.dsn_value)
-    try:
-        await _import_snapshot(conn, exported.snapshot_name)
-        for name, tinfo in info.tables.items():
-            dests = snapshot_destinations(engine, name)
-            if not dests:
-                continue
-            await conn.execute(
-                sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(
-                    sql.Identifier(*split_table(name))
-                )
-            )
-            rel = await relation_for(conn, tinfo)
-            progress = Progress(
-                "snapshot",
-                name,
-                tuple(d.name for d in dests),
-                rows_estimated=await estimate_rows(conn, tinfo.oid),
-            )
-            plan = _TablePlan(tinfo, rel, progress, [])
-            plan.ranges = await _plan_ranges(conn, plan, src.snapshot_workers * 4)
-            plans.append(plan)
-            dests_by_table[name] = dests
-            engine.progress[f"snapshot:{name}"] = progress
-    except BaseException:
-        await conn.close()
-        await exported.close()
-        raise
-    seq = 0
-    if reset_tables:
-        for plan in plans:
-            ev = builder.build(begin, Change(op="truncate", relations=(plan.rel,)), seq)
-            seq += 1
-            for dest in dests_by_table[plan.info.name]:
-                await put_events(engine, commit_lsn, dest, [ev])
-    log.info(
-        "initial snapshot of %s at %s (slot %s)",
-        ", ".join(p.info.name for p in plans) or "no table",
-        format_lsn(exported.consistent_point),
-        exported.slot,
-    )
-    by_table = {p.info.name: p for p in plans}
-    queue: asyncio.Queue[tuple[str, list[RawTuple]]] = asyncio.Queue(
-        maxsize=max(4, src.snapshot_workers * 4)
-    )
-    reader = asyncio.create_task(
-        read_tables(src.dsn_value, exported.snapshot_name, plans, queue, src.snapshot_workers),
-        name="walrelay-snapshot-read",
-    )
-    last_log = time.monotonic()
-    try:
-        while True:
-            get = asyncio.create_task(queue.get())
-            await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
-            if not get.done():
-                get.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await get
-                if queue.empty():
-                    reader.result()  # raises if a reader failed
-                    break
-                continue
-            if engine.stopping:
-                log.warning(
-                    "stopping during the initial snapshot: it starts over (with a new slot) "
-                    "next time"
-                )
-                return
-            table, rows = get.result()
-            plan = by_table[table]
-            rel = plan.rel
-            build = builder.build
-            events = []
-            for row in rows:
-                events.append(build(begin, Change(op="read", relation=rel, new=row), seq))
-                seq += 1
-            for dest in dests_by_table[table]:
-                await put_events(engine, commit_lsn, dest, events)
-            plan.progress.rows_done += len(rows)
-            engine.stats.events_in += len(rows)
-            now = time.monotonic()
-            if now - last_log >= 5.0:
-                last_log = now
-                for p in plans:
-                    if p.progress.rows_done:
-                        log.info("%s", format_progress(p.progress))
-    finally:
-        if not reader.done():
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
-        await exported.close()
-        with contextlib.suppress(psycopg.Error):
-            await conn.close()
-    tracker.seal(commit_lsn, exported.consistent_point)
-    for p in plans:
-        p.progress.finish()
-        log.info("%s (read)", format_progress(p.progress))
 
 
 # -- state: snapshots that did not finish -------------------------------------------------
@@ -539,6 +337,7 @@ async def record_snapshot(dsn: str, schema: str, slot: str, point: Lsn, status: 
             ).format(sql.Identifier(schema), sql.Identifier(schema)),
             (slot, format_lsn(point), status),
         )
+    failpoints.hit(failpoints.SNAPSHOT_AFTER_RECORD)
 
 
 async def drop_slot(conn: Conn, slot: str) -> bool:
@@ -548,22 +347,3 @@ async def drop_slot(conn: Conn, slot: str) -> bool:
         (slot,),
     )
     return bool(await cur.fetchall())
-
-
-async def mark_done_when_confirmed(engine: Engine, point: Lsn) -> None:
-    """Record the snapshot as finished once the slot may be confirmed past it."""
-    cfg = engine.config
-    try:
-        while engine.tracker.confirmed < point:  # noqa: ASYNC110
-            await asyncio.sleep(0.2)  # polling the tracker
-    except asyncio.CancelledError:
-        # Stopping (after the drain): record it if the snapshot got delivered.
-        if engine.tracker.confirmed >= point:
-            await record_snapshot(cfg.state_dsn, cfg.state.schema, cfg.source.slot, point, "done")
-        raise
-    await record_snapshot(cfg.state_dsn, cfg.state.schema, cfg.source.slot, point, "done")
-    log.info(
-        "initial snapshot delivered: slot %s may now move past %s",
-        cfg.source.slot,
-        format_lsn(point),
-    )

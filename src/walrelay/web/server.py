@@ -23,17 +23,25 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from importlib.resources import files
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
 
 from walrelay.web.auth import COOKIE, session_value, token_matches
 
-if TYPE_CHECKING:
-    from walrelay.monitor.service import Services
+__all__ = ["HttpServer", "StatusSource"]
 
-__all__ = ["HttpServer"]
+
+class StatusSource(Protocol):
+    """What the server shows (walrelay.monitor.service.Services provides it)."""
+
+    def health(self) -> tuple[bool, dict[str, Any]]: ...
+    def status(self) -> dict[str, Any]: ...
+    def metrics(self) -> tuple[bytes, str]:
+        """The Prometheus exposition text and its content type."""
+        ...
+
 
 log = logging.getLogger("walrelay.web")
 
@@ -76,7 +84,7 @@ async def _headers(request: web.Request, handler: Handler) -> web.StreamResponse
 class HttpServer:
     """Serves one engine's :class:`~walrelay.monitor.service.Services`."""
 
-    def __init__(self, services: Services, *, host: str, port: int, token: str) -> None:
+    def __init__(self, services: StatusSource, *, host: str, port: int, token: str) -> None:
         self.services = services
         self.host = host
         self.port = port
@@ -143,9 +151,7 @@ class HttpServer:
         return _json(body, 200 if ok else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        from walrelay.monitor.metrics import render_metrics
-
-        body, content_type = render_metrics(self.services)
+        body, content_type = self.services.metrics()
         resp = web.Response(body=body)
         resp.headers["Content-Type"] = content_type
         return resp

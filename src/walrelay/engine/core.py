@@ -14,38 +14,33 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import psycopg
 
 from walrelay import failpoints, speedups
 from walrelay.config import Config, DestinationConfig
+from walrelay.engine.backfills import BackfillManager
+from walrelay.engine.snapshot import mark_done_when_confirmed, run_initial_snapshot
 from walrelay.errors import DecodeError, SlotLost, SourceSetupError, WalrelayError
 from walrelay.model import Begin, Change, Commit, Event, Lsn, format_lsn
 from walrelay.monitor.service import Services
 from walrelay.monitor.thresholds import Severity
 from walrelay.outbox.partitions import upkeep_loop
-from walrelay.outbox.router import OutboxRouter
 from walrelay.pipeline.backoff import Backoff
 from walrelay.pipeline.envelope import EnvelopeBuilder
 from walrelay.pipeline.ledger import TrimAware, wrap_sink
 from walrelay.pipeline.lsn import LsnTracker
 from walrelay.pipeline.retry import DestinationRetry, RetryStore
+from walrelay.pipeline.router import Blocked, Router
 from walrelay.pipeline.scheduler import Destination
+from walrelay.pipeline.stats import EngineStats
 from walrelay.sinks.base import Sink
 from walrelay.sinks.factory import build_sink
-from walrelay.source.backfill import WATERMARK_PREFIX, BackfillManager
+from walrelay.source.backfill import WATERMARK_PREFIX
 from walrelay.source.heartbeat import Heartbeat
 from walrelay.source.slot import SourceInfo, prepare_source, slot_busy_from_error
-from walrelay.source.snapshot import (
-    Progress,
-    drop_slot,
-    mark_done_when_confirmed,
-    record_snapshot,
-    run_initial_snapshot,
-    snapshot_status,
-)
+from walrelay.source.snapshot import Progress, drop_slot, record_snapshot, snapshot_status
 from walrelay.source.stream import (
     KEEPALIVE,
     XLOGDATA,
@@ -63,23 +58,6 @@ log = logging.getLogger("walrelay.engine")
 
 SourceFactory = Callable[[str], ReplicationSource]
 SinkFactory = Callable[[DestinationConfig], Sink]
-
-
-@dataclass
-class _Route:
-    """Which destinations want events of one (table, op)."""
-
-    destinations: list[Destination] = field(default_factory=list)
-
-
-@dataclass
-class EngineStats:
-    events_in: int = 0
-    transactions_in: int = 0
-    last_commit_lsn: Lsn = 0
-    last_delivery_lag: float | None = None
-    reconnects: int = 0
-    heartbeat_lag: float | None = None  # seconds, set by heartbeats when they run
 
 
 def _at_lsn(error: DecodeError, frame: bytes) -> DecodeError:
@@ -117,7 +95,9 @@ class Engine:
         self.stats = EngineStats()
         self.destinations: dict[str, Destination] = {}
         self._dest_configs: dict[str, DestinationConfig] = {d.name: d for d in config.destinations}
-        self._routes: dict[tuple[str, str], list[Destination]] = {}
+        # The one entrance of every event (walrelay.pipeline.router), made
+        # once the destinations are open.
+        self.router: Router | None = None
         self._stop = asyncio.Event()
         self._stream: ReplicationSource | None = None
         self._builder: EnvelopeBuilder | None = None
@@ -133,7 +113,6 @@ class Engine:
         self._resume_commit_lsn: Lsn | None = None
         self._resume_seq = 0
         self._skip_tx = False
-        self._adds: dict[str, int] = {}
         self._last_sealed_end: Lsn = 0
         self._last_status_sent: Lsn = -1
         # Confirmed LSNs sent, with when: the ledgers trim only below what the
@@ -144,12 +123,6 @@ class Engine:
         self._force_stop: asyncio.TimerHandle | None = None
         # Failed deliveries parked in the state database (None: no destination parks).
         self.retry_store: RetryStore | None = None
-        # Outbox event routers, per destination that has one (walrelay.outbox.router).
-        self._routers: dict[str, OutboxRouter] = {
-            d.name: OutboxRouter(d.router, destination=d.name)
-            for d in config.destinations
-            if d.router is not None
-        }
         # Heartbeats (walrelay.source.heartbeat): never delivered, whether ours or not.
         hb = config.heartbeat
         self._heartbeat_prefix = hb.prefix
@@ -197,6 +170,10 @@ class Engine:
         return self._stop.is_set()
 
     @property
+    def streaming(self) -> bool:
+        return self._stream is not None
+
+    @property
     def confirmed_lsn(self) -> Lsn:
         return self.tracker.confirmed
 
@@ -235,7 +212,8 @@ class Engine:
             await drop_slot(conn, src.slot)
         self.tracker = LsnTracker()
         self.destinations = {}
-        self._routes = {}
+        self.router = None
+        self.stats.router = None
         self._stream = None
         self._builder = None
         self.source_info = None
@@ -244,7 +222,6 @@ class Engine:
         self._resume_commit_lsn = None
         self._resume_seq = 0
         self._skip_tx = False
-        self._adds.clear()
         self._last_sealed_end = 0
         self._last_status_sent = -1
         self._session_task = None
@@ -396,6 +373,15 @@ class Engine:
                 with contextlib.suppress(Exception):
                     await sink.close()
             raise
+        assert self._builder is not None
+        self.router = Router(
+            self.config.destinations,
+            self.destinations,
+            self._builder,
+            self.tracker,
+            ignore_table=self._heartbeat_table,
+        )
+        self.stats.router = self.router
         for dest in self.destinations.values():
             dest.start()
 
@@ -425,7 +411,7 @@ class Engine:
         def on_finished(batch: Sequence[Event]) -> None:
             tracker.finish_events(batch, name)
             services.on_finished(name, batch)
-            failpoints.hit("pipeline.after_finish")
+            failpoints.hit(failpoints.PIPELINE_AFTER_FINISH)
             if self.until_lsn is not None and tracker.confirmed >= self.until_lsn:
                 self.request_stop()
             if batch:
@@ -549,7 +535,9 @@ class Engine:
             self._resume_commit_lsn = self._begin.commit_lsn
             self._resume_seq = self._seq
             self._begin = None
-        self._adds.clear()
+        router = self.router
+        assert router is not None
+        router.discard_counts()
         feed = assembler.feed
         route = self._route
         try:
@@ -595,18 +583,11 @@ class Engine:
             self._send_status(stream)
 
     def _flush_adds(self) -> None:
-        """Tell the tracker about events routed since the last flush.
-
-        Counting per event in a dict and telling the tracker in bulk saves
-        ~2 us per event. It is safe because a destination can only finish an
-        event after the reading task yields, and it flushes before every await.
-        """
-        adds = self._adds
-        if adds:
-            begin = self._begin
-            assert begin is not None
-            self.tracker.add_counts(begin.commit_lsn, adds)
-            adds.clear()
+        """Tell the tracker about events routed since the last flush (the
+        router counts in bulk; see walrelay.pipeline.router)."""
+        begin = self._begin
+        if begin is not None and self.router is not None:
+            self.router.flush_counts(begin.commit_lsn)
 
     def _on_begin(self, begin: Begin) -> None:
         self._begin = begin
@@ -641,34 +622,8 @@ class Engine:
         self._begin = None
         self._resume_commit_lsn = None
 
-    def _routes_for(self, table: str, op: str) -> list[Destination]:
-        key = (table, op)
-        dests = self._routes.get(key)
-        if dests is None:
-            dests = []
-            if table == self._heartbeat_table:
-                self._routes[key] = dests  # heartbeats are never delivered
-                return dests
-            for name, dest in self.destinations.items():
-                dcfg = self._dest_configs[name]
-                if dcfg.ops is not None and op not in dcfg.ops:
-                    continue
-                if op != "message" and dcfg.tables is not None and table not in dcfg.tables:
-                    continue
-                dests.append(dest)
-            self._routes[key] = dests
-        return dests
-
-    def _truncate_routes(self, change: Change) -> list[Destination]:
-        """A TRUNCATE of several tables goes to every destination wanting any of them."""
-        seen: dict[str, Destination] = {}
-        for rel in change.relations:
-            for dest in self._routes_for(rel.qualified_name, "truncate"):
-                seen[dest.name] = dest
-        return list(seen.values())
-
-    def _route(self, change: Change) -> list[tuple[Destination, Event]] | None:
-        """Build the change's event and hand it to its destinations.
+    def _route(self, change: Change) -> Blocked | None:
+        """Hand a streamed change to the router (see walrelay.pipeline.router).
 
         Returns the (destination, event) pairs that did not fit in their
         buffer, which the caller awaits; None when all fitted.
@@ -680,66 +635,29 @@ class Engine:
         self._seq = seq + 1
         if self._skip_tx or (self._resume_commit_lsn is not None and seq < self._resume_seq):
             return None  # routed before the connection dropped
-        dests: list[Destination] | None
-        if change.op == "truncate":
-            dests = self._truncate_routes(change)
-        else:
-            rel = change.relation
-            if rel is None and change.prefix == WATERMARK_PREFIX:
+        router = self.router
+        assert router is not None
+        if change.relation is None and change.op != "truncate":
+            if change.prefix == WATERMARK_PREFIX:
                 # A backfill watermark: never delivered; a high one brings the chunk.
-                return self._route_backfill(change, begin, seq)
-            if rel is None and change.prefix == self._heartbeat_prefix:
+                pairs = self.backfills.on_watermark(change, begin, seq)
+                if not pairs:
+                    return None
+                self._seq += len(pairs)
+                return router.dispatch_shaped(pairs)
+            if change.prefix == self._heartbeat_prefix:
                 if self.heartbeat is not None:
                     self.heartbeat.observe(change)
                 return None  # a heartbeat message: never delivered
-            dests = self._routes.get((rel.qualified_name if rel is not None else "", change.op))
-            if dests is None:
-                dests = self._routes_for(rel.qualified_name if rel is not None else "", change.op)
+        dests = router.routes_of(change)
         if not dests:
             if self.heartbeat is not None and self._heartbeat_table is not None:
                 self.heartbeat.observe(change)  # a heartbeat table row (routed nowhere)
             return None
-        assert self._builder is not None
-        event = self._builder.build(begin, change, seq)
-        self.stats.events_in += 1
+        event = router.build(begin, change, seq)
         if self._bf_watch and (change.op == "truncate" or event.table in self._bf_watch):
             self.backfills.observe(change, event, dests)
-        adds = self._adds
-        routers = self._routers
-        blocked: list[tuple[Destination, Event]] | None = None
-        for dest in dests:
-            out = event
-            if routers:
-                router = routers.get(dest.name)
-                if router is not None:
-                    routed = router.route(event)
-                    if routed is None:
-                        continue  # not an outbox event (router.other_ops: skip)
-                    out = routed
-            adds[dest.name] = adds.get(dest.name, 0) + 1
-            if not dest.try_put(out):
-                if blocked is None:
-                    blocked = []
-                blocked.append((dest, out))
-        return blocked
-
-    def _route_backfill(
-        self, change: Change, begin: Begin, seq: int
-    ) -> list[tuple[Destination, Event]] | None:
-        pairs = self.backfills.on_watermark(change, begin, seq)
-        if not pairs:
-            return None
-        self._seq += len(pairs)
-        self.stats.events_in += len(pairs)
-        adds = self._adds
-        blocked: list[tuple[Destination, Event]] | None = None
-        for dest, event in pairs:
-            adds[dest.name] = adds.get(dest.name, 0) + 1
-            if not dest.try_put(event):
-                if blocked is None:
-                    blocked = []
-                blocked.append((dest, event))
-        return blocked
+        return router.dispatch(event, dests)
 
     # ---------------------------------------------------------------- LSN feedback
 
@@ -748,7 +666,7 @@ class Engine:
         stream.send_status(confirmed)
         if confirmed != self._last_status_sent:
             self._status_sent.append((time.monotonic(), confirmed))
-            failpoints.hit("lsn.after_confirm")
+            failpoints.hit(failpoints.LSN_AFTER_CONFIRM)
         self._last_status_sent = confirmed
 
     def _server_confirmed(self) -> Lsn:

@@ -55,7 +55,7 @@ from walrelay.pipeline.envelope import KEY_SEPARATOR, encode_json
 
 __all__ = ["OutboxRouter", "clean_topic"]
 
-log = logging.getLogger("walrelay.outbox.router")
+log = logging.getLogger("walrelay.pipeline.outbox_router")
 
 _LEGAL: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 _KEY_PREFIX: Final = "outbox" + KEY_SEPARATOR
