@@ -94,7 +94,6 @@ class Engine:
         self.tracker = LsnTracker()
         self.stats = EngineStats()
         self.destinations: dict[str, Destination] = {}
-        self._dest_configs: dict[str, DestinationConfig] = {d.name: d for d in config.destinations}
         # The one entrance of every event (walrelay.pipeline.router), made
         # once the destinations are open.
         self.router: Router | None = None
@@ -138,7 +137,7 @@ class Engine:
                 on_lag=self._on_heartbeat_lag,
             )
         self._background: list[asyncio.Task[None]] = []
-        # Initial snapshots and backfills (walrelay.source.snapshot / backfill).
+        # Initial snapshots and backfills (walrelay.engine.snapshot / backfills).
         self.progress: dict[str, Progress] = {}
         self.backfills = BackfillManager(self)
         self._bf_watch = self.backfills.watch
