@@ -229,7 +229,8 @@ async def test_confirmed_lsn_waits_for_delivery(db: str, monkeypatch: pytest.Mon
                 assert state["confirmed"] < before + 10_000
                 event_lsn = engine.tracker.oldest_pending_commit_lsn()
                 assert event_lsn is not None and state["confirmed"] <= event_lsn
-                await asyncio.sleep(0.3)  # let several status updates go out
+                # Deliberate: let status updates go out to prove the slot does not advance.
+                await asyncio.sleep(0.3)
             hook.status = 200  # receiver back
             await wait_for(lambda: len(hook.received) == 1, what="delivery after recovery")
             await wait_for(
@@ -301,7 +302,8 @@ async def test_status_updates_continue_while_backpressured(
                 )
                 dest = engine.destinations["hook"]
                 await wait_for(lambda: dest.blocked, what="the reader to block on a full buffer")
-                # Three wal_sender_timeouts pass with the reader blocked.
+                # Deliberate: three wal_sender_timeouts pass with the reader blocked,
+                # to prove the connection is not dropped.
                 await asyncio.sleep(6)
                 assert dest.blocked
                 assert engine.stats.reconnects == 0

@@ -246,7 +246,8 @@ async def test_inactive_slot_warns_then_pages_then_resolves(
                 )
                 await wait_for(lambda: count_lines(out) == 20, what="events after the cut")
                 assert await health() == 200
-                await asyncio.sleep(0.6)  # three more checks: nothing is sent again
+                # Deliberate: let three more checks pass to prove nothing is sent again.
+                await asyncio.sleep(0.6)
                 assert peer.kinds("slot mon_inactive") == ["WARN", "PAGE", "RESOLVED"]
                 assert engine.stats.reconnects >= 1
 
@@ -271,7 +272,14 @@ async def test_retained_wal_of_another_slot_fires_and_resolves(
         )
         async with running_engine(config) as engine:
             execute(db, "select pg_create_logical_replication_slot('mon_lagging', 'pgoutput')")
-            await asyncio.sleep(0.5)
+            monitor = engine.services.monitor
+            assert monitor is not None
+
+            def lagging_seen() -> bool:
+                snap = monitor.snapshot
+                return snap is not None and snap.slot("mon_lagging") is not None
+
+            await wait_for(lagging_seen, what="a check that saw mon_lagging")
             assert peer.about("slot mon_lagging") == []
             # ~4 MB of WAL that nobody consumes from mon_lagging.
             execute(db, "insert into filler select repeat('x', 1000) from generate_series(1, 4000)")
@@ -372,7 +380,14 @@ async def test_metrics_move_and_token_is_enforced(
 
         execute(db, "insert into items select g, 'x' from generate_series(1, 500) g")
         await wait_for(lambda: count_lines(out) == 500, what="500 events")
-        await asyncio.sleep(0.5)  # a monitor check after the burst
+        last_check = "walrelay_monitor_last_check_timestamp_seconds"
+        _, burst = await metrics()
+
+        async def checked_after_burst() -> bool:
+            _, m = await metrics()
+            return m[last_check] > burst[last_check]
+
+        await wait_for(checked_after_burst, what="a monitor check after the burst")
         _, after = await metrics()
 
         def moved(name: str) -> float:

@@ -104,6 +104,7 @@ async def test_every_op(server: NatsServer, db: str) -> None:
     async with running_engine(config):
         every_op_run(db)
         await reader.until(EVERY_OP_COPIES)
+    # Deliberate: let time pass to prove no extra copies arrive after the count was reached.
     await asyncio.sleep(0.3)
     assert await reader.read() == EVERY_OP_COPIES
     check_every_op(reader.seen)
@@ -154,6 +155,7 @@ async def test_server_killed_and_restarted(server: NatsServer, db: str) -> None:
         await server.arestart()
         await asyncio.to_thread(writer.join)
         await reader.until(writer.events, within=120)
+    # Deliberate: let time pass to prove no duplicates arrive late.
     await asyncio.sleep(0.5)
     await reader.read()
     report = check_ledger(writer, reader.seen, allow_duplicates=False)

@@ -138,6 +138,7 @@ async def test_server_killed_and_restarted(server: RedisServer, db: str) -> None
         await asyncio.to_thread(server.kill)
         assert writer.committed < writer.transactions, "killed after the stream ended"
         await wait_for(lambda: destination.failures_total > 0, what="a failed delivery")
+        # Deliberate: keep the server down a while (more failed attempts) before restart.
         await asyncio.sleep(0.5)
         await server.arestart()
         await asyncio.to_thread(writer.join)
