@@ -1,6 +1,6 @@
 """Backfills on demand while streaming: watermarks, keyset chunks, resumable.
 
-``walrelay backfill`` (walrelay.cli_backfill) stores a request in
+``walrelay backfill`` (walrelay.cli.backfill) stores a request in
 ``<state schema>.backfills``; the running engine polls that table and runs
 the requests one at a time, in this process, because the chunk rows must
 meet the replication stream (DBLog-style, https://arxiv.org/abs/2010.12597):

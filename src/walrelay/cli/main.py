@@ -1,4 +1,4 @@
-"""Command line: ``walrelay run``, ``walrelay demo``."""
+"""The `walrelay` group, `walrelay run` and `walrelay demo`; the other groups load lazily."""
 
 from __future__ import annotations
 
@@ -91,10 +91,10 @@ class LazyGroup(click.Group):
 @click.group(
     cls=LazyGroup,
     lazy_commands={
-        "backfill": "walrelay.cli_backfill:backfill_command",
+        "backfill": "walrelay.cli.backfill:backfill_command",
         "doctor": "walrelay.monitor.doctor:doctor_command",
-        "failed": "walrelay.cli_failed:failed_command",
-        "outbox": "walrelay.outbox.cli:outbox_command",
+        "failed": "walrelay.cli.failed:failed_command",
+        "outbox": "walrelay.cli.outbox:outbox_command",
         "status": "walrelay.monitor.status:status_command",
     },
 )
@@ -156,7 +156,7 @@ def run(config_path: str, log_level: str | None, until_lsn: str | None) -> None:
 @click.option("--quiet", is_flag=True, help="do not print the customer events on stdout")
 def demo(transactions: int, output: str, quiet: bool) -> None:
     """Start a throwaway PostgreSQL, run a sample workload, stream it; clean up."""
-    from walrelay.demo import run_demo
+    from walrelay.cli.demo import run_demo
 
     setup_logging("warning")
     run_until_signalled_demo = run_demo(transactions=transactions, output=output, quiet=quiet)
