@@ -18,7 +18,8 @@ from tests.integration.support import (
     wait_for,
 )
 from walrelay.model import Event
-from walrelay.pipeline.ledger import LedgeredSink, LedgerUnavailable, PostgresLedger, RedisLedger
+from walrelay.pipeline.ledger import LedgerHook, LedgerUnavailable, PostgresLedger, RedisLedger
+from walrelay.pipeline.scheduler import Destination
 from walrelay.testing.servers import RedisServer
 
 SECRET = "whsec_" + "c2VjcmV0LXNlY3JldC1zZWNyZXQ="
@@ -154,8 +155,7 @@ async def test_engine_pauses_while_redis_is_down(
             confirmed = slot_state(db, "walrelay")["confirmed"]
             execute(db, "insert into t select generate_series(101, 200)")
             dest = engine.destinations["hook"]
-            sink = dest.sink
-            assert isinstance(sink, LedgeredSink)
+            sink = ledger_of(dest)
             await wait_for(lambda: sink.check_retries >= 2, what="checks failing")
             assert sink.ledger_down_since is not None
             assert len(hook.ids) == 100, "sent while the ledger was down"
@@ -205,6 +205,11 @@ async def test_engine_drops_a_replay_through_the_postgres_ledger(
             await wait_for(
                 lambda: engine.destinations["hook"].delivered_total >= 400, what="the replay"
             )
-            sink = engine.destinations["hook"].sink
-            assert isinstance(sink, LedgeredSink) and sink.replays_dropped == 400
+            assert ledger_of(engine.destinations["hook"]).replays_dropped == 400
     assert len(hook.ids) == len(set(hook.ids)) == 400
+
+
+def ledger_of(destination: Destination) -> LedgerHook:
+    hooks = [h for h in destination.hooks if isinstance(h, LedgerHook)]
+    assert len(hooks) == 1, f"{destination.name}: expected one ledger hook, got {hooks}"
+    return hooks[0]

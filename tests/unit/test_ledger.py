@@ -1,4 +1,5 @@
-"""LedgeredSink: check -> send -> record, on an in-memory ledger that can fail."""
+"""LedgerHook: check -> send -> record around a destination's sends, on an
+in-memory ledger that can fail."""
 
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ from walrelay.errors import SinkError
 from walrelay.model import Event, Lsn
 from walrelay.pipeline.backoff import Backoff
 from walrelay.pipeline.ledger import (
-    LedgeredSink,
+    LedgerHook,
     LedgerUnavailable,
     PostgresLedger,
     RedisLedger,
     build_ledger,
-    wrap_sink,
+    ledger_hook,
 )
+from walrelay.pipeline.scheduler import Destination
 from walrelay.sinks.memory import MemorySink
 
 
@@ -75,13 +77,37 @@ class FakeLedger:
                 del have[i]
 
 
-def wrapped(**kw: object) -> tuple[LedgeredSink, MemorySink, FakeLedger]:
+class Ledgered:
+    """A destination's sends (``Destination.send``) through a ledger hook, with
+    the hook's stats readable as attributes."""
+
+    def __init__(self, inner: MemorySink, hook: LedgerHook) -> None:
+        self.inner = inner
+        self.hook = hook
+        self.destination = Destination("d", inner, max_in_flight=64, hooks=[hook])
+
+    async def open(self) -> None:
+        await self.inner.open()
+        await self.hook.open()
+
+    async def deliver(self, events: Sequence[Event]) -> None:
+        await self.destination.send(events)
+
+    async def close(self) -> None:
+        await self.hook.close()
+        await self.inner.close()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.hook, name)
+
+
+def wrapped(**kw: object) -> tuple[Ledgered, MemorySink, FakeLedger]:
     inner = MemorySink(batch_size=10, **kw)  # type: ignore[arg-type]
     ledger = FakeLedger()
-    sink = LedgeredSink(
-        inner, ledger, "d", ledger_backoff=Backoff(initial=0.001, multiplier=1.0, maximum=0.001)
+    hook = LedgerHook(
+        ledger, "d", ledger_backoff=Backoff(initial=0.001, multiplier=1.0, maximum=0.001)
     )
-    return sink, inner, ledger
+    return Ledgered(inner, hook), inner, ledger
 
 
 def delivered_ids(inner: MemorySink) -> list[str]:
@@ -194,11 +220,11 @@ def test_ledger_config_defaults_and_overrides() -> None:
     assert build_ledger(cfg, by["raw"]) is None
     from walrelay.sinks.factory import build_sink
 
-    assert isinstance(wrap_sink(build_sink(by["hook"].sink), cfg, by["hook"]), LedgeredSink)
+    assert isinstance(ledger_hook(build_sink(by["hook"].sink), cfg, by["hook"]), LedgerHook)
     file_sink = build_sink(by["file"].sink)
-    assert wrap_sink(file_sink, cfg, by["file"]) is file_sink  # its own high-water mark
+    assert ledger_hook(file_sink, cfg, by["file"]) is None  # its own high-water mark
     pg_sink = build_sink(by["pg"].sink, destination="pg")
-    assert wrap_sink(pg_sink, cfg, by["pg"]) is pg_sink  # transactional
+    assert ledger_hook(pg_sink, cfg, by["pg"]) is None  # transactional
 
 
 def test_top_level_ledger_redis() -> None:

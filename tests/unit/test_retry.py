@@ -23,6 +23,7 @@ from walrelay.config import FailedConfig
 from walrelay.errors import SinkError
 from walrelay.model import Event, Route
 from walrelay.pipeline.backoff import Backoff
+from walrelay.pipeline.hooks import DeliveryHook
 from walrelay.pipeline.retry import (
     PAUSED_MESSAGE,
     DestinationRetry,
@@ -172,14 +173,14 @@ class TableStore(RetryStore):
         ]
 
 
-class Recorder:
-    """on_finished: each event id finished exactly once."""
+class Recorder(DeliveryHook):
+    """A delivery hook: each event id finished exactly once."""
 
     def __init__(self) -> None:
         self.counts: dict[tuple[int, int], int] = defaultdict(int)
 
-    def __call__(self, batch: Sequence[Event]) -> None:
-        for e in batch:
+    def on_finished(self, events: Sequence[Event], *, parked: bool) -> None:
+        for e in events:
             self.counts[(e.commit_lsn, e.seq)] += 1
 
     def finished(self, events: Sequence[Event]) -> bool:
@@ -212,7 +213,7 @@ class Rig:
             sink,
             max_in_flight=max_in_flight,
             backoff=FAST,
-            on_finished=self.recorder,
+            hooks=[self.recorder],
             parking=self.parking,
         )
 

@@ -15,7 +15,8 @@ from walrelay.errors import SinkError
 from walrelay.model import Event
 from walrelay.pipeline.backoff import Backoff
 from walrelay.pipeline.buffer import BufferClosed
-from walrelay.pipeline.scheduler import Destination, FailureDecision
+from walrelay.pipeline.hooks import DeliveryHook
+from walrelay.pipeline.scheduler import Destination, FailureDecision, OnFailure
 from walrelay.sinks.base import Sink
 from walrelay.sinks.memory import MemorySink
 
@@ -54,21 +55,33 @@ async def until(cond: Callable[[], bool]) -> None:
             await asyncio.sleep(0.001)
 
 
-class Recorder:
-    """on_finished: counts how often each event was finished."""
+class Recorder(DeliveryHook):
+    """A delivery hook counting how often each event was finished."""
 
     def __init__(self) -> None:
         self.counts: Counter[tuple[int, int]] = Counter()
         self.batches = 0
 
-    def __call__(self, batch: Sequence[Event]) -> None:
+    def on_finished(self, events: Sequence[Event], *, parked: bool) -> None:
         self.batches += 1
-        for e in batch:
+        for e in events:
             self.counts[order_key(e)] += 1
 
     def assert_once(self, events: Sequence[Event]) -> None:
         assert self.counts == Counter(order_key(e) for e in events)
         assert set(self.counts.values()) <= {1}
+
+
+class Verdict(DeliveryHook):
+    """A delivery hook whose verdict on a failed batch is ``decide``'s."""
+
+    def __init__(self, decide: OnFailure) -> None:
+        self.decide = decide
+
+    async def on_failure(
+        self, batch: Sequence[Event], error: BaseException, attempts: int
+    ) -> FailureDecision | None:
+        return await self.decide(batch, error, attempts)
 
 
 def assert_per_key_order(events: Sequence[Event], seen: Sequence[Event]) -> None:
@@ -110,7 +123,7 @@ async def test_per_key_order_under_parallel_delivery_with_random_delays() -> Non
 
     sink = MemorySink(batch_size=4, delay=delay, track_keys=True)
     recorder = Recorder()
-    dest = Destination("d", sink, max_in_flight=32, on_finished=recorder)
+    dest = Destination("d", sink, max_in_flight=32, hooks=[recorder])
     dest.start()
     for e in events:
         await dest.put(e)
@@ -189,7 +202,7 @@ async def test_barrier_goes_alone_after_everything_before_it() -> None:
     sink = MemorySink(batch_size=3, delay=delay)
     sink_ref.append(sink)
     recorder = Recorder()
-    dest = Destination("d", sink, max_in_flight=8, on_finished=recorder)
+    dest = Destination("d", sink, max_in_flight=8, hooks=[recorder])
     dest.start()
     for e in [*events, barrier, *after]:
         await dest.put(e)
@@ -241,7 +254,7 @@ async def test_retries_keep_order_and_deliver_each_event_once() -> None:
 
     sink = MemorySink(batch_size=5, fail_when=flaky, delay=(0.0, 0.001), seed=5, track_keys=True)
     recorder = Recorder()
-    dest = Destination("d", sink, max_in_flight=16, backoff=FAST, on_finished=recorder)
+    dest = Destination("d", sink, max_in_flight=16, backoff=FAST, hooks=[recorder])
     dest.start()
     await _put_all(dest, events)
     assert await dest.drain(timeout=20)
@@ -300,7 +313,7 @@ async def test_on_failure_hook_can_park() -> None:
     sink = MemorySink(batch_size=10, fail_keys={"a"}, retry_after=0.0)
     recorder = Recorder()
     dest = Destination(
-        "d", sink, backoff=FAST, on_finished=recorder, on_failure=on_failure, max_in_flight=10
+        "d", sink, backoff=FAST, hooks=[recorder, Verdict(on_failure)], max_in_flight=10
     )
     dest.start()
     events = [ev(0, "a"), ev(1, "b")]
@@ -318,7 +331,7 @@ async def test_ordered_sink_sees_exact_id_order() -> None:
     events = [ev(i, f"k{rng.randrange(5)}") if i % 97 else ev(i) for i in range(1, 1500)]
     sink = MemorySink(batch_size=50, ordered=True, delay=(0.0, 0.0005), seed=2)
     recorder = Recorder()
-    dest = Destination("d", sink, max_in_flight=32, on_finished=recorder)
+    dest = Destination("d", sink, max_in_flight=32, hooks=[recorder])
     dest.start()
     await _put_all(dest, events)
     assert await dest.drain(timeout=20)
@@ -359,7 +372,7 @@ async def test_drain_times_out_then_stop_cancels_cleanly() -> None:
 
     sink = MemorySink(batch_size=1, delay=delay)
     recorder = Recorder()
-    dest = Destination("d", sink, max_in_flight=2, max_buffer_bytes=30, on_finished=recorder)
+    dest = Destination("d", sink, max_in_flight=2, max_buffer_bytes=30, hooks=[recorder])
     assert await dest.drain(timeout=0) is True  # nothing put
     dest.start()
     dest.start()  # idempotent

@@ -49,6 +49,7 @@ from walrelay.monitor.rules import (
 )
 from walrelay.monitor.thresholds import DEFAULT_THRESHOLDS, Severity, Thresholds
 from walrelay.monitor.view import EngineView
+from walrelay.pipeline.hooks import DeliveryHook
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -178,6 +179,15 @@ class Monitor:
         await self.probe.close()
 
 
+class _LatencyHook(DeliveryHook):
+    def __init__(self, latency: LatencyHistogram, destination: str) -> None:
+        self.latency = latency
+        self.destination = destination
+
+    def on_finished(self, events: Sequence[Event], *, parked: bool) -> None:
+        self.latency.observe_batch(self.destination, events)
+
+
 class Services:
     """Monitor + metrics + HTTP for one :class:`~walrelay.engine.Engine`."""
 
@@ -198,9 +208,10 @@ class Services:
 
     # -- engine hooks ---------------------------------------------------------
 
-    def on_finished(self, destination: str, batch: Sequence[Event]) -> None:
-        """A batch was delivered or parked (called by the engine, cheap)."""
-        self.latency.observe_batch(destination, batch)
+    def delivery_hook(self, destination: str) -> DeliveryHook:
+        """The hook that feeds ``destination``'s finished events into the
+        commit -> delivered latency histogram."""
+        return _LatencyHook(self.latency, destination)
 
     def set_condition(
         self, rule: str, obj: str, severity: Severity, message: str, fix: str | None = None

@@ -3,8 +3,8 @@
 ARCHITECTURE section 2, layer 2 of exactly-once. After a crash PostgreSQL
 replays every transaction after the slot's confirmed LSN, so a sink that is
 not transactional (webhooks, RabbitMQ) would receive again what it already
-had. The engine wraps such a sink in a :class:`LedgeredSink`, which for every
-batch
+had. The engine gives such a destination a :class:`LedgerHook` (a delivery
+hook, see :mod:`walrelay.pipeline.hooks`), which for every batch
 
 1. **checks** the ledger (one round trip) and drops the ids it holds;
 2. **sends** the rest through the real sink;
@@ -41,7 +41,7 @@ Backends (``ledger:`` in the config):
 
 Trimming: ids of transactions below the *trim floor* can never be replayed
 (the slot's confirmed LSN is past them), so they are removed. The engine
-sets the floor through :meth:`LedgeredSink.trim_below` from the LSN tracker;
+sets the floor through :meth:`LedgerHook.trim_below` from the LSN tracker;
 a failed-event store that re-delivers parked events below the confirmed LSN
 must hold the floor at its oldest parked commit LSN.
 """
@@ -62,6 +62,7 @@ from walrelay.config import masked_dsn
 from walrelay.errors import ConfigError, SinkUnavailable
 from walrelay.model import Event, Lsn, format_lsn
 from walrelay.pipeline.backoff import Backoff
+from walrelay.pipeline.hooks import DeliveryHook
 from walrelay.sinks.base import Sink
 
 if TYPE_CHECKING:
@@ -69,14 +70,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Ledger",
+    "LedgerHook",
     "LedgerUnavailable",
-    "LedgeredSink",
     "PostgresLedger",
     "RedisLedger",
     "TrimAware",
     "build_ledger",
     "is_transactional",
-    "wrap_sink",
+    "ledger_hook",
 ]
 
 log = logging.getLogger("walrelay.ledger")
@@ -112,7 +113,8 @@ class Ledger(Protocol):
 
 @runtime_checkable
 class TrimAware(Protocol):
-    """A sink (or wrapper) that keeps per-id records and wants to forget old ones."""
+    """Keeps per-id records and wants to forget old ones: a :class:`LedgerHook`,
+    or a sink that dedups by itself (the PostgreSQL sink's applied ids)."""
 
     def trim_below(self, lsn: Lsn) -> None:
         """No event with a commit LSN below ``lsn`` will be delivered again."""
@@ -140,7 +142,7 @@ class RedisLedger:
         try:
             import redis.asyncio as aioredis
             from redis.backoff import NoBackoff
-            from redis.retry import Retry
+            from redis.asyncio.retry import Retry
         except ImportError:  # pragma: no cover - depends on the install
             raise ConfigError(
                 "ledger type redis needs the redis client",
@@ -376,33 +378,29 @@ class _Coalescer(Generic[_T]):
             self._task.cancel()
 
 
-class LedgeredSink:
-    """check -> send -> record around a non-transactional sink (a :class:`Sink`).
+class LedgerHook(DeliveryHook):
+    """check -> send -> record around a non-transactional sink, as a delivery
+    hook (:mod:`walrelay.pipeline.hooks`): ``before_send`` drops the ids the
+    ledger holds, ``after_send`` records the ids sent.
 
     Checks and records of batches in flight at the same time are merged into
     one ledger call each (see :class:`_Coalescer`).
     """
 
-    transactional = False
-
     def __init__(
         self,
-        sink: Sink,
         ledger: Ledger,
         destination: str,
         *,
         ledger_key: str | None = None,
         ledger_backoff: Backoff | None = None,
     ) -> None:
-        self.inner = sink
         self.ledger = ledger
         self.destination = destination
         # Event ids are positions in one slot's history: the ledger entries of
         # a destination are namespaced by slot so that two walrelays (two
         # slots) sharing a state database never take each other's ids.
         self.ledger_key = ledger_key or destination
-        self.batch_size = sink.batch_size
-        self.ordered = sink.ordered
         self._ledger_backoff = ledger_backoff or Backoff(initial=0.1, multiplier=2.0, maximum=5.0)
         self._trim_floor: Lsn | None = None
         self._trimmed_floor: Lsn | None = None
@@ -418,15 +416,10 @@ class LedgeredSink:
         self.ledger_error: str | None = None
 
     def __repr__(self) -> str:
-        return f"LedgeredSink({self.inner!r}, {self.ledger!r})"
+        return f"LedgerHook({self.destination!r}, {self.ledger!r})"
 
     async def open(self) -> None:
-        await self.inner.open()
-        try:
-            await self.ledger.open()
-        except BaseException:
-            await self.inner.close()
-            raise
+        await self.ledger.open()
 
     async def close(self) -> None:
         if self.replays_dropped:
@@ -437,10 +430,7 @@ class LedgeredSink:
             )
         self._check.cancel()
         self._record_call.cancel()
-        try:
-            await self.inner.close()
-        finally:
-            await self.ledger.close()
+        await self.ledger.close()
 
     @property
     def ledger_calls(self) -> int:
@@ -470,27 +460,28 @@ class LedgeredSink:
         self._last_trim = now
         return floor
 
-    async def deliver(self, events: Sequence[Event]) -> None:
+    async def before_send(self, events: Sequence[Event]) -> Sequence[Event]:
+        if not events:
+            return events
+        done = await self._until_ledger(self._check, events, "check")
+        if not done:
+            return events
+        todo = [e for e in events if e.id not in done]
+        self.replays_dropped += len(events) - len(todo)
+        log.debug(
+            "destination %s: %d replayed event(s) already delivered, dropped",
+            self.destination,
+            len(events) - len(todo),
+        )
+        return todo
+
+    async def after_send(self, events: Sequence[Event]) -> None:
         if not events:
             return
-        done = await self._until_ledger(self._check, events, "check")
-        todo = [e for e in events if e.id not in done] if done else list(events)
-        if done:
-            self.replays_dropped += len(events) - len(todo)
-            log.debug(
-                "destination %s: %d replayed event(s) already delivered, dropped",
-                self.destination,
-                len(events) - len(todo),
-            )
-        if not todo:
-            return
-        failpoints.hit(failpoints.SINK_BEFORE_SEND)
-        await self.inner.deliver(todo)
-        failpoints.hit(failpoints.SINK_AFTER_SEND)
-        self.sent += len(todo)
+        self.sent += len(events)
         # Record until the ledger takes it: the batch was sent, and sending it
         # again because the ledger is down would be a duplicate we can avoid.
-        await self._until_ledger(self._record_call, todo, "record")
+        await self._until_ledger(self._record_call, events, "record")
         failpoints.hit(failpoints.LEDGER_AFTER_RECORD)
 
     async def _until_ledger(
@@ -559,14 +550,14 @@ def build_ledger(config: Config, destination: DestinationConfig) -> Ledger | Non
     return PostgresLedger(dsn, schema=schema)
 
 
-def wrap_sink(sink: Sink, config: Config, destination: DestinationConfig) -> Sink:
-    """``sink`` behind its destination's ledger, unless it is transactional or
-    the ledger is off (``ledger: {type: none}``)."""
+def ledger_hook(sink: Sink, config: Config, destination: DestinationConfig) -> LedgerHook | None:
+    """The hook that puts ``sink`` behind its destination's ledger; None when
+    the sink is transactional or the ledger is off (``ledger: {type: none}``)."""
     if is_transactional(sink):
-        return sink
+        return None
     ledger = build_ledger(config, destination)
     if ledger is None:
-        return sink
-    return LedgeredSink(
-        sink, ledger, destination.name, ledger_key=f"{config.source.slot}/{destination.name}"
+        return None
+    return LedgerHook(
+        ledger, destination.name, ledger_key=f"{config.source.slot}/{destination.name}"
     )

@@ -23,9 +23,13 @@ never holds two events of one key unless the sink is ordered. Any other
 exception from a sink is a bug in the sink: it is logged with its traceback
 and treated like a transient failure, so the events are never lost.
 
-Before each retry the ``on_failure(batch, error, attempts)`` hook decides
-``"retry"`` (the default) or ``"parked"``: the latter means the hook stored the
-batch durably elsewhere (the retry store), and the batch then counts as
+Everything around a send that is not scheduling hangs off the destination
+as :class:`~walrelay.pipeline.hooks.DeliveryHook` s (the ledger's check and
+record, failpoints, the LSN tracker's accounting, latency metrics): the
+scheduler calls ``before_send`` / ``after_send`` around ``sink.deliver``,
+``on_finished`` once per finished event, and before each retry asks the
+hooks (then parking) for a verdict: ``"retry"`` (the default) or
+``"parked"``, meaning the batch is stored durably elsewhere and counts as
 finished (keys released, ``on_finished`` called).
 
 Parking (unordered sinks only; :class:`Parking`, implemented by
@@ -47,25 +51,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Literal, Protocol
+from typing import Protocol
 
 from walrelay.errors import SinkError
 from walrelay.model import Event
 from walrelay.pipeline.backoff import Backoff
 from walrelay.pipeline.buffer import EventBuffer, make_buffer
+from walrelay.pipeline.hooks import DeliveryHook, FailureDecision
 from walrelay.sinks.base import Sink
 
-__all__ = ["Destination", "FailureDecision", "OnFailure", "OnFinished", "Parking"]
+__all__ = ["Destination", "FailureDecision", "OnFailure", "Parking"]
 
 log = logging.getLogger(__name__)
 
-FailureDecision = Literal["retry", "parked"]
-OnFinished = Callable[[Sequence[Event]], None]
 OnFailure = Callable[[Sequence[Event], BaseException, int], Awaitable[FailureDecision]]
-
-
-def _ignore(batch: Sequence[Event]) -> None:
-    return None
+_Decider = Callable[[Sequence[Event], BaseException, int], Awaitable[FailureDecision | None]]
 
 
 class Parking(Protocol):
@@ -106,10 +106,9 @@ class Parking(Protocol):
 class Destination:
     """One destination: bounded buffer, scheduler task, batches in flight.
 
-    ``on_finished(batch)`` is called exactly once per event (in batches), when
-    the event was delivered or parked; the engine passes it on to the
-    :class:`~walrelay.pipeline.lsn.LsnTracker`. It must not raise (if it does,
-    the error is logged and delivery goes on).
+    ``hooks`` (see :mod:`walrelay.pipeline.hooks`) see every send, failure
+    and finished event; their ``on_finished`` is called exactly once per
+    event (in batches), when the event was delivered or parked.
     """
 
     def __init__(
@@ -120,8 +119,7 @@ class Destination:
         max_in_flight: int = 1,
         max_buffer_bytes: int = 64 << 20,
         backoff: Backoff | None = None,
-        on_finished: OnFinished | None = None,
-        on_failure: OnFailure | None = None,
+        hooks: Sequence[DeliveryHook] = (),
         parking: Parking | None = None,
     ) -> None:
         if max_in_flight < 1:
@@ -134,7 +132,8 @@ class Destination:
         self.ordered = bool(sink.ordered)
         self.backoff = backoff or Backoff()
         self._batch_size = sink.batch_size
-        self._on_finished = on_finished or _ignore
+        self.hooks: tuple[DeliveryHook, ...] = tuple(hooks)
+        self._after_hooks = self.hooks[::-1]
         if parking is not None:
             if self.ordered:
                 raise ValueError(
@@ -142,10 +141,7 @@ class Destination:
                     " event would be overtaken)"
                 )
             parking.bind(self)
-            if on_failure is None:
-                on_failure = parking.on_failure
         self._parking = parking
-        self._on_failure = on_failure
         # Taken events that must be diverted while the store is paused (keep their keys).
         self._held: list[Event] = []
         self._diverting = 0  # diverted, not yet durably parked
@@ -342,17 +338,28 @@ class Destination:
         """Called by the store once diverted ``events`` are durably parked."""
         self._diverting -= len(events)
         self.parked_total += len(events)
-        try:
-            self._on_finished(events)
-        except Exception:
-            log.exception("destination %s: on_finished callback failed", self.name)
+        self._finished(events, parked=True)
         self._wake.set()
         if self._drain_waiters and not self._unfinished():
             self._resolve_drain()
 
     async def deliver_parked(self, events: Sequence[Event]) -> None:
         """Deliver events taken from the store (by its retry loop) through the sink."""
-        await self.sink.deliver(events)
+        await self.send(events)
+
+    async def send(self, batch: Sequence[Event]) -> None:
+        """``sink.deliver`` between the hooks' ``before_send`` and ``after_send``."""
+        hooks = self.hooks
+        if not hooks:
+            await self.sink.deliver(batch)
+            return
+        todo = batch
+        for hook in hooks:
+            todo = await hook.before_send(todo)
+        if todo:
+            await self.sink.deliver(todo)
+        for hook in self._after_hooks:
+            await hook.after_send(todo)
 
     def reserve(self, n: int) -> int:
         """Take up to ``n`` of the ``max_in_flight`` slots for the store's retry
@@ -383,7 +390,7 @@ class Destination:
             )
 
     async def _deliver(self, batch: list[Event]) -> None:
-        deliver = self.sink.deliver
+        deliver = self.send
         attempts = 0
         while True:
             retry_after: float | None = None
@@ -430,19 +437,34 @@ class Destination:
     async def _decide(
         self, batch: Sequence[Event], error: BaseException, attempts: int
     ) -> FailureDecision:
-        if self._on_failure is None:
-            return "retry"
-        try:
-            decision = await self._on_failure(batch, error, attempts)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("destination %s: on_failure hook failed; retrying", self.name)
-            return "retry"
-        if decision not in ("retry", "parked"):
-            log.error("destination %s: on_failure returned %r; retrying", self.name, decision)
-            return "retry"
-        return decision
+        """The first opinion of the hooks, then of parking; "retry" without one."""
+        deciders: list[_Decider] = [h.on_failure for h in self.hooks]
+        if self._parking is not None:
+            deciders.append(self._parking.on_failure)
+        for decide in deciders:
+            try:
+                decision = await decide(batch, error, attempts)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("destination %s: on_failure hook failed; retrying", self.name)
+                return "retry"
+            if decision is None:
+                continue
+            if decision not in ("retry", "parked"):
+                log.error("destination %s: on_failure returned %r; retrying", self.name, decision)
+                return "retry"
+            return decision
+        return "retry"
+
+    def _finished(self, events: Sequence[Event], *, parked: bool) -> None:
+        for hook in self.hooks:
+            try:
+                hook.on_finished(events, parked=parked)
+            except Exception:
+                log.exception(
+                    "destination %s: %s.on_finished failed", self.name, type(hook).__name__
+                )
 
     def _complete(self, batch: list[Event], *, parked: bool) -> None:
         if self._parking is not None:
@@ -452,10 +474,7 @@ class Destination:
             self.parked_total += len(batch)
         else:
             self.delivered_total += len(batch)
-        try:
-            self._on_finished(batch)
-        except Exception:
-            log.exception("destination %s: on_finished callback failed", self.name)
+        self._finished(batch, parked=parked)
         self._wake.set()
         if self._drain_waiters and not self._unfinished():
             self._resolve_drain()
