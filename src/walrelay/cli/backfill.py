@@ -37,7 +37,7 @@ def backfill_command(
     cursor after a restart. Progress: here, `walrelay status`, /metrics.
     """
     from walrelay.config import load_config, qualify
-    from walrelay.source.backfill import read_backfill, submit_backfill
+    from walrelay.state.backfills import read_backfill, submit_backfill
 
     try:
         config = load_config(config_path)
