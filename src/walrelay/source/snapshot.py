@@ -51,6 +51,7 @@ from psycopg.adapt import Loader
 
 from walrelay.model import Column, RawTuple, Relation
 from walrelay.source.slot import TableInfo, split_table
+from walrelay.units import format_duration
 
 log = logging.getLogger("walrelay.source.snapshot")
 
@@ -138,8 +139,7 @@ class Progress:
 def format_progress(p: Progress) -> str:
     est = max(p.rows_estimated, p.rows_done)
     pct = f"{100.0 * p.rows_done / est:5.1f}%" if est else "  ?  "
-    eta = p.eta_seconds
-    eta_text = "?" if eta is None else f"{eta:.0f}s"
+    eta_text = format_duration(p.eta_seconds)
     return (
         f"{p.kind} {p.table}: {p.rows_done} of ~{est} rows ({pct}), "
         f"{p.rate:,.0f} rows/s, ETA {eta_text}"
