@@ -285,7 +285,7 @@ async def test_retained_wal_of_another_slot_fires_and_resolves(
             execute(db, "insert into filler select repeat('x', 1000) from generate_series(1, 4000)")
             await wait_for(lambda: peer.kinds("slot mon_lagging") == ["WARN"], what="warn")
             text = peer.about("slot mon_lagging")[0][1]
-            assert "retains" in text and "not walrelay's" in text and "warn at 2.0MB" in text
+            assert "retains" in text and "not walrelay's" in text and "warn at 2.0 MB" in text
             assert "pg_drop_replication_slot('mon_lagging')" in text
             snap = engine.services.monitor.snapshot  # type: ignore[union-attr]
             assert snap is not None

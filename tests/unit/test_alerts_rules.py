@@ -238,3 +238,15 @@ def test_config_rejects_bad_monitor_settings(monkeypatch: pytest.MonkeyPatch) ->
         cfg.alerts.webhooks[0].url_value()
     cfg = parse_config(base_config(alerts={"webhooks": [{"url": "https://h/s3cret"}]}))
     assert "s3cret" not in repr(cfg)
+
+
+def test_fix_texts_quote_an_awkward_slot_name() -> None:
+    s = slot("it's", active=False, server_inactive_seconds=3.0, retained_bytes=6 * MiB)
+    out = evaluate_snapshot(
+        snap(slot(), s), own_slot="walrelay", thresholds=T, state=RuleState(), now=0
+    )
+    fixes = {c.key: c.fix or "" for c in out}
+    assert "SELECT pg_drop_replication_slot('it''s');" in fixes["slot_inactive:slot it's"]
+    assert "SELECT pg_drop_replication_slot('it''s');" in fixes["slot_retained_wal:slot it's"]
+    message = next(c.message for c in out if c.key == "slot_retained_wal:slot it's")
+    assert "retains 6.0 MB of WAL (warn at 1.0 MB, page at 5.0 MB)" in message

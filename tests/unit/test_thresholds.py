@@ -272,3 +272,18 @@ def test_report_text_worst_first_and_exit_code() -> None:
     assert "| fix: ALTER SYSTEM SET max_slot_wal_keep_size" in lines[1]
     assert lines[-1].startswith("summary: 0 error, 1 page, 0 warn")
     assert lines[-1].endswith("-> exit 1")
+
+
+def test_fix_texts_quote_awkward_names() -> None:
+    facts = healthy()
+    facts.slots = [slot(name="a\\b", active=False, wal_status="lost", retained_bytes=None)]
+    facts.publications = [PublicationFacts("Select", all_tables=True)]
+    facts.can_read_all_stats = False
+    facts.user = "App User"
+    findings = diagnose(facts)
+    lost = next(f for f in findings if f.code == "slot_lost")
+    assert lost.fix is not None and "pg_drop_replication_slot(E'a\\\\b')" in lost.fix
+    pub = next(f for f in findings if f.code == "publication_all_tables")
+    assert pub.fix is not None and 'DROP PUBLICATION "Select"' in pub.fix
+    hidden = next(f for f in findings if f.code == "activity_partly_hidden")
+    assert hidden.fix == 'GRANT pg_monitor TO "App User";'

@@ -9,6 +9,7 @@ import time
 import click
 
 from walrelay.errors import ConfigError, WalrelayError
+from walrelay.units import format_duration
 
 
 @click.command("backfill")
@@ -37,7 +38,7 @@ def backfill_command(
     cursor after a restart. Progress: here, `walrelay status`, /metrics.
     """
     from walrelay.config import load_config, qualify
-    from walrelay.source.backfill import read_backfill, submit_backfill
+    from walrelay.state.backfills import read_backfill, submit_backfill
 
     try:
         config = load_config(config_path)
@@ -105,6 +106,6 @@ def _progress_line(doc: dict[str, object]) -> str:
     rate = 0.0
     if isinstance(started, float) and isinstance(now, float) and now > started:
         rate = done / (now - started)
-    eta = f"{(est - done) / rate:.0f}s" if rate > 0 and est > done else "?"
+    eta = format_duration((est - done) / rate) if rate > 0 and est > done else "?"
     pct = f"{100.0 * done / est:.1f}%" if est else "?"
     return f"{status}: {done} of ~{est} rows ({pct}), {rate:,.0f} rows/s, ETA {eta}"

@@ -1,7 +1,8 @@
 """Backfills, run by the engine: chunks read between watermarks, through the Router.
 
 The protocol (watermarks, chunks, what a change inside a window does) is
-told in :mod:`walrelay.source.backfill`, which also holds the request table.
+told in :mod:`walrelay.source.backfill`; the request table is
+:mod:`walrelay.state.backfills`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from walrelay.model import Begin, Change, Event, Lsn, RawTuple, Relation
 from walrelay.source.snapshot import (
     Progress,
     connect_reader,
-    ensure_state,
     estimate_rows,
     format_progress,
     relation_for,
@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 from walrelay.engine.snapshot import Host
 from walrelay.source.backfill import WATERMARK_PREFIX
+from walrelay.state.backfills import BackfillRequest, next_backfill, update_backfill
+from walrelay.state.migrations import migrate
 
 log = logging.getLogger("walrelay.engine.backfills")
 
@@ -53,19 +55,6 @@ class _Chunk:
     changed: set[str] = field(default_factory=set)
     done: asyncio.Future[Lsn | None] | None = None
     emitted: int = 0
-
-
-@dataclass
-class _Request:
-    id: int
-    destination: str
-    table: str
-    where: str | None
-    rate: float | None
-    chunk_size: int
-    cursor: list[str] | None
-    rows_done: int
-    chunks_done: int
 
 
 class BackfillManager:
@@ -165,7 +154,7 @@ class BackfillManager:
                     cfg.state_dsn, autocommit=True
                 ) as conn:
                     if not migrated:
-                        await ensure_state(conn, cfg.state.schema)
+                        await migrate(conn, cfg.state.schema)
                         migrated = True
                     request = await self._next_request(conn)
                 if request is not None:
@@ -179,45 +168,16 @@ class BackfillManager:
 
     async def _next_request(
         self, conn: psycopg.AsyncConnection[tuple[Any, ...]]
-    ) -> _Request | None:
+    ) -> BackfillRequest | None:
         cfg = self.engine.config
         names = [d.name for d in cfg.destinations]
-        cur = await conn.execute(
-            sql.SQL(
-                "select id, destination, table_name, where_sql, rate, chunk_size, cursor, "
-                "rows_done, chunks_done from {}.backfills "
-                "where slot = %s and destination = any(%s) and status in ('pending', 'running') "
-                "order by id limit 1"
-            ).format(sql.Identifier(cfg.state.schema)),
-            (cfg.source.slot, names),
-        )
-        row = await cur.fetchone()
-        if row is None:
-            return None
-        return _Request(
-            int(row[0]),
-            str(row[1]),
-            str(row[2]),
-            None if row[3] is None else str(row[3]),
-            None if row[4] is None else float(row[4]),
-            int(row[5]),
-            None if row[6] is None else [str(v) for v in row[6]],
-            int(row[7]),
-            int(row[8]),
-        )
+        return await next_backfill(conn, cfg.state.schema, cfg.source.slot, names)
 
     async def _set(self, request_id: int, **values: Any) -> None:
         cfg = self.engine.config
-        sets = sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in values)
-        async with await psycopg.AsyncConnection.connect(cfg.state_dsn, autocommit=True) as conn:
-            await conn.execute(
-                sql.SQL("update {}.backfills set {}, updated_at = now() where id = %s").format(
-                    sql.Identifier(cfg.state.schema), sets
-                ),
-                (*values.values(), request_id),
-            )
+        await update_backfill(cfg.state_dsn, cfg.state.schema, request_id, **values)
 
-    async def _run_request(self, req: _Request) -> None:
+    async def _run_request(self, req: BackfillRequest) -> None:
         engine = self.engine
         info = engine.source_info
         tinfo = info.tables.get(req.table) if info is not None else None
@@ -328,7 +288,7 @@ class BackfillManager:
     async def _chunk(
         self,
         conn: psycopg.AsyncConnection[tuple[Any, ...]],
-        req: _Request,
+        req: BackfillRequest,
         rel: Relation,
         number: int,
         query: sql.Composed,

@@ -43,13 +43,14 @@ from walrelay.pipeline.stats import EngineStats
 from walrelay.sinks.factory import build_sink
 from walrelay.source.heartbeat import Heartbeat
 from walrelay.source.slot import SourceInfo, prepare_source, slot_busy_from_error
-from walrelay.source.snapshot import Progress, drop_slot, record_snapshot, snapshot_status
+from walrelay.source.snapshot import Progress, drop_slot
 from walrelay.source.stream import (
     PsycopgReplicationStream,
     ReplicationConnectionLost,
     ReplicationSource,
 )
 from walrelay.source.types import TypeRegistry
+from walrelay.state.snapshots import record_snapshot, snapshot_status
 
 log = logging.getLogger("walrelay.engine")
 

@@ -30,9 +30,9 @@ from walrelay.source.snapshot import (
     import_snapshot,
     plan_ranges,
     read_tables,
-    record_snapshot,
     relation_for,
 )
+from walrelay.state.snapshots import record_snapshot
 
 if TYPE_CHECKING:
     from walrelay.config import Config

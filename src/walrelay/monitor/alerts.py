@@ -35,6 +35,7 @@ import aiohttp
 import orjson
 
 from walrelay.monitor.thresholds import Severity
+from walrelay.units import format_duration
 
 __all__ = [
     "Alert",
@@ -107,20 +108,12 @@ class Notification:
     text: str = ""
 
 
-def _fmt_duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    if seconds < 3600:
-        return f"{seconds / 60:.1f}m"
-    return f"{seconds / 3600:.1f}h"
-
-
 def format_notification(kind: NotificationKind, alert: Alert, instance: str, now: float) -> str:
     """One line of plain text (Slack renders it as is)."""
     if kind == "resolved":
         return (
             f"[RESOLVED] {instance}: {alert.rule} on {alert.object} is back to normal after "
-            f"{_fmt_duration(max(0.0, now - alert.since))} (was {alert.notified.value.upper()}): "
+            f"{format_duration(max(0.0, now - alert.since))} (was {alert.notified.value.upper()}): "
             f"{alert.message}"
         )
     text = f"[{alert.severity.value.upper()}] {instance}: {alert.object}: {alert.message}"

@@ -46,6 +46,8 @@ from psycopg.rows import dict_row
 from walrelay.config import masked_dsn
 from walrelay.errors import WalrelayError
 from walrelay.monitor.thresholds import DEFAULT_THRESHOLDS, GiB, MiB, Severity, Thresholds
+from walrelay.sqltext import ident, literal
+from walrelay.units import format_bytes, format_duration
 
 __all__ = [
     "DiskFacts",
@@ -159,7 +161,7 @@ class TableFacts:
 
     @property
     def qualified(self) -> str:
-        return f"{_ident(self.schema)}.{_ident(self.name)}"
+        return f"{ident(self.schema)}.{ident(self.name)}"
 
 
 @dataclass(frozen=True)
@@ -616,7 +618,7 @@ def _check_keep_size(facts: Facts, t: Thresholds) -> list[Finding]:
     disk = facts.disk
     suggestion = _suggest_keep_size(disk)
     basis = (
-        f"10% of the {_fmt_bytes(disk.free)} free on {disk.path}"
+        f"10% of the {format_bytes(disk.free)} free on {disk.path}"
         if disk
         else "free disk could not be checked from here: stay well below the free space of pg_wal"
     )
@@ -649,9 +651,9 @@ def _check_keep_size(facts: Facts, t: Thresholds) -> list[Finding]:
                 "max_slot_wal_keep_size_set",
                 Severity.OK,
                 "max_slot_wal_keep_size",
-                f"max_slot_wal_keep_size = {_fmt_bytes(keep)}: a stuck slot is invalidated "
+                f"max_slot_wal_keep_size = {format_bytes(keep)}: a stuck slot is invalidated "
                 "before it retains more"
-                + (f" (the pg_wal filesystem has {_fmt_bytes(disk.free)} free)" if disk else ""),
+                + (f" (the pg_wal filesystem has {format_bytes(disk.free)} free)" if disk else ""),
                 details={"bytes": keep},
             )
         )
@@ -661,8 +663,8 @@ def _check_keep_size(facts: Facts, t: Thresholds) -> list[Finding]:
                     "max_slot_wal_keep_size_above_free_disk",
                     Severity.PAGE if logical else Severity.WARN,
                     "max_slot_wal_keep_size",
-                    f"max_slot_wal_keep_size = {_fmt_bytes(keep)} is more than the "
-                    f"{_fmt_bytes(disk.free)} free on {disk.path}: the disk fills before the "
+                    f"max_slot_wal_keep_size = {format_bytes(keep)} is more than the "
+                    f"{format_bytes(disk.free)} free on {disk.path}: the disk fills before the "
                     "limit protects it",
                     fix_keep,
                     {"bytes": keep, "free_bytes": disk.free},
@@ -670,7 +672,7 @@ def _check_keep_size(facts: Facts, t: Thresholds) -> list[Finding]:
             )
     if disk is None:
         wal = (
-            f" (pg_wal holds {_fmt_bytes(facts.wal_dir_bytes)})"
+            f" (pg_wal holds {format_bytes(facts.wal_dir_bytes)})"
             if facts.wal_dir_bytes is not None
             else ""
         )
@@ -686,7 +688,7 @@ def _check_keep_size(facts: Facts, t: Thresholds) -> list[Finding]:
     else:
         sev = t.wal_disk(disk.used_percent)
         wal = (
-            f", pg_wal holds {_fmt_bytes(facts.wal_dir_bytes)}"
+            f", pg_wal holds {format_bytes(facts.wal_dir_bytes)}"
             if facts.wal_dir_bytes is not None
             else ""
         )
@@ -696,7 +698,7 @@ def _check_keep_size(facts: Facts, t: Thresholds) -> list[Finding]:
                 sev,
                 "pg_wal",
                 f"filesystem of {disk.path} is {disk.used_percent:.0f}% used, "
-                f"{_fmt_bytes(disk.free)} free{wal} (warn {t.wal_disk_warn_percent:.0f}%, "
+                f"{format_bytes(disk.free)} free{wal} (warn {t.wal_disk_warn_percent:.0f}%, "
                 f"page {t.wal_disk_page_percent:.0f}%)",
                 None
                 if sev is Severity.OK
@@ -779,9 +781,9 @@ def _check_publications(facts: Facts) -> list[Finding]:
         for pubname in table.publications:
             published[pubname].append(table.qualified)
     for pub in facts.publications:
-        name = _ident(pub.name)
+        name = ident(pub.name)
         narrow = (
-            f"CREATE PUBLICATION {_ident(pub.name + '_narrow')} FOR TABLE <the tables "
+            f"CREATE PUBLICATION {ident(pub.name + '_narrow')} FOR TABLE <the tables "
             f"consumers need>; -- switch the consumer to it, then DROP PUBLICATION {name}"
         )
         count = len(published[pub.name])
@@ -798,7 +800,7 @@ def _check_publications(facts: Facts) -> list[Finding]:
                 )
             )
         elif pub.schemas:
-            schemas = ", ".join(_ident(s) for s in pub.schemas)
+            schemas = ", ".join(ident(s) for s in pub.schemas)
             out.append(
                 Finding(
                     "publication_tables_in_schema",
@@ -835,14 +837,14 @@ def _check_tables(facts: Facts) -> list[Finding]:
         ]
         via = ", ".join(table.publications)
         key_fix = (
-            f"ALTER TABLE {name} REPLICA IDENTITY USING INDEX {_ident(table.candidate_index)};"
+            f"ALTER TABLE {name} REPLICA IDENTITY USING INDEX {ident(table.candidate_index)};"
             if table.candidate_index
             else f"ALTER TABLE {name} ADD PRIMARY KEY (<key columns>); -- last resort: "
             f"ALTER TABLE {name} REPLICA IDENTITY FULL"
         )
-        ident = table.replica_identity
-        no_identity = ident == "n" or (ident == "i" and table.identity_index is None)
-        if no_identity or (ident == "d" and not table.has_primary_key):
+        identity = table.replica_identity
+        no_identity = identity == "n" or (identity == "i" and table.identity_index is None)
+        if no_identity or (identity == "d" and not table.has_primary_key):
             what = (
                 "REPLICA IDENTITY NOTHING"
                 if no_identity
@@ -879,14 +881,14 @@ def _check_tables(facts: Facts) -> list[Finding]:
                         {"publications": list(table.publications)},
                     )
                 )
-        elif ident == "f":
+        elif identity == "f":
             if table.has_primary_key:
                 fix = f"ALTER TABLE {name} REPLICA IDENTITY DEFAULT;"
                 note = ""
             else:
                 fix = (
                     f"ALTER TABLE {name} REPLICA IDENTITY USING INDEX "
-                    f"{_ident(table.candidate_index)};"
+                    f"{ident(table.candidate_index)};"
                     if table.candidate_index
                     else f"ALTER TABLE {name} ADD PRIMARY KEY (<key columns>); "
                     f"ALTER TABLE {name} REPLICA IDENTITY DEFAULT;"
@@ -941,7 +943,7 @@ def _check_spills(facts: Facts) -> list[Finding]:
                 "logical_decoding_work_mem",
                 Severity.OK,
                 "logical_decoding_work_mem",
-                f"logical_decoding_work_mem = {_fmt_bytes(mem)}; no slot has spilled to disk "
+                f"logical_decoding_work_mem = {format_bytes(mem)}; no slot has spilled to disk "
                 "since its statistics were reset",
                 details={"bytes": mem},
             )
@@ -956,11 +958,11 @@ def _check_spills(facts: Facts) -> list[Finding]:
                 "logical_decoding_spills",
                 Severity.WARN,
                 f"slot {x.slot}",
-                f"{x.spill_txns} transaction(s) spilled {_fmt_bytes(x.spill_bytes)} to disk"
-                f"{since} (logical_decoding_work_mem = {_fmt_bytes(mem)}, per walsender)",
+                f"{x.spill_txns} transaction(s) spilled {format_bytes(x.spill_bytes)} to disk"
+                f"{since} (logical_decoding_work_mem = {format_bytes(mem)}, per walsender)",
                 f"ALTER SYSTEM SET logical_decoding_work_mem = '{suggested}'; SELECT "
                 "pg_reload_conf(); -- or stream large transactions (walrelay source.streaming: "
-                f"true); then SELECT pg_stat_reset_replication_slot('{_lit(x.slot)}') to watch",
+                f"true); then SELECT pg_stat_reset_replication_slot({literal(x.slot)}) to watch",
                 {
                     "spill_txns": x.spill_txns,
                     "spill_count": x.spill_count,
@@ -981,7 +983,7 @@ def _check_slots(facts: Facts, t: Thresholds) -> list[Finding]:
     healthy = 0
     for slot in facts.slots:
         obj = f"slot {slot.name}"
-        drop = f"SELECT pg_drop_replication_slot('{_lit(slot.name)}');"
+        drop = f"SELECT pg_drop_replication_slot({literal(slot.name)});"
         retained = slot.retained_bytes or 0
         before = len(out)
         if slot.wal_status == "lost":
@@ -998,7 +1000,7 @@ def _check_slots(facts: Facts, t: Thresholds) -> list[Finding]:
             )
         elif slot.wal_status == "unreserved":
             safe = (
-                f" ({_fmt_bytes(slot.safe_wal_size)} to go)"
+                f" ({format_bytes(slot.safe_wal_size)} to go)"
                 if slot.safe_wal_size is not None
                 else ""
             )
@@ -1016,7 +1018,7 @@ def _check_slots(facts: Facts, t: Thresholds) -> list[Finding]:
         if not slot.active and not slot.temporary and slot.wal_status != "lost":
             if slot.inactive_seconds is not None:  # PostgreSQL 17+
                 sev = t.slot_inactive(slot.inactive_seconds)
-                since = f" for {_fmt_seconds(slot.inactive_seconds)}"
+                since = f" for {format_duration(slot.inactive_seconds)}"
             else:
                 sev, since = Severity.WARN, " now (PostgreSQL < 17 cannot say since when)"
             if sev is not Severity.OK:
@@ -1026,21 +1028,22 @@ def _check_slots(facts: Facts, t: Thresholds) -> list[Finding]:
                         sev,
                         obj,
                         f"inactive{since}, no consumer connected; it retains "
-                        f"{_fmt_bytes(retained)} of WAL and keeps growing",
+                        f"{format_bytes(retained)} of WAL and keeps growing",
                         f"start its consumer (walrelay run), or if abandoned: {drop}",
                         {"retained_bytes": retained, "inactive_seconds": slot.inactive_seconds},
                     )
                 )
         lag = t.retained_wal(retained, keep)
         if lag is not Severity.OK and slot.wal_status != "lost":
+            page_at = t.retained_wal_page_limit(keep)
+            warn_at = min(t.retained_wal_warn_bytes, page_at)
             out.append(
                 Finding(
                     "slot_retained_wal",
                     lag,
                     obj,
-                    f"retains {_fmt_bytes(retained)} of WAL (warn "
-                    f"{_fmt_bytes(min(t.retained_wal_warn_bytes, t.retained_wal_page_limit(keep)))}"
-                    f", page {_fmt_bytes(t.retained_wal_page_limit(keep))})",
+                    f"retains {format_bytes(retained)} of WAL (warn {format_bytes(warn_at)}"
+                    f", page {format_bytes(page_at)})",
                     f"find why its consumer is behind or stopped (active_pid "
                     f"{slot.active_pid}); if abandoned: {drop}",
                     {"retained_bytes": retained},
@@ -1063,7 +1066,9 @@ def _check_slots(facts: Facts, t: Thresholds) -> list[Finding]:
                     "of the database's WAL again",
                     "serve several destinations from one slot (one walrelay with several "
                     "destinations); drop the unused: "
-                    + " ".join(f"SELECT pg_drop_replication_slot('{_lit(n)}');" for n in names[1:]),
+                    + " ".join(
+                        f"SELECT pg_drop_replication_slot({literal(n)});" for n in names[1:]
+                    ),
                     {"slots": names},
                 )
             )
@@ -1098,12 +1103,12 @@ def _check_named_slot(facts: Facts, name: str) -> list[Finding]:
                     if full
                     else "; walrelay run creates it (source.create_slot: true)"
                 ),
-                f"SELECT pg_create_logical_replication_slot('{_lit(name)}', 'pgoutput');"
+                f"SELECT pg_create_logical_replication_slot({literal(name)}, 'pgoutput');"
                 + (" -- after raising max_replication_slots" if full else ""),
             )
         ]
-    drop = f"SELECT pg_drop_replication_slot('{_lit(name)}');"
-    create = f"SELECT pg_create_logical_replication_slot('{_lit(name)}', 'pgoutput');"
+    drop = f"SELECT pg_drop_replication_slot({literal(name)});"
+    create = f"SELECT pg_create_logical_replication_slot({literal(name)}, 'pgoutput');"
     if slot.slot_type != "logical":
         return [
             Finding(
@@ -1177,7 +1182,7 @@ def _check_transactions(facts: Facts, long_tx: float, t: Thresholds) -> list[Fin
                 sev,
                 f"pid {tx.pid}",
                 f"{'IDLE IN TRANSACTION' if idle else 'transaction open'} for "
-                f"{_fmt_seconds(tx.seconds)} (state '{tx.state}', {who}): holds back every "
+                f"{format_duration(tx.seconds)} (state '{tx.state}', {who}): holds back every "
                 "logical slot's restart_lsn (retained WAL) and catalog_xmin (vacuum)",
                 fix,
                 {"pid": tx.pid, "state": tx.state, "seconds": round(tx.seconds, 1)},
@@ -1191,9 +1196,9 @@ def _check_transactions(facts: Facts, long_tx: float, t: Thresholds) -> list[Fin
                 "old_prepared_transaction",
                 Severity.WARN,
                 f"prepared transaction '{p.gid}'",
-                f"prepared {_fmt_seconds(p.seconds)} ago in database {p.database}: holds back "
+                f"prepared {format_duration(p.seconds)} ago in database {p.database}: holds back "
                 "the slots like an open transaction",
-                f"COMMIT PREPARED '{_lit(p.gid)}'; -- or ROLLBACK PREPARED '{_lit(p.gid)}'; "
+                f"COMMIT PREPARED {literal(p.gid)}; -- or ROLLBACK PREPARED {literal(p.gid)}; "
                 f"(in database {p.database})",
                 {"seconds": round(p.seconds, 1)},
             )
@@ -1205,7 +1210,7 @@ def _check_transactions(facts: Facts, long_tx: float, t: Thresholds) -> list[Fin
                 Severity.INFO,
                 f"user {facts.user}",
                 "this role cannot see other roles' transactions in pg_stat_activity",
-                f"GRANT pg_monitor TO {_ident(facts.user)};",
+                f"GRANT pg_monitor TO {ident(facts.user)};",
             )
         )
     if not out or all(f.severity is Severity.INFO for f in out):
@@ -1215,43 +1220,13 @@ def _check_transactions(facts: Facts, long_tx: float, t: Thresholds) -> list[Fin
                 "no_long_transactions",
                 Severity.OK,
                 "cluster",
-                f"no transaction open for {_fmt_seconds(long_tx)} or more",
+                f"no transaction open for {format_duration(long_tx)} or more",
             ),
         )
     return out
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _ident(name: str | None) -> str:
-    name = name or ""
-    if re.fullmatch(r"[a-z_][a-z0-9_$]*", name):
-        return name
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _lit(value: str) -> str:
-    return value.replace("'", "''")
-
-
-def _fmt_bytes(n: int | None) -> str:
-    if n is None:
-        return "?"
-    value = float(n)
-    for unit in ("bytes", "kB", "MB", "GB"):
-        if abs(value) < 1024:
-            return f"{int(value)} {unit}" if unit == "bytes" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TB"
-
-
-def _fmt_seconds(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}min"
-    return f"{seconds / 3600:.1f}h"
 
 
 def _next_power_of_two_mb(n: int) -> str:

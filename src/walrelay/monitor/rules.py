@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from walrelay.monitor.alerts import Condition
 from walrelay.monitor.probe import SlotState, Snapshot
 from walrelay.monitor.thresholds import Severity, Thresholds
+from walrelay.sqltext import literal
+from walrelay.units import format_bytes, format_duration
 
 __all__ = ["DB_RULES", "ENGINE_RULES", "RuleState", "evaluate_engine", "evaluate_snapshot"]
 
@@ -84,29 +86,6 @@ class RuleState:
                 del d[name]
 
 
-def fmt_bytes(n: int | None) -> str:
-    if n is None:
-        return "?"
-    value = float(n)
-    for unit in ("B", "kB", "MB", "GB"):
-        if abs(value) < 1024:
-            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
-        value /= 1024
-    return f"{value:.1f}TB"
-
-
-def fmt_seconds(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.1f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f}m"
-    return f"{seconds / 3600:.1f}h"
-
-
-def _lit(value: str) -> str:
-    return value.replace("'", "''")
-
-
 def evaluate_snapshot(
     snapshot: Snapshot,
     *,
@@ -148,7 +127,7 @@ def evaluate_snapshot(
             continue  # dies with its session; nothing to page about
         obj = f"slot {slot.name}"
         whose = "walrelay's slot" if owned else f"slot (not walrelay's, database {slot.database})"
-        drop = f"SELECT pg_drop_replication_slot('{_lit(slot.name)}');"
+        drop = f"SELECT pg_drop_replication_slot({literal(slot.name)});"
 
         # -- inactive
         inactive = state.inactive_seconds(slot, now)
@@ -157,7 +136,7 @@ def evaluate_snapshot(
             if sev is not Severity.OK:
                 if owned:
                     msg = (
-                        f"{whose} {slot.name} has had no consumer for {fmt_seconds(inactive)}: "
+                        f"{whose} {slot.name} has had no consumer for {format_duration(inactive)}: "
                         f"walrelay is not streaming{': ' + own_detail if own_detail else ''}"
                     )
                     fix = "check walrelay's log for why it cannot (re)connect to the source"
@@ -165,8 +144,8 @@ def evaluate_snapshot(
                     orphan = " and looks orphaned" if sev is Severity.PAGE else ""
                     msg = (
                         f"{whose} {slot.name} has had no consumer for "
-                        f"{fmt_seconds(inactive)}{orphan}; it retains "
-                        f"{fmt_bytes(slot.retained_bytes)} of WAL"
+                        f"{format_duration(inactive)}{orphan}; it retains "
+                        f"{format_bytes(slot.retained_bytes)} of WAL"
                     )
                     fix = f"start its consumer, or if nothing uses it any more: {drop}"
                 limit = (
@@ -179,7 +158,7 @@ def evaluate_snapshot(
                         "slot_inactive",
                         obj,
                         sev,
-                        f"{msg} ({sev.value} at {fmt_seconds(limit)})",
+                        f"{msg} ({sev.value} at {format_duration(limit)})",
                         fix,
                     )
                 )
@@ -200,8 +179,8 @@ def evaluate_snapshot(
                         "slot_retained_wal",
                         obj,
                         sev,
-                        f"{whose} {slot.name} retains {fmt_bytes(slot.retained_bytes)} of WAL "
-                        f"(warn at {fmt_bytes(warn)}, page at {fmt_bytes(page)})",
+                        f"{whose} {slot.name} retains {format_bytes(slot.retained_bytes)} of WAL "
+                        f"(warn at {format_bytes(warn)}, page at {format_bytes(page)})",
                         fix,
                     )
                 )
@@ -251,14 +230,14 @@ def evaluate_snapshot(
                         and track.streak_bytes >= disk.free * t.spill_page_fraction_of_free_disk
                     ):
                         sev = Severity.PAGE
-                        near = f", near the {fmt_bytes(disk.free)} free on {disk.path}"
+                        near = f", near the {format_bytes(disk.free)} free on {disk.path}"
                     out.append(
                         Condition(
                             "slot_spill",
                             obj,
                             sev,
                             f"decoding for {whose} {slot.name} has been spilling to disk for "
-                            f"{track.streak} checks in a row ({fmt_bytes(track.streak_bytes)} "
+                            f"{track.streak} checks in a row ({format_bytes(track.streak_bytes)} "
                             f"meanwhile{near}; {slot.spill_txns} transactions spilled in total)",
                             "raise logical_decoding_work_mem (ALTER SYSTEM SET "
                             "logical_decoding_work_mem = '256MB'; SELECT pg_reload_conf();), "
@@ -277,7 +256,7 @@ def evaluate_snapshot(
                     "pg_wal",
                     sev,
                     f"the filesystem holding pg_wal ({disk.path}) is {pct:.0f}% full, "
-                    f"{fmt_bytes(disk.free)} free (warn {t.wal_disk_warn_percent:.0f}%, "
+                    f"{format_bytes(disk.free)} free (warn {t.wal_disk_warn_percent:.0f}%, "
                     f"page {t.wal_disk_page_percent:.0f}%)",
                     "find what retains WAL: SELECT slot_name, active, pg_size_pretty("
                     "pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)) FROM "
@@ -295,7 +274,7 @@ def evaluate_snapshot(
                     "oldest_transaction",
                     "transactions",
                     sev,
-                    f"a transaction has been open for {fmt_seconds(tx.seconds)} (pid {tx.pid}, "
+                    f"a transaction has been open for {format_duration(tx.seconds)} (pid {tx.pid}, "
                     f"user {tx.user}, database {tx.database}, application "
                     f"{tx.application or '-'}, state {tx.state}): decoding cannot move past it "
                     f"and WAL piles up behind it",
@@ -335,9 +314,9 @@ def evaluate_engine(
                 "delivery_lag",
                 f"destination {name}",
                 sev,
-                f"events for destination {name} wait {fmt_seconds(lag)} from commit to "
-                f"delivery (warn {fmt_seconds(thresholds.delivery_lag_warn_seconds)}, page "
-                f"{fmt_seconds(thresholds.delivery_lag_page_seconds)})",
+                f"events for destination {name} wait {format_duration(lag)} from commit to "
+                f"delivery (warn {format_duration(thresholds.delivery_lag_warn_seconds)}, page "
+                f"{format_duration(thresholds.delivery_lag_page_seconds)})",
                 "check the destination's last error and its parked events "
                 "(walrelay status); a slow sink may need more max_in_flight",
             )

@@ -26,6 +26,7 @@ import orjson
 
 from walrelay.config import Config
 from walrelay.errors import WalrelayError
+from walrelay.units import format_bytes, format_duration
 
 __all__ = ["fetch_engine_status", "read_database_status", "render_status", "status_command"]
 
@@ -128,15 +129,11 @@ async def read_database_status(config: Config) -> dict[str, Any]:
 
 
 def _b(n: Any) -> str:
-    from walrelay.monitor.rules import fmt_bytes
-
-    return "-" if n is None else fmt_bytes(int(n))
+    return "-" if n is None else format_bytes(int(n))
 
 
 def _s(x: Any) -> str:
-    from walrelay.monitor.rules import fmt_seconds
-
-    return "-" if x is None else fmt_seconds(float(x))
+    return "-" if x is None else format_duration(float(x))
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:

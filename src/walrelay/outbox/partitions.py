@@ -57,7 +57,7 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 
-from walrelay import failpoints
+from walrelay import failpoints, sqltext
 from walrelay.errors import ConfigError
 from walrelay.model import Lsn, format_lsn, parse_lsn
 
@@ -312,7 +312,8 @@ async def init_outbox(
             raise ConfigError(
                 f"publication {publication} has publish_via_partition_root off, so outbox rows "
                 "would be published under their partitions' names",
-                fix=f"ALTER PUBLICATION {publication} SET (publish_via_partition_root = true)",
+                fix=f"ALTER PUBLICATION {sqltext.ident(publication)} "
+                "SET (publish_via_partition_root = true)",
             )
     texts = [_text(s) for s in todo]
     if dry_run or not todo:

@@ -34,7 +34,8 @@ Backends (``ledger:`` in the config):
     can forget the last second of records (those events may be sent once
     more, with the same id).
 :class:`PostgresLedger` (``{type: postgres}``, the default)
-    the table ``<schema>.ledger`` in the state database (state migration 3),
+    the table ``<schema>.ledger`` in the state database (state migration 3;
+    its statements are in :mod:`walrelay.state.ledger`),
     primary key ``(destination, event_id)``. Check is one ``select``; record
     is one ``insert .. on conflict do nothing`` (plus the trim, at most once
     a second, in the same pipeline).
@@ -55,7 +56,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import psycopg
-from psycopg import sql
 
 from walrelay import failpoints
 from walrelay.config import masked_dsn
@@ -64,6 +64,7 @@ from walrelay.model import Event, Lsn, format_lsn
 from walrelay.pipeline.backoff import Backoff
 from walrelay.pipeline.hooks import DeliveryHook
 from walrelay.sinks.base import Sink
+from walrelay.state.ledger import LedgerTable
 
 if TYPE_CHECKING:
     from walrelay.config import Config, DestinationConfig
@@ -227,18 +228,7 @@ class PostgresLedger:
         self.connect_timeout = connect_timeout
         self._conn: psycopg.AsyncConnection[tuple[Any, ...]] | None = None
         self._lock = asyncio.Lock()
-        s = sql.Identifier(schema)
-        self._q_delivered = sql.SQL(
-            "select event_id from {}.ledger where destination = %s and event_id = any(%s)"
-        ).format(s)
-        self._q_record = sql.SQL(
-            "insert into {}.ledger (destination, event_id, commit_lsn) "
-            "select %s, i, l::pg_lsn from unnest(%s::text[], %s::text[]) as u(i, l) "
-            "on conflict do nothing"
-        ).format(s)
-        self._q_trim = sql.SQL(
-            "delete from {}.ledger where destination = %s and commit_lsn < %s::pg_lsn"
-        ).format(s)
+        self._table = LedgerTable(schema)
 
     @property
     def where(self) -> str:
@@ -297,8 +287,7 @@ class PostgresLedger:
         ids = [e.id for e in events]
 
         async def q(conn: psycopg.AsyncConnection[tuple[Any, ...]]) -> set[str]:
-            cur = await conn.execute(self._q_delivered, (destination, ids))
-            return {str(r[0]) for r in await cur.fetchall()}
+            return await self._table.delivered(conn, destination, ids)
 
         result: set[str] = await self._run(q)
         return result
@@ -309,12 +298,10 @@ class PostgresLedger:
         ids = [e.id for e in events]
         lsns = [format_lsn(e.commit_lsn) for e in events]
 
+        trim = None if trim_below is None else format_lsn(trim_below)
+
         async def q(conn: psycopg.AsyncConnection[tuple[Any, ...]]) -> None:
-            async with conn.pipeline():
-                if ids:
-                    await conn.execute(self._q_record, (destination, ids, lsns))
-                if trim_below is not None:
-                    await conn.execute(self._q_trim, (destination, format_lsn(trim_below)))
+            await self._table.record(conn, destination, ids, lsns, trim)
 
         await self._run(q)
 

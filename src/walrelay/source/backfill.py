@@ -1,8 +1,9 @@
 """Backfills on demand while streaming: watermarks, keyset chunks, resumable.
 
 ``walrelay backfill`` (walrelay.cli.backfill) stores a request in
-``<state schema>.backfills``; the running engine polls that table and runs
-the requests one at a time, in this process, because the chunk rows must
+``<state schema>.backfills`` (:mod:`walrelay.state.backfills`); the running
+engine (:mod:`walrelay.engine.backfills`) polls that table and runs the
+requests one at a time, in this process, because the chunk rows must
 meet the replication stream (DBLog-style, https://arxiv.org/abs/2010.12597):
 
 1. emit a *low watermark*: ``pg_logical_emit_message(true,
@@ -31,76 +32,5 @@ cursor. Watermark messages are never delivered to destinations.
 
 from __future__ import annotations
 
-import logging
-from typing import Any
-
-import psycopg
-from psycopg import sql
-
-from walrelay.source.snapshot import (
-    ensure_state,
-)
-
-log = logging.getLogger("walrelay.source.backfill")
-
 WATERMARK_PREFIX = "walrelay.watermark"
-
-
-# -- requests, for the CLI ---------------------------------------------------------------
-
-
-async def submit_backfill(
-    dsn: str,
-    schema: str,
-    *,
-    slot: str,
-    destination: str,
-    table: str,
-    where: str | None,
-    rate: float | None,
-    chunk_size: int,
-) -> int:
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        await ensure_state(conn, schema)
-        cur = await conn.execute(
-            sql.SQL(
-                "insert into {}.backfills (slot, destination, table_name, where_sql, rate, "
-                "chunk_size) values (%s, %s, %s, %s, %s, %s) returning id"
-            ).format(sql.Identifier(schema)),
-            (slot, destination, table, where, rate, chunk_size),
-        )
-        row = await cur.fetchone()
-        assert row is not None
-        return int(row[0])
-
-
-async def read_backfill(dsn: str, schema: str, request_id: int) -> dict[str, Any] | None:
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        cur = await conn.execute(
-            sql.SQL(
-                "select id, destination, table_name, status, rows_done, rows_estimated, "
-                "chunks_done, cursor, error, extract(epoch from started_at), "
-                "extract(epoch from coalesce(finished_at, now())) from {}.backfills where id = %s"
-            ).format(sql.Identifier(schema)),
-            (request_id,),
-        )
-        row = await cur.fetchone()
-    if row is None:
-        return None
-    keys = (
-        "id",
-        "destination",
-        "table",
-        "status",
-        "rows_done",
-        "rows_estimated",
-        "chunks_done",
-        "cursor",
-        "error",
-        "started_at",
-        "now",
-    )
-    doc = dict(zip(keys, row, strict=True))
-    for k in ("started_at", "now"):
-        doc[k] = None if doc[k] is None else float(doc[k])
-    return doc
+"""The prefix of the watermark messages (``pg_logical_emit_message``)."""

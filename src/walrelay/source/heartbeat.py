@@ -47,6 +47,7 @@ import orjson
 import psycopg
 from psycopg import sql
 
+from walrelay import sqltext
 from walrelay.config import HeartbeatConfig
 from walrelay.errors import SourceSetupError
 from walrelay.model import Change
@@ -94,6 +95,8 @@ class Heartbeat:
         self.lag: float | None = None
         self.last_received: float | None = None  # monotonic
         self._table_ident = sql.Identifier(*_split(self.table)) if self.table else None
+        # The table as pasteable SQL, for fix texts.
+        self._table_sql = ".".join(map(sqltext.ident, _split(self.table))) if self.table else ""
         self._columns: tuple[str, ...] | None = None
 
     # -- set-up ---------------------------------------------------------------------
@@ -122,8 +125,9 @@ class Heartbeat:
             raise SourceSetupError(
                 f"heartbeat table {self.table}: cannot create it or its row: "
                 f"{e.diag.message_primary or e}",
-                fix=f"create it as its owner: CREATE TABLE {self.table} (slot text PRIMARY KEY, "
-                "run text NOT NULL, seq bigint NOT NULL, beat_at timestamptz NOT NULL)",
+                fix=f"create it as its owner: CREATE TABLE {self._table_sql} "
+                "(slot text PRIMARY KEY, run text NOT NULL, seq bigint NOT NULL, "
+                "beat_at timestamptz NOT NULL)",
             ) from None
         cur = await conn.execute(
             "select puballtables from pg_publication where pubname = %s", (self.publication,)
@@ -142,7 +146,8 @@ class Heartbeat:
         if not self.create_publication:
             raise SourceSetupError(
                 f"heartbeat table {self.table} is not in publication {self.publication}",
-                fix=f"ALTER PUBLICATION {self.publication} ADD TABLE {self.table}",
+                fix=f"ALTER PUBLICATION {sqltext.ident(self.publication)} "
+                f"ADD TABLE {self._table_sql}",
             )
         try:
             await conn.execute(
@@ -154,7 +159,8 @@ class Heartbeat:
             raise SourceSetupError(
                 f"cannot add heartbeat table {self.table} to publication {self.publication}: "
                 f"{e.diag.message_primary or e}",
-                fix=f"ALTER PUBLICATION {self.publication} ADD TABLE {self.table} (as its owner)",
+                fix=f"ALTER PUBLICATION {sqltext.ident(self.publication)} "
+                f"ADD TABLE {self._table_sql} (as its owner)",
             ) from None
         log.info("added heartbeat table %s to publication %s", self.table, self.publication)
 

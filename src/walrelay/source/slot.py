@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from walrelay import sqltext
 from walrelay.config import SourceConfig
 from walrelay.errors import SlotBusy, SlotLost, SourceSetupError
 from walrelay.model import Lsn, parse_lsn
@@ -163,14 +164,16 @@ async def inspect_table(
     if ident == "n":
         raise SourceSetupError(
             f"table {name} has REPLICA IDENTITY NOTHING: updates and deletes carry no key",
-            fix=f"ALTER TABLE {name} REPLICA IDENTITY DEFAULT (with a primary key)",
+            fix=f"ALTER TABLE {sqltext.qualified(name)} REPLICA IDENTITY DEFAULT "
+            "(with a primary key)",
         )
     if ident == "d" and not pk:
         raise SourceSetupError(
             f"table {name} has no primary key and REPLICA IDENTITY DEFAULT, so updates "
             "and deletes would carry no key",
-            fix=f"ALTER TABLE {name} ADD PRIMARY KEY (...), or ALTER TABLE {name} "
-            "REPLICA IDENTITY FULL and set source.key_columns for it",
+            fix=f"ALTER TABLE {sqltext.qualified(name)} ADD PRIMARY KEY (...), or ALTER TABLE "
+            f"{sqltext.qualified(name)} REPLICA IDENTITY FULL and set source.key_columns "
+            "for it",
         )
     key: tuple[str, ...] = pk
     if ident == "i":
@@ -209,7 +212,8 @@ async def _check_publication(
         if not cfg.create_publication:
             raise SourceSetupError(
                 f"publication {cfg.publication} does not exist and create_publication is false",
-                fix=f"CREATE PUBLICATION {cfg.publication} FOR TABLE {', '.join(cfg.tables)}",
+                fix=f"CREATE PUBLICATION {sqltext.ident(cfg.publication)} "
+                f"FOR TABLE {sqltext.idents(cfg.tables)}",
             )
         return None
     if row[0]:
@@ -228,7 +232,8 @@ async def _check_publication(
     if missing and not cfg.create_publication:
         raise SourceSetupError(
             f"publication {cfg.publication} does not include {', '.join(missing)}",
-            fix=f"ALTER PUBLICATION {cfg.publication} ADD TABLE {', '.join(missing)}",
+            fix=f"ALTER PUBLICATION {sqltext.ident(cfg.publication)} "
+            f"ADD TABLE {sqltext.idents(missing)}",
         )
     return missing
 
@@ -247,7 +252,8 @@ async def _check_slot(
         if not cfg.create_slot:
             raise SourceSetupError(
                 f"replication slot {cfg.slot} does not exist and create_slot is false",
-                fix=f"SELECT pg_create_logical_replication_slot('{cfg.slot}', 'pgoutput')",
+                fix="SELECT pg_create_logical_replication_slot("
+                f"{sqltext.literal(cfg.slot)}, 'pgoutput')",
             )
         return False, None
     plugin, slot_type, database, active_pid, wal_status, confirmed = row
@@ -272,8 +278,8 @@ async def _check_slot(
     if wal_status == "lost":
         raise SlotLost(
             f"replication slot {cfg.slot} has lost WAL it still needed (wal_status 'lost')",
-            fix=f"SELECT pg_drop_replication_slot('{cfg.slot}') and start again with a "
-            "new snapshot of the tables",
+            fix=f"SELECT pg_drop_replication_slot({sqltext.literal(cfg.slot)}) and start again "
+            "with a new snapshot of the tables",
         )
     return True, parse_lsn(str(confirmed)) if confirmed else None
 

@@ -27,7 +27,8 @@ delivers K's snapshot row before any change of K (per-key order).
 For the LSN tracker the snapshot is one transaction ``consistent_point - 1``
 that ends at ``consistent_point``: the slot is not confirmed past its
 consistent point before every snapshot row is delivered (or parked). The
-state database records a snapshot as ``running`` until then; when walrelay
+state database records a snapshot as ``running`` until then
+(:mod:`walrelay.state.snapshots`); when walrelay
 restarts and finds a snapshot that did not finish, it drops the slot and
 starts over with a new slot and a new snapshot (the rows already delivered
 come again as ``read`` events with new ids: readers of ``read`` events must
@@ -42,18 +43,15 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.adapt import Loader
 
-from walrelay import failpoints
-from walrelay.model import Column, Lsn, RawTuple, Relation, format_lsn
+from walrelay.model import Column, RawTuple, Relation
 from walrelay.source.slot import TableInfo, split_table
-
-if TYPE_CHECKING:
-    pass
+from walrelay.units import format_duration
 
 log = logging.getLogger("walrelay.source.snapshot")
 
@@ -141,8 +139,7 @@ class Progress:
 def format_progress(p: Progress) -> str:
     est = max(p.rows_estimated, p.rows_done)
     pct = f"{100.0 * p.rows_done / est:5.1f}%" if est else "  ?  "
-    eta = p.eta_seconds
-    eta_text = "?" if eta is None else f"{eta:.0f}s"
+    eta_text = format_duration(p.eta_seconds)
     return (
         f"{p.kind} {p.table}: {p.rows_done} of ~{est} rows ({pct}), "
         f"{p.rate:,.0f} rows/s, ETA {eta_text}"
@@ -298,46 +295,7 @@ async def read_tables(
             tg.create_task(worker())
 
 
-# -- state: snapshots that did not finish -------------------------------------------------
-
-
-async def ensure_state(conn: Conn, schema: str) -> None:
-    from walrelay.state.migrations import migrate
-
-    await migrate(conn, schema)
-
-
-async def snapshot_status(conn: Conn, schema: str, slot: str) -> str | None:
-    """The recorded status of the slot's initial snapshot (None: none recorded)."""
-    cur = await conn.execute("select to_regclass(%s)", (f"{schema}.snapshots",))
-    row = await cur.fetchone()
-    if row is None or row[0] is None:
-        return None
-    cur = await conn.execute(
-        sql.SQL("select status from {}.snapshots where slot = %s").format(sql.Identifier(schema)),
-        (slot,),
-    )
-    row = await cur.fetchone()
-    if row is None:
-        return None
-    value = row[0]
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-async def record_snapshot(dsn: str, schema: str, slot: str, point: Lsn, status: str) -> None:
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        await ensure_state(conn, schema)
-        await conn.execute(
-            sql.SQL(
-                "insert into {}.snapshots (slot, consistent_point, status) values (%s, %s, %s) "
-                "on conflict (slot) do update set consistent_point = excluded.consistent_point, "
-                "status = excluded.status, started_at = case when excluded.status = 'running' "
-                "then now() else {}.snapshots.started_at end, "
-                "finished_at = case when excluded.status = 'done' then now() end"
-            ).format(sql.Identifier(schema), sql.Identifier(schema)),
-            (slot, format_lsn(point), status),
-        )
-    failpoints.hit(failpoints.SNAPSHOT_AFTER_RECORD)
+# -- the slot of a snapshot that did not finish ------------------------------------------
 
 
 async def drop_slot(conn: Conn, slot: str) -> bool:

@@ -6,6 +6,9 @@ name comes from config and is always quoted through ``sql.Identifier``.
 The schema is never added to a publication (walrelay only publishes the
 tables listed in ``source.tables``).
 
+Each table's reads and writes live in a module of its own next to this one
+(``failed.py``, ``snapshots.py``, ``backfills.py``, ``ledger.py``).
+
 To add a migration: append a ``Migration`` with the next version number to
 ``MIGRATIONS``; never edit one that has shipped.
 """
@@ -45,7 +48,7 @@ def _v1(s: sql.Identifier) -> list[sql.Composed]:
 
 
 def _v3_ledger(s: sql.Identifier) -> list[sql.Composed]:
-    """The delivery ledger (walrelay.pipeline.ledger.PostgresLedger)."""
+    """The delivery ledger (read and written by walrelay.state.ledger)."""
     return [
         sql.SQL(
             "create table if not exists {}.ledger ("
@@ -61,7 +64,7 @@ def _v3_ledger(s: sql.Identifier) -> list[sql.Composed]:
 
 
 def _v5_snapshots(s: sql.Identifier) -> list[sql.Composed]:
-    """Initial snapshots and backfill requests (walrelay.source.snapshot / backfill)."""
+    """Initial snapshots and backfill requests (walrelay.state.snapshots / backfills)."""
     return [
         sql.SQL(
             "create table if not exists {}.snapshots ("

@@ -1,0 +1,58 @@
+"""The delivery ledger table: ``<state schema>.ledger`` (created by state migration 3).
+
+The rows of :class:`walrelay.pipeline.ledger.PostgresLedger`: one per
+delivered event id and ledger key (``destination``), with the event's
+``commit_lsn`` so that ids below the trim floor can be deleted. The
+statements are composed once per schema (:class:`LedgerTable`); each call is
+one round trip.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+__all__ = ["LedgerTable"]
+
+Conn = psycopg.AsyncConnection[tuple[Any, ...]]
+
+
+class LedgerTable:
+    """The ledger table of one state schema: check, record and trim."""
+
+    def __init__(self, schema: str) -> None:
+        t = sql.Identifier(schema, "ledger")
+        self._delivered = sql.SQL(
+            "select event_id from {} where destination = %s and event_id = any(%s)"
+        ).format(t)
+        self._record = sql.SQL(
+            "insert into {} (destination, event_id, commit_lsn) "
+            "select %s, i, l::pg_lsn from unnest(%s::text[], %s::text[]) as u(i, l) "
+            "on conflict do nothing"
+        ).format(t)
+        self._trim = sql.SQL(
+            "delete from {} where destination = %s and commit_lsn < %s::pg_lsn"
+        ).format(t)
+
+    async def delivered(self, conn: Conn, destination: str, ids: list[str]) -> set[str]:
+        """The ids among ``ids`` recorded for ``destination``."""
+        cur = await conn.execute(self._delivered, (destination, ids))
+        return {str(r[0]) for r in await cur.fetchall()}
+
+    async def record(
+        self,
+        conn: Conn,
+        destination: str,
+        ids: list[str],
+        lsns: list[str],
+        trim_below: str | None = None,
+    ) -> None:
+        """Record ``ids`` (with their commit LSNs, as text) and, with ``trim_below``,
+        delete the ids of commit LSNs below it; one pipelined round trip."""
+        async with conn.pipeline():
+            if ids:
+                await conn.execute(self._record, (destination, ids, lsns))
+            if trim_below is not None:
+                await conn.execute(self._trim, (destination, trim_below))
