@@ -50,6 +50,7 @@ from walrelay.source.stream import (
     ReplicationSource,
 )
 from walrelay.source.types import TypeRegistry
+from walrelay.sqltext import literal
 from walrelay.state.snapshots import record_snapshot, snapshot_status
 
 log = logging.getLogger("walrelay.engine")
@@ -497,7 +498,7 @@ class Engine:
         if "can no longer get changes" in message or "invalidated" in message:
             raise SlotLost(
                 f"replication slot {slot} was invalidated: the WAL it needed is gone",
-                fix=f"SELECT pg_drop_replication_slot('{slot}'); then start again and "
+                fix=f"SELECT pg_drop_replication_slot({literal(slot)}); then start again and "
                 "backfill the tables",
             )
 

@@ -142,8 +142,8 @@ class RedisLedger:
     ) -> None:
         try:
             import redis.asyncio as aioredis
-            from redis.backoff import NoBackoff
             from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
         except ImportError:  # pragma: no cover - depends on the install
             raise ConfigError(
                 "ledger type redis needs the redis client",
