@@ -31,9 +31,9 @@ from walrelay.pipeline.backoff import Backoff
 from walrelay.pipeline.envelope import EnvelopeBuilder
 from walrelay.pipeline.ledger import TrimAware, wrap_sink
 from walrelay.pipeline.lsn import LsnTracker
-from walrelay.pipeline.retry import DestinationRetry, RetryStore
+from walrelay.pipeline.parking import ParkingStore
 from walrelay.pipeline.router import Blocked, Router
-from walrelay.pipeline.scheduler import Destination
+from walrelay.pipeline.scheduler import Destination, ParkingFactory
 from walrelay.pipeline.stats import EngineStats
 from walrelay.sinks.base import Sink
 from walrelay.sinks.factory import build_sink
@@ -121,7 +121,7 @@ class Engine:
         self._session_task: asyncio.Task[None] | None = None
         self._force_stop: asyncio.TimerHandle | None = None
         # Failed deliveries parked in the state database (None: no destination parks).
-        self.retry_store: RetryStore | None = None
+        self.parking: ParkingStore | None = None
         # Heartbeats (walrelay.source.heartbeat): never delivered, whether ours or not.
         hb = config.heartbeat
         self._heartbeat_prefix = hb.prefix
@@ -180,7 +180,7 @@ class Engine:
     def replication_paused(self) -> bool:
         """True while a destination's parked events are at their cap: the engine
         does not read the stream (status updates go on). A page-level condition."""
-        store = self.retry_store
+        store = self.parking
         return store is not None and store.paused
 
     # ---------------------------------------------------------------- run
@@ -224,7 +224,7 @@ class Engine:
         self._last_sealed_end = 0
         self._last_status_sent = -1
         self._session_task = None
-        self.retry_store = None
+        self.parking = None
         self.backfills = BackfillManager(self)
         self._bf_watch = self.backfills.watch
         self._resnapshot = True
@@ -361,13 +361,13 @@ class Engine:
                     parking=self._parking_for(dcfg, sink),
                 )
                 self.destinations[dcfg.name] = dest
-            if self.retry_store is not None:
-                await self.retry_store.open()
-                await self.retry_store.load()
-                self.retry_store.start()
+            if self.parking is not None:
+                await self.parking.open()
+                await self.parking.load()
+                self.parking.start()
         except BaseException:
-            if self.retry_store is not None:
-                await self.retry_store.close()
+            if self.parking is not None:
+                await self.parking.close()
             for sink in opened:
                 with contextlib.suppress(Exception):
                     await sink.close()
@@ -384,10 +384,10 @@ class Engine:
         for dest in self.destinations.values():
             dest.start()
 
-    def _parking_for(self, dcfg: DestinationConfig, sink: Sink) -> DestinationRetry | None:
-        """The destination's failed-event store, unless it is off or the sink is
-        ordered (a parked event would be overtaken: those retry in memory)."""
-        if not dcfg.failed.enabled:
+    def _parking_for(self, dcfg: DestinationConfig, sink: Sink) -> ParkingFactory | None:
+        """The destination's parking, unless it is off or the sink is ordered (a
+        parked event would be overtaken: those retry in memory)."""
+        if not dcfg.parking.enabled:
             return None
         if sink.ordered:
             log.info(
@@ -396,10 +396,10 @@ class Engine:
                 dcfg.name,
             )
             return None
-        if self.retry_store is None:
-            self.retry_store = RetryStore(self.config.state_dsn, self.config.state.schema)
-        return self.retry_store.add_destination(
-            dcfg.name, dcfg.failed, max_in_flight=dcfg.effective_max_in_flight()
+        if self.parking is None:
+            self.parking = ParkingStore(self.config.state_dsn, self.config.state.schema)
+        return self.parking.parking_for(
+            dcfg.name, dcfg.parking, max_in_flight=dcfg.effective_max_in_flight()
         )
 
     def _finished_callback(self, name: str) -> Callable[[Sequence[Event]], None]:
@@ -685,11 +685,11 @@ class Engine:
 
     def _trim_floor(self) -> Lsn:
         """Below this commit LSN no event is ever delivered again: the ledgers
-        forget those ids. (A failed-event store re-delivering parked events
-        must lower it to its oldest parked commit LSN.)"""
+        forget those ids. (Parking re-delivering parked events must lower it
+        to its oldest parked commit LSN.)"""
         floor = self._server_confirmed()
-        if self.retry_store is not None:
-            for parked in self.retry_store.destinations.values():
+        if self.parking is not None:
+            for parked in self.parking.destinations.values():
                 oldest = parked.oldest_commit_lsn()
                 if oldest is not None and oldest < floor:
                     floor = oldest
@@ -739,11 +739,11 @@ class Engine:
         for dest in self.destinations.values():
             with contextlib.suppress(Exception):
                 await dest.stop()
-        if self.retry_store is not None:  # its retry loops use the sinks
+        if self.parking is not None:  # its retry loops use the sinks
             try:
-                await self.retry_store.close()
+                await self.parking.close()
             except Exception as e:
-                log.warning("failed-events store: error while closing: %s", e)
+                log.warning("parking: error while closing: %s", e)
         for dest in self.destinations.values():
             try:
                 await dest.sink.close()
