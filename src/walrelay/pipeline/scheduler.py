@@ -328,13 +328,13 @@ class Destination:
             if not batch:
                 break
             if parking is not None:
-                # Events behind a parked event of their key go to parking. A
+                # Events behind a parked event of their key go to the store. A
                 # batch never holds two events of one key, so the order of the
                 # checks inside it does not matter.
                 divert = parking.blocks(batch)
                 if divert:
                     if held or not parking.divert(divert):
-                        held.extend(divert)  # keep their keys until parking has room
+                        held.extend(divert)  # keep their keys until the store has room
                     else:
                         self._diverted(divert)
                     if len(divert) == len(batch):
@@ -458,7 +458,7 @@ class Destination:
 
     def _complete(self, batch: list[Event], *, parked: bool) -> None:
         if self._parking is not None:
-            self._parking.wake()  # parking gets the first go at the freed slot
+            self._parking.wake()  # the store gets the first go at the freed slot
         self._buffer.done(batch)
         if parked:
             self.parked_total += len(batch)
