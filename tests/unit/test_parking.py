@@ -462,6 +462,21 @@ async def test_ordered_sinks_cannot_park() -> None:
     assert not store.destinations
 
 
+def test_the_parking_package_exports() -> None:
+    import walrelay.pipeline.parking as package
+
+    assert sorted(package.__all__) == [
+        "DestinationParking",
+        "PAUSED_MESSAGE",
+        "ParkedRow",
+        "ParkingHost",
+        "ParkingIndex",
+        "ParkingStore",
+        "RESUMED_MESSAGE",
+    ]
+    assert all(hasattr(package, name) for name in package.__all__)
+
+
 def test_default_config() -> None:
     cfg = ParkingConfig()
     assert cfg.enabled and cfg.park_after == 3 and cfg.permanent_attempts == 3
