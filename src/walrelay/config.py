@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -21,6 +22,8 @@ from pydantic import (
 )
 
 from walrelay.errors import ConfigError
+
+log = logging.getLogger("walrelay.config")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -89,7 +92,7 @@ class BackoffConfig(_Model):
 
 
 class StateConfig(_Model):
-    """walrelay's own tables (failed events, ledger): ``state: {dsn, schema}``."""
+    """walrelay's own tables (parked events, ledger): ``state: {dsn, schema}``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -108,8 +111,9 @@ class StateConfig(_Model):
         return v
 
 
-class FailedConfig(_Model):
-    """Failed deliveries: parked in ``<state schema>.failed_events`` (pipeline/retry.py)."""
+class ParkingConfig(_Model):
+    """``parking:`` of a destination: failed deliveries parked in
+    ``<state schema>.parked_events`` (walrelay.pipeline.parking)."""
 
     enabled: bool = True
     # Failed attempts (transient errors) retried in memory before the event is parked.
@@ -118,7 +122,7 @@ class FailedConfig(_Model):
     permanent_attempts: int = Field(default=3, ge=1)
     # Attempts in all before any event is dead; None: retry for ever.
     max_attempts: int | None = Field(default=None, ge=1)
-    # block: a dead event keeps its key blocked until `walrelay failed retry|discard`;
+    # block: a dead event keeps its key blocked until `walrelay parking retry|discard`;
     # skip_dead: it stays in the table, is logged and counted, and its key moves on.
     on_dead: Literal["block", "skip_dead"] = "block"
     backoff: BackoffConfig = BackoffConfig(initial=1.0, multiplier=2.0, max=300.0)
@@ -533,8 +537,9 @@ class DestinationConfig(_Model):
     max_in_flight: int | None = Field(default=None, gt=0)
     buffer_bytes: Bytes = 64 * 1024 * 1024
     retry: BackoffConfig = BackoffConfig()
-    # Failed deliveries parked in the state database (walrelay.pipeline.retry).
-    failed: FailedConfig = FailedConfig()
+    # Failed deliveries parked in the state database (walrelay.pipeline.parking);
+    # the old key ``failed:`` is still read (see _rename_failed).
+    parking: ParkingConfig = ParkingConfig()
     # Overrides the top-level ``ledger`` for this destination.
     ledger: LedgerConfig | None = None
     # Turns outbox rows / messages into routed events (walrelay.pipeline.outbox_router).
@@ -542,6 +547,26 @@ class DestinationConfig(_Model):
     # initial: every existing row as a `read` event when the slot is created;
     # never: changes from the slot only (walrelay.source.snapshot).
     snapshot: Literal["initial", "never"] = "initial"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rename_failed(cls, data: Any) -> Any:
+        """``failed:`` is the old name of ``parking:``: read as it, with a warning."""
+        if not isinstance(data, dict) or "failed" not in data:
+            return data
+        name = data.get("name", "?")
+        if "parking" in data:
+            raise ValueError(
+                f"destination {name!r} sets both parking: and its old name failed:;"
+                " keep parking: and remove failed:"
+            )
+        log.warning(
+            "destination %s: the setting failed: is deprecated; rename failed: to parking:",
+            name,
+        )
+        data = dict(data)
+        data["parking"] = data.pop("failed")
+        return data
 
     @field_validator("name")
     @classmethod
@@ -647,7 +672,7 @@ class Config(_Model):
     monitor: MonitorConfig = MonitorConfig()
     alerts: AlertsConfig = AlertsConfig()
     http: HttpConfig = HttpConfig()
-    # walrelay's own tables (failed events, ledger); never published.
+    # walrelay's own tables (parked events, ledger); never published.
     state: StateConfig = StateConfig()
     # pg_logical_emit_message (or a table UPDATE) every interval (walrelay.source.heartbeat).
     heartbeat: HeartbeatConfig = HeartbeatConfig()

@@ -40,7 +40,7 @@ a module constant (``SINK_BEFORE_SEND`` for ``sink.before_send``, ...):
     the PostgreSQL sink applied a batch and recorded its ids, inside the
     target transaction, and is about to COMMIT.
 ``retry.after_park``
-    failed (or diverted) events are committed to the failed-events table;
+    failed (or diverted) events are committed to the parked-events table;
     the pipeline has not counted them as finished yet.
 ``retry.after_delete``
     a parked event was delivered from the table and its row deleted; its

@@ -93,8 +93,9 @@ class LazyGroup(click.Group):
     lazy_commands={
         "backfill": "walrelay.cli.backfill:backfill_command",
         "doctor": "walrelay.monitor.doctor:doctor_command",
-        "failed": "walrelay.cli.failed:failed_command",
+        "failed": "walrelay.cli.parking:failed_alias",  # hidden, deprecated
         "outbox": "walrelay.cli.outbox:outbox_command",
+        "parking": "walrelay.cli.parking:parking_command",
         "status": "walrelay.monitor.status:status_command",
     },
 )

@@ -36,7 +36,7 @@ from walrelay.pipeline.backoff import Backoff
 from walrelay.pipeline.envelope import EnvelopeBuilder
 from walrelay.pipeline.hooks import DeliveryHook
 from walrelay.pipeline.lsn import LsnTracker
-from walrelay.pipeline.retry import RetryStore
+from walrelay.pipeline.parking import ParkingStore
 from walrelay.pipeline.router import Router
 from walrelay.pipeline.scheduler import Destination
 from walrelay.pipeline.stats import EngineStats
@@ -170,7 +170,7 @@ class Engine:
         return self.slot.services
 
     @property
-    def retry_store(self) -> RetryStore | None:
+    def parking(self) -> ParkingStore | None:
         """Failed deliveries parked in the state database (None: no destination parks)."""
         return self.slot.destinations.parking
 
@@ -190,7 +190,7 @@ class Engine:
     def replication_paused(self) -> bool:
         """True while a destination's parked events are at their cap: the engine
         does not read the stream (status updates go on). A page-level condition."""
-        store = self.retry_store
+        store = self.parking
         return store is not None and store.paused
 
     # ---------------------------------------------------------------- control

@@ -20,8 +20,8 @@ from walrelay.pipeline.backoff import Backoff
 from walrelay.pipeline.hooks import DeliveryHook, FailpointHook
 from walrelay.pipeline.ledger import TrimAware, ledger_hook
 from walrelay.pipeline.lsn import LsnTracker
-from walrelay.pipeline.retry import DestinationRetry, RetryStore
-from walrelay.pipeline.scheduler import Destination
+from walrelay.pipeline.parking import ParkingStore
+from walrelay.pipeline.scheduler import Destination, ParkingFactory
 from walrelay.pipeline.stats import EngineStats
 from walrelay.sinks.base import Sink
 
@@ -67,7 +67,7 @@ class Destinations:
 
     def __init__(self) -> None:
         self.by_name: dict[str, Destination] = {}
-        self.parking: RetryStore | None = None
+        self.parking: ParkingStore | None = None
 
     def oldest_parked(self) -> Lsn | None:
         """The commit LSN of the oldest parked event of any destination."""
@@ -160,10 +160,10 @@ async def open_destinations(
 
 def _parking_for(
     config: Config, dcfg: DestinationConfig, sink: Sink, out: Destinations
-) -> DestinationRetry | None:
+) -> ParkingFactory | None:
     """The destination's parking, unless it is off or the sink is ordered (a
     parked event would be overtaken: those retry in memory)."""
-    if not dcfg.failed.enabled:
+    if not dcfg.parking.enabled:
         return None
     if sink.ordered:
         log.info(
@@ -173,7 +173,7 @@ def _parking_for(
         )
         return None
     if out.parking is None:
-        out.parking = RetryStore(config.state_dsn, config.state.schema)
-    return out.parking.add_destination(
-        dcfg.name, dcfg.failed, max_in_flight=dcfg.effective_max_in_flight()
+        out.parking = ParkingStore(config.state_dsn, config.state.schema)
+    return out.parking.parking_for(
+        dcfg.name, dcfg.parking, max_in_flight=dcfg.effective_max_in_flight()
     )

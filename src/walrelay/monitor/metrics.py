@@ -12,15 +12,15 @@ Metric names (the Grafana dashboard in ``grafana/walrelay.json`` uses them):
 ``walrelay_streaming``                      1 while the replication stream runs
 ``walrelay_events_in_total{destination}``   events routed to the destination
 ``walrelay_events_out_total{destination}``  events delivered
-``walrelay_events_parked_total{...}``       events moved to the failed-event store
+``walrelay_events_parked_total{...}``       events moved to parking
 ``walrelay_delivery_failures_total{...}``   failed delivery attempts
 ``walrelay_delivery_latency_seconds{...}``  histogram, commit -> delivered
 ``walrelay_delivery_lag_seconds{...}``      current lag estimate (0 when idle)
 ``walrelay_in_flight_events{...}``          handed to the sink, not finished
 ``walrelay_buffered_events{...}``           waiting in the buffer
 ``walrelay_buffered_bytes{...}``            buffer bytes held (waiting + in flight)
-``walrelay_parked_events{...}``             parked now (failed-event store)
-``walrelay_dead_events{...}``               dead now (failed-event store)
+``walrelay_parked_events{...}``             parked now (parking)
+``walrelay_dead_events{...}``               dead now (parking)
 ``walrelay_oldest_parked_age_seconds{...}`` age of the oldest parked event
 ``walrelay_confirmed_lsn``                  confirmed flush LSN, as a byte position
 ``walrelay_source_events_total``            changes routed to any destination
@@ -196,9 +196,7 @@ class MetricsCollector:
             "events_out": counter(
                 "walrelay_events_out_total", "Events delivered to the destination", d
             ),
-            "parked_total": counter(
-                "walrelay_events_parked_total", "Events moved to the failed-event store", d
-            ),
+            "parked_total": counter("walrelay_events_parked_total", "Events moved to parking", d),
             "failures": counter("walrelay_delivery_failures_total", "Failed delivery attempts", d),
             "lag": gauge(
                 "walrelay_delivery_lag_seconds",
@@ -212,10 +210,8 @@ class MetricsCollector:
             "buffered_bytes": gauge(
                 "walrelay_buffered_bytes", "Buffer bytes held (waiting and in flight)", d
             ),
-            "parked": gauge(
-                "walrelay_parked_events", "Events parked in the failed-event store now", d
-            ),
-            "dead": gauge("walrelay_dead_events", "Dead events in the failed-event store", d),
+            "parked": gauge("walrelay_parked_events", "Events in parking now", d),
+            "dead": gauge("walrelay_dead_events", "Dead events in parking", d),
             "oldest_parked_age": gauge(
                 "walrelay_oldest_parked_age_seconds", "Age of the oldest parked event", d
             ),

@@ -22,7 +22,7 @@ Rules (ARCHITECTURE section 3; the numbers are :class:`Thresholds`):
 ``pg_wal_disk``           the filesystem holding pg_wal (only on its host)
 ``oldest_transaction``    a transaction open too long
 ``delivery_lag``          commit -> delivered, per destination
-``replication_paused``    the failed-event store is at its cap: page
+``replication_paused``    parking is at its cap: page
 ========================  =====================================================
 
 Other slots on the cluster (not walrelay's) get the slot rules too: the
@@ -302,7 +302,7 @@ def evaluate_engine(
                 Severity.PAGE,
                 "replication is paused: a destination's parked events reached their cap; "
                 "the slot does not advance and WAL piles up until the backlog drains",
-                "fix the failing destination (walrelay failed list), or raise its cap",
+                "fix the failing destination (walrelay parking list), or raise its cap",
             )
         )
     for name, lag in lags.items():

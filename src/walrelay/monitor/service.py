@@ -21,8 +21,8 @@ without its HTTP server, with an error in the log and an open alert.
 
 Other parts of the engine can raise their own alerts through
 :meth:`Services.set_condition`. Parked and dead counts come from each
-destination's failed-event store (``destination.parking.stats()``; 0 for a
-destination without one), and ``engine.replication_paused`` (the store at
+destination's parking (``destination.parking.stats()``; 0 for a
+destination without one), and ``engine.replication_paused`` (parking at
 its cap) pages. Heartbeat lag is read from ``engine.stats.heartbeat_lag``
 (seconds, None until heartbeats run).
 """
@@ -315,7 +315,7 @@ class Services:
         return self.alerts.open
 
     def _failed_counts(self) -> dict[str, dict[str, Any]]:
-        """Per destination, the failed-event store's ``stats()`` (parked, dead, ...)."""
+        """Per destination, its parking's ``stats()`` (parked, dead, ...)."""
         out: dict[str, dict[str, Any]] = {}
         for name, dest in self.engine.destinations.items():
             stats = getattr(getattr(dest, "parking", None), "stats", None)

@@ -43,8 +43,8 @@ Backends (``ledger:`` in the config):
 Trimming: ids of transactions below the *trim floor* can never be replayed
 (the slot's confirmed LSN is past them), so they are removed. The engine
 sets the floor through :meth:`LedgerHook.trim_below` from the LSN tracker;
-a failed-event store that re-delivers parked events below the confirmed LSN
-must hold the floor at its oldest parked commit LSN.
+parking, which re-delivers parked events below the confirmed LSN, must
+hold the floor at its oldest parked commit LSN.
 """
 
 from __future__ import annotations

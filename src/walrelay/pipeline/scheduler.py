@@ -33,17 +33,22 @@ hooks (then parking) for a verdict: ``"retry"`` (the default) or
 finished (keys released, ``on_finished`` called).
 
 Parking (unordered sinks only; :class:`Parking`, implemented by
-:class:`walrelay.pipeline.retry.DestinationRetry`): once an event is parked,
-every later event sharing one of its keys must go behind it. The scheduler
-asks ``parking.blocks(event)`` for each event it takes (one attribute check
-while nothing is parked) and *diverts* blocked events to the store instead
-of the sink. A diverted event releases its keys in the buffer at once (the
-next event of the key is diverted right behind it, into the same FIFO, so
-the store receives a key's events in id order); it is finished (the LSN
-tracker may pass it) only when the store reports it durably written. While
-the store is at its cap (``parking.paused``), diverting stops: such events
-stay taken and keep their keys (:attr:`Destination.held`), and ``put`` waits
--- replication pauses -- until the backlog drains.
+:class:`walrelay.pipeline.parking.DestinationParking`): once an event is
+parked, every later event sharing one of its keys must go behind it. The
+scheduler asks ``parking.blocks(batch)`` for each batch it takes (an empty
+answer at once while nothing is parked) and *diverts* blocked events to
+parking instead of the sink. A diverted event releases its keys in the
+buffer at once (the next event of the key is diverted right behind it, into
+the same FIFO, so parking receives a key's events in id order); it is
+finished (the LSN tracker may pass it) only when parking reports it durably
+written. While parking is at its cap (``parking.paused``), diverting stops:
+such events stay taken and keep their keys (:attr:`Destination.held`), and
+``put`` waits -- replication pauses -- until the backlog drains.
+
+Parking is made with the destination, which it gets as its host
+(:class:`walrelay.pipeline.parking.ParkingHost`: ``finish_diverted``,
+``reserve`` / ``release``, ``deliver_parked``, ``wake``): the destination takes
+a :data:`ParkingFactory` and calls it once, with itself.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
 from walrelay.errors import SinkError
 from walrelay.model import Event
@@ -60,7 +65,13 @@ from walrelay.pipeline.buffer import EventBuffer, make_buffer
 from walrelay.pipeline.hooks import DeliveryHook, FailureDecision
 from walrelay.sinks.base import Sink
 
-__all__ = ["Destination", "FailureDecision", "OnFailure", "Parking"]
+__all__ = [
+    "Destination",
+    "FailureDecision",
+    "OnFailure",
+    "Parking",
+    "ParkingFactory",
+]
 
 log = logging.getLogger(__name__)
 
@@ -69,22 +80,18 @@ _Decider = Callable[[Sequence[Event], BaseException, int], Awaitable[FailureDeci
 
 
 class Parking(Protocol):
-    """What a destination needs from its failed-event store."""
-
-    @property
-    def active(self) -> bool:
-        """True while any event is parked (so :meth:`blocks` may say yes)."""
-        ...
+    """What a destination needs from its parking."""
 
     @property
     def paused(self) -> bool:
-        """True while the store is at its cap: take no more events."""
+        """True while parking is at its cap: take no more events."""
         ...
 
-    def bind(self, destination: Destination) -> None: ...
+    async def wait_unpaused(self) -> None: ...
 
-    def blocks(self, event: Event) -> bool:
-        """Must ``event`` go behind a parked event (a shared key, or a barrier)?"""
+    def blocks(self, batch: Sequence[Event]) -> list[Event]:
+        """The events of ``batch`` that must go behind a parked event (a shared
+        key, or a barrier); empty, cheaply, while nothing is parked."""
         ...
 
     def divert(self, events: list[Event]) -> bool:
@@ -94,13 +101,18 @@ class Parking(Protocol):
 
     async def on_failure(
         self, batch: Sequence[Event], error: BaseException, attempts: int
-    ) -> FailureDecision: ...
-
-    async def wait_unpaused(self) -> None: ...
+    ) -> FailureDecision:
+        """After ``attempts`` failed deliveries of ``batch``: ``"parked"`` once it
+        is durably parked, or ``"retry"`` (in memory)."""
+        ...
 
     def wake(self) -> None:
         """A delivery slot may be free (see :meth:`Destination.reserve`)."""
         ...
+
+
+ParkingFactory: TypeAlias = Callable[["Destination"], Parking]
+"""Makes a destination's parking, given the destination (its host)."""
 
 
 class Destination:
@@ -120,7 +132,7 @@ class Destination:
         max_buffer_bytes: int = 64 << 20,
         backoff: Backoff | None = None,
         hooks: Sequence[DeliveryHook] = (),
-        parking: Parking | None = None,
+        parking: ParkingFactory | None = None,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
@@ -134,18 +146,15 @@ class Destination:
         self._batch_size = sink.batch_size
         self.hooks: tuple[DeliveryHook, ...] = tuple(hooks)
         self._after_hooks = self.hooks[::-1]
-        if parking is not None:
-            if self.ordered:
-                raise ValueError(
-                    f"destination {name!r}: an ordered sink cannot park events (a parked"
-                    " event would be overtaken)"
-                )
-            parking.bind(self)
-        self._parking = parking
-        # Taken events that must be diverted while the store is paused (keep their keys).
+        if parking is not None and self.ordered:
+            raise ValueError(
+                f"destination {name!r}: an ordered sink cannot park events (a parked"
+                " event would be overtaken)"
+            )
+        # Taken events that must be diverted while parking is paused (keep their keys).
         self._held: list[Event] = []
         self._diverting = 0  # diverted, not yet durably parked
-        self._external = 0  # slots reserved by the store's retry loop
+        self._external = 0  # slots reserved by parking's retry loop
         self._buffer: EventBuffer = make_buffer(self.ordered, max_buffer_bytes)
         self._wake = asyncio.Event()
         # True from a try_put's wake until the scheduler clears it: later
@@ -161,6 +170,8 @@ class Destination:
         self.failures_total = 0
         self.retrying = 0  # batches currently waiting to be retried
         self.last_error: str | None = None
+        # Last: parking gets this destination as its host.
+        self._parking = parking(self) if parking is not None else None
 
     # -- stats ------------------------------------------------------------------
 
@@ -188,17 +199,17 @@ class Destination:
 
     @property
     def parking(self) -> Parking | None:
-        """The failed-event store (None: failures are retried in memory only)."""
+        """Parking (None: failures are retried in memory only)."""
         return self._parking
 
     @property
     def held(self) -> int:
-        """Events waiting to be parked while the store is at its cap."""
+        """Events waiting to be parked while parking is at its cap."""
         return len(self._held)
 
     @property
     def paused(self) -> bool:
-        """True while the store is at its cap: ``put`` waits (replication paused)."""
+        """True while parking is at its cap: ``put`` waits (replication paused)."""
         parking = self._parking
         return parking is not None and parking.paused
 
@@ -221,7 +232,7 @@ class Destination:
 
     async def put(self, event: Event) -> None:
         """Hand an event over (in id order). Waits while the buffer is full,
-        and while the failed-event store is at its cap (replication paused)."""
+        and while parking is at its cap (replication paused)."""
         parking = self._parking
         if parking is not None:
             while parking.paused and not self._stopped:
@@ -232,7 +243,7 @@ class Destination:
         self._wake.set()
 
     def wake(self) -> None:
-        """Run the scheduler again (the store has room, or events were finished)."""
+        """Run the scheduler again (parking has room, or events were finished)."""
         self._wake.set()
 
     # -- lifecycle --------------------------------------------------------------
@@ -311,11 +322,11 @@ class Destination:
             batch = buffer.take(min(room, batch_size))
             if not batch:
                 break
-            if parking is not None and parking.active:
+            if parking is not None:
                 # Events behind a parked event of their key go to the store. A
                 # batch never holds two events of one key, so the order of the
                 # checks inside it does not matter.
-                divert = [e for e in batch if parking.blocks(e)]
+                divert = parking.blocks(batch)
                 if divert:
                     if held or not parking.divert(divert):
                         held.extend(divert)  # keep their keys until the store has room
@@ -329,13 +340,13 @@ class Destination:
             self._spawn(batch)
 
     def _diverted(self, events: list[Event]) -> None:
-        """The store took ``events``: release their keys and space now (the next
-        event of each key goes to the store right behind it)."""
+        """Parking took ``events``: release their keys and space now (the next
+        event of each key goes to parking right behind it)."""
         self._diverting += len(events)
         self._buffer.done(events)
 
     def finish_diverted(self, events: Sequence[Event]) -> None:
-        """Called by the store once diverted ``events`` are durably parked."""
+        """Called by parking once diverted ``events`` are durably parked."""
         self._diverting -= len(events)
         self.parked_total += len(events)
         self._finished(events, parked=True)
@@ -344,7 +355,7 @@ class Destination:
             self._resolve_drain()
 
     async def deliver_parked(self, events: Sequence[Event]) -> None:
-        """Deliver events taken from the store (by its retry loop) through the sink."""
+        """Deliver parked events (for parking's retry loop) through the sink and its hooks."""
         await self.send(events)
 
     async def send(self, batch: Sequence[Event]) -> None:
@@ -362,9 +373,9 @@ class Destination:
             await hook.after_send(todo)
 
     def reserve(self, n: int) -> int:
-        """Take up to ``n`` of the ``max_in_flight`` slots for the store's retry
-        loop (parked events count toward the destination's concurrency); the
-        store holds a slot until the outcome is written, then :meth:`release`."""
+        """Take up to ``n`` of the ``max_in_flight`` slots for parking's retry
+        loop (parked events count toward the destination's concurrency); parking
+        holds a slot until the outcome is written, then :meth:`release`."""
         free = self.max_in_flight - (self._buffer.in_flight - len(self._held)) - self._external
         taken = max(0, min(n, free))
         self._external += taken
@@ -372,7 +383,7 @@ class Destination:
 
     def release(self, n: int) -> None:
         self._external -= n
-        self._wake.set()  # live events get the first go at the slot, the store the next
+        self._wake.set()  # live events get the first go at the slot, parking the next
 
     def _spawn(self, batch: list[Event]) -> None:
         task = asyncio.get_running_loop().create_task(self._deliver(batch))

@@ -56,7 +56,7 @@ fix: add the routed subjects (e.g. ``order.events`` or ``*.events``) to
 (``nats stream edit <stream> --subjects ...``), or change the router's
 ``topic`` so that it falls under the stream's subjects (e.g.
 ``walrelay.{routed_by}.events`` under the default ``walrelay.*.*``). The
-failed events are parked (``failed``) and delivered once the stream captures
+failed events are parked (``parking``) and delivered once the stream captures
 their subject. Without this check a publish to a subject no stream captures
 would go unanswered and be retried forever as an outage.
 """

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from walrelay.state.failed import migration_statements as failed_events_statements
-from walrelay.state.failed import revision_migration_statements as failed_revision_statements
-from walrelay.state.failed import route_migration_statements as failed_route_statements
+from walrelay.state.parking import migration_statements as failed_events_statements
+from walrelay.state.parking import rename_migration_statements as parked_events_rename
+from walrelay.state.parking import revision_migration_statements as failed_revision_statements
+from walrelay.state.parking import route_migration_statements as failed_route_statements
 
 log = logging.getLogger("walrelay.state")
 
@@ -96,6 +97,7 @@ MIGRATIONS: list[Migration] = [
     Migration(4, "failed events: route", failed_route_statements),
     Migration(5, "snapshots and backfills", _v5_snapshots),
     Migration(6, "failed events: revision", failed_revision_statements),
+    Migration(7, "failed_events renamed parked_events", parked_events_rename),
 ]
 
 

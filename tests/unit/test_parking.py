@@ -1,8 +1,8 @@
-"""The failed-event store's logic: parking, key order, barriers, dead events, the cap.
+"""Parking with a destination: key order, barriers, dead events, the cap, re-reads.
 
 The store's table is replaced by a dict (``TableStore``) behind the real writer
-loop, so these tests run without PostgreSQL; tests/integration/test_failed_events.py
-runs the same store against a real one.
+loop, so these tests run without PostgreSQL; tests/integration/test_parking.py
+runs the same store against a real one. The index alone: test_parking_index.py.
 """
 
 from __future__ import annotations
@@ -19,24 +19,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from walrelay.config import FailedConfig
-from walrelay.errors import SinkError
+from walrelay.config import ParkingConfig, parse_config
+from walrelay.errors import ConfigError, SinkError
 from walrelay.model import Event, Route
 from walrelay.pipeline.backoff import Backoff
 from walrelay.pipeline.hooks import DeliveryHook
-from walrelay.pipeline.retry import (
-    PAUSED_MESSAGE,
-    DestinationRetry,
-    RetryStore,
-    _Delete,
-    _Op,
-    _Park,
-    _Reconcile,
-    _Update,
-)
+from walrelay.pipeline.parking import PAUSED_MESSAGE, DestinationParking, ParkingStore
+from walrelay.pipeline.parking.writes import DeleteRow, ParkRows, ReadRows, UpdateRow, Write
 from walrelay.pipeline.scheduler import Destination
 from walrelay.sinks.memory import MemorySink
-from walrelay.state.failed import (
+from walrelay.state.parking import (
     decode_key,
     display_key,
     encode_key,
@@ -75,8 +67,8 @@ class _NoConnection:
         return None
 
 
-class TableStore(RetryStore):
-    """RetryStore whose table is a dict; the real writer loop applies the ops."""
+class TableStore(ParkingStore):
+    """ParkingStore whose table is a dict; the real writer loop applies the writes."""
 
     def __init__(self) -> None:
         super().__init__("host=unused", "walrelay")
@@ -91,7 +83,7 @@ class TableStore(RetryStore):
     async def _listen_loop(self) -> None:
         await asyncio.Event().wait()
 
-    async def _apply(self, conn: Any, batch: list[_Op]) -> None:
+    async def _apply(self, conn: Any, batch: list[Write]) -> None:
         import psycopg
 
         await self.hold.wait()
@@ -100,8 +92,8 @@ class TableStore(RetryStore):
             raise psycopg.OperationalError("state database down (injected)")
         self.writes += 1
         for op in batch:
-            name = op.dest.name
-            if isinstance(op, _Reconcile):
+            name = op.destination
+            if isinstance(op, ReadRows):
                 op.snapshot = [
                     (
                         lsn,
@@ -119,7 +111,7 @@ class TableStore(RetryStore):
                     for (d, lsn, seq), r in sorted(self.table.items())
                     if d == name
                 ]
-            elif isinstance(op, _Park):
+            elif isinstance(op, ParkRows):
                 for p in op.params:
                     key = (p[0], p[1], p[2])
                     self.table[key] = {
@@ -143,9 +135,9 @@ class TableStore(RetryStore):
                         xid=p[7],
                         committed_at=p[8],
                     )
-            elif isinstance(op, _Delete):
+            elif isinstance(op, DeleteRow):
                 self.table.pop((name, *op.row.ident), None)
-            elif isinstance(op, _Update):
+            elif isinstance(op, UpdateRow):
                 key = (name, op.row.ident[0], op.row.ident[1])
                 # ... where revision = <the revision the engine last read>
                 op.superseded = (
@@ -162,7 +154,7 @@ class TableStore(RetryStore):
                         next_at=next_at.timestamp(),
                     )
 
-    async def _fetch(self, destination: str, idents: list[tuple[int, int]]) -> dict[Any, Event]:
+    async def fetch(self, destination: str, idents: list[tuple[int, int]]) -> dict[Any, Event]:
         return {
             i: self.events[(destination, *i)] for i in idents if (destination, *i) in self.table
         }
@@ -194,19 +186,16 @@ async def until(cond: Callable[[], bool], within: float = 5.0) -> None:
             await asyncio.sleep(0.001)
 
 
-def failed(**kw: Any) -> FailedConfig:
+def parking(**kw: Any) -> ParkingConfig:
     kw.setdefault("backoff", {"initial": 0.001, "multiplier": 2.0, "max": 0.01})
     kw.setdefault("park_after", 2)
-    return FailedConfig.model_validate(kw)
+    return ParkingConfig.model_validate(kw)
 
 
 class Rig:
-    def __init__(self, sink: MemorySink, cfg: FailedConfig, *, max_in_flight: int = 8) -> None:
+    def __init__(self, sink: MemorySink, cfg: ParkingConfig, *, max_in_flight: int = 8) -> None:
         self.sink = sink
         self.store = TableStore()
-        self.parking: DestinationRetry = self.store.add_destination(
-            "d", cfg, max_in_flight=max_in_flight
-        )
         self.recorder = Recorder()
         self.dest = Destination(
             "d",
@@ -214,8 +203,10 @@ class Rig:
             max_in_flight=max_in_flight,
             backoff=FAST,
             hooks=[self.recorder],
-            parking=self.parking,
+            parking=self.store.parking_for("d", cfg, max_in_flight=max_in_flight),
         )
+        self.parking: DestinationParking = self.store.destinations["d"]
+        assert self.dest.parking is self.parking
 
     async def __aenter__(self) -> Rig:
         self.store.start()
@@ -236,7 +227,7 @@ class Rig:
 
 async def test_failing_key_is_parked_others_flow_then_it_drains_in_order() -> None:
     sink = MemorySink(batch_size=1, fail_keys={"bad"})
-    async with Rig(sink, failed()) as rig:
+    async with Rig(sink, parking()) as rig:
         events = [ev(i, "bad" if i % 3 == 0 else f"k{i}") for i in range(30)]
         await rig.put(*events)
         good = [e for e in events if "bad" not in e.keys]
@@ -255,16 +246,16 @@ async def test_failing_key_is_parked_others_flow_then_it_drains_in_order() -> No
         # The key is free again: a new event goes straight through.
         await rig.put(ev(40, "bad"))
         await until(lambda: rig.delivered("bad")[-1:] == [40])
-        assert not rig.parking.active and rig.parking.stats()["delivered_total"] == 10
+        assert not rig.parking.index.active and rig.parking.stats()["delivered_total"] == 10
 
 
 async def test_parking_is_durable_before_the_event_counts_as_finished() -> None:
     sink = MemorySink(batch_size=1, fail_keys={"bad"})
-    async with Rig(sink, failed()) as rig:
+    async with Rig(sink, parking()) as rig:
         rig.store.hold.clear()  # the state database is slow
         e0, e1 = ev(0, "bad"), ev(1, "bad")
         await rig.put(e0, e1)
-        await until(lambda: bool(rig.store._ops))
+        await until(lambda: bool(rig.store._writes))
         await asyncio.sleep(0.05)  # nothing may finish while the write is pending
         assert not rig.recorder.counts
         rig.store.hold.set()
@@ -274,7 +265,7 @@ async def test_parking_is_durable_before_the_event_counts_as_finished() -> None:
 
 async def test_state_database_outage_keeps_events_in_memory_until_written() -> None:
     sink = MemorySink(batch_size=1, fail_keys={"bad"})
-    async with Rig(sink, failed()) as rig:
+    async with Rig(sink, parking()) as rig:
         rig.store.fail_writes = 3
         e0 = ev(0, "bad")
         await rig.put(e0)
@@ -291,7 +282,7 @@ async def test_live_event_arriving_while_the_backlog_drains_goes_behind_it() -> 
             await release.wait()
 
     sink = MemorySink(batch_size=1, fail_keys={"bad"}, delay=slow_first)
-    async with Rig(sink, failed()) as rig:
+    async with Rig(sink, parking()) as rig:
         await rig.put(ev(0, "bad"), ev(1, "bad"))
         await until(lambda: len(rig.store.table) == 2)
         hang = True  # the next retry of the first event hangs ...
@@ -307,7 +298,7 @@ async def test_live_event_arriving_while_the_backlog_drains_goes_behind_it() -> 
 
 async def test_an_event_with_two_keys_blocks_both() -> None:
     sink = MemorySink(batch_size=1, fail_keys={"a"})
-    async with Rig(sink, failed()) as rig:
+    async with Rig(sink, parking()) as rig:
         await rig.put(ev(0, "a"), ev(1, "b", "a"), ev(2, "b"), ev(3, "c"))
         await until(lambda: len(rig.store.table) == 3)
         assert rig.delivered("c") == [3]
@@ -319,7 +310,7 @@ async def test_an_event_with_two_keys_blocks_both() -> None:
 
 async def test_a_barrier_goes_behind_everything_parked_and_holds_everything_after() -> None:
     sink = MemorySink(batch_size=1, fail_keys={"a"})
-    async with Rig(sink, failed()) as rig:
+    async with Rig(sink, parking()) as rig:
         await rig.put(ev(0, "a"), ev(1, "b"))
         await until(lambda: len(rig.store.table) == 1 and rig.delivered("b") == [1])
         await rig.put(ev(2), ev(3, "c"), ev(4, "a"))
@@ -340,7 +331,7 @@ async def test_permanent_rejection_is_dead_after_its_budget_and_blocks_its_key(
         fail_keys={"bad"},
         error=lambda batch: SinkError("422 Unprocessable", permanent=True),
     )
-    async with Rig(sink, failed(permanent_attempts=3, park_after=5)) as rig:
+    async with Rig(sink, parking(permanent_attempts=3, park_after=5)) as rig:
         await rig.put(ev(0, "bad"), ev(1, "ok"))
         await until(lambda: bool(rig.store.rows()) and rig.store.rows()[0]["dead"])
         row = rig.store.rows()[0]
@@ -360,20 +351,20 @@ async def test_permanent_rejection_is_dead_after_its_budget_and_blocks_its_key(
 
 async def test_skip_dead_moves_the_key_on_and_keeps_the_row() -> None:
     sink = MemorySink(batch_size=1, fail_ids={"00000000000003E8/0"})
-    async with Rig(sink, failed(max_attempts=3, on_dead="skip_dead")) as rig:
+    async with Rig(sink, parking(max_attempts=3, on_dead="skip_dead")) as rig:
         await rig.put(ev(0, "a"), ev(1, "a"))
         await until(lambda: rig.delivered("a") == [1])
         # The store is written behind delivery: wait for the dead row to be written.
         await until(lambda: [r["skipped"] for r in rig.store.rows()] == [True])
         (row,) = rig.store.rows()
         assert row["n"] == 0 and row["dead"] and row["skipped"] and row["attempts"] == 3
-        assert not rig.parking.active
+        assert not rig.parking.index.active
         assert rig.parking.stats()["skipped_total"] == 1
 
 
 async def test_retry_after_is_honoured_up_to_the_maximum() -> None:
     sink = MemorySink(batch_size=1, fail_keys={"a"}, retry_after=30.0)
-    cfg = failed(backoff={"initial": 0.001, "max": 7.0}, park_after=1)
+    cfg = parking(backoff={"initial": 0.001, "max": 7.0}, park_after=1)
     async with Rig(sink, cfg) as rig:
         before = time.time()
         await rig.put(ev(0, "a"))
@@ -386,7 +377,7 @@ async def test_cap_pauses_puts_and_resumes_when_the_backlog_drains(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     sink = MemorySink(batch_size=1, fail_when=lambda e: True)
-    async with Rig(sink, failed(max_events=4, park_after=1)) as rig:
+    async with Rig(sink, parking(max_events=4, park_after=1)) as rig:
         events = [ev(i, f"k{i}") for i in range(12)]
         await rig.put(*events[:6])
         await until(lambda: rig.parking.paused)
@@ -412,11 +403,11 @@ async def test_reconcile_applies_discard_and_retry_from_the_cli() -> None:
     sink = MemorySink(
         batch_size=1, fail_keys={"a"}, error=lambda b: SinkError("400", permanent=True)
     )
-    async with Rig(sink, failed(permanent_attempts=1)) as rig:
+    async with Rig(sink, parking(permanent_attempts=1)) as rig:
         await rig.put(ev(0, "a"), ev(1, "a"), ev(2, "a"))
         await until(lambda: len(rig.store.table) == 3)
         assert [r["dead"] for r in rig.store.rows()] == [True, False, False]
-        # `walrelay failed discard --id <0>`: the key moves on to 1, which is
+        # `walrelay parking discard --id <0>`: the key moves on to 1, which is
         # delivered (it failed only as a diverted event, never itself).
         sink.fail_keys.clear()
         del rig.store.table[("d", 1000, 0)]
@@ -425,7 +416,7 @@ async def test_reconcile_applies_discard_and_retry_from_the_cli() -> None:
         assert rig.delivered("a") == [1, 2]
         assert rig.parking.stats()["discarded_total"] == 1
 
-        # `walrelay failed retry`: a dead event comes alive.
+        # `walrelay parking retry`: a dead event comes alive.
         sink.fail_keys.add("b")
         await rig.put(ev(4, "b"))
         await until(lambda: bool(rig.store.rows()) and rig.store.rows()[0]["dead"])
@@ -441,7 +432,7 @@ async def test_restart_keeps_the_schedule() -> None:
     """A row loaded with next_attempt_at in the future waits for it; one in the
     past is tried at once; a row behind it in its key waits for it."""
     sink = MemorySink(batch_size=1)
-    async with Rig(sink, failed()) as rig:
+    async with Rig(sink, parking()) as rig:
         now = time.time()
         for i, key, next_at in [(0, "late", now + 0.4), (1, "late", now - 5), (2, "due", now - 5)]:
             e = ev(i, key)
@@ -459,24 +450,102 @@ async def test_restart_keeps_the_schedule() -> None:
             rig.store.events[("d", e.commit_lsn, e.seq)] = e
         rig.store.reconcile()  # what load() does at start-up
         await until(lambda: rig.delivered("due") == [2])
-        assert rig.delivered("late") == [] and rig.parking.blocks(ev(9, "late"))
+        late = ev(9, "late")
+        assert rig.delivered("late") == [] and rig.parking.blocks([late]) == [late]
         await until(lambda: rig.delivered("late") == [0, 1])
         assert time.time() >= now + 0.4
 
 
 async def test_ordered_sinks_cannot_park() -> None:
     store = TableStore()
-    parking = store.add_destination("f", failed())
     with pytest.raises(ValueError, match="ordered sink"):
-        Destination("f", MemorySink(ordered=True), parking=parking)
+        Destination("f", MemorySink(ordered=True), parking=store.parking_for("f", parking()))
+    assert not store.destinations
+
+
+def test_the_parking_package_exports() -> None:
+    import walrelay.pipeline.parking as package
+
+    assert sorted(package.__all__) == [
+        "DestinationParking",
+        "PAUSED_MESSAGE",
+        "ParkedRow",
+        "ParkingHost",
+        "ParkingIndex",
+        "ParkingStore",
+        "RESUMED_MESSAGE",
+    ]
+    assert all(hasattr(package, name) for name in package.__all__)
 
 
 def test_default_config() -> None:
-    cfg = FailedConfig()
+    cfg = ParkingConfig()
     assert cfg.enabled and cfg.park_after == 3 and cfg.permanent_attempts == 3
     assert cfg.max_attempts is None and cfg.on_dead == "block"
     assert (cfg.backoff.initial, cfg.backoff.multiplier, cfg.backoff.max) == (1.0, 2.0, 300.0)
     assert cfg.max_events == 100_000 and cfg.max_bytes == 1024**3
+
+
+def _config_with(**parking_keys: Any) -> dict[str, Any]:
+    return {
+        "source": {"dsn": "host=db", "tables": ["public.t"]},
+        "destinations": [
+            {"name": "audit", "sink": {"type": "file", "path": "/tmp/a.jsonl"}},
+            {"name": "billing", "sink": {"type": "stdout"}, **parking_keys},
+        ],
+    }
+
+
+def test_parking_config_key(caplog: pytest.LogCaptureFixture) -> None:
+    config = parse_config(_config_with(parking={"park_after": 7, "on_dead": "skip_dead"}))
+    billing = config.destinations[1]
+    assert billing.parking.park_after == 7 and billing.parking.on_dead == "skip_dead"
+    assert config.destinations[0].parking == ParkingConfig()
+    assert not [r for r in caplog.records if "deprecated" in r.message]
+
+
+def test_old_failed_key_still_works_and_is_reported_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="walrelay.config"):
+        config = parse_config(_config_with(failed={"park_after": 7, "max_events": 50}))
+    billing = config.destinations[1]
+    assert billing.parking.park_after == 7 and billing.parking.max_events == 50
+    assert not hasattr(billing, "failed")
+    warnings = [r for r in caplog.records if "deprecated" in r.message]
+    assert len(warnings) == 1
+    assert warnings[0].levelno == logging.WARNING
+    assert "destination billing" in warnings[0].message
+    assert "rename failed: to parking:" in warnings[0].message
+
+
+def test_old_failed_key_keeps_its_validation() -> None:
+    with pytest.raises(ConfigError, match="park_after"):
+        parse_config(_config_with(failed={"park_after": 0}))
+
+
+def test_both_failed_and_parking_is_a_config_error_naming_the_destination() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(_config_with(failed={"park_after": 2}, parking={"park_after": 3}))
+    message = str(info.value)
+    assert "'billing'" in message and "failed:" in message and "parking:" in message
+    assert "\n" not in message
+
+
+def test_cli_lists_parking_and_hides_the_old_name() -> None:
+    from click.testing import CliRunner
+
+    from walrelay.cli.main import main
+
+    runner = CliRunner()
+    listed = runner.invoke(main, ["--help"])
+    assert listed.exit_code == 0
+    commands = [line.split()[0] for line in listed.output.split("Commands:")[1].splitlines()[1:]]
+    assert "parking" in commands and "failed" not in commands
+    for group in ("parking", "failed"):
+        result = runner.invoke(main, [group, "--help"])
+        assert result.exit_code == 0, result.output
+        assert all(c in result.output for c in ("list", "show", "retry", "discard"))
 
 
 @given(st.text())
@@ -497,7 +566,7 @@ def test_display_key_and_matching() -> None:
 
 async def test_parked_and_live_deliveries_share_max_in_flight() -> None:
     sink = MemorySink(batch_size=1, fail_keys={"a"}, delay=(0.0, 0.002), seed=3)
-    async with Rig(sink, failed(), max_in_flight=2) as rig:
+    async with Rig(sink, parking(), max_in_flight=2) as rig:
         await rig.put(*[ev(i, "a") for i in range(10)])
         await until(lambda: len(rig.store.table) == 10)
         sink.fail_keys.clear()
@@ -531,7 +600,7 @@ async def test_random_failures_keep_key_and_barrier_order(seed: int) -> None:
         return (outage and not failing.isdisjoint(e.keys)) or rng.random() < 0.1
 
     sink = MemorySink(batch_size=1, fail_when=fail, delay=(0.0, 0.001), seed=seed)
-    async with Rig(sink, failed(max_events=60, park_after=2), max_in_flight=6) as rig:
+    async with Rig(sink, parking(max_events=60, park_after=2), max_in_flight=6) as rig:
         writer = asyncio.create_task(rig.put(*events))
         await until(lambda: rig.parking.stats()["parked_total"] > 20, within=10)
         outage = False
@@ -555,17 +624,17 @@ async def test_random_failures_keep_key_and_barrier_order(seed: int) -> None:
 
 async def test_a_replayed_event_that_is_already_parked_is_not_parked_twice() -> None:
     sink = MemorySink(batch_size=1, fail_keys={"a"})
-    async with Rig(sink, failed()) as rig:
+    async with Rig(sink, parking()) as rig:
         e0, e1 = ev(0, "a"), ev(1, "a")
         await rig.put(e0, e1)
         await until(lambda: len(rig.store.table) == 2 and rig.recorder.finished([e0, e1]))
         # After a crash PostgreSQL sends both again (the slot was not confirmed).
         await rig.put(ev(0, "a"), ev(1, "a"))
         await until(lambda: all(c == 2 for c in rig.recorder.counts.values()))
-        assert len(rig.store.table) == 2 and rig.parking.count == 2
+        assert len(rig.store.table) == 2 and rig.parking.index.count == 2
         sink.fail_keys.clear()
         await until(lambda: not rig.store.table)
-        assert rig.delivered("a") == [0, 1] and not rig.parking.active
+        assert rig.delivered("a") == [0, 1] and not rig.parking.index.active
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Issue 3 end to end: failed deliveries parked in PostgreSQL, against a real cluster.
+"""Parking end to end: failed deliveries parked in PostgreSQL, against a real cluster.
 
 The receiver runs in the test process; walrelay runs in-process (``running_engine``)
 or, for the SIGKILL test, as ``python -m walrelay run``.
@@ -34,13 +34,13 @@ from tests.integration.support import (
     write_config_file,
 )
 from walrelay.config import Config, parse_config
-from walrelay.pipeline.retry import PAUSED_MESSAGE
+from walrelay.pipeline.parking import PAUSED_MESSAGE
 
 SECRET_ENV = "WALRELAY_TEST_SECRET"
 
 
 def secret(monkeypatch: pytest.MonkeyPatch) -> str:
-    value = "whsec_" + base64.b64encode(b"failed-events-test-secret-32byte").decode()
+    value = "whsec_" + base64.b64encode(b"parked-events-test-secret-32byte").decode()
     monkeypatch.setenv(SECRET_ENV, value)
     return value
 
@@ -77,7 +77,7 @@ class Receiver(WebhookReceiver):
         return [e["record"]["version"] for e in self.received if e["key"]["id"] == key]
 
 
-def config_dict(dsn: str, url: str, **failed: Any) -> dict[str, Any]:
+def config_dict(dsn: str, url: str, **parking: Any) -> dict[str, Any]:
     return {
         "source": {"dsn": dsn, "tables": ["public.accounts"], "status_interval": 0.2},
         "destinations": [
@@ -85,10 +85,10 @@ def config_dict(dsn: str, url: str, **failed: Any) -> dict[str, Any]:
                 "name": "hook",
                 "max_in_flight": 16,
                 "retry": {"initial": 0.02, "max": 0.05},
-                "failed": {
+                "parking": {
                     "park_after": 2,
                     "backoff": {"initial": 0.2, "multiplier": 2, "max": 1},
-                    **failed,
+                    **parking,
                 },
                 "sink": {"type": "webhook", "url": url, "secret_env": SECRET_ENV},
             }
@@ -97,8 +97,8 @@ def config_dict(dsn: str, url: str, **failed: Any) -> dict[str, Any]:
     }
 
 
-def config(dsn: str, url: str, **failed: Any) -> Config:
-    return parse_config(config_dict(dsn, url, **failed), "(test)")
+def config(dsn: str, url: str, **parking: Any) -> Config:
+    return parse_config(config_dict(dsn, url, **parking), "(test)")
 
 
 def parked_rows(dsn: str) -> list[dict[str, Any]]:
@@ -106,7 +106,7 @@ def parked_rows(dsn: str) -> list[dict[str, Any]]:
         cur = conn.execute(
             "select event_id, keys, attempts, dead, skipped, permanent, last_error,"
             " extract(epoch from next_attempt_at)::float8 as next_at"
-            " from walrelay.failed_events order by commit_lsn, seq"
+            " from walrelay.parked_events order by commit_lsn, seq"
         )
         names = [c.name for c in cur.description or []]
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
@@ -114,7 +114,7 @@ def parked_rows(dsn: str) -> list[dict[str, Any]]:
 
 def table_exists(dsn: str) -> bool:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute("select to_regclass('walrelay.failed_events') is not null").fetchone()
+        row = conn.execute("select to_regclass('walrelay.parked_events') is not null").fetchone()
         return bool(row and row[0])
 
 
@@ -264,11 +264,11 @@ async def test_cap_pauses_replication_then_resumes_and_loses_nothing(
     assert len(set(hook.ids)) == 80
 
 
-async def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """``walrelay failed ...`` in a child process (in a thread: the engine keeps running)."""
+async def run_cli(*args: str, command: str = "parking") -> subprocess.CompletedProcess[str]:
+    """``walrelay parking ...`` in a child process (in a thread: the engine keeps running)."""
     return await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "walrelay", "failed", *args],
+        [sys.executable, "-m", "walrelay", command, *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -343,7 +343,7 @@ async def test_permanent_rejection_is_dead_lettered_and_managed_with_the_cli(
 async def test_a_retry_asked_during_an_attempt_is_not_overwritten_by_it(
     db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`walrelay failed retry` while the event's last attempt is in flight: that
+    """`walrelay parking retry` while the event's last attempt is in flight: that
     attempt fails and would make the event dead, but the operator's retry wins."""
     create_accounts(db)
     async with Receiver(secret(monkeypatch)) as hook:
@@ -367,14 +367,14 @@ async def test_a_retry_asked_during_an_attempt_is_not_overwritten_by_it(
 
 
 async def test_a_parked_routed_event_keeps_its_route_across_a_restart(db: str) -> None:
-    """The failed-events table stores the route (migration 4): a routed outbox event
+    """The parked-events table stores the route (migration 4): a routed outbox event
     parked before a restart is delivered after it to its routed topic, key and value."""
     from datetime import UTC, datetime
 
-    from walrelay.config import FailedConfig
+    from walrelay.config import ParkingConfig
     from walrelay.model import Event, Route
     from walrelay.pipeline.backoff import Backoff
-    from walrelay.pipeline.retry import RetryStore
+    from walrelay.pipeline.parking import ParkingStore
     from walrelay.pipeline.scheduler import Destination
     from walrelay.sinks.memory import MemorySink
 
@@ -403,13 +403,14 @@ async def test_a_parked_routed_event_keeps_its_route_across_a_restart(db: str) -
     fast = Backoff(initial=0.001, multiplier=2.0, maximum=0.005)
 
     # 1. Every delivery fails: the events are parked (routed or not).
-    store = RetryStore(db)
+    store = ParkingStore(db)
     await store.open()
-    parking = store.add_destination(
-        "d", FailedConfig.model_validate({"park_after": 1, "backoff": {"initial": 60}})
-    )
+    cfg = ParkingConfig.model_validate({"park_after": 1, "backoff": {"initial": 60}})
     sink = MemorySink(batch_size=1, fail_when=lambda e: True)
-    dest = Destination("d", sink, max_in_flight=4, backoff=fast, parking=parking)
+    dest = Destination(
+        "d", sink, max_in_flight=4, backoff=fast, parking=store.parking_for("d", cfg)
+    )
+    parking = store.destinations["d"]
     store.start()
     dest.start()
     try:
@@ -421,7 +422,7 @@ async def test_a_parked_routed_event_keeps_its_route_across_a_restart(db: str) -
         await store.close()
     with psycopg.connect(db, autocommit=True) as conn:
         stored = conn.execute(
-            "select route from walrelay.failed_events order by commit_lsn, seq"
+            "select route from walrelay.parked_events order by commit_lsn, seq"
         ).fetchall()
         versions = [r[0] for r in conn.execute("select version from walrelay.schema_version")]
     assert 4 in versions
@@ -434,15 +435,15 @@ async def test_a_parked_routed_event_keeps_its_route_across_a_restart(db: str) -
     assert stored[1][0]["value"] is None and stored[3][0] is None
 
     # 2. "Restart": a new store loads the rows; the healed sink gets them with their routes.
-    store = RetryStore(db)
+    store = ParkingStore(db)
     await store.open()
-    parking = store.add_destination(
-        "d", FailedConfig.model_validate({"backoff": {"initial": 0.01, "max": 0.02}})
-    )
+    cfg = ParkingConfig.model_validate({"backoff": {"initial": 0.01, "max": 0.02}})
     sink = MemorySink(batch_size=1)
-    dest = Destination("d", sink, max_in_flight=4, backoff=fast, parking=parking)
+    dest = Destination(
+        "d", sink, max_in_flight=4, backoff=fast, parking=store.parking_for("d", cfg)
+    )
     with psycopg.connect(db, autocommit=True) as conn:  # due now
-        conn.execute("update walrelay.failed_events set next_attempt_at = now()")
+        conn.execute("update walrelay.parked_events set next_attempt_at = now()")
     await store.load()
     store.start()
     dest.start()
@@ -457,3 +458,57 @@ async def test_a_parked_routed_event_keeps_its_route_across_a_restart(db: str) -
         again = by_id[original.id]
         assert again.route == original.route
         assert again.body == original.body and again.keys == original.keys
+
+
+async def test_an_old_failed_events_table_is_renamed_and_the_old_cli_name_still_works(
+    db: str, tmp_path: Path
+) -> None:
+    """State migration 7 renames ``failed_events`` to ``parked_events``, rows and
+    all; before it ran, the CLI says so in one line. ``walrelay failed list`` (the
+    old name) still works, after one deprecation line on stderr."""
+    from walrelay.state.migrations import MIGRATIONS, migrate
+
+    conf = {
+        "source": {"dsn": db, "tables": ["public.accounts"]},
+        "destinations": [{"name": "hook", "sink": {"type": "stdout"}}],
+    }
+    path = write_config_file(tmp_path / "walrelay.yaml", conf)
+    async with await psycopg.AsyncConnection.connect(db, autocommit=True) as aconn:
+        assert await migrate(aconn, "walrelay", [m for m in MIGRATIONS if m.version <= 6]) == 6
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(
+            "insert into walrelay.failed_events (destination, commit_lsn, seq, event_id, keys,"
+            " op, table_name, xid, committed_at, payload, size)"
+            " values ('hook', 16777216, 0, '0000000001000000/0', %s, 'insert',"
+            " 'public.accounts', 5, now(), '{}'::bytea, 2)",
+            (["public.accounts\x1f7"],),
+        )
+
+    before = await run_cli("list", "--config", str(path))
+    assert before.returncode == 1 and len(before.stderr.splitlines()) == 1, before.stderr
+    assert "walrelay.failed_events" in before.stderr and "`walrelay run`" in before.stderr
+
+    async with await psycopg.AsyncConnection.connect(db, autocommit=True) as aconn:
+        assert await migrate(aconn, "walrelay") == 7
+    with psycopg.connect(db, autocommit=True) as conn:
+        names = conn.execute(
+            "select to_regclass('walrelay.failed_events') is null,"
+            " to_regclass('walrelay.parked_events_pkey') is not null"
+        ).fetchone()
+    assert names == (True, True)
+    assert [r["event_id"] for r in parked_rows(db)] == ["0000000001000000/0"]
+
+    listed = await run_cli("list", "--config", str(path), "--json")
+    assert listed.returncode == 0 and listed.stderr == "", listed.stderr
+    new = orjson.loads(listed.stdout)
+    assert [(e["id"], e["keys"]) for e in new["events"]] == [
+        ("0000000001000000/0", ["public.accounts:7"])
+    ]
+    old_name = await run_cli("list", "--config", str(path), "--json", command="failed")
+    assert old_name.returncode == 0, old_name.stderr
+    assert old_name.stderr.splitlines() == [
+        "walrelay: `walrelay failed` is deprecated; use `walrelay parking` (same commands)"
+    ]
+    old = orjson.loads(old_name.stdout)
+    assert old["events"] == new["events"]
+    assert [(d["destination"], d["parked"]) for d in old["destinations"]] == [("hook", 1)]

@@ -1,4 +1,8 @@
-"""The failed-events table: ``<state schema>.failed_events`` (state migration 2).
+"""The parked-events table: ``<state schema>.parked_events``.
+
+Created as ``failed_events`` by state migration 2 (extended by 4 and 6) and
+renamed ``parked_events`` by migration 7; shipped migrations are never
+edited, so theirs keep the old name.
 
 One row per parked event and destination, primary key ``(destination,
 commit_lsn, seq)`` so that reading a destination's rows in key order is reading
@@ -6,7 +10,7 @@ them in id order. The event itself is kept whole (``payload`` is the exact
 body the sink was given, plus op/table/xid/committed_at/keys), so it can be
 delivered again after a restart exactly as it would have been.
 
-Columns a user reads (``walrelay failed list``):
+Columns a user reads (``walrelay parking list``):
 
 ``attempts``        deliveries tried (in memory before parking, then from here)
 ``last_error``      the error of the last attempt (NULL: never tried, it waits
@@ -33,7 +37,7 @@ cannot hold NUL). A broker sink sends a reloaded event to the routed topic
 exactly as it would have before the restart.
 
 The CLI changes rows while walrelay runs and then sends ``NOTIFY
-walrelay_failed, '<schema>'`` in the same transaction, so the engine
+walrelay_parking, '<schema>'`` in the same transaction, so the engine
 re-reads the table (:data:`CHANNEL`).
 """
 
@@ -49,29 +53,35 @@ from walrelay.model import Route
 
 __all__ = [
     "CHANNEL",
+    "TABLE",
     "decode_key",
     "display_key",
     "encode_key",
     "key_matches",
     "migration_statements",
+    "rename_migration_statements",
+    "revision_migration_statements",
     "route_from_json",
     "route_migration_statements",
     "route_to_json",
     "table",
 ]
 
-CHANNEL = "walrelay_failed"
+CHANNEL = "walrelay_parking"
 """LISTEN/NOTIFY channel; the payload is the state schema whose table changed."""
+
+TABLE = "parked_events"
+"""The table's name in the state schema (``failed_events`` before migration 7)."""
 
 _SEP = "\x1f"
 
 
 def table(schema: str) -> sql.Composed:
-    return sql.SQL("{}.failed_events").format(sql.Identifier(schema))
+    return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(TABLE))
 
 
 def migration_statements(s: sql.Identifier) -> list[sql.Composed]:
-    """State migration 2: the failed-events table."""
+    """State migration 2: the table, under its first name ``failed_events``."""
     return [
         sql.SQL(
             "create table if not exists {}.failed_events ("
@@ -111,7 +121,7 @@ def route_migration_statements(s: sql.Identifier) -> list[sql.Composed]:
 
 
 def revision_migration_statements(s: sql.Identifier) -> list[sql.Composed]:
-    """State migration 6: a row's revision, bumped by ``walrelay failed retry``.
+    """State migration 6: a row's revision, bumped by ``walrelay parking retry``.
 
     The engine writes an attempt's outcome only over the revision it last
     read, so an operator's retry made while that attempt was in flight is
@@ -121,6 +131,22 @@ def revision_migration_statements(s: sql.Identifier) -> list[sql.Composed]:
         sql.SQL(
             "alter table {}.failed_events add column if not exists revision bigint not null"
             " default 0"
+        ).format(s),
+    ]
+
+
+def rename_migration_statements(s: sql.Identifier) -> list[sql.Composed]:
+    """State migration 7: ``failed_events`` becomes ``parked_events`` (one name,
+    "parking", everywhere), its primary key index with it."""
+    return [
+        sql.SQL("alter table {}.failed_events rename to parked_events").format(s),
+        sql.SQL(
+            "alter table {}.parked_events rename constraint failed_events_pkey"
+            " to parked_events_pkey"
+        ).format(s),
+        sql.SQL(
+            "comment on table {}.parked_events is "
+            "'walrelay: parked events; inspect with walrelay parking list'"
         ).format(s),
     ]
 
@@ -150,7 +176,7 @@ def route_from_json(data: Any) -> Route | None:
     if data is None:
         return None
     if not isinstance(data, dict):
-        raise ValueError(f"failed_events.route is not a JSON object: {data!r}")
+        raise ValueError(f"parked_events.route is not a JSON object: {data!r}")
     value: bytes | None
     if data.get("value_base64") is not None:
         value = base64.b64decode(data["value_base64"])

@@ -1,9 +1,12 @@
-"""``walrelay failed list|show|retry|discard``: the parked (failed) deliveries.
+"""``walrelay parking list|show|retry|discard``: the parked events.
 
-They live in ``<state schema>.failed_events`` of the state database
-(:mod:`walrelay.state.failed`). The commands work whether walrelay is running
+They live in ``<state schema>.parked_events`` of the state database
+(:mod:`walrelay.state.parking`). The commands work whether walrelay is running
 or not; ``retry`` and ``discard`` notify a running walrelay, which applies the
 change at once.
+
+``walrelay failed ...`` (the old name) is a hidden alias: the same commands,
+after one deprecation line on stderr.
 
 Filters (all commands): ``--destination D``, ``--key K`` (as ``list`` shows
 it, e.g. ``public.orders:7``; a bare value such as ``7`` matches that value
@@ -28,11 +31,11 @@ from psycopg.rows import dict_row
 from walrelay.config import Config, load_config, masked_dsn
 from walrelay.errors import WalrelayError
 from walrelay.model import parse_event_id
-from walrelay.state import failed as T
+from walrelay.state import parking as T
 
-__all__ = ["failed_command"]
+__all__ = ["failed_alias", "parking_command"]
 
-log = logging.getLogger("walrelay.failed")
+log = logging.getLogger("walrelay.parking")
 
 _Row = dict[str, Any]
 
@@ -67,8 +70,15 @@ def _connect(config: Config) -> psycopg.Connection[dict[str, Any]]:
 
 def _has_table(conn: psycopg.Connection[dict[str, Any]], schema: str) -> bool:
     row = conn.execute(
-        "select to_regclass(format('%%I.failed_events', %s::text)) is not null as ok", (schema,)
+        "select to_regclass(format('%%I.%%I', %s::text, %s::text)) is not null as ok,"
+        " to_regclass(format('%%I.failed_events', %s::text)) is not null as old",
+        (schema, T.TABLE, schema),
     ).fetchone()
+    if row and not row["ok"] and row["old"]:
+        _fail(
+            f"{schema}.failed_events is the parked-events table of an older walrelay;"
+            f" start this walrelay once (`walrelay run`), which renames it {schema}.{T.TABLE}"
+        )
     return bool(row and row["ok"])
 
 
@@ -229,13 +239,23 @@ _dead_option = click.option("--dead", "dead_only", is_flag=True, help="only dead
 _json_option = click.option("--json", "as_json", is_flag=True, help="print JSON")
 
 
-@click.group("failed")
-def failed_command() -> None:
-    """Deliveries that failed and wait in the state database (parked or dead)."""
+@click.group("parking")
+def parking_command() -> None:
+    """Parked events: deliveries that failed and wait in the state database."""
     _setup_logging()
 
 
-@failed_command.command("list")
+@click.group("failed", hidden=True)
+def failed_alias() -> None:
+    """Deprecated: the old name of `walrelay parking`."""
+    click.echo(
+        "walrelay: `walrelay failed` is deprecated; use `walrelay parking` (same commands)",
+        err=True,
+    )
+    _setup_logging()
+
+
+@parking_command.command("list")
 @_config_option
 @_destination_option
 @_key_option
@@ -317,7 +337,7 @@ def _summary_empty(config: Config, destination: str | None) -> list[_Row]:
     ]
 
 
-@failed_command.command("show")
+@parking_command.command("show")
 @_config_option
 @_destination_option
 @click.option("--id", "event_id", required=True, help="the event id")
@@ -374,7 +394,7 @@ def _targets(
     )
 
 
-@failed_command.command("retry")
+@parking_command.command("retry")
 @_config_option
 @_destination_option
 @_key_option
@@ -425,7 +445,7 @@ def retry_command(
         click.echo(f"{len(rows)} event(s) due now")
 
 
-@failed_command.command("discard")
+@parking_command.command("discard")
 @_config_option
 @_destination_option
 @_key_option
@@ -480,3 +500,7 @@ def _setup_logging() -> None:
             stream=sys.stderr,
             format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         )
+
+
+for _command in parking_command.commands.values():
+    failed_alias.add_command(_command)
