@@ -204,7 +204,7 @@ async def test_confirmed_lsn_waits_for_delivery(db: str, monkeypatch: pytest.Mon
                 {
                     "name": "hook",
                     "retry": {"initial": 0.05, "max": 0.2},
-                    "failed": {"enabled": False},  # retried in memory, never parked
+                    "parking": {"enabled": False},  # retried in memory, never parked
                     "sink": {
                         "type": "webhook",
                         "url": hook.url,
@@ -282,7 +282,7 @@ async def test_status_updates_continue_while_backpressured(
                         "name": "hook",
                         "buffer_bytes": 4096,
                         "retry": {"initial": 0.5, "max": 1},
-                        "failed": {"enabled": False},  # the buffer must fill, not park
+                        "parking": {"enabled": False},  # the buffer must fill, not park
                         "sink": {
                             "type": "webhook",
                             "url": hook.url,

@@ -299,7 +299,7 @@ async def test_failed_event_store_crash(
             "max_in_flight": 1,  # as above: no other batch between send and record
             "sink": {"type": "webhook", "url": hook.url, "secret_env": "WALRELAY_TEST_SECRET"},
             "ledger": {"type": "postgres"},
-            "failed": {"park_after": 1, "backoff": {"initial": 0.2, "max": 0.5}},
+            "parking": {"park_after": 1, "backoff": {"initial": 0.2, "max": 0.5}},
         }
         conf = config_for(db, dest)
         cfg = write_config_file(tmp_path / "walrelay.yaml", conf)
