@@ -20,7 +20,7 @@ import base64
 import logging
 import sys
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import Any, LiteralString, NoReturn
 
 import click
 import orjson
@@ -32,6 +32,7 @@ from walrelay.config import Config, load_config, masked_dsn
 from walrelay.errors import WalrelayError
 from walrelay.model import parse_event_id
 from walrelay.state import parking as T
+from walrelay.units import format_duration
 
 __all__ = ["failed_alias", "parking_command"]
 
@@ -205,16 +206,7 @@ def _event_json(row: _Row) -> dict[str, Any]:
 
 
 def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+    return "-" if seconds is None else format_duration(seconds)
 
 
 def _echo_json(value: Any) -> None:
@@ -223,6 +215,24 @@ def _echo_json(value: Any) -> None:
 
 def _notify(conn: psycopg.Connection[dict[str, Any]], schema: str) -> None:
     conn.execute("select pg_notify(%s, %s)", (T.CHANNEL, schema))
+
+
+def _change_rows(
+    conn: psycopg.Connection[dict[str, Any]],
+    schema: str,
+    rows: list[dict[str, Any]],
+    statement: LiteralString,
+) -> None:
+    """Run ``statement`` (one of state.parking's per-row changes) on every row,
+    in one transaction, and tell a running engine to re-read the table."""
+    if not rows:
+        return
+    with conn.transaction():
+        conn.cursor().executemany(
+            sql.SQL(statement).format(T.table(schema)),
+            [(r["destination"], r["commit_lsn"], r["seq"]) for r in rows],
+        )
+        _notify(conn, schema)
 
 
 # ---------------------------------------------------------------------------- commands
@@ -420,17 +430,7 @@ def retry_command(
     schema = config.state.schema
     with _connect(config) as conn:
         rows = _targets(conn, schema, destination, key, event_id, dead_only, everything)
-        if rows:
-            with conn.transaction():
-                conn.cursor().executemany(
-                    sql.SQL(
-                        "update {} set dead = false, skipped = false, next_attempt_at = now(),"
-                        " revision = revision + 1"
-                        " where destination = %s and commit_lsn = %s and seq = %s"
-                    ).format(T.table(schema)),
-                    [(r["destination"], r["commit_lsn"], r["seq"]) for r in rows],
-                )
-                _notify(conn, schema)
+        _change_rows(conn, schema, rows, T.REVIVE)
     skipped = [r for r in rows if r["skipped"]]
     for r in skipped:
         log.warning(
@@ -468,15 +468,7 @@ def discard_command(
     schema = config.state.schema
     with _connect(config) as conn:
         rows = _targets(conn, schema, destination, key, event_id, dead_only, everything)
-        if rows:
-            with conn.transaction():
-                conn.cursor().executemany(
-                    sql.SQL(
-                        "delete from {} where destination = %s and commit_lsn = %s and seq = %s"
-                    ).format(T.table(schema)),
-                    [(r["destination"], r["commit_lsn"], r["seq"]) for r in rows],
-                )
-                _notify(conn, schema)
+        _change_rows(conn, schema, rows, T.DISCARD)
     for r in rows:
         log.warning(
             "discarded event %s of destination %s (key %s, %s, %d attempt(s), last error: %s)",

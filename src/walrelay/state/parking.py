@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, LiteralString
 
 from psycopg import sql
 
@@ -74,6 +74,14 @@ TABLE = "parked_events"
 """The table's name in the state schema (``failed_events`` before migration 7)."""
 
 _SEP = "\x1f"
+
+# Per-row changes an operator makes (walrelay parking retry / discard); the
+# placeholder is the table, the parameters (destination, commit_lsn, seq).
+REVIVE: LiteralString = (
+    "update {} set dead = false, skipped = false, next_attempt_at = now(),"
+    " revision = revision + 1 where destination = %s and commit_lsn = %s and seq = %s"
+)
+DISCARD: LiteralString = "delete from {} where destination = %s and commit_lsn = %s and seq = %s"
 
 
 def table(schema: str) -> sql.Composed:
