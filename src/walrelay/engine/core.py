@@ -36,7 +36,7 @@ from walrelay.pipeline.router import Blocked, Router
 from walrelay.pipeline.scheduler import Destination
 from walrelay.pipeline.stats import EngineStats
 from walrelay.sinks.base import Sink
-from walrelay.sinks.factory import build_sink
+from walrelay.sinks.registry import build_sink
 from walrelay.source.backfill import WATERMARK_PREFIX
 from walrelay.source.heartbeat import Heartbeat
 from walrelay.source.slot import SourceInfo, prepare_source, slot_busy_from_error

@@ -52,21 +52,13 @@ from walrelay.config import OutboxRouterConfig
 from walrelay.errors import ConfigError
 from walrelay.model import Event, Route
 from walrelay.pipeline.envelope import KEY_SEPARATOR, encode_json
+from walrelay.sinks.common import clean_topic
 
-__all__ = ["OutboxRouter", "clean_topic"]
+__all__ = ["OutboxRouter"]
 
 log = logging.getLogger("walrelay.pipeline.outbox_router")
 
-_LEGAL: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 _KEY_PREFIX: Final = "outbox" + KEY_SEPARATOR
-
-
-def clean_topic(value: str) -> str:
-    """A value made legal in a topic/subject/stream name: ``[a-zA-Z0-9._-]``,
-    anything else becomes ``_`` (legal for Kafka, NATS, Redis and RabbitMQ)."""
-    if all(c in _LEGAL for c in value):
-        return value
-    return "".join(c if c in _LEGAL else "_" for c in value)
 
 
 def _text(value: Any) -> str:
