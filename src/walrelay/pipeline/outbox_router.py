@@ -194,6 +194,7 @@ class OutboxRouter:
         topic = self._topic(fields)
         key_value = fields.get(cfg.key)
         key = None if key_value is None else _text(key_value)
+        key_json = encode_json(key)
         payload = fields.get(cfg.payload)
         tombstone = payload is None and cfg.tombstone_on_empty
         headers: dict[str, str] = {}
@@ -206,7 +207,7 @@ class OutboxRouter:
             "op": event.op,
             "table": env.get("table"),
             "topic": topic,
-            "key": key,
+            "key": orjson.Fragment(key_json),
             "payload": payload,
             "headers": headers,
             "tombstone": tombstone,
@@ -238,4 +239,5 @@ class OutboxRouter:
             xid=event.xid,
             committed_at=event.committed_at,
             route=Route(topic, key, value, tuple(headers.items())),
+            key_json=key_json,
         )

@@ -98,21 +98,28 @@ _MODULES = ("confluent_kafka", "confluent_kafka.admin")
 _SORT = orjson.OPT_SORT_KEYS
 
 
-def _loads(body: bytes) -> dict[str, Any]:
+def _loads(data: bytes) -> Any:
     try:
-        value = orjson.loads(body)
+        return orjson.loads(data)
     except orjson.JSONDecodeError:
-        value = json.loads(body)
-    assert isinstance(value, dict)
-    return value
+        return json.loads(data)
 
 
 def message_key(event: Event, table: str) -> bytes:
-    """The record key: canonical JSON of the envelope's key (module docstring)."""
+    """The record key: canonical JSON of the envelope's key (module docstring),
+    from :attr:`Event.key_json <walrelay.model.Event>` -- the body is parsed
+    only for a logical message, or an event that did not come from the envelope
+    builder."""
     if event.op == "message":
         return orjson.dumps({"prefix": _loads(event.body).get("prefix")})
     if event.op != "truncate":
-        key = _loads(event.body).get("key")
+        key_json = event.key_json
+        if key_json is None:
+            key = _loads(event.body).get("key")
+        elif key_json == b"null":
+            key = None
+        else:
+            key = _loads(key_json)
         if key is not None:
             return orjson.dumps(key, option=_SORT)
     return orjson.dumps({"table": table})
@@ -759,7 +766,7 @@ class KafkaSink:
         where = f"kafka sink {self.bootstrap}"
         about = f" of event {record.event_id} to topic {record.topic}" if record else ""
         text = f"{where}: {what}{about} failed: {err.str()}"
-        if code in (E.MSG_SIZE_TOO_LARGE, E._MSG_SIZE_TOO_LARGE, E.RECORD_LIST_TOO_LARGE):
+        if code in (E.MSG_SIZE_TOO_LARGE, E.RECORD_LIST_TOO_LARGE):
             size = len(record.value or b"") if record else 0
             return PoisonEvent(
                 f"{text} ({size} bytes; raise the topic's max.message.bytes and the "
@@ -777,7 +784,8 @@ class KafkaSink:
             E._AUTHENTICATION,
         ):
             return SinkError(f"{text} -- fix: check the credentials and ACLs", permanent=True)
-        if code in (E.INVALID_RECORD, E.CORRUPT_MESSAGE, E._INVALID_ARG):
+        # INVALID_MSG: the broker's CORRUPT_MESSAGE (librdkafka's name for it).
+        if code in (E.INVALID_RECORD, E.INVALID_MSG, E._INVALID_ARG):
             return PoisonEvent(text)
         return SinkUnavailable(text)
 
