@@ -17,7 +17,7 @@ from walrelay.sinks.common import (
 def test_missing_extra_is_one_line_naming_the_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(__import__("sys").modules, "confluent_kafka", None)
     with pytest.raises(ConfigError) as info:
-        import_extra("kafka", "kafka", "confluent-kafka", "confluent_kafka")
+        import_extra("kafka", "confluent-kafka", "confluent_kafka")
     text = str(info.value)
     assert text == (
         "kafka sink: the confluent-kafka package is not installed"

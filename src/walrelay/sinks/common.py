@@ -24,9 +24,10 @@ __all__ = [
 # -- optional dependencies ------------------------------------------------------
 
 
-def import_extra(sink: str, extra: str, package: str, *modules: str) -> ModuleType:
+def import_extra(sink: str, package: str, *modules: str) -> ModuleType:
     """Import ``modules`` (the first one's top-level package is returned), or raise
-    the one-line :class:`ConfigError` that names the extra to install."""
+    the one-line :class:`ConfigError` that names the extra to install: the extra
+    is named like the sink type (``pip install 'walrelay[kafka]'``)."""
     try:
         for name in modules:
             importlib.import_module(name)
@@ -34,7 +35,7 @@ def import_extra(sink: str, extra: str, package: str, *modules: str) -> ModuleTy
     except ImportError:
         raise ConfigError(
             f"{sink} sink: the {package} package is not installed",
-            fix=f"pip install 'walrelay[{extra}]'",
+            fix=f"pip install 'walrelay[{sink}]'",
         ) from None
 
 

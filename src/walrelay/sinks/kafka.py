@@ -203,7 +203,7 @@ class KafkaSink:
     """Produces events to Kafka; see the module docstring."""
 
     def __init__(self, config: KafkaSinkConfig, context: SinkContext | None = None) -> None:
-        self._ck = import_extra("kafka", "kafka", "confluent-kafka", *_MODULES)
+        self._ck = import_extra("kafka", "confluent-kafka", *_MODULES)
         context = context or SinkContext()
         if config.delivery_timeout <= 0:
             raise ConfigError(

@@ -131,7 +131,7 @@ class NatsSink:
     transactional = True
 
     def __init__(self, config: NatsSinkConfig, context: SinkContext | None = None) -> None:
-        self._nats = import_extra("nats", "nats", "nats-py", "nats", "nats.js.errors")
+        self._nats = import_extra("nats", "nats-py", "nats", "nats.js.errors")
         context = context or SinkContext()
         if config.timeout <= 0 or config.duplicate_window <= 0:
             raise ConfigError(

@@ -115,7 +115,7 @@ class PostgresSink:
     transactional = True
 
     def __init__(self, config: PostgresSinkConfig, context: SinkContext | None = None) -> None:
-        context = context or SinkContext(destination="postgres")
+        context = context or SinkContext()
         dsn = config.dsn.get_secret_value()
         self._dsn = dsn
         self.where = masked_dsn(dsn)

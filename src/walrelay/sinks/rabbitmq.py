@@ -96,7 +96,7 @@ class RabbitMQSink:
     transactional = False
 
     def __init__(self, config: RabbitMQSinkConfig, context: SinkContext | None = None) -> None:
-        self._pika = import_extra("rabbitmq", "rabbitmq", "aio-pika", "aio_pika")
+        self._pika = import_extra("rabbitmq", "aio-pika", "aio_pika")
         context = context or SinkContext()
         url, options = _connect_options(config)
         if not url.startswith(("amqp://", "amqps://")):

@@ -104,7 +104,7 @@ class RedisStreamsSink:
     transactional = True
 
     def __init__(self, config: RedisSinkConfig, context: SinkContext | None = None) -> None:
-        self._redis = import_extra("redis", "redis", "redis", "redis.asyncio", "redis.exceptions")
+        self._redis = import_extra("redis", "redis", "redis.asyncio", "redis.exceptions")
         context = context or SinkContext()
         url, options = _client_options(config)
         if urlsplit(url).scheme not in ("redis", "rediss", "unix"):

@@ -170,9 +170,7 @@ class WebhookSink:
             elif isinstance(r, BaseException):
                 raise r
         if failures:
-            raise batch_error(
-                failures, len(events), "webhook deliveries (same webhook-id on retry)"
-            )
+            raise batch_error(failures, len(events), "webhook deliveries")
 
     async def _send(self, session: aiohttp.ClientSession, event: Event) -> None:
         body = event.body
