@@ -91,6 +91,55 @@ def test_kafka_mixed_delivery_reports_are_transient() -> None:
     assert isinstance(permanent, PoisonEvent)
 
 
+class _Producer:
+    """Stands in for confluent_kafka.Producer: refuses records of ``too_large``
+    bytes at produce(), reports a timeout for the key ``"slow"``, else success."""
+
+    def __init__(self, too_large: int, slow_key: bytes = b'"slow"') -> None:
+        self.too_large, self.slow_key = too_large, slow_key
+        self.produced: list[bytes | None] = []
+
+    def produce(
+        self, topic: str, *, value: bytes, key: bytes, headers: Any, on_delivery: Any
+    ) -> None:
+        if len(value) >= self.too_large:
+            raise confluent_kafka.KafkaException(
+                confluent_kafka.KafkaError(confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE)
+            )
+        self.produced.append(key)
+        if key == self.slow_key:
+            on_delivery(confluent_kafka.KafkaError(confluent_kafka.KafkaError._MSG_TIMED_OUT), None)
+        else:
+            on_delivery(None, None)
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+
+def _kafka_event(seq: int, key: bytes, size: int = 10) -> Event:
+    e = event(seq)
+    return Event(e.commit_lsn, e.seq, e.op, e.table, e.keys, b"x" * size, 1, T0, key_json=key)
+
+
+def test_kafka_record_refused_at_produce_does_not_hold_back_the_batch() -> None:
+    sink = KafkaSink(KafkaSinkConfig(bootstrap_servers="127.0.0.1:1", mode="at_least_once"))
+    producer = _Producer(too_large=100)
+    sink._producer = producer  # type: ignore[assignment]
+    sink._known_topics.add("walrelay.public.t")
+    batch = [
+        _kafka_event(0, b'"1"'),
+        _kafka_event(1, b'"2"', size=100),  # too large: refused by produce()
+        _kafka_event(2, b'"slow"'),  # times out: transient
+        _kafka_event(3, b'"4"'),
+    ]
+    with pytest.raises(SinkUnavailable, match="2 of 4 records failed") as info:
+        sink._deliver_idempotent(batch)
+    assert not info.value.permanent
+    assert producer.produced == [b'"1"', b'"slow"', b'"4"']  # the rest were still sent
+    with pytest.raises(PoisonEvent):  # only the refused record fails: permanent
+        sink._deliver_idempotent([batch[0], batch[1], batch[3]])
+
+
 # -- NATS -------------------------------------------------------------------------------
 
 

@@ -48,7 +48,10 @@ the transaction is committed. Errors: an unreachable cluster or a timeout
 raises :class:`~walrelay.errors.SinkUnavailable` (retried); a record too large
 for the broker raises :class:`~walrelay.errors.PoisonEvent`; a missing topic
 (with ``auto_create`` off) or an authorization failure raises a permanent
-:class:`~walrelay.errors.SinkError` naming the fix.
+:class:`~walrelay.errors.SinkError` naming the fix. In ``at_least_once`` mode a
+record the producer refuses (too large) does not hold back the rest of its
+batch; a batch with several failed records raises one error by the policy of
+:mod:`walrelay.sinks.base` (transient if any failure is).
 """
 
 from __future__ import annotations
@@ -539,16 +542,21 @@ class KafkaSink:
         records = self._records(events)
         self._ensure_topics({r.topic for r in records})
         reports = _Reports(len(records))
-        sync_error: SinkError | None = None
+        refused: list[SinkError] = []  # records produce() itself rejected
+        stop = False
         for record in records:
-            if sync_error is not None:
+            if stop:
                 reports.cancel_one()
                 continue
             try:
                 self._produce(producer, record, reports.callback(record))
             except ck.KafkaException as exc:
-                sync_error = self._classify(exc.args[0], record)
+                error = self._classify(exc.args[0], record)
+                refused.append(error)
                 reports.cancel_one()
+                # A record refused for good does not hold back the others (their keys
+                # differ); after a transient refusal the batch is retried anyway.
+                stop = not error.permanent
         deadline = time.monotonic() + self.delivery_timeout + 30.0
         while not reports.done.is_set():
             producer.poll(0.05)
@@ -557,10 +565,9 @@ class KafkaSink:
                     f"kafka sink {self.bootstrap}: no delivery report within "
                     f"{self.delivery_timeout:g} s for a batch from {events[0].id}"
                 )
-        if sync_error is not None:
-            raise sync_error
-        if reports.failures:
-            raise self._combine(reports.failures, len(records))
+        errors = refused + [self._classify(err, record) for err, record in reports.failures]
+        if errors:
+            raise batch_error(errors, len(records), "records")
 
     def _deliver_transactional(self, events: Sequence[Event]) -> None:
         ck = self._ck
