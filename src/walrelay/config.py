@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import yaml
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -189,21 +192,39 @@ class SourceConfig(_Model):
         return masked_dsn(self.dsn_value)
 
 
-class FileSinkConfig(_Model):
-    type: Literal["file"]
+class SinkConfigBase(_Model):
+    """What every sink's config has: its ``type`` (the key in :data:`SINK_TYPES`)
+    and how many events one ``deliver`` call gets."""
+
+    type: str
+    batch_size: int = Field(default=500, gt=0)
+
+    def default_max_in_flight(self) -> int:
+        """Events in flight at once when the destination sets no ``max_in_flight``."""
+        return self.batch_size
+
+
+class FileSinkConfig(SinkConfigBase):
+    """``sink: {type: file, path}``: JSON lines in a file (walrelay.sinks.file)."""
+
+    type: Literal["file"] = "file"
     path: str
     fsync: Literal["always", "batch", "interval", "never"] = "batch"
     fsync_interval: Seconds = 1.0
     batch_size: int = Field(default=2000, gt=0)
 
 
-class StdoutSinkConfig(_Model):
-    type: Literal["stdout"]
+class StdoutSinkConfig(SinkConfigBase):
+    """``sink: {type: stdout}``: JSON lines on standard output (walrelay.sinks.stdout)."""
+
+    type: Literal["stdout"] = "stdout"
     batch_size: int = Field(default=2000, gt=0)
 
 
-class WebhookSinkConfig(_Model):
-    type: Literal["webhook"]
+class WebhookSinkConfig(SinkConfigBase):
+    """``sink: {type: webhook, url}``: signed HTTP POSTs (walrelay.sinks.webhook)."""
+
+    type: Literal["webhook"] = "webhook"
     url: SecretStr
     secret_env: str | None = None
     secret_file: str | None = None
@@ -211,6 +232,9 @@ class WebhookSinkConfig(_Model):
     headers: dict[str, str] = Field(default_factory=dict)
     max_connections: int = Field(default=64, gt=0)
     batch_size: int = Field(default=1, gt=0)
+
+    def default_max_in_flight(self) -> int:
+        return 32  # concurrent POSTs: one event per request
 
     def secret(self) -> str | None:
         """The signing secret, read from the environment or a file at start-up."""
@@ -278,8 +302,10 @@ class TlsConfig(_Model):
         return ctx
 
 
-class KafkaSinkConfig(_Model):
-    type: Literal["kafka"]
+class KafkaSinkConfig(SinkConfigBase):
+    """``sink: {type: kafka, ...}``: Kafka topics (walrelay.sinks.kafka)."""
+
+    type: Literal["kafka"] = "kafka"
     bootstrap_servers: str
     mode: Literal["exactly_once", "at_least_once"] = "exactly_once"
     topic: str = "{prefix}.{schema}.{table}"
@@ -306,8 +332,10 @@ def _one_or_many(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
-class NatsSinkConfig(_Model):
-    type: Literal["nats"]
+class NatsSinkConfig(SinkConfigBase):
+    """``sink: {type: nats, ...}``: a NATS JetStream stream (walrelay.sinks.nats)."""
+
+    type: Literal["nats"] = "nats"
     servers: Annotated[list[str], BeforeValidator(_one_or_many)] = Field(min_length=1)
     subject: str = "{prefix}.{schema}.{table}"
     message_subject: str = "{prefix}.messages"
@@ -325,8 +353,10 @@ class NatsSinkConfig(_Model):
     batch_size: int = Field(default=100, gt=0)
 
 
-class RedisSinkConfig(_Model):
-    type: Literal["redis"]
+class RedisSinkConfig(SinkConfigBase):
+    """``sink: {type: redis, ...}``: Redis streams (walrelay.sinks.redis_streams)."""
+
+    type: Literal["redis"] = "redis"
     url: SecretStr
     username: str | None = None
     password_env: str | None = None
@@ -341,8 +371,10 @@ class RedisSinkConfig(_Model):
     batch_size: int = Field(default=500, gt=0)
 
 
-class RabbitMQSinkConfig(_Model):
-    type: Literal["rabbitmq"]
+class RabbitMQSinkConfig(SinkConfigBase):
+    """``sink: {type: rabbitmq, ...}``: RabbitMQ exchanges (walrelay.sinks.rabbitmq)."""
+
+    type: Literal["rabbitmq"] = "rabbitmq"
     url: SecretStr
     username: str | None = None
     password_env: str | None = None
@@ -359,15 +391,12 @@ class RabbitMQSinkConfig(_Model):
     batch_size: int = Field(default=100, gt=0)
 
 
-BrokerSinkConfig = KafkaSinkConfig | NatsSinkConfig | RedisSinkConfig | RabbitMQSinkConfig
-
-
-class PostgresSinkConfig(_Model):
+class PostgresSinkConfig(SinkConfigBase):
     """Applies changes to tables of another PostgreSQL database (walrelay.sinks.postgres)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    type: Literal["postgres"]
+    type: Literal["postgres"] = "postgres"
     dsn: SecretStr
     # Target schema of tables not named in ``tables`` (default: the source table's schema).
     target_schema: str | None = Field(default=None, alias="schema")
@@ -379,6 +408,9 @@ class PostgresSinkConfig(_Model):
     max_connections: int = Field(default=4, gt=0)  # used when ordered is false
     batch_size: int = Field(default=500, gt=0)
     connect_timeout: Seconds = 10.0
+
+    def default_max_in_flight(self) -> int:
+        return self.batch_size if self.ordered else self.batch_size * self.max_connections
 
     @field_validator("tables")
     @classmethod
@@ -412,17 +444,42 @@ LedgerConfig = Annotated[
 ]
 
 
-SinkConfig = Annotated[
-    FileSinkConfig
-    | StdoutSinkConfig
-    | WebhookSinkConfig
-    | KafkaSinkConfig
-    | NatsSinkConfig
-    | RedisSinkConfig
-    | RabbitMQSinkConfig
-    | PostgresSinkConfig,
-    Field(discriminator="type"),
-]
+@dataclass(frozen=True, slots=True)
+class SinkType:
+    """One registered sink: its config model and the class that implements it,
+    as ``"module:Class"`` -- imported only when a sink of this type is built
+    (:func:`walrelay.sinks.registry.build_sink`), so a config naming it is
+    read without the sink's optional dependency installed."""
+
+    config: type[SinkConfigBase]
+    implementation: str
+
+
+def _register(*entries: SinkType) -> Mapping[str, SinkType]:
+    return MappingProxyType({e.config.model_fields["type"].default: e for e in entries})
+
+
+# The one list of sinks: adding one is a module under walrelay/sinks/, its config
+# model above, and a line here.
+SINK_TYPES: Mapping[str, SinkType] = _register(
+    SinkType(FileSinkConfig, "walrelay.sinks.file:FileSink"),
+    SinkType(StdoutSinkConfig, "walrelay.sinks.stdout:StdoutSink"),
+    SinkType(WebhookSinkConfig, "walrelay.sinks.webhook:WebhookSink"),
+    SinkType(KafkaSinkConfig, "walrelay.sinks.kafka:KafkaSink"),
+    SinkType(NatsSinkConfig, "walrelay.sinks.nats:NatsSink"),
+    SinkType(RedisSinkConfig, "walrelay.sinks.redis_streams:RedisStreamsSink"),
+    SinkType(RabbitMQSinkConfig, "walrelay.sinks.rabbitmq:RabbitMQSink"),
+    SinkType(PostgresSinkConfig, "walrelay.sinks.postgres:PostgresSink"),
+)
+
+if TYPE_CHECKING:
+    SinkConfig = SinkConfigBase
+else:
+    # ``sink:`` is parsed into the model its ``type`` names in SINK_TYPES.
+    SinkConfig = Annotated[
+        Union[tuple(t.config for t in SINK_TYPES.values())],  # noqa: UP007
+        Field(discriminator="type"),
+    ]
 
 
 def _header_map(value: Any) -> Any:
@@ -583,9 +640,7 @@ class DestinationConfig(_Model):
     def effective_max_in_flight(self) -> int:
         if self.max_in_flight is not None:
             return self.max_in_flight
-        if self.sink.type == "postgres" and not self.sink.ordered:
-            return self.sink.batch_size * self.sink.max_connections
-        return 32 if self.sink.type == "webhook" else self.sink.batch_size
+        return self.sink.default_max_in_flight()
 
 
 class ThresholdsConfig(_Model):

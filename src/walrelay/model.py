@@ -178,6 +178,13 @@ class Event:
     destination that uses the default envelope; :meth:`envelope` decodes it
     for the sinks that need its fields (keeping a decoded copy on every
     buffered event would cost several times the memory of the body).
+
+    ``key_json`` is the envelope's ``"key"`` value exactly as it is in
+    ``body`` (``b'{"id":7}'``; ``b"null"`` for a table without a key, a
+    truncate or a logical message), set by the envelope builder, which has it
+    in hand, so that sinks that need the key (Kafka's record key) do not
+    parse the body again. None when the event was made elsewhere (e.g. read
+    back from the failed-events table): then the key is in ``body``.
     """
 
     commit_lsn: Lsn
@@ -190,6 +197,7 @@ class Event:
     committed_at: datetime
     # Set by a destination's router (outbox): topic, key, value, headers for brokers.
     route: Route | None = None
+    key_json: bytes | None = None
 
     @property
     def id(self) -> str:

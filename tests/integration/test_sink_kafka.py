@@ -31,8 +31,10 @@ from tests.integration.broker_workloads import (
     unique_prefix,
 )
 from tests.integration.support import make_config, running_engine, wait_for
+from walrelay.config import KafkaSinkConfig
 from walrelay.errors import ConfigError
 from walrelay.model import Event, format_event_id
+from walrelay.sinks.base import SinkContext
 from walrelay.sinks.kafka import KafkaSink
 from walrelay.testing.checker import check
 from walrelay.testing.servers import KafkaServer
@@ -219,13 +221,13 @@ async def test_checkpoint_skips_replay_after_restart(kafka: KafkaServer) -> None
 
     def sink() -> KafkaSink:
         return KafkaSink(
-            {"bootstrap.servers": kafka.bootstrap},
-            prefix=prefix,
-            slot="s",
-            destination="replay",
-            checkpoint_topic=f"{prefix}.checkpoints",
-            tables=["public.t"],
-            delivery_timeout=10,
+            KafkaSinkConfig(
+                bootstrap_servers=kafka.bootstrap,
+                prefix=prefix,
+                checkpoint_topic=f"{prefix}.checkpoints",
+                delivery_timeout=10,
+            ),
+            SinkContext(slot="s", destination="replay", tables=("public.t",)),
         )
 
     first = sink()
@@ -252,12 +254,14 @@ async def test_checkpoint_skips_replay_after_restart(kafka: KafkaServer) -> None
 
 async def test_missing_topic_without_auto_create(kafka: KafkaServer) -> None:
     sink = KafkaSink(
-        {"bootstrap.servers": kafka.bootstrap},
-        prefix=unique_prefix("k"),
-        auto_create=False,
-        mode="at_least_once",
-        tables=["public.orders"],
-        delivery_timeout=5,
+        KafkaSinkConfig(
+            bootstrap_servers=kafka.bootstrap,
+            prefix=unique_prefix("k"),
+            auto_create=False,
+            mode="at_least_once",
+            delivery_timeout=5,
+        ),
+        SinkContext(tables=("public.orders",)),
     )
     with pytest.raises(ConfigError, match=r"topic\(s\) k\w+\.public\.orders do not exist") as exc:
         await sink.open()
@@ -265,7 +269,7 @@ async def test_missing_topic_without_auto_create(kafka: KafkaServer) -> None:
 
 
 async def test_unreachable_cluster_is_a_clear_error() -> None:
-    sink = KafkaSink({"bootstrap.servers": "127.0.0.1:1"}, delivery_timeout=1)
+    sink = KafkaSink(KafkaSinkConfig(bootstrap_servers="127.0.0.1:1", delivery_timeout=1))
     with pytest.raises(ConfigError, match=r"cannot reach the cluster at 127\.0\.0\.1:1"):
         await sink.open()
 
@@ -283,7 +287,7 @@ def test_broker_sinks_from_config_and_missing_extras(
     monkeypatch: pytest.MonkeyPatch, module: str, sink_type: str, extra: str
 ) -> None:
     from walrelay.config import parse_config
-    from walrelay.sinks.factory import build_sink
+    from walrelay.sinks.registry import build_sink
 
     sinks: dict[str, dict[str, Any]] = {
         "kafka": {"bootstrap_servers": "127.0.0.1:9092", "sasl_mechanism": "PLAIN"},

@@ -30,7 +30,9 @@ from tests.integration.broker_workloads import (
     unique_prefix,
 )
 from tests.integration.support import make_config, running_engine, wait_for
+from walrelay.config import NatsSinkConfig
 from walrelay.errors import ConfigError
+from walrelay.sinks.base import SinkContext
 from walrelay.sinks.nats import NatsSink
 from walrelay.testing.checker import check
 from walrelay.testing.servers import NatsServer
@@ -163,7 +165,11 @@ async def test_server_killed_and_restarted(server: NatsServer, db: str) -> None:
 
 
 async def test_missing_stream_without_auto_create(server: NatsServer) -> None:
-    sink = NatsSink([server.url], prefix=unique_prefix("n"), stream="NOPE", auto_create=False)
+    sink = NatsSink(
+        NatsSinkConfig(
+            servers=[server.url], prefix=unique_prefix("n"), stream="NOPE", auto_create=False
+        )
+    )
     with pytest.raises(ConfigError, match="stream NOPE does not exist and auto_create is off"):
         await sink.open()
 
@@ -176,11 +182,10 @@ async def test_subject_outside_the_stream_is_a_clear_error(server: NatsServer) -
     finally:
         await nc.close()
     sink = NatsSink(
-        [server.url],
-        prefix=prefix,
-        stream="OTHER" + prefix,
-        auto_create=False,
-        tables=["public.orders"],
+        NatsSinkConfig(
+            servers=[server.url], prefix=prefix, stream="OTHER" + prefix, auto_create=False
+        ),
+        SinkContext(tables=("public.orders",)),
     )
     with pytest.raises(ConfigError, match=rf"subject {prefix}\.public\.orders .* no stream"):
         await sink.open()
@@ -256,7 +261,9 @@ async def test_routed_subject_outside_the_stream_is_a_permanent_error(
     from walrelay.model import Event, Route
 
     prefix = unique_prefix("n")
-    sink = NatsSink([server.url], prefix=prefix, stream=prefix.upper(), timeout=2)
+    sink = NatsSink(
+        NatsSinkConfig(servers=[server.url], prefix=prefix, stream=prefix.upper(), timeout=2)
+    )
     await sink.open()
 
     def routed(seq: int, topic: str, value: bytes | None) -> Event:

@@ -13,12 +13,18 @@ import psycopg
 import pytest
 
 from tests.integration.support import execute, make_config, running_engine, wait_for
+from walrelay.config import PostgresSinkConfig
 from walrelay.errors import PoisonEvent, SinkError
 from walrelay.model import Event, format_event_id, format_lsn
+from walrelay.sinks.base import SinkContext
 from walrelay.sinks.postgres import PostgresSink
 from walrelay.testing.pgcluster import PgCluster
 
 _target_counter = itertools.count(1)
+
+
+def pg_sink(dsn: str) -> PostgresSink:
+    return PostgresSink(PostgresSinkConfig(dsn=dsn), SinkContext(destination="d"))
 
 
 @pytest.fixture
@@ -158,7 +164,7 @@ def _event(lsn: int, seq: int, op: str, table: str, record: Any, old: Any = None
 async def test_replayed_batch_is_applied_once(target: str) -> None:
     execute(target, AUDIT, "create table t (id int primary key, v int)")
     add_audit(target, "t")
-    sink = PostgresSink(target, destination="d")
+    sink = pg_sink(target)
     await sink.open()
     try:
         batch = [_event(100, i, "insert", "public.t", {"id": i, "v": i}) for i in range(5)]
@@ -175,7 +181,7 @@ async def test_replayed_batch_is_applied_once(target: str) -> None:
 
 async def test_bad_event_is_poison_and_earlier_ones_apply(target: str) -> None:
     execute(target, "create table t (id int primary key, v int check (v >= 0))")
-    sink = PostgresSink(target, destination="d")
+    sink = pg_sink(target)
     await sink.open()
     try:
         batch = [
@@ -195,7 +201,7 @@ async def test_bad_event_is_poison_and_earlier_ones_apply(target: str) -> None:
 
 
 async def test_missing_target_table_is_retryable(target: str) -> None:
-    sink = PostgresSink(target, destination="d")
+    sink = pg_sink(target)
     await sink.open()
     try:
         event = _event(100, 0, "insert", "public.later", {"id": 1})
@@ -238,7 +244,7 @@ async def test_parallel_mode_keeps_per_key_order(db: str, target: str, tmp_path:
 
 async def test_applied_records_are_trimmed(target: str) -> None:
     execute(target, "create table t (id int primary key)")
-    sink = PostgresSink(target, destination="d")
+    sink = pg_sink(target)
     await sink.open()
     try:
         await sink.deliver([_event(100, i, "insert", "public.t", {"id": i}) for i in range(3)])

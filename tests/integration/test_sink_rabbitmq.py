@@ -29,7 +29,9 @@ from tests.integration.broker_workloads import (
     unique_prefix,
 )
 from tests.integration.support import make_config, running_engine, wait_for
+from walrelay.config import RabbitMQSinkConfig
 from walrelay.errors import ConfigError
+from walrelay.sinks.base import SinkContext
 from walrelay.sinks.rabbitmq import RabbitMQSink
 from walrelay.testing.checker import check
 from walrelay.testing.servers import RabbitMQServer
@@ -175,7 +177,10 @@ async def test_server_killed_and_restarted(server: RabbitMQServer, db: str) -> N
 
 async def test_missing_exchange_without_auto_create(server: RabbitMQServer) -> None:
     prefix = unique_prefix("q")
-    sink = RabbitMQSink(server.url, prefix=prefix, auto_create=False, tables=["public.t"])
+    sink = RabbitMQSink(
+        RabbitMQSinkConfig(url=server.url, prefix=prefix, auto_create=False),
+        SinkContext(tables=("public.t",)),
+    )
     with pytest.raises(ConfigError, match=rf"exchange {prefix} does not exist"):
         await sink.open()
 
@@ -187,7 +192,8 @@ async def test_unroutable_is_a_permanent_error(server: RabbitMQServer) -> None:
     from walrelay.model import Event
 
     prefix = unique_prefix("q")
-    sink = RabbitMQSink(server.url, prefix=prefix)  # the exchange exists, no queue bound
+    # The exchange exists, no queue is bound.
+    sink = RabbitMQSink(RabbitMQSinkConfig(url=server.url, prefix=prefix))
     await sink.open()
     try:
         event = Event(1, 0, "insert", "public.t", ("k",), b"{}", 1, datetime.now(UTC))
@@ -279,7 +285,7 @@ async def test_routed_tombstone(server: RabbitMQServer) -> None:
     prefix = unique_prefix("q")
     reader = QueueReader(server.url, prefix)
     await reader.bind()
-    sink = RabbitMQSink(server.url, prefix=prefix)
+    sink = RabbitMQSink(RabbitMQSinkConfig(url=server.url, prefix=prefix))
     await sink.open()
     try:
         route = Route("order.events", "9", None, (("event_type", "OrderDeleted"),))

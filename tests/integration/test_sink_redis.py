@@ -30,8 +30,10 @@ from tests.integration.broker_workloads import (
     unique_prefix,
 )
 from tests.integration.support import make_config, running_engine, wait_for
+from walrelay.config import RedisSinkConfig
 from walrelay.errors import ConfigError, SinkError
 from walrelay.model import Event, format_event_id
+from walrelay.sinks.base import SinkContext
 from walrelay.sinks.redis_streams import RedisStreamsSink, entry_id
 from walrelay.testing.checker import check
 from walrelay.testing.servers import RedisServer
@@ -156,7 +158,7 @@ def _event(lsn: int, seq: int, table: str = "public.t") -> Event:
 
 async def test_replayed_ids_are_rejected_by_redis(server: RedisServer) -> None:
     prefix = unique_prefix("r")
-    sink = RedisStreamsSink(server.url, prefix=prefix)
+    sink = RedisStreamsSink(RedisSinkConfig(url=server.url, prefix=prefix))
     await sink.open()
     try:
         await sink.deliver([_event(0x2000, i) for i in range(5)])
@@ -171,11 +173,14 @@ async def test_replayed_ids_are_rejected_by_redis(server: RedisServer) -> None:
 
 async def test_missing_stream_without_auto_create(server: RedisServer) -> None:
     prefix = unique_prefix("r")
-    sink = RedisStreamsSink(server.url, prefix=prefix, auto_create=False, tables=["public.t"])
+    sink = RedisStreamsSink(
+        RedisSinkConfig(url=server.url, prefix=prefix, auto_create=False),
+        SinkContext(tables=("public.t",)),
+    )
     with pytest.raises(ConfigError, match=rf"stream {prefix}:public\.t .*does not exist"):
         await sink.open()
     # A stream that is not known at start (here: no tables given) fails at delivery.
-    sink = RedisStreamsSink(server.url, prefix=prefix, auto_create=False)
+    sink = RedisStreamsSink(RedisSinkConfig(url=server.url, prefix=prefix, auto_create=False))
     await sink.open()
     try:
         with pytest.raises(SinkError, match=rf"stream {prefix}:public\.t does not exist") as exc:
@@ -235,7 +240,7 @@ async def test_routed_tombstone(server: RedisServer) -> None:
     from walrelay.model import Route
 
     prefix = unique_prefix("r")
-    sink = RedisStreamsSink(server.url, prefix=prefix)
+    sink = RedisStreamsSink(RedisSinkConfig(url=server.url, prefix=prefix))
     await sink.open()
     try:
         event = _event(0x4000, 0, "public.outbox")

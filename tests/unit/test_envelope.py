@@ -409,3 +409,48 @@ def test_encode_json_big_ints_and_offsets() -> None:
     tz = timezone(timedelta(hours=-3, minutes=-30))
     out = json.loads(encode_json({"n": 10**30, "t": datetime(2024, 1, 1, tzinfo=tz)}))
     assert out == {"n": 10**30, "t": "2024-01-01T00:00:00-03:30"}
+
+
+def _key_in_body(body: bytes) -> bytes:
+    """The bytes of the envelope's "key" value, cut out of the body."""
+    start = body.index(b',"key":') + len(b',"key":')
+    end = body.index(b',"record":', start)
+    return body[start:end]
+
+
+KEY_JSON_CASES = [
+    Change(op="insert", relation=USERS, new=users_row()),
+    Change(op="update", relation=USERS, new=users_row(id_=b"8"), old=(b"7",), old_kind="K"),
+    Change(op="delete", relation=USERS, old=(b"7", None, None, None, None), old_kind="K"),
+    Change(
+        op="insert",
+        relation=rel(("b", TEXT, True), ("a", TEXT, True), name="pairs"),
+        new=(b"x", b"\xc3\xa9"),
+    ),
+    Change(op="insert", relation=rel(("v", INT4, False), name="log", identity="n"), new=(b"1",)),
+    # Values only the Python path takes (infinity): the key is still spliced in.
+    Change(op="insert", relation=rel(("at", TSTZ, True), name="ts"), new=(b"infinity",)),
+    Change(op="update", relation=USERS, new=(b"7", UNCHANGED_TOAST, None, None, None)),
+]
+
+
+@pytest.mark.parametrize("speedups", [True, False], ids=["c", "python"])
+@pytest.mark.parametrize("change", KEY_JSON_CASES, ids=lambda c: f"{c.op}")
+def test_key_json_is_the_bodys_key(
+    monkeypatch: pytest.MonkeyPatch, speedups: bool, change: Change
+) -> None:
+    from walrelay.pipeline import envelope
+
+    if not speedups:
+        monkeypatch.setattr(envelope, "_c_encode_object", None)
+    event, body = build(change)
+    assert event.key_json is not None
+    assert event.key_json == _key_in_body(event.body)
+    assert orjson.loads(event.key_json) == body["key"]
+
+
+def test_key_json_of_truncate_and_message_is_null() -> None:
+    a = rel(("id", INT4, True), name="a", oid=1)
+    truncate, _ = build(Change(op="truncate", relations=(a,)))
+    message, _ = build(Change(op="message", prefix="p", content=b"x"))
+    assert truncate.key_json == b"null" and message.key_json == b"null"

@@ -13,6 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from walrelay.config import FileSinkConfig, StdoutSinkConfig, parse_config
 from walrelay.errors import ConfigError, PoisonEvent, SinkUnavailable
 from walrelay.model import Event, format_event_id
 from walrelay.sinks import file as file_mod
@@ -21,6 +22,10 @@ from walrelay.sinks.file import FileSink
 from walrelay.sinks.stdout import StdoutSink
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def file_sink(path: Path | str, **settings: object) -> FileSink:
+    return FileSink(FileSinkConfig(path=str(path), **settings))  # type: ignore[arg-type]
 
 
 def make_event(lsn: int, seq: int, **extra: object) -> Event:
@@ -61,7 +66,7 @@ def fsync_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 async def test_is_a_sink_and_writes_lines(tmp_path: Path) -> None:
     path = tmp_path / "out.jsonl"
-    sink = FileSink(str(path))
+    sink = file_sink(path)
     assert isinstance(sink, Sink)
     assert sink.ordered is True
     assert sink.batch_size == 2000
@@ -80,7 +85,7 @@ async def test_is_a_sink_and_writes_lines(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("policy", ["always", "batch"])
 async def test_fsync_per_batch(tmp_path: Path, fsync_calls: list[int], policy: str) -> None:
-    sink = FileSink(str(tmp_path / "f.jsonl"), fsync=policy)  # type: ignore[arg-type]
+    sink = file_sink(tmp_path / "f.jsonl", fsync=policy)
     await sink.open()
     fsync_calls.clear()
     await sink.deliver(events(1, 5))
@@ -91,7 +96,7 @@ async def test_fsync_per_batch(tmp_path: Path, fsync_calls: list[int], policy: s
 
 
 async def test_fsync_never(tmp_path: Path, fsync_calls: list[int]) -> None:
-    sink = FileSink(str(tmp_path / "f.jsonl"), fsync="never")
+    sink = file_sink(tmp_path / "f.jsonl", fsync="never")
     await sink.open()
     for lsn in range(1, 4):
         await sink.deliver(events(lsn, 5))
@@ -109,7 +114,7 @@ async def test_fsync_interval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         real(fd)
         loop.call_soon_threadsafe(synced.set)
 
-    sink = FileSink(str(tmp_path / "f.jsonl"), fsync="interval", fsync_interval=0.01)
+    sink = file_sink(tmp_path / "f.jsonl", fsync="interval", fsync_interval=0.01)
     await sink.open()
     monkeypatch.setattr(os, "fsync", signalling)
     await sink.deliver(events(1, 5))
@@ -123,14 +128,14 @@ async def test_resume_skips_replayed_events(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "f.jsonl"
-    sink = FileSink(str(path))
+    sink = file_sink(path)
     await sink.open()
     await sink.deliver(events(0x10, 4))
     await sink.deliver(events(0x20, 3))
     await sink.close()
 
     # A restart replays from an older confirmed LSN: the batches straddle the mark.
-    sink = FileSink(str(path))
+    sink = file_sink(path)
     await sink.open()
     assert sink.high_water_mark == format_event_id(0x20, 2)
     caplog.set_level(logging.INFO, logger="walrelay.sinks.file")
@@ -153,7 +158,7 @@ async def test_retry_of_completed_batch_is_not_duplicated(tmp_path: Path) -> Non
     # A deliver whose write completed but whose caller saw an error/cancel is retried
     # by the pipeline with the same events: they must not appear twice.
     path = tmp_path / "f.jsonl"
-    sink = FileSink(str(path))
+    sink = file_sink(path)
     await sink.open()
     batch = events(0x10, 3)
     await sink.deliver(batch)
@@ -165,11 +170,11 @@ async def test_retry_of_completed_batch_is_not_duplicated(tmp_path: Path) -> Non
 async def test_ids_compare_numerically(tmp_path: Path) -> None:
     # seq 10 sorts after seq 9 although "10" < "9" as text.
     path = tmp_path / "f.jsonl"
-    sink = FileSink(str(path))
+    sink = file_sink(path)
     await sink.open()
     await sink.deliver(events(0x10, 11))
     await sink.close()
-    sink = FileSink(str(path))
+    sink = file_sink(path)
     await sink.open()
     assert sink.high_water_mark == format_event_id(0x10, 10)
     await sink.deliver(events(0x10, 12))
@@ -181,7 +186,7 @@ async def test_torn_last_line_is_truncated(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "f.jsonl"
-    sink = FileSink(str(path))
+    sink = file_sink(path)
     await sink.open()
     await sink.deliver(events(0x10, 3))
     await sink.close()
@@ -191,7 +196,7 @@ async def test_torn_last_line_is_truncated(
         f.write(make_event(0x10, 3).body + b"\n" + torn)
 
     caplog.set_level(logging.WARNING, logger="walrelay.sinks.file")
-    sink = FileSink(str(path))
+    sink = file_sink(path)
     await sink.open()
     assert any("torn" in r.getMessage() for r in caplog.records)
     assert sink.high_water_mark == format_event_id(0x10, 3)
@@ -205,7 +210,7 @@ async def test_torn_last_line_is_truncated(
 async def test_file_with_only_a_torn_line(tmp_path: Path) -> None:
     path = tmp_path / "f.jsonl"
     path.write_bytes(b'{"id":"00000')
-    sink = FileSink(str(path))
+    sink = file_sink(path)
     await sink.open()
     assert sink.high_water_mark is None
     assert path.read_bytes() == b""
@@ -219,7 +224,7 @@ async def test_long_last_line_and_blank_lines(tmp_path: Path) -> None:
     path = tmp_path / "f.jsonl"
     big = make_event(0x50, 7, pad="x" * 300_000)
     path.write_bytes(make_event(0x50, 6).body + b"\n" + big.body + b"\n\n\n")
-    sink = FileSink(str(path))
+    sink = file_sink(path)
     await sink.open()
     assert sink.high_water_mark == format_event_id(0x50, 7)
     await sink.close()
@@ -229,13 +234,13 @@ async def test_foreign_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "f.jsonl"
     path.write_bytes(b"hello world\n")
     with pytest.raises(ConfigError, match="not a walrelay event"):
-        await FileSink(str(path)).open()
+        await file_sink(path).open()
 
 
 async def test_missing_directory(tmp_path: Path) -> None:
     path = tmp_path / "nope" / "f.jsonl"
     with pytest.raises(ConfigError) as info:
-        await FileSink(str(path)).open()
+        await file_sink(path).open()
     text = str(info.value)
     assert str(tmp_path / "nope") in text
     assert "mkdir -p" in text
@@ -244,17 +249,24 @@ async def test_missing_directory(tmp_path: Path) -> None:
 
 async def test_path_is_directory(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="is a directory"):
-        await FileSink(str(tmp_path)).open()
+        await file_sink(tmp_path).open()
 
 
 def test_bad_policy() -> None:
     with pytest.raises(ConfigError, match="fsync"):
-        FileSink("x", fsync="sometimes")  # type: ignore[arg-type]
+        parse_config(
+            {
+                "source": {"dsn": "dbname=x", "tables": ["t"]},
+                "destinations": [
+                    {"name": "f", "sink": {"type": "file", "path": "x", "fsync": "sometimes"}}
+                ],
+            }
+        )
 
 
 async def test_multiline_body_is_poison(tmp_path: Path) -> None:
     path = tmp_path / "f.jsonl"
-    sink = FileSink(str(path))
+    sink = file_sink(path)
     await sink.open()
     bad = make_event(1, 1)
     bad.body = b'{"id":"0000000000000001/1",\n"x":1}'
@@ -269,7 +281,7 @@ async def test_write_error_leaves_no_partial_batch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "f.jsonl"
-    sink = FileSink(str(path))
+    sink = file_sink(path)
     await sink.open()
     await sink.deliver(events(1, 2))
 
@@ -292,7 +304,7 @@ async def test_cancelled_deliver_then_close(
 ) -> None:
     # Cancel deliver while its write runs in the worker thread; close waits for it.
     path = tmp_path / "f.jsonl"
-    sink = FileSink(str(path))
+    sink = file_sink(path)
     await sink.open()
     entered = threading.Event()
     release = threading.Event()
@@ -317,7 +329,7 @@ async def test_cancelled_deliver_then_close(
 
 async def test_stdout_sink() -> None:
     out = io.BytesIO()
-    sink = StdoutSink(stream=out)
+    sink = StdoutSink(StdoutSinkConfig(), stream=out)
     assert isinstance(sink, Sink)
     assert sink.ordered is True and sink.batch_size == 2000
     await sink.open()

@@ -218,7 +218,7 @@ def test_ledger_config_defaults_and_overrides() -> None:
     assert "host=src" in default.where
     assert isinstance(build_ledger(cfg, by["hook2"]), RedisLedger)
     assert build_ledger(cfg, by["raw"]) is None
-    from walrelay.sinks.factory import build_sink
+    from walrelay.sinks.registry import build_sink
 
     assert isinstance(ledger_hook(build_sink(by["hook"].sink), cfg, by["hook"]), LedgerHook)
     file_sink = build_sink(by["file"].sink)

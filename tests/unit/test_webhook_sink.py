@@ -12,13 +12,23 @@ import orjson
 import pytest
 from aiohttp import web
 
+from walrelay.config import WebhookSinkConfig
 from walrelay.errors import ConfigError, SinkError, SinkUnavailable
 from walrelay.model import Event, format_event_id
 from walrelay.sinks.base import Sink
+from walrelay.sinks.common import safe_url
 from walrelay.sinks.signing import SignatureError, secret_key, verify
-from walrelay.sinks.webhook import WebhookSink, safe_url
+from walrelay.sinks.webhook import WebhookSink
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def webhook(url: str, *, secret: str | None, **settings: object) -> WebhookSink:
+    """A sink built as the registry builds it, with ``secret`` given directly."""
+    config = WebhookSinkConfig(url=url, **settings)  # type: ignore[arg-type]
+    return WebhookSink(config, secret=secret)
+
+
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
 
@@ -99,7 +109,7 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 @pytest.fixture
 async def sink(receiver: Receiver) -> AsyncIterator[WebhookSink]:
-    s = WebhookSink(receiver.url, secret=SECRET, timeout=5)
+    s = webhook(receiver.url, secret=SECRET, timeout=5)
     await s.open()
     try:
         yield s
@@ -130,7 +140,7 @@ async def test_retry_keeps_webhook_id(receiver: Receiver, sink: WebhookSink) -> 
 
 async def test_raw_string_secret(receiver: Receiver) -> None:
     receiver.key = b"plain-secret"
-    s = WebhookSink(receiver.url, secret="plain-secret")
+    s = webhook(receiver.url, secret="plain-secret")
     await s.open()
     try:
         await s.deliver([make_event(1)])
@@ -140,7 +150,7 @@ async def test_raw_string_secret(receiver: Receiver) -> None:
 
 
 async def test_wrong_secret_is_a_permanent_401(receiver: Receiver) -> None:
-    s = WebhookSink(receiver.url, secret="whsec_" + "A" * 32)
+    s = webhook(receiver.url, secret="whsec_" + "A" * 32)
     await s.open()
     try:
         with pytest.raises(SinkError) as info:
@@ -202,7 +212,7 @@ async def test_other_statuses_are_permanent(
 
 
 async def test_timeout_is_unavailable(receiver: Receiver) -> None:
-    s = WebhookSink(receiver.url, secret=SECRET, timeout=0.2)
+    s = webhook(receiver.url, secret=SECRET, timeout=0.2)
     await s.open()
     try:
         with pytest.raises(SinkUnavailable) as info:
@@ -223,7 +233,7 @@ def _closed_port() -> int:
 async def test_connection_refused_hides_credentials() -> None:
     port = _closed_port()
     url = f"https://admin:hunter2pw@127.0.0.1:{port}/hook?token=qsecret123&x=1"
-    s = WebhookSink(url, secret="whsec_c2VjcmV0LXNpZ25pbmcta2V5LTEyMzQ1Njc4")
+    s = webhook(url, secret="whsec_c2VjcmV0LXNpZ25pbmcta2V5LTEyMzQ1Njc4")
     assert "hunter2pw" not in repr(s) and "qsecret123" not in s.url
     await s.open()
     try:
@@ -239,7 +249,7 @@ async def test_connection_refused_hides_credentials() -> None:
 
 async def test_url_credentials_are_used_but_never_shown(receiver: Receiver) -> None:
     url = receiver.url.replace("http://", "http://admin:hunter2pw@") + "?token=qsecret123"
-    s = WebhookSink(url, secret=SECRET)
+    s = webhook(url, secret=SECRET)
     await s.open()
     try:
         await s.deliver([make_event(8)])
@@ -254,7 +264,7 @@ async def test_url_credentials_are_used_but_never_shown(receiver: Receiver) -> N
 
 
 async def test_batch_sends_concurrently_and_combines_errors(receiver: Receiver) -> None:
-    s = WebhookSink(receiver.url, secret=SECRET, batch_size=10)
+    s = webhook(receiver.url, secret=SECRET, batch_size=10)
     await s.open()
     try:
         await s.deliver([make_event(i) for i in range(10)])
@@ -276,7 +286,7 @@ async def test_batch_sends_concurrently_and_combines_errors(receiver: Receiver) 
 
 
 async def test_batch_with_timeout_is_unavailable(receiver: Receiver) -> None:
-    s = WebhookSink(receiver.url, secret=SECRET, batch_size=2, timeout=0.2)
+    s = webhook(receiver.url, secret=SECRET, batch_size=2, timeout=0.2)
     await s.open()
     try:
         with pytest.raises(SinkUnavailable):
@@ -288,7 +298,7 @@ async def test_batch_with_timeout_is_unavailable(receiver: Receiver) -> None:
 async def test_unsigned_when_no_secret(
     receiver: Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:
-    s = WebhookSink(receiver.url, secret=None, headers={"X-Tenant": "t1"})
+    s = webhook(receiver.url, secret=None, headers={"X-Tenant": "t1"})
     await s.open()
     try:
         with pytest.raises(SinkError) as info:
@@ -300,7 +310,7 @@ async def test_unsigned_when_no_secret(
 
 
 async def test_custom_headers(receiver: Receiver) -> None:
-    s = WebhookSink(receiver.url, secret=SECRET, headers={"X-Tenant": "t1"})
+    s = webhook(receiver.url, secret=SECRET, headers={"X-Tenant": "t1"})
     await s.open()
     try:
         await s.deliver([make_event(1)])
@@ -311,14 +321,14 @@ async def test_custom_headers(receiver: Receiver) -> None:
 
 def test_config_errors() -> None:
     with pytest.raises(ConfigError, match="http"):
-        WebhookSink("ftp://u:pw@host/x", secret=None)
+        webhook("ftp://u:pw@host/x", secret=None)
     with pytest.raises(ConfigError) as info:
-        WebhookSink("notaurl?token=abcdef", secret=None)
+        webhook("notaurl?token=abcdef", secret=None)
     assert "abcdef" not in str(info.value)
     with pytest.raises(ConfigError, match="reserved"):
-        WebhookSink("http://h/x", secret=None, headers={"Webhook-Id": "x"})
+        webhook("http://h/x", secret=None, headers={"Webhook-Id": "x"})
     with pytest.raises(ConfigError, match="base64") as info:
-        WebhookSink("http://h/x", secret="whsec_!!!!supersecret")
+        webhook("http://h/x", secret="whsec_!!!!supersecret")
     assert "supersecret" not in str(info.value)
 
 
@@ -327,6 +337,6 @@ def test_safe_url() -> None:
 
 
 async def test_deliver_before_open() -> None:
-    s = WebhookSink("http://127.0.0.1:1/x", secret=None)
+    s = webhook("http://127.0.0.1:1/x", secret=None)
     with pytest.raises(SinkError, match="before open"):
         await s.deliver([make_event(1)])

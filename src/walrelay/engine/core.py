@@ -40,7 +40,7 @@ from walrelay.pipeline.parking import ParkingStore
 from walrelay.pipeline.router import Router
 from walrelay.pipeline.scheduler import Destination
 from walrelay.pipeline.stats import EngineStats
-from walrelay.sinks.factory import build_sink
+from walrelay.sinks.registry import build_sink
 from walrelay.source.heartbeat import Heartbeat
 from walrelay.source.slot import SourceInfo, prepare_source, slot_busy_from_error
 from walrelay.source.snapshot import Progress, drop_slot

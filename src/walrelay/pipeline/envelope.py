@@ -56,6 +56,10 @@ the single key ``"<schema.table>"`` (its events are serialised). An UPDATE
 that changed the key has two keys ``(new, old)``; ``truncate`` has none (a
 barrier); ``message`` has ``("message\\x1f<prefix>",)``.
 
+``Event.key_json`` is the envelope's ``"key"`` value as the bytes in the
+body (both paths encode it once and splice it in), so a sink that needs the
+key does not parse the body.
+
 Key columns must be in the replica identity for DELETEs (and key-changing
 UPDATEs) to carry their values: with a ``key_columns`` override naming columns
 outside a 'K' old tuple, a DELETE's key values are unknown (``\\x00?``) -- use
@@ -93,6 +97,7 @@ KEY_SEPARATOR: Final = "\x1f"
 _NULL_PART: Final = "\x00"
 _UNKNOWN_PART: Final = "\x00?"
 _ESCAPED_SEPARATOR: Final = "\x00E"
+_NULL_JSON: Final = b"null"
 
 _FLOAT_OIDS: Final = frozenset({700, 701})
 _FLOAT_ARRAY_OIDS: Final = frozenset({1021, 1022})
@@ -541,18 +546,29 @@ class EnvelopeBuilder:
                 keys = (new_key,) if old_key == new_key else (new_key, old_key)
             else:
                 keys = (new_key,)
-        body = None
+        encoded: tuple[bytes, bytes] | None = None
         if _c_encode_object is not None:
-            body = self._row_body_c(change, seq, plan)
-        if body is None:
-            body = self._row_body(begin, change, seq, plan, old_has_key)
+            encoded = self._row_body_c(change, seq, plan)
+        if encoded is None:
+            encoded = self._row_body(begin, change, seq, plan, old_has_key)
+        body, key_json = encoded
         return Event(
-            begin.commit_lsn, seq, op, plan.table, keys, body, begin.xid, begin.committed_at
+            begin.commit_lsn,
+            seq,
+            op,
+            plan.table,
+            keys,
+            body,
+            begin.xid,
+            begin.committed_at,
+            None,
+            key_json,
         )
 
-    def _row_body_c(self, change: Change, seq: int, plan: _Plan) -> bytes | None:
-        """The envelope through the C encoder; None when a value needs the Python path
-        (an unchanged TOAST value, infinity, a value orjson refuses...)."""
+    def _row_body_c(self, change: Change, seq: int, plan: _Plan) -> tuple[bytes, bytes] | None:
+        """The envelope and its key's JSON through the C encoder; None when a value
+        needs the Python path (an unchanged TOAST value, infinity, a value orjson
+        refuses...)."""
         encode = _c_encode_object
         assert encode is not None
         new = change.new
@@ -581,7 +597,7 @@ class EnvelopeBuilder:
             key_json = b"null"
         if record_json is None or old_json is None or key_json is None:
             return None
-        return b"".join(
+        body = b"".join(
             (
                 self._head,
                 str(seq).encode(),
@@ -594,10 +610,12 @@ class EnvelopeBuilder:
                 self._tail,
             )
         )
+        return body, key_json
 
     def _row_body(
         self, begin: Begin, change: Change, seq: int, plan: _Plan, old_has_key: bool
-    ) -> bytes:
+    ) -> tuple[bytes, bytes]:
+        """The envelope and its key's JSON (encoded once, spliced into the envelope)."""
         op = change.op
         new = change.new
         old = change.old
@@ -622,11 +640,12 @@ class EnvelopeBuilder:
             else:
                 record, unchanged = _convert(plan.table, plan.names, plan.fast, plan.safe, new)
             key_obj = _key_object(plan, record, old_obj if old_has_key else None)
+        key_json = _NULL_JSON if key_obj is None else encode_json(key_obj)
         env: dict[str, Any] = {
             "id": format_event_id(begin.commit_lsn, seq),
             "op": op,
             "table": plan.table,
-            "key": key_obj,
+            "key": orjson.Fragment(key_json),
             "record": record,
             "old": old_obj,
             "commit_lsn": format_lsn(begin.commit_lsn),
@@ -635,7 +654,7 @@ class EnvelopeBuilder:
         }
         if unchanged:
             env["unchanged"] = unchanged
-        return encode_json(env)
+        return encode_json(env), key_json
 
     def _common(self, begin: Begin, op: str, seq: int) -> dict[str, Any]:
         return {
@@ -664,6 +683,7 @@ class EnvelopeBuilder:
             body=encode_json(env),
             xid=begin.xid,
             committed_at=begin.committed_at,
+            key_json=_NULL_JSON,
         )
 
     def _message_event(self, begin: Begin, change: Change, seq: int) -> Event:
@@ -686,4 +706,5 @@ class EnvelopeBuilder:
             body=encode_json(env),
             xid=begin.xid,
             committed_at=begin.committed_at,
+            key_json=_NULL_JSON,
         )

@@ -121,10 +121,11 @@ class TrimAware(Protocol):
         """No event with a commit LSN below ``lsn`` will be delivered again."""
 
 
-def is_transactional(sink: object) -> bool:
+def is_transactional(sink: Sink) -> bool:
     """True when the sink itself never lets a replayed id be seen twice downstream
-    (``transactional = True`` on the sink class: PostgreSQL, Kafka transactions, ...)."""
-    return bool(getattr(sink, "transactional", False))
+    (:attr:`Sink.transactional <walrelay.sinks.base.Sink>`: PostgreSQL, Kafka
+    transactions, ...)."""
+    return sink.transactional
 
 
 # --------------------------------------------------------------------------- Redis

@@ -52,21 +52,13 @@ from walrelay.config import OutboxRouterConfig
 from walrelay.errors import ConfigError
 from walrelay.model import Event, Route
 from walrelay.pipeline.envelope import KEY_SEPARATOR, encode_json
+from walrelay.sinks.common import clean_topic
 
-__all__ = ["OutboxRouter", "clean_topic"]
+__all__ = ["OutboxRouter"]
 
 log = logging.getLogger("walrelay.pipeline.outbox_router")
 
-_LEGAL: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 _KEY_PREFIX: Final = "outbox" + KEY_SEPARATOR
-
-
-def clean_topic(value: str) -> str:
-    """A value made legal in a topic/subject/stream name: ``[a-zA-Z0-9._-]``,
-    anything else becomes ``_`` (legal for Kafka, NATS, Redis and RabbitMQ)."""
-    if all(c in _LEGAL for c in value):
-        return value
-    return "".join(c if c in _LEGAL else "_" for c in value)
 
 
 def _text(value: Any) -> str:
@@ -202,6 +194,7 @@ class OutboxRouter:
         topic = self._topic(fields)
         key_value = fields.get(cfg.key)
         key = None if key_value is None else _text(key_value)
+        key_json = encode_json(key)
         payload = fields.get(cfg.payload)
         tombstone = payload is None and cfg.tombstone_on_empty
         headers: dict[str, str] = {}
@@ -214,7 +207,7 @@ class OutboxRouter:
             "op": event.op,
             "table": env.get("table"),
             "topic": topic,
-            "key": key,
+            "key": orjson.Fragment(key_json),
             "payload": payload,
             "headers": headers,
             "tombstone": tombstone,
@@ -246,4 +239,5 @@ class OutboxRouter:
             xid=event.xid,
             committed_at=event.committed_at,
             route=Route(topic, key, value, tuple(headers.items())),
+            key_json=key_json,
         )

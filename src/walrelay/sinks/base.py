@@ -1,11 +1,39 @@
-"""The one small interface every sink implements."""
+"""The one small interface every sink implements, and what a sink is built from.
+
+A sink type is registered once, in :data:`walrelay.config.SINK_TYPES`: its
+config model and its class (see :mod:`walrelay.sinks.registry`). The class
+builds itself with ``from_config(config, context)`` (:class:`SinkClass`).
+
+Batches with mixed outcomes
+---------------------------
+
+A sink that sees one outcome per event (Kafka, webhook, NATS, Redis,
+RabbitMQ, PostgreSQL) may find, in one batch, events the destination rejected
+for good (*permanent*: a 400, a record too large, a constraint violation)
+beside events that failed for a while (*transient*: a timeout, a 503, a lost
+connection). ``deliver`` raises one error for the batch, and every sink picks
+it the same way (:func:`walrelay.sinks.common.batch_error`):
+
+* **any transient failure makes the batch transient**: the pipeline retries
+  the whole batch (same event ids, so what already arrived is dropped as a
+  duplicate or skipped), and the events that only had bad luck get through;
+* **only when every failure left is permanent is the batch permanent**: it is
+  parked at once (``failed:``), dead after ``permanent_attempts``.
+
+So nothing is parked that a retry would have delivered, and a permanent
+rejection is reported as such as soon as it is the only thing in the way.
+``retry_after`` is the longest any transient failure asked for.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 from walrelay.model import Event
+
+__all__ = ["Sink", "SinkClass", "SinkContext"]
 
 
 @runtime_checkable
@@ -14,18 +42,47 @@ class Sink(Protocol):
 
     ``deliver`` is all-or-nothing from the pipeline's point of view: if it
     raises :class:`walrelay.errors.SinkError` the whole batch is retried (with
-    the same event ids, so an idempotent receiver can drop a resend).
+    the same event ids, so an idempotent receiver can drop a resend); see the
+    module docstring for which error a batch with mixed outcomes raises.
 
     ``batch_size`` caps how many events one ``deliver`` call gets.
     ``ordered`` asks the scheduler for one batch in flight at a time, so the
     sink sees events in exact id order (the file sink relies on it).
+    ``transactional`` says that no event can ever show up twice downstream,
+    however often it is delivered again (after a retry, a crash, a replay
+    from the slot): the destination itself drops a repeated id (Kafka
+    transactions with a checkpoint, JetStream's ``Nats-Msg-Id``, Redis stream
+    ids, PostgreSQL's applied-events table, the file's high-water mark). Such
+    a sink needs no dedup ledger in front of it
+    (:func:`walrelay.pipeline.ledger.wrap_sink`); the others get one.
     """
 
     batch_size: int
     ordered: bool
+    transactional: bool
 
     async def open(self) -> None: ...
 
     async def deliver(self, events: Sequence[Event]) -> None: ...
 
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SinkContext:
+    """Where a sink runs: the slot and destination it serves (they name the Kafka
+    transactional id and checkpoint, the PostgreSQL applied-events rows), and the
+    tables routed to it (broker sinks check or create their topics, streams and
+    exchanges for them at start-up)."""
+
+    slot: str = "walrelay"
+    destination: str = "default"
+    tables: tuple[str, ...] = ()
+
+
+class SinkClass(Protocol):
+    """A sink class as the registry uses it."""
+
+    def from_config(self, config: Any, context: SinkContext, /) -> Sink:
+        """A sink for ``config`` (the sink's own config model, already validated)."""
+        ...

@@ -37,7 +37,7 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import orjson
 
@@ -45,12 +45,15 @@ from walrelay import failpoints
 from walrelay.errors import ConfigError, PoisonEvent, SinkError, SinkUnavailable
 from walrelay.model import Event, format_event_id, parse_event_id
 
+if TYPE_CHECKING:
+    from walrelay.config import FileSinkConfig
+    from walrelay.sinks.base import SinkContext
+
 __all__ = ["FileSink", "FsyncPolicy"]
 
 log = logging.getLogger("walrelay.sinks.file")
 
 FsyncPolicy = Literal["always", "batch", "never", "interval"]
-_POLICIES: tuple[str, ...] = ("always", "batch", "never", "interval")
 
 _TAIL_CHUNK = 64 * 1024
 
@@ -65,34 +68,17 @@ class FileSink:
     # Exactly-once on its own (the high-water mark): no dedup ledger in front.
     transactional = True
 
-    def __init__(
-        self,
-        path: str,
-        *,
-        fsync: FsyncPolicy = "batch",
-        fsync_interval: float = 1.0,
-        batch_size: int = 2000,
-    ) -> None:
-        if fsync not in _POLICIES:
+    def __init__(self, config: FileSinkConfig) -> None:
+        if config.fsync_interval <= 0:
             raise ConfigError(
-                f"file sink: unknown fsync policy {fsync!r}",
-                fix=f"use one of {', '.join(_POLICIES)}",
-            )
-        if fsync_interval <= 0:
-            raise ConfigError(
-                f"file sink: fsync_interval must be > 0 seconds, got {fsync_interval}",
+                f"file sink: fsync_interval must be > 0 seconds, got {config.fsync_interval}",
                 fix="set fsync_interval to e.g. 1.0",
             )
-        if batch_size < 1:
-            raise ConfigError(
-                f"file sink: batch_size must be >= 1, got {batch_size}",
-                fix="set batch_size to e.g. 2000",
-            )
-        self.path = path
-        self.fsync: FsyncPolicy = fsync
-        self.fsync_interval = fsync_interval
-        self.batch_size = batch_size
-        self._sync_each_batch = fsync in ("always", "batch")
+        self.path = config.path
+        self.fsync: FsyncPolicy = config.fsync
+        self.fsync_interval = config.fsync_interval
+        self.batch_size = config.batch_size
+        self._sync_each_batch = config.fsync in ("always", "batch")
         # Everything below is touched by worker threads under _lock.
         self._lock = threading.Lock()
         self._fd: int | None = None
@@ -101,6 +87,10 @@ class FileSink:
         self._dirty = False
         self._skipped = 0  # skipped since last logged
         self._flusher: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_config(cls, config: FileSinkConfig, context: SinkContext) -> FileSink:
+        return cls(config)
 
     def __repr__(self) -> str:
         return f"FileSink({self.path!r}, fsync={self.fsync!r})"

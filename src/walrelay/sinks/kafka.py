@@ -48,7 +48,10 @@ the transaction is committed. Errors: an unreachable cluster or a timeout
 raises :class:`~walrelay.errors.SinkUnavailable` (retried); a record too large
 for the broker raises :class:`~walrelay.errors.PoisonEvent`; a missing topic
 (with ``auto_create`` off) or an authorization failure raises a permanent
-:class:`~walrelay.errors.SinkError` naming the fix.
+:class:`~walrelay.errors.SinkError` naming the fix. In ``at_least_once`` mode a
+record the producer refuses (too large) does not hold back the rest of its
+batch; a batch with several failed records raises one error by the policy of
+:mod:`walrelay.sinks.base` (transient if any failure is).
 """
 
 from __future__ import annotations
@@ -66,19 +69,20 @@ from typing import TYPE_CHECKING, Any, Literal
 import orjson
 
 from walrelay import failpoints
+from walrelay.config import env_secret
 from walrelay.errors import ConfigError, PoisonEvent, SinkError, SinkUnavailable
 from walrelay.model import Event, parse_event_id
+from walrelay.sinks.base import SinkContext
+from walrelay.sinks.common import batch_error, clean_topic, import_extra
 from walrelay.sinks.templates import Naming
 
 if TYPE_CHECKING:
-    from types import ModuleType
-
     from confluent_kafka import KafkaError, Producer
     from confluent_kafka.admin import AdminClient
 
     from walrelay.config import KafkaSinkConfig
 
-__all__ = ["KafkaSink", "clean_topic_part", "message_key"]
+__all__ = ["KafkaSink", "message_key"]
 
 log = logging.getLogger("walrelay.sinks.kafka")
 _rdlog = logging.getLogger("walrelay.sinks.kafka.librdkafka")
@@ -93,47 +97,71 @@ _RESERVED = (
     "acks",
     "isolation.level",
 )
-_LEGAL = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+_MODULES = ("confluent_kafka", "confluent_kafka.admin")
 _SORT = orjson.OPT_SORT_KEYS
 
 
-def _import_kafka() -> ModuleType:
+def _loads(data: bytes) -> Any:
     try:
-        import confluent_kafka
-        import confluent_kafka.admin
-    except ImportError:
-        raise ConfigError(
-            "kafka sink: the confluent-kafka package is not installed",
-            fix="pip install 'walrelay[kafka]'",
-        ) from None
-    return confluent_kafka
-
-
-def clean_topic_part(value: str) -> str:
-    """A table or schema name made legal in a topic name (``[a-zA-Z0-9._-]``)."""
-    if all(c in _LEGAL for c in value):
-        return value
-    return "".join(c if c in _LEGAL else "_" for c in value)
-
-
-def _loads(body: bytes) -> dict[str, Any]:
-    try:
-        value = orjson.loads(body)
+        return orjson.loads(data)
     except orjson.JSONDecodeError:
-        value = json.loads(body)
-    assert isinstance(value, dict)
-    return value
+        return json.loads(data)
 
 
 def message_key(event: Event, table: str) -> bytes:
-    """The record key: canonical JSON of the envelope's key (module docstring)."""
+    """The record key: canonical JSON of the envelope's key (module docstring),
+    from :attr:`Event.key_json <walrelay.model.Event>` -- the body is parsed
+    only for a logical message, or an event that did not come from the envelope
+    builder."""
     if event.op == "message":
         return orjson.dumps({"prefix": _loads(event.body).get("prefix")})
     if event.op != "truncate":
-        key = _loads(event.body).get("key")
+        key_json = event.key_json
+        if key_json is None:
+            key = _loads(event.body).get("key")
+        elif key_json == b"null":
+            key = None
+        else:
+            key = _loads(key_json)
         if key is not None:
             return orjson.dumps(key, option=_SORT)
     return orjson.dumps({"table": table})
+
+
+def _client_config(cfg: KafkaSinkConfig, client_id: str) -> dict[str, Any]:
+    """librdkafka settings shared by the producer, the admin client and the
+    checkpoint reader: servers, security (secrets read from the environment)."""
+    client: dict[str, Any] = {"bootstrap.servers": cfg.bootstrap_servers, "client.id": client_id}
+    protocol: str | None = cfg.security_protocol
+    if protocol is None and (cfg.sasl_mechanism or cfg.tls is not None):
+        protocol = ("sasl_" if cfg.sasl_mechanism else "") + (
+            "ssl" if cfg.tls is not None else "plaintext"
+        )
+    if protocol is not None:
+        client["security.protocol"] = protocol
+    if cfg.sasl_mechanism:
+        if not cfg.sasl_username or not cfg.sasl_password_env:
+            raise ConfigError(
+                f"kafka sink: sasl_mechanism {cfg.sasl_mechanism} needs sasl_username and "
+                "sasl_password_env",
+                fix="set both (the password is read from that environment variable)",
+            )
+        client["sasl.mechanism"] = cfg.sasl_mechanism
+        client["sasl.username"] = cfg.sasl_username
+        client["sasl.password"] = env_secret(cfg.sasl_password_env, "kafka sasl password")
+    if cfg.tls is not None:
+        tls = cfg.tls
+        if tls.ca_file:
+            client["ssl.ca.location"] = tls.ca_file
+        if tls.cert_file:
+            client["ssl.certificate.location"] = tls.cert_file
+        if tls.key_file:
+            client["ssl.key.location"] = tls.key_file
+        if tls.key_password_env:
+            client["ssl.key.password"] = env_secret(tls.key_password_env, "kafka tls key")
+        client["enable.ssl.certificate.verification"] = tls.verify
+        client["ssl.endpoint.identification.algorithm"] = "https" if tls.verify else "none"
+    return client
 
 
 @dataclass(slots=True)
@@ -177,85 +205,61 @@ class _Reports:
 class KafkaSink:
     """Produces events to Kafka; see the module docstring."""
 
-    def __init__(
-        self,
-        client_config: dict[str, Any],
-        *,
-        mode: Mode = "exactly_once",
-        topic: str = "{prefix}.{schema}.{table}",
-        message_topic: str = "{prefix}.messages",
-        prefix: str = "walrelay",
-        slot: str = "walrelay",
-        destination: str = "default",
-        transactional_id: str | None = None,
-        checkpoint_topic: str = "walrelay.checkpoints",
-        auto_create: bool = True,
-        partitions: int = -1,
-        replication_factor: int = -1,
-        tables: Sequence[str] = (),
-        producer_options: dict[str, Any] | None = None,
-        delivery_timeout: float = 30.0,
-        batch_size: int = 500,
-    ) -> None:
-        self._ck = _import_kafka()
-        if mode not in ("exactly_once", "at_least_once"):
+    def __init__(self, config: KafkaSinkConfig, context: SinkContext | None = None) -> None:
+        self._ck = import_extra("kafka", "confluent-kafka", *_MODULES)
+        context = context or SinkContext()
+        if config.delivery_timeout <= 0:
             raise ConfigError(
-                f"kafka sink: unknown mode {mode!r}", fix="use exactly_once or at_least_once"
+                "kafka sink: delivery_timeout must be > 0",
+                fix="set delivery_timeout to e.g. 30",
             )
-        if "bootstrap.servers" not in client_config:
-            raise ConfigError("kafka sink: bootstrap_servers is not set", fix="set it to host:9092")
-        if delivery_timeout <= 0 or batch_size < 1:
-            raise ConfigError(
-                "kafka sink: delivery_timeout must be > 0 and batch_size >= 1",
-                fix="set delivery_timeout to e.g. 30 and batch_size to e.g. 500",
-            )
-        options = dict(producer_options or {})
-        reserved = sorted(k for k in options if k in _RESERVED)
+        reserved = sorted(k for k in config.options if k in _RESERVED)
         if reserved:
             raise ConfigError(
                 f"kafka sink: options may not set {', '.join(reserved)} (walrelay sets them)",
                 fix="remove them; use bootstrap_servers, mode and transactional_id instead",
             )
-        self.mode: Mode = mode
-        self.ordered = mode == "exactly_once"
+        slot, destination = context.slot, context.destination
+        self.mode: Mode = config.mode
+        self.ordered = config.mode == "exactly_once"
         # Transactional: no replayed id is ever visible to a read_committed
         # consumer, so the engine puts no dedup ledger in front of this sink.
-        self.transactional = mode == "exactly_once"
-        self.batch_size = batch_size
-        self.bootstrap = str(client_config["bootstrap.servers"])
+        self.transactional = self.ordered
+        self.batch_size = config.batch_size
+        self.bootstrap = config.bootstrap_servers
         self.naming = Naming(
-            topic,
-            message_topic,
-            prefix=prefix,
+            config.topic,
+            config.message_topic,
+            prefix=config.prefix,
             setting="kafka topic",
             message_setting="kafka message_topic",
-            clean=clean_topic_part,
+            clean=clean_topic,
         )
         self.slot = slot
         self.destination = destination
-        self.transactional_id = transactional_id or f"walrelay-{slot}-{destination}"
-        self.checkpoint_topic = checkpoint_topic
-        self.auto_create = auto_create
-        self.partitions = partitions
-        self.replication_factor = replication_factor
-        self.tables = tuple(tables)
-        self.delivery_timeout = delivery_timeout
-        self._client = dict(client_config)
+        self.transactional_id = config.transactional_id or f"walrelay-{slot}-{destination}"
+        self.checkpoint_topic = config.checkpoint_topic
+        self.auto_create = config.auto_create
+        self.partitions = config.partitions
+        self.replication_factor = config.replication_factor
+        self.tables = context.tables
+        self.delivery_timeout = config.delivery_timeout
+        self._client = _client_config(config, f"walrelay-{slot}-{destination}")
         self._producer_config: dict[str, Any] = {
             **self._client,
-            "linger.ms": 5,
-            "compression.type": "lz4",
-            **options,
+            "compression.type": config.compression,
+            "linger.ms": round(config.linger * 1000, 3),
+            **config.options,
             "acks": "all",
             "enable.idempotence": True,
-            "message.timeout.ms": int(delivery_timeout * 1000),
+            "message.timeout.ms": int(config.delivery_timeout * 1000),
             "logger": _rdlog,
             "error_cb": self._on_client_error,
         }
         if self.ordered:
             self._producer_config["transactional.id"] = self.transactional_id
             self._producer_config["transaction.timeout.ms"] = int(
-                max(60.0, 2 * delivery_timeout) * 1000
+                max(60.0, 2 * config.delivery_timeout) * 1000
             )
         self._checkpoint_key = f"{slot}/{destination}".encode()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -270,72 +274,8 @@ class KafkaSink:
         self.skipped = 0  # replayed events dropped by the checkpoint
 
     @classmethod
-    def from_config(
-        cls,
-        cfg: KafkaSinkConfig,
-        *,
-        slot: str = "walrelay",
-        destination: str = "default",
-        tables: Sequence[str] = (),
-    ) -> KafkaSink:
-        from walrelay.config import env_secret
-
-        client: dict[str, Any] = {
-            "bootstrap.servers": cfg.bootstrap_servers,
-            "client.id": f"walrelay-{slot}-{destination}",
-        }
-        protocol: str | None = cfg.security_protocol
-        if protocol is None and (cfg.sasl_mechanism or cfg.tls is not None):
-            protocol = ("sasl_" if cfg.sasl_mechanism else "") + (
-                "ssl" if cfg.tls is not None else "plaintext"
-            )
-        if protocol is not None:
-            client["security.protocol"] = protocol
-        if cfg.sasl_mechanism:
-            if not cfg.sasl_username or not cfg.sasl_password_env:
-                raise ConfigError(
-                    f"kafka sink: sasl_mechanism {cfg.sasl_mechanism} needs sasl_username and "
-                    "sasl_password_env",
-                    fix="set both (the password is read from that environment variable)",
-                )
-            client["sasl.mechanism"] = cfg.sasl_mechanism
-            client["sasl.username"] = cfg.sasl_username
-            client["sasl.password"] = env_secret(cfg.sasl_password_env, "kafka sasl password")
-        if cfg.tls is not None:
-            tls = cfg.tls
-            if tls.ca_file:
-                client["ssl.ca.location"] = tls.ca_file
-            if tls.cert_file:
-                client["ssl.certificate.location"] = tls.cert_file
-            if tls.key_file:
-                client["ssl.key.location"] = tls.key_file
-            if tls.key_password_env:
-                client["ssl.key.password"] = env_secret(tls.key_password_env, "kafka tls key")
-            client["enable.ssl.certificate.verification"] = tls.verify
-            client["ssl.endpoint.identification.algorithm"] = "https" if tls.verify else "none"
-        options: dict[str, Any] = {
-            "compression.type": cfg.compression,
-            "linger.ms": round(cfg.linger * 1000, 3),
-            **cfg.options,
-        }
-        return cls(
-            client,
-            mode=cfg.mode,
-            topic=cfg.topic,
-            message_topic=cfg.message_topic,
-            prefix=cfg.prefix,
-            slot=slot,
-            destination=destination,
-            transactional_id=cfg.transactional_id,
-            checkpoint_topic=cfg.checkpoint_topic,
-            auto_create=cfg.auto_create,
-            partitions=cfg.partitions,
-            replication_factor=cfg.replication_factor,
-            tables=tables,
-            producer_options=options,
-            delivery_timeout=cfg.delivery_timeout,
-            batch_size=cfg.batch_size,
-        )
+    def from_config(cls, config: KafkaSinkConfig, context: SinkContext) -> KafkaSink:
+        return cls(config, context)
 
     def __repr__(self) -> str:
         return f"KafkaSink({self.bootstrap!r}, mode={self.mode!r})"
@@ -602,16 +542,21 @@ class KafkaSink:
         records = self._records(events)
         self._ensure_topics({r.topic for r in records})
         reports = _Reports(len(records))
-        sync_error: SinkError | None = None
+        refused: list[SinkError] = []  # records produce() itself rejected
+        stop = False
         for record in records:
-            if sync_error is not None:
+            if stop:
                 reports.cancel_one()
                 continue
             try:
                 self._produce(producer, record, reports.callback(record))
             except ck.KafkaException as exc:
-                sync_error = self._classify(exc.args[0], record)
+                error = self._classify(exc.args[0], record)
+                refused.append(error)
                 reports.cancel_one()
+                # A record refused for good does not hold back the others (their keys
+                # differ); after a transient refusal the batch is retried anyway.
+                stop = not error.permanent
         deadline = time.monotonic() + self.delivery_timeout + 30.0
         while not reports.done.is_set():
             producer.poll(0.05)
@@ -620,10 +565,9 @@ class KafkaSink:
                     f"kafka sink {self.bootstrap}: no delivery report within "
                     f"{self.delivery_timeout:g} s for a batch from {events[0].id}"
                 )
-        if sync_error is not None:
-            raise sync_error
-        if reports.failures:
-            raise self._combine(reports.failures, len(records))
+        errors = refused + [self._classify(err, record) for err, record in reports.failures]
+        if errors:
+            raise batch_error(errors, len(records), "records")
 
     def _deliver_transactional(self, events: Sequence[Event]) -> None:
         ck = self._ck
@@ -696,10 +640,8 @@ class KafkaSink:
                 self._needs_reset = True
             if err.fatal():
                 self._needs_reset = True
-            for failed_err, record in failures:
-                problem = self._classify(failed_err, record)
-                if problem.permanent:
-                    raise problem from None
+            if failures:
+                raise self._combine(failures, len(records) + 1) from None
             if current is not None:
                 raise self._classify(err, current) from None
             raise self._classify(err, None) from None
@@ -831,7 +773,7 @@ class KafkaSink:
         where = f"kafka sink {self.bootstrap}"
         about = f" of event {record.event_id} to topic {record.topic}" if record else ""
         text = f"{where}: {what}{about} failed: {err.str()}"
-        if code in (E.MSG_SIZE_TOO_LARGE, E._MSG_SIZE_TOO_LARGE, E.RECORD_LIST_TOO_LARGE):
+        if code in (E.MSG_SIZE_TOO_LARGE, E.RECORD_LIST_TOO_LARGE):
             size = len(record.value or b"") if record else 0
             return PoisonEvent(
                 f"{text} ({size} bytes; raise the topic's max.message.bytes and the "
@@ -849,22 +791,15 @@ class KafkaSink:
             E._AUTHENTICATION,
         ):
             return SinkError(f"{text} -- fix: check the credentials and ACLs", permanent=True)
-        if code in (E.INVALID_RECORD, E.CORRUPT_MESSAGE, E._INVALID_ARG):
+        # INVALID_MSG: the broker's CORRUPT_MESSAGE (librdkafka's name for it).
+        if code in (E.INVALID_RECORD, E.INVALID_MSG, E._INVALID_ARG):
             return PoisonEvent(text)
         return SinkUnavailable(text)
 
     def _combine(self, failures: list[tuple[KafkaError, _Record]], total: int) -> SinkError:
+        """One error for the failed records of a batch (policy: :mod:`walrelay.sinks.base`)."""
         errors = [self._classify(err, record) for err, record in failures]
-        permanent = [e for e in errors if e.permanent]
-        first = (permanent or errors)[0]
-        if len(errors) == 1:
-            return first
-        message = f"{len(errors)} of {total} records failed; first: {first}"
-        if permanent:
-            if isinstance(first, PoisonEvent):
-                return PoisonEvent(message)
-            return SinkError(message, permanent=True)
-        return SinkUnavailable(message)
+        return batch_error(errors, total, "records")
 
 
 def _record_of(msg: Any, records: dict[str, _Record]) -> _Record:

@@ -61,6 +61,8 @@ class MemorySink:
     ) -> None:
         self.batch_size = batch_size
         self.ordered = ordered
+        # Keeps every copy it is given: behind the dedup ledger, like a webhook.
+        self.transactional = False
         self.delay = delay
         self.fail_when = fail_when
         self.fail_keys: set[str] = set(fail_keys)

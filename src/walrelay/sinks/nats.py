@@ -69,46 +69,29 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from walrelay import failpoints
+from walrelay.config import env_secret
 from walrelay.errors import ConfigError, PoisonEvent, SinkError, SinkUnavailable
 from walrelay.model import Event
+from walrelay.sinks.base import SinkContext
+from walrelay.sinks.common import batch_error, clean_subject_token, import_extra
 from walrelay.sinks.templates import NameTemplate, Naming
 
 if TYPE_CHECKING:
     import ssl
-    from types import ModuleType
 
     from nats.aio.client import Client
     from nats.js import JetStreamContext
 
     from walrelay.config import NatsSinkConfig
 
-__all__ = ["NatsSink", "clean_subject_part", "stream_subjects"]
+__all__ = ["NatsSink", "stream_subjects"]
 
 log = logging.getLogger("walrelay.sinks.nats")
 
-_BAD = frozenset(" \t\r\n.*>")
 _BAD_SUBJECT = frozenset(" \t\r\n*>")
 _BAD_HEADER = frozenset(" \t\r\n:")
 _EXPECTED_STREAM_MISMATCH = 10060
 _ROUTED_CACHE = 10_000  # routed subjects known to be captured by the stream, at most
-
-
-def _import_nats() -> ModuleType:
-    try:
-        import nats
-        import nats.js.errors
-    except ImportError:
-        raise ConfigError(
-            "nats sink: the nats-py package is not installed", fix="pip install 'walrelay[nats]'"
-        ) from None
-    return nats
-
-
-def clean_subject_part(value: str) -> str:
-    """A schema or table name made one legal subject token."""
-    if not any(c in _BAD for c in value):
-        return value
-    return "".join("_" if c in _BAD else c for c in value)
 
 
 def stream_subjects(*templates: NameTemplate) -> list[str]:
@@ -124,6 +107,22 @@ def stream_subjects(*templates: NameTemplate) -> list[str]:
     return out
 
 
+def _connect_options(cfg: NatsSinkConfig) -> dict[str, Any]:
+    """nats.connect() options: credentials (secrets read from the environment), TLS."""
+    options: dict[str, Any] = {}
+    if cfg.user:
+        options["user"] = cfg.user
+        options["password"] = env_secret(cfg.password_env, "nats password")
+    if cfg.token_env:
+        options["token"] = env_secret(cfg.token_env, "nats token")
+    if cfg.creds_file:
+        options["user_credentials"] = cfg.creds_file
+    if cfg.tls is not None:
+        tls: ssl.SSLContext = cfg.tls.ssl_context()
+        options["tls"] = tls
+    return options
+
+
 class NatsSink:
     """Publishes events to a JetStream stream; see the module docstring."""
 
@@ -131,85 +130,43 @@ class NatsSink:
     # JetStream drops a replayed Nats-Msg-Id (within the duplicate window).
     transactional = True
 
-    def __init__(
-        self,
-        servers: Sequence[str],
-        *,
-        subject: str = "{prefix}.{schema}.{table}",
-        message_subject: str = "{prefix}.messages",
-        prefix: str = "walrelay",
-        stream: str = "WALRELAY",
-        auto_create: bool = True,
-        subjects: Sequence[str] | None = None,
-        duplicate_window: float = 120.0,
-        tables: Sequence[str] = (),
-        connect_options: dict[str, Any] | None = None,
-        timeout: float = 10.0,
-        batch_size: int = 100,
-    ) -> None:
-        self._nats = _import_nats()
-        if not servers:
-            raise ConfigError("nats sink: no servers", fix="set servers to e.g. nats://host:4222")
-        if timeout <= 0 or batch_size < 1 or duplicate_window <= 0:
+    def __init__(self, config: NatsSinkConfig, context: SinkContext | None = None) -> None:
+        self._nats = import_extra("nats", "nats-py", "nats", "nats.js.errors")
+        context = context or SinkContext()
+        if config.timeout <= 0 or config.duplicate_window <= 0:
             raise ConfigError(
-                "nats sink: timeout and duplicate_window must be > 0 and batch_size >= 1",
-                fix="set timeout to e.g. 10, duplicate_window to e.g. 120, batch_size to 100",
+                "nats sink: timeout and duplicate_window must be > 0",
+                fix="set timeout to e.g. 10 and duplicate_window to e.g. 120",
             )
-        self.servers = list(servers)
+        self.servers = list(config.servers)
         self.naming = Naming(
-            subject,
-            message_subject,
-            prefix=prefix,
+            config.subject,
+            config.message_subject,
+            prefix=config.prefix,
             setting="nats subject",
             message_setting="nats message_subject",
-            clean=clean_subject_part,
+            clean=clean_subject_token,
         )
-        self.stream = stream
-        self.auto_create = auto_create
+        self.stream = config.stream
+        self.auto_create = config.auto_create
         self.subjects = (
-            list(subjects)
-            if subjects
+            list(config.stream_subjects)
+            if config.stream_subjects
             else stream_subjects(self.naming.table_template, self.naming.message_template)
         )
-        self.duplicate_window = duplicate_window
-        self.tables = tuple(tables)
-        self.timeout = timeout
-        self.batch_size = batch_size
-        self._connect_options = dict(connect_options or {})
+        self.duplicate_window = config.duplicate_window
+        self.tables = context.tables
+        self.timeout = config.timeout
+        self.batch_size = config.batch_size
+        self._connect_options = _connect_options(config)
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._routed_ok: set[str] = set()  # routed subjects the stream captures
         self.duplicates = 0  # publishes JetStream dropped as already stored
 
     @classmethod
-    def from_config(cls, cfg: NatsSinkConfig, *, tables: Sequence[str] = ()) -> NatsSink:
-        from walrelay.config import env_secret
-
-        options: dict[str, Any] = {}
-        if cfg.user:
-            options["user"] = cfg.user
-            options["password"] = env_secret(cfg.password_env, "nats password")
-        if cfg.token_env:
-            options["token"] = env_secret(cfg.token_env, "nats token")
-        if cfg.creds_file:
-            options["user_credentials"] = cfg.creds_file
-        if cfg.tls is not None:
-            tls: ssl.SSLContext = cfg.tls.ssl_context()
-            options["tls"] = tls
-        return cls(
-            cfg.servers,
-            subject=cfg.subject,
-            message_subject=cfg.message_subject,
-            prefix=cfg.prefix,
-            stream=cfg.stream,
-            auto_create=cfg.auto_create,
-            subjects=cfg.stream_subjects,
-            duplicate_window=cfg.duplicate_window,
-            tables=tables,
-            connect_options=options,
-            timeout=cfg.timeout,
-            batch_size=cfg.batch_size,
-        )
+    def from_config(cls, config: NatsSinkConfig, context: SinkContext) -> NatsSink:
+        return cls(config, context)
 
     def __repr__(self) -> str:
         return f"NatsSink({self.servers!r}, stream={self.stream!r})"
@@ -383,6 +340,10 @@ class NatsSink:
                 "JetStream drops what it already stored"
             )
         failpoints.hit(failpoints.NATS_AFTER_ACK)
+        self._settle(pending)
+
+    def _settle(self, pending: Sequence[tuple[asyncio.Future[Any], str, str]]) -> None:
+        """Count the duplicates among the finished publishes; raise for the failed ones."""
         failures: list[SinkError] = []
         duplicates = 0
         for future, msg_id, subject in pending:
@@ -396,14 +357,7 @@ class NatsSink:
             self.duplicates += duplicates
             log.debug("nats sink: %d publish(es) were duplicates JetStream dropped", duplicates)
         if failures:
-            permanent = [f for f in failures if f.permanent]
-            first = (permanent or failures)[0]
-            if len(failures) == 1:
-                raise first
-            message = f"{len(failures)} of {len(pending)} publishes failed; first: {first}"
-            if permanent:
-                raise SinkError(message, permanent=True)
-            raise SinkUnavailable(message)
+            raise batch_error(failures, len(pending), "publishes")
 
     async def _check_routed(
         self, js: JetStreamContext, events: Sequence[Event]

@@ -49,11 +49,13 @@ order, so foreign keys across tables can fail transiently (retried).
 
 Errors: a lost connection is :class:`~walrelay.errors.SinkUnavailable`.
 When a batch fails for its data, the events are applied one transaction
-each, in order, up to the bad one (applied ones are recorded, so the retry
-skips them); the bad event raises :class:`~walrelay.errors.PoisonEvent` for
-data and constraint errors (SQLSTATE classes 22, 23 except foreign keys), a
+each, in order (applied ones are recorded, so the retry skips them): with
+``ordered: true`` up to the first bad one, with ``ordered: false`` all of
+them. A bad event fails with :class:`~walrelay.errors.PoisonEvent` for data
+and constraint errors (SQLSTATE classes 22, 23 except foreign keys), a
 retryable :class:`~walrelay.errors.SinkError` otherwise (a missing target
-table or column, a deadlock: fix the target and it goes on).
+table or column, a deadlock: fix the target and it goes on); several bad
+events make one error by the policy of :mod:`walrelay.sinks.base`.
 """
 
 from __future__ import annotations
@@ -71,8 +73,10 @@ from psycopg import sql
 
 from walrelay import failpoints
 from walrelay.config import masked_dsn
-from walrelay.errors import ConfigError, PoisonEvent, SinkError, SinkUnavailable
+from walrelay.errors import PoisonEvent, SinkError, SinkUnavailable
 from walrelay.model import Event, Lsn, format_lsn
+from walrelay.sinks.base import SinkContext
+from walrelay.sinks.common import batch_error
 
 if TYPE_CHECKING:
     from walrelay.config import PostgresSinkConfig
@@ -110,34 +114,19 @@ class PostgresSink:
 
     transactional = True
 
-    def __init__(
-        self,
-        dsn: str,
-        *,
-        destination: str = "postgres",
-        schema: str | None = None,
-        tables: dict[str, str] | None = None,
-        state_schema: str = "walrelay",
-        ordered: bool = True,
-        max_connections: int = 4,
-        batch_size: int = 500,
-        connect_timeout: float = 10.0,
-    ) -> None:
-        if batch_size < 1 or max_connections < 1:
-            raise ConfigError(
-                "postgres sink: batch_size and max_connections must be >= 1",
-                fix="set batch_size to e.g. 500",
-            )
+    def __init__(self, config: PostgresSinkConfig, context: SinkContext | None = None) -> None:
+        context = context or SinkContext()
+        dsn = config.dsn.get_secret_value()
         self._dsn = dsn
         self.where = masked_dsn(dsn)
-        self.destination = destination
-        self.target_schema = schema
-        self.tables = dict(tables or {})
-        self.state_schema = state_schema
-        self.ordered = ordered
-        self.batch_size = batch_size
-        self.max_connections = 1 if ordered else max_connections
-        self.connect_timeout = connect_timeout
+        self.destination = context.destination
+        self.target_schema = config.target_schema
+        self.tables = dict(config.tables)
+        self.state_schema = state_schema = config.state_schema
+        self.ordered = config.ordered
+        self.batch_size = config.batch_size
+        self.max_connections = 1 if config.ordered else config.max_connections
+        self.connect_timeout = config.connect_timeout
         self._sem = asyncio.Semaphore(self.max_connections)
         self._idle: list[Conn] = []
         self._ready = False
@@ -161,18 +150,8 @@ class PostgresSink:
         self.replays_skipped = 0
 
     @classmethod
-    def from_config(cls, cfg: PostgresSinkConfig, *, destination: str) -> PostgresSink:
-        return cls(
-            cfg.dsn.get_secret_value(),
-            destination=destination,
-            schema=cfg.target_schema,
-            tables=cfg.tables,
-            state_schema=cfg.state_schema,
-            ordered=cfg.ordered,
-            max_connections=cfg.max_connections,
-            batch_size=cfg.batch_size,
-            connect_timeout=cfg.connect_timeout,
-        )
+    def from_config(cls, config: PostgresSinkConfig, context: SinkContext) -> PostgresSink:
+        return cls(config, context)
 
     def __repr__(self) -> str:
         return f"PostgresSink({self.where!r})"
@@ -265,10 +244,10 @@ class PostgresSink:
                 except _BadEvent:
                     if len(events) == 1:
                         raise
-                    # Find the bad event: one transaction per event, in order,
-                    # so everything before it is applied (and recorded).
-                    for event in events:
-                        await self._apply(conn, [event])
+                    failures = await self._apply_each(conn, events)
+                    if failures:
+                        ok = not conn.closed
+                        raise batch_error(failures, len(events), "events") from None
                 ok = True
             except _BadEvent as bad:
                 ok = not conn.closed
@@ -283,7 +262,22 @@ class PostgresSink:
                 else:
                     with contextlib.suppress(Exception):
                         await conn.close()
-        failpoints.hit(failpoints.SINK_AFTER_SEND)
+
+    async def _apply_each(self, conn: Conn, events: Sequence[Event]) -> list[SinkError]:
+        """After a batch failed for its data: one transaction per event, in order, so
+        every good event is applied (and recorded: the retry skips it). Ordered, the
+        first bad event ends it (nothing may be applied before it); unordered (the
+        batch's keys are distinct) the rest are tried too, so that only failures are
+        left to retry or park (the policy in :mod:`walrelay.sinks.base`)."""
+        failures: list[SinkError] = []
+        for event in events:
+            try:
+                await self._apply(conn, [event])
+            except _BadEvent as bad:
+                failures.append(bad.error)
+                if self.ordered:
+                    break
+        return failures
 
     async def _apply(self, conn: Conn, events: Sequence[Event]) -> None:
         """Claim, apply and commit ``events`` in one transaction."""

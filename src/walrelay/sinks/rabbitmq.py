@@ -51,8 +51,11 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from walrelay.config import env_secret
 from walrelay.errors import ConfigError, SinkError, SinkUnavailable
 from walrelay.model import Event
+from walrelay.sinks.base import SinkContext
+from walrelay.sinks.common import batch_error, clean_routing_word, import_extra, safe_url
 from walrelay.sinks.templates import ROW_OPS, Naming, truncated_tables
 
 if TYPE_CHECKING:
@@ -62,38 +65,27 @@ if TYPE_CHECKING:
 
     from walrelay.config import RabbitMQSinkConfig
 
-__all__ = ["RabbitMQSink", "safe_amqp_url"]
+__all__ = ["RabbitMQSink"]
 
 log = logging.getLogger("walrelay.sinks.rabbitmq")
 
 
-def _import_aio_pika() -> ModuleType:
-    try:
-        import aio_pika
-    except ImportError:
-        raise ConfigError(
-            "rabbitmq sink: the aio-pika package is not installed",
-            fix="pip install 'walrelay[rabbitmq]'",
-        ) from None
-    return aio_pika
-
-
-def _clean_word(value: str) -> str:
-    """A schema or table name as one word of a topic routing key."""
-    return value.replace(".", "_") if "." in value else value
-
-
-def safe_amqp_url(url: str) -> str:
-    """The URL without its password (for logs and errors)."""
-    from yarl import URL
-
-    try:
-        u = URL(url)
-    except (TypeError, ValueError):
-        return "(unparsable url)"
-    if u.password is not None:
-        u = u.with_password("***")
-    return str(u)
+def _connect_options(cfg: RabbitMQSinkConfig) -> tuple[str, dict[str, Any]]:
+    """The URL to connect to and aio-pika's options: credentials (secrets read from
+    the environment) and TLS (which turns ``amqp://`` into ``amqps://``)."""
+    options: dict[str, Any] = {}
+    if cfg.username:
+        options["login"] = cfg.username
+    password = env_secret(cfg.password_env, "rabbitmq password")
+    if password is not None:
+        options["password"] = password
+    url = cfg.url.get_secret_value()
+    if cfg.tls is not None:
+        options["ssl"] = True
+        options["ssl_context"] = cfg.tls.ssl_context()
+        if url.startswith("amqp://"):
+            url = "amqps://" + url.removeprefix("amqp://")
+    return url, options
 
 
 class RabbitMQSink:
@@ -103,58 +95,41 @@ class RabbitMQSink:
     # No broker-side dedup: the engine puts its dedup ledger in front.
     transactional = False
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        exchange: str = "{prefix}",
-        exchange_type: str = "topic",
-        routing_key: str = "{schema}.{table}.{op}",
-        message_exchange: str = "{prefix}",
-        message_routing_key: str = "message",
-        prefix: str = "walrelay",
-        auto_create: bool = True,
-        mandatory: bool = True,
-        tables: Sequence[str] = (),
-        connect_options: dict[str, Any] | None = None,
-        timeout: float = 10.0,
-        batch_size: int = 100,
-    ) -> None:
-        self._pika = _import_aio_pika()
+    def __init__(self, config: RabbitMQSinkConfig, context: SinkContext | None = None) -> None:
+        self._pika = import_extra("rabbitmq", "aio-pika", "aio_pika")
+        context = context or SinkContext()
+        url, options = _connect_options(config)
         if not url.startswith(("amqp://", "amqps://")):
             raise ConfigError(
-                f"rabbitmq sink: {safe_amqp_url(url)} is not an amqp:// URL",
+                f"rabbitmq sink: {safe_url(url)} is not an amqp:// URL",
                 fix="set url to e.g. amqp://user@host:5672/vhost (amqps:// for TLS)",
             )
-        if timeout <= 0 or batch_size < 1:
-            raise ConfigError(
-                "rabbitmq sink: timeout must be > 0 and batch_size >= 1",
-                fix="set timeout to e.g. 10 and batch_size to e.g. 100",
-            )
+        if config.timeout <= 0:
+            raise ConfigError("rabbitmq sink: timeout must be > 0", fix="set timeout to e.g. 10")
         self._url = url
-        self.url = safe_amqp_url(url)
+        self.url = safe_url(url)
         self.exchanges = Naming(
-            exchange,
-            message_exchange,
-            prefix=prefix,
+            config.exchange,
+            config.message_exchange,
+            prefix=config.prefix,
             setting="rabbitmq exchange",
             message_setting="rabbitmq message_exchange",
         )
         self.routing_keys = Naming(
-            routing_key,
-            message_routing_key,
-            prefix=prefix,
+            config.routing_key,
+            config.message_routing_key,
+            prefix=config.prefix,
             setting="rabbitmq routing_key",
             message_setting="rabbitmq message_routing_key",
-            clean=_clean_word,
+            clean=clean_routing_word,
         )
-        self.exchange_type = exchange_type
-        self.auto_create = auto_create
-        self.mandatory = mandatory
-        self.tables = tuple(tables)
-        self.timeout = timeout
-        self.batch_size = batch_size
-        self._options = dict(connect_options or {})
+        self.exchange_type = config.exchange_type
+        self.auto_create = config.auto_create
+        self.mandatory = config.mandatory
+        self.tables = context.tables
+        self.timeout = config.timeout
+        self.batch_size = config.batch_size
+        self._options = options
         self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
         self._exchanges: dict[str, AbstractExchange] = {}  # on the current channel
@@ -163,36 +138,8 @@ class RabbitMQSink:
         self._open = False
 
     @classmethod
-    def from_config(cls, cfg: RabbitMQSinkConfig, *, tables: Sequence[str] = ()) -> RabbitMQSink:
-        from walrelay.config import env_secret
-
-        options: dict[str, Any] = {}
-        if cfg.username:
-            options["login"] = cfg.username
-        password = env_secret(cfg.password_env, "rabbitmq password")
-        if password is not None:
-            options["password"] = password
-        url = cfg.url.get_secret_value()
-        if cfg.tls is not None:
-            options["ssl"] = True
-            options["ssl_context"] = cfg.tls.ssl_context()
-            if url.startswith("amqp://"):
-                url = "amqps://" + url.removeprefix("amqp://")
-        return cls(
-            url,
-            exchange=cfg.exchange,
-            exchange_type=cfg.exchange_type,
-            routing_key=cfg.routing_key,
-            message_exchange=cfg.message_exchange,
-            message_routing_key=cfg.message_routing_key,
-            prefix=cfg.prefix,
-            auto_create=cfg.auto_create,
-            mandatory=cfg.mandatory,
-            tables=tables,
-            connect_options=options,
-            timeout=cfg.timeout,
-            batch_size=cfg.batch_size,
-        )
+    def from_config(cls, config: RabbitMQSinkConfig, context: SinkContext) -> RabbitMQSink:
+        return cls(config, context)
 
     def __repr__(self) -> str:
         return f"RabbitMQSink({self.url!r})"
@@ -386,25 +333,18 @@ class RabbitMQSink:
                 f"rabbitmq sink {self.url}: {type(exc).__name__}: {exc}"
             ) from None
         results = await asyncio.gather(*(p[0] for p in publishes), return_exceptions=True)
+        self._settle([p[1:] for p in publishes], results)
+
+    def _settle(self, publishes: Sequence[tuple[str, str, str]], results: Sequence[object]) -> None:
+        """Raise for the failed publishes ((event id, exchange, routing key) each)."""
         failures: list[SinkError] = []
-        for (_, event_id, exchange_name, routing_key), result in zip(
-            publishes, results, strict=True
-        ):
+        for (event_id, exchange_name, routing_key), result in zip(publishes, results, strict=True):
             if isinstance(result, BaseException):
                 failures.append(self._classify(result, event_id, exchange_name, routing_key))
         if failures:
             if any(isinstance(f, SinkUnavailable) for f in failures):
                 self._broken()
-            permanent = [f for f in failures if f.permanent]
-            first = (permanent or failures)[0]
-            if len(failures) == 1:
-                raise first
-            message = f"{len(failures)} of {len(publishes)} publishes failed; first: {first}"
-            if permanent:
-                raise SinkError(message, permanent=True)
-            if any(isinstance(f, SinkUnavailable) for f in failures):
-                raise SinkUnavailable(message)
-            raise SinkError(message)
+            raise batch_error(failures, len(publishes), "publishes")
 
     def _classify(
         self, exc: BaseException, event_id: str, exchange: str, routing_key: str

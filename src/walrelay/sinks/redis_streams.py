@@ -46,19 +46,20 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from walrelay import failpoints
+from walrelay.config import env_secret
 from walrelay.errors import ConfigError, PoisonEvent, SinkError, SinkUnavailable
 from walrelay.model import Event
+from walrelay.sinks.base import SinkContext
+from walrelay.sinks.common import batch_error, import_extra, safe_url
 from walrelay.sinks.templates import Naming
 
 if TYPE_CHECKING:
-    from types import ModuleType
-
     from redis.asyncio import Redis
     from redis.typing import EncodableT, FieldT
 
     from walrelay.config import RedisSinkConfig
 
-__all__ = ["RedisStreamsSink", "entry_id", "safe_redis_url"]
+__all__ = ["RedisStreamsSink", "entry_id"]
 
 log = logging.getLogger("walrelay.sinks.redis")
 
@@ -66,33 +67,33 @@ _REPLAYED = "equal or smaller than the target stream top item"
 _OWN_FIELDS = frozenset(("id", "op", "table", "key", "body", "tombstone"))
 
 
-def _import_redis() -> ModuleType:
-    try:
-        import redis.asyncio
-        import redis.exceptions
-    except ImportError:
-        raise ConfigError(
-            "redis sink: the redis package is not installed", fix="pip install 'walrelay[redis]'"
-        ) from None
-    return redis
-
-
 def entry_id(event: Event) -> str:
     """The stream entry id of an event: ``<commit_lsn>-<seq>``."""
     return f"{event.commit_lsn}-{event.seq}"
 
 
-def safe_redis_url(url: str) -> str:
-    """The URL without its password (for logs and errors)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    netloc = f"{user}:***@{host}" if user else f":***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+def _client_options(cfg: RedisSinkConfig) -> tuple[str, dict[str, Any]]:
+    """The URL to connect to and the client's options: credentials (secrets read
+    from the environment) and TLS (which turns ``redis://`` into ``rediss://``)."""
+    url = cfg.url.get_secret_value()
+    options: dict[str, Any] = {}
+    if cfg.username:
+        options["username"] = cfg.username
+    password = env_secret(cfg.password_env, "redis password")
+    if password is not None:
+        options["password"] = password
+    if cfg.tls is not None:
+        tls = cfg.tls
+        parts = urlsplit(url)
+        if parts.scheme == "redis":
+            url = urlunsplit(("rediss", *parts[1:]))
+        options["ssl_ca_certs"] = tls.ca_file
+        options["ssl_certfile"] = tls.cert_file
+        options["ssl_keyfile"] = tls.key_file
+        options["ssl_password"] = env_secret(tls.key_password_env, "redis tls key")
+        options["ssl_cert_reqs"] = "required" if tls.verify else "none"
+        options["ssl_check_hostname"] = tls.verify
+    return url, options
 
 
 class RedisStreamsSink:
@@ -102,87 +103,39 @@ class RedisStreamsSink:
     # Redis rejects a replayed entry id: no dedup ledger needed in front.
     transactional = True
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        stream: str = "{prefix}:{schema}.{table}",
-        message_stream: str = "{prefix}:messages",
-        prefix: str = "walrelay",
-        maxlen: int | None = None,
-        approximate_maxlen: bool = True,
-        auto_create: bool = True,
-        tables: Sequence[str] = (),
-        client_options: dict[str, Any] | None = None,
-        timeout: float = 10.0,
-        batch_size: int = 500,
-    ) -> None:
-        self._redis = _import_redis()
-        scheme = urlsplit(url).scheme
-        if scheme not in ("redis", "rediss", "unix"):
+    def __init__(self, config: RedisSinkConfig, context: SinkContext | None = None) -> None:
+        self._redis = import_extra("redis", "redis", "redis.asyncio", "redis.exceptions")
+        context = context or SinkContext()
+        url, options = _client_options(config)
+        if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
             raise ConfigError(
-                f"redis sink: {safe_redis_url(url)} is not a redis:// URL",
+                f"redis sink: {safe_url(url)} is not a redis:// URL",
                 fix="set url to e.g. redis://host:6379/0 (rediss:// for TLS)",
             )
-        if timeout <= 0 or batch_size < 1 or (maxlen is not None and maxlen < 1):
-            raise ConfigError(
-                "redis sink: timeout must be > 0, batch_size and maxlen >= 1",
-                fix="set timeout to e.g. 10 and batch_size to e.g. 500",
-            )
+        if config.timeout <= 0:
+            raise ConfigError("redis sink: timeout must be > 0", fix="set timeout to e.g. 10")
         self._url = url
-        self.url = safe_redis_url(url)
+        self.url = safe_url(url)
         self.naming = Naming(
-            stream,
-            message_stream,
-            prefix=prefix,
+            config.stream,
+            config.message_stream,
+            prefix=config.prefix,
             setting="redis stream",
             message_setting="redis message_stream",
         )
-        self.maxlen = maxlen
-        self.approximate_maxlen = approximate_maxlen
-        self.auto_create = auto_create
-        self.tables = tuple(tables)
-        self.timeout = timeout
-        self.batch_size = batch_size
-        self._options = dict(client_options or {})
+        self.maxlen = config.maxlen
+        self.approximate_maxlen = config.approximate_maxlen
+        self.auto_create = config.auto_create
+        self.tables = context.tables
+        self.timeout = config.timeout
+        self.batch_size = config.batch_size
+        self._options = options
         self._client: Redis | None = None
         self.replayed = 0  # XADDs Redis rejected as already stored
 
     @classmethod
-    def from_config(cls, cfg: RedisSinkConfig, *, tables: Sequence[str] = ()) -> RedisStreamsSink:
-        from walrelay.config import env_secret
-
-        url = cfg.url.get_secret_value()
-        options: dict[str, Any] = {}
-        if cfg.username:
-            options["username"] = cfg.username
-        password = env_secret(cfg.password_env, "redis password")
-        if password is not None:
-            options["password"] = password
-        if cfg.tls is not None:
-            tls = cfg.tls
-            parts = urlsplit(url)
-            if parts.scheme == "redis":
-                url = urlunsplit(("rediss", *parts[1:]))
-            options["ssl_ca_certs"] = tls.ca_file
-            options["ssl_certfile"] = tls.cert_file
-            options["ssl_keyfile"] = tls.key_file
-            options["ssl_password"] = env_secret(tls.key_password_env, "redis tls key")
-            options["ssl_cert_reqs"] = "required" if tls.verify else "none"
-            options["ssl_check_hostname"] = tls.verify
-        return cls(
-            url,
-            stream=cfg.stream,
-            message_stream=cfg.message_stream,
-            prefix=cfg.prefix,
-            maxlen=cfg.maxlen,
-            approximate_maxlen=cfg.approximate_maxlen,
-            auto_create=cfg.auto_create,
-            tables=tables,
-            client_options=options,
-            timeout=cfg.timeout,
-            batch_size=cfg.batch_size,
-        )
+    def from_config(cls, config: RedisSinkConfig, context: SinkContext) -> RedisStreamsSink:
+        return cls(config, context)
 
     def __repr__(self) -> str:
         return f"RedisStreamsSink({self.url!r})"
@@ -277,20 +230,29 @@ class RedisStreamsSink:
         except redis.exceptions.RedisError as exc:
             raise SinkError(f"redis sink {self.url}: {type(exc).__name__}: {exc}") from None
         failpoints.hit(failpoints.REDIS_AFTER_XADD)
+        self._settle(sent, results)
+
+    def _settle(self, sent: Sequence[tuple[Event, str]], results: Sequence[Any]) -> None:
+        """Count the replays among the XADD results; raise for the failed ones."""
         replayed = 0
+        failures: list[SinkError] = []
         for (event, stream), result in zip(sent, results, strict=True):
             if result is None:
-                raise SinkError(
-                    f"redis sink {self.url}: stream {stream} does not exist and auto_create is "
-                    f"off (event {event.id}) -- fix: create the stream or set auto_create: true",
-                    permanent=True,
+                failures.append(
+                    SinkError(
+                        f"redis sink {self.url}: stream {stream} does not exist and auto_create "
+                        f"is off (event {event.id}) -- fix: create the stream or set "
+                        "auto_create: true",
+                        permanent=True,
+                    )
                 )
-            if isinstance(result, Exception):
-                text = str(result)
-                if _REPLAYED in text:
+            elif isinstance(result, Exception):
+                if _REPLAYED in str(result):
                     replayed += 1
-                    continue
-                raise self._classify(result, event, stream)
+                else:
+                    failures.append(self._classify(result, event, stream))
+        if failures:
+            raise batch_error(failures, len(sent), "XADDs")
         if replayed:
             self.replayed += replayed
             log.debug(

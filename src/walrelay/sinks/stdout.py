@@ -11,10 +11,14 @@ import contextlib
 import sys
 import threading
 from collections.abc import Sequence
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-from walrelay.errors import ConfigError, SinkError, SinkUnavailable
+from walrelay.errors import SinkError, SinkUnavailable
 from walrelay.model import Event
+
+if TYPE_CHECKING:
+    from walrelay.config import StdoutSinkConfig
+    from walrelay.sinks.base import SinkContext
 
 __all__ = ["StdoutSink"]
 
@@ -28,17 +32,18 @@ class StdoutSink:
     """
 
     ordered = True
+    # stdout cannot be read back: a replay is written again (the ledger drops it).
+    transactional = False
 
-    def __init__(self, batch_size: int = 2000, *, stream: BinaryIO | None = None) -> None:
-        if batch_size < 1:
-            raise ConfigError(
-                f"stdout sink: batch_size must be >= 1, got {batch_size}",
-                fix="set batch_size to e.g. 2000",
-            )
-        self.batch_size = batch_size
+    def __init__(self, config: StdoutSinkConfig, *, stream: BinaryIO | None = None) -> None:
+        self.batch_size = config.batch_size
         self._given_stream = stream
         self._stream: BinaryIO | None = None
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, config: StdoutSinkConfig, context: SinkContext) -> StdoutSink:
+        return cls(config)
 
     def __repr__(self) -> str:
         return "StdoutSink()"

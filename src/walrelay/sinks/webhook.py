@@ -21,7 +21,8 @@ With ``batch_size > 1`` the events of one ``deliver`` call are POSTed
 concurrently; if any fails, ``deliver`` raises and the pipeline retries the
 *whole* batch. Events that had succeeded are sent again with the same
 ``webhook-id``, which the receiver drops as a duplicate. The error is
-retryable if any failure was; permanent only if all failures were.
+retryable if any failure was; permanent only if all failures were (the policy
+in :mod:`walrelay.sinks.base`).
 
 The URL may carry credentials (``https://user:pass@host/path?token=...``):
 they are used (basic auth, query string) but never appear in errors or
@@ -37,13 +38,19 @@ import importlib.metadata
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import aiohttp
 from yarl import URL
 
 from walrelay.errors import ConfigError, SinkError, SinkUnavailable
 from walrelay.model import Event
+from walrelay.sinks.common import batch_error, safe_url
 from walrelay.sinks.signing import secret_key, signature_headers
+
+if TYPE_CHECKING:
+    from walrelay.config import WebhookSinkConfig
+    from walrelay.sinks.base import SinkContext
 
 __all__ = ["WebhookSink", "safe_url"]
 
@@ -58,31 +65,22 @@ except importlib.metadata.PackageNotFoundError:  # pragma: no cover - source che
     _USER_AGENT = "walrelay"
 
 
-def safe_url(url: str | URL) -> str:
-    """``url`` without user info, query string and fragment: safe for logs and errors."""
-    u = url if isinstance(url, URL) else URL(url)
-    if u.is_absolute():
-        u = u.with_user(None)
-    return str(u.with_query(None).with_fragment(None))
-
-
 class WebhookSink:
     """POSTs each event to ``url``; see the module docstring."""
 
     ordered = False
+    # A receiver may act on a resend: the engine puts its dedup ledger in front.
+    transactional = False
 
     def __init__(
         self,
-        url: str,
+        config: WebhookSinkConfig,
         *,
         secret: bytes | str | None,
-        timeout: float = 10.0,
-        headers: dict[str, str] | None = None,
-        max_connections: int = 64,
-        batch_size: int = 1,
     ) -> None:
+        url = config.url.get_secret_value()
         try:
-            parsed = URL(url)
+            parsed: URL | None = URL(url)
         except (TypeError, ValueError):
             parsed = None
         if parsed is None or parsed.scheme not in ("http", "https") or not parsed.raw_host:
@@ -91,18 +89,13 @@ class WebhookSink:
                 f"webhook sink: URL {shown} is not an absolute http(s) URL",
                 fix="set the webhook url to e.g. https://example.com/hooks/walrelay",
             )
-        if timeout <= 0:
+        if config.timeout <= 0:
             raise ConfigError(
-                f"webhook sink: timeout must be > 0 seconds, got {timeout}",
+                f"webhook sink: timeout must be > 0 seconds, got {config.timeout}",
                 fix="set timeout to e.g. 10 (Standard Webhooks suggests 15-30 s)",
             )
-        if max_connections < 1 or batch_size < 1:
-            raise ConfigError(
-                "webhook sink: max_connections and batch_size must be >= 1",
-                fix="set max_connections to e.g. 64 and batch_size to 1",
-            )
         static: dict[str, str] = {}
-        for name, value in (headers or {}).items():
+        for name, value in config.headers.items():
             if name.lower().startswith("webhook-"):
                 raise ConfigError(
                     f"webhook sink: header {name!r} is reserved for the Standard Webhooks "
@@ -123,12 +116,17 @@ class WebhookSink:
             ) from None
         self._url = parsed
         self.url = safe_url(parsed)
-        self.timeout = timeout
-        self.max_connections = max_connections
-        self.batch_size = batch_size
+        self.timeout = config.timeout
+        self.max_connections = config.max_connections
+        self.batch_size = config.batch_size
         self._headers = static
         self._session: aiohttp.ClientSession | None = None
         self._scrub = _scrub_list(parsed)
+
+    @classmethod
+    def from_config(cls, config: WebhookSinkConfig, context: SinkContext) -> WebhookSink:
+        """The signing secret is read here, from ``secret_env`` or ``secret_file``."""
+        return cls(config, secret=config.secret())
 
     def __repr__(self) -> str:
         return f"WebhookSink({self.url!r})"
@@ -172,7 +170,7 @@ class WebhookSink:
             elif isinstance(r, BaseException):
                 raise r
         if failures:
-            raise _combine(failures, len(events))
+            raise batch_error(failures, len(events), "webhook deliveries")
 
     async def _send(self, session: aiohttp.ClientSession, event: Event) -> None:
         body = event.body
@@ -265,20 +263,3 @@ def _parse_retry_after(value: str | None) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
-def _combine(failures: list[SinkError], total: int) -> SinkError:
-    transient = [f for f in failures if not f.permanent]
-    chosen = transient or failures
-    first = chosen[0]
-    message = (
-        f"{len(failures)} of {total} webhook deliveries in the batch failed "
-        f"(the batch is retried whole, same webhook-id); first: {first}"
-    )
-    if not transient:
-        return SinkError(message, permanent=True)
-    delays = [f.retry_after for f in transient if f.retry_after is not None]
-    retry_after = max(delays) if delays else None
-    if any(isinstance(f, SinkUnavailable) for f in transient):
-        return SinkUnavailable(message, retry_after=retry_after)
-    return SinkError(message, permanent=False, retry_after=retry_after)

@@ -1,0 +1,260 @@
+"""One policy for a batch with permanent and transient failures, in every sink that
+sees per-event outcomes (sinks/base.py): any transient failure makes the batch
+transient (retried whole), permanent only when every failure is.
+
+Each sink's own outcome step is fed the per-event results its client library
+would return, without a server (the webhook sink's is tested against a real
+receiver in test_webhook_sink.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any
+
+import aio_pika.exceptions
+import confluent_kafka
+import nats.js.errors
+import orjson
+import pytest
+import redis.exceptions
+
+from walrelay.config import (
+    KafkaSinkConfig,
+    NatsSinkConfig,
+    PostgresSinkConfig,
+    RabbitMQSinkConfig,
+    RedisSinkConfig,
+)
+from walrelay.errors import PoisonEvent, SinkError, SinkUnavailable
+from walrelay.model import Event, format_event_id
+from walrelay.sinks import postgres as postgres_mod
+from walrelay.sinks.common import batch_error
+from walrelay.sinks.kafka import KafkaSink, _Record
+from walrelay.sinks.nats import NatsSink
+from walrelay.sinks.postgres import PostgresSink
+from walrelay.sinks.rabbitmq import RabbitMQSink
+from walrelay.sinks.redis_streams import RedisStreamsSink
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def event(seq: int) -> Event:
+    body = orjson.dumps({"id": format_event_id(1, seq), "key": {"id": seq}})
+    return Event(1, seq, "insert", "public.t", (f"public.t\x1f{seq}",), body, 1, T0)
+
+
+# -- the policy itself ---------------------------------------------------------------
+
+
+def test_any_transient_failure_makes_the_batch_transient() -> None:
+    error = batch_error(
+        [
+            PoisonEvent("too large"),
+            SinkError("busy", retry_after=3.0),
+            SinkUnavailable("timeout", retry_after=1.0),
+        ],
+        10,
+        "records",
+    )
+    assert isinstance(error, SinkUnavailable) and not error.permanent
+    assert error.retry_after == 3.0  # the longest any transient failure asked for
+    assert str(error).startswith("3 of 10 records failed; first: busy")
+
+
+def test_only_permanent_failures_make_the_batch_permanent() -> None:
+    error = batch_error([PoisonEvent("a"), SinkError("b", permanent=True)], 5, "records")
+    assert error.permanent and not isinstance(error, PoisonEvent)
+    poison = batch_error([PoisonEvent("a"), PoisonEvent("b")], 5, "records")
+    assert isinstance(poison, PoisonEvent)
+    single = SinkError("only", permanent=True)
+    assert batch_error([single], 5, "records") is single
+
+
+# -- Kafka ------------------------------------------------------------------------------
+
+
+def test_kafka_mixed_delivery_reports_are_transient() -> None:
+    sink = KafkaSink(KafkaSinkConfig(bootstrap_servers="127.0.0.1:1", mode="at_least_once"))
+    too_large = confluent_kafka.KafkaError(confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE)
+    timed_out = confluent_kafka.KafkaError(confluent_kafka.KafkaError._MSG_TIMED_OUT)
+
+    def record(seq: int) -> _Record:
+        return _Record("t", b"k", b"v" * 10, [], format_event_id(1, seq))
+
+    mixed = sink._combine([(too_large, record(1)), (timed_out, record(2))], 3)
+    assert isinstance(mixed, SinkUnavailable) and not mixed.permanent
+    permanent = sink._combine([(too_large, record(1)), (too_large, record(2))], 3)
+    assert isinstance(permanent, PoisonEvent)
+
+
+class _Producer:
+    """Stands in for confluent_kafka.Producer: refuses records of ``too_large``
+    bytes at produce(), reports a timeout for the key ``"slow"``, else success."""
+
+    def __init__(self, too_large: int, slow_key: bytes = b'"slow"') -> None:
+        self.too_large, self.slow_key = too_large, slow_key
+        self.produced: list[bytes | None] = []
+
+    def produce(
+        self, topic: str, *, value: bytes, key: bytes, headers: Any, on_delivery: Any
+    ) -> None:
+        if len(value) >= self.too_large:
+            raise confluent_kafka.KafkaException(
+                confluent_kafka.KafkaError(confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE)
+            )
+        self.produced.append(key)
+        if key == self.slow_key:
+            on_delivery(confluent_kafka.KafkaError(confluent_kafka.KafkaError._MSG_TIMED_OUT), None)
+        else:
+            on_delivery(None, None)
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+
+def _kafka_event(seq: int, key: bytes, size: int = 10) -> Event:
+    e = event(seq)
+    return Event(e.commit_lsn, e.seq, e.op, e.table, e.keys, b"x" * size, 1, T0, key_json=key)
+
+
+def test_kafka_record_refused_at_produce_does_not_hold_back_the_batch() -> None:
+    sink = KafkaSink(KafkaSinkConfig(bootstrap_servers="127.0.0.1:1", mode="at_least_once"))
+    producer = _Producer(too_large=100)
+    sink._producer = producer  # type: ignore[assignment]
+    sink._known_topics.add("walrelay.public.t")
+    batch = [
+        _kafka_event(0, b'"1"'),
+        _kafka_event(1, b'"2"', size=100),  # too large: refused by produce()
+        _kafka_event(2, b'"slow"'),  # times out: transient
+        _kafka_event(3, b'"4"'),
+    ]
+    with pytest.raises(SinkUnavailable, match="2 of 4 records failed") as info:
+        sink._deliver_idempotent(batch)
+    assert not info.value.permanent
+    assert producer.produced == [b'"1"', b'"slow"', b'"4"']  # the rest were still sent
+    with pytest.raises(PoisonEvent):  # only the refused record fails: permanent
+        sink._deliver_idempotent([batch[0], batch[1], batch[3]])
+
+
+# -- NATS -------------------------------------------------------------------------------
+
+
+async def test_nats_mixed_acks_are_transient() -> None:
+    sink = NatsSink(NatsSinkConfig(servers=["nats://127.0.0.1:1"]))
+    loop = asyncio.get_running_loop()
+
+    def ack(result: Any = None, error: BaseException | None = None) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = loop.create_future()
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
+        return future
+
+    ok = SimpleNamespace(duplicate=False)
+    no_stream = nats.js.errors.NoStreamResponseError()
+    unavailable = nats.js.errors.ServiceUnavailableError(code=503, description="no responders")
+    mixed = [
+        (ack(ok), "1", "s"),
+        (ack(error=no_stream), "2", "s"),
+        (ack(error=unavailable), "3", "s"),
+    ]
+    with pytest.raises(SinkUnavailable, match="2 of 3 publishes failed") as info:
+        sink._settle(mixed)
+    assert not info.value.permanent
+    only_permanent = [(ack(ok), "1", "s"), (ack(error=no_stream), "2", "s")]
+    with pytest.raises(SinkError) as info:
+        sink._settle(only_permanent)
+    assert info.value.permanent
+
+
+# -- Redis ------------------------------------------------------------------------------
+
+
+def test_redis_mixed_xadd_results_are_transient() -> None:
+    sink = RedisStreamsSink(RedisSinkConfig(url="redis://127.0.0.1:1/0"))
+    sent = [(event(i), "s") for i in range(4)]
+    wrongtype = redis.exceptions.ResponseError("WRONGTYPE Operation against a key")
+    oom = redis.exceptions.ResponseError("OOM command not allowed")
+    replay = redis.exceptions.ResponseError(
+        "ERR The ID specified in XADD is equal or smaller than the target stream top item"
+    )
+    with pytest.raises(SinkUnavailable, match="2 of 4 XADDs failed") as info:
+        sink._settle(sent, [b"1-0", wrongtype, oom, replay])
+    assert not info.value.permanent
+    with pytest.raises(SinkError) as info:
+        sink._settle(sent, [b"1-0", wrongtype, None, replay])  # None: NOMKSTREAM, no stream
+    assert info.value.permanent
+    sink._settle(sent, [b"1-0", replay, replay, b"1-3"])  # replays are delivered
+    assert sink.replayed == 2
+
+
+# -- RabbitMQ ---------------------------------------------------------------------------
+
+
+def test_rabbitmq_mixed_confirms_are_transient() -> None:
+    sink = RabbitMQSink(RabbitMQSinkConfig(url="amqp://127.0.0.1:1/"))
+    # What aio-pika raises for a returned (unroutable) message; its constructor wants
+    # the broker's frames, which the sink never looks at.
+    unroutable = aio_pika.exceptions.PublishError.__new__(aio_pika.exceptions.PublishError)
+    publishes = [(format_event_id(1, i), "x", "public.t.insert") for i in range(3)]
+    with pytest.raises(SinkUnavailable, match="2 of 3 publishes failed") as info:
+        sink._settle(publishes, [None, unroutable, TimeoutError()])
+    assert not info.value.permanent
+    with pytest.raises(SinkError) as info:
+        sink._settle(publishes, [None, unroutable, unroutable])
+    assert info.value.permanent
+
+
+# -- PostgreSQL -------------------------------------------------------------------------
+
+
+class _Conn:
+    closed = False
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def _postgres(ordered: bool, failing: dict[int, SinkError]) -> tuple[PostgresSink, list[int]]:
+    """A sink whose per-transaction apply step fails for the events in ``failing``."""
+    sink = PostgresSink(PostgresSinkConfig(dsn="dbname=none", ordered=ordered))
+    applied: list[int] = []
+
+    async def apply(conn: Any, events: Sequence[Event]) -> None:
+        for e in events:
+            if e.seq in failing:
+                raise postgres_mod._BadEvent(e, failing[e.seq])
+        applied.extend(e.seq for e in events)
+
+    sink._apply = apply  # type: ignore[method-assign]
+    sink._idle.append(_Conn())  # type: ignore[arg-type]
+    return sink, applied
+
+
+async def test_postgres_unordered_applies_the_good_events_and_reports_transient() -> None:
+    failing = {1: PoisonEvent("check violated"), 3: SinkError("target table missing")}
+    sink, applied = _postgres(ordered=False, failing=failing)
+    with pytest.raises(SinkError, match="2 of 5 events failed") as info:
+        await sink.deliver([event(i) for i in range(5)])
+    assert not info.value.permanent
+    assert applied == [0, 2, 4]  # recorded: the retry skips them
+
+
+async def test_postgres_unordered_only_permanent_is_permanent() -> None:
+    sink, applied = _postgres(ordered=False, failing={1: PoisonEvent("check violated")})
+    with pytest.raises(PoisonEvent):
+        await sink.deliver([event(i) for i in range(3)])
+    assert applied == [0, 2]
+
+
+async def test_postgres_ordered_stops_at_the_first_bad_event() -> None:
+    failing = {1: PoisonEvent("check violated"), 3: SinkError("target table missing")}
+    sink, applied = _postgres(ordered=True, failing=failing)
+    with pytest.raises(PoisonEvent):
+        await sink.deliver([event(i) for i in range(5)])
+    assert applied == [0]  # nothing may be applied before the bad event
