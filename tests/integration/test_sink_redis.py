@@ -171,6 +171,28 @@ async def test_replayed_ids_are_rejected_by_redis(server: RedisServer) -> None:
     assert [s.msg_id for s in reader.seen] == [entry_id(_event(0x2000, i)) for i in range(8)]
 
 
+async def test_an_id_below_the_top_that_the_stream_lacks_is_not_a_replay(
+    server: RedisServer,
+) -> None:
+    """Redis refuses any id at or below a stream's top: only one the stream
+    holds is a replay. One it lacks (an earlier XADD failed while a later one
+    went in) must fail loudly, never count as delivered."""
+    prefix = unique_prefix("r")
+    sink = RedisStreamsSink(RedisSinkConfig(url=server.url, prefix=prefix))
+    await sink.open()
+    try:
+        await sink.deliver([_event(0x2100, 0), _event(0x2100, 5)])  # the gap: 1 to 4
+        with pytest.raises(SinkError, match=r"does not hold it") as exc:
+            await sink.deliver([_event(0x2100, i) for i in range(6)])
+        assert exc.value.permanent
+        assert "2 of 6" not in str(exc.value) and "4 of 6" in str(exc.value)
+        assert sink.replayed == 0  # nothing counted as delivered in a failed batch
+    finally:
+        await sink.close()
+    reader = StreamsReader(server.url, prefix)
+    assert await reader.read() == 2
+
+
 async def test_missing_stream_without_auto_create(server: RedisServer) -> None:
     prefix = unique_prefix("r")
     sink = RedisStreamsSink(

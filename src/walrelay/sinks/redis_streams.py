@@ -230,12 +230,13 @@ class RedisStreamsSink:
         except redis.exceptions.RedisError as exc:
             raise SinkError(f"redis sink {self.url}: {type(exc).__name__}: {exc}") from None
         failpoints.hit(failpoints.REDIS_AFTER_XADD)
-        self._settle(sent, results)
+        await self._settle(sent, results)
 
-    def _settle(self, sent: Sequence[tuple[Event, str]], results: Sequence[Any]) -> None:
+    async def _settle(self, sent: Sequence[tuple[Event, str]], results: Sequence[Any]) -> None:
         """Count the replays among the XADD results; raise for the failed ones."""
         replayed = 0
         failures: list[SinkError] = []
+        claimed: list[tuple[Event, str]] = []
         for (event, stream), result in zip(sent, results, strict=True):
             if result is None:
                 failures.append(
@@ -248,9 +249,13 @@ class RedisStreamsSink:
                 )
             elif isinstance(result, Exception):
                 if _REPLAYED in str(result):
-                    replayed += 1
+                    claimed.append((event, stream))
                 else:
                     failures.append(self._classify(result, event, stream))
+        if claimed:
+            missing = await self._not_stored(claimed)
+            replayed = len(claimed) - len(missing)
+            failures.extend(missing)
         if failures:
             raise batch_error(failures, len(sent), "XADDs")
         if replayed:
@@ -260,6 +265,42 @@ class RedisStreamsSink:
                 self.url,
                 replayed,
             )
+
+    async def _not_stored(self, claimed: Sequence[tuple[Event, str]]) -> list[SinkError]:
+        """Of the XADDs Redis refused as "equal or smaller than the top item",
+        the ones whose entry is *not* in the stream: not replays but gaps (an
+        earlier XADD to the stream failed while a later one went in), which no
+        retry can fill in order. Loud and permanent, never counted as delivered."""
+        client = self._client
+        assert client is not None
+        pipe = client.pipeline(transaction=False)
+        for event, stream in claimed:
+            eid = entry_id(event)
+            pipe.xrange(stream, eid, eid)
+        try:
+            found = await pipe.execute(raise_on_error=False)
+        except Exception as exc:
+            raise SinkUnavailable(
+                f"redis sink {self.url}: checking {len(claimed)} replayed entries: {exc}"
+            ) from None
+        errors: list[SinkError] = []
+        for (event, stream), entries in zip(claimed, found, strict=True):
+            if isinstance(entries, Exception):
+                errors.append(self._classify(entries, event, stream))
+            elif not entries:
+                errors.append(
+                    SinkError(
+                        f"redis sink {self.url}: stream {stream} is past entry id "
+                        f"{entry_id(event)} but does not hold it (event {event.id} was not "
+                        "stored while a later event of the stream was, and Redis never takes "
+                        "an id below its top one; walrelay retries it, delivering nothing "
+                        "later) -- fix: see the earlier XADD error of this stream in the log; "
+                        "to go on, RENAME the stream aside (walrelay starts a new one with "
+                        "this event) and let its consumers finish the old one",
+                        permanent=True,
+                    )
+                )
+        return errors
 
     def _classify(self, exc: Exception, event: Event, stream: str) -> SinkError:
         redis = self._redis
