@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 import psycopg
 from aiohttp import web
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from walrelay.config import Config, parse_config
 from walrelay.engine import Engine
@@ -106,6 +107,15 @@ def execute(dsn: str, *statements: str, params: tuple[Any, ...] | None = None) -
     with psycopg.connect(dsn, autocommit=True) as conn:
         for stmt in statements:
             conn.execute(stmt, params)  # type: ignore[arg-type]
+
+
+def dsn_port(dsn: str) -> int:
+    return int(str(conninfo_to_dict(dsn)["port"]))
+
+
+def dsn_with_port(dsn: str, port: int) -> str:
+    """The same connection string to another loopback port (e.g. a TcpProxy's)."""
+    return make_conninfo(dsn, host="127.0.0.1", port=port)
 
 
 def current_lsn(dsn: str) -> int:
