@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 
 import pytest
 
+from tests.factories import make_event as ev
 from walrelay.config import parse_config
 from walrelay.errors import SinkError
 from walrelay.model import Event, Lsn
@@ -21,19 +21,6 @@ from walrelay.pipeline.ledger import (
     wrap_sink,
 )
 from walrelay.sinks.memory import MemorySink
-
-
-def ev(lsn: int, seq: int = 0, key: str = "k") -> Event:
-    return Event(
-        commit_lsn=lsn,
-        seq=seq,
-        op="insert",
-        table="public.t",
-        keys=(key,),
-        body=b"{}",
-        xid=1,
-        committed_at=datetime(2024, 1, 1, tzinfo=UTC),
-    )
 
 
 class FakeLedger:

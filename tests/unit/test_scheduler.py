@@ -7,10 +7,10 @@ import logging
 import random
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 
 import pytest
 
+from tests.factories import numbered_event as ev
 from walrelay.errors import SinkError
 from walrelay.model import Event
 from walrelay.pipeline.backoff import Backoff
@@ -19,7 +19,6 @@ from walrelay.pipeline.scheduler import Destination, FailureDecision
 from walrelay.sinks.base import Sink
 from walrelay.sinks.memory import MemorySink
 
-T0 = datetime(2024, 1, 1, tzinfo=UTC)
 FAST = Backoff(initial=0.001, multiplier=2.0, maximum=0.005)
 
 
@@ -27,20 +26,6 @@ FAST = Backoff(initial=0.001, multiplier=2.0, maximum=0.005)
 def _sizes_are_body_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
     """These tests count buffer space in body bytes: no per-event overhead."""
     monkeypatch.setattr("walrelay.model.EVENT_OVERHEAD_BYTES", 0)
-
-
-def ev(i: int, *keys: str, size: int = 10) -> Event:
-    """Event number ``i`` (ids increase with i); no keys = a barrier."""
-    return Event(
-        commit_lsn=1000 + i // 8,
-        seq=i % 8,
-        op="truncate" if not keys else "insert",
-        table="public.t",
-        keys=keys,
-        body=b"x" * size,
-        xid=1,
-        committed_at=T0,
-    )
 
 
 def order_key(e: Event) -> tuple[int, int]:
