@@ -9,8 +9,7 @@ import random
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,38 +18,14 @@ import psycopg
 from aiohttp import web
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+# The one poller (tests/waiting.py), re-exported for the integration tests.
+from tests.waiting import wait_for as wait_for
+from tests.waiting import wait_for_sync as wait_for_sync
 from walrelay.config import Config, parse_config
 from walrelay.engine import Engine
 from walrelay.model import parse_lsn
 from walrelay.sinks.signing import verify
 from walrelay.testing.pgcluster import free_port
-
-
-async def wait_for(
-    predicate: Callable[[], bool | Awaitable[bool]],
-    *,
-    within: float = 30.0,
-    what: str = "condition",
-) -> None:
-    """Await until ``predicate()`` is true; fail with ``what`` after ``within`` s."""
-    deadline = time.monotonic() + within
-    while True:
-        result = predicate()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.02)  # polling interval for an external condition
-
-
-def wait_for_sync(predicate: Callable[[], bool], *, timeout: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)  # polling interval for an external condition
 
 
 def make_config(

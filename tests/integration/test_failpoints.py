@@ -446,7 +446,7 @@ async def test_nats_crash_after_ack(db: str, tmp_path: Path, nats_server: NatsSe
     await crash_then_recover(tmp_path, config_for(db, dest), until, spec, point)
     reader = StreamReader(nats_server.url, prefix.upper())
     await reader.until(KEYS * (UPDATES + 1), within=60)
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)  # an observation window: a duplicate would be stored by now
     await reader.read()
     report = check(expected_changes(), observed_items([s.envelope for s in reader.seen]))
     assert report.ok(), report.summary()

@@ -94,7 +94,7 @@ def test_sigterm_then_restart_loses_nothing_and_repeats_nothing(db: str, tmp_pat
             thread.join(timeout=120)
             wait_for_sync(
                 lambda: len(read_jsonl(out)) >= total,
-                timeout=120,
+                within=120,
                 what="every row after the restart",
             )
             second.send_signal(signal.SIGTERM)
@@ -287,7 +287,7 @@ def test_large_transaction_streams_with_bounded_memory(db: str, tmp_path: Path) 
             peak = max(peak, ps.memory_info().rss)
             return count_lines(out) >= rows
 
-        wait_for_sync(done, timeout=240, what="200k events")
+        wait_for_sync(done, within=240, what="200k events")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
     growth_mb = (peak - baseline) / 2**20

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 import pytest
 
 from tests.factories import numbered_event as ev
+from tests.waiting import wait_for
 from walrelay.errors import SinkError
 from walrelay.model import Event
 from walrelay.pipeline.backoff import Backoff
@@ -34,9 +35,7 @@ def order_key(e: Event) -> tuple[int, int]:
 
 async def until(cond: Callable[[], bool]) -> None:
     """Wait for a condition on stats that have no awaitable of their own."""
-    async with asyncio.timeout(5):
-        while not cond():  # noqa: ASYNC110 - polling a plain attribute
-            await asyncio.sleep(0.001)
+    await wait_for(cond, within=5, interval=0.001, what="a scheduler counter")
 
 
 class Recorder:
