@@ -11,7 +11,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import orjson
 import psycopg
@@ -81,7 +81,17 @@ def count_lines(path: str | Path) -> int:
 def execute(dsn: str, *statements: str, params: tuple[Any, ...] | None = None) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         for stmt in statements:
-            conn.execute(stmt, params)  # type: ignore[arg-type]
+            conn.execute(stmt, params)
+
+
+StreamEntry = tuple[bytes, dict[bytes, bytes]]
+
+
+def stream_entries(reply: object) -> list[StreamEntry]:
+    """An ``XRANGE`` reply of a Redis client without ``decode_responses``, with
+    the types it has (redis-py types every reply for both modes: ``bytes | str``)."""
+    assert isinstance(reply, list), reply
+    return [(bytes(eid), {bytes(k): bytes(v) for k, v in fields.items()}) for eid, fields in reply]
 
 
 def dsn_port(dsn: str) -> int:
@@ -155,7 +165,7 @@ class WebhookReceiver:
         self.ids.append(event["id"])
         return web.Response(status=204)
 
-    async def __aenter__(self) -> WebhookReceiver:
+    async def __aenter__(self) -> Self:
         app = web.Application()
         app.router.add_post("/hook", self._handle)
         self._runner = web.AppRunner(app, access_log=None)

@@ -217,7 +217,11 @@ async def test_reconnects_after_walsender_is_terminated(db: str, tmp_path: Path)
             pid = slot_state(db, "walrelay")["active_pid"]
             execute(db, "select pg_terminate_backend(%s)", params=(pid,))
             execute(db, f"update t set v = {round_ + 1} where id <= 500")
-            await wait_for(lambda r=round_: engine.stats.reconnects >= r + 1, what="a reconnect")
+
+            def reconnected(times: int = round_ + 1) -> bool:
+                return engine.stats.reconnects >= times
+
+            await wait_for(reconnected, what="a reconnect")
         await wait_for(lambda: len(read_jsonl(out)) >= 3500, what="all events")
     events = read_jsonl(out)
     ids = [e["id"] for e in events]
@@ -323,5 +327,7 @@ def test_demo_runs_and_cleans_up(tmp_path: Path) -> None:
     assert {e["table"] for e in events} == {"public.customers", "public.orders"}
     customer_lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     assert customer_lines and all('"public.customers"' in line for line in customer_lines)
-    pid = int(re.search(r"PostgreSQL \(pid (\d+)\) stopped and removed", result.stderr).group(1))
+    stopped = re.search(r"PostgreSQL \(pid (\d+)\) stopped and removed", result.stderr)
+    assert stopped, result.stderr
+    pid = int(stopped.group(1))
     assert not psutil.pid_exists(pid)
