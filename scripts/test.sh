@@ -8,6 +8,6 @@ bash scripts/servers/install.sh all
 bash scripts/install-browser.sh
 V=.venv/bin
 echo "== ruff"; $V/ruff check src tests bench; $V/ruff format --check src tests bench
-echo "== mypy"; $V/mypy
+echo "== mypy (src/ strict, tests/ relaxed: see pyproject.toml)"; $V/mypy
 echo "== import layers"; $V/lint-imports
 echo "== pytest"; $V/pytest -q -p no:cacheprovider "$@"

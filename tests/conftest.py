@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import psycopg
 import pytest
 
 from walrelay.testing.pgcluster import PgCluster, start_cluster
+from walrelay.testing.proxy import TcpProxy
+
+StartProxy = Callable[[int], Awaitable[TcpProxy]]
 
 _db_counter = itertools.count(1)
 
@@ -47,3 +50,22 @@ def db(pg: PgCluster) -> Iterator[str]:
             for slot, _ in rows:
                 conn.execute("select pg_drop_replication_slot(%s)", (slot,))
             conn.execute(f"drop database {name} with (force)")
+
+
+@pytest.fixture
+async def tcp_proxy() -> AsyncIterator[StartProxy]:
+    """``proxy = await tcp_proxy(target_port)``: a :class:`TcpProxy` on a free
+    loopback port in front of the target, to cut, delay or black-hole the
+    link; every proxy the test started is stopped afterwards."""
+    started: list[TcpProxy] = []
+
+    async def start(target_port: int) -> TcpProxy:
+        proxy = await TcpProxy(target_port).start()
+        started.append(proxy)
+        return proxy
+
+    try:
+        yield start
+    finally:
+        for proxy in started:
+            await proxy.stop()

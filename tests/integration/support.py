@@ -9,47 +9,23 @@ import random
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import orjson
 import psycopg
 from aiohttp import web
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+# The one poller (tests/waiting.py), re-exported for the integration tests.
+from tests.waiting import wait_for as wait_for
+from tests.waiting import wait_for_sync as wait_for_sync
 from walrelay.config import Config, parse_config
 from walrelay.engine import Engine
 from walrelay.model import parse_lsn
 from walrelay.sinks.signing import verify
 from walrelay.testing.pgcluster import free_port
-
-
-async def wait_for(
-    predicate: Callable[[], bool | Awaitable[bool]],
-    *,
-    within: float = 30.0,
-    what: str = "condition",
-) -> None:
-    """Await until ``predicate()`` is true; fail with ``what`` after ``within`` s."""
-    deadline = time.monotonic() + within
-    while True:
-        result = predicate()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.02)  # polling interval for an external condition
-
-
-def wait_for_sync(predicate: Callable[[], bool], *, timeout: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)  # polling interval for an external condition
 
 
 def make_config(
@@ -105,7 +81,26 @@ def count_lines(path: str | Path) -> int:
 def execute(dsn: str, *statements: str, params: tuple[Any, ...] | None = None) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         for stmt in statements:
-            conn.execute(stmt, params)  # type: ignore[arg-type]
+            conn.execute(stmt, params)
+
+
+StreamEntry = tuple[bytes, dict[bytes, bytes]]
+
+
+def stream_entries(reply: object) -> list[StreamEntry]:
+    """An ``XRANGE`` reply of a Redis client without ``decode_responses``, with
+    the types it has (redis-py types every reply for both modes: ``bytes | str``)."""
+    assert isinstance(reply, list), reply
+    return [(bytes(eid), {bytes(k): bytes(v) for k, v in fields.items()}) for eid, fields in reply]
+
+
+def dsn_port(dsn: str) -> int:
+    return int(str(conninfo_to_dict(dsn)["port"]))
+
+
+def dsn_with_port(dsn: str, port: int) -> str:
+    """The same connection string to another loopback port (e.g. a TcpProxy's)."""
+    return make_conninfo(dsn, host="127.0.0.1", port=port)
 
 
 def current_lsn(dsn: str) -> int:
@@ -170,7 +165,7 @@ class WebhookReceiver:
         self.ids.append(event["id"])
         return web.Response(status=204)
 
-    async def __aenter__(self) -> WebhookReceiver:
+    async def __aenter__(self) -> Self:
         app = web.Application()
         app.router.add_post("/hook", self._handle)
         self._runner = web.AppRunner(app, access_log=None)

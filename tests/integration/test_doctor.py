@@ -13,7 +13,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -21,6 +20,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
+from tests.waiting import wait_for_sync
 from walrelay.monitor.doctor import DoctorError, connect, doctor_command, run_doctor
 from walrelay.testing.pgcluster import PgCluster, free_port, pg_bindir, start_cluster
 
@@ -34,14 +34,6 @@ def doctor(*args: str) -> subprocess.CompletedProcess[str]:
         timeout=60,
         env={k: v for k, v in os.environ.items() if k != "WALRELAY_DSN"},
     )
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)  # polling interval for an external condition
 
 
 def scalar(dsn: str, query: str, params: tuple[Any, ...] = ()) -> Any:
@@ -88,12 +80,13 @@ def test_misconfigured_cluster_reports_each_problem_with_its_fix(
     with psycopg.connect(dsn) as idle:  # held open in a transaction for the whole test
         idle.execute("select 1")
         pid = idle.info.backend_pid
-        wait_until(
+        wait_for_sync(
             lambda: (
                 scalar(dsn, "select state from pg_stat_activity where pid = %s", (pid,))
                 == "idle in transaction"
             ),
-            "the held session to be idle in transaction",
+            within=20,
+            what="the held session to be idle in transaction",
         )
 
         result = doctor("--dsn", dsn, "--long-transaction-seconds", "0")
@@ -210,9 +203,10 @@ def test_well_configured_cluster_exits_zero_with_only_ok_and_info(
         stderr=subprocess.PIPE,
     )
     try:
-        wait_until(
+        wait_for_sync(
             lambda: scalar(dsn, "select active from pg_replication_slots") is True,
-            "pg_recvlogical to hold the slot",
+            within=20,
+            what="pg_recvlogical to hold the slot",
         )
         runner = CliRunner()
         res = runner.invoke(doctor_command, ["--dsn", dsn, "--json", "--slot", "walrelay"])

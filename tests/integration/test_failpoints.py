@@ -19,7 +19,15 @@ checker then judges what the receiver saw:
   ``kafka.after_commit``): a ``read_committed`` consumer sees every change
   exactly once;
 - the file sink (``file.after_fsync``): the file holds every change exactly
-  once.
+  once;
+- walrelay's own progress rows (``snapshot.after_record``,
+  ``backfill.after_cursor``, ``outbox.after_partition_drop``): the restart
+  picks up from what was recorded -- a new snapshot after an unfinished one
+  and none after a finished one, a backfill from its cursor, the remaining
+  detached outbox partitions -- and the file holds every change once.
+
+Runs that have no LSN to stop at are stopped with SIGTERM once what they
+must do is observed (:func:`run_walrelay_until_done`).
 """
 
 from __future__ import annotations
@@ -29,14 +37,20 @@ import base64
 import itertools
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from tests.integration.support import WebhookReceiver, execute, read_jsonl, write_config_file
+from tests.integration.support import (
+    WebhookReceiver,
+    execute,
+    read_jsonl,
+    wait_for,
+    write_config_file,
+)
 from walrelay import failpoints
 from walrelay.model import format_lsn
 from walrelay.testing.checker import Change, Delivery, check
@@ -107,29 +121,67 @@ def expected_changes() -> list[Change]:
 
 
 async def run_walrelay(
-    config: Path, log: Path, until: int, env: dict[str, str] | None = None, within: float = 90
+    config: Path,
+    log: Path,
+    until: int | None = None,
+    env: dict[str, str] | None = None,
+    within: float = 90,
 ) -> tuple[int, str]:
+    """``walrelay run`` as a child until it exits by itself: at ``--until-lsn``
+    (``until``), or at a crash failpoint set in ``env``."""
+    args = ["--until-lsn", format_lsn(until)] if until is not None else []
     with open(log, "wb") as out:  # noqa: ASYNC230 - handed to the child, written by it
         proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "walrelay",
-            "run",
-            "--config",
-            str(config),
-            "--until-lsn",
-            format_lsn(until),
-            stdout=out,
-            stderr=asyncio.subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-        )
+            sys.executable, "-m", "walrelay", "run", "--config", str(config), *args,
+            stdout=out, stderr=asyncio.subprocess.STDOUT, env={**os.environ, **(env or {})},
+        )  # fmt: skip
         try:
-            code = await asyncio.wait_for(proc.wait(), within)
+            code: int | None = await asyncio.wait_for(proc.wait(), within)
+        except TimeoutError:
+            code = None
         finally:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
-    return code, log.read_text(errors="replace")  # noqa: ASYNC240 - after the child exited
+    text = log.read_text(errors="replace")  # noqa: ASYNC240 - after the child exited
+    assert code is not None, f"walrelay did not exit within {within}s:\n{text}"
+    return code, text
+
+
+async def run_walrelay_until_done(
+    config: Path,
+    log: Path,
+    done: Callable[[], bool],
+    *,
+    what: str,
+    within: float = 90,
+    quiet: float = 0.0,
+) -> str:
+    """``walrelay run`` as a child until ``done()`` holds, then a graceful stop
+    (SIGTERM: in-flight deliveries finish) that must exit 0; returns its log.
+
+    For runs with no LSN to stop at: a parked event's retry, a backfill, a
+    re-taken snapshot, outbox upkeep. ``quiet``: seconds it keeps running after
+    that, so that anything extra (a duplicate) would arrive before the stop."""
+    with open(log, "wb") as out:  # noqa: ASYNC230 - handed to the child, written by it
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "walrelay", "run", "--config", str(config),
+            stdout=out, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        await wait_for(lambda: done() or proc.returncode is not None, within=within, what=what)
+        assert proc.returncode is None, f"walrelay exited early ({proc.returncode})"
+        if quiet:
+            await asyncio.sleep(quiet)  # an observation window, not a wait for a condition
+        proc.terminate()
+        code = await asyncio.wait_for(proc.wait(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    text = log.read_text(errors="replace")  # noqa: ASYNC240 - after the child exited
+    assert code == 0, f"exit {code} after SIGTERM:\n{text}"
+    return text
 
 
 def config_for(db: str, dest: dict[str, Any]) -> dict[str, Any]:
@@ -247,16 +299,7 @@ async def test_webhook_crash(
         if point in ("ledger.after_record", "pipeline.after_finish"):
             # Recorded before the crash, replayed after it: the ledger dropped it.
             assert "the ledger dropped" in log2, log2
-        events = [e for e in hook.received if e["table"] == "public.items"]
-    observed = [
-        Delivery(
-            uid=(e["record"]["id"], e["record"]["version"]),
-            key=e["record"]["id"],
-            order=e["record"]["version"],
-            id=e["id"],
-        )
-        for e in events
-    ]
+        observed = observed_items(hook.received)
     report = check(expected_changes(), observed)
     if point == "sink.after_send":
         # Sent, not recorded: that one event comes again, with the id it had.
@@ -266,12 +309,8 @@ async def test_webhook_crash(
         assert report.ok(), report.summary()
 
 
-async def wait_received(hook: WebhookReceiver, count: int, within: float = 60) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while sum(1 for e in hook.received if e["table"] == "public.items") < count:
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {count} events")
-        await asyncio.sleep(0.05)  # polling the receiver
+def items_received(hook: WebhookReceiver) -> int:
+    return sum(1 for e in hook.received if e["table"] == "public.items")
 
 
 @pytest.mark.parametrize("point", ["retry.after_park", "retry.after_delete"])
@@ -311,27 +350,15 @@ async def test_failed_event_store_crash(
         hook.fail_when = None
         # Parked events count as finished for the LSN, so --until-lsn could stop
         # before the store retried them: run until everything arrived instead.
-        with open(tmp_path / "run2.log", "wb") as out:  # noqa: ASYNC230 - for the child
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "walrelay", "run", "--config", str(cfg),
-                stdout=out, stderr=asyncio.subprocess.STDOUT,
-            )  # fmt: skip
-        try:
-            await wait_received(hook, KEYS * (UPDATES + 1))
-            await asyncio.sleep(1.0)  # anything extra would arrive now
-        finally:
-            proc.terminate()
-            assert await asyncio.wait_for(proc.wait(), 60) == 0
-        events = [e for e in hook.received if e["table"] == "public.items"]
-    observed = [
-        Delivery(
-            uid=(e["record"]["id"], e["record"]["version"]),
-            key=e["record"]["id"],
-            order=e["record"]["version"],
-            id=e["id"],
+        await run_walrelay_until_done(
+            cfg,
+            tmp_path / "run2.log",
+            lambda: items_received(hook) >= KEYS * (UPDATES + 1),
+            what="every event at the receiver",
+            within=60,
+            quiet=1.0,
         )
-        for e in events
-    ]
+        observed = observed_items(hook.received)
     report = check(expected_changes(), observed)
     assert report.ok(), report.summary()
 
@@ -419,7 +446,7 @@ async def test_nats_crash_after_ack(db: str, tmp_path: Path, nats_server: NatsSe
     await crash_then_recover(tmp_path, config_for(db, dest), until, spec, point)
     reader = StreamReader(nats_server.url, prefix.upper())
     await reader.until(KEYS * (UPDATES + 1), within=60)
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)  # an observation window: a duplicate would be stored by now
     await reader.read()
     report = check(expected_changes(), observed_items([s.envelope for s in reader.seen]))
     assert report.ok(), report.summary()
@@ -446,3 +473,239 @@ async def test_redis_crash_after_xadd(db: str, tmp_path: Path, redis_url: str) -
     await reader.read()
     report = check(expected_changes(), observed_items([s.envelope for s in reader.seen]))
     assert report.ok(), report.summary()
+
+
+# -- snapshots, backfills and outbox upkeep: progress kept in walrelay's own tables --
+
+
+def item_rows(envelopes: list[dict[str, Any]]) -> list[Delivery]:
+    """The item changes a file holds, identified by (id, version, op)."""
+    return [
+        Delivery(
+            uid=(e["record"]["id"], e["record"]["version"], e["op"]),
+            key=e["record"]["id"],
+            order=e["record"]["version"],
+            id=e["id"],
+        )
+        for e in envelopes
+        if e["table"] == "public.items"
+    ]
+
+
+def file_dest(out: Path, **extra: Any) -> dict[str, Any]:
+    # fsync per batch: a crash (os._exit) must not lose what the sink reported written.
+    sink = {"type": "file", "path": str(out), "fsync": "batch", "batch_size": 10}
+    return {"name": "file", "sink": sink, **extra}
+
+
+def one_value(dsn: str, query: str, params: tuple[Any, ...] = ()) -> Any:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(query, params).fetchone()
+    return None if row is None else row[0]
+
+
+def snapshot_status(dsn: str) -> str | None:
+    return one_value(
+        dsn, "select status from walrelay.snapshots where slot = %s", ("walrelay",)
+    )  # the engine's own record of its initial snapshot
+
+
+@pytest.mark.parametrize(("nth", "recorded"), [(1, "running"), (2, "done")])
+async def test_snapshot_crash_after_record(
+    db: str, tmp_path: Path, nth: int, recorded: str
+) -> None:
+    """The snapshot's state row is written twice: ``running`` once the slot
+    and its exported snapshot exist, ``done`` once every row is delivered and
+    confirmed. A crash right after ``running``: the restart must drop that
+    slot and take a new snapshot (else the rows are never sent). A crash right
+    after ``done``: the restart must stream on from the slot and not take the
+    snapshot again (else every row comes twice)."""
+    point = failpoints.SNAPSHOT_AFTER_RECORD
+    execute(
+        db,
+        "create table items (id int primary key, version int not null)",
+        "create table fence (id int primary key)",
+        f"insert into items select g, 0 from generate_series(1, {KEYS}) g",
+    )
+    out = tmp_path / "events.jsonl"
+    cfg = write_config_file(tmp_path / "walrelay.yaml", config_for(db, file_dest(out)))
+    code, log1 = await run_walrelay(
+        cfg, tmp_path / "run1.log", env={failpoints.ENV_VAR: f"{point}=crash@{nth}"}
+    )
+    assert code == failpoints.EXIT_CODE, f"exit {code}, expected a crash at {point}:\n{log1}"
+    assert f"failpoint {point}: crash" in log1
+    assert snapshot_status(db) == recorded
+    delivered_before = len(item_rows(read_jsonl(out)))
+    assert delivered_before == (0 if recorded == "running" else KEYS)
+
+    # Written while walrelay is down: after a finished snapshot these are
+    # streamed from the slot; after an unfinished one the new snapshot reads them.
+    with psycopg.connect(db, autocommit=True) as conn:
+        for v in range(1, UPDATES + 1):
+            conn.execute("update items set version = %s", (v,))
+        conn.execute("insert into fence values (1)")
+
+    want = KEYS if recorded == "running" else KEYS * (UPDATES + 1)
+
+    def caught_up() -> bool:
+        envelopes = read_jsonl(out)
+        fenced = any(e["table"] == "public.fence" for e in envelopes)
+        return fenced and len(item_rows(envelopes)) >= want
+
+    log2 = await run_walrelay_until_done(
+        cfg, tmp_path / "run2.log", caught_up, what=f"the fence row and {want} item rows"
+    )
+    if recorded == "running":
+        # One new snapshot of the table as it is now; no change event before it.
+        expected = [
+            Change(uid=(k, UPDATES, "read"), key=k, order=UPDATES) for k in range(1, KEYS + 1)
+        ]
+    else:
+        expected = [Change(uid=(k, 0, "read"), key=k, order=0) for k in range(1, KEYS + 1)]
+        expected += [
+            Change(uid=(k, v, "update"), key=k, order=v)
+            for k in range(1, KEYS + 1)
+            for v in range(1, UPDATES + 1)
+        ]
+    report = check(expected, item_rows(read_jsonl(out)))
+    assert report.ok(), report.summary()
+    if recorded == "running":
+        assert "did not finish: dropping the slot" in log2, log2
+
+
+async def test_backfill_crash_after_cursor(db: str, tmp_path: Path) -> None:
+    """A crash right after a backfill chunk's cursor is stored (its rows were
+    delivered and confirmed before): the restart resumes after that cursor, so
+    every row arrives exactly once -- not from the start (duplicates), not
+    past the next chunk (lost rows)."""
+    from walrelay.state.backfills import submit_backfill
+
+    point = failpoints.BACKFILL_AFTER_CURSOR
+    rows, chunk, nth = 100, 10, 4
+    execute(
+        db,
+        "create table items (id int primary key, version int not null)",
+        "create table fence (id int primary key)",
+        f"insert into items select g, 0 from generate_series(1, {rows}) g",
+    )
+    out = tmp_path / "events.jsonl"
+    conf = config_for(db, file_dest(out, snapshot="never"))
+    conf["source"]["backfill_poll_interval"] = 0.1
+    cfg = write_config_file(tmp_path / "walrelay.yaml", conf)
+    request = await submit_backfill(
+        db,
+        "walrelay",
+        slot="walrelay",
+        destination="file",
+        table="public.items",
+        where=None,
+        rate=None,
+        chunk_size=chunk,
+    )
+    code, log1 = await run_walrelay(
+        cfg, tmp_path / "run1.log", env={failpoints.ENV_VAR: f"{point}=crash@{nth}"}
+    )
+    assert code == failpoints.EXIT_CODE, f"exit {code}, expected a crash at {point}:\n{log1}"
+    assert f"failpoint {point}: crash" in log1
+
+    def backfill() -> tuple[str, int, Any]:
+        with psycopg.connect(db, autocommit=True) as conn:
+            row = conn.execute(
+                "select status, rows_done, cursor from walrelay.backfills where id = %s",
+                (request,),
+            ).fetchone()
+        assert row is not None
+        return row[0], row[1], row[2]
+
+    status, rows_done, cursor = backfill()
+    assert (status, rows_done) == ("running", nth * chunk) and cursor is not None
+    assert len(item_rows(read_jsonl(out))) == nth * chunk
+
+    await run_walrelay_until_done(
+        cfg, tmp_path / "run2.log", lambda: backfill()[0] == "done", what="the backfill done"
+    )
+    expected = [Change(uid=(k, 0, "read"), key=k, order=0) for k in range(1, rows + 1)]
+    report = check(expected, item_rows(read_jsonl(out)))
+    assert report.ok(), report.summary()
+    assert backfill()[1] == rows
+
+
+async def test_outbox_crash_after_partition_drop(db: str, tmp_path: Path) -> None:
+    """Upkeep detached three expired outbox partitions, waited until the slot
+    confirmed their events, dropped the first and crashed. The restart must
+    find the other two by their detach comment and drop them (once confirmed),
+    and the stream must hold every outbox event exactly once."""
+    from datetime import UTC, datetime, timedelta
+
+    from tests.integration.test_outbox import OUTBOX, PUB, add_partition, init, partitions
+    from walrelay.outbox.partitions import utc_today
+
+    point = failpoints.OUTBOX_AFTER_PARTITION_DROP
+    await init(db, days_ahead=1)
+    today = utc_today()
+    expired = [today - timedelta(days=d) for d in (12, 11, 10)]
+    for day in expired:
+        add_partition(db, day)
+    names = [OUTBOX.partition_name(day) for day in expired]
+    execute(db, "select pg_create_logical_replication_slot('walrelay', 'pgoutput')")
+
+    def publish(aggregate: int, version: int, day: Any) -> None:
+        at = datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
+        execute(
+            db,
+            "insert into outbox (aggregate_type, aggregate_id, event_type, payload, created_at)"
+            " values ('order', %s, 'Changed', jsonb_build_object('version', %s::int), %s)",
+            params=(str(aggregate), version, at),
+        )
+
+    aggregates = 6
+    for version, day in enumerate(expired):  # versions 0..2 in the expired days
+        for a in range(aggregates):
+            publish(a, version, day)
+    out = tmp_path / "events.jsonl"
+    conf = config_for(db, file_dest(out))
+    conf["source"].update(tables=["public.outbox"], publication=PUB)
+    conf["outbox"] = {"interval": 0.5, "days_ahead": 1, "retention_days": 7, "confirm_wait": 10}
+    cfg = write_config_file(tmp_path / "walrelay.yaml", conf)
+
+    def left() -> list[str]:
+        return [n for n in names if one_value(db, "select to_regclass(%s)", ("public." + n,))]
+
+    code, log1 = await run_walrelay(
+        cfg, tmp_path / "run1.log", env={failpoints.ENV_VAR: f"{point}=crash"}
+    )
+    assert code == failpoints.EXIT_CODE, f"exit {code}, expected a crash at {point}:\n{log1}"
+    assert f"failpoint {point}: crash" in log1
+    # One dropped; the other two detached (out of the outbox), kept with their rows.
+    assert len(left()) == 2 and not set(names) & partitions(db), (left(), partitions(db))
+
+    for a in range(aggregates):  # version 3, today: streamed after the restart
+        publish(a, len(expired), today)
+
+    def observed() -> list[Delivery]:
+        return [
+            Delivery(
+                uid=(e["record"]["aggregate_id"], e["record"]["payload"]["version"]),
+                key=e["record"]["aggregate_id"],
+                order=e["record"]["payload"]["version"],
+                id=e["id"],
+            )
+            for e in read_jsonl(out)
+            if e["table"] == "public.outbox"
+        ]
+
+    log2 = await run_walrelay_until_done(
+        cfg,
+        tmp_path / "run2.log",
+        lambda: not left() and len(observed()) >= aggregates * (len(expired) + 1),
+        what="the detached partitions dropped and every event delivered",
+    )
+    assert "dropped" in log2, log2
+    expected = [
+        Change(uid=(str(a), v), key=str(a), order=v)
+        for a in range(aggregates)
+        for v in range(len(expired) + 1)
+    ]
+    report = check(expected, observed())
+    assert report.ok(), report.summary()
+    assert not any(e["op"] == "delete" for e in read_jsonl(out))  # DDL only, no DELETEs

@@ -61,7 +61,7 @@ async def busy_while_quiet(dsn: str, slot: str, seconds: float) -> dict[str, Any
     """
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         start, _, _ = await slot_bytes(conn, slot)
-        samples: list[tuple[int, int]] = []
+        samples: list[tuple[int, int, int]] = []  # (written, retained, unconfirmed)
         deadline = time.monotonic() + seconds
         next_sample = time.monotonic() + 1.0
         while time.monotonic() < deadline:

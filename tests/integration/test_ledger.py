@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 
 import psycopg
 import pytest
 
+from tests.factories import make_event as ev
 from tests.integration.support import (
     WebhookReceiver,
     execute,
@@ -17,25 +17,11 @@ from tests.integration.support import (
     slot_state,
     wait_for,
 )
-from walrelay.model import Event
 from walrelay.pipeline.ledger import LedgerHook, LedgerUnavailable, PostgresLedger, RedisLedger
 from walrelay.pipeline.scheduler import Destination
 from walrelay.testing.servers import RedisServer
 
 SECRET = "whsec_" + "c2VjcmV0LXNlY3JldC1zZWNyZXQ="
-
-
-def ev(lsn: int, seq: int = 0) -> Event:
-    return Event(
-        commit_lsn=lsn,
-        seq=seq,
-        op="insert",
-        table="public.t",
-        keys=("k",),
-        body=b"{}",
-        xid=1,
-        committed_at=datetime(2024, 1, 1, tzinfo=UTC),
-    )
 
 
 @pytest.fixture

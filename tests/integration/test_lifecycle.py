@@ -94,7 +94,7 @@ def test_sigterm_then_restart_loses_nothing_and_repeats_nothing(db: str, tmp_pat
             thread.join(timeout=120)
             wait_for_sync(
                 lambda: len(read_jsonl(out)) >= total,
-                timeout=120,
+                within=120,
                 what="every row after the restart",
             )
             second.send_signal(signal.SIGTERM)
@@ -217,7 +217,11 @@ async def test_reconnects_after_walsender_is_terminated(db: str, tmp_path: Path)
             pid = slot_state(db, "walrelay")["active_pid"]
             execute(db, "select pg_terminate_backend(%s)", params=(pid,))
             execute(db, f"update t set v = {round_ + 1} where id <= 500")
-            await wait_for(lambda r=round_: engine.stats.reconnects >= r + 1, what="a reconnect")
+
+            def reconnected(times: int = round_ + 1) -> bool:
+                return engine.stats.reconnects >= times
+
+            await wait_for(reconnected, what="a reconnect")
         await wait_for(lambda: len(read_jsonl(out)) >= 3500, what="all events")
     events = read_jsonl(out)
     ids = [e["id"] for e in events]
@@ -287,7 +291,7 @@ def test_large_transaction_streams_with_bounded_memory(db: str, tmp_path: Path) 
             peak = max(peak, ps.memory_info().rss)
             return count_lines(out) >= rows
 
-        wait_for_sync(done, timeout=240, what="200k events")
+        wait_for_sync(done, within=240, what="200k events")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
     growth_mb = (peak - baseline) / 2**20
@@ -323,5 +327,7 @@ def test_demo_runs_and_cleans_up(tmp_path: Path) -> None:
     assert {e["table"] for e in events} == {"public.customers", "public.orders"}
     customer_lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     assert customer_lines and all('"public.customers"' in line for line in customer_lines)
-    pid = int(re.search(r"PostgreSQL \(pid (\d+)\) stopped and removed", result.stderr).group(1))
+    stopped = re.search(r"PostgreSQL \(pid (\d+)\) stopped and removed", result.stderr)
+    assert stopped, result.stderr
+    pid = int(stopped.group(1))
     assert not psutil.pid_exists(pid)

@@ -2,14 +2,14 @@
 
 Alerts are captured by a webhook peer the test runs (Slack-compatible JSON).
 The engine's own slot is made inactive by cutting the engine's link to the
-server with a small TCP proxy; the monitor has its own direct connection
-(``monitor.dsn``), as it would through a separate monitoring role.
+server with the test proxy (``walrelay.testing.proxy``); the monitor has its
+own direct connection (``monitor.dsn``), as it would through a separate
+monitoring role.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 import sys
@@ -22,8 +22,11 @@ import orjson
 import psycopg
 from aiohttp import web
 
+from tests.conftest import StartProxy
 from tests.integration.support import (
     count_lines,
+    dsn_port,
+    dsn_with_port,
     execute,
     running_engine,
     wait_for,
@@ -73,64 +76,6 @@ class AlertPeer:
         await self._runner.cleanup()
 
 
-class TcpProxy:
-    """Forwards a loopback port to PostgreSQL; :meth:`cut` drops and refuses links."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = free_port()
-        self.open = True
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError, asyncio.CancelledError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
-
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if not self.open:
-            writer.close()
-            return
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            writer.close()
-            return
-        self._writers |= {writer, up_writer}
-        for task in (
-            asyncio.create_task(self._pipe(reader, up_writer)),
-            asyncio.create_task(self._pipe(up_reader, writer)),
-        ):
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    def cut(self) -> None:
-        self.open = False
-        for w in self._writers:
-            w.close()
-        self._writers.clear()
-
-    def restore(self) -> None:
-        self.open = True
-
-    async def __aenter__(self) -> TcpProxy:
-        self._server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.cut()
-        assert self._server is not None
-        self._server.close()
-        await self._server.wait_closed()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
 def monitor_config(
     dsn: str,
     out: Path,
@@ -165,21 +110,17 @@ def monitor_config(
     }
 
 
-def proxied(dsn: str, port: int) -> str:
-    return re.sub(r"port=\d+", f"port={port}", dsn)
-
-
 async def test_inactive_slot_warns_then_pages_then_resolves(
-    db: str, tmp_path: Path, monkeypatch: Any
+    db: str, tmp_path: Path, monkeypatch: Any, tcp_proxy: StartProxy
 ) -> None:
     monkeypatch.setenv("WALRELAY_TEST_TOKEN", TOKEN)
     execute(db, "create table items (id int primary key, v text)")
     out = tmp_path / "out.jsonl"
-    pg_port = int(re.search(r"port=(\d+)", db).group(1))  # type: ignore[union-attr]
-    async with AlertPeer() as peer, TcpProxy(pg_port) as proxy:
+    proxy = await tcp_proxy(dsn_port(db))
+    async with AlertPeer() as peer:
         config = parse_config(
             monitor_config(
-                proxied(db, proxy.port),
+                dsn_with_port(db, proxy.port),
                 out,
                 slot="mon_inactive",
                 peer=peer,

@@ -40,7 +40,7 @@ def make(
     source: dict[str, Any] | None = None,
     **top: Any,
 ) -> Config:
-    src = {"dsn": dsn, "tables": tables or ["public.outbox"], "publication": PUB}
+    src: dict[str, Any] = {"dsn": dsn, "tables": tables or ["public.outbox"], "publication": PUB}
     src.update({"status_interval": 1, **(source or {})})
     doc: dict[str, Any] = {
         "source": src,
@@ -68,7 +68,7 @@ async def init(dsn: str, days_ahead: int = 1) -> None:
 
 def one(dsn: str, query: str, params: tuple[Any, ...] = ()) -> Any:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(query, params).fetchone()  # type: ignore[arg-type]
+        row = conn.execute(query, params).fetchone()
     return None if row is None else row[0]
 
 

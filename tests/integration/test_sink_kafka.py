@@ -101,7 +101,9 @@ class Reader:
             assert topic is not None and partition is not None
             assert headers["id"] == envelope["id"].encode()
             assert headers["op"] == envelope["op"].encode()
-            seen = Seen(topic, envelope, headers["id"].decode())
+            msg_id = headers["id"]
+            assert isinstance(msg_id, bytes)
+            seen = Seen(topic, envelope, msg_id.decode())
             self.seen.append(seen)
             self.by_partition.setdefault((topic, partition), []).append(seen)
             if envelope["op"] not in ("message", "truncate"):

@@ -68,6 +68,7 @@ class StreamReader:
                 headers = msg.headers or {}
                 envelope = orjson.loads(msg.data or b"")
                 assert headers["Walrelay-Op"] == envelope["op"]
+                assert msg.subject is not None
                 self.seen.append(Seen(msg.subject, envelope, headers["Nats-Msg-Id"]))
                 self.next_seq += 1
         except (nats.errors.Error, OSError):
@@ -234,7 +235,7 @@ async def test_outbox_events_arrive_on_routed_subjects(server: NatsServer, db: s
     # Each first event once, on its routed subject (their keys differ, so their
     # deliveries may overlap and arrive in any order).
     got = [
-        (m.subject.removeprefix(prefix + "."), k)
+        ((m.subject or "").removeprefix(prefix + "."), k)
         for m, k, p in zip(messages, keys, payloads, strict=True)
         if "step" not in p
     ]

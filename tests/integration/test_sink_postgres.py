@@ -41,7 +41,7 @@ def target(pg: PgCluster) -> Iterator[str]:
 
 def rows(dsn: str, query: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(dsn) as conn:
-        return conn.execute(query).fetchall()  # type: ignore[arg-type]
+        return conn.execute(query).fetchall()
 
 
 def sink_dest(target: str, **sink: Any) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from tests.integration.broker_workloads import (
     retry_fast,
     unique_prefix,
 )
-from tests.integration.support import make_config, running_engine, wait_for
+from tests.integration.support import make_config, running_engine, stream_entries, wait_for
 from walrelay.config import RedisSinkConfig
 from walrelay.errors import ConfigError, SinkError
 from walrelay.model import Event, format_event_id
@@ -63,7 +63,7 @@ class StreamsReader:
             async for raw in client.scan_iter(match=f"{self.prefix}:*"):
                 stream = raw.decode()
                 start = f"({self.last[stream]}" if stream in self.last else "-"
-                for entry_id_raw, fields in await client.xrange(stream, start, "+"):
+                for entry_id_raw, fields in stream_entries(await client.xrange(stream, start, "+")):
                     eid = entry_id_raw.decode()
                     envelope = orjson.loads(fields[b"body"])
                     assert fields[b"id"].decode() == envelope["id"]
@@ -234,7 +234,7 @@ async def test_outbox_events_arrive_on_routed_streams(server: RedisServer, db: s
     client = aioredis.Redis.from_url(server.url)
     try:
         entries = {
-            stream: await client.xrange(f"{prefix}.{stream}")
+            stream: stream_entries(await client.xrange(f"{prefix}.{stream}"))
             for stream in ("order.events", "invoice.events")
         }
         assert [k async for k in client.scan_iter(match=f"{prefix}:*")] == []  # no table streams
@@ -274,7 +274,7 @@ async def test_routed_tombstone(server: RedisServer) -> None:
         await sink.close()
     client = aioredis.Redis.from_url(server.url)
     try:
-        [(_, fields)] = await client.xrange(f"{prefix}.gone")
+        [(_, fields)] = stream_entries(await client.xrange(f"{prefix}.gone"))
     finally:
         await client.aclose()
     assert fields == {

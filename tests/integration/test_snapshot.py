@@ -145,7 +145,10 @@ async def test_initial_snapshot_500k_with_concurrent_writes(db: str, tmp_path: P
             )
             progress = engine.progress["snapshot:public.t"]
             assert progress.rows_done >= n * 0.98 and progress.rate > 0
-            await asyncio.sleep(0.5)  # writes go on after the snapshot too
+            written = writer.transactions  # writes go on after the snapshot too
+            await wait_for(
+                lambda: writer.transactions >= written + 20, what="writes after the snapshot"
+            )
             writer.stop.set()
             await asyncio.to_thread(writer.join, 30)
             assert writer.error is None, writer.error

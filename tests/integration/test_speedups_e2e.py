@@ -74,15 +74,16 @@ def test_c_and_pure_python_write_identical_events(db: str, tmp_path: Path) -> No
         walrelay_process(fast_cfg, tmp_path / "c.log"),
         walrelay_process(slow_cfg, tmp_path / "py.log", env={"WALRELAY_NO_SPEEDUPS": "1"}),
     ):
-        for slot in ("c_slot", "py_slot"):
-            wait_for_sync(
-                lambda slot=slot: slot_state(db, slot).get("active_pid") is not None,  # type: ignore[misc]
-                what=f"{slot} streaming",
-            )
+        wait_for_sync(
+            lambda: all(slot_state(db, s).get("active_pid") for s in ("c_slot", "py_slot")),
+            what="both slots streaming",
+        )
         execute(db, *WORKLOAD)
         expected = 10  # one per row changed, one for the truncate
-        for out in (fast_out, slow_out):
-            wait_for_sync(lambda out=out: count_lines(out) >= expected, what=f"{out.name}")  # type: ignore[misc]
+        wait_for_sync(
+            lambda: count_lines(fast_out) >= expected and count_lines(slow_out) >= expected,
+            what=f"{expected} events in both files",
+        )
     fast, slow = fast_out.read_bytes(), slow_out.read_bytes()
     assert fast.count(b"\n") == expected
     assert fast == slow

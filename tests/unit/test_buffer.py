@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.factories import numbered_event
 from walrelay.model import Event
 from walrelay.pipeline.buffer import BufferClosed, KeyedBuffer, OrderedBuffer
-
-T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture(autouse=True)
@@ -22,17 +20,8 @@ def _sizes_are_body_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def ev(i: int, *keys: str, size: int = 10) -> Event:
-    """Event number ``i`` (ids increase with i); no keys = a barrier."""
-    return Event(
-        commit_lsn=1000 + i // 4,
-        seq=i % 4,
-        op="truncate" if not keys else "insert",
-        table="public.t",
-        keys=keys,
-        body=b"x" * size,
-        xid=1,
-        committed_at=T0,
-    )
+    """Event number ``i`` (four per commit); no keys = a barrier."""
+    return numbered_event(i, *keys, size=size, per_commit=4)
 
 
 def ids(events: list[Event]) -> list[tuple[int, int]]:

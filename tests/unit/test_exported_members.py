@@ -43,7 +43,7 @@ def test_every_export_resolves_into_walrelay() -> None:
 
 def test_unknown_attribute_raises() -> None:
     try:
-        walrelay.nope  # type: ignore[attr-defined]  # noqa: B018
+        walrelay.nope  # noqa: B018
     except AttributeError as e:
         assert "nope" in str(e)
     else:

@@ -25,7 +25,7 @@ T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 def file_sink(path: Path | str, **settings: object) -> FileSink:
-    return FileSink(FileSinkConfig(path=str(path), **settings))  # type: ignore[arg-type]
+    return FileSink(FileSinkConfig(path=str(path), **settings))
 
 
 def make_event(lsn: int, seq: int, **extra: object) -> Event:

@@ -4,11 +4,13 @@ in-memory ledger that can fail."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
+from tests.factories import make_event as ev
+from tests.waiting import wait_for
 from walrelay.config import parse_config
 from walrelay.errors import SinkError
 from walrelay.model import Event, Lsn
@@ -23,19 +25,6 @@ from walrelay.pipeline.ledger import (
 )
 from walrelay.pipeline.scheduler import Destination
 from walrelay.sinks.memory import MemorySink
-
-
-def ev(lsn: int, seq: int = 0, key: str = "k") -> Event:
-    return Event(
-        commit_lsn=lsn,
-        seq=seq,
-        op="insert",
-        table="public.t",
-        keys=(key,),
-        body=b"{}",
-        xid=1,
-        committed_at=datetime(2024, 1, 1, tzinfo=UTC),
-    )
 
 
 class FakeLedger:
@@ -97,7 +86,7 @@ class Ledgered:
         await self.hook.close()
         await self.inner.close()
 
-    def __getattr__(self, name: str) -> object:
+    def __getattr__(self, name: str) -> Any:
         return getattr(self.hook, name)
 
 
@@ -129,19 +118,11 @@ async def test_replays_are_dropped_and_new_events_recorded() -> None:
     assert ledger.closed
 
 
-async def wait_until(predicate: Callable[[], bool]) -> None:
-    for _ in range(5000):
-        if predicate():
-            return
-        await asyncio.sleep(0.001)  # polling a counter of the code under test
-    raise AssertionError("timed out")
-
-
 async def test_unreachable_ledger_pauses_delivery_until_it_is_back() -> None:
     sink, inner, ledger = wrapped()
     ledger.down = True
     task = asyncio.create_task(sink.deliver([ev(100)]))
-    await wait_until(lambda: sink.check_retries >= 3)
+    await wait_for(lambda: sink.check_retries >= 3, within=5, interval=0.001, what="3 retries")
     assert inner.delivered == [] and not task.done()  # nothing sent unchecked
     assert sink.ledger_down_since is not None and "ledger down" in (sink.ledger_error or "")
     ledger.down = False
@@ -184,7 +165,7 @@ async def test_cancelled_while_recording_leaves_events_unrecorded() -> None:
     sink, inner, ledger = wrapped()
     ledger.down_for_records = 10**9
     task = asyncio.create_task(sink.deliver([ev(100)]))
-    await wait_until(lambda: sink.record_retries > 0)
+    await wait_for(lambda: sink.record_retries > 0, within=5, interval=0.001, what="a record retry")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -255,7 +236,9 @@ async def test_batches_waiting_for_the_ledger_share_its_calls() -> None:
     sink, inner, ledger = wrapped()
     ledger.down = True
     tasks = [asyncio.create_task(sink.deliver([ev(100 + i)])) for i in range(5)]
-    await wait_until(lambda: sink.check_retries >= 10)
+    await wait_for(
+        lambda: sink.check_retries >= 10, within=5, interval=0.001, what="10 check retries"
+    )
     assert inner.delivered == []
     assert ledger.checks < sink.check_retries  # a failed call fails every batch in it
     ledger.down = False

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -15,21 +13,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-from walrelay.model import Event
+from tests.factories import make_event
 from walrelay.pipeline.lsn import LsnTracker
-
-
-def _event(commit_lsn: int, seq: int) -> Event:
-    return Event(
-        commit_lsn=commit_lsn,
-        seq=seq,
-        op="insert",
-        table="public.t",
-        keys=("k",),
-        body=b"{}",
-        xid=1,
-        committed_at=datetime(2024, 1, 1, tzinfo=UTC),
-    )
 
 
 def test_single_transaction() -> None:
@@ -202,10 +187,10 @@ def test_finish_events_groups_by_commit_lsn() -> None:
     t.begin(200)
     t.add(200, 3, "d")
     t.seal(200, 210)
-    t.finish_events([_event(100, 0), _event(100, 1), _event(200, 0)], "d")
+    t.finish_events([make_event(100, 0), make_event(100, 1), make_event(200, 0)], "d")
     assert t.confirmed == 110
     assert t.pending_events("d") == 2
-    t.finish_events([_event(200, 1), _event(200, 2)], "d")
+    t.finish_events([make_event(200, 1), make_event(200, 2)], "d")
     assert t.confirmed == 210
 
 

@@ -18,18 +18,16 @@ Properties, checked after every step:
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from tests.factories import make_event
 from walrelay.model import Event
 from walrelay.pipeline.lsn import LsnTracker
 
 DESTS = ("webhook", "kafka")
 PENDING, FAILED, DELIVERED, PARKED = "pending", "failed", "delivered", "parked"
-T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 class Txn:
@@ -68,7 +66,7 @@ class DeliveryMachine(RuleBasedStateMachine):
         txn = self.open
         assert txn is not None
         seq = len({e.seq for _, e in txn.events})
-        event = Event(txn.commit_lsn, seq, "insert", "public.t", ("k",), b"{}", 1, T0)
+        event = make_event(txn.commit_lsn, seq)
         for dest in dict.fromkeys(dests):  # each destination once
             self.tracker.add(txn.commit_lsn, 1, destination=dest)
             txn.events.append((dest, event))

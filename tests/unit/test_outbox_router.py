@@ -8,9 +8,10 @@ from typing import Any
 import orjson
 import pytest
 
+from tests.factories import make_event
 from walrelay.config import OutboxRouterConfig
 from walrelay.errors import ConfigError
-from walrelay.model import Event, format_event_id, format_lsn
+from walrelay.model import Event, Op, format_event_id, format_lsn
 from walrelay.outbox import OutboxRouter, OutboxTable, init_statements
 from walrelay.outbox.publish import _insert, _message
 from walrelay.pipeline.envelope import KEY_SEPARATOR, encode_json
@@ -19,7 +20,7 @@ AT = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 LSN = 0x16B3748
 
 
-def row_event(record: dict[str, Any] | None, *, op: str = "insert", seq: int = 0) -> Event:
+def row_event(record: dict[str, Any] | None, *, op: Op = "insert", seq: int = 0) -> Event:
     env = {
         "id": format_event_id(LSN, seq),
         "op": op,
@@ -31,7 +32,16 @@ def row_event(record: dict[str, Any] | None, *, op: str = "insert", seq: int = 0
         "xid": 7,
         "committed_at": AT.isoformat(),
     }
-    return Event(LSN, seq, op, "public.outbox", ("public.outbox\x1f1",), encode_json(env), 7, AT)  # type: ignore[arg-type]
+    return make_event(
+        LSN,
+        seq,
+        op=op,
+        table="public.outbox",
+        keys=("public.outbox\x1f1",),
+        body=encode_json(env),
+        xid=7,
+        committed_at=AT,
+    )
 
 
 def message_event(content: str, prefix: str = "walrelay.outbox", seq: int = 0) -> Event:
@@ -49,7 +59,16 @@ def message_event(content: str, prefix: str = "walrelay.outbox", seq: int = 0) -
         "content": content,
         "content_encoding": "utf-8",
     }
-    return Event(LSN, seq, "message", "", ("message\x1f" + prefix,), encode_json(env), 7, AT)
+    return make_event(
+        LSN,
+        seq,
+        op="message",
+        table="",
+        keys=("message\x1f" + prefix,),
+        body=encode_json(env),
+        xid=7,
+        committed_at=AT,
+    )
 
 
 ORDER = {

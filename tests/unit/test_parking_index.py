@@ -370,8 +370,8 @@ def test_draining_heads_in_any_order_keeps_key_and_barrier_order(seed: int) -> N
         else:
             rows.append(row(i, f"k{rng.randrange(6)}"))
     ix = ParkingIndex(1000, 1 << 30)
-    for r in rng.sample(rows, len(rows)):  # the table may be read in any order
-        ix.add(r)
+    for parked in rng.sample(rows, len(rows)):  # the table may be read in any order
+        ix.add(parked)
     left: list[ParkedRow] = []
     while ix.active:
         candidates = heads(ix)

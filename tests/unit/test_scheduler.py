@@ -7,10 +7,11 @@ import logging
 import random
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 
 import pytest
 
+from tests.factories import numbered_event as ev
+from tests.waiting import wait_for
 from walrelay.errors import SinkError
 from walrelay.model import Event
 from walrelay.pipeline.backoff import Backoff
@@ -20,7 +21,6 @@ from walrelay.pipeline.scheduler import Destination, FailureDecision, OnFailure
 from walrelay.sinks.base import Sink
 from walrelay.sinks.memory import MemorySink
 
-T0 = datetime(2024, 1, 1, tzinfo=UTC)
 FAST = Backoff(initial=0.001, multiplier=2.0, maximum=0.005)
 
 
@@ -30,29 +30,13 @@ def _sizes_are_body_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("walrelay.model.EVENT_OVERHEAD_BYTES", 0)
 
 
-def ev(i: int, *keys: str, size: int = 10) -> Event:
-    """Event number ``i`` (ids increase with i); no keys = a barrier."""
-    return Event(
-        commit_lsn=1000 + i // 8,
-        seq=i % 8,
-        op="truncate" if not keys else "insert",
-        table="public.t",
-        keys=keys,
-        body=b"x" * size,
-        xid=1,
-        committed_at=T0,
-    )
-
-
 def order_key(e: Event) -> tuple[int, int]:
     return (e.commit_lsn, e.seq)
 
 
 async def until(cond: Callable[[], bool]) -> None:
     """Wait for a condition on stats that have no awaitable of their own."""
-    async with asyncio.timeout(5):
-        while not cond():  # noqa: ASYNC110 - polling a plain attribute
-            await asyncio.sleep(0.001)
+    await wait_for(cond, within=5, interval=0.001, what="a scheduler counter")
 
 
 class Recorder(DeliveryHook):

@@ -167,9 +167,9 @@ async def test_nats_mixed_acks_are_transient() -> None:
         sink._settle(mixed)
     assert not info.value.permanent
     only_permanent = [(ack(ok), "1", "s"), (ack(error=no_stream), "2", "s")]
-    with pytest.raises(SinkError) as info:
+    with pytest.raises(SinkError) as permanent:
         sink._settle(only_permanent)
-    assert info.value.permanent
+    assert permanent.value.permanent
 
 
 # -- Redis ------------------------------------------------------------------------------
@@ -183,9 +183,9 @@ async def test_redis_mixed_xadd_results_are_transient() -> None:
     with pytest.raises(SinkUnavailable, match="2 of 3 XADDs failed") as info:
         await sink._settle(sent[:3], [b"1-0", wrongtype, oom])
     assert not info.value.permanent
-    with pytest.raises(SinkError) as info:
+    with pytest.raises(SinkError) as permanent:
         await sink._settle(sent[:3], [b"1-0", wrongtype, None])  # None: NOMKSTREAM, no stream
-    assert info.value.permanent
+    assert permanent.value.permanent
     # Replays ("equal or smaller than the top item") are checked against the
     # stream itself: tests/integration/test_sink_redis.py.
 
@@ -202,9 +202,9 @@ def test_rabbitmq_mixed_confirms_are_transient() -> None:
     with pytest.raises(SinkUnavailable, match="2 of 3 publishes failed") as info:
         sink._settle(publishes, [None, unroutable, TimeoutError()])
     assert not info.value.permanent
-    with pytest.raises(SinkError) as info:
+    with pytest.raises(SinkError) as permanent:
         sink._settle(publishes, [None, unroutable, unroutable])
-    assert info.value.permanent
+    assert permanent.value.permanent
 
 
 # -- PostgreSQL -------------------------------------------------------------------------

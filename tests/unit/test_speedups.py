@@ -12,6 +12,7 @@ import string
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from unittest import mock
 from uuid import UUID
 
 import orjson
@@ -282,12 +283,8 @@ BEGIN = Begin(9, 0x16B3748, datetime(2024, 1, 2, 3, 4, 5, 123456, UTC))
 
 def bodies(change: Change, key_columns: dict[str, list[str]] | None = None) -> tuple[bytes, bytes]:
     fast = EnvelopeBuilder(TypeRegistry(), key_columns).build(BEGIN, change, 7).body
-    saved = envelope._c_encode_object
-    envelope._c_encode_object = None
-    try:
+    with mock.patch.object(envelope, "_c_encode_object", None):
         slow = EnvelopeBuilder(TypeRegistry(), key_columns).build(BEGIN, change, 7).body
-    finally:
-        envelope._c_encode_object = saved
     return fast, slow
 
 

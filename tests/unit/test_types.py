@@ -12,6 +12,7 @@ from uuid import UUID
 
 import pytest
 from psycopg import postgres
+from psycopg.pq import Format
 
 from walrelay.errors import DecodeError
 from walrelay.source.types import TypeRegistry
@@ -246,7 +247,7 @@ def test_global_psycopg_adapters_untouched() -> None:
     TypeRegistry()
     from psycopg.types.json import JsonbLoader
 
-    loader = postgres.adapters.get_loader(oid("jsonb"), 0)
+    loader = postgres.adapters.get_loader(oid("jsonb"), Format.TEXT)
     assert loader is not None and issubclass(loader, JsonbLoader)
-    inet = postgres.adapters.get_loader(oid("inet"), 0)
+    inet = postgres.adapters.get_loader(oid("inet"), Format.TEXT)
     assert inet is not None and inet.__name__ == "InetLoader"
