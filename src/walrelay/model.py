@@ -184,7 +184,7 @@ class Event:
     truncate or a logical message), set by the envelope builder, which has it
     in hand, so that sinks that need the key (Kafka's record key) do not
     parse the body again. None when the event was made elsewhere (e.g. read
-    back from the failed-events table): then the key is in ``body``.
+    back from the parked-events table): then the key is in ``body``.
     """
 
     commit_lsn: Lsn
