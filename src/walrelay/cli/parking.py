@@ -19,19 +19,20 @@ from __future__ import annotations
 import base64
 import logging
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, LiteralString, NoReturn
+from typing import Any, NoReturn
 
 import click
 import orjson
 import psycopg
-from psycopg import sql
 from psycopg.rows import dict_row
 
 from walrelay.config import Config, load_config, masked_dsn
 from walrelay.errors import WalrelayError
 from walrelay.model import parse_event_id
 from walrelay.state import parking as T
+from walrelay.state.parking import OperatorConn, ParkedEventsTable, RowId
 from walrelay.units import format_duration
 
 __all__ = ["failed_alias", "parking_command"]
@@ -53,7 +54,7 @@ def _load(config_path: str) -> Config:
         _fail(str(e), e.exit_code)
 
 
-def _connect(config: Config) -> psycopg.Connection[dict[str, Any]]:
+def _connect(config: Config) -> OperatorConn:
     try:
         return psycopg.connect(
             config.state_dsn,
@@ -69,18 +70,15 @@ def _connect(config: Config) -> psycopg.Connection[dict[str, Any]]:
         )
 
 
-def _has_table(conn: psycopg.Connection[dict[str, Any]], schema: str) -> bool:
-    row = conn.execute(
-        "select to_regclass(format('%%I.%%I', %s::text, %s::text)) is not null as ok,"
-        " to_regclass(format('%%I.failed_events', %s::text)) is not null as old",
-        (schema, T.TABLE, schema),
-    ).fetchone()
-    if row and not row["ok"] and row["old"]:
+def _has_table(conn: OperatorConn, table: ParkedEventsTable) -> bool:
+    exists, old_exists = table.exists(conn)
+    if not exists and old_exists:
+        schema = table.schema
         _fail(
             f"{schema}.failed_events is the parked-events table of an older walrelay;"
             f" start this walrelay once (`walrelay run`), which renames it {schema}.{T.TABLE}"
         )
-    return bool(row and row["ok"])
+    return exists
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -96,8 +94,8 @@ def _state(row: _Row) -> str:
 
 
 def _select(
-    conn: psycopg.Connection[dict[str, Any]],
-    schema: str,
+    conn: OperatorConn,
+    table: ParkedEventsTable,
     *,
     destination: str | None,
     key: str | None,
@@ -106,32 +104,17 @@ def _select(
     payload: bool = False,
     limit: int | None = None,
 ) -> list[_Row]:
-    where: list[sql.Composable] = [sql.SQL("true")]
-    params: list[Any] = []
-    if destination is not None:
-        where.append(sql.SQL("destination = %s"))
-        params.append(destination)
+    ident: tuple[int, int] | None = None
     if event_id is not None:
         try:
-            lsn, seq = parse_event_id(event_id)
+            ident = parse_event_id(event_id)
         except ValueError:
             _fail(f"--id {event_id!r} is not an event id (like 00000000016B3748/0)", 2)
-        where.append(sql.SQL("commit_lsn = %s and seq = %s"))
-        params.extend((lsn, seq))
-    if dead_only:
-        where.append(sql.SQL("dead"))
-    columns: sql.Composable = sql.SQL(
-        "destination, commit_lsn, seq, event_id, keys, op, table_name, xid, committed_at, size,"
-        " attempts, last_error, permanent, dead, skipped, first_failed_at, last_attempt_at,"
-        " next_attempt_at"
-    )
-    if payload:
-        columns = sql.SQL("{}, payload").format(columns)
-    query = sql.SQL("select {} from {} where {} order by destination, commit_lsn, seq").format(
-        columns, T.table(schema), sql.SQL(" and ").join(where)
-    )
     out: list[_Row] = []
-    for row in conn.execute(query, params):
+    listed = table.listed(
+        conn, destination=destination, ident=ident, dead_only=dead_only, payload=payload
+    )
+    for row in listed:
         row["keys"] = [T.decode_key(k) for k in row["keys"]]
         if key is not None and not T.key_matches(key, row["keys"]):
             continue
@@ -142,20 +125,9 @@ def _select(
 
 
 def _summary(
-    conn: psycopg.Connection[dict[str, Any]], schema: str, config: Config, destination: str | None
+    conn: OperatorConn, table: ParkedEventsTable, config: Config, destination: str | None
 ) -> list[_Row]:
-    rows = conn.execute(
-        sql.SQL(
-            "select destination,"
-            " count(*) filter (where not dead) as parked,"
-            " count(*) filter (where dead) as dead,"
-            " count(*) filter (where skipped) as skipped,"
-            " coalesce(sum(size) filter (where not skipped), 0) as bytes,"
-            " extract(epoch from now() - min(first_failed_at) filter (where not dead)) as age"
-            " from {} group by destination order by destination"
-        ).format(T.table(schema))
-    ).fetchall()
-    by_name = {r["destination"]: r for r in rows}
+    by_name = {r["destination"]: r for r in table.summary(conn)}
     names = [d.name for d in config.destinations]
     names += [n for n in by_name if n not in names]
     out = []
@@ -213,26 +185,19 @@ def _echo_json(value: Any) -> None:
     click.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
 
 
-def _notify(conn: psycopg.Connection[dict[str, Any]], schema: str) -> None:
-    conn.execute("select pg_notify(%s, %s)", (T.CHANNEL, schema))
-
-
 def _change_rows(
-    conn: psycopg.Connection[dict[str, Any]],
-    schema: str,
+    conn: OperatorConn,
+    table: ParkedEventsTable,
     rows: list[dict[str, Any]],
-    statement: LiteralString,
+    change: Callable[[OperatorConn, list[RowId]], None],
 ) -> None:
-    """Run ``statement`` (one of state.parking's per-row changes) on every row,
-    in one transaction, and tell a running engine to re-read the table."""
+    """Apply ``change`` (the table's ``revive`` or ``discard``) to every row, in
+    one transaction, and tell a running engine to re-read the table."""
     if not rows:
         return
     with conn.transaction():
-        conn.cursor().executemany(
-            sql.SQL(statement).format(T.table(schema)),
-            [(r["destination"], r["commit_lsn"], r["seq"]) for r in rows],
-        )
-        _notify(conn, schema)
+        change(conn, [(r["destination"], r["commit_lsn"], r["seq"]) for r in rows])
+        table.notify(conn)
 
 
 # ---------------------------------------------------------------------------- commands
@@ -284,13 +249,13 @@ def list_command(
 ) -> None:
     """Per destination: parked and dead counts, oldest parked age; then the events."""
     config = _load(config_path)
-    schema = config.state.schema
+    table = ParkedEventsTable(config.state.schema)
     with _connect(config) as conn:
-        if _has_table(conn, schema):
-            summary = _summary(conn, schema, config, destination)
+        if _has_table(conn, table):
+            summary = _summary(conn, table, config, destination)
             rows = _select(
                 conn,
-                schema,
+                table,
                 destination=destination,
                 key=key,
                 event_id=event_id,
@@ -355,19 +320,19 @@ def _summary_empty(config: Config, destination: str | None) -> list[_Row]:
 def show_command(config_path: str, destination: str | None, event_id: str, as_json: bool) -> None:
     """One event in full, with its payload."""
     config = _load(config_path)
-    schema = config.state.schema
+    table = ParkedEventsTable(config.state.schema)
     with _connect(config) as conn:
         rows = (
             _select(
                 conn,
-                schema,
+                table,
                 destination=destination,
                 key=None,
                 event_id=event_id,
                 dead_only=False,
                 payload=True,
             )
-            if _has_table(conn, schema)
+            if _has_table(conn, table)
             else []
         )
     if not rows:
@@ -387,8 +352,8 @@ def show_command(config_path: str, destination: str | None, event_id: str, as_js
 
 
 def _targets(
-    conn: psycopg.Connection[dict[str, Any]],
-    schema: str,
+    conn: OperatorConn,
+    table: ParkedEventsTable,
     destination: str | None,
     key: str | None,
     event_id: str | None,
@@ -397,10 +362,10 @@ def _targets(
 ) -> list[_Row]:
     if not everything and destination is None and key is None and event_id is None:
         _fail("name the events (--destination, --key, --id, --dead) or pass --all", 2)
-    if not _has_table(conn, schema):
+    if not _has_table(conn, table):
         return []
     return _select(
-        conn, schema, destination=destination, key=key, event_id=event_id, dead_only=dead_only
+        conn, table, destination=destination, key=key, event_id=event_id, dead_only=dead_only
     )
 
 
@@ -427,10 +392,10 @@ def retry_command(
     that key follow it in order.
     """
     config = _load(config_path)
-    schema = config.state.schema
+    table = ParkedEventsTable(config.state.schema)
     with _connect(config) as conn:
-        rows = _targets(conn, schema, destination, key, event_id, dead_only, everything)
-        _change_rows(conn, schema, rows, T.REVIVE)
+        rows = _targets(conn, table, destination, key, event_id, dead_only, everything)
+        _change_rows(conn, table, rows, table.revive)
     skipped = [r for r in rows if r["skipped"]]
     for r in skipped:
         log.warning(
@@ -465,10 +430,10 @@ def discard_command(
     """Delete events for good (each is logged); a key whose backlog is then
     empty flows again."""
     config = _load(config_path)
-    schema = config.state.schema
+    table = ParkedEventsTable(config.state.schema)
     with _connect(config) as conn:
-        rows = _targets(conn, schema, destination, key, event_id, dead_only, everything)
-        _change_rows(conn, schema, rows, T.DISCARD)
+        rows = _targets(conn, table, destination, key, event_id, dead_only, everything)
+        _change_rows(conn, table, rows, table.discard)
     for r in rows:
         log.warning(
             "discarded event %s of destination %s (key %s, %s, %d attempt(s), last error: %s)",

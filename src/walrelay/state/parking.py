@@ -39,6 +39,10 @@ exactly as it would have before the restart.
 The CLI changes rows while walrelay runs and then sends ``NOTIFY
 walrelay_parking, '<schema>'`` in the same transaction, so the engine
 re-reads the table (:data:`CHANNEL`).
+
+Every statement on the table is here, composed once per schema by
+:class:`ParkedEventsTable`: the engine's (the parking store's writer, load
+and fetch) and the operators' (``walrelay parking``).
 """
 
 from __future__ import annotations
@@ -47,13 +51,16 @@ import base64
 from collections.abc import Iterable
 from typing import Any, LiteralString
 
+import psycopg
 from psycopg import sql
 
-from walrelay.model import Route
+from walrelay.model import Event, Route
 
 __all__ = [
     "CHANNEL",
+    "LISTEN",
     "TABLE",
+    "ParkedEventsTable",
     "decode_key",
     "display_key",
     "encode_key",
@@ -73,19 +80,221 @@ CHANNEL = "walrelay_parking"
 TABLE = "parked_events"
 """The table's name in the state schema (``failed_events`` before migration 7)."""
 
+LISTEN = sql.SQL("listen {}").format(sql.Identifier(CHANNEL))
+"""Subscribes a connection to :data:`CHANNEL`."""
+
 _SEP = "\x1f"
 
-# Per-row changes an operator makes (walrelay parking retry / discard); the
-# placeholder is the table, the parameters (destination, commit_lsn, seq).
-REVIVE: LiteralString = (
-    "update {} set dead = false, skipped = false, next_attempt_at = now(),"
-    " revision = revision + 1 where destination = %s and commit_lsn = %s and seq = %s"
+Conn = psycopg.AsyncConnection[tuple[Any, ...]]
+Cursor = psycopg.AsyncCursor[tuple[Any, ...]]
+OperatorConn = psycopg.Connection[dict[str, Any]]
+"""The CLI's connection: synchronous, rows as dicts by column name."""
+
+RowId = tuple[str, int, int]
+"""A row's primary key: (destination, commit_lsn, seq)."""
+
+# One row, by its primary key (RowId).
+_BY_ID: LiteralString = "where destination = %s and commit_lsn = %s and seq = %s"
+
+# The columns `walrelay parking list|show` print (show adds the payload).
+_LISTED: LiteralString = (
+    "destination, commit_lsn, seq, event_id, keys, op, table_name, xid, committed_at, size,"
+    " attempts, last_error, permanent, dead, skipped, first_failed_at, last_attempt_at,"
+    " next_attempt_at"
 )
-DISCARD: LiteralString = "delete from {} where destination = %s and commit_lsn = %s and seq = %s"
 
 
 def table(schema: str) -> sql.Composed:
+    """The table's qualified name in ``schema``."""
     return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(TABLE))
+
+
+class ParkedEventsTable:
+    """The parked-events table of one state schema: every statement on it.
+
+    The statements are composed once, here. The engine's side
+    (:class:`walrelay.pipeline.parking.store.ParkingStore`) runs them on an
+    async connection, batching and retrying as it needs; the operators' side
+    (``walrelay parking``) on an :data:`OperatorConn`.
+    """
+
+    def __init__(self, schema: str) -> None:
+        self.schema = schema
+        t = table(schema)
+        self._table = t
+        self._park = sql.SQL(
+            "insert into {} (destination, commit_lsn, seq, event_id, keys, op, table_name, xid,"
+            " committed_at, payload, size, attempts, last_error, permanent, dead, skipped,"
+            " first_failed_at, last_attempt_at, next_attempt_at, route)"
+            " values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+            " %s)"
+            " on conflict (destination, commit_lsn, seq) do update set"
+            " attempts = excluded.attempts, last_error = excluded.last_error,"
+            " permanent = excluded.permanent, dead = excluded.dead, skipped = excluded.skipped,"
+            " first_failed_at = excluded.first_failed_at,"
+            " last_attempt_at = excluded.last_attempt_at,"
+            " next_attempt_at = excluded.next_attempt_at"
+        ).format(t)
+        self._delete = sql.SQL("delete from {} " + _BY_ID).format(t)
+        self._update = sql.SQL(
+            "update {} set attempts = %s, last_error = %s, permanent = %s, dead = %s,"
+            " skipped = %s, next_attempt_at = %s, last_attempt_at = coalesce(%s, last_attempt_at) "
+            + _BY_ID
+            + " and revision = %s"
+        ).format(t)
+        self._index_rows = sql.SQL(
+            "select commit_lsn, seq, keys, size, attempts, dead, skipped, permanent,"
+            " extract(epoch from next_attempt_at), extract(epoch from first_failed_at), revision"
+            " from {} where destination = %s order by commit_lsn, seq"
+        ).format(t)
+        self._events = sql.SQL(
+            "select commit_lsn, seq, op, table_name, xid, committed_at, keys, payload, route"
+            " from {}"
+            " where destination = %s and (commit_lsn, seq) in"
+            " (select * from unnest(%s::bigint[], %s::int[]))"
+        ).format(t)
+        self._skip_dead = sql.SQL(
+            "update {} set skipped = true where destination = %s and dead and not skipped"
+        ).format(t)
+        self._unconfigured = sql.SQL(
+            "select destination, count(*) from {} where destination <> all(%s) group by 1"
+        ).format(t)
+        self._summary = sql.SQL(
+            "select destination,"
+            " count(*) filter (where not dead) as parked,"
+            " count(*) filter (where dead) as dead,"
+            " count(*) filter (where skipped) as skipped,"
+            " coalesce(sum(size) filter (where not skipped), 0) as bytes,"
+            " extract(epoch from now() - min(first_failed_at) filter (where not dead)) as age"
+            " from {} group by destination order by destination"
+        ).format(t)
+        self._revive = sql.SQL(
+            "update {} set dead = false, skipped = false, next_attempt_at = now(),"
+            " revision = revision + 1 " + _BY_ID
+        ).format(t)
+
+    # -- the engine (ParkingStore) -------------------------------------------------------
+
+    async def index_rows(self, conn: Conn, destination: str) -> list[tuple[Any, ...]]:
+        """``destination``'s rows in id order, as parking's index reads them:
+        (commit_lsn, seq, keys, size, attempts, dead, skipped, permanent,
+        next_attempt_at and first_failed_at as epoch seconds, revision)."""
+        cur = await conn.execute(self._index_rows, (destination,))
+        return await cur.fetchall()
+
+    async def park(self, cur: Cursor, rows: list[tuple[Any, ...]]) -> None:
+        """Insert parked events, or overwrite their attempt columns when already
+        parked; a row's parameters follow the insert's column list."""
+        await cur.executemany(self._park, rows)
+
+    async def delete(self, cur: Cursor, ids: list[RowId]) -> None:
+        """Delete the rows ``ids`` (delivered events)."""
+        await cur.executemany(self._delete, ids)
+
+    async def update(self, cur: Cursor, params: tuple[Any, ...]) -> bool:
+        """Write an attempt's outcome: ``params`` are (attempts, last_error,
+        permanent, dead, skipped, next_attempt_at, last_attempt_at or None,
+        destination, commit_lsn, seq, revision). False when the row is gone or
+        no longer at that revision: then nothing was written."""
+        await cur.execute(self._update, params)
+        return cur.rowcount != 0
+
+    async def events(
+        self, conn: Conn, destination: str, idents: list[tuple[int, int]]
+    ) -> dict[tuple[int, int], Event]:
+        """The parked events ``idents`` ((commit_lsn, seq)) of ``destination``,
+        as they were parked; an ident without a row is missing."""
+        cur = await conn.execute(
+            self._events, (destination, [i[0] for i in idents], [i[1] for i in idents])
+        )
+        rows = await cur.fetchall()
+        out: dict[tuple[int, int], Event] = {}
+        for lsn, seq, op, table_name, xid, committed_at, keys, payload, route in rows:
+            ident = (int(lsn), int(seq))
+            out[ident] = Event(
+                commit_lsn=ident[0],
+                seq=ident[1],
+                op=op,
+                table=table_name,
+                keys=tuple(decode_key(k) for k in keys),
+                body=bytes(payload),
+                xid=int(xid),
+                committed_at=committed_at,
+                route=route_from_json(route),
+            )
+        return out
+
+    async def skip_dead(self, conn: Conn, destination: str) -> None:
+        """Mark ``destination``'s dead rows skipped (``on_dead: skip_dead``)."""
+        await conn.execute(self._skip_dead, (destination,))
+
+    async def unconfigured(self, conn: Conn, configured: list[str]) -> list[tuple[Any, ...]]:
+        """(destination, row count) of every destination not in ``configured``."""
+        cur = await conn.execute(self._unconfigured, (configured,))
+        return await cur.fetchall()
+
+    # -- the operators (walrelay parking) ------------------------------------------------
+
+    def exists(self, conn: OperatorConn) -> tuple[bool, bool]:
+        """Whether this table exists, and whether the table of an older walrelay
+        (``failed_events``, renamed by state migration 7) does."""
+        row = conn.execute(
+            "select to_regclass(format('%%I.%%I', %s::text, %s::text)) is not null as ok,"
+            " to_regclass(format('%%I.failed_events', %s::text)) is not null as old",
+            (self.schema, TABLE, self.schema),
+        ).fetchone()
+        if row is None:
+            return False, False
+        return bool(row["ok"]), bool(row["old"])
+
+    def listed(
+        self,
+        conn: OperatorConn,
+        *,
+        destination: str | None,
+        ident: tuple[int, int] | None,
+        dead_only: bool,
+        payload: bool,
+    ) -> psycopg.Cursor[dict[str, Any]]:
+        """The rows of ``destination`` (None: all), of event ``ident`` (None: all),
+        dead only or not, in destination and id order; with ``payload``, the
+        payload too."""
+        where: list[sql.Composable] = [sql.SQL("true")]
+        params: list[Any] = []
+        if destination is not None:
+            where.append(sql.SQL("destination = %s"))
+            params.append(destination)
+        if ident is not None:
+            where.append(sql.SQL("commit_lsn = %s and seq = %s"))
+            params.extend(ident)
+        if dead_only:
+            where.append(sql.SQL("dead"))
+        columns: sql.Composable = sql.SQL(_LISTED)
+        if payload:
+            columns = sql.SQL("{}, payload").format(columns)
+        query = sql.SQL("select {} from {} where {} order by destination, commit_lsn, seq").format(
+            columns, self._table, sql.SQL(" and ").join(where)
+        )
+        return conn.execute(query, params)
+
+    def summary(self, conn: OperatorConn) -> list[dict[str, Any]]:
+        """Per destination with rows: ``parked``, ``dead`` and ``skipped`` counts,
+        ``bytes`` (not skipped) and ``age`` (seconds since the oldest parked
+        event failed; None without one)."""
+        return conn.execute(self._summary).fetchall()
+
+    def revive(self, conn: OperatorConn, ids: list[RowId]) -> None:
+        """Make the rows ``ids`` due now and alive, bumping their revision."""
+        conn.cursor().executemany(self._revive, ids)
+
+    def discard(self, conn: OperatorConn, ids: list[RowId]) -> None:
+        """Delete the rows ``ids`` for good."""
+        conn.cursor().executemany(self._delete, ids)
+
+    def notify(self, conn: OperatorConn) -> None:
+        """Tell a running engine this schema's table changed (:data:`CHANNEL`);
+        it is delivered when ``conn``'s transaction commits."""
+        conn.execute("select pg_notify(%s, %s)", (CHANNEL, self.schema))
 
 
 def migration_statements(s: sql.Identifier) -> list[sql.Composed]:

@@ -15,7 +15,6 @@ import logging
 from collections.abc import Callable
 
 import psycopg
-from psycopg import sql
 
 from walrelay.pipeline.backoff import Backoff
 from walrelay.state import parking as T
@@ -36,7 +35,7 @@ async def follow_operator_changes(dsn: str, schema: str, reread: Callable[[], No
                 dsn, autocommit=True, application_name="walrelay-parking-listen"
             )
             async with conn:
-                await conn.execute(sql.SQL("listen {}").format(sql.Identifier(T.CHANNEL)))
+                await conn.execute(T.LISTEN)
                 reread()  # changes made while we were not listening
                 attempt = 0
                 async for note in conn.notifies():

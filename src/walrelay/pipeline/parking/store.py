@@ -1,13 +1,13 @@
 """The parked-events table of one state database, for all destinations.
 
-:class:`ParkingStore` owns the connections to the state database and the
-table ``<state schema>.parked_events`` (:mod:`walrelay.state.parking`): it
-creates or upgrades the schema, loads every destination's rows before
-replication starts, applies the queued :mod:`writes
-<walrelay.pipeline.parking.writes>` through one writer task (FIFO, batched
-into one transaction: parking many events costs one commit), reads parked
-events back for the retry loops, and follows the operators' changes
-(:mod:`walrelay.pipeline.parking.listen`).
+:class:`ParkingStore` owns the connections to the state database and uses
+the table ``<state schema>.parked_events`` through its statements
+(:class:`walrelay.state.parking.ParkedEventsTable`): it creates or upgrades
+the schema, loads every destination's rows before replication starts,
+applies the queued :mod:`writes <walrelay.pipeline.parking.writes>` through
+one writer task (FIFO, batched into one transaction: parking many events
+costs one commit), reads parked events back for the retry loops, and
+follows the operators' changes (:mod:`walrelay.pipeline.parking.listen`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from walrelay.config import ParkingConfig, masked_dsn
 from walrelay.errors import SourceSetupError
@@ -78,39 +77,7 @@ class ParkingStore:
         self._writes: deque[Write] = deque()
         self._writes_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._table = T.table(schema)
-        self._insert = sql.SQL(
-            "insert into {} (destination, commit_lsn, seq, event_id, keys, op, table_name, xid,"
-            " committed_at, payload, size, attempts, last_error, permanent, dead, skipped,"
-            " first_failed_at, last_attempt_at, next_attempt_at, route)"
-            " values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
-            " %s)"
-            " on conflict (destination, commit_lsn, seq) do update set"
-            " attempts = excluded.attempts, last_error = excluded.last_error,"
-            " permanent = excluded.permanent, dead = excluded.dead, skipped = excluded.skipped,"
-            " first_failed_at = excluded.first_failed_at,"
-            " last_attempt_at = excluded.last_attempt_at,"
-            " next_attempt_at = excluded.next_attempt_at"
-        ).format(self._table)
-        self._delete = sql.SQL(
-            "delete from {} where destination = %s and commit_lsn = %s and seq = %s"
-        ).format(self._table)
-        self._update = sql.SQL(
-            "update {} set attempts = %s, last_error = %s, permanent = %s, dead = %s,"
-            " skipped = %s, next_attempt_at = %s, last_attempt_at = coalesce(%s, last_attempt_at)"
-            " where destination = %s and commit_lsn = %s and seq = %s and revision = %s"
-        ).format(self._table)
-        self._select = sql.SQL(
-            "select commit_lsn, seq, keys, size, attempts, dead, skipped, permanent,"
-            " extract(epoch from next_attempt_at), extract(epoch from first_failed_at), revision"
-            " from {} where destination = %s order by commit_lsn, seq"
-        ).format(self._table)
-        self._fetch_sql = sql.SQL(
-            "select commit_lsn, seq, op, table_name, xid, committed_at, keys, payload, route"
-            " from {}"
-            " where destination = %s and (commit_lsn, seq) in"
-            " (select * from unnest(%s::bigint[], %s::int[]))"
-        ).format(self._table)
+        self._table = T.ParkedEventsTable(schema)
 
     def __repr__(self) -> str:
         return f"ParkingStore({masked_dsn(self._dsn)!r}, schema={self.schema!r})"
@@ -151,8 +118,7 @@ class ParkingStore:
         """Read every destination's parked events (before replication starts)."""
         conn = await self._writer.get()
         for dest in self.destinations.values():
-            cur = await conn.execute(self._select, (dest.name,))
-            rows = await cur.fetchall()
+            rows = await self._table.index_rows(conn, dest.name)
             dest.apply_rows(rows, initial=True)
             if dest.config.on_dead == "skip_dead":
                 await self._skip_dead(conn, dest)
@@ -166,13 +132,7 @@ class ParkingStore:
                     stats["dead"],
                     self.schema,
                 )
-        cur = await conn.execute(
-            sql.SQL(
-                "select destination, count(*) from {} where destination <> all(%s) group by 1"
-            ).format(self._table),
-            (list(self.destinations),),
-        )
-        for name, n in await cur.fetchall():
+        for name, n in await self._table.unconfigured(conn, list(self.destinations)):
             log.warning(
                 "%d parked event(s) of destination %r, which is not configured, stay in"
                 " %s.parked_events (see `walrelay parking list`)",
@@ -185,12 +145,7 @@ class ParkingStore:
         rows = dest.dead_to_skip()
         if not rows:
             return
-        await conn.execute(
-            sql.SQL(
-                "update {} set skipped = true where destination = %s and dead and not skipped"
-            ).format(self._table),
-            (dest.name,),
-        )
+        await self._table.skip_dead(conn, dest.name)
         dest.skip(rows)
         log.warning(
             "destination %s: %d dead event(s) skipped (on_dead: skip_dead)", dest.name, len(rows)
@@ -270,11 +225,10 @@ class ParkingStore:
     async def _apply(self, conn: _DbConn, batch: list[Write]) -> None:
         if len(batch) == 1 and isinstance(batch[0], ReadRows):
             read = batch[0]
-            cur = await conn.execute(self._select, (read.destination,))
-            read.snapshot = await cur.fetchall()
+            read.snapshot = await self._table.index_rows(conn, read.destination)
             return
         inserts: list[tuple[Any, ...]] = []
-        deletes: list[tuple[Any, ...]] = []
+        deletes: list[T.RowId] = []
         updates: list[UpdateRow] = []
         for write in batch:
             if isinstance(write, ParkRows):
@@ -285,12 +239,11 @@ class ParkingStore:
                 updates.append(write)
         async with conn.transaction(), conn.cursor() as cur:
             if inserts:
-                await cur.executemany(self._insert, inserts)
+                await self._table.park(cur, inserts)
             if deletes:
-                await cur.executemany(self._delete, deletes)
+                await self._table.delete(cur, deletes)
             for update in updates:  # one by one: each needs its row count
-                await cur.execute(self._update, update.params)
-                update.superseded = cur.rowcount == 0
+                update.superseded = not await self._table.update(cur, update.params)
 
     # -- reads (ParkingTable) ---------------------------------------------------------------
 
@@ -299,29 +252,10 @@ class ParkingStore:
         async with reader.lock:
             try:
                 conn = await reader.get()
-                cur = await conn.execute(
-                    self._fetch_sql,
-                    (destination, [i[0] for i in idents], [i[1] for i in idents]),
-                )
-                rows = await cur.fetchall()
+                return await self._table.events(conn, destination, idents)
             except psycopg.Error:
                 await reader.reset()
                 raise
-        out: dict[Ident, Event] = {}
-        for lsn, seq, op, table_name, xid, committed_at, keys, payload, route in rows:
-            ident = (int(lsn), int(seq))
-            out[ident] = Event(
-                commit_lsn=ident[0],
-                seq=ident[1],
-                op=op,
-                table=table_name,
-                keys=tuple(T.decode_key(k) for k in keys),
-                body=bytes(payload),
-                xid=int(xid),
-                committed_at=committed_at,
-                route=T.route_from_json(route),
-            )
-        return out
 
     # -- changes made by `walrelay parking` ---------------------------------------------------
 
