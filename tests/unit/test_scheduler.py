@@ -431,3 +431,30 @@ async def test_sink_error_from_errors_module_is_the_retry_signal() -> None:
     assert await dest.drain(timeout=5)
     assert dest.failures_total == 1
     await dest.stop()
+
+
+async def test_hooks_run_in_order_before_and_in_reverse_after_a_send() -> None:
+    calls: list[str] = []
+
+    class Named(DeliveryHook):
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        async def before_send(self, events: Sequence[Event]) -> Sequence[Event]:
+            calls.append(f"before {self.name}")
+            return events[1:] if self.name == "ledger" else events  # a ledger drops a replay
+
+        async def after_send(self, events: Sequence[Event]) -> None:
+            calls.append(f"after {self.name} {len(events)}")
+
+    sink = MemorySink(batch_size=10)
+    dest = Destination("d", sink, hooks=[Named("ledger"), Named("failpoints"), Recorder()])
+    batch = [ev(0, "a"), ev(1, "b")]
+    await dest.send(batch)
+    assert calls == [
+        "before ledger",
+        "before failpoints",
+        "after failpoints 1",
+        "after ledger 1",
+    ]
+    assert sink.delivered == batch[1:]

@@ -21,7 +21,7 @@ from typing import Literal
 from walrelay import failpoints
 from walrelay.model import Event
 
-__all__ = ["DeliveryHook", "FailpointHook", "FailureDecision"]
+__all__ = ["DeliveryHook", "FailpointHook", "FailureDecision", "overriding"]
 
 FailureDecision = Literal["retry", "parked"]
 
@@ -57,6 +57,13 @@ class DeliveryHook:
     def on_finished(self, events: Sequence[Event], *, parked: bool) -> None:
         """``events`` are finished -- delivered, or durably parked -- exactly
         once each. Must not raise (an error is logged and delivery goes on)."""
+
+
+def overriding(hooks: Sequence[DeliveryHook], method: str) -> tuple[DeliveryHook, ...]:
+    """The hooks whose class overrides ``method``: a destination calls only
+    those, so a no-op default costs nothing per batch."""
+    default = getattr(DeliveryHook, method)
+    return tuple(h for h in hooks if getattr(type(h), method) is not default)
 
 
 class FailpointHook(DeliveryHook):

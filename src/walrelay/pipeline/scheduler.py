@@ -62,7 +62,7 @@ from walrelay.errors import SinkError
 from walrelay.model import Event
 from walrelay.pipeline.backoff import Backoff
 from walrelay.pipeline.buffer import EventBuffer, make_buffer
-from walrelay.pipeline.hooks import DeliveryHook, FailureDecision
+from walrelay.pipeline.hooks import DeliveryHook, FailureDecision, overriding
 from walrelay.sinks.base import Sink
 
 __all__ = [
@@ -145,7 +145,11 @@ class Destination:
         self.backoff = backoff or Backoff()
         self._batch_size = sink.batch_size
         self.hooks: tuple[DeliveryHook, ...] = tuple(hooks)
-        self._after_hooks = self.hooks[::-1]
+        # Per method, only the hooks that do something there (after_send in reverse).
+        self._before_send = overriding(self.hooks, "before_send")
+        self._after_send = overriding(self.hooks, "after_send")[::-1]
+        self._on_failure = overriding(self.hooks, "on_failure")
+        self._on_finished = overriding(self.hooks, "on_finished")
         if parking is not None and self.ordered:
             raise ValueError(
                 f"destination {name!r}: an ordered sink cannot park events (a parked"
@@ -360,16 +364,12 @@ class Destination:
 
     async def send(self, batch: Sequence[Event]) -> None:
         """``sink.deliver`` between the hooks' ``before_send`` and ``after_send``."""
-        hooks = self.hooks
-        if not hooks:
-            await self.sink.deliver(batch)
-            return
         todo = batch
-        for hook in hooks:
+        for hook in self._before_send:
             todo = await hook.before_send(todo)
         if todo:
             await self.sink.deliver(todo)
-        for hook in self._after_hooks:
+        for hook in self._after_send:
             await hook.after_send(todo)
 
     def reserve(self, n: int) -> int:
@@ -449,7 +449,7 @@ class Destination:
         self, batch: Sequence[Event], error: BaseException, attempts: int
     ) -> FailureDecision:
         """The first opinion of the hooks, then of parking; "retry" without one."""
-        deciders: list[_Decider] = [h.on_failure for h in self.hooks]
+        deciders: list[_Decider] = [h.on_failure for h in self._on_failure]
         if self._parking is not None:
             deciders.append(self._parking.on_failure)
         for decide in deciders:
@@ -469,7 +469,7 @@ class Destination:
         return "retry"
 
     def _finished(self, events: Sequence[Event], *, parked: bool) -> None:
-        for hook in self.hooks:
+        for hook in self._on_finished:
             try:
                 hook.on_finished(events, parked=parked)
             except Exception:
