@@ -369,14 +369,44 @@ def _targets(
     )
 
 
+def _selection_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The options that name the events ``retry`` and ``discard`` act on."""
+    for option in reversed(
+        (
+            _config_option,
+            _destination_option,
+            _key_option,
+            _id_option,
+            _dead_option,
+            click.option("--all", "everything", is_flag=True, help="every parked event"),
+            _json_option,
+        )
+    ):
+        command = option(command)
+    return command
+
+
+def _change_selected(
+    config_path: str,
+    destination: str | None,
+    key: str | None,
+    event_id: str | None,
+    dead_only: bool,
+    everything: bool,
+    *,
+    revive: bool,
+) -> list[_Row]:
+    """Revive (make due now) or discard the selected events; returns them."""
+    config = _load(config_path)
+    table = ParkedEventsTable(config.state.schema)
+    with _connect(config) as conn:
+        rows = _targets(conn, table, destination, key, event_id, dead_only, everything)
+        _change_rows(conn, table, rows, table.revive if revive else table.discard)
+    return rows
+
+
 @parking_command.command("retry")
-@_config_option
-@_destination_option
-@_key_option
-@_id_option
-@_dead_option
-@click.option("--all", "everything", is_flag=True, help="every parked event")
-@_json_option
+@_selection_options
 def retry_command(
     config_path: str,
     destination: str | None,
@@ -391,11 +421,9 @@ def retry_command(
     Only the oldest parked event of a key is ever attempted: the others of
     that key follow it in order.
     """
-    config = _load(config_path)
-    table = ParkedEventsTable(config.state.schema)
-    with _connect(config) as conn:
-        rows = _targets(conn, table, destination, key, event_id, dead_only, everything)
-        _change_rows(conn, table, rows, table.revive)
+    rows = _change_selected(
+        config_path, destination, key, event_id, dead_only, everything, revive=True
+    )
     skipped = [r for r in rows if r["skipped"]]
     for r in skipped:
         log.warning(
@@ -411,13 +439,7 @@ def retry_command(
 
 
 @parking_command.command("discard")
-@_config_option
-@_destination_option
-@_key_option
-@_id_option
-@_dead_option
-@click.option("--all", "everything", is_flag=True, help="every parked event")
-@_json_option
+@_selection_options
 def discard_command(
     config_path: str,
     destination: str | None,
@@ -429,11 +451,9 @@ def discard_command(
 ) -> None:
     """Delete events for good (each is logged); a key whose backlog is then
     empty flows again."""
-    config = _load(config_path)
-    table = ParkedEventsTable(config.state.schema)
-    with _connect(config) as conn:
-        rows = _targets(conn, table, destination, key, event_id, dead_only, everything)
-        _change_rows(conn, table, rows, table.discard)
+    rows = _change_selected(
+        config_path, destination, key, event_id, dead_only, everything, revive=False
+    )
     for r in rows:
         log.warning(
             "discarded event %s of destination %s (key %s, %s, %d attempt(s), last error: %s)",

@@ -123,14 +123,15 @@ async def open_destinations(
             sink = sink_factory(dcfg)
             await sink.open()
             opened.append(sink)
-            hooks: list[DeliveryHook] = []
             ledger = ledger_hook(sink, config, dcfg)
-            if ledger is not None:
-                await ledger.open()
-                opened.append(ledger)
-                hooks.append(ledger)
-            hooks.append(FailpointHook())
-            hooks.extend(hooks_for(dcfg.name))
+            hooks = [
+                *([ledger] if ledger is not None else []),
+                FailpointHook(),
+                *hooks_for(dcfg.name),
+            ]
+            for hook in hooks:
+                await hook.open()
+                opened.append(hook)
             out.by_name[dcfg.name] = Destination(
                 dcfg.name,
                 sink,

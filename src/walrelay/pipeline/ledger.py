@@ -64,6 +64,7 @@ from walrelay.model import Event, Lsn, format_lsn
 from walrelay.pipeline.backoff import Backoff
 from walrelay.pipeline.hooks import DeliveryHook
 from walrelay.sinks.base import Sink
+from walrelay.sinks.common import safe_url
 from walrelay.state.ledger import LedgerTable
 
 if TYPE_CHECKING:
@@ -172,10 +173,7 @@ class RedisLedger:
 
     @property
     def where(self) -> str:
-        from yarl import URL
-
-        u = URL(self._url)
-        return str(u.with_user(None).with_password(None)) if u.is_absolute() else "redis"
+        return safe_url(self._url)
 
     def key(self, destination: str) -> str:
         return self.key_prefix + destination
