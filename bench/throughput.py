@@ -5,7 +5,8 @@ workload, one after the other so each has the machine to itself. The
 reference, pg_recvlogical writing to /dev/null, is bounded by the walsender
 (decoding on the server), which is also walrelay's ceiling.
 
-    .venv/bin/python bench/throughput.py [--changes 1000000] [--json out.json] [--pure-python]
+    .venv/bin/python bench/throughput.py [--changes 1000000] [--rows-per-tx N]
+        [--json out.json] [--pure-python]
 
 ``--pure-python`` adds a third run, from its own slot, with the C speedups
 off (``WALRELAY_NO_SPEEDUPS=1``).
@@ -55,12 +56,19 @@ def setup(cluster: PgCluster, slots: list[str]) -> str:
     return dsn
 
 
-def workload(dsn: str, changes: int) -> tuple[int, int, float]:
-    """Half the changes as single-row transactions, half as 100-row ones.
+def workload(dsn: str, changes: int, rows_per_tx: int | None = None) -> tuple[int, int, float]:
+    """Half the changes as single-row transactions, half as 100-row ones; with
+    ``rows_per_tx``, every transaction that many rows (1: the walsender's
+    per-transaction cost dominates; 10000: walrelay's per-change cost does).
 
     Returns (changes, transactions, seconds)."""
-    singles = changes // 2
-    batches = (changes - singles) // 100
+    if rows_per_tx is None:
+        singles = changes // 2
+        size = 100
+    else:
+        singles = changes if rows_per_tx == 1 else 0
+        size = max(1, rows_per_tx)
+    batches = (changes - singles) // size
     t0 = time.monotonic()
     with psycopg.connect(dsn, autocommit=True) as conn:
         # Server-side loops with COMMIT: many small transactions, fast to generate.
@@ -75,14 +83,14 @@ def workload(dsn: str, changes: int) -> tuple[int, int, float]:
               end loop;
               for b in 0..{batches - 1} loop
                 insert into bench (id, k, v, n)
-                  select {singles} + b * 100 + g, g, 'batch ' || b, g * 1.5
-                  from generate_series(1, 100) g;
+                  select {singles} + b * {size} + g, g, 'batch ' || b, g * 1.5
+                  from generate_series(1, {size}) g;
                 commit;
               end loop;
             end $$;
             """
         )
-    return singles + batches * 100, singles + batches, time.monotonic() - t0
+    return singles + batches * size, singles + batches, time.monotonic() - t0
 
 
 def end_lsn(dsn: str) -> int:
@@ -195,6 +203,13 @@ def main() -> int:
     ap.add_argument("--changes", type=int, default=1_000_000)
     ap.add_argument("--json", default="bench/results/throughput.json")
     ap.add_argument(
+        "--rows-per-tx",
+        type=int,
+        default=None,
+        metavar="N",
+        help="every transaction N rows (default: half single-row, half 100-row)",
+    )
+    ap.add_argument(
         "--pure-python",
         action="store_true",
         help="also run walrelay with its C speedups off (WALRELAY_NO_SPEEDUPS=1)",
@@ -210,7 +225,7 @@ def main() -> int:
     try:
         slots = ["ref_slot", "walrelay_slot"] + (["walrelay_py_slot"] if args.pure_python else [])
         dsn = setup(cluster, slots)
-        n, txs, gen_s = workload(dsn, args.changes)
+        n, txs, gen_s = workload(dsn, args.changes, args.rows_per_tx)
         target = end_lsn(dsn)
         ref_s = run_reference(cluster, target)
         with tempfile.TemporaryDirectory(prefix="walrelay-bench-") as tmp:
@@ -230,7 +245,11 @@ def main() -> int:
         "benchmark": "throughput",
         "changes": n,
         "transactions": txs,
-        "workload": "half single-row transactions, half 100-row transactions",
+        "workload": (
+            "half single-row transactions, half 100-row transactions"
+            if args.rows_per_tx is None
+            else f"{args.rows_per_tx}-row transactions"
+        ),
         "workload_generation_s": round(gen_s, 2),
         "pg_recvlogical": {"seconds": round(ref_s, 3), "changes_per_s": round(ref_rate)},
         "walrelay_file_sink": {
