@@ -258,6 +258,41 @@ static int write_timestamp(Out *o, const char *s, Py_ssize_t n, int with_tz) {
     return 0;
 }
 
+/* json/jsonb: the document's text spliced in as JSON (PostgreSQL checked it),
+ * CR/LF (only ever whitespace between tokens) written as spaces, like
+ * walrelay.source.types.json_value. Invalid UTF-8, and documents that may be
+ * nested deeper than MAX_JSON_DEPTH (more brackets than that), take the slow
+ * path, which counts the real depth. */
+#define MAX_JSON_DEPTH 500
+
+static int write_json(Out *o, const char *s, Py_ssize_t n) {
+    int ascii = 1;
+    Py_ssize_t brackets = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        char c = s[i];
+        if ((unsigned char)c >= 0x80) ascii = 0;
+        else if (c == '[' || c == '{') brackets++;
+    }
+    if (brackets > MAX_JSON_DEPTH) return 1;
+    if (!ascii) {
+        PyObject *u = PyUnicode_DecodeUTF8(s, n, "strict");
+        if (u == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) return -1;
+            PyErr_Clear();
+            return 1;
+        }
+        Py_DECREF(u);
+    }
+    if (out_reserve(o, n) < 0) return -1;
+    char *p = o->data + o->len;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        char c = s[i];
+        p[i] = (c == '\n' || c == '\r') ? ' ' : c;
+    }
+    o->len += n;
+    return 0;
+}
+
 /* Kind bytes (chosen per column type by walrelay.pipeline.envelope). */
 #define K_INTEGER 'i'
 #define K_NUMERIC 'n'
@@ -267,6 +302,7 @@ static int write_timestamp(Out *o, const char *s, Py_ssize_t n, int with_tz) {
 #define K_DATE 'd'
 #define K_TIMESTAMP 't'
 #define K_TIMESTAMPTZ 'z'
+#define K_JSON 'j'
 #define K_CALL 'c' /* encoders[i](raw) -> bytes: the JSON text of the value */
 
 static int write_value(Out *o, char kind, PyObject *raw, PyObject *encoder) {
@@ -283,6 +319,7 @@ static int write_value(Out *o, char kind, PyObject *raw, PyObject *encoder) {
         case K_DATE: return write_date(o, s, n);
         case K_TIMESTAMP: return write_timestamp(o, s, n, 0);
         case K_TIMESTAMPTZ: return write_timestamp(o, s, n, 1);
+        case K_JSON: return write_json(o, s, n);
         case K_CALL: {
             PyObject *r = PyObject_CallOneArg(encoder, raw);
             if (r == NULL) {

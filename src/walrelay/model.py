@@ -7,6 +7,7 @@ when a change becomes an :class:`Event` (see ``walrelay.pipeline.envelope``).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal
@@ -214,7 +215,13 @@ class Event:
         return len(self.body) + EVENT_OVERHEAD_BYTES
 
     def envelope(self) -> dict[str, Any]:
-        value = orjson.loads(self.body)
+        """The body parsed. orjson reads numbers as 64-bit ints or doubles; a
+        json column's number beyond a double (``1e400``, which the body carries
+        verbatim) makes it refuse, and the standard library reads it instead."""
+        try:
+            value = orjson.loads(self.body)
+        except orjson.JSONDecodeError:
+            value = json.loads(self.body)
         assert isinstance(value, dict)
         return value
 

@@ -8,6 +8,7 @@ decline but never disagree).
 
 from __future__ import annotations
 
+import json
 import string
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -137,6 +138,43 @@ def test_dates(value: date) -> None:
     assert agrees(1082, value.isoformat().encode()) is not None
 
 
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**40), 10**40)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(JSON_VALUES, st.sampled_from([None, 0, 2]), st.sampled_from([114, 3802]))
+def test_json_documents(value: Any, indent: int | None, oid: int) -> None:
+    # As json keeps its input's layout: compact, or indented with newlines.
+    raw = json.dumps(value, indent=indent, ensure_ascii=False).encode()
+    out = agrees(oid, raw)
+    assert out == raw.replace(b"\n", b" ")
+    assert json.loads(out) == value
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"123456789012345678901234567890",
+        b'{"x": 1e400, "y": 0.1000000000000000000001}',
+        b'{\r\n  "a": "caf\xc3\xa9"\r\n}',
+        b"[" * 500 + b"]" * 500,
+    ],
+)
+def test_json_kept_as_printed(raw: bytes) -> None:
+    assert agrees(3802, raw) is not None
+
+
+def test_interval_is_postgres_iso_text() -> None:
+    assert agrees(1186, b"P1Y2M-3DT4H5M6.5S") == b'"P1Y2M-3DT4H5M6.5S"'
+
+
 # -- anything else: the fast path may decline, never disagree -------------------
 
 
@@ -166,6 +204,9 @@ def test_dates(value: date) -> None:
         (1114, b"2024-01-02T03:04:05"),
         (1082, b"0044-03-15 BC"),
         (1082, b"12345-01-01"),
+        (3802, b'{"a": "\xff"}'),  # not UTF-8
+        (3802, b"[" * 501 + b"]" * 501),  # maybe deeper than MAX_JSON_DEPTH
+        (114, b'["[{", ' + b'"{" ' * 600 + b"]"),
     ],
 )
 def test_declines_what_it_does_not_know(oid: int, raw: bytes) -> None:
@@ -262,7 +303,9 @@ COLUMNS = [
     ("tz", 1184, b"2024-01-02 03:04:05+00"),
     ("j", 3802, b'{"a": [1, 2.5, null]}'),
     ("f", 701, b"NaN"),
-    ("iv", 1186, b"1 day 02:03:04"),
+    ("iv", 1186, b"P1Y-2M3DT4H5M6S"),
+    ("jl", 114, b'{"n": 123456789012345678901234567890,\n "d": 1e400}'),
+    ("deep", 3802, b"[" * 600 + b"]" * 600),
 ]
 
 
@@ -293,9 +336,9 @@ def bodies(change: Change, key_columns: dict[str, list[str]] | None = None) -> t
     [
         Change("insert", table(), ROW),
         Change("update", table(), OTHER),
-        Change("update", table(), OTHER, (b"42",) + (None,) * 10, "K"),
+        Change("update", table(), OTHER, (b"42",) + (None,) * 12, "K"),
         Change("update", table("f"), OTHER, ROW, "O"),
-        Change("delete", table(), None, (b"42",) + (None,) * 10, "K"),
+        Change("delete", table(), None, (b"42",) + (None,) * 12, "K"),
         Change("delete", table("f"), None, ROW, "O"),
         Change("update", table(), (b"42", UNCHANGED_TOAST, *ROW[2:])),
         Change("insert", table(), (b"1", b"NaN", *ROW[2:7], b"infinity", *ROW[8:])),
@@ -308,7 +351,7 @@ def test_envelopes_are_identical(change: Change) -> None:
 
 
 def test_key_columns_outside_the_old_key_take_the_python_path() -> None:
-    change = Change("delete", table(), None, (b"42",) + (None,) * 10, "K")
+    change = Change("delete", table(), None, (b"42",) + (None,) * 12, "K")
     fast, slow = bodies(change, {"public.all types": ["u"]})
     assert fast == slow
     assert orjson.loads(fast)["key"] == {}

@@ -29,24 +29,36 @@ when it is valid UTF-8 (``"utf-8"``; JSON payloads stay a *string*, so
 consumers see exactly the bytes that were emitted), else ``"\\x<hex>"``
 (``"hex"``).
 
-JSON representation of column values (chosen so nothing is lost):
+JSON representation of column values. The rule: PostgreSQL casts every
+value back to one equal to the source's (``tests/integration/test_fidelity.py``
+proves it against ``test_decoding``); where a JSON value cannot hold it, the
+value is PostgreSQL's text as a string. Values are printed under
+:data:`walrelay.source.types.SESSION_SETTINGS`, whatever the database or role sets.
 
+- integers -> numbers (every digit, also beyond 2^53);
 - numeric -> JSON *string* with every digit (``"12345678901234567890.5"``,
   ``"NaN"``, ``"Infinity"``): a JSON number would be read as a double by
   most consumers;
-- float4/float8 -> JSON number; NaN/Infinity/-Infinity (JSON has none) ->
-  the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` as PostgreSQL spells them;
+- float4/float8 -> JSON number, the shortest text that reads back exactly
+  (``extra_float_digits=3``); NaN/Infinity/-Infinity (JSON has none) -> the
+  strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` as PostgreSQL spells them;
+- json/jsonb -> the document itself, its text spliced in unparsed (numbers
+  keep every digit, ``json`` keeps duplicate keys and key order; CR/LF
+  between tokens become spaces); a document nested deeper than
+  :data:`walrelay.source.types.MAX_JSON_DEPTH` -> its text as a JSON string;
 - bytea -> ``"\\x00ff"``, the way PostgreSQL prints it;
 - timestamptz -> ISO 8601 with offset (``"2024-01-02T03:04:05+00:00"``),
   timestamp -> ISO 8601 without offset, date -> ``"2024-01-02"``, time and
   timetz -> ``"03:04:05"`` / ``"03:04:05+05:30"``; values Python cannot hold
-  (``infinity``, BC, year > 9999) stay PostgreSQL's text;
-- interval -> ISO 8601 duration (``"P1DT2H3M4.5S"``, ``"-PT22H"``), with
-  psycopg's month = 30 days;
-- uuid -> string; json/jsonb -> the JSON value itself (numbers beyond
-  64-bit integers/doubles: see :func:`walrelay.source.types.load_json`);
-- integers -> numbers; arrays -> arrays; everything else -> the text PostgreSQL
-  printed.
+  (``infinity``, BC, year > 9999, ``24:00:00``) stay PostgreSQL's text;
+- interval -> ISO 8601 duration as PostgreSQL prints it with
+  ``IntervalStyle=iso_8601`` (``"P1Y2M3DT4H5M6.5S"``, ``"P-1Y-2M3DT-4H"``):
+  years/months, days and time stay apart, as ``::interval`` reads them back;
+- uuid -> string; arrays -> arrays (nested; null elements null), except an
+  array whose lower bound is not 1 -> PostgreSQL's text (``"[0:2]={7,8,9}"``);
+- money -> its text under ``lc_monetary=C`` (``"$1,234.56"``); everything
+  else (enums, composites, ranges, inet, geometric, ...) -> the text
+  PostgreSQL printed.
 
 ``Event.keys`` (internal, for the scheduler): ``"<schema.table>\\x1f<key>"``
 where ``<key>`` is the text PostgreSQL printed for each key column, joined by
@@ -70,7 +82,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, datetime, time
 from decimal import Decimal
 from typing import Any, Final
 
@@ -110,36 +122,12 @@ _INT_MAX: Final = 2**64 - 1
 # -- JSON encoding ------------------------------------------------------------
 
 
-def _iso_duration(value: timedelta) -> str:
-    us = (value.days * 86_400 + value.seconds) * 1_000_000 + value.microseconds
-    sign = "-" if us < 0 else ""
-    days, us = divmod(abs(us), 86_400_000_000)
-    hours, us = divmod(us, 3_600_000_000)
-    minutes, us = divmod(us, 60_000_000)
-    seconds, us = divmod(us, 1_000_000)
-    clock = ""
-    if hours:
-        clock += f"{hours}H"
-    if minutes:
-        clock += f"{minutes}M"
-    if us:
-        clock += f"{seconds}.{us:06d}".rstrip("0") + "S"
-    elif seconds:
-        clock += f"{seconds}S"
-    out = f"{sign}P{days}D" if days else f"{sign}P"
-    if clock:
-        out += "T" + clock
-    return out if days or clock else "PT0S"
-
-
 def _default(value: Any) -> Any:
     """orjson ``default=``: the types orjson does not serialise by itself."""
     if isinstance(value, Decimal):
         return format(value, "f")  # every digit, never exponent notation
     if isinstance(value, bytes | bytearray | memoryview):
         return "\\x" + bytes(value).hex()
-    if isinstance(value, timedelta):
-        return _iso_duration(value)
     raise TypeError(f"cannot encode {type(value).__name__} as JSON")
 
 
@@ -243,6 +231,9 @@ _C_KINDS: Final = {
     1082: "d",  # date
     1114: "t",  # timestamp
     1184: "z",  # timestamptz
+    1186: "s",  # interval: PostgreSQL's ISO 8601 text, as a string
+    114: "j",  # json
+    3802: "j",  # jsonb
 }
 
 

@@ -51,17 +51,13 @@ from psycopg.adapt import Loader
 
 from walrelay.model import Column, RawTuple, Relation
 from walrelay.source.slot import TableInfo, split_table
+from walrelay.source.types import SESSION_OPTIONS  # values as pgoutput prints them
 from walrelay.units import format_duration
 
 log = logging.getLogger("walrelay.source.snapshot")
 
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 
-# The same session settings as the replication connection, so that the text
-# values read here are byte for byte what pgoutput would have sent.
-SESSION_OPTIONS = (
-    "-c DateStyle=ISO -c TimeZone=UTC -c IntervalStyle=postgres -c client_encoding=UTF8"
-)
 _INT_TYPES = {20: "int8", 21: "int2", 23: "int4"}
 FETCH_ROWS = 2000
 

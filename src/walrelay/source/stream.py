@@ -20,6 +20,7 @@ import psycopg
 from psycopg import pq, sql
 
 from walrelay.model import Lsn, format_lsn
+from walrelay.source.types import SESSION_OPTIONS
 
 log = logging.getLogger("walrelay.source.stream")
 
@@ -91,9 +92,9 @@ class PsycopgReplicationStream:
                 replication="database",
                 autocommit=True,
                 application_name=self._application_name,
-                # The type loaders expect ISO dates, UTC, postgres intervals, UTF-8.
-                options="-c DateStyle=ISO -c TimeZone=UTC -c IntervalStyle=postgres "
-                "-c client_encoding=UTF8",
+                # pgoutput prints values with this session's settings: the
+                # ones the type converters assume win over ALTER DATABASE/ROLE.
+                options=SESSION_OPTIONS,
             )
             self.backend_pid = self._conn.pgconn.backend_pid
             opts = sql.SQL(", ").join(

@@ -1,47 +1,55 @@
 """Type OID -> Python value conversion for pgoutput's text-format column values.
 
 pgoutput (without ``binary``) sends every column as the text its type's output
-function prints. Instead of writing parsers, :class:`TypeRegistry` reuses
-psycopg 3's text loaders: one private :class:`psycopg.adapt.AdaptersMap`
-(a copy of the global one, so nothing leaks into application connections) with
-a few loaders swapped, one loader instance per OID, its bound ``load`` cached.
+function prints -- in the walsender's session, so the settings in
+:data:`SESSION_SETTINGS` are fixed for the replication and snapshot
+connections (client options win over ``ALTER DATABASE/ROLE ... SET``).
+Instead of writing parsers, :class:`TypeRegistry` reuses psycopg 3's text
+loaders: one private :class:`psycopg.adapt.AdaptersMap` (a copy of the global
+one, so nothing leaks into application connections) with a few loaders
+swapped, one loader instance per OID, its bound ``load`` cached.
 
-What each type becomes:
+The rule: every value converts back, by PostgreSQL itself, to a value equal
+to the source's; where a Python/JSON value cannot hold it, the text
+PostgreSQL printed is kept. What each type becomes:
 
 =============================================  ==================================
 int2, int4, int8, oid                           ``int``
 numeric                                         ``Decimal`` (``NaN``/``Infinity``
                                                  included, no float on the way)
-float4, float8                                  ``float``
+float4, float8                                  ``float`` (printed with
+                                                 ``extra_float_digits=3``: exact)
 bool                                            ``bool``
 text, varchar, bpchar (padded), name, "char"    ``str``
-json, jsonb                                     the parsed value (orjson; numbers
-                                                 as 64-bit ints / doubles, see
-                                                 :func:`load_json`)
+json, jsonb                                     :class:`orjson.Fragment`: the
+                                                 document's own text, spliced
+                                                 into the output as JSON (every
+                                                 digit of every number kept);
+                                                 ``str`` (the text) when nested
+                                                 deeper than :data:`MAX_JSON_DEPTH`
 timestamptz                                     aware ``datetime`` in UTC
 timestamp / date / time                         naive ``datetime`` / ``date`` /
                                                  ``time``
 timetz                                          ``time`` with a fixed offset
-interval                                        ``timedelta`` (psycopg: 1 month
-                                                 = 30 days, 1 year = 365 days)
+interval                                        ``str``: ISO 8601 as PostgreSQL
+                                                 prints it with
+                                                 ``IntervalStyle=iso_8601``
+                                                 (``P1Y2M3DT4H5M6.5S``; months,
+                                                 days and time kept apart)
 uuid                                            ``UUID``
-bytea (hex or escape output)                    ``bytes``
+bytea                                           ``bytes``
 arrays of the above                             ``list`` (nested for n-dim,
-                                                 ``None`` for NULL elements)
+                                                 ``None`` for NULL elements);
+                                                 ``str`` (PostgreSQL's text,
+                                                 ``[0:2]={7,8,9}``) when a lower
+                                                 bound is not 1
 inet, cidr, money, ranges, multiranges          ``str``, exactly as printed
 enums, composites, domains, anything unknown    ``str``, exactly as printed
 =============================================  ==================================
 
-Values Python's date/time types cannot hold -- ``infinity``/``-infinity``
-(timestamps, dates, and intervals on PostgreSQL 17), BC dates, years after
-9999, ``24:00:00`` -- stay the text the server printed (e.g. the string
-``'infinity'``), never an error and never a wrong value.
-
-Assumptions about the replication session (the stream sets them through the
-connection options): ``DateStyle=ISO``, ``client_encoding=UTF8`` and
-``TimeZone=UTC`` (any ISO offset such as ``+00`` or ``+05:30`` is handled;
-``timestamptz`` values are normalised to UTC). ``IntervalStyle`` must be the
-default ``postgres``.
+Values Python's date/time types cannot hold -- ``infinity``/``-infinity``,
+BC dates, years after 9999, ``24:00:00`` -- stay the text the server printed
+(e.g. the string ``'infinity'``), never an error and never a wrong value.
 
 A value a *known* type's loader rejects (which means the session settings are
 not what we assume, or a bug) raises :class:`walrelay.errors.DecodeError`
@@ -50,9 +58,7 @@ naming the type and OID; it is never turned into text or ``None`` silently.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from decimal import Decimal
 from typing import Any, Final
 
 import orjson
@@ -66,10 +72,39 @@ from psycopg.types.array import ArrayLoader
 
 from walrelay.errors import DecodeError
 
-__all__ = ["Converter", "TypeRegistry", "load_json"]
+__all__ = [
+    "MAX_JSON_DEPTH",
+    "SESSION_OPTIONS",
+    "SESSION_SETTINGS",
+    "Converter",
+    "TypeRegistry",
+    "json_depth",
+    "json_value",
+]
 
 Converter = Callable[[bytes], Any]
 """Text-format column value -> Python value."""
+
+SESSION_SETTINGS: Final = {
+    "DateStyle": "ISO",  # ISO dates/timestamps, what the loaders parse
+    "TimeZone": "UTC",  # timestamptz printed in UTC
+    "IntervalStyle": "iso_8601",  # P1Y2M3DT4H: months, days and time apart
+    "extra_float_digits": "3",  # shortest exact float4/float8 (a lower value rounds)
+    "bytea_output": "hex",
+    "lc_monetary": "C",  # money as '$1,234.56', whatever the database's locale
+    "client_encoding": "UTF8",
+}
+"""The settings the converters assume, set on every connection whose printed
+values walrelay emits (replication stream, snapshot and backfill readers)."""
+
+SESSION_OPTIONS: Final = " ".join(f"-c {k}={v}" for k, v in SESSION_SETTINGS.items())
+""":data:`SESSION_SETTINGS` as a libpq ``options`` string."""
+
+MAX_JSON_DEPTH: Final = 500
+"""json/jsonb documents nested deeper are emitted as a JSON *string* holding
+the document's text: common JSON parsers refuse deep nesting (orjson at 1024
+levels, Python's json near 1000, Jackson at 1000), so a consumer could not
+read the event at all."""
 
 _TEXT: Final = Format.TEXT
 
@@ -83,13 +118,16 @@ _TIMETZ_OID: Final = 1266
 _TIMESTAMP_OID: Final = 1114
 _TIMESTAMPTZ_OID: Final = 1184
 _DATETIME_OIDS: Final = frozenset(
-    {_DATE_OID, _TIME_OID, _TIMETZ_OID, _TIMESTAMP_OID, _TIMESTAMPTZ_OID, INTERVAL_OID}
+    {_DATE_OID, _TIME_OID, _TIMETZ_OID, _TIMESTAMP_OID, _TIMESTAMPTZ_OID}
 )
-_AS_TEXT_NAMES: Final = ("inet", "cidr")  # kept as text, no ipaddress objects
+_AS_TEXT_NAMES: Final = ("inet", "cidr", "interval")  # kept as text
 
 _INFINITIES: Final = (b"infinity", b"-infinity")
 _DIGITS: Final = frozenset(b"0123456789")
-_FOREIGN_INTERVAL_STYLES: Final = (b"P", b"@")  # iso_8601, postgres_verbose
+_OPEN: Final = frozenset(b"[{")
+_CLOSE: Final = frozenset(b"]}")
+_QUOTE: Final = ord('"')
+_BACKSLASH: Final = ord("\\")
 
 
 def _text_loader() -> type[pg_abc.Loader]:
@@ -102,30 +140,54 @@ def _text_loader() -> type[pg_abc.Loader]:
 _TextLoader: Final = _text_loader()
 
 
-def load_json(data: Buffer) -> Any:
-    """Parse a json/jsonb value.
+def json_depth(data: bytes) -> int:
+    """Deepest nesting of arrays/objects in a JSON text (brackets in strings skipped)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for b in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif b == _BACKSLASH:
+                escaped = True
+            elif b == _QUOTE:
+                in_string = False
+        elif b == _QUOTE:
+            in_string = True
+        elif b in _OPEN:
+            depth += 1
+            deepest = max(deepest, depth)
+        elif b in _CLOSE:
+            depth -= 1
+    return deepest
 
-    orjson parses numbers as 64-bit integers or IEEE doubles -- what every
-    JSON consumer (JavaScript, most JSON libraries) does too; a jsonb number
-    with more than 17 significant digits or an integer outside the 64-bit
-    range loses precision that way. Text orjson refuses although PostgreSQL
-    accepted it (numbers overflowing a double such as ``1e400``, lone UTF-16
-    surrogate escapes in ``json``) is parsed again by the standard library,
-    with non-integer numbers as ``Decimal`` so nothing turns into infinity.
+
+def json_value(data: Buffer) -> orjson.Fragment | str:
+    """A json/jsonb value as PostgreSQL printed it, ready for orjson.
+
+    The document's own text is valid JSON (PostgreSQL checked it), so it is
+    spliced into the output unparsed: numbers keep every digit (no double on
+    the way), duplicate keys of ``json`` stay, nothing deep is recursed into.
+    Raw CR/LF can only be whitespace between tokens (PostgreSQL rejects them
+    unescaped inside strings), so they become spaces: an event stays one line.
+    A document nested deeper than :data:`MAX_JSON_DEPTH` becomes a JSON
+    string of its text (see there). The C encoder (``_speedups.c``, kind
+    ``j``) writes the same bytes.
     """
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return json.loads(bytes(data), parse_float=Decimal)
+    raw = bytes(data)
+    text = raw.decode()  # strict UTF-8, as for text columns
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and json_depth(raw) > MAX_JSON_DEPTH:
+        return text
+    if b"\n" in raw or b"\r" in raw:
+        raw = raw.replace(b"\n", b" ").replace(b"\r", b" ")
+    return orjson.Fragment(raw)
 
 
 class _JsonLoader(Loader):
-    """json/jsonb (and, through the array loaders, json[]/jsonb[]) via orjson."""
+    """json/jsonb (and, through the array loaders, json[]/jsonb[]) as JSON text."""
 
     def load(self, data: Buffer) -> Any:
-        return load_json(data)
-
-    fast_load = staticmethod(orjson.loads)
+        return json_value(data)
 
 
 def _out_of_python_range(oid: int, data: Buffer) -> bool:
@@ -135,8 +197,6 @@ def _out_of_python_range(oid: int, data: Buffer) -> bool:
         return True
     if oid in (_TIME_OID, _TIMETZ_OID):
         return raw.startswith(b"24:")
-    if oid == INTERVAL_OID:
-        return False  # every finite interval fits in a timedelta
     # ISO dates start with a 4-digit year; five digits mean a year after 9999.
     return len(raw) > 5 and all(b in _DIGITS for b in raw[:5])
 
@@ -156,18 +216,9 @@ class _DateTimeLoader(Loader):
         if inner is None:  # pragma: no cover - psycopg always has these
             raise RuntimeError(f"psycopg has no text loader for oid {self.inner_oid}")
         self._inner = inner(self.inner_oid, context).load
-        # psycopg loads interval 'infinity' (PostgreSQL 17) as timedelta(0)
-        # without an error, so the interval fast path must check first.
-        self.fast_load: Converter = self.load if self.inner_oid == INTERVAL_OID else self._inner
+        self.fast_load: Converter = self._inner
 
     def load(self, data: Buffer) -> Any:
-        if self.inner_oid == INTERVAL_OID:
-            raw = bytes(data)
-            if raw in _INFINITIES:
-                return raw.decode()
-            if raw[:1] in _FOREIGN_INTERVAL_STYLES or raw[:2] == b"-P":
-                # psycopg would misread these silently ('P1D' -> 60 seconds).
-                raise pg_errors.DataError(f"interval not in IntervalStyle 'postgres': {raw!r}")
         try:
             return self._inner(data)
         except pg_errors.DataError:
@@ -201,6 +252,18 @@ def _array_loader(element_oid: int, delimiter: bytes) -> type[pg_abc.Loader]:
     return cls
 
 
+def _keeping_bounds(load: Converter) -> Converter:
+    """An array whose lower bound is not 1 prints as ``[0:2]={7,8,9}``: psycopg
+    would drop the bounds, so such a value stays PostgreSQL's text."""
+
+    def convert(data: bytes) -> Any:
+        if data[:1] == b"[":
+            return data.decode()
+        return load(data)
+
+    return convert
+
+
 def _guarded(load: Converter, oid: int, name: str) -> Converter:
     def convert(data: bytes) -> Any:
         try:
@@ -211,8 +274,8 @@ def _guarded(load: Converter, oid: int, name: str) -> Converter:
             raise DecodeError(
                 f"cannot convert a value of type {name} (oid {oid}) "
                 f"from pgoutput's text format: {type(exc).__name__}: {exc}",
-                fix="the replication session must use DateStyle=ISO, IntervalStyle=postgres "
-                "and client_encoding=UTF8; otherwise report this value as a bug",
+                fix=f"the replication session must use {SESSION_OPTIONS}; "
+                "otherwise report this value as a bug",
             ) from exc
 
     return convert
@@ -249,10 +312,12 @@ class TypeRegistry:
             adapters.register_loader(oid, _datetime_loader(oid))
         self._adapters = adapters
         self._names: dict[int, str] = {}
+        self._arrays: set[int] = set()
         for info in postgres.types:
             self._names[info.oid] = info.name
             if info.array_oid:
                 self._names[info.array_oid] = f"{info.name}[]"
+                self._arrays.add(info.array_oid)
         self._safe: dict[int, Converter] = {}
         self._fast: dict[int, Converter] = {}
         self._registered: set[int] = set()
@@ -313,8 +378,11 @@ class TypeRegistry:
         loader: type[pg_abc.Loader]
         if base_oid is not None:
             loader = self._adapters.get_loader(base_oid, _TEXT) or _TextLoader
+            if base_oid in self._arrays:
+                self._arrays.add(oid)
         elif element_oid is not None:
             loader = _array_loader(element_oid, delimiter.encode())
+            self._arrays.add(oid)
         else:
             loader = _TextLoader
         self._adapters.register_loader(oid, loader)
@@ -329,5 +397,9 @@ class TypeRegistry:
         cls = self._adapters.get_loader(oid, _TEXT) or _TextLoader
         loader = cls(oid, self._adapters)
         load: Converter = loader.load
-        self._fast[oid] = getattr(loader, "fast_load", load)
+        fast: Converter = getattr(loader, "fast_load", load)
+        if oid in self._arrays:
+            load = _keeping_bounds(load)
+            fast = _keeping_bounds(fast)
+        self._fast[oid] = fast
         self._safe[oid] = _guarded(load, oid, self.type_name(oid))
