@@ -93,6 +93,7 @@ SESSION_SETTINGS: Final = {
     "bytea_output": "hex",
     "lc_monetary": "C",  # money as '$1,234.56', whatever the database's locale
     "client_encoding": "UTF8",
+    "search_path": "pg_catalog",  # regclass & co. printed schema-qualified
 }
 """The settings the converters assume, set on every connection whose printed
 values walrelay emits (replication stream, snapshot and backfill readers)."""
