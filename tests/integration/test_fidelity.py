@@ -22,18 +22,21 @@ altered value and one lost TOAST marker.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 from psycopg import sql
 
 from tests.integration import fidelity_workload as workload
-from tests.integration.support import count_lines, running_engine
+from tests.integration.support import count_lines, execute, running_engine
 from tests.waiting import wait_for
 from walrelay.config import parse_config
+from walrelay.source.slot import prepare_source
 from walrelay.source.types import MAX_JSON_DEPTH, json_depth
 
 SLOT_TD = "fid_td"
@@ -298,6 +301,7 @@ class Comparison:
             )
         )
         params = [p for _, _, mine_text, literal in pairs for p in (mine_text, literal)]
+        result: list[bool]
         try:
             with self.conn.transaction():
                 (result,) = self.conn.execute(query, params).fetchone() or ([],)
@@ -514,3 +518,30 @@ async def test_walrelay_emits_what_test_decoding_decodes(db: str, tmp_path: Path
         event = events[toast]
         mutated[toast] = {**event, "record": {**event["record"], "big1": None}, "unchanged": []}
         assert any("unchanged" in m for m in comparison.run(mutated, changes))
+
+
+async def test_partition_truncate_gap_is_named_at_start(
+    db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # pgoutput never sends a TRUNCATE of one partition under publish_via_partition_root
+    execute(
+        db,
+        "create table m (id int, at date, primary key (id, at)) partition by range (at)",
+        "create table m_2024 partition of m for values from ('2024-01-01') to ('2025-01-01')",
+        "create table m_2025 partition of m for values from ('2025-01-01') to ('2026-01-01')",
+        "create table plain (id int primary key)",
+    )
+    config = parse_config(
+        {
+            "source": {"dsn": db, "tables": ["public.m", "public.plain"], "slot": "part"},
+            "destinations": [{"name": "out", "sink": {"type": "stdout"}}],
+        },
+        "(test)",
+    )
+    caplog.set_level(logging.WARNING, "walrelay.source.slot")
+    async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
+        await prepare_source(config.source, conn)
+    warnings = [r.getMessage() for r in caplog.records if "TRUNCATE" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("public.m is partitioned: a TRUNCATE of one of its partitions")
+    assert "(public.m_2024, public.m_2025)" in warnings[0]

@@ -238,6 +238,38 @@ async def _check_publication(
     return missing
 
 
+async def partition_truncate_gaps(
+    conn: psycopg.AsyncConnection[tuple[object, ...]], cfg: SourceConfig
+) -> dict[str, list[str]]:
+    """Partitioned tables among ``cfg.tables`` whose partitions' TRUNCATEs are never sent.
+
+    With ``publish_via_partition_root`` (how walrelay creates publications)
+    pgoutput sends a partition's changes as the root's, but skips a TRUNCATE
+    of a partition altogether (``pgoutput_truncate``: "Don't send partitions
+    if the publication wants to send only the root tables through it"); only
+    a TRUNCATE of the root itself arrives. Maps each such root to its partitions.
+    """
+    row = await _fetchone(
+        conn, "select pubviaroot from pg_publication where pubname = %s", (cfg.publication,)
+    )
+    if row is not None and not row[0]:
+        return {}
+    cur = await conn.execute(
+        """select format('%%I.%%I', n.nspname, c.relname),
+                  array(select format('%%I.%%I', pn.nspname, p.relname)
+                        from pg_partition_tree(c.oid) t
+                        join pg_class p on p.oid = t.relid
+                        join pg_namespace pn on pn.oid = p.relnamespace
+                        where t.level > 0 order by 1)
+           from pg_class c join pg_namespace n on n.oid = c.relnamespace
+           where c.relkind = 'p' and n.nspname || '.' || c.relname = any(%s)
+           order by 1""",
+        (list(cfg.tables),),
+    )
+    rows = await cur.fetchall()
+    return {str(row[0]): [str(p) for p in row[1]] for row in rows}  # type: ignore[attr-defined]
+
+
 async def _check_slot(
     conn: psycopg.AsyncConnection[tuple[object, ...]], cfg: SourceConfig
 ) -> tuple[bool, Lsn | None]:
@@ -301,6 +333,16 @@ async def prepare_source(
     for name in cfg.tables:
         info.tables[name] = await inspect_table(conn, name, cfg.key_columns.get(name))
     to_add = await _check_publication(conn, cfg)
+    for root, parts in (await partition_truncate_gaps(conn, cfg)).items():
+        log.warning(
+            "%s is partitioned: a TRUNCATE of one of its partitions (%s) is not replicated "
+            "(pgoutput publishes partitions through their root and sends only a TRUNCATE "
+            "of the root itself); truncate %s, or DELETE from the partition, or detach "
+            "and drop it",
+            root,
+            ", ".join(parts) or "none yet",
+            root,
+        )
     slot_exists, confirmed = await _check_slot(conn, cfg)
     info.confirmed_flush_lsn = confirmed
 
