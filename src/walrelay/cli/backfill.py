@@ -7,7 +7,9 @@ import sys
 import time
 
 import click
+import psycopg
 
+from walrelay.dsn import connect_error
 from walrelay.errors import ConfigError, WalrelayError
 from walrelay.units import format_duration
 
@@ -91,6 +93,12 @@ def backfill_command(
     except WalrelayError as e:
         click.echo(f"walrelay: error: {e}", err=True)
         sys.exit(e.exit_code)
+    except psycopg.Error as e:
+        error = connect_error(
+            "the state database", config.state_dsn, e, fix="check state.dsn (default: source.dsn)"
+        )
+        click.echo(f"walrelay: error: {error}", err=True)
+        sys.exit(error.exit_code)
     except KeyboardInterrupt:
         click.echo("stopped watching; the engine goes on with the backfill", err=True)
         sys.exit(130)

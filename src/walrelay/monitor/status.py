@@ -25,6 +25,7 @@ import click
 import orjson
 
 from walrelay.config import Config
+from walrelay.dsn import scrub
 from walrelay.errors import WalrelayError
 from walrelay.units import format_bytes, format_duration
 
@@ -304,10 +305,10 @@ def status_command(config_path: str, as_json: bool, timeout: float) -> None:
         try:
             doc = asyncio.run(read_database_status(config))
         except Exception as e:
-            msg = " ".join(str(e).split())
+            msg = scrub(str(e), config.source.dsn_value).replace(config.source.dsn_value, "***")
             click.echo(
                 f"walrelay status: {why}; and cannot read PostgreSQL ({config.source.masked_dsn}):"
-                f" {type(e).__name__}: {msg.replace(config.source.dsn_value, '***')}",
+                f" {type(e).__name__}: {msg}",
                 err=True,
             )
             sys.exit(2)
