@@ -46,6 +46,10 @@ def _engine_url(config: Config) -> str | None:
     return f"http://{host}:{http.port}"
 
 
+# A status document is a few kB; an answer larger than this is not one.
+_MAX_STATUS_BYTES = 16 * 1024 * 1024
+
+
 def fetch_engine_status(config: Config, timeout: float = 3.0) -> tuple[dict[str, Any] | None, str]:
     """``(status, where)`` from the running engine, or ``(None, why not)``."""
     from walrelay.web.auth import resolve_token
@@ -63,7 +67,10 @@ def fetch_engine_status(config: Config, timeout: float = 3.0) -> tuple[dict[str,
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
-            doc = orjson.loads(resp.read())
+            raw = resp.read(_MAX_STATUS_BYTES + 1)
+        if len(raw) > _MAX_STATUS_BYTES:
+            return None, f"{url} answered with more than a status document"
+        doc = orjson.loads(raw)
     except urllib.error.HTTPError as e:
         if e.code == 401:
             return None, f"the engine at {url} rejected the token"
