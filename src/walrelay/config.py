@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from walrelay.config_file import read_config_document
-from walrelay.dsn import DSN_HINT, dsn_problem, one_line
+from walrelay.dsn import DSN_HINT, dsn_problem, one_line, speaking_utf8
 from walrelay.dsn import masked_dsn as masked_dsn  # re-exported: where callers look for it
 from walrelay.errors import ConfigError
 
@@ -220,7 +220,8 @@ class SourceConfig(_Model):
 
     @property
     def dsn_value(self) -> str:
-        return self.dsn.get_secret_value()
+        """The DSN to connect with (always speaking UTF-8: :func:`speaking_utf8`)."""
+        return speaking_utf8(self.dsn.get_secret_value())
 
     @property
     def masked_dsn(self) -> str:
@@ -772,7 +773,9 @@ class Config(_Model):
     @property
     def state_dsn(self) -> str:
         """The state database: ``state.dsn``, else the source database."""
-        return self.state.dsn.get_secret_value() if self.state.dsn else self.source.dsn_value
+        if self.state.dsn is None:
+            return self.source.dsn_value
+        return speaking_utf8(self.state.dsn.get_secret_value())
 
     @model_validator(mode="after")
     def _check(self) -> Config:

@@ -13,7 +13,15 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from walrelay.errors import ConfigError
 
-__all__ = ["DSN_HINT", "connect_error", "dsn_problem", "masked_dsn", "one_line", "scrub"]
+__all__ = [
+    "DSN_HINT",
+    "connect_error",
+    "dsn_problem",
+    "masked_dsn",
+    "one_line",
+    "scrub",
+    "speaking_utf8",
+]
 
 DSN_HINT = (
     "a value with spaces or quotes must be single-quoted in key=value form"
@@ -85,3 +93,19 @@ def connect_error(what: str, dsn: str, error: BaseException, *, fix: str) -> Con
     return ConfigError(
         f"cannot connect to {what} ({masked_dsn(dsn)}): {scrub(str(error), dsn)}", fix=fix
     )
+
+
+def speaking_utf8(dsn: str) -> str:
+    """``dsn`` with ``client_encoding=UTF8`` unless it names an encoding itself.
+
+    walrelay reads and writes UTF-8 on every connection: without it, a
+    ``SQL_ASCII`` database makes psycopg return text as bytes (so
+    ``current_setting('wal_level')`` read ``b'logical'``), and any other
+    encoding is converted to UTF-8 by the server, which knows it best.
+    """
+    try:
+        if "client_encoding" in conninfo_to_dict(dsn):
+            return dsn
+        return make_conninfo(dsn, client_encoding="UTF8")
+    except psycopg.Error:
+        return dsn  # refused at load (dsn_problem); never reached with a loaded config
