@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -11,9 +12,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-import yaml
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -24,6 +24,9 @@ from pydantic import (
     model_validator,
 )
 
+from walrelay.config_file import read_config_document
+from walrelay.dsn import DSN_HINT, dsn_problem, one_line, speaking_utf8
+from walrelay.dsn import masked_dsn as masked_dsn  # re-exported: where callers look for it
 from walrelay.errors import ConfigError
 
 log = logging.getLogger("walrelay.config")
@@ -62,8 +65,51 @@ def _size(value: Any) -> Any:
     return value
 
 
-Seconds = Annotated[float, BeforeValidator(_duration), Field(ge=0)]
-Bytes = Annotated[int, BeforeValidator(_size), Field(gt=0)]
+# Longer than any sensible wait or interval; larger values overflow timers.
+MAX_SECONDS = 365 * 24 * 3600.0
+MAX_BYTES = 1024**5  # 1 PiB
+
+
+def _finite_seconds(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("must be a finite duration (seconds, or '500ms', '30s', '5m')")
+    if value < 0:
+        raise ValueError("must not be negative")
+    if value > MAX_SECONDS:
+        raise ValueError("must be at most 365 days (31536000 s)")
+    return value
+
+
+def _positive_seconds(value: float) -> float:
+    if value == 0:
+        raise ValueError("must be more than 0 (e.g. '500ms' or '10s')")
+    return value
+
+
+def _bytes_in_range(value: int) -> int:
+    if value <= 0:
+        raise ValueError("must be more than 0 bytes (e.g. '64MiB')")
+    if value > MAX_BYTES:
+        raise ValueError("must be at most 1 PiB (e.g. '64MiB', '1GiB')")
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(_duration), AfterValidator(_finite_seconds)]
+# A wait or interval for which 0 means nothing sensible (a busy loop, a timeout
+# that always expires).
+PositiveSeconds = Annotated[Seconds, AfterValidator(_positive_seconds)]
+Bytes = Annotated[int, BeforeValidator(_size), AfterValidator(_bytes_in_range)]
+
+
+def _dsn_parses(value: SecretStr) -> SecretStr:
+    problem = dsn_problem(value.get_secret_value())
+    if problem is not None:
+        raise ValueError(f"{problem}; {DSN_HINT}")
+    return value
+
+
+# A libpq connection string or URL, refused at load when libpq cannot parse it.
+Dsn = Annotated[SecretStr, AfterValidator(_dsn_parses)]
 _QUALIFIED = re.compile(r"^[^.\s]+\.[^.\s]+$")
 
 
@@ -71,17 +117,6 @@ def qualify(table: str) -> str:
     """'orders' -> 'public.orders'; 'app.orders' stays."""
     table = table.strip()
     return table if "." in table else f"public.{table}"
-
-
-def masked_dsn(dsn: str) -> str:
-    """The DSN with any password replaced, safe for logs and errors."""
-    try:
-        params = conninfo_to_dict(dsn)
-    except Exception:
-        return "<unparseable dsn>"
-    if "password" in params:
-        params["password"] = "***"
-    return make_conninfo(**{k: str(v) for k, v in params.items() if v is not None})
 
 
 class _Model(BaseModel):
@@ -99,7 +134,7 @@ class StateConfig(_Model):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    dsn: SecretStr | None = None  # default: source.dsn
+    dsn: Dsn | None = None  # default: source.dsn
     schema_name: str = Field(default="walrelay", alias="schema")
 
     @property
@@ -135,14 +170,14 @@ class ParkingConfig(_Model):
 
 
 class SourceConfig(_Model):
-    dsn: SecretStr = Field(description="libpq connection string or URL")
+    dsn: Dsn = Field(description="libpq connection string or URL")
     slot: str = "walrelay"
     publication: str = "walrelay_pub"
     tables: list[str] = Field(min_length=1)
     create_slot: bool = True
     create_publication: bool = True
     key_columns: dict[str, list[str]] = Field(default_factory=dict)
-    status_interval: Seconds = 10.0
+    status_interval: PositiveSeconds = 10.0
     streaming: bool = True
     reconnect: BackoffConfig = BackoffConfig(initial=0.5, max=30.0)
     spill_dir: str | None = None
@@ -156,7 +191,7 @@ class SourceConfig(_Model):
     # Connections reading an initial snapshot in parallel (key ranges of large tables).
     snapshot_workers: int = Field(default=2, ge=1, le=32)
     # How often a running engine looks for `walrelay backfill` requests.
-    backfill_poll_interval: Seconds = 1.0
+    backfill_poll_interval: PositiveSeconds = 1.0
 
     @field_validator("tables")
     @classmethod
@@ -185,7 +220,8 @@ class SourceConfig(_Model):
 
     @property
     def dsn_value(self) -> str:
-        return self.dsn.get_secret_value()
+        """The DSN to connect with (always speaking UTF-8: :func:`speaking_utf8`)."""
+        return speaking_utf8(self.dsn.get_secret_value())
 
     @property
     def masked_dsn(self) -> str:
@@ -210,7 +246,7 @@ class FileSinkConfig(SinkConfigBase):
     type: Literal["file"] = "file"
     path: str
     fsync: Literal["always", "batch", "interval", "never"] = "batch"
-    fsync_interval: Seconds = 1.0
+    fsync_interval: PositiveSeconds = 1.0
     batch_size: int = Field(default=2000, gt=0)
 
 
@@ -228,7 +264,7 @@ class WebhookSinkConfig(SinkConfigBase):
     url: SecretStr
     secret_env: str | None = None
     secret_file: str | None = None
-    timeout: Seconds = 10.0
+    timeout: PositiveSeconds = 10.0
     headers: dict[str, str] = Field(default_factory=dict)
     max_connections: int = Field(default=64, gt=0)
     batch_size: int = Field(default=1, gt=0)
@@ -323,7 +359,7 @@ class KafkaSinkConfig(SinkConfigBase):
     tls: TlsConfig | None = None
     compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "lz4"
     linger: Seconds = 0.005
-    delivery_timeout: Seconds = 30.0
+    delivery_timeout: PositiveSeconds = 30.0
     options: dict[str, str | int | float | bool] = Field(default_factory=dict)  # librdkafka
     batch_size: int = Field(default=500, gt=0)
 
@@ -343,13 +379,13 @@ class NatsSinkConfig(SinkConfigBase):
     stream: str = "WALRELAY"
     auto_create: bool = True
     stream_subjects: list[str] | None = None  # for auto-create; default ["<prefix>.>"]
-    duplicate_window: Seconds = 120.0  # for auto-create
+    duplicate_window: PositiveSeconds = 120.0  # for auto-create
     user: str | None = None
     password_env: str | None = None
     token_env: str | None = None
     creds_file: str | None = None
     tls: TlsConfig | None = None
-    timeout: Seconds = 10.0
+    timeout: PositiveSeconds = 10.0
     batch_size: int = Field(default=100, gt=0)
 
 
@@ -367,7 +403,7 @@ class RedisSinkConfig(SinkConfigBase):
     approximate_maxlen: bool = True
     auto_create: bool = True
     tls: TlsConfig | None = None
-    timeout: Seconds = 10.0
+    timeout: PositiveSeconds = 10.0
     batch_size: int = Field(default=500, gt=0)
 
 
@@ -387,7 +423,7 @@ class RabbitMQSinkConfig(SinkConfigBase):
     auto_create: bool = True
     mandatory: bool = True
     tls: TlsConfig | None = None
-    timeout: Seconds = 10.0
+    timeout: PositiveSeconds = 10.0
     batch_size: int = Field(default=100, gt=0)
 
 
@@ -397,7 +433,7 @@ class PostgresSinkConfig(SinkConfigBase):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     type: Literal["postgres"] = "postgres"
-    dsn: SecretStr
+    dsn: Dsn
     # Target schema of tables not named in ``tables`` (default: the source table's schema).
     target_schema: str | None = Field(default=None, alias="schema")
     # source table -> target table ('orders' or 'schema.orders'); same names by default.
@@ -407,7 +443,7 @@ class PostgresSinkConfig(SinkConfigBase):
     ordered: bool = True
     max_connections: int = Field(default=4, gt=0)  # used when ordered is false
     batch_size: int = Field(default=500, gt=0)
-    connect_timeout: Seconds = 10.0
+    connect_timeout: PositiveSeconds = 10.0
 
     def default_max_in_flight(self) -> int:
         return self.batch_size if self.ordered else self.batch_size * self.max_connections
@@ -422,7 +458,7 @@ class RedisLedgerConfig(_Model):
     type: Literal["redis"]
     url: SecretStr
     key_prefix: str = "walrelay:ledger:"
-    timeout: Seconds = 5.0
+    timeout: PositiveSeconds = 5.0
 
 
 class PostgresLedgerConfig(_Model):
@@ -430,7 +466,7 @@ class PostgresLedgerConfig(_Model):
 
     type: Literal["postgres"]
     # Default: the state database (state.dsn when configured, else source.dsn).
-    dsn: SecretStr | None = None
+    dsn: Dsn | None = None
     # Default: the state schema (state.schema when configured, else 'walrelay').
     ledger_schema: str | None = Field(default=None, alias="schema")
 
@@ -571,10 +607,10 @@ class OutboxConfig(_Model):
 
     table: str = "public.outbox"
     maintain: bool = True  # false: only `walrelay outbox maintain` does upkeep
-    interval: Seconds = 3600.0
+    interval: PositiveSeconds = 3600.0
     days_ahead: int = Field(default=7, ge=1, le=366)  # future partitions kept
     retention_days: int = Field(default=7, ge=1)  # partitions older than this are dropped
-    lock_timeout: Seconds = 2.0  # for DETACH PARTITION; a timeout retries next run
+    lock_timeout: PositiveSeconds = 2.0  # for DETACH PARTITION; a timeout retries next run
     confirm_wait: Seconds = 30.0  # how long to wait for the slot to confirm a detach
 
     @field_validator("table")
@@ -664,9 +700,9 @@ class MonitorConfig(_Model):
     """The engine's watch over the source cluster (walrelay.monitor.service)."""
 
     enabled: bool = True
-    interval: Seconds = 10.0
+    interval: PositiveSeconds = 10.0
     # Defaults to source.dsn; a role with pg_monitor is enough.
-    dsn: SecretStr | None = None
+    dsn: Dsn | None = None
     watch_other_slots: bool = True
     # Spilling warns once the spill counters grew at this many checks in a row.
     spill_sustained_checks: int = Field(default=3, ge=1)
@@ -679,7 +715,7 @@ class AlertWebhookConfig(_Model):
     url: SecretStr | None = None
     url_env: str | None = None
     min_severity: Literal["warn", "page"] = "warn"
-    timeout: Seconds = 5.0
+    timeout: PositiveSeconds = 5.0
 
     @model_validator(mode="after")
     def _one_url(self) -> AlertWebhookConfig:
@@ -737,7 +773,9 @@ class Config(_Model):
     @property
     def state_dsn(self) -> str:
         """The state database: ``state.dsn``, else the source database."""
-        return self.state.dsn.get_secret_value() if self.state.dsn else self.source.dsn_value
+        if self.state.dsn is None:
+            return self.source.dsn_value
+        return speaking_utf8(self.state.dsn.get_secret_value())
 
     @model_validator(mode="after")
     def _check(self) -> Config:
@@ -769,8 +807,8 @@ def _format_validation(e: ValidationError, where: str) -> str:
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown setting (typo?)"
-        lines.append(f"{loc}: {msg}")
-    return f"invalid config {where}: " + "; ".join(lines)
+        lines.append(f"{loc}: {msg.removeprefix('Value error, ')}")
+    return one_line(f"invalid config {where}: " + "; ".join(lines))
 
 
 def parse_config(data: Any, where: str = "") -> Config:
@@ -788,15 +826,5 @@ def parse_config(data: Any, where: str = "") -> Config:
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise ConfigError(
-            f"cannot read config {p}: {e.strerror}", fix="pass --config with a readable file"
-        ) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config {p} is not valid YAML: {e}") from None
-    return parse_config(data, str(p))
+    """Read, parse and validate walrelay.yaml; any problem is one-line ConfigError."""
+    return parse_config(read_config_document(path), str(Path(path)))

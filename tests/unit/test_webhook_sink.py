@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -138,9 +139,14 @@ async def test_retry_keeps_webhook_id(receiver: Receiver, sink: WebhookSink) -> 
     assert [r[0] for r in receiver.received] == [ev.id, ev.id]
 
 
-async def test_raw_string_secret(receiver: Receiver) -> None:
+async def test_raw_string_secret_is_refused_and_its_whsec_form_keeps_the_key(
+    receiver: Receiver,
+) -> None:
+    with pytest.raises(ConfigError, match="whsec_") as info:
+        webhook(receiver.url, secret="plain-secret")
+    assert "plain-secret" not in str(info.value)
     receiver.key = b"plain-secret"
-    s = webhook(receiver.url, secret="plain-secret")
+    s = webhook(receiver.url, secret="whsec_" + base64.b64encode(b"plain-secret").decode())
     await s.open()
     try:
         await s.deliver([make_event(1)])

@@ -7,7 +7,10 @@ import sys
 import time
 
 import click
+import psycopg
+from psycopg import sql
 
+from walrelay.dsn import connect_error, one_line
 from walrelay.errors import ConfigError, WalrelayError
 from walrelay.units import format_duration
 
@@ -58,6 +61,8 @@ def backfill_command(
             )
         if chunk_size <= 0 or (rate is not None and rate <= 0):
             raise ConfigError("--chunk-size and --rate must be positive")
+        if where is not None:
+            _check_where(config.source.dsn_value, table, where)
         schema = config.state.schema
         request_id = asyncio.run(
             submit_backfill(
@@ -91,9 +96,40 @@ def backfill_command(
     except WalrelayError as e:
         click.echo(f"walrelay: error: {e}", err=True)
         sys.exit(e.exit_code)
+    except psycopg.Error as e:
+        error = connect_error(
+            "the state database", config.state_dsn, e, fix="check state.dsn (default: source.dsn)"
+        )
+        click.echo(f"walrelay: error: {error}", err=True)
+        sys.exit(error.exit_code)
     except KeyboardInterrupt:
         click.echo("stopped watching; the engine goes on with the backfill", err=True)
         sys.exit(130)
+
+
+def _check_where(dsn: str, table: str, where: str) -> None:
+    """Refuse a --where PostgreSQL cannot plan on ``table`` now, rather than when
+    the engine reads the first chunk. EXPLAIN only plans: nothing runs."""
+    schema, name = table.split(".", 1)
+    query = sql.SQL("explain select 1 from {} as _r where ({})").format(
+        sql.Identifier(schema, name),
+        sql.SQL(where),
+    )
+    try:
+        with psycopg.connect(
+            dsn, autocommit=True, options="-c default_transaction_read_only=on", connect_timeout=10
+        ) as conn:
+            conn.execute(query)
+    except psycopg.OperationalError as e:
+        raise connect_error(
+            "the source", dsn, e, fix="check source.dsn, the server and PGPASSWORD"
+        ) from None
+    except psycopg.Error as e:
+        reason = one_line(e.diag.message_primary or str(e))
+        raise ConfigError(
+            f"--where is not a condition PostgreSQL accepts on {table}: {reason}",
+            fix='write a boolean SQL expression over the table\'s columns, e.g. "id > 1000"',
+        ) from None
 
 
 def _progress_line(doc: dict[str, object]) -> str:

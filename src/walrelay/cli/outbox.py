@@ -10,7 +10,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 import psycopg
 
-from walrelay.config import masked_dsn
+from walrelay.dsn import DSN_HINT, connect_error, dsn_problem, scrub
 from walrelay.errors import WalrelayError
 from walrelay.outbox.partitions import (
     MaintainReport,
@@ -45,15 +45,18 @@ def _fail(message: str, code: int = 2) -> NoReturn:
 
 
 def _with_conn(dsn: str, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
+    problem = dsn_problem(dsn)
+    if problem is not None:
+        _fail(f"--dsn: {problem} -- fix: {DSN_HINT}")
+
     async def main() -> T:
         try:
             conn = await psycopg.AsyncConnection.connect(
                 dsn, autocommit=True, application_name="walrelay-outbox"
             )
-        except psycopg.OperationalError as e:
-            raise WalrelayError(
-                f"cannot connect to {masked_dsn(dsn)}: {str(e).strip()}",
-                fix="check --dsn, the server, and PGPASSWORD / the passfile",
+        except psycopg.Error as e:
+            raise connect_error(
+                "the database", dsn, e, fix="check --dsn, the server, and PGPASSWORD / the passfile"
             ) from None
         async with conn:
             return await work(conn)
@@ -63,7 +66,7 @@ def _with_conn(dsn: str, work: Callable[[psycopg.AsyncConnection[Any]], Awaitabl
     except WalrelayError as e:
         _fail(str(e), e.exit_code)
     except psycopg.Error as e:
-        _fail(f"{type(e).__name__}: {e.diag.message_primary or e}", 1)
+        _fail(f"{type(e).__name__}: {scrub(e.diag.message_primary or str(e), dsn)}", 1)
 
 
 @click.group("outbox")

@@ -28,7 +28,8 @@ import orjson
 import psycopg
 from psycopg.rows import dict_row
 
-from walrelay.config import Config, load_config, masked_dsn
+from walrelay.config import Config, load_config
+from walrelay.dsn import connect_error
 from walrelay.errors import WalrelayError
 from walrelay.model import parse_event_id
 from walrelay.state import parking as T
@@ -63,11 +64,11 @@ def _connect(config: Config) -> OperatorConn:
             connect_timeout=10,
             row_factory=dict_row,
         )
-    except psycopg.OperationalError as e:
-        _fail(
-            f"cannot connect to the state database ({masked_dsn(config.state_dsn)}):"
-            f" {str(e).strip()} -- fix: check state.dsn (default: source.dsn)"
+    except psycopg.Error as e:
+        error = connect_error(
+            "the state database", config.state_dsn, e, fix="check state.dsn (default: source.dsn)"
         )
+        _fail(str(error), error.exit_code)
 
 
 def _has_table(conn: OperatorConn, table: ParkedEventsTable) -> bool:

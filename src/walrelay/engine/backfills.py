@@ -305,8 +305,12 @@ class BackfillManager:
         self._chunks[key] = chunk
         try:
             await self._emit(conn, req.id, number, token, "low")
-            cur = await conn.execute(query, params)
-            rows: list[RawTuple] = await cur.fetchall()
+            # READ ONLY: the operator's --where runs here; a function it calls
+            # must not write (the watermarks are emitted outside it).
+            async with conn.transaction():
+                await conn.execute("set transaction read only")
+                cur = await conn.execute(query, params)
+                rows: list[RawTuple] = await cur.fetchall()
             if not rows:
                 return [], None
             chunk.rows = rows

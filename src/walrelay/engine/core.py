@@ -22,6 +22,7 @@ import psycopg
 
 from walrelay import speedups
 from walrelay.config import Config
+from walrelay.dsn import scrub
 from walrelay.engine.backfills import BackfillManager
 from walrelay.engine.delivery import CompletionHook, Destinations, SinkFactory, open_destinations
 from walrelay.engine.feedback import Feedback
@@ -255,9 +256,9 @@ class Engine:
             admin = await psycopg.AsyncConnection.connect(
                 src.dsn_value, autocommit=True, application_name="walrelay-admin"
             )
-        except psycopg.OperationalError as e:
+        except psycopg.Error as e:
             raise SourceSetupError(
-                f"cannot connect to the source ({src.masked_dsn}): {str(e).strip()}",
+                f"cannot connect to the source ({src.masked_dsn}): {scrub(str(e), src.dsn_value)}",
                 fix="check source.dsn, the server, and PGPASSWORD / the passfile",
             ) from None
         async with admin:

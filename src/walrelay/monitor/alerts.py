@@ -274,7 +274,9 @@ class Notifier:
                     headers={"content-type": "application/json"},
                     timeout=aiohttp.ClientTimeout(total=target.timeout),
                 ) as resp:
-                    await resp.read()
+                    # The status is the answer; of the body at most a little is read
+                    # (an unread rest closes the connection instead of filling memory).
+                    await resp.content.read(64 * 1024)
                     if resp.status < 300:
                         self.sent_total += 1
                         return

@@ -44,6 +44,8 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 
 from walrelay.config import masked_dsn
+from walrelay.dsn import dsn_problem
+from walrelay.dsn import scrub as _scrub
 from walrelay.errors import WalrelayError
 from walrelay.monitor.thresholds import DEFAULT_THRESHOLDS, GiB, MiB, Severity, Thresholds
 from walrelay.sqltext import ident, literal
@@ -240,10 +242,10 @@ class Facts:
 
 def connect(dsn: str, *, connect_timeout: int = 10) -> Conn:
     """A read-only, autocommit session; raises :class:`DoctorError` with a masked DSN."""
-    try:
-        params = conninfo_to_dict(dsn)
-    except psycopg.Error as e:
-        raise DoctorError(f"invalid --dsn {masked_dsn(dsn)}: {_scrub(str(e), dsn)}") from None
+    problem = dsn_problem(dsn)
+    if problem is not None:
+        raise DoctorError(f"invalid --dsn: {problem}")
+    params = conninfo_to_dict(dsn)
     options = " ".join(str(o) for o in (params.get("options"), _SESSION_OPTIONS) if o)
     extra: dict[str, Any] = {"options": options}
     if "application_name" not in params:
@@ -264,19 +266,6 @@ def connect(dsn: str, *, connect_timeout: int = 10) -> Conn:
             "the 'options' startup parameter?); refusing to run. Connect to the server directly."
         )
     return conn
-
-
-def _scrub(message: str, dsn: str) -> str:
-    """One line, with the DSN's password (if any) replaced."""
-    try:
-        password = conninfo_to_dict(dsn).get("password")
-    except psycopg.Error:
-        if "password" in dsn or "@" in dsn:  # a parse error may quote any fragment of it
-            return "the connection string does not parse (details hidden: it holds a password)"
-        password = None
-    if password:
-        message = message.replace(str(password), "***")
-    return " ".join(message.split())
 
 
 _BASICS = """

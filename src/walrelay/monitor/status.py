@@ -25,6 +25,7 @@ import click
 import orjson
 
 from walrelay.config import Config
+from walrelay.dsn import scrub
 from walrelay.errors import WalrelayError
 from walrelay.units import format_bytes, format_duration
 
@@ -45,6 +46,10 @@ def _engine_url(config: Config) -> str | None:
     return f"http://{host}:{http.port}"
 
 
+# A status document is a few kB; an answer larger than this is not one.
+_MAX_STATUS_BYTES = 16 * 1024 * 1024
+
+
 def fetch_engine_status(config: Config, timeout: float = 3.0) -> tuple[dict[str, Any] | None, str]:
     """``(status, where)`` from the running engine, or ``(None, why not)``."""
     from walrelay.web.auth import resolve_token
@@ -62,7 +67,10 @@ def fetch_engine_status(config: Config, timeout: float = 3.0) -> tuple[dict[str,
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
-            doc = orjson.loads(resp.read())
+            raw = resp.read(_MAX_STATUS_BYTES + 1)
+        if len(raw) > _MAX_STATUS_BYTES:
+            return None, f"{url} answered with more than a status document"
+        doc = orjson.loads(raw)
     except urllib.error.HTTPError as e:
         if e.code == 401:
             return None, f"the engine at {url} rejected the token"
@@ -304,10 +312,10 @@ def status_command(config_path: str, as_json: bool, timeout: float) -> None:
         try:
             doc = asyncio.run(read_database_status(config))
         except Exception as e:
-            msg = " ".join(str(e).split())
+            msg = scrub(str(e), config.source.dsn_value).replace(config.source.dsn_value, "***")
             click.echo(
                 f"walrelay status: {why}; and cannot read PostgreSQL ({config.source.masked_dsn}):"
-                f" {type(e).__name__}: {msg.replace(config.source.dsn_value, '***')}",
+                f" {type(e).__name__}: {msg}",
                 err=True,
             )
             sys.exit(2)

@@ -24,6 +24,10 @@ confirmed LSN after a restart) and are skipped, so every event appears once.
 The same mark also guards a batch the pipeline retries after a failed or
 cancelled ``deliver`` whose write nevertheless completed.
 
+While a sink has the file open it holds an exclusive ``flock`` on it: a
+second writer (another walrelay, another destination) is refused with the
+path named, instead of interleaving lines and duplicating ids.
+
 Bodies must not contain a raw newline (JSON encoders escape it); a batch
 that would break the line framing is rejected with
 :class:`~walrelay.errors.PoisonEvent` instead of corrupting the file.
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import threading
@@ -157,6 +162,7 @@ class FileSink:
                     fix="check the path and the permissions of walrelay's user on it",
                 ) from None
             try:
+                self._lock_file(fd)
                 size, mark = self._recover(fd)
                 if not existed and self.fsync != "never":
                     _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
@@ -174,6 +180,25 @@ class FileSink:
                 self.path,
                 format_event_id(*mark),
             )
+
+    def _lock_file(self, fd: int) -> None:
+        """Hold an exclusive flock on the file while this sink has it open: a second
+        writer would interleave lines and break the high-water mark's exactly-once.
+        The lock goes with the descriptor (closed, or the process gone)."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"file sink: {self.path!r} is locked by another writer (another walrelay"
+                " or destination writing the same file)",
+                fix="give each walrelay destination a file path of its own,"
+                " or stop the other writer first",
+            ) from None
+        except OSError as exc:
+            raise ConfigError(
+                f"file sink: cannot lock {self.path!r}: {exc.strerror}",
+                fix="put the file on a file system that supports flock (not every NFS does)",
+            ) from None
 
     def _recover(self, fd: int) -> tuple[int, _Mark | None]:
         """Truncate a torn tail; return (size, id of the last complete line)."""

@@ -24,7 +24,9 @@ Receivers written in Python can verify a request with :func:`verify`::
 
 Secrets: a string ``"whsec_<base64>"`` is the spec's serialisation and its
 base64 part is the HMAC key; any other string is used as its UTF-8 bytes;
-``bytes`` are used as they are.
+``bytes`` are used as they are. The webhook sink itself signs only with a
+``whsec_`` secret: the official Standard Webhooks libraries read every string
+secret as base64, so only that form verifies the same everywhere.
 """
 
 from __future__ import annotations

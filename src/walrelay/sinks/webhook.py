@@ -46,7 +46,7 @@ from yarl import URL
 from walrelay.errors import ConfigError, SinkError, SinkUnavailable
 from walrelay.model import Event
 from walrelay.sinks.common import batch_error, safe_url
-from walrelay.sinks.signing import secret_key, signature_headers
+from walrelay.sinks.signing import SECRET_PREFIX, secret_key, signature_headers
 
 if TYPE_CHECKING:
     from walrelay.config import WebhookSinkConfig
@@ -57,6 +57,9 @@ __all__ = ["WebhookSink", "safe_url"]
 log = logging.getLogger("walrelay.sinks.webhook")
 
 _BODY_EXCERPT = 200
+# Of a 2xx answer's body, read at most this much (to reuse the connection); a
+# longer body closes the connection instead of being read.
+MAX_RESPONSE_BYTES = 64 * 1024
 _RETRYABLE_4XX = frozenset({408, 429})
 
 try:
@@ -108,11 +111,23 @@ class WebhookSink:
             static["Content-Type"] = "application/json"
         if "user-agent" not in lowered:
             static["User-Agent"] = _USER_AGENT
+        if isinstance(secret, str) and not secret.startswith(SECRET_PREFIX):
+            # The official Standard Webhooks libraries read any string secret as
+            # base64; a raw string signed as its bytes would never verify there.
+            raise ConfigError(
+                f"webhook sink {safe_url(parsed)}: the secret is not in the Standard Webhooks"
+                " format whsec_<base64>, so receivers using the official libraries could not"
+                " verify its signatures",
+                fix="set it to whsec_ + base64 of the key; to keep this key as it is:"
+                ' whsec_$(printf %s "$OLD_SECRET" | base64 -w0)',
+            )
         try:
             self._key: bytes | None = None if secret is None else secret_key(secret)
         except ValueError as exc:
             raise ConfigError(
-                f"webhook sink: {exc}", fix="set the secret to 'whsec_<base64>' or a raw string"
+                f"webhook sink {safe_url(parsed)}: {exc}",
+                fix="set the secret to whsec_ + standard base64 (A-Z a-z 0-9 + /), e.g."
+                " whsec_$(head -c 32 /dev/urandom | base64 -w0)",
             ) from None
         self._url = parsed
         self.url = safe_url(parsed)
@@ -182,10 +197,11 @@ class WebhookSink:
             ) as resp:
                 status = resp.status
                 if 200 <= status < 300:
-                    # The status is the acknowledgement; drain the body so the
-                    # connection can be reused, but a failure here changes nothing.
+                    # The status is the acknowledgement. A short body is drained so
+                    # the connection can be reused; a long one is not read at all.
                     with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                        await resp.read()
+                        if not await _drain(resp, MAX_RESPONSE_BYTES):
+                            resp.close()
                     return
                 excerpt = await _excerpt(resp)
                 retry_after_header = resp.headers.get("Retry-After")
@@ -238,6 +254,17 @@ def _scrub_list(url: URL) -> list[str]:
         items.add(url.raw_fragment)
     # Longest first so a URL is replaced whole before its parts.
     return sorted((i for i in items if i), key=len, reverse=True)
+
+
+async def _drain(resp: aiohttp.ClientResponse, limit: int) -> bool:
+    """Read and drop the body up to ``limit`` bytes; False if it is longer."""
+    read = 0
+    while read <= limit:
+        chunk = await resp.content.read(16 * 1024)
+        if not chunk:
+            return True
+        read += len(chunk)
+    return False
 
 
 async def _excerpt(resp: aiohttp.ClientResponse) -> str:

@@ -112,6 +112,21 @@ async def _check_wal_level(conn: psycopg.AsyncConnection[tuple[object, ...]]) ->
         )
 
 
+async def _check_encoding(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
+    """SQL_ASCII: PostgreSQL does not know what the bytes of its text mean. walrelay
+    reads them as UTF-8 (every connection says client_encoding=UTF8), which works
+    as long as they are; say so once, with what happens when they are not."""
+    row = await _fetchone(conn, "select current_setting('server_encoding'), current_database()")
+    if row and str(row[0]) == "SQL_ASCII":
+        log.warning(
+            "database %s has encoding SQL_ASCII: walrelay reads its text as UTF-8; a value"
+            " that is not valid UTF-8 is refused by PostgreSQL (invalid byte sequence for"
+            " encoding UTF8) and stops replication until it is corrected. Converting the"
+            " database to UTF8 removes the risk.",
+            row[1],
+        )
+
+
 _TABLE_QUERY = """
 select c.oid, c.relkind, c.relreplident
 from pg_class c join pg_namespace n on n.oid = c.relnamespace
@@ -330,6 +345,7 @@ async def prepare_source(
     """
     info = SourceInfo(server_version=conn.info.server_version)
     await _check_wal_level(conn)
+    await _check_encoding(conn)
     for name in cfg.tables:
         info.tables[name] = await inspect_table(conn, name, cfg.key_columns.get(name))
     to_add = await _check_publication(conn, cfg)

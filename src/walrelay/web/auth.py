@@ -15,6 +15,9 @@ The token is, in order:
    Only the *path* is logged, never the token: logs travel further than the
    process owner's files. ``walrelay status`` reads the same file.
 
+A token file (given or generated) that group or others may read is refused
+with the ``chmod 600`` that fixes it: a token others may know protects nothing.
+
 A request proves it has the token with ``Authorization: Bearer <token>``
 (scripts, ``walrelay status``) or with the session cookie the dashboard's
 login form sets: HttpOnly, SameSite=Strict, holding a digest of the token
@@ -27,6 +30,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import stat
 from pathlib import Path
 
 from walrelay.config import HttpConfig
@@ -43,7 +47,15 @@ def default_token_file(slot: str, port: int) -> Path:
 
 
 def _read(path: Path) -> str:
-    token = path.read_text().strip()
+    with open(path) as f:
+        mode = os.fstat(f.fileno()).st_mode
+        if mode & 0o077:
+            raise ConfigError(
+                f"http token file {path} can be read by other users"
+                f" (mode {stat.S_IMODE(mode):04o}); walrelay will not use a token others may know",
+                fix=f"chmod 600 {path} (and make a new token if others may have read it)",
+            )
+        token = f.read().strip()
     if not token:
         raise ConfigError(f"http token file {path} is empty", fix="put a token in it or delete it")
     return token

@@ -22,6 +22,7 @@ from typing import Any
 import psycopg
 
 from walrelay.config import ParkingConfig, masked_dsn
+from walrelay.dsn import scrub
 from walrelay.errors import SourceSetupError
 from walrelay.model import Event
 from walrelay.pipeline.backoff import Backoff
@@ -110,7 +111,8 @@ class ParkingStore:
         except psycopg.OperationalError as e:
             await self._writer.reset()
             raise SourceSetupError(
-                f"cannot connect to the state database ({masked_dsn(self._dsn)}): {str(e).strip()}",
+                f"cannot connect to the state database ({masked_dsn(self._dsn)}):"
+                f" {scrub(str(e), self._dsn)}",
                 fix="check state.dsn (default: source.dsn) and the server",
             ) from None
 
