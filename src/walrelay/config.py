@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from walrelay.errors import ConfigError
+from walrelay.transform_config import TransformList
 
 log = logging.getLogger("walrelay.config")
 
@@ -604,6 +605,8 @@ class DestinationConfig(_Model):
     # initial: every existing row as a `read` event when the slot is created;
     # never: changes from the slot only (walrelay.source.snapshot).
     snapshot: Literal["initial", "never"] = "initial"
+    # Per-event steps, in order (walrelay.pipeline.transforms; models in transform_config).
+    transforms: TransformList = Field(default_factory=list)
 
     @model_validator(mode="before")
     @classmethod
