@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import psycopg
 import pytest
@@ -29,6 +30,8 @@ from walrelay.cli import main
 from walrelay.config import parse_config
 
 SECRET_ENV = "WALRELAY_TEST_SECRET"
+TOKEN_ENV = "WALRELAY_TEST_TOKEN"
+TOKEN = "transforms-test-token"
 HOOK_MODULE = """
 import pathlib
 
@@ -82,7 +85,7 @@ def config_dict(dsn: str, url: str, module: str) -> dict[str, Any]:
                 ],
             }
         ],
-        "http": {"enabled": False},
+        "http": {"port": 0, "token_env": TOKEN_ENV},
         "shutdown_timeout": 10,
     }
 
@@ -97,6 +100,7 @@ async def test_excluded_column_never_leaves_and_a_failing_hook_parks_one_key(
     caplog.set_level(logging.DEBUG, logger="walrelay")
     secret = "whsec_" + base64.b64encode(b"transforms-test-secret-32-bytes!").decode()
     monkeypatch.setenv(SECRET_ENV, secret)
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
     flag = tmp_path / "fail-7"
     module = "walrelay_test_crm_hook"
     (tmp_path / f"{module}.py").write_text(HOOK_MODULE.format(flag=str(flag)))
@@ -154,6 +158,19 @@ async def test_excluded_column_never_leaves_and_a_failing_hook_parks_one_key(
             assert "crm lookup failed for customer 7" in shown.stdout
             assert "Traceback" in shown.stdout and no_ssn(shown.stdout)
             assert [e for e in hook.received if (e["record"] or {}).get("id") == 7] == []
+            # The dashboard's API and /metrics: the failure shows, the column does not.
+            http = engine.services.http
+            assert http is not None
+            async with aiohttp.ClientSession() as client:
+                auth = {"Authorization": f"Bearer {TOKEN}"}
+                async with client.get(f"{http.url}/api/status", headers=auth) as r:
+                    status = await r.text()
+                async with client.get(f"{http.url}/metrics") as r:
+                    metrics = await r.text()
+            assert "crm lookup failed" in status and no_ssn(status)
+            step = 'destination="crm",kind="python",step="2"'
+            assert f"walrelay_transform_errors_total{{{step}}}" in metrics
+            assert 'walrelay_transform_stopped{destination="crm"} 0.0' in metrics
 
             # The hook recovers: parking retries customer 7 in order.
             flag.unlink()
