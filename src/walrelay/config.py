@@ -28,6 +28,7 @@ from walrelay.config_file import read_config_document
 from walrelay.dsn import DSN_HINT, dsn_problem, one_line, speaking_utf8
 from walrelay.dsn import masked_dsn as masked_dsn  # re-exported: where callers look for it
 from walrelay.errors import ConfigError
+from walrelay.transform_config import TransformList
 
 log = logging.getLogger("walrelay.config")
 
@@ -640,6 +641,8 @@ class DestinationConfig(_Model):
     # initial: every existing row as a `read` event when the slot is created;
     # never: changes from the slot only (walrelay.source.snapshot).
     snapshot: Literal["initial", "never"] = "initial"
+    # Per-event steps, in order (walrelay.pipeline.transforms; models in transform_config).
+    transforms: TransformList = Field(default_factory=list)
 
     @model_validator(mode="before")
     @classmethod

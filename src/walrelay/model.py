@@ -199,6 +199,10 @@ class Event:
     # Set by a destination's router (outbox): topic, key, value, headers for brokers.
     route: Route | None = None
     key_json: bytes | None = None
+    # Set when a destination's transform step failed on this event: the error
+    # (with the traceback); the destination parks the event instead of sending
+    # it (walrelay.pipeline.transforms).
+    failure: str | None = None
 
     @property
     def id(self) -> str:

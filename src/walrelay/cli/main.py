@@ -96,6 +96,7 @@ class LazyGroup(click.Group):
         "failed": "walrelay.cli.parking:failed_alias",  # hidden, deprecated
         "outbox": "walrelay.cli.outbox:outbox_command",
         "parking": "walrelay.cli.parking:parking_command",
+        "preview": "walrelay.cli.preview:preview_command",
         "status": "walrelay.monitor.status:status_command",
     },
 )

@@ -41,6 +41,7 @@ from walrelay.pipeline.parking import ParkingStore
 from walrelay.pipeline.router import Router
 from walrelay.pipeline.scheduler import Destination
 from walrelay.pipeline.stats import EngineStats
+from walrelay.pipeline.transforms import ResumeHook, build_chains
 from walrelay.sinks.registry import build_sink
 from walrelay.source.heartbeat import Heartbeat
 from walrelay.source.slot import SourceInfo, prepare_source, slot_busy_from_error
@@ -324,6 +325,10 @@ class Engine:
     async def _open_destinations(self, slot: SlotRun, info: SourceInfo) -> None:
         tracker = slot.tracker
         services = slot.services
+        # Transforms, checked against the published tables' columns (config errors).
+        chains = build_chains(
+            self.config.destinations, {n: t.columns for n, t in info.tables.items()}
+        )
 
         def hooks_for(name: str) -> list[DeliveryHook]:
             completion = CompletionHook(
@@ -333,7 +338,9 @@ class Engine:
                 until_lsn=self.until_lsn,
                 request_stop=self.request_stop,
             )
-            return [completion, services.delivery_hook(name)]
+            chain = chains.get(name)
+            resume = [ResumeHook(chain)] if chain is not None and chain.can_fail else []
+            return [*resume, completion, services.delivery_hook(name)]
 
         slot.destinations = await open_destinations(self.config, self._sink_factory, hooks_for)
         slot.router = Router(
@@ -342,6 +349,7 @@ class Engine:
             EnvelopeBuilder(TypeRegistry(), key_columns=info.key_columns),
             tracker,
             ignore_table=self.config.heartbeat.table,
+            chains=chains,
         )
         self.stats.router = slot.router
         for dest in slot.destinations.by_name.values():

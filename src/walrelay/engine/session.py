@@ -243,4 +243,7 @@ class ReplicationSession:
         event = router.build(begin, change, seq)
         if self._bf_watch and (change.op == "truncate" or event.table in self._bf_watch):
             self._backfills.observe(change, event, dests)
-        return router.dispatch(event, dests)
+        blocked = router.dispatch(event, dests)
+        if router.extra_seqs:  # a transform fanned out: its events used the next ids
+            self._seq += router.take_extra_seqs()
+        return blocked

@@ -261,8 +261,44 @@ class MetricsCollector:
         yield hb
 
         yield from self._progress_metrics(gauge)
+        yield from self._transform_metrics(counter, gauge)
         yield from self._slot_metrics()
         yield from self._alert_metrics()
+
+    def _transform_metrics(self, counter: Any, gauge: Any) -> Iterator[Any]:
+        """Per transform step of each destination (walrelay.pipeline.transforms)."""
+        labels = ["destination", "step", "kind"]
+        fams = {
+            "events_in": counter(
+                "walrelay_transform_events_in_total", "Events a transform step ran on", labels
+            ),
+            "dropped": counter(
+                "walrelay_transform_dropped_total",
+                "Events a step dropped (filter, python hook returning None, flatten drop)",
+                labels,
+            ),
+            "errors": counter(
+                "walrelay_transform_errors_total",
+                "Events a step failed on (parked, retried from that step)",
+                labels,
+            ),
+        }
+        stopped = gauge(
+            "walrelay_transform_stopped",
+            "1 while a schema change stopped delivery to the destination",
+            ["destination"],
+        )
+        router = self.services.engine.stats.router
+        if router is not None:
+            for name, chain in router.chains.items():
+                for step in chain.steps:
+                    labels_of = [name, str(step.index + 1), step.kind]
+                    fams["events_in"].add_metric(labels_of, float(step.events_in))
+                    fams["dropped"].add_metric(labels_of, float(step.dropped))
+                    fams["errors"].add_metric(labels_of, float(step.errors))
+                stopped.add_metric([name], 1.0 if name in router.halted else 0.0)
+        yield from fams.values()
+        yield stopped
 
     def _progress_metrics(self, gauge: Any) -> Iterator[Any]:
         """Initial snapshots and backfills: rows done of estimated, rate, ETA."""

@@ -7,6 +7,20 @@ per-event steps (today the outbox event router), counts the event into the
 LSN tracker for that destination and offers it to the destination's buffer.
 What did not fit is returned for the caller to await (backpressure).
 
+A destination's steps are a list of callables, event in, event(s) out, run in
+order: its transforms (:mod:`walrelay.pipeline.transforms`), then (where
+configured) the outbox router; an output format slots in after the
+transforms. A step returns None to drop the event -- it then is not counted,
+so the safe LSN passes it -- or a list to fan out (streamed changes only:
+the session reserves the extra ids, :meth:`Router.take_extra_seqs`).
+Destinations without steps take the event as built: no decode, no copy.
+
+A schema change that takes away a column a transform needs
+(:class:`~walrelay.pipeline.transforms.SchemaDrift`) stops delivery to that
+destination: its later events are counted but never handed over, so the slot
+stays behind them until walrelay is restarted with fixed transforms, and
+nothing is sent unmasked; other destinations go on.
+
 The stream path is synchronous and counts into a dict that the reading task
 flushes to the tracker in bulk (:meth:`flush_counts`) before every await:
 telling the tracker per event costs ~2 us. That is safe because a destination
@@ -15,16 +29,32 @@ can only finish an event after the reading task yields.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Final
 
 from walrelay.config import DestinationConfig
 from walrelay.model import Begin, Change, Event, Lsn
-from walrelay.pipeline.envelope import EnvelopeBuilder
+from walrelay.pipeline.envelope import EnvelopeBuilder, encode_json
 from walrelay.pipeline.lsn import LsnTracker
 from walrelay.pipeline.outbox_router import OutboxRouter
 from walrelay.pipeline.scheduler import Destination
+from walrelay.pipeline.transforms import SchemaDrift, TransformChain, build_chains
+from walrelay.pipeline.transforms.chain import RESUME_PREFIX
+
+log = logging.getLogger("walrelay.pipeline.router")
 
 Blocked = list[tuple[Destination, Event]]
+
+EventStep = Callable[[Event], "Event | list[Event] | None"]
+"""One per-destination step of the Router: an event in; one, several or none out."""
+
+
+class _Held:
+    """What a stopped destination's events become: counted, never handed over."""
+
+
+_HELD: Final = _Held()
 
 
 class Router:
@@ -38,6 +68,7 @@ class Router:
         tracker: LsnTracker,
         *,
         ignore_table: str | None = None,
+        chains: Mapping[str, TransformChain] | None = None,
     ) -> None:
         self._configs = {d.name: d for d in configs}
         self.destinations = destinations
@@ -49,12 +80,30 @@ class Router:
         # A table whose rows are never delivered (the heartbeat table).
         self._ignore_table = ignore_table
         self._routes: dict[tuple[str, str], list[Destination]] = {}
-        # Per-destination event steps (walrelay.pipeline.outbox_router), only where configured.
+        # Per-destination event steps, only where configured: the transforms
+        # (checked against the catalog by the engine), then the outbox router.
+        self.chains: dict[str, TransformChain] = dict(
+            build_chains(configs) if chains is None else chains
+        )
         self._outbox: dict[str, OutboxRouter] = {
             d.name: OutboxRouter(d.router, destination=d.name)
             for d in configs
             if d.router is not None
         }
+        self._steps: dict[str, tuple[EventStep, ...]] = {}
+        for d in configs:
+            steps: list[EventStep] = []
+            chain = self.chains.get(d.name)
+            if chain is not None:
+                steps.append(chain.apply)
+            if d.name in self._outbox:
+                steps.append(self._outbox[d.name].route)
+            if steps:
+                self._steps[d.name] = tuple(steps)
+        # Destinations stopped by a schema change: name -> the error.
+        self.halted: dict[str, str] = {}
+        # Ids a fan out used beyond the change's own (the session skips them).
+        self.extra_seqs = 0
         self._counts: dict[str, int] = {}
         # Events built and routed (each once, however many destinations take it).
         self.events_in = 0
@@ -108,21 +157,75 @@ class Router:
 
     # -- building and shaping -------------------------------------------------
 
-    def shape(self, destination: str, event: Event) -> Event | None:
-        """The event as ``destination`` receives it; None: not for it."""
-        outbox = self._outbox.get(destination)
-        if outbox is None:
-            return event
-        return outbox.route(event)
+    def _apply(
+        self, dest: str, event: Event, steps: tuple[EventStep, ...], *, fan_out: bool
+    ) -> Event | list[Event] | _Held | None:
+        out: Event | list[Event] = event
+        try:
+            for step in steps:
+                nxt = _flat([step(e) for e in out]) if isinstance(out, list) else step(out)
+                if nxt is None:
+                    return None
+                out = nxt
+        except SchemaDrift as e:
+            self._halt(dest, e)
+            return _HELD
+        if isinstance(out, list):
+            if not out:
+                return None
+            if len(out) == 1:
+                return out[0]
+            if not fan_out:
+                return _stopped(
+                    event,
+                    f"destination {dest}: a python step returned {len(out)} events for a "
+                    f"snapshot or backfill row of {event.table} (event {event.id}); fan out "
+                    "works on streamed changes only",
+                )
+            self.extra_seqs = max(self.extra_seqs, len(out) - 1)
+        return out
 
-    def shaped(self, destination: str, events: Iterable[Event]) -> list[Event]:
-        if destination not in self._outbox:
+    def _halt(self, name: str, error: SchemaDrift) -> None:
+        if name in self.halted:
+            return
+        text = str(error)
+        self.halted[name] = text
+        self._steps[name] = (_hold,)
+        dest = self.destinations.get(name)
+        if dest is not None:
+            dest.last_error = text
+        log.error("%s", text)
+
+    def take_extra_seqs(self) -> int:
+        """The ids the last change's fan out used beyond its own (then reset)."""
+        n = self.extra_seqs
+        self.extra_seqs = 0
+        return n
+
+    def shape(self, destination: str, event: Event) -> Event | None:
+        """The event as ``destination`` receives it; None: not for it.
+
+        For a destination stopped by a schema change: the event failed, its
+        body only its id, op and table (parked, never sent)."""
+        steps = self._steps.get(destination)
+        if steps is None:
+            return event
+        out = self._apply(destination, event, steps, fan_out=False)
+        if out is _HELD:
+            return _stopped(event, self.halted[destination])
+        return out  # type: ignore[return-value]
+
+    def shaped(self, destination: str, events: Iterable[Event]) -> list[Event] | _Held:
+        steps = self._steps.get(destination)
+        if steps is None:
             return events if isinstance(events, list) else list(events)
-        out = []
+        out: list[Event] = []
         for event in events:
-            shaped = self.shape(destination, event)
+            shaped = self._apply(destination, event, steps, fan_out=False)
+            if shaped is _HELD:
+                return _HELD
             if shaped is not None:
-                out.append(shaped)
+                out.append(shaped)  # type: ignore[arg-type]
         return out
 
     # -- the stream: synchronous, counted in bulk -----------------------------
@@ -136,18 +239,42 @@ class Router:
         """
         self.events_in += 1
         counts = self._counts
-        outbox = self._outbox
+        shapers = self._steps
         blocked: Blocked | None = None
         for dest in dests:
             out = event
-            if outbox:
-                step = outbox.get(dest.name)
-                if step is not None:
-                    routed = step.route(event)
-                    if routed is None:
-                        continue  # not an outbox event (router.other_ops: skip)
-                    out = routed
+            if shapers:
+                steps = shapers.get(dest.name)
+                if steps is not None:
+                    shaped = self._apply(dest.name, event, steps, fan_out=True)
+                    if shaped is None:
+                        continue  # dropped (filter, python hook, outbox other_ops: skip)
+                    if not isinstance(shaped, Event):
+                        blocked = self._put_many(dest, shaped, blocked)
+                        continue
+                    out = shaped
+                    if out.failure is not None:
+                        dest.may_fail = True
             counts[dest.name] = counts.get(dest.name, 0) + 1
+            if not dest.try_put(out):
+                if blocked is None:
+                    blocked = []
+                blocked.append((dest, out))
+        return blocked
+
+    def _put_many(
+        self, dest: Destination, events: list[Event] | _Held, blocked: Blocked | None
+    ) -> Blocked | None:
+        """A fan out's events, or a stopped destination's event (counted only)."""
+        counts = self._counts
+        if events is _HELD:
+            counts[dest.name] = counts.get(dest.name, 0) + 1
+            return blocked
+        assert isinstance(events, list)
+        counts[dest.name] = counts.get(dest.name, 0) + len(events)
+        for out in events:
+            if out.failure is not None:
+                dest.may_fail = True
             if not dest.try_put(out):
                 if blocked is None:
                     blocked = []
@@ -161,6 +288,8 @@ class Router:
         for dest, event in pairs:
             self.events_in += 1  # a backfill chunk's event goes to one destination
             counts[dest.name] = counts.get(dest.name, 0) + 1
+            if event.failure is not None:
+                dest.may_fail = True
             if not dest.try_put(event):
                 if blocked is None:
                     blocked = []
@@ -181,11 +310,56 @@ class Router:
     # -- snapshots and backfills: whole batches, awaited ----------------------
 
     async def put_batch(self, commit_lsn: Lsn, dest: Destination, events: list[Event]) -> None:
-        """Shape ``events`` for ``dest``, count them, then hand them over in id order."""
-        events = self.shaped(dest.name, events)
-        if not events:
+        """Shape ``events`` for ``dest``, count them, then hand them over in id order.
+
+        A destination stopped by a schema change gets them counted only (the
+        slot stays behind them)."""
+        shaped = self.shaped(dest.name, events)
+        if shaped is _HELD:
+            self.tracker.add(commit_lsn, len(events), destination=dest.name)
             return
-        self.tracker.add(commit_lsn, len(events), destination=dest.name)
-        for event in events:
+        assert isinstance(shaped, list)
+        if not shaped:
+            return
+        self.tracker.add(commit_lsn, len(shaped), destination=dest.name)
+        for event in shaped:
+            if event.failure is not None:
+                dest.may_fail = True
             if not dest.try_put(event):
                 await dest.put(event)
+
+
+def _flat(results: list[Event | list[Event] | None]) -> list[Event]:
+    out: list[Event] = []
+    for r in results:
+        if r is None:
+            continue
+        if isinstance(r, list):
+            out.extend(r)
+        else:
+            out.append(r)
+    return out
+
+
+def _hold(event: Event) -> Event:
+    raise SchemaDrift("destination stopped")  # replaced by the stored error
+
+
+def _stopped(event: Event, error: str) -> Event:
+    """A stopped destination's snapshot or backfill row: parked, never sent."""
+    env = {"id": event.id, "op": event.op, "table": event.table}
+    marker = b'{"step":-1,"topic":null,"keys":null,"flat":null}'
+    body = RESUME_PREFIX + marker + b',"envelope":' + encode_json(env) + b"}"
+    return Event(
+        event.commit_lsn,
+        event.seq,
+        event.op,
+        event.table,
+        event.keys,
+        body,
+        event.xid,
+        event.committed_at,
+        None,
+        None,
+        error,
+    )

@@ -174,6 +174,10 @@ class Destination:
         self.failures_total = 0
         self.retrying = 0  # batches currently waiting to be retried
         self.last_error: str | None = None
+        # Set by the Router once it hands over an event a transform failed on
+        # (Event.failure): batches are then split so that such an event fails
+        # alone and is parked alone, while other keys' events go out.
+        self.may_fail = False
         # Last: parking gets this destination as its host.
         self._parking = parking(self) if parking is not None else None
 
@@ -341,6 +345,14 @@ class Destination:
                     diverted = {id(e) for e in divert}
                     batch = [e for e in batch if id(e) not in diverted]
             room -= len(batch)
+            if self.may_fail and len(batch) > 1:
+                failed = [e for e in batch if e.failure is not None]
+                if failed:
+                    for event in failed:
+                        self._spawn([event])
+                    batch = [e for e in batch if e.failure is None]
+                    if not batch:
+                        continue
             self._spawn(batch)
 
     def _diverted(self, events: list[Event]) -> None:

@@ -1,0 +1,269 @@
+"""One destination's steps, run in the order written, on every row event.
+
+:meth:`TransformChain.apply` is what the Router calls per event: the steps
+that apply to the event's table (cached per table) run on the decoded
+envelope; the result is re-encoded (``body``, ``key_json``, ``keys`` when
+the key changed, ``route`` when ``route`` set a topic). A table no step
+applies to costs one dict lookup: the event passes as it is.
+
+A step that fails on an event (an exception from the python hook, a filter
+that raised, a null ``key`` column...) does not stop anything: the event is
+handed on *failed* (:attr:`Event.failure <walrelay.model.Event>`, its body
+the envelope as it was before that step, behind a resume marker), so the
+destination parks it in its key's order; parking's retries run the chain
+again from that step (:class:`~walrelay.pipeline.transforms.resume.ResumeHook`).
+Whatever the steps before it removed or masked is already gone from what is
+parked.
+
+A row lacking a column a step names (a Relation message dropped or renamed
+it) is :class:`SchemaDrift`: the Router stops delivering to the destination
+rather than send a column the step no longer catches.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import traceback
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+import orjson
+
+from walrelay.errors import WalrelayError
+from walrelay.model import Event, Route
+from walrelay.pipeline.envelope import encode_json
+from walrelay.pipeline.transforms.base import ROW_OPS, Draft, Step, StepFailed
+from walrelay.pipeline.transforms.flatten import FlattenStep
+from walrelay.pipeline.transforms.python_hook import PythonStep
+
+__all__ = ["RESUME_PREFIX", "SchemaDrift", "StepError", "TransformChain"]
+
+log = logging.getLogger("walrelay.pipeline.transforms")
+
+RESUME_PREFIX: Final = b'{"walrelay_resume":'
+"""How a failed event's body starts (an envelope starts with ``{"id":``)."""
+
+_SORT = orjson.OPT_SORT_KEYS
+_HERE = os.path.dirname(__file__)
+
+
+class SchemaDrift(WalrelayError):
+    """A row lacks a column a step of the destination needs."""
+
+
+class StepError(Exception):
+    """A step failed again on a parked event (for the resume hook)."""
+
+
+def _message_key(key: Any) -> str | None:
+    return None if key is None else orjson.dumps(key, option=_SORT).decode()
+
+
+class TransformChain:
+    """The steps of one destination (made by :func:`~.build.build_chain`)."""
+
+    def __init__(
+        self,
+        destination: str,
+        steps: Sequence[Step],
+        required: Mapping[str, Sequence[tuple[Step, str]]] | None = None,
+    ) -> None:
+        self.destination = destination
+        self.steps = tuple(steps)
+        # Per table, the (step, original column) pairs its rows must keep having;
+        # None: not checked (no catalog).
+        self._required = required
+        self._by_table: dict[str, tuple[Step, ...]] = {}
+        self._flatten = {s.index: s for s in steps if isinstance(s, FlattenStep)}
+        # True when a step can fail an event (then failed events must be resumable).
+        self.can_fail = any(s.kind in ("python", "filter", "key", "cast", "route") for s in steps)
+        self.failed_total = 0
+
+    def steps_for(self, table: str) -> tuple[Step, ...]:
+        steps = self._by_table.get(table)
+        if steps is None:
+            steps = tuple(s for s in self.steps if s.applies_to(table))
+            self._by_table[table] = steps
+        return steps
+
+    # -- the Router's call ----------------------------------------------------------
+
+    def apply(self, event: Event) -> Event | list[Event] | None:
+        """``event`` as the destination gets it: one event, several (python fan
+        out; ids ``seq``, ``seq+1``... -- the Router has them reserved), or None
+        (dropped). Raises :class:`SchemaDrift`."""
+        if event.op not in ROW_OPS:
+            return event
+        steps = self.steps_for(event.table)
+        if not steps:
+            return event
+        env = orjson.loads(event.body)
+        self._check_columns(event, env)
+        out = self._run(Draft(event, env), steps, 0)
+        if not out:
+            return None
+        if len(out) == 1:
+            return out[0]
+        for i, child in enumerate(out):
+            child.seq = event.seq + i
+        return out
+
+    def _check_columns(self, event: Event, env: dict[str, Any]) -> None:
+        required = self._required
+        if required is None:
+            return
+        record = env.get("record")
+        if not isinstance(record, dict):
+            return  # a delete: its old row may hold only the key
+        for step, column in required.get(event.table, ()):
+            if column not in record and column not in (env.get("unchanged") or ()):
+                raise SchemaDrift(
+                    f"destination {self.destination}: {step.label} needs column {column} "
+                    f"of {event.table}, which its rows no longer have (a schema change); "
+                    "delivery to this destination is stopped so that nothing is sent "
+                    "unmasked",
+                    fix="update the destination's transforms to the new columns and "
+                    "restart walrelay (its events are delivered then)",
+                )
+
+    def _run(self, first: Draft, steps: Sequence[Step], start: int) -> list[Event]:
+        out: list[Event] = []
+        todo: list[tuple[Draft, int]] = [(first, start)]
+        while todo:
+            draft, pos = todo.pop()
+            kept: Draft | list[Draft] | None = draft
+            while pos < len(steps):
+                step = steps[pos]
+                step.events_in += 1
+                before = _snapshot(draft) if isinstance(step, PythonStep) else None
+                try:
+                    kept = step.run(draft)
+                except Exception as e:
+                    step.errors += 1
+                    self.failed_total += 1
+                    text = self._failure_text(step, e)
+                    if before is not None:
+                        draft.env = before
+                    out.append(self._failed(draft, step.index, text, None))
+                    kept = None
+                    break
+                if kept is None:
+                    step.dropped += 1
+                    break
+                pos += 1
+                if isinstance(kept, list):
+                    todo.extend((d, pos) for d in reversed(kept))
+                    kept = None
+                    break
+                draft = kept
+            if isinstance(kept, Draft):
+                out.append(self._finish(kept))
+        return out
+
+    def _failure_text(self, step: Step, error: BaseException) -> str:
+        where = f"destination {self.destination}: {step.label}"
+        if isinstance(error, StepFailed):
+            return f"{where}: {error}"
+        frames = error.__traceback__
+        while frames is not None and frames.tb_frame.f_code.co_filename.startswith(_HERE):
+            frames = frames.tb_next  # the user's frames only
+        tb = traceback.format_exception(type(error), error, frames)
+        return f"{where} raised {type(error).__name__}: {error}\n" + "".join(tb)
+
+    # -- encoding -------------------------------------------------------------------
+
+    def _finish(self, draft: Draft) -> Event:
+        event = draft.event
+        env = draft.env
+        key = env.get("key")
+        key_json = encode_json(key)
+        body_obj: Any = env
+        if draft.flat is not None:
+            body_obj = self._flatten[draft.flat].flattened(draft)
+        body = encode_json(body_obj)
+        route = None
+        if draft.topic is not None:
+            route = Route(draft.topic, _message_key(key), body)
+        return Event(
+            event.commit_lsn,
+            event.seq,
+            event.op,
+            event.table,
+            draft.keys if draft.keys is not None else event.keys,
+            body,
+            event.xid,
+            event.committed_at,
+            route,
+            key_json,
+        )
+
+    def _failed(self, draft: Draft, index: int, text: str, like: Event | None) -> Event:
+        event = like or draft.event
+        marker = {
+            "step": index,
+            "topic": draft.topic,
+            "keys": list(draft.keys) if draft.keys is not None else None,
+            "flat": draft.flat,
+        }
+        body = b"".join(
+            (RESUME_PREFIX, encode_json(marker), b',"envelope":', encode_json(draft.env), b"}")
+        )
+        return Event(
+            event.commit_lsn,
+            event.seq,
+            event.op,
+            event.table,
+            draft.keys if draft.keys is not None else event.keys,
+            body,
+            event.xid,
+            event.committed_at,
+            None,
+            None,
+            text,
+        )
+
+    # -- parking's retries --------------------------------------------------------------
+
+    def resume(self, event: Event) -> Event | None:
+        """Run a failed event's remaining steps (from the one that failed).
+
+        Returns the event to send, or None (dropped). Raises :class:`StepError`
+        when a step fails again (the text is the new traceback).
+        """
+        data = orjson.loads(event.body)
+        marker = data["walrelay_resume"]
+        env = data["envelope"]
+        draft = Draft(event, env)
+        draft.topic = marker.get("topic")
+        keys = marker.get("keys")
+        draft.keys = tuple(keys) if keys is not None else None
+        draft.flat = marker.get("flat")
+        steps = self.steps_for(event.table)
+        if marker["step"] < 0:
+            raise StepError(event.failure or f"parked event {event.id} cannot be resumed")
+        start = next((i for i, s in enumerate(steps) if s.index == marker["step"]), len(steps))
+        failed_before = self.failed_total
+        out = self._run(draft, steps, start)
+        if self.failed_total != failed_before:
+            failure = next((e.failure for e in out if e.failure is not None), "failed")
+            raise StepError(failure)
+        if not out:
+            return None
+        if len(out) > 1:
+            raise StepError(
+                f"destination {self.destination}: a python step returned {len(out)} events for "
+                f"parked event {event.id}; fan out works on streamed changes only"
+            )
+        return out[0]
+
+
+def _snapshot(draft: Draft) -> dict[str, Any]:
+    """A copy of the envelope and its rows before a python step (which may change
+    them in place before raising): what is parked when it raises."""
+    env = dict(draft.env)
+    for name in ("record", "old", "key"):
+        value = env.get(name)
+        if isinstance(value, dict):
+            env[name] = dict(value)
+    return env
