@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import itertools
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,8 +33,10 @@ def sync_clusters() -> Iterator[dict[str, PgCluster]]:
     """Three clusters with track_commit_timestamp = on (a restart-time setting)."""
     clusters: dict[str, PgCluster] = {}
     try:
-        for name in NODES:
-            clusters[name] = start_cluster(SYNC_SETTINGS)
+        with ThreadPoolExecutor(len(NODES)) as pool:
+            futures = {name: pool.submit(start_cluster, SYNC_SETTINGS) for name in NODES}
+            for name, future in futures.items():
+                clusters[name] = future.result()
         yield clusters
     finally:
         for c in clusters.values():
@@ -99,18 +102,20 @@ async def wait_connected(runner: SyncRunner) -> None:
     )
 
 
-@pytest.fixture
-async def sync_env(sync_clusters: dict[str, PgCluster]) -> AsyncIterator[SyncEnv]:
+async def _make_env(
+    clusters: dict[str, PgCluster], nodes: tuple[str, ...]
+) -> AsyncIterator[SyncEnv]:
     n = next(_counter)
     dbname = f"sync{n}"
     dsns = {}
-    for node, cluster in sync_clusters.items():
+    for node in nodes:
+        cluster = clusters[node]
         with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
             conn.execute(f"create database {dbname}")
         with psycopg.connect(cluster.dsn(dbname), autocommit=True) as conn:
             conn.execute(TABLE_DDL)
         dsns[node] = cluster.dsn(dbname)
-    env = SyncEnv(f"t{n}", dsns, sync_clusters)
+    env = SyncEnv(f"t{n}", dsns, clusters)
     try:
         yield env
     finally:
@@ -118,7 +123,8 @@ async def sync_env(sync_clusters: dict[str, PgCluster]) -> AsyncIterator[SyncEnv
             runner.stop()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(task, 30)
-        for cluster in sync_clusters.values():
+        for node in nodes:
+            cluster = clusters[node]
             if not cluster.running():
                 continue
             with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
@@ -127,6 +133,20 @@ async def sync_env(sync_clusters: dict[str, PgCluster]) -> AsyncIterator[SyncEnv
                     "select slot_name from pg_replication_slots where database = %s", (dbname,)
                 ).fetchall():
                     conn.execute("select pg_drop_replication_slot(%s)", slot)
+
+
+@pytest.fixture
+async def sync_env(sync_clusters: dict[str, PgCluster]) -> AsyncIterator[SyncEnv]:
+    """Nodes a and b: a fresh database on each with ``public.items``."""
+    async for env in _make_env(sync_clusters, ("a", "b")):
+        yield env
+
+
+@pytest.fixture
+async def sync_env3(sync_clusters: dict[str, PgCluster]) -> AsyncIterator[SyncEnv]:
+    """Nodes a, b and c."""
+    async for env in _make_env(sync_clusters, NODES):
+        yield env
 
 
 def counter(runner: SyncRunner) -> Callable[[], int]:

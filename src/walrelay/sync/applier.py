@@ -321,6 +321,8 @@ class Direction:
             assert new is not None
             if local is None:
                 tomb = await tombstone_of(conn, self._schema, meta.name, key)
+                if tomb is not None:
+                    await self._know_origin(conn, tomb[1])
                 if tomb is not None and tomb[0] is not None and tomb[0] >= tx.committed_at:
                     kind = "update_deleted"
                     local_version = self._version(None, tomb[0], tomb[1])
@@ -422,16 +424,17 @@ class Direction:
     def _version(self, row: Row | None, committed_at: datetime | None, roident: int) -> Version:
         if committed_at is None:
             return Version(row, None, None, _UNKNOWN_PRIORITY)
-        node: str | None
-        if roident == 0:
-            node = self.target
-        else:
-            name = self._origin_names.get(roident)
-            node = self.settings.node_of_origin(name) if name is not None else None
-        prio = (
-            self._priority.get(node, _UNKNOWN_PRIORITY) if node is not None else _UNKNOWN_PRIORITY
-        )
-        return Version(row, node, committed_at, prio)
+        # A row written by another replication tool (an origin not of this sync) is
+        # synced from this node like a local write, so it counts as this node's.
+        name = self._origin_names.get(roident) if roident else None
+        node = (self.settings.node_of_origin(name) if name is not None else None) or self.target
+        return Version(row, node, committed_at, self._priority[node])
+
+    async def _know_origin(self, conn: Conn, roident: int) -> None:
+        """Origins are created by other directions while this one runs: reload
+        the names when a row carries an id not seen yet."""
+        if roident and roident not in self._origin_names:
+            await self._load_origin_names(conn)
 
     async def _load_origin_names(self, conn: Conn) -> None:
         cur = await conn.execute("select roident::int, roname from pg_replication_origin")
@@ -460,6 +463,7 @@ class Direction:
         if row is None:
             return None
         n = len(cols)
+        await self._know_origin(conn, int(row[n + 2] or 0))
         return _Local(
             dict(zip(cols, row[:n], strict=True)), str(row[n]), row[n + 1], int(row[n + 2] or 0)
         )
