@@ -62,9 +62,9 @@ class SyncEnv:
         sync.update(extra)
         return parse_sync_config({"sync": sync})
 
-    async def start(self, settings: SyncSettings) -> SyncRunner:
+    async def start(self, settings: SyncSettings, initial: str | None = None) -> SyncRunner:
         runner = SyncRunner(settings)
-        task = asyncio.create_task(runner.run())
+        task = asyncio.create_task(runner.run(initial))
         ready = asyncio.create_task(runner.ready.wait())
         done, _ = await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
         if task in done:

@@ -18,7 +18,7 @@ from psycopg import sql
 from walrelay import sqltext
 from walrelay.config import SourceConfig
 from walrelay.errors import ConfigError, WalrelayError
-from walrelay.source.slot import prepare_source, split_table
+from walrelay.source.slot import SourceInfo, prepare_source, split_table
 from walrelay.state.migrations import migrate
 from walrelay.sync.config import SyncSettings
 
@@ -128,8 +128,16 @@ def check_nodes(nodes: dict[str, NodeTables]) -> None:
                 seen.setdefault(col, (typ, node))
 
 
-async def prepare_node(conn: Conn, settings: SyncSettings, node: str, tables: NodeTables) -> None:
-    """State schema, delete-tombstone triggers, publication and slot of one node."""
+async def prepare_node(
+    conn: Conn,
+    settings: SyncSettings,
+    node: str,
+    tables: NodeTables,
+    *,
+    export_snapshot: bool = False,
+) -> SourceInfo:
+    """State schema, delete-tombstone triggers, publication and slot of one node
+    (with ``export_snapshot``, a new slot's snapshot stays open in the result)."""
     schema = settings.state_schema
     await migrate(conn, schema)
     for meta in tables.values():
@@ -158,7 +166,7 @@ async def prepare_node(conn: Conn, settings: SyncSettings, node: str, tables: No
         }
     )
     try:
-        await prepare_source(src, conn)
+        return await prepare_source(src, conn, export_snapshot=export_snapshot)
     except WalrelayError as e:
         e.message = f"node {node}: {e.message}"
         raise

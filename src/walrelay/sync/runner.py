@@ -88,8 +88,9 @@ class SyncRunner:
                 from walrelay.sync.initial import copy_from
 
                 await copy_from(s, initial_from, conns, tables)
-            for node, conn in conns.items():
-                await prepare_node(conn, s, node, tables[node])
+            else:
+                for node, conn in conns.items():
+                    await prepare_node(conn, s, node, tables[node])
         finally:
             for conn in conns.values():
                 with contextlib.suppress(Exception):
