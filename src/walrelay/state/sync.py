@@ -26,6 +26,7 @@ __all__ = [
     "insert_conflict",
     "migration_statements",
     "read_conflicts",
+    "record_tombstone",
     "tombstone_of",
     "trim_tombstones",
 ]
@@ -72,7 +73,7 @@ def migration_statements(s: sql.Identifier) -> list[sql.Composed]:
 
 
 async def tombstone_of(
-    conn: Conn, schema: str, table: str, key: list[str]
+    conn: Conn, schema: str, table: str, key: list[Any]
 ) -> tuple[datetime | None, int] | None:
     """(commit time, origin id) of the last committed delete of ``key``, or None."""
     cur = await conn.execute(
@@ -87,6 +88,18 @@ async def tombstone_of(
     if row is None:
         return None
     return row[0], int(row[1] or 0)
+
+
+async def record_tombstone(conn: Conn, schema: str, table: str, key: list[Any]) -> None:
+    """Record a delete of ``key`` by the current transaction (as the trigger does)."""
+    await conn.execute(
+        sql.SQL(
+            "insert into {}.tombstones (table_name, key, xid) "
+            "values (%s, %s::text[], pg_current_xact_id()) "
+            "on conflict (table_name, key) do update set xid = excluded.xid"
+        ).format(sql.Identifier(schema)),
+        (table, key),
+    )
 
 
 async def trim_tombstones(conn: Conn, schema: str, older_than: datetime) -> int:

@@ -31,7 +31,7 @@ import psycopg
 from psycopg import sql
 
 from walrelay.model import UNCHANGED_TOAST, Change, Lsn, format_lsn, parse_lsn
-from walrelay.state.sync import ConflictRecord, insert_conflict, tombstone_of
+from walrelay.state.sync import ConflictRecord, insert_conflict, record_tombstone, tombstone_of
 from walrelay.sync.catalog import NodeTables, TableMeta, inspect_node
 from walrelay.sync.config import SyncSettings
 from walrelay.sync.conflicts import Conflict, ConflictKind, Decision, Resolver, Version
@@ -310,29 +310,30 @@ class Direction:
         if local is not None:
             local_version = self._version(local.row, local.committed_at, local.roident)
         if change.op == "insert":
-            if local is None or own:
-                if own:
-                    await self._update(conn, meta, key, _complete(new))
-                else:
-                    await self._insert(conn, meta, _complete(new))
+            if own:
+                await self._update(conn, meta, key, _complete(new))
                 return
-            kind = "insert_exists"
+            if local is None:
+                deleted = await self._tombstone(conn, meta, key)
+                if not _deleted_after(deleted, tx.committed_at):
+                    await self._insert(conn, meta, _complete(new))
+                    return
+                # Deleted here after the insert was made (in a mesh, another node's
+                # delete can overtake the insert): an insert counts as an update.
+                kind = "update_deleted"
+                local_version = deleted
+            else:
+                kind = "insert_exists"
         elif change.op == "update":
             assert new is not None
             if local is None:
-                tomb = await tombstone_of(conn, self._schema, meta.name, key)
-                if tomb is not None:
-                    await self._know_origin(conn, tomb[1])
-                if tomb is not None and tomb[0] is not None and tomb[0] >= tx.committed_at:
-                    kind = "update_deleted"
-                    local_version = self._version(None, tomb[0], tomb[1])
-                else:
-                    kind = "update_missing"
-                    local_version = (
-                        self._version(None, tomb[0], tomb[1])
-                        if tomb is not None
-                        else Version(None, None, None, _UNKNOWN_PRIORITY)
-                    )
+                deleted = await self._tombstone(conn, meta, key)
+                kind = (
+                    "update_deleted"
+                    if _deleted_after(deleted, tx.committed_at)
+                    else "update_missing"
+                )
+                local_version = deleted or Version(None, None, None, _UNKNOWN_PRIORITY)
             elif own or not self._newer_elsewhere(local_version, tx.committed_at):
                 await self._update(conn, meta, key, _present(new))
                 return
@@ -349,6 +350,9 @@ class Direction:
         assert local_version is not None or kind == "delete_missing"
         key_map = dict(zip(meta.key, key, strict=True))
         if kind == "delete_missing":
+            # Remember the delete: an older insert or update of the key may still
+            # come from a third node, and must not bring the row back.
+            await record_tombstone(conn, self._schema, meta.name, key)
             resolution = "skip"
         else:
             assert local_version is not None
@@ -429,6 +433,16 @@ class Direction:
         name = self._origin_names.get(roident) if roident else None
         node = (self.settings.node_of_origin(name) if name is not None else None) or self.target
         return Version(row, node, committed_at, self._priority[node])
+
+    async def _tombstone(
+        self, conn: Conn, meta: TableMeta, key: list[str | None]
+    ) -> Version | None:
+        """The last committed delete of the key on this node, as a version."""
+        tomb = await tombstone_of(conn, self._schema, meta.name, key)
+        if tomb is None:
+            return None
+        await self._know_origin(conn, tomb[1])
+        return self._version(None, tomb[0], tomb[1])
 
     async def _know_origin(self, conn: Conn, roident: int) -> None:
         """Origins are created by other directions while this one runs: reload
@@ -511,6 +525,14 @@ class Direction:
             q = sql.SQL("delete from {} t where {}").format(meta.ident, self._key_where(meta))
             self._sql[("delete", meta.name)] = q
         await conn.execute(q, key)
+
+
+def _deleted_after(deleted: Version | None, remote_time: datetime) -> bool:
+    return (
+        deleted is not None
+        and deleted.committed_at is not None
+        and deleted.committed_at >= remote_time
+    )
 
 
 _TOAST = object()
