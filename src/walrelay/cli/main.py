@@ -98,6 +98,7 @@ class LazyGroup(click.Group):
         "parking": "walrelay.cli.parking:parking_command",
         "preview": "walrelay.cli.preview:preview_command",
         "status": "walrelay.monitor.status:status_command",
+        "sync": "walrelay.cli.sync:sync_command",
     },
 )
 @click.version_option(package_name="walrelay")

@@ -1,0 +1,169 @@
+"""``walrelay sync``: every direction of a sync in one process.
+
+Start-up checks every reachable node (:mod:`walrelay.sync.catalog`), then
+runs one :class:`~walrelay.sync.reader.NodeReader` per node and one
+:class:`~walrelay.sync.applier.Direction` per ordered pair of nodes. A node
+that is down at start-up (after a first run prepared it) only waits: its
+directions connect when it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from walrelay.errors import ConfigError
+from walrelay.state.sync import trim_tombstones
+from walrelay.sync.applier import Direction
+from walrelay.sync.catalog import NodeTables, check_nodes, inspect_node, prepare_node
+from walrelay.sync.config import SyncSettings
+from walrelay.sync.conflicts import Resolver, load_resolver
+from walrelay.sync.reader import NodeReader
+
+__all__ = ["SyncRunner"]
+
+log = logging.getLogger("walrelay.sync")
+
+TOMBSTONE_MARGIN = timedelta(minutes=1)
+"""Deletes are remembered this long after every direction into the node passed
+them (commit times are not strictly monotonic in commit order, clocks drift)."""
+
+
+class SyncRunner:
+    """Runs a sync until :meth:`stop`."""
+
+    def __init__(self, settings: SyncSettings) -> None:
+        self.settings = settings
+        self._stop = asyncio.Event()
+        self.directions: dict[tuple[str, str], Direction] = {}
+        self.readers: dict[str, NodeReader] = {}
+        self.ready = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def prepare(self, initial_from: str | None = None) -> dict[str, int]:
+        """Check every node, then set each up; returns server versions by node."""
+        s = self.settings
+        resolvers: dict[str, Resolver] = {
+            t: load_resolver(s.conflicts.policy_of(t)) for t in s.tables
+        }
+        self._resolvers = resolvers
+        conns: dict[str, psycopg.AsyncConnection[tuple[Any, ...]]] = {}
+        versions: dict[str, int] = {}
+        try:
+            for node, cfg in s.nodes.items():
+                try:
+                    conns[node] = await psycopg.AsyncConnection.connect(
+                        cfg.dsn_value, autocommit=True, connect_timeout=5
+                    )
+                except psycopg.OperationalError as e:
+                    if initial_from is not None:
+                        raise ConfigError(
+                            f"node {node} ({cfg.masked_dsn}) is unreachable: "
+                            f"{str(e).strip().splitlines()[-1]}",
+                            fix="start it: --initial needs every node",
+                        ) from None
+                    log.warning(
+                        "node %s is unreachable (%s); its directions wait for it",
+                        node,
+                        str(e).strip().splitlines()[-1],
+                    )
+            if len(conns) < 2:
+                raise ConfigError(
+                    f"only {len(conns)} of {len(s.nodes)} nodes are reachable",
+                    fix="start the nodes' servers, or check the dsn of each node",
+                )
+            tables: dict[str, NodeTables] = {}
+            for node, conn in conns.items():
+                tables[node] = await inspect_node(conn, node, s.tables)
+                versions[node] = conn.info.server_version
+            check_nodes(tables)
+            if initial_from is not None:
+                from walrelay.sync.initial import copy_from
+
+                await copy_from(s, initial_from, conns, tables)
+            else:
+                for node, conn in conns.items():
+                    await prepare_node(conn, s, node, tables[node])
+        finally:
+            for conn in conns.values():
+                with contextlib.suppress(Exception):
+                    await conn.close()
+        return versions
+
+    async def run(self, initial_from: str | None = None) -> None:
+        s = self.settings
+        versions = await self.prepare(initial_from)
+        for src in s.nodes:
+            for dst in s.nodes:
+                if src != dst:
+                    self.directions[(src, dst)] = Direction(s, src, dst, self._resolvers)
+        for node in s.nodes:
+            outgoing = [d for (src, _), d in self.directions.items() if src == node]
+            self.readers[node] = NodeReader(s, node, outgoing, versions.get(node, 150000))
+        tasks = [
+            asyncio.create_task(d.run(self.readers[src], self._stop), name=f"sync {d.name}")
+            for (src, _), d in self.directions.items()
+        ]
+        tasks += [
+            asyncio.create_task(r.run(self._stop), name=f"sync reader {n}")
+            for n, r in self.readers.items()
+        ]
+        tasks.append(asyncio.create_task(self._upkeep(), name="sync upkeep"))
+        log.info(
+            "sync %s: %d nodes, %d directions, tables %s",
+            s.name,
+            len(s.nodes),
+            len(self.directions),
+            ", ".join(s.tables),
+        )
+        self.ready.set()
+        stopped = asyncio.create_task(self._stop.wait())
+        try:
+            done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if t is not stopped and not t.cancelled() and t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
+        finally:
+            stopped.cancel()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _upkeep(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.status_interval)
+            for d in self.directions.values():
+                st = d.stats
+                log.info(
+                    "sync %s: %s, %d transactions (%d changes) applied, conflicts %s",
+                    d.name,
+                    "connected" if st.connected else "waiting for the node",
+                    st.transactions,
+                    st.changes,
+                    dict(st.conflicts) or "none",
+                )
+            for node in self.settings.nodes:
+                await self._trim(node)
+
+    async def _trim(self, node: str) -> None:
+        passed = [d.passed_time for (_, dst), d in self.directions.items() if dst == node]
+        if not passed or any(p is None for p in passed):
+            return
+        floor: datetime = min(p for p in passed if p is not None) - TOMBSTONE_MARGIN
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                self.settings.nodes[node].dsn_value, autocommit=True, connect_timeout=5
+            ) as conn:
+                n = await trim_tombstones(conn, self.settings.state_schema, floor)
+        except psycopg.Error as e:
+            log.debug("sync node %s: tombstones not trimmed: %s", node, e)
+            return
+        if n:
+            log.info("sync node %s: forgot %d delete tombstone(s) every node has passed", node, n)

@@ -1,0 +1,176 @@
+"""Two-way sync tests: clusters with commit timestamps, a database per test on
+each, and a :class:`SyncRunner` run in the test's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import pytest
+
+from walrelay.sync.config import SyncSettings, parse_sync_config
+from walrelay.sync.runner import SyncRunner
+from walrelay.testing.pgcluster import PgCluster, start_cluster
+
+SYNC_SETTINGS = {"track_commit_timestamp": "on", "wal_sender_timeout": "20s"}
+NODES = ("a", "b", "c")
+_counter = itertools.count(1)
+
+TABLE_DDL = (
+    "create table public.items (id int primary key, v text, n int, "
+    "updated timestamptz default now())"
+)
+
+
+@pytest.fixture(scope="session")
+def sync_clusters() -> Iterator[dict[str, PgCluster]]:
+    """Three clusters with track_commit_timestamp = on (a restart-time setting)."""
+    clusters: dict[str, PgCluster] = {}
+    try:
+        with ThreadPoolExecutor(len(NODES)) as pool:
+            futures = {name: pool.submit(start_cluster, SYNC_SETTINGS) for name in NODES}
+            for name, future in futures.items():
+                clusters[name] = future.result()
+        yield clusters
+    finally:
+        for c in clusters.values():
+            c.stop()
+
+
+@dataclass
+class SyncEnv:
+    name: str
+    dsns: dict[str, str]
+    clusters: dict[str, PgCluster]
+    runners: list[tuple[SyncRunner, asyncio.Task[None]]] = field(default_factory=list)
+
+    def settings(self, nodes: tuple[str, ...] = ("a", "b"), **extra: Any) -> SyncSettings:
+        prio = {"a": 1, "b": 2, "c": 3}
+        sync: dict[str, Any] = {
+            "name": self.name,
+            "nodes": {n: {"dsn": self.dsns[n], "priority": prio[n]} for n in nodes},
+            "tables": ["public.items"],
+            "status_interval": 0.5,
+            "reconnect": {"initial": 0.1, "max": 0.5},
+        }
+        sync.update(extra)
+        return parse_sync_config({"sync": sync})
+
+    async def start(self, settings: SyncSettings, initial: str | None = None) -> SyncRunner:
+        runner = SyncRunner(settings)
+        task = asyncio.create_task(runner.run(initial))
+        ready = asyncio.create_task(runner.ready.wait())
+        done, _ = await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            ready.cancel()
+            task.result()
+        self.runners.append((runner, task))
+        await wait_connected(runner)
+        return runner
+
+    async def stop(self, runner: SyncRunner) -> None:
+        for r, task in list(self.runners):
+            if r is runner:
+                r.stop()
+                await asyncio.wait_for(task, 30)
+                self.runners.remove((r, task))
+
+    def execute(self, node: str, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.dsns[node], autocommit=True) as conn:
+            cur = conn.execute(query, params)
+            return cur.fetchall() if cur.description else []
+
+    def rows(self, node: str, table: str = "public.items") -> list[tuple[Any, ...]]:
+        return self.execute(node, f"select id, v, n from {table} order by id")
+
+
+async def wait_connected(runner: SyncRunner) -> None:
+    from tests.waiting import wait_for
+
+    await wait_for(
+        lambda: (
+            all(d.attached for d in runner.directions.values())
+            and all(r.connected for r in runner.readers.values())
+        ),
+        what="every direction and reader connected",
+    )
+
+
+async def _make_env(
+    clusters: dict[str, PgCluster], nodes: tuple[str, ...]
+) -> AsyncIterator[SyncEnv]:
+    n = next(_counter)
+    dbname = f"sync{n}"
+    dsns = {}
+    for node in nodes:
+        cluster = clusters[node]
+        with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+            conn.execute(f"create database {dbname}")
+        with psycopg.connect(cluster.dsn(dbname), autocommit=True) as conn:
+            conn.execute(TABLE_DDL)
+        dsns[node] = cluster.dsn(dbname)
+    env = SyncEnv(f"t{n}", dsns, clusters)
+    try:
+        yield env
+    finally:
+        for runner, task in env.runners:
+            runner.stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 30)
+        for node in nodes:
+            cluster = clusters[node]
+            if not cluster.running():
+                continue
+            with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+                conn.execute(f"drop database {dbname} with (force)")
+                for slot in conn.execute(
+                    "select slot_name from pg_replication_slots where database = %s", (dbname,)
+                ).fetchall():
+                    conn.execute("select pg_drop_replication_slot(%s)", slot)
+
+
+@pytest.fixture
+async def sync_env(sync_clusters: dict[str, PgCluster]) -> AsyncIterator[SyncEnv]:
+    """Nodes a and b: a fresh database on each with ``public.items``."""
+    async for env in _make_env(sync_clusters, ("a", "b")):
+        yield env
+
+
+@pytest.fixture
+async def sync_env3(sync_clusters: dict[str, PgCluster]) -> AsyncIterator[SyncEnv]:
+    """Nodes a, b and c."""
+    async for env in _make_env(sync_clusters, NODES):
+        yield env
+
+
+def counter(runner: SyncRunner) -> Callable[[], int]:
+    return lambda: sum(d.stats.transactions for d in runner.directions.values())
+
+
+async def assert_quiet(env: SyncEnv, runner: SyncRunner) -> None:
+    """No echo: once every direction has read past a probe written after the
+    last change, no node has committed anything new (``pg_last_committed_xact``
+    needs track_commit_timestamp, which sync requires anyway)."""
+    from tests.waiting import wait_for
+    from walrelay.model import parse_lsn
+
+    nodes = list(runner.readers)
+    before = {n: env.execute(n, "select xid::text from pg_last_committed_xact()") for n in nodes}
+    probes = {
+        n: parse_lsn(
+            env.execute(n, "select pg_logical_emit_message(false, 'probe', '')::text")[0][0]
+        )
+        for n in nodes
+    }
+    await wait_for(
+        lambda: all(d.applied_end >= probes[src] for (src, _), d in runner.directions.items()),
+        what="every direction past the probes",
+    )
+    after = {n: env.execute(n, "select xid::text from pg_last_committed_xact()") for n in nodes}
+    assert after == before, "a node committed a transaction after the last change: an echo"

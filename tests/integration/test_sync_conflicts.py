@@ -1,0 +1,168 @@
+"""Two-way sync conflicts: each kind detected, resolved by each policy, logged.
+
+The conflicting writes are made while walrelay is stopped, in a known time
+order, then walrelay starts and both directions meet them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.integration.sync_support import SyncEnv, assert_quiet, sync_clusters, sync_env
+from tests.waiting import wait_for
+
+__all__ = ["sync_clusters", "sync_env"]
+
+POLICY_TABLES = {
+    "public.t_priority": "priority",
+    "public.t_keep": "keep_local",
+    "public.t_apply": "apply_remote",
+    "public.t_python": "python:tests.integration.sync_policies:add_up",
+}
+
+
+def conflicts(env: SyncEnv, node: str, table: str = "public.items") -> dict[int, tuple[str, str]]:
+    rows = env.execute(
+        node,
+        "select (key->>'id')::int, conflict, resolution from walrelay.conflicts "
+        "where table_name = %s order by id",
+        (table,),
+    )
+    return {k: (c, r) for k, c, r in rows}
+
+
+async def settle(env: SyncEnv, nodes: tuple[str, ...] = ("a", "b"), **extra: Any) -> None:
+    """Start walrelay, wait until the nodes agree on every table and nothing moves."""
+    runner = await env.start(env.settings(nodes, **extra))
+    await wait_for(
+        lambda: all(not d.queue.qsize() for d in runner.directions.values()),
+        what="queues drained",
+    )
+    await assert_quiet(env, runner)
+    await env.stop(runner)
+
+
+async def test_each_conflict_kind_under_last_write_wins(sync_env: SyncEnv) -> None:
+    env = sync_env
+    settings = env.settings()
+    runner = await env.start(settings)
+    env.execute(
+        "a", "insert into items (id, v, n) select g, 'base', 0 from generate_series(2, 5) g"
+    )
+    await wait_for(lambda: len(env.rows("b")) == 4, what="base rows on b")
+    await env.stop(runner)
+    # Each line is later than the one before it (commit times on one machine).
+    env.execute("a", "insert into items values (1, 'a', 1)")  # insert_exists both ways
+    env.execute("b", "insert into items values (1, 'b', 1)")  #   b's is newer: b wins
+    env.execute("b", "update items set v = 'b' where id = 2")  # update_origin_differs
+    env.execute("a", "update items set v = 'a' where id = 2")  #   on a; a's is newer
+    env.execute("b", "update items set v = 'b' where id = 3")  # update_deleted on a: the
+    env.execute("a", "delete from items where id = 3")  #           delete is newer, it wins
+    env.execute("a", "delete from items where id = 4")  # update_missing on a: the update
+    env.execute("b", "update items set v = 'b' where id = 4")  # is newer: row back
+    env.execute("a", "delete from items where id = 5")  # delete_missing both ways
+    env.execute("b", "delete from items where id = 5")
+    runner = await env.start(settings)
+    await wait_for(lambda: env.rows("a") == env.rows("b"), what="identical tables")
+    assert env.rows("a") == [(1, "b", 1), (2, "a", 0), (4, "b", 0)]
+    await wait_for(lambda: 5 in conflicts(env, "a") and 5 in conflicts(env, "b"), what="logged")
+    assert conflicts(env, "a") == {
+        1: ("insert_exists", "apply_remote"),
+        2: ("update_origin_differs", "keep_local"),
+        3: ("update_deleted", "keep_local"),
+        4: ("update_missing", "apply_remote"),
+        5: ("delete_missing", "skip"),
+    }
+    assert conflicts(env, "b") == {
+        1: ("insert_exists", "keep_local"),
+        4: ("delete_origin_differs", "keep_local"),
+        5: ("delete_missing", "skip"),
+    }
+    counts = runner.directions[("b", "a")].stats.conflicts
+    assert counts == {
+        "insert_exists": 1,
+        "update_origin_differs": 1,
+        "update_deleted": 1,
+        "update_missing": 1,
+        "delete_missing": 1,
+    }
+    # The log holds both versions, their origins and commit times.
+    local_row, local_origin, remote_row, remote_origin, lt, rt = env.execute(
+        "a",
+        "select local_row, local_origin, remote_row, remote_origin, local_committed_at, "
+        'remote_committed_at from walrelay.conflicts where key = \'{"id": "2"}\'',
+    )[0]
+    assert (local_row["v"], local_origin, remote_row["v"], remote_origin) == ("a", "a", "b", "b")
+    assert lt > rt
+
+
+async def test_delete_versus_update_converges_whichever_comes_last(sync_env: SyncEnv) -> None:
+    env = sync_env
+    settings = env.settings()
+    runner = await env.start(settings)
+    env.execute("a", "insert into items values (1, 'x', 0), (2, 'x', 0)")
+    await wait_for(lambda: len(env.rows("b")) == 2, what="rows on b")
+    await env.stop(runner)
+    env.execute("b", "update items set v = 'updated' where id = 1")
+    env.execute("a", "delete from items where id = 1")  # delete after update: deleted
+    env.execute("a", "delete from items where id = 2")
+    env.execute("b", "update items set v = 'updated' where id = 2")  # update after: kept
+    await settle(env)
+    assert env.rows("a") == env.rows("b") == [(2, "updated", 0)]
+
+
+async def test_each_policy_on_an_insert_of_the_same_key(sync_env: SyncEnv) -> None:
+    env = sync_env
+    for table in POLICY_TABLES:
+        for node in ("a", "b"):
+            env.execute(node, f"create table {table} (id int primary key, v text, n int)")
+    tables = ["public.items", *POLICY_TABLES]
+    await settle(env, tables=tables, conflicts={"tables": POLICY_TABLES})  # creates the slots
+    for table in POLICY_TABLES:  # a first, b later: b's version is the newer one
+        env.execute("a", f"insert into {table} values (1, 'a', 1)")
+    for table in POLICY_TABLES:
+        env.execute("b", f"insert into {table} values (1, 'b', 2)")
+    await settle(env, tables=tables, conflicts={"tables": POLICY_TABLES})
+
+    def both(table: str) -> tuple[list[Any], list[Any]]:
+        return env.rows("a", table), env.rows("b", table)
+
+    # priority: a (1) beats b (2) although b's write is newer.
+    assert both("public.t_priority") == ([(1, "a", 1)], [(1, "a", 1)])
+    # keep_local: each node keeps its own (they differ: the policy's meaning).
+    assert both("public.t_keep") == ([(1, "a", 1)], [(1, "b", 2)])
+    # apply_remote: each takes the other's (they swap: why it is not a default).
+    assert both("public.t_apply") == ([(1, "b", 2)], [(1, "a", 1)])
+    # python: the function's row, the same on both nodes.
+    assert both("public.t_python") == ([(1, "sum", 3)], [(1, "sum", 3)])
+    assert conflicts(env, "a", "public.t_python") == {1: ("insert_exists", "custom_row")}
+    assert conflicts(env, "b", "public.t_priority") == {1: ("insert_exists", "apply_remote")}
+
+
+async def test_a_tie_in_commit_time_goes_to_the_lower_priority_number(sync_env: SyncEnv) -> None:
+    env = sync_env
+    await settle(env)  # creates the slots
+    # Both nodes write the same key with the same commit time: a replication
+    # origin's session (not one of this sync's) sets the commit timestamp.
+    for node in ("a", "b"):
+        env.execute(
+            node,
+            "select pg_replication_origin_create('tie_test') where not exists "
+            "(select 1 from pg_replication_origin where roname = 'tie_test')",
+        )
+        with __import__("psycopg").connect(env.dsns[node], autocommit=True) as conn:
+            conn.execute("select pg_replication_origin_session_setup('tie_test')")
+            with conn.transaction():
+                conn.execute(
+                    "select pg_replication_origin_xact_setup('0/1', '2030-01-01 00:00:00+00')"
+                )
+                conn.execute("insert into items values (1, %s, 0)", (node,))
+            conn.execute("select pg_replication_origin_session_reset()")
+    assert env.execute(
+        "a", "select (pg_xact_commit_timestamp(xmin))::text from items"
+    ) == env.execute("b", "select (pg_xact_commit_timestamp(xmin))::text from items")
+    await settle(env)
+    # a has priority 1, b 2: a's version on both (never "remote wins", which swaps).
+    assert env.rows("a") == env.rows("b") == [(1, "a", 0)]
+    assert conflicts(env, "b") == {1: ("insert_exists", "apply_remote")}
+    assert conflicts(env, "a") == {1: ("insert_exists", "keep_local")}
