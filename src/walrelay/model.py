@@ -219,15 +219,19 @@ class Event:
         return len(self.body) + EVENT_OVERHEAD_BYTES
 
     def envelope(self) -> dict[str, Any]:
-        """The body parsed. orjson reads numbers as 64-bit ints or doubles; a
-        json column's number beyond a double (``1e400``, which the body carries
-        verbatim) makes it refuse, and the standard library reads it instead."""
-        try:
-            value = orjson.loads(self.body)
-        except orjson.JSONDecodeError:
-            value = json.loads(self.body)
+        value = parse_body(self.body)
         assert isinstance(value, dict)
         return value
+
+
+def parse_body(data: bytes) -> Any:
+    """An event body parsed. orjson reads numbers as 64-bit ints or doubles; a
+    json column's number beyond a double (``1e400``, which the body carries
+    verbatim) makes it refuse, and the standard library reads it instead."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
 
 
 EVENT_OVERHEAD_BYTES = 320

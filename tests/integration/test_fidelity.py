@@ -459,37 +459,36 @@ def decoded_changes(conn: psycopg.Connection[Any]) -> list[TdChange]:
     return parse_test_decoding([bytes(r[0]) for r in rows], set(workload.TABLES))
 
 
+async def stream_to_file(db: str, slot: str, out: Path, count: int, *, snapshot: str) -> None:
+    """Run walrelay (in process, file sink) until ``count`` events are in ``out``."""
+    config = parse_config(
+        {
+            "source": {
+                "dsn": db,
+                "slot": slot,
+                "publication": PUBLICATION,
+                "tables": workload.TABLES,
+                "status_interval": 1,
+            },
+            "destinations": [
+                {"name": "file", "sink": {"type": "file", "path": str(out)}, "snapshot": snapshot}
+            ],
+            "heartbeat": {"enabled": False},
+            "shutdown_timeout": 10,
+        },
+        "(test)",
+    )
+    async with running_engine(config):
+        await wait_for(lambda: count_lines(out) >= count, within=30, what=f"{count} events")
+
+
 async def test_walrelay_emits_what_test_decoding_decodes(db: str, tmp_path: Path) -> None:
     prepare(db)
     with reference_session(db) as conn:
         changes = decoded_changes(conn)
         assert len(changes) > 40
         out = tmp_path / "events.jsonl"
-        config = parse_config(
-            {
-                "source": {
-                    "dsn": db,
-                    "slot": SLOT_WR,
-                    "publication": PUBLICATION,
-                    "tables": workload.TABLES,
-                    "status_interval": 1,
-                },
-                "destinations": [
-                    {
-                        "name": "file",
-                        "sink": {"type": "file", "path": str(out)},
-                        "snapshot": "never",
-                    }
-                ],
-                "heartbeat": {"enabled": False},
-                "shutdown_timeout": 10,
-            },
-            "(test)",
-        )
-        async with running_engine(config):
-            await wait_for(
-                lambda: count_lines(out) >= len(changes), within=30, what="every change in the file"
-            )
+        await stream_to_file(db, SLOT_WR, out, len(changes), snapshot="never")
         events = read_events(out)
         comparison = Comparison(conn, column_types(conn, workload.TABLES))
         mismatches = comparison.run(events, changes)
@@ -545,3 +544,31 @@ async def test_partition_truncate_gap_is_named_at_start(
     assert len(warnings) == 1, warnings
     assert warnings[0].startswith("public.m is partitioned: a TRUNCATE of one of its partitions")
     assert "(public.m_2024, public.m_2025)" in warnings[0]
+
+
+async def test_snapshot_rows_read_back_equal(db: str, tmp_path: Path) -> None:
+    # The initial snapshot reads values over other connections (COPY-free
+    # SELECT col::text): under the same fixed settings, they read back equal too.
+    prepare(db)
+    with reference_session(db) as conn:
+        types = column_types(conn, workload.TABLES)
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
+        for table, columns in types.items():
+            query = sql.SQL("select {} from {}").format(
+                sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in columns),
+                sql.Identifier(*table.split(".")),
+            )
+            for row in conn.execute(query).fetchall():
+                rows[(table, str(row[0]))] = dict(zip(columns, row, strict=True))
+        assert len(rows) > 15
+        out = tmp_path / "snapshot.jsonl"
+        await stream_to_file(db, "fid_snapshot", out, len(rows), snapshot="initial")
+        events = read_events(out)
+        assert {e["op"] for e in events} == {"read"}
+        assert sorted((e["table"], str(e["record"]["id"])) for e in events) == sorted(rows)
+        comparison = Comparison(conn, types)
+        for event in events:
+            table = event["table"]
+            expected = rows[(table, str(event["record"]["id"]))]
+            comparison.values(f"read {table}", table, event["record"], expected)
+        assert not comparison.mismatches, "\n".join(comparison.mismatches)

@@ -230,6 +230,20 @@ async def test_long_last_line_and_blank_lines(tmp_path: Path) -> None:
     await sink.close()
 
 
+async def test_resumes_after_a_json_number_beyond_double(tmp_path: Path) -> None:
+    # A jsonb column's 1e400 is in the body verbatim; orjson refuses to read it.
+    path = tmp_path / "f.jsonl"
+    body = (
+        b'{"id":"%s","op":"insert","record":{"doc":{"x":1e400}}}'
+        % format_event_id(0x50, 3).encode()
+    )
+    path.write_bytes(body + b"\n")
+    sink = file_sink(path)
+    await sink.open()
+    assert sink.high_water_mark == format_event_id(0x50, 3)
+    await sink.close()
+
+
 async def test_foreign_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "f.jsonl"
     path.write_bytes(b"hello world\n")

@@ -48,7 +48,7 @@ import orjson
 
 from walrelay import failpoints
 from walrelay.errors import ConfigError, PoisonEvent, SinkError, SinkUnavailable
-from walrelay.model import Event, format_event_id, parse_event_id
+from walrelay.model import Event, format_event_id, parse_body, parse_event_id
 
 if TYPE_CHECKING:
     from walrelay.config import FileSinkConfig
@@ -216,7 +216,7 @@ class FileSink:
         if line is None:
             return good_end, None
         try:
-            record = orjson.loads(line)
+            record = parse_body(line)
             event_id = record["id"]
             if not isinstance(event_id, str):
                 raise TypeError("id is not a string")

@@ -353,8 +353,7 @@ async def prepare_source(
         log.warning(
             "%s is partitioned: a TRUNCATE of one of its partitions (%s) is not replicated "
             "(pgoutput publishes partitions through their root and sends only a TRUNCATE "
-            "of the root itself); truncate %s, or DELETE from the partition, or detach "
-            "and drop it",
+            "of the root itself); truncate %s, or DELETE from the partition",
             root,
             ", ".join(parts) or "none yet",
             root,

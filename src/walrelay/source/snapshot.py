@@ -163,6 +163,9 @@ async def relation_for(conn: Conn, info: TableInfo) -> Relation:
     )
     generated = {bytes(r[0]).decode() for r in await gen.fetchall()}
     typmods = {(r[0].decode() if isinstance(r[0], bytes) else str(r[0])): int(r[2]) for r in rows}
+    # pgoutput sends atttypid (a domain's own OID); a row description has the
+    # domain's base type, which would make a domain column look different here.
+    typids = {(r[0].decode() if isinstance(r[0], bytes) else str(r[0])): int(r[1]) for r in rows}
     # The columns as the *current* catalog has them (a statement plans with the
     # latest catalog, while pg_attribute read in an old snapshot may list a
     # column dropped since): generated columns are left out, as pgoutput does.
@@ -170,7 +173,7 @@ async def relation_for(conn: Conn, info: TableInfo) -> Relation:
         sql.SQL("select * from {} limit 0").format(sql.Identifier(schema, name))
     )
     cols = tuple(
-        Column(d.name, int(d.type_code), typmods.get(d.name, -1), False)
+        Column(d.name, typids.get(d.name, int(d.type_code)), typmods.get(d.name, -1), False)
         for d in cur.description or ()
         if d.name not in generated
     )
