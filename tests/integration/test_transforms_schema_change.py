@@ -39,9 +39,10 @@ async def test_a_renamed_masked_column_stops_only_that_destination(db: str, tmp_
         execute(db, "alter table t rename column ssn to social")
         execute(db, "insert into t values (2, 'secret-2')")
         await wait_for(lambda: len(read_jsonl(tmp_path / "plain.jsonl")) == 2, what="plain row 2")
-        assert engine.router is not None
-        await wait_for(lambda: "masked" in engine.router.halted, what="masked stopped")
-        assert "needs column ssn of public.t" in engine.router.halted["masked"]
+        router = engine.router
+        assert router is not None
+        await wait_for(lambda: "masked" in router.halted, what="masked stopped")
+        assert "needs column ssn of public.t" in router.halted["masked"]
         assert len(read_jsonl(tmp_path / "masked.jsonl")) == 1
         execute(db, "insert into t values (3, 'secret-3')")
         await wait_for(lambda: len(read_jsonl(tmp_path / "plain.jsonl")) == 3, what="plain row 3")
