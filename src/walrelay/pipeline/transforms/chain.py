@@ -77,8 +77,6 @@ class TransformChain:
         self._required = required
         self._by_table: dict[str, tuple[Step, ...]] = {}
         self._flatten = {s.index: s for s in steps if isinstance(s, FlattenStep)}
-        # True when a step can fail an event (then failed events must be resumable).
-        self.can_fail = any(s.kind in ("python", "filter", "key", "cast", "route") for s in steps)
         self.failed_total = 0
 
     def steps_for(self, table: str) -> tuple[Step, ...]:
