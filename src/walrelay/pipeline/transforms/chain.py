@@ -34,6 +34,7 @@ from walrelay.errors import WalrelayError
 from walrelay.model import Event, Route
 from walrelay.pipeline.envelope import encode_json
 from walrelay.pipeline.transforms.base import ROW_OPS, Draft, Step, StepFailed
+from walrelay.pipeline.transforms.cast import CastStep
 from walrelay.pipeline.transforms.flatten import FlattenStep
 from walrelay.pipeline.transforms.key import group_key
 from walrelay.pipeline.transforms.python_hook import PythonStep
@@ -135,7 +136,8 @@ class TransformChain:
             while pos < len(steps):
                 step = steps[pos]
                 step.events_in += 1
-                before = _snapshot(draft) if isinstance(step, PythonStep) else None
+                # Steps that may change the row before raising: keep it as it was.
+                before = _snapshot(draft) if isinstance(step, PythonStep | CastStep) else None
                 try:
                     kept = step.run(draft)
                 except Exception as e:
