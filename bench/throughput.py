@@ -9,7 +9,10 @@ reference, pg_recvlogical writing to /dev/null, is bounded by the walsender
         [--json out.json] [--pure-python]
 
 ``--pure-python`` adds a third run, from its own slot, with the C speedups
-off (``WALRELAY_NO_SPEEDUPS=1``).
+off (``WALRELAY_NO_SPEEDUPS=1``). ``--transforms`` adds two more, each from
+its own slot: a typical transform chain on the 5-column table (filter +
+exclude + rename + hash, keeping every row) and a Python hook returning its
+input; the cost per event of each is the time over the run without transforms.
 """
 
 from __future__ import annotations
@@ -133,11 +136,30 @@ def run_reference(cluster: PgCluster, target: int) -> float:
     return time.monotonic() - t0
 
 
+TYPICAL_CHAIN = [
+    {"filter": "record.id >= 0"},
+    {"exclude": ["ts"]},
+    {"rename": {"columns": {"k": "kind"}}},
+    {"hash": {"columns": ["v"], "key_env": "BENCH_HASH_KEY"}},
+]
+IDENTITY_HOOK = "def identity(event):\n    return event\n"
+
+
 def run_walrelay(
-    cluster: PgCluster, target: int, workdir: Path, slot: str, pure_python: bool = False
+    cluster: PgCluster,
+    target: int,
+    workdir: Path,
+    slot: str,
+    pure_python: bool = False,
+    transforms: list[dict[str, object]] | None = None,
 ) -> tuple[float, int, int]:
     """Returns (seconds, lines written, peak RSS bytes)."""
     out = workdir / "events.jsonl"
+    env = {**os.environ, "BENCH_HASH_KEY": "bench-secret"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(workdir), env.get("PYTHONPATH")]))
+    (workdir / "bench_hook.py").write_text(IDENTITY_HOOK)
+    if pure_python:
+        env["WALRELAY_NO_SPEEDUPS"] = "1"
     cfg = {
         "source": {
             "dsn": cluster.dsn(),
@@ -147,7 +169,11 @@ def run_walrelay(
             "status_interval": 1,
         },
         "destinations": [
-            {"name": "file", "sink": {"type": "file", "path": str(out), "fsync": "batch"}}
+            {
+                "name": "file",
+                "sink": {"type": "file", "path": str(out), "fsync": "batch"},
+                "transforms": transforms or [],
+            }
         ],
         "log_level": "warning",
     }
@@ -169,7 +195,7 @@ def run_walrelay(
             lsn_text,
         ],
         stderr=open(workdir / "walrelay.log", "wb"),  # noqa: SIM115
-        env={**os.environ, "WALRELAY_NO_SPEEDUPS": "1"} if pure_python else None,
+        env=env,
     )
     peak = 0
     try:
@@ -210,6 +236,11 @@ def main() -> int:
         help="every transaction N rows (default: half single-row, half 100-row)",
     )
     ap.add_argument(
+        "--transforms",
+        action="store_true",
+        help="also run with a typical transform chain, and with a Python hook",
+    )
+    ap.add_argument(
         "--pure-python",
         action="store_true",
         help="also run walrelay with its C speedups off (WALRELAY_NO_SPEEDUPS=1)",
@@ -224,6 +255,8 @@ def main() -> int:
     cluster = start_cluster({"logical_decoding_work_mem": "64MB"})
     try:
         slots = ["ref_slot", "walrelay_slot"] + (["walrelay_py_slot"] if args.pure_python else [])
+        if args.transforms:
+            slots += ["walrelay_chain_slot", "walrelay_hook_slot"]
         dsn = setup(cluster, slots)
         n, txs, gen_s = workload(dsn, args.changes, args.rows_per_tx)
         target = end_lsn(dsn)
@@ -234,9 +267,17 @@ def main() -> int:
         if args.pure_python:
             with tempfile.TemporaryDirectory(prefix="walrelay-bench-") as tmp:
                 py = run_walrelay(cluster, target, Path(tmp), "walrelay_py_slot", pure_python=True)
+        shaped: dict[str, tuple[float, int, int]] = {}
+        if args.transforms:
+            for name, slot, chain in (
+                ("typical_chain", "walrelay_chain_slot", TYPICAL_CHAIN),
+                ("python_hook", "walrelay_hook_slot", [{"python": "bench_hook:identity"}]),
+            ):
+                with tempfile.TemporaryDirectory(prefix="walrelay-bench-") as tmp:
+                    shaped[name] = run_walrelay(cluster, target, Path(tmp), slot, transforms=chain)
     finally:
         cluster.stop()
-    ok = lines == n and (py is None or py[1] == n)
+    ok = lines == n and (py is None or py[1] == n) and all(r[1] == n for r in shaped.values())
     if not ok:
         written = f"{lines}" if py is None else f"{lines} (pure Python: {py[1]})"
         print(f"ERROR: walrelay wrote {written} events, expected {n}", file=sys.stderr)
@@ -268,6 +309,16 @@ def main() -> int:
             "peak_rss_mb": round(py[2] / 2**20, 1),
             "ratio": round(ref_s / py[0], 3),
         },
+        "transforms": {
+            name: {
+                "seconds": round(r[0], 3),
+                "changes_per_s": round(n / r[0]),
+                "events_written": r[1],
+                "peak_rss_mb": round(r[2] / 2**20, 1),
+                "extra_us_per_event": round((r[0] - wr_s) / n * 1e6, 2),
+            }
+            for name, r in shaped.items()
+        },
         "c_speedups": speedups.ENABLED,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
     }
@@ -276,6 +327,9 @@ def main() -> int:
     print(f"{'walrelay (file sink)':<24}{wr_s:>10.2f}{wr_rate:>14,.0f}")
     if py is not None:
         print(f"{'walrelay, pure Python':<24}{py[0]:>10.2f}{n / py[0]:>14,.0f}")
+    for name, r in shaped.items():
+        extra = (r[0] - wr_s) / n * 1e6
+        print(f"{'walrelay, ' + name:<24}{r[0]:>10.2f}{n / r[0]:>14,.0f}   (+{extra:.1f} us/event)")
     print(
         f"ratio walrelay / pg_recvlogical: {wr_rate / ref_rate:.3f}   "
         f"(peak RSS {peak / 2**20:.0f} MiB, {n:,} changes in {txs:,} transactions)"

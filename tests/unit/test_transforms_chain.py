@@ -114,3 +114,11 @@ def test_a_row_without_a_column_a_step_needs_is_a_schema_drift() -> None:
     e = _BUILDER.build(BEGIN, Change(op="insert", relation=renamed, new=(b"1", b"123")), 0)
     with pytest.raises(SchemaDrift, match=r"step 1 \(mask\) needs column ssn of public.customers"):
         c.apply(e)
+
+
+def test_a_cast_failing_half_way_parks_the_row_as_it_was() -> None:
+    c = chain({"cast": {"columns": {"amount": "number", "email": "number"}}})
+    failed = c.apply(event())
+    assert isinstance(failed, Event) and failed.failure is not None
+    parked = orjson.loads(failed.body)["envelope"]["record"]
+    assert parked["amount"] == "12.50"  # not half cast

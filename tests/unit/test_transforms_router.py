@@ -142,3 +142,25 @@ async def test_the_scheduler_sends_a_failed_event_alone() -> None:
     assert [[e.id for e in b] for b in sink.batches][-1] == ["0000000000001000/3"]  # alone
     assert sorted(e.seq for e in sink.delivered) == [0, 1, 2, 3, 4]
     assert all(e.failure is None and b'"enriched":true' in e.body for e in sink.delivered)
+
+
+async def test_a_backfill_row_for_a_stopped_destination_is_never_sent() -> None:
+    from walrelay.pipeline.transforms import ResumeHook
+
+    router, _, _ = make(
+        {"name": "masked", "transforms": [{"mask": {"tables": ["customers"], "columns": ["ssn"]}}]}
+    )
+    renamed = Relation(
+        oid=1,
+        schema="public",
+        name="customers",
+        replica_identity="f",
+        columns=(Column("id", 23, -1, True), Column("social", 25, -1, False)),
+    )
+    read = Change(op="read", relation=renamed, new=(b"1", b"123-45"))
+    shaped = router.shape("masked", router.build(BEGIN, read, 0))
+    assert shaped is not None and shaped.failure is not None and b"123-45" not in shaped.body
+    hook = ResumeHook(router.chains["masked"])
+    for _ in range(2):  # the stored error, then "cannot be resumed": never sent
+        with pytest.raises(SinkError):
+            await hook.before_send([shaped])

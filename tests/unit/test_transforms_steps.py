@@ -126,7 +126,7 @@ def test_filter_cel_keeps_and_drops_and_counts() -> None:
 
 
 def test_filter_sees_changed_columns() -> None:
-    c = chain({"filter": "'email' in changed"})
+    c = chain({"filter": "changed.exists(c, c == 'email')"})
     assert c.apply(event("update", email="ann@example.com")) is None  # same as old
     assert c.apply(event("update", email="new@example.com")) is not None
 
@@ -192,3 +192,16 @@ def test_unchanged_toast_columns_follow_exclude_and_rename() -> None:
     assert env(chain({"rename": {"columns": {"ssn": "tax_id"}}}).apply(e))["unchanged"] == [
         "tax_id"
     ]
+
+
+def test_a_hashed_key_column_leaves_no_raw_value_in_the_grouping_keys(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PII_KEY", "k")
+    c = chain({"hash": {"columns": ["id"], "key_env": "PII_KEY"}})
+    out = c.apply(event(i=12345))
+    assert isinstance(out, Event)
+    assert all("12345" not in k for k in out.keys)
+    assert out.keys == (
+        "public.customers" + KEY_SEPARATOR + orjson.dumps(env(out)["key"]).decode(),
+    )

@@ -20,7 +20,7 @@ import orjson
 
 from walrelay.errors import ConfigError, WalrelayError
 
-_INDENT = orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
+_INDENT = orjson.OPT_INDENT_2
 
 
 @dataclass
@@ -75,7 +75,8 @@ def preview_command(
             line = {"destination": s.destination, "table": s.table, "before": s.before}
             click.echo(orjson.dumps({**line, "after": s.after, "note": s.note}).decode())
             continue
-        click.echo(f"== {s.destination}  {s.table}  {s.before.get('key')}")
+        key = orjson.dumps(s.before.get("key")).decode()
+        click.echo(f"== {s.destination}  {s.table}  key {key}")
         click.echo("-- before")
         click.echo(orjson.dumps(s.before, option=_INDENT).decode())
         click.echo("-- after" + (f"  ({s.note})" if s.note else ""))

@@ -339,7 +339,7 @@ class Engine:
                 request_stop=self.request_stop,
             )
             chain = chains.get(name)
-            resume = [ResumeHook(chain)] if chain is not None and chain.can_fail else []
+            resume = [ResumeHook(chain)] if chain is not None else []
             return [*resume, completion, services.delivery_hook(name)]
 
         slot.destinations = await open_destinations(self.config, self._sink_factory, hooks_for)

@@ -34,7 +34,9 @@ from walrelay.errors import WalrelayError
 from walrelay.model import Event, Route
 from walrelay.pipeline.envelope import encode_json
 from walrelay.pipeline.transforms.base import ROW_OPS, Draft, Step, StepFailed
+from walrelay.pipeline.transforms.cast import CastStep
 from walrelay.pipeline.transforms.flatten import FlattenStep
+from walrelay.pipeline.transforms.key import group_key
 from walrelay.pipeline.transforms.python_hook import PythonStep
 
 __all__ = ["RESUME_PREFIX", "SchemaDrift", "StepError", "TransformChain"]
@@ -76,8 +78,6 @@ class TransformChain:
         self._required = required
         self._by_table: dict[str, tuple[Step, ...]] = {}
         self._flatten = {s.index: s for s in steps if isinstance(s, FlattenStep)}
-        # True when a step can fail an event (then failed events must be resumable).
-        self.can_fail = any(s.kind in ("python", "filter", "key", "cast", "route") for s in steps)
         self.failed_total = 0
 
     def steps_for(self, table: str) -> tuple[Step, ...]:
@@ -136,7 +136,8 @@ class TransformChain:
             while pos < len(steps):
                 step = steps[pos]
                 step.events_in += 1
-                before = _snapshot(draft) if isinstance(step, PythonStep) else None
+                # Steps that may change the row before raising: keep it as it was.
+                before = _snapshot(draft) if isinstance(step, PythonStep | CastStep) else None
                 try:
                     kept = step.run(draft)
                 except Exception as e:
@@ -178,6 +179,9 @@ class TransformChain:
         env = draft.env
         key = env.get("key")
         key_json = encode_json(key)
+        keys = draft.keys
+        if keys is None and key_json != event.key_json and isinstance(key, dict):
+            keys = _regrouped(event, env, key)  # a key column was hashed, masked, renamed...
         body_obj: Any = env
         if draft.flat is not None:
             body_obj = self._flatten[draft.flat].flattened(draft)
@@ -190,7 +194,7 @@ class TransformChain:
             event.seq,
             event.op,
             event.table,
-            draft.keys if draft.keys is not None else event.keys,
+            keys if keys is not None else event.keys,
             body,
             event.xid,
             event.committed_at,
@@ -256,6 +260,18 @@ class TransformChain:
                 f"parked event {event.id}; fan out works on streamed changes only"
             )
         return out[0]
+
+
+def _regrouped(event: Event, env: dict[str, Any], key: dict[str, Any]) -> tuple[str, ...]:
+    """Grouping keys from the transformed key, so that no raw key value a step
+    changed is kept beside the event (the parked-events table stores keys)."""
+    keys: tuple[str, ...] = (group_key(event.table, key),)
+    old = env.get("old")
+    if len(event.keys) == 2 and isinstance(old, dict) and all(c in old for c in key):
+        old_key = group_key(event.table, {c: old[c] for c in key})
+        if old_key != keys[0]:
+            keys = (keys[0], old_key)
+    return keys
 
 
 def _snapshot(draft: Draft) -> dict[str, Any]:

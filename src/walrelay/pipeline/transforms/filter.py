@@ -13,6 +13,7 @@ dropped or sent.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +23,9 @@ from walrelay.pipeline.transforms.base import Draft, Step, StepFailed
 __all__ = ["FilterStep", "compile_cel"]
 
 VARIABLES = frozenset({"op", "table", "record", "old", "key", "committed_at", "changed"})
+# A macro's own variable (``changed.exists(c, c == 'email')``) is listed among
+# the program's variables too.
+_MACRO_VARIABLE = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_]\w*)\s*,")
 
 
 def compile_cel(expr: str, where: str) -> Any:
@@ -41,7 +45,7 @@ def compile_cel(expr: str, where: str) -> Any:
             f"{where}: filter {expr!r} is not a valid CEL expression: {first}",
             fix="see https://github.com/google/cel-spec for the syntax",
         ) from None
-    unknown = sorted(set(program.variables()) - VARIABLES)
+    unknown = sorted(set(program.variables()) - VARIABLES - set(_MACRO_VARIABLE.findall(expr)))
     if unknown:
         raise ConfigError(
             f"{where}: filter {expr!r} uses unknown variable(s) {', '.join(unknown)}",
@@ -69,18 +73,15 @@ class FilterStep(Step):
         super().__init__(index, tables)
         self.expr = expr
         self._program = compile_cel(expr, where)
+        # Only the variables the expression uses are converted for CEL (the
+        # conversion is most of the cost of an evaluation).
+        used = set(self._program.variables())
+        self._fields = tuple(v for v in sorted(used & VARIABLES) if v != "changed")
         self._needs_changed = "changed" in set(self._program.variables())
 
     def run(self, draft: Draft) -> Draft | None:
         env = draft.env
-        context: dict[str, Any] = {
-            "op": env.get("op"),
-            "table": env.get("table"),
-            "record": env.get("record"),
-            "old": env.get("old"),
-            "key": env.get("key"),
-            "committed_at": env.get("committed_at"),
-        }
+        context: dict[str, Any] = {name: env.get(name) for name in self._fields}
         if self._needs_changed:
             context["changed"] = _changed(env)
         try:
