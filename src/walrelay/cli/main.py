@@ -97,6 +97,7 @@ class LazyGroup(click.Group):
         "outbox": "walrelay.cli.outbox:outbox_command",
         "parking": "walrelay.cli.parking:parking_command",
         "status": "walrelay.monitor.status:status_command",
+        "worker": "walrelay.cli.worker:worker_command",
     },
 )
 @click.version_option(package_name="walrelay")

@@ -1,0 +1,310 @@
+"""Scale-out against a real Kafka (KRaft) broker and PostgreSQL: the relay's
+partitioner, and `walrelay worker` processes sharing a 12-partition topic
+through a SIGKILL and a late join."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from tests.factories import make_event
+from tests.integration.support import (
+    WebhookReceiver,
+    execute,
+    make_config,
+    running_engine,
+    wait_for,
+    write_config_file,
+)
+from walrelay.config import KafkaSinkConfig
+from walrelay.sinks.base import SinkContext
+from walrelay.sinks.kafka import KafkaSink, message_key
+from walrelay.testing.pgcluster import PgCluster
+from walrelay.testing.servers import KafkaServer
+from walrelay.worker.partitioner import partition_for
+
+pytestmark = pytest.mark.servers
+
+PARTITIONS = 12
+
+
+@pytest.fixture(scope="module")
+def kafka() -> Iterator[KafkaServer]:
+    # Short sessions so that a SIGKILLed worker loses its partitions quickly.
+    with KafkaServer(config={"group.min.session.timeout.ms": "1000"}) as server:
+        yield server
+
+
+@pytest.fixture
+def target_db(pg: PgCluster) -> Iterator[str]:
+    name = f"tgt_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+        conn.execute(f"create database {name}")
+    try:
+        yield pg.dsn(name)
+    finally:
+        with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+            conn.execute(f"drop database {name} with (force)")
+
+
+def _read_all(bootstrap: str, topic: str, expected: int) -> list[Any]:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"test-{uuid.uuid4()}",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
+    out: list[Any] = []
+    try:
+        for _ in range(200):
+            out += [m for m in consumer.consume(500, timeout=0.2) if m.error() is None]
+            if len(out) >= expected:
+                break
+    finally:
+        consumer.close()
+    return out
+
+
+async def test_relay_partitions_keys_like_the_java_client(kafka: KafkaServer) -> None:
+    """librdkafka's murmur2_random (the relay's setting) puts every key where
+    Kafka's Java partitioner would: toPositive(murmur2(key)) % partitions."""
+    prefix = f"p{uuid.uuid4().hex[:6]}"
+    sink = KafkaSink(
+        KafkaSinkConfig(
+            bootstrap_servers=kafka.bootstrap,
+            mode="at_least_once",
+            prefix=prefix,
+            partitions=PARTITIONS,
+        ),
+        SinkContext(slot="s", destination="d", tables=("public.t",)),
+    )
+    events = [
+        make_event(100 + i, 0, keys=(f"k{i}",), body=b'{"key": {"id": %d}}' % i) for i in range(200)
+    ]
+    await sink.open()
+    try:
+        await sink.deliver(events)
+    finally:
+        await sink.close()
+    records = _read_all(kafka.bootstrap, f"{prefix}.public.t", len(events))
+    assert len(records) == len(events)
+    used = set()
+    for record in records:
+        assert record.partition() == partition_for(record.key(), PARTITIONS), record.key()
+        used.add(record.partition())
+    assert used == set(range(PARTITIONS))
+    assert message_key(events[7], "public.t") == b'{"id":7}'
+
+
+# --------------------------------------------------------------------------- workers
+
+
+@contextlib.contextmanager
+def worker_process(config: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    out = open(log, "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "walrelay", "worker", "--config", str(config)],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env={**os.environ},
+    )
+    out.close()
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+async def test_three_workers_through_a_kill_and_a_late_join(
+    kafka: KafkaServer,
+    db: str,
+    target_db: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """3 workers over a 12-partition topic; one is SIGKILLed mid-run, one starts
+    late. The PostgreSQL target equals the source with every (key, version)
+    applied exactly once and in order; the webhook gets every event, a
+    duplicate only with an id it already had, each key's first deliveries in order."""
+    keys, versions = 60, 12
+    execute(db, "create table acct (id int primary key, v int not null)")
+    execute(
+        target_db,
+        "create table acct (id int primary key, v int not null)",
+        "create table acct_log (n bigserial, id int not null, v int not null)",
+        "create function log_acct() returns trigger language plpgsql as $$"
+        " begin insert into acct_log (id, v) values (new.id, new.v); return new; end $$",
+        "create trigger acct_log after insert or update on acct"
+        " for each row execute function log_acct()",
+    )
+    prefix = f"cdc{uuid.uuid4().hex[:6]}"
+    topic = f"{prefix}.public.acct"
+    secret = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+    monkeypatch.setenv("WALRELAY_TEST_SECRET", secret)
+    relay = make_config(
+        db,
+        ["public.acct"],
+        [
+            {
+                "name": "log",
+                "snapshot": "never",
+                "sink": {
+                    "type": "kafka",
+                    "bootstrap_servers": kafka.bootstrap,
+                    "mode": "exactly_once",
+                    "prefix": prefix,
+                    "partitions": PARTITIONS,
+                    "transactional_id": f"relay-{prefix}",
+                    "batch_size": 100,
+                },
+            }
+        ],
+    )
+    async with WebhookReceiver(secret, delay=(0.0, 0.01)) as hook:
+        worker_cfg = write_config_file(
+            tmp_path / "worker.yaml",
+            {
+                "worker": {
+                    "kafka": {
+                        "bootstrap": kafka.bootstrap,
+                        "group": f"g-{prefix}",
+                        "topics": [topic],
+                        "session_timeout": 2,
+                        "heartbeat_interval": 0.3,
+                        "commit_interval": 0.2,
+                        "revoke_timeout": 5,
+                    },
+                    "slot": "walrelay",
+                },
+                "state": {"dsn": target_db},
+                "shutdown_timeout": 10,
+                "destinations": [
+                    {
+                        "name": "replica",
+                        "max_in_flight": 16,
+                        "sink": {
+                            "type": "postgres",
+                            "dsn": target_db,
+                            "ordered": False,
+                            "max_connections": 2,
+                            "batch_size": 50,
+                        },
+                    },
+                    {
+                        "name": "hook",
+                        "max_in_flight": 16,
+                        "sink": {
+                            "type": "webhook",
+                            "url": hook.url,
+                            "secret_env": "WALRELAY_TEST_SECRET",
+                        },
+                    },
+                ],
+            },
+        )
+        logs = [tmp_path / f"worker{i}.log" for i in range(3)]
+        total = keys * versions
+
+        def target_done() -> bool:
+            with psycopg.connect(target_db) as c:
+                row = c.execute("select count(*), coalesce(sum(v), 0) from acct").fetchone()
+            return row == (keys, keys * versions)
+
+        async with running_engine(relay):
+            with contextlib.ExitStack() as stack:
+                w0 = stack.enter_context(worker_process(worker_cfg, logs[0]))
+                w1 = stack.enter_context(worker_process(worker_cfg, logs[1]))
+                w2 = None
+                with psycopg.connect(db, autocommit=True) as conn:
+                    conn.execute(
+                        "insert into acct select g, 1 from generate_series(1, %s) g", (keys,)
+                    )
+                    for version in range(2, versions + 1):
+                        if version == 5:
+                            # Mid-run, once it has partitions and is delivering,
+                            # one member dies without a word.
+                            await wait_for(
+                                lambda: f"assigned {prefix}" in logs[1].read_text(),
+                                within=30,
+                                what="the second worker to get partitions",
+                            )
+                            delivered = len(hook.ids)
+                            await wait_for(
+                                lambda n=delivered: len(hook.ids) > n + 50,  # type: ignore[misc]
+                                within=30,
+                                what="the workers to deliver",
+                            )
+                            w1.send_signal(signal.SIGKILL)
+                        if version == 8:
+                            # A member joins late and takes partitions over.
+                            w2 = stack.enter_context(worker_process(worker_cfg, logs[2]))
+                            await wait_for(
+                                lambda: f"assigned {prefix}" in logs[2].read_text(),
+                                within=30,
+                                what="the late worker to get partitions",
+                            )
+                        for start in range(1, keys + 1, 10):
+                            conn.execute(
+                                "update acct set v = %s where id between %s and %s",
+                                (version, start, start + 9),
+                            )
+                await wait_for(
+                    lambda: len(set(hook.ids)) >= total and target_done(),
+                    within=45,
+                    what="every event at both destinations",
+                )
+                assert w0.poll() is None and w2 is not None and w2.poll() is None
+                assert w1.wait(timeout=10) == -signal.SIGKILL
+
+    with psycopg.connect(db) as c:
+        source = c.execute("select id, v from acct order by id").fetchall()
+    with psycopg.connect(target_db) as c:
+        target = c.execute("select id, v from acct order by id").fetchall()
+        applied = c.execute("select id, v from acct_log order by id").fetchall()
+    assert target == source
+    # Every (key, version) applied exactly once, in order per key (the log is in
+    # insertion order per key: a trigger row per applied change).
+    with psycopg.connect(target_db) as c:
+        per_key = c.execute(
+            "select id, array_agg(v order by n) from acct_log group by id order by id"
+        ).fetchall()
+    assert len(applied) == keys * versions
+    for key, seen in per_key:
+        assert seen == list(range(1, versions + 1)), (key, seen)
+
+    # Webhook: every event; a duplicate only with an id received before; per key,
+    # first deliveries in version order.
+    assert len(set(hook.ids)) == keys * versions
+    first: dict[int, list[int]] = defaultdict(list)
+    seen_ids: set[str] = set()
+    for event in hook.received:
+        if event["id"] in seen_ids:
+            continue
+        seen_ids.add(event["id"])
+        first[event["key"]["id"]].append(event["record"]["v"])
+    for key, vs in first.items():
+        assert vs == list(range(1, versions + 1)), (key, vs)
+    duplicates = len(hook.ids) - len(seen_ids)
+    assert duplicates <= 2 * 16, duplicates  # at most the killed worker's in-flight windows
