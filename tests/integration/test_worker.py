@@ -250,9 +250,13 @@ async def test_three_workers_through_a_kill_and_a_late_join(
                                 within=30,
                                 what="the second worker to get partitions",
                             )
-                            delivered = len(hook.ids)
+                            goal = len(hook.ids) + 50
+
+                            def delivering(goal: int = goal) -> bool:
+                                return len(hook.ids) > goal
+
                             await wait_for(
-                                lambda n=delivered: len(hook.ids) > n + 50,  # type: ignore[misc]
+                                delivering,
                                 within=30,
                                 what="the workers to deliver",
                             )
