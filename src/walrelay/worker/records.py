@@ -15,6 +15,7 @@ from one partition, in its order. A TRUNCATE has no key (a barrier, as in
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -32,11 +33,11 @@ class NotAnEnvelope(ValueError):
     """The record's value is not a walrelay envelope (says why)."""
 
 
-Headers = list[tuple[str, str | bytes | None]] | dict[str, str | bytes | None] | None
+Headers = Sequence[tuple[str, str | bytes | None]] | Mapping[str, str | bytes | None] | None
 
 
 def _header(headers: Headers, name: str) -> str | None:
-    pairs = headers.items() if isinstance(headers, dict) else headers or ()
+    pairs = headers.items() if isinstance(headers, Mapping) else headers or ()
     for k, v in pairs:
         if k == name and v is not None:
             return v.decode("utf-8", "replace") if isinstance(v, bytes) else v
