@@ -4,6 +4,7 @@ through a SIGKILL and a late join."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import os
@@ -12,13 +13,15 @@ import subprocess
 import sys
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psycopg
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from tests.factories import make_event
 from tests.integration.support import (
@@ -30,11 +33,14 @@ from tests.integration.support import (
     write_config_file,
 )
 from walrelay.config import KafkaSinkConfig
+from walrelay.model import format_event_id, format_lsn
 from walrelay.sinks.base import SinkContext
 from walrelay.sinks.kafka import KafkaSink, message_key
 from walrelay.testing.pgcluster import PgCluster
 from walrelay.testing.servers import KafkaServer
+from walrelay.worker.config import parse_worker_config
 from walrelay.worker.partitioner import partition_for
+from walrelay.worker.runner import Worker
 
 pytestmark = pytest.mark.servers
 
@@ -312,3 +318,143 @@ async def test_three_workers_through_a_kill_and_a_late_join(
         assert vs == list(range(1, versions + 1)), (key, vs)
     duplicates = len(hook.ids) - len(seen_ids)
     assert duplicates <= 2 * 16, duplicates  # at most the killed worker's in-flight windows
+
+
+# --------------------------------------------------------------------------- poison events
+
+
+def produce_envelopes(bootstrap: str, topic: str, rows: list[tuple[int, int]], lsn: int) -> int:
+    """Write relay-shaped records (envelope, key, headers) for ``(id, v)`` rows,
+    partitioned like the relay; returns the next LSN."""
+    producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random"})
+    for key, version in rows:
+        lsn += 1
+        body = {
+            "id": format_event_id(lsn, 0),
+            "op": "update",
+            "table": "public.t",
+            "key": {"id": key},
+            "record": {"id": key, "v": version},
+            "old": None,
+            "commit_lsn": format_lsn(lsn),
+            "xid": lsn,
+            "committed_at": "2024-01-02T03:04:05+00:00",
+        }
+        producer.produce(
+            topic,
+            value=orjson.dumps(body),
+            key=orjson.dumps({"id": key}),
+            headers=[("id", body["id"].encode()), ("op", b"update"), ("table", b"public.t")],
+        )
+    assert producer.flush(30) == 0
+    return lsn
+
+
+def worker_config(kafka: KafkaServer, group: str, topic: str, state: str, url: str) -> Any:
+    return parse_worker_config(
+        {
+            "worker": {
+                "kafka": {
+                    "bootstrap": kafka.bootstrap,
+                    "group": group,
+                    "topics": [topic],
+                    "session_timeout": 2,
+                    "heartbeat_interval": 0.3,
+                    "commit_interval": 0.1,
+                    "revoke_timeout": 2,
+                }
+            },
+            "state": {"dsn": state},
+            "shutdown_timeout": 5,
+            "destinations": [
+                {
+                    "name": "hook",
+                    "max_in_flight": 8,
+                    "retry": {"initial": 0.05, "max": 0.1},
+                    "parking": {"park_after": 1, "backoff": {"initial": 0.1, "max": 0.2}},
+                    "sink": {"type": "webhook", "url": url, "secret_env": "WALRELAY_TEST_SECRET"},
+                }
+            ],
+        },
+        "(test)",
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_worker(config: Any, name: str) -> AsyncIterator[Worker]:
+    worker = Worker(config, name=name)
+    task = asyncio.create_task(worker.run())
+    try:
+        await wait_for(lambda: worker.started.is_set() or task.done(), what=f"{name} to start")
+        yield worker
+    finally:
+        worker.request_stop()
+        await asyncio.wait_for(task, timeout=30)
+
+
+async def test_a_poison_event_is_parked_under_its_key_and_its_key_moves_with_the_partition(
+    kafka: KafkaServer, db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The webhook refuses key 3's events from v2 on: they are parked, every
+    other key of the partition goes on, and offsets are committed past them.
+    Then the member owning key 3's partition leaves: the other one, which
+    started before anything was parked, takes the partition and its parked
+    key over -- key 3's next event waits behind the parked ones -- and once
+    the peer accepts, key 3 arrives complete and in order."""
+    secret = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+    monkeypatch.setenv("WALRELAY_TEST_SECRET", secret)
+    topic = f"poison{uuid.uuid4().hex[:6]}"
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
+    admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])[topic].result(30)
+    key3 = (topic, partition_for(b'{"id":3}', 3))
+    keys = range(1, 10)
+    rows = [(k, v) for v in (1, 2, 3) for k in keys]
+
+    async with WebhookReceiver(secret) as hook:
+        hook.fail_when = lambda e: e["key"]["id"] == 3 and e["record"]["v"] >= 2
+
+        def delivered(key: int) -> list[int]:
+            return [e["record"]["v"] for e in hook.received if e["key"]["id"] == key]
+
+        config = worker_config(kafka, f"g-{topic}", topic, db, hook.url)
+        async with running_worker(config, "a") as a, running_worker(config, "b") as b:
+            members = (a, b)
+            await wait_for(
+                lambda: (
+                    all(m.tracker.partitions for m in members)
+                    and sum(len(m.tracker.partitions) for m in members) == 3
+                ),
+                what="both workers to have partitions",
+            )
+            lsn = produce_envelopes(kafka.bootstrap, topic, rows, 0x100)
+            await wait_for(
+                lambda: all(delivered(k) == [1, 2, 3] for k in keys if k != 3),
+                what="every other key delivered",
+            )
+            assert delivered(3) == [1]
+
+            def committed_to_the_end() -> bool:
+                parts = [p for m in members for p in m.partitions_status()]
+                return len(parts) == 3 and all(
+                    p["committed_offset"] == p["high_watermark"] == p["safe_offset"] for p in parts
+                )
+
+            # Parked events are finished: offsets are committed past them.
+            await wait_for(committed_to_the_end, what="offsets committed past the parked events")
+            owner = a if key3 in a.tracker.partitions else b
+            other = b if owner is a else a
+            owner.request_stop()
+            await wait_for(
+                lambda: key3 in other.tracker.partitions,
+                what="the other worker to take key 3's partition over",
+            )
+            produce_envelopes(kafka.bootstrap, topic, [(3, 4), (5, 4)], lsn)
+            await wait_for(lambda: delivered(5) == [1, 2, 3, 4], what="key 5's next event")
+            assert delivered(3) == [1]  # v4 waits behind the parked v2 and v3
+            hook.fail_when = None
+            await wait_for(lambda: delivered(3)[-1:] == [4], what="key 3 delivered")
+    firsts: list[int] = []
+    for v in delivered(3):
+        if v not in firsts:
+            firsts.append(v)
+    assert firsts == [1, 2, 3, 4]
