@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
@@ -21,7 +22,7 @@ import orjson
 import psycopg
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from tests.factories import make_event
 from tests.integration.support import (
@@ -36,11 +37,12 @@ from walrelay.config import KafkaSinkConfig
 from walrelay.model import format_event_id, format_lsn
 from walrelay.sinks.base import SinkContext
 from walrelay.sinks.kafka import KafkaSink, message_key
-from walrelay.testing.pgcluster import PgCluster
+from walrelay.testing.pgcluster import PgCluster, free_port
 from walrelay.testing.servers import KafkaServer
-from walrelay.worker.config import parse_worker_config
+from walrelay.worker.config import load_worker_config, parse_worker_config
 from walrelay.worker.partitioner import partition_for
 from walrelay.worker.runner import Worker
+from walrelay.worker.status import fetch_worker_status
 
 pytestmark = pytest.mark.servers
 
@@ -329,8 +331,9 @@ def produce_envelopes(bootstrap: str, topic: str, rows: list[tuple[int, int]], l
     producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random"})
     for key, version in rows:
         lsn += 1
+        ident = format_event_id(lsn, 0)
         body = {
-            "id": format_event_id(lsn, 0),
+            "id": ident,
             "op": "update",
             "table": "public.t",
             "key": {"id": key},
@@ -344,7 +347,7 @@ def produce_envelopes(bootstrap: str, topic: str, rows: list[tuple[int, int]], l
             topic,
             value=orjson.dumps(body),
             key=orjson.dumps({"id": key}),
-            headers=[("id", body["id"].encode()), ("op", b"update"), ("table", b"public.t")],
+            headers=[("id", ident.encode()), ("op", b"update"), ("table", b"public.t")],
         )
     assert producer.flush(30) == 0
     return lsn
@@ -458,3 +461,83 @@ async def test_a_poison_event_is_parked_under_its_key_and_its_key_moves_with_the
         if v not in firsts:
             firsts.append(v)
     assert firsts == [1, 2, 3, 4]
+
+
+# --------------------------------------------------------------------------- processes, status
+
+
+async def test_processes_share_the_group_report_status_and_stop_together(
+    kafka: KafkaServer, db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`walrelay worker --processes 2`: two members on one host; `walrelay status`
+    shows each one's partitions, lag and safe offsets; /metrics has them per
+    partition; one SIGTERM to the parent stops both."""
+    secret = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+    monkeypatch.setenv("WALRELAY_TEST_SECRET", secret)
+    monkeypatch.setenv("WALRELAY_TEST_TOKEN", "t0ken-for-the-test")
+    topic = f"procs{uuid.uuid4().hex[:6]}"
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
+    admin.create_topics([NewTopic(topic, num_partitions=4, replication_factor=1)])[topic].result(30)
+    produce_envelopes(kafka.bootstrap, topic, [(k, 1) for k in range(1, 41)], 0x100)
+    port = free_port()
+    async with WebhookReceiver(secret) as hook:
+        config = worker_config(kafka, f"g-{topic}", topic, db, hook.url)
+        data = config.model_dump(mode="json", by_alias=True)
+        data["state"]["dsn"] = db
+        data["destinations"][0]["sink"]["url"] = hook.url
+        data["http"] = {"port": port, "token_env": "WALRELAY_TEST_TOKEN"}
+        path = write_config_file(tmp_path / "worker.yaml", data)
+        file_config = load_worker_config(path)
+        parent = await asyncio.to_thread(
+            start_cli, ["worker", "--config", str(path), "--processes", "2"], tmp_path / "w.log"
+        )
+        try:
+            await wait_for(lambda: len(set(hook.ids)) == 40, within=40, what="every event")
+
+            async def settled() -> bool:
+                docs, _ = await asyncio.to_thread(fetch_worker_status, file_config)
+                parts = [p for d in docs for p in d["partitions"]]
+                return (
+                    len(docs) == 2
+                    and sorted(p["partition"] for p in parts) == [0, 1, 2, 3]
+                    and all(p["lag_records"] == 0 for p in parts)
+                    and all(p["committed_offset"] == p["safe_offset"] for p in parts)
+                )
+
+            await wait_for(settled, within=30, what="both processes' status, caught up")
+            as_json = await asyncio.to_thread(run_cli, "status", "--config", str(path), "--json")
+            docs = orjson.loads(as_json)
+            assert sum(p["safe_offset"] for d in docs for p in d["partitions"]) == 40
+            text = await asyncio.to_thread(run_cli, "status", "--config", str(path))
+            assert f"group g-{topic}" in text and f"{topic}[0]" in text
+            metrics = await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/metrics")
+            assert f'walrelay_worker_partition_lag_records{{group="g-{topic}"' in metrics
+            assert 'walrelay_events_out_total{destination="hook"}' in metrics
+            pids = [int(d["name"].rsplit("-", 1)[1]) for d in docs]
+        finally:
+            parent.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(parent.wait, 30) == 0
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def start_cli(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "walrelay", *args], stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def run_cli(*args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "walrelay", *args], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def http_get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        body: bytes = response.read()
+    return body.decode()

@@ -96,7 +96,7 @@ class LazyGroup(click.Group):
         "failed": "walrelay.cli.parking:failed_alias",  # hidden, deprecated
         "outbox": "walrelay.cli.outbox:outbox_command",
         "parking": "walrelay.cli.parking:parking_command",
-        "status": "walrelay.monitor.status:status_command",
+        "status": "walrelay.cli.status:status_command",  # the engine's, or a worker's
         "worker": "walrelay.cli.worker:worker_command",
     },
 )

@@ -15,6 +15,9 @@ from walrelay.errors import WalrelayError
 
 __all__ = ["worker_command"]
 
+# Set for each process --processes starts: its number (HTTP port = http.port + number).
+_INDEX = "WALRELAY_WORKER_INDEX"
+
 
 @click.command("worker")
 @click.option(
@@ -48,7 +51,7 @@ def worker_command(config_path: str, processes: int, log_level: str | None) -> N
     from walrelay.worker.runner import Worker
 
     setup_logging(log_level or config.log_level)
-    worker = Worker(config)
+    worker = Worker(config, index=int(os.environ.get(_INDEX, "0")))
     run_until_signalled(worker.run, worker.request_stop)
 
 
@@ -59,7 +62,7 @@ def _run_processes(config_path: str, n: int, log_level: str | None) -> int:
     args = [sys.executable, "-m", "walrelay", "worker", "--config", config_path]
     if log_level:
         args += ["--log-level", log_level]
-    children = [subprocess.Popen(args, env={**os.environ}) for _ in range(n)]
+    children = [subprocess.Popen(args, env={**os.environ, _INDEX: str(i)}) for i in range(n)]
     stopping = False
 
     def stop_all(*_: object) -> None:

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Coroutine, Sequence
@@ -52,6 +54,8 @@ from walrelay.worker.records import NotAnEnvelope, event_from_record
 
 if TYPE_CHECKING:
     from confluent_kafka import Consumer, Message
+
+    from walrelay.web.server import HttpServer
 
 __all__ = ["PartitionHook", "Worker"]
 
@@ -109,11 +113,15 @@ class Worker:
         *,
         sink_factory: SinkFactory | None = None,
         name: str | None = None,
+        index: int = 0,
     ) -> None:
         self.config = config
+        # The process's number under --processes (its HTTP port is http.port + index).
+        self.index = index
         self.kafka = config.worker.kafka
         self.engine_config = config.engine_config()
-        self.name = name or f"worker-{threading.get_native_id()}"
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.http: HttpServer | None = None
         self._sink_factory: SinkFactory = sink_factory or (
             lambda d: build_sink(d.sink, slot=config.worker.slot, destination=d.name, tables=[])
         )
@@ -161,10 +169,33 @@ class Worker:
             for dest in self.destinations.by_name.values():
                 dest.start()
             consumer = ck.Consumer(self._consumer_config())
+            await self._start_http()
             self.started.set()
             await asyncio.to_thread(self._consume_loop, ck, consumer)
         finally:
+            if self.http is not None:
+                await self.http.stop()
             await self.destinations.close()
+
+    async def _start_http(self) -> None:
+        """/healthz, /metrics and /api/status (walrelay.worker.status), when configured."""
+        cfg = self.config.http
+        if not cfg.enabled:
+            return
+        from walrelay.web.auth import resolve_token
+        from walrelay.web.server import HttpServer
+        from walrelay.worker.status import WorkerStatus
+
+        port = cfg.port + self.index if cfg.port else 0
+        try:
+            token, where = resolve_token(cfg, self.kafka.group, create=True)
+            server = HttpServer(WorkerStatus(self), host=cfg.listen, port=port, token=token)
+            await server.start()
+        except Exception as e:
+            log.error("worker %s: http is off: %s", self.name, e)
+            return
+        self.http = server
+        log.info("worker %s: http on %s (API token from %s)", self.name, server.url, where)
 
     def _hooks_for(self, name: str) -> list[DeliveryHook]:
         return [PartitionHook(name, self)]
@@ -235,7 +266,15 @@ class Worker:
         with_member = consumer.memberid()
         self.member_id = with_member
         log.info("worker %s: assigned %s", self.name, _show(tps))
-        self._call(self._assigned(tps))
+        starts: dict[TopicPartition, int] = {}
+        if partitions:
+            try:
+                for c in consumer.committed(partitions, timeout=10):
+                    if c.error is None and c.offset >= 0:
+                        starts[(c.topic, c.partition)] = c.offset
+            except Exception as e:  # only status shows it: reading starts there anyway
+                log.debug("worker %s: committed offsets unknown: %s", self.name, e)
+        self._call(self._assigned(tps, starts))
 
     def _on_revoke(self, ck: Any, consumer: Consumer, partitions: list[Any], *, lost: bool) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
@@ -276,10 +315,11 @@ class Worker:
     def _note_watermarks(self, ck: Any, consumer: Consumer) -> None:
         marks: list[tuple[TopicPartition, int]] = []
         for tp in list(self.tracker.partitions):
+            part = ck.TopicPartition(tp[0], tp[1])
             try:
-                _low, high = consumer.get_watermark_offsets(
-                    ck.TopicPartition(tp[0], tp[1]), cached=True
-                )
+                _low, high = consumer.get_watermark_offsets(part, cached=True)
+                if high < 0:  # nothing fetched yet: ask the broker
+                    _low, high = consumer.get_watermark_offsets(part, timeout=1.0)
             except ck.KafkaException:
                 continue
             if high >= 0:
@@ -337,10 +377,10 @@ class Worker:
                 for dest, shaped in blocked:
                     await dest.put(shaped)
 
-    async def _assigned(self, tps: list[TopicPartition]) -> None:
+    async def _assigned(self, tps: list[TopicPartition], starts: dict[TopicPartition, int]) -> None:
         await self._reload_parked()
         for tp in tps:
-            self.tracker.assign(tp)
+            self.tracker.assign(tp, starts.get(tp))
 
     async def _revoked(self, tps: list[TopicPartition]) -> None:
         for tp in tps:
