@@ -122,7 +122,10 @@ def group_stable(bootstrap: str, group: str, members: int, partitions: int) -> b
     from confluent_kafka.admin import AdminClient
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    desc = admin.describe_consumer_groups([group])[group].result(10)
+    try:
+        desc = admin.describe_consumer_groups([group])[group].result(10)
+    except Exception:  # not there yet, or the broker is busy: ask again
+        return False
     if desc.state != ConsumerGroupState.STABLE or len(desc.members) != members:
         return False
     assigned = sum(len(m.assignment.topic_partitions) for m in desc.members)

@@ -34,6 +34,7 @@ from tests.integration.support import (
     write_config_file,
 )
 from walrelay.config import KafkaSinkConfig
+from walrelay.errors import ConfigError
 from walrelay.model import format_event_id, format_lsn
 from walrelay.sinks.base import SinkContext
 from walrelay.sinks.kafka import KafkaSink, message_key
@@ -541,3 +542,10 @@ def http_get(url: str) -> str:
     with urllib.request.urlopen(url, timeout=10) as response:
         body: bytes = response.read()
     return body.decode()
+
+
+async def test_a_missing_topic_is_one_clear_error(kafka: KafkaServer, db: str) -> None:
+    config = worker_config(kafka, "g-missing", "no.such.topic", db, "http://127.0.0.1:1/hook")
+    with pytest.raises(ConfigError, match=r"topic\(s\) no\.such\.topic do not exist") as info:
+        await Worker(config).run()
+    assert "relay" in (info.value.fix or "")

@@ -39,6 +39,7 @@ from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from walrelay.engine.delivery import Destinations, SinkFactory, open_destinations
+from walrelay.errors import ConfigError
 from walrelay.model import Event
 from walrelay.pipeline.envelope import EnvelopeBuilder
 from walrelay.pipeline.hooks import DeliveryHook
@@ -169,6 +170,7 @@ class Worker:
             for dest in self.destinations.by_name.values():
                 dest.start()
             consumer = ck.Consumer(self._consumer_config())
+            await asyncio.to_thread(self._check_topics, ck, consumer)
             await self._start_http()
             self.started.set()
             await asyncio.to_thread(self._consume_loop, ck, consumer)
@@ -196,6 +198,26 @@ class Worker:
             return
         self.http = server
         log.info("worker %s: http on %s (API token from %s)", self.name, server.url, where)
+
+    def _check_topics(self, ck: Any, consumer: Consumer) -> None:
+        """The cluster answers and has the topics: else one clear error at start."""
+        k = self.kafka
+        try:
+            metadata = consumer.list_topics(timeout=min(30.0, max(5.0, k.session_timeout)))
+        except ck.KafkaException as e:
+            consumer.close()
+            raise ConfigError(
+                f"worker: cannot reach the Kafka cluster at {k.bootstrap}: {e.args[0].str()}",
+                fix="check worker.kafka.bootstrap and that the brokers run",
+            ) from None
+        missing = [t for t in k.topics if t not in metadata.topics or metadata.topics[t].error]
+        if missing:
+            consumer.close()
+            raise ConfigError(
+                f"worker: topic(s) {', '.join(missing)} do not exist at {k.bootstrap}",
+                fix="check worker.kafka.topics against the relay's kafka sink topic template"
+                " (the relay's kafka sink creates them when it starts)",
+            )
 
     def _hooks_for(self, name: str) -> list[DeliveryHook]:
         return [PartitionHook(name, self)]
@@ -307,7 +329,16 @@ class Worker:
         try:
             result = consumer.commit(offsets=offsets, asynchronous=False)
         except ck.KafkaException as e:
-            log.warning("worker %s: committing offsets failed: %s", self.name, e.args[0])
+            err = e.args[0]
+            # During a rebalance a commit can be refused; the next one carries the offsets.
+            rebalancing = err.code() in (
+                ck.KafkaError.ILLEGAL_GENERATION,
+                ck.KafkaError.REBALANCE_IN_PROGRESS,
+                ck.KafkaError._NO_OFFSET,
+            )
+            (log.info if rebalancing else log.warning)(
+                "worker %s: committing offsets failed: %s", self.name, err.str()
+            )
             return
         done = [((r.topic, r.partition), r.offset) for r in result or () if r.error is None]
         self._call(self._committed(done))
