@@ -287,7 +287,8 @@ class Worker:
         self.rebalances += 1
         with_member = consumer.memberid()
         self.member_id = with_member
-        log.info("worker %s: assigned %s", self.name, _show(tps))
+        if tps:
+            log.info("worker %s: assigned %s", self.name, _show(tps))
         starts: dict[TopicPartition, int] = {}
         if partitions:
             try:
@@ -377,6 +378,20 @@ class Worker:
             part = tracker.partitions.get((topic, partition))
             if part is None:
                 continue  # not (or no longer) ours
+            if part.next is not None and offset < part.next:
+                # The consumer went back (an offset reset): start the partition over;
+                # its pending events are abandoned and read again from here.
+                log.warning(
+                    "worker %s: %s[%d] went back from offset %d to %d; reading it again",
+                    self.name,
+                    topic,
+                    partition,
+                    part.next,
+                    offset,
+                )
+                tracker.revoke((topic, partition))
+                tracker.assign((topic, partition), offset)
+                part = tracker.partitions[(topic, partition)]
             origin = Origin((topic, partition), part.epoch, offset)
             try:
                 event = event_from_record(msg.value(), msg.key(), msg.headers())
