@@ -195,7 +195,8 @@ async def run_count(
     )
     children = await asyncio.to_thread(spawn, n, cfg, burn, workdir / topic)
     try:
-        deadline = time.monotonic() + 60
+        # Starting N Python processes takes a while on a busy 2-core machine.
+        deadline = time.monotonic() + 180
         while not await asyncio.to_thread(group_stable, kafka.bootstrap, group, n, args.partitions):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"group {group} did not become stable with {n} members")

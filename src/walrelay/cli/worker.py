@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import click
@@ -15,8 +16,21 @@ from walrelay.errors import WalrelayError
 
 __all__ = ["worker_command"]
 
-# Set for each process --processes starts: its number (HTTP port = http.port + number).
+# Set for each process --processes starts: its number (HTTP port = http.port + number)
+# and the parent's pid.
 _INDEX = "WALRELAY_WORKER_INDEX"
+_PARENT = "WALRELAY_WORKER_PARENT"
+
+
+def _stop_with_parent(parent: int) -> None:
+    """SIGTERM ourselves (a clean stop) once the starting process is gone."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)  # polling the parent's liveness
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="walrelay-parent-watch", daemon=True).start()
 
 
 @click.command("worker")
@@ -51,6 +65,8 @@ def worker_command(config_path: str, processes: int, log_level: str | None) -> N
     from walrelay.worker.runner import Worker
 
     setup_logging(log_level or config.log_level)
+    if _PARENT in os.environ:
+        _stop_with_parent(int(os.environ[_PARENT]))
     worker = Worker(config, index=int(os.environ.get(_INDEX, "0")))
     run_until_signalled(worker.run, worker.request_stop)
 
@@ -62,7 +78,12 @@ def _run_processes(config_path: str, n: int, log_level: str | None) -> int:
     args = [sys.executable, "-m", "walrelay", "worker", "--config", config_path]
     if log_level:
         args += ["--log-level", log_level]
-    children = [subprocess.Popen(args, env={**os.environ, _INDEX: str(i)}) for i in range(n)]
+    # Own process groups: a Ctrl-C reaches the children once, through us; each
+    # child stops by itself should we die (see _stop_with_parent).
+    env = {**os.environ, _PARENT: str(os.getpid())}
+    children = [
+        subprocess.Popen(args, env={**env, _INDEX: str(i)}, process_group=0) for i in range(n)
+    ]
     stopping = False
 
     def stop_all(*_: object) -> None:
