@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 import psycopg
 import pytest
+from click.testing import CliRunner
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
@@ -33,6 +34,7 @@ from tests.integration.support import (
     wait_for,
     write_config_file,
 )
+from walrelay.cli.main import main
 from walrelay.config import KafkaSinkConfig
 from walrelay.errors import ConfigError
 from walrelay.model import format_event_id, format_lsn
@@ -384,6 +386,15 @@ def worker_config(kafka: KafkaServer, group: str, topic: str, state: str, url: s
     )
 
 
+def worker_file(path: Path, config: Any, state: str, url: str, **extra: Any) -> Path:
+    """``config`` (from :func:`worker_config`) as a file, secrets written out."""
+    data = config.model_dump(mode="json", by_alias=True)
+    data["state"]["dsn"] = state
+    data["destinations"][0]["sink"]["url"] = url
+    data.update(extra)
+    return write_config_file(path, data)
+
+
 @contextlib.asynccontextmanager
 async def running_worker(config: Any, name: str) -> AsyncIterator[Worker]:
     worker = Worker(config, name=name)
@@ -397,7 +408,7 @@ async def running_worker(config: Any, name: str) -> AsyncIterator[Worker]:
 
 
 async def test_a_poison_event_is_parked_under_its_key_and_its_key_moves_with_the_partition(
-    kafka: KafkaServer, db: str, monkeypatch: pytest.MonkeyPatch
+    kafka: KafkaServer, db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The webhook refuses key 3's events from v2 on: they are parked, every
     other key of the partition goes on, and offsets are committed past them.
@@ -445,6 +456,13 @@ async def test_a_poison_event_is_parked_under_its_key_and_its_key_moves_with_the
 
             # Parked events are finished: offsets are committed past them.
             await wait_for(committed_to_the_end, what="offsets committed past the parked events")
+            # ... and `walrelay parking` reads a worker's file.
+            path = worker_file(tmp_path / "worker.yaml", config, db, hook.url)
+            listed = await asyncio.to_thread(
+                CliRunner().invoke, main, ["parking", "list", "--config", str(path)]
+            )
+            assert listed.exit_code == 0, listed.output
+            assert "000000000000010C/0" in listed.output  # key 3, v2
             owner = a if key3 in a.tracker.partitions else b
             other = b if owner is a else a
             owner.request_stop()
@@ -483,11 +501,8 @@ async def test_processes_share_the_group_report_status_and_stop_together(
     port = free_port()
     async with WebhookReceiver(secret) as hook:
         config = worker_config(kafka, f"g-{topic}", topic, db, hook.url)
-        data = config.model_dump(mode="json", by_alias=True)
-        data["state"]["dsn"] = db
-        data["destinations"][0]["sink"]["url"] = hook.url
-        data["http"] = {"port": port, "token_env": "WALRELAY_TEST_TOKEN"}
-        path = write_config_file(tmp_path / "worker.yaml", data)
+        http = {"port": port, "token_env": "WALRELAY_TEST_TOKEN"}
+        path = worker_file(tmp_path / "worker.yaml", config, db, hook.url, http=http)
         file_config = load_worker_config(path)
         parent = await asyncio.to_thread(
             start_cli, ["worker", "--config", str(path), "--processes", "2"], tmp_path / "w.log"
@@ -544,7 +559,10 @@ def http_get(url: str) -> str:
     return body.decode()
 
 
-async def test_a_missing_topic_is_one_clear_error(kafka: KafkaServer, db: str) -> None:
+async def test_a_missing_topic_is_one_clear_error(
+    kafka: KafkaServer, db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WALRELAY_TEST_SECRET", "whsec_" + base64.b64encode(b"k" * 32).decode())
     config = worker_config(kafka, "g-missing", "no.such.topic", db, "http://127.0.0.1:1/hook")
     with pytest.raises(ConfigError, match=r"topic\(s\) no\.such\.topic do not exist") as info:
         await Worker(config).run()

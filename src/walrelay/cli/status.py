@@ -4,28 +4,19 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
 import orjson
-import yaml
 
 from walrelay.errors import WalrelayError
 from walrelay.monitor.status import status_command as engine_status_command
+from walrelay.worker.config import is_worker_file
 
 __all__ = ["status_command"]
 
 
-def _is_worker_file(path: str) -> bool:
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError):
-        return False  # the engine's command reports it
-    return isinstance(data, dict) and "worker" in data and "source" not in data
-
-
 def _status(config_path: str, as_json: bool, timeout: float) -> None:
-    if not _is_worker_file(config_path):
+    if not is_worker_file(config_path):
         assert engine_status_command.callback is not None
         engine_status_command.callback(config_path, as_json, timeout)
         return

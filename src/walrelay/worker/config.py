@@ -32,7 +32,13 @@ from walrelay.config import (
 )
 from walrelay.errors import ConfigError
 
-__all__ = ["WorkerFileConfig", "WorkerKafkaConfig", "WorkerSection", "load_worker_config"]
+__all__ = [
+    "WorkerFileConfig",
+    "WorkerKafkaConfig",
+    "WorkerSection",
+    "is_worker_file",
+    "load_worker_config",
+]
 
 
 class _Model(BaseModel):
@@ -165,3 +171,13 @@ def load_worker_config(path: str | Path) -> WorkerFileConfig:
     except yaml.YAMLError as e:
         raise ConfigError(f"worker config {p} is not valid YAML: {e}") from None
     return parse_worker_config(data, str(p))
+
+
+def is_worker_file(path: str | Path) -> bool:
+    """True for a worker's file (``worker:`` and no ``source:``); False for
+    anything else, including an unreadable file (its reader reports that)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and "worker" in data and "source" not in data
