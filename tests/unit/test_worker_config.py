@@ -62,6 +62,19 @@ def test_state_dsn_is_required() -> None:
         ({"worker": {"kafka": {"bootstrap": "k", "group": "g", "topics": []}}}, "topics"),
         ({"worker": {"kafka": {"bootstrap": "k", "group": "a b", "topics": ["t"]}}}, "group"),
         ({"wroker": {}}, "wroker: unknown setting"),
+        (
+            {
+                "worker": {
+                    "kafka": {
+                        "bootstrap": "k",
+                        "group": "g",
+                        "topics": ["t"],
+                        "options": {"enable.auto.commit": True},
+                    }
+                }
+            },
+            "options may not set enable.auto.commit",
+        ),
     ],
 )
 def test_mistakes_are_one_line_naming_the_setting(over: dict[str, Any], expected: str) -> None:

@@ -41,6 +41,22 @@ __all__ = [
 ]
 
 
+# Consumer settings that safe offsets and read_committed depend on.
+_RESERVED = frozenset(
+    {
+        "bootstrap.servers",
+        "group.id",
+        "isolation.level",
+        "enable.auto.commit",
+        "enable.auto.offset.store",
+        "partition.assignment.strategy",
+        "group.protocol",
+        "session.timeout.ms",
+        "heartbeat.interval.ms",
+    }
+)
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -65,6 +81,19 @@ class WorkerKafkaConfig(_Model):
     poll_batch: int = Field(default=500, gt=0)
     # Extra librdkafka consumer settings (security, fetch sizes, ...).
     options: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    @field_validator("options")
+    @classmethod
+    def _not_reserved(
+        cls, v: dict[str, str | int | float | bool]
+    ) -> dict[str, str | int | float | bool]:
+        reserved = sorted(k for k in v if k in _RESERVED)
+        if reserved:
+            raise ValueError(
+                f"options may not set {', '.join(reserved)}: walrelay sets them (use"
+                " bootstrap, group, session_timeout, heartbeat_interval)"
+            )
+        return v
 
     @field_validator("group")
     @classmethod
