@@ -91,3 +91,24 @@ def test_cli_reports_a_bad_config_in_one_line_with_exit_2(tmp_path: Path) -> Non
     lines = [line for line in result.output.splitlines() if line]
     assert len(lines) == 1 and "state.dsn" in lines[0]
     assert "secret" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("sink", "expected"),
+    [
+        ({"type": "kafka", "bootstrap_servers": "k:9092"}, "exactly_once"),
+        ({"type": "redis", "url": "redis://r/0"}, "stream entry ids"),
+        ({"type": "file", "path": "/tmp/x.jsonl"}, "file sink"),
+    ],
+)
+def test_sinks_that_need_id_order_are_refused(sink: dict[str, Any], expected: str) -> None:
+    """Their replay check compares ids with the last written: a worker's events
+    interleave partitions, so it would drop events as replays."""
+    with pytest.raises(ConfigError, match=expected) as info:
+        parse_worker_config(worker_file(destinations=[{"name": "d", "sink": sink}]), "w.yaml")
+    assert "destination 'd'" in str(info.value)
+
+
+def test_kafka_at_least_once_is_fine_in_a_worker() -> None:
+    sink = {"type": "kafka", "bootstrap_servers": "k:9092", "mode": "at_least_once"}
+    parse_worker_config(worker_file(destinations=[{"name": "d", "sink": sink}]), "w.yaml")

@@ -142,6 +142,18 @@ class WorkerFileConfig(_Model):
             raise ValueError(f"destination names must be unique; repeated: {', '.join(dupes)}")
         return v
 
+    @field_validator("destinations")
+    @classmethod
+    def _no_id_order_sinks(cls, v: list[DestinationConfig]) -> list[DestinationConfig]:
+        for d in v:
+            why = _needs_id_order(d)
+            if why:
+                raise ValueError(
+                    f"destination {d.name!r}: {why}; a worker's events are not in id order"
+                    " (partitions interleave), so it would skip events as replays"
+                )
+        return v
+
     def engine_config(self) -> Config:
         """The :class:`Config` the destinations' machinery reads: state, ledger,
         destinations; ``source`` only names the relay's slot (for the ledger's
@@ -163,6 +175,24 @@ class WorkerFileConfig(_Model):
             state=self.state,
             heartbeat=HeartbeatConfig(enabled=False),
         )
+
+
+def _needs_id_order(d: DestinationConfig) -> str | None:
+    """Why the destination's sink cannot run in a worker, or None: sinks that
+    drop replays by comparing ids with the last one written need events in
+    global id order."""
+    sink = d.sink
+    kind = sink.type
+    if kind == "kafka" and getattr(sink, "mode", None) == "exactly_once":
+        return (
+            "a kafka sink in exactly_once mode skips ids at or below its checkpoint"
+            " (use mode: at_least_once, deduplicated by the ledger)"
+        )
+    if kind == "redis":
+        return "a redis sink uses event ids as stream entry ids, which must increase"
+    if kind == "file":
+        return "a file sink skips ids at or below the last one in the file"
+    return None
 
 
 def parse_worker_config(data: Any, where: str = "") -> WorkerFileConfig:
