@@ -97,8 +97,9 @@ class LazyGroup(click.Group):
         "outbox": "walrelay.cli.outbox:outbox_command",
         "parking": "walrelay.cli.parking:parking_command",
         "preview": "walrelay.cli.preview:preview_command",
-        "status": "walrelay.monitor.status:status_command",
+        "status": "walrelay.cli.status:status_command",  # the engine's, or a worker's
         "sync": "walrelay.cli.sync:sync_command",
+        "worker": "walrelay.cli.worker:worker_command",
     },
 )
 @click.version_option(package_name="walrelay")

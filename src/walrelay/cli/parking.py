@@ -49,7 +49,11 @@ def _fail(message: str, code: int = 1) -> NoReturn:
 
 
 def _load(config_path: str) -> Config:
+    from walrelay.worker.config import is_worker_file, load_worker_config
+
     try:
+        if is_worker_file(config_path):  # a worker's parked events: the same table
+            return load_worker_config(config_path).engine_config()
         return load_config(config_path)
     except WalrelayError as e:
         _fail(str(e), e.exit_code)

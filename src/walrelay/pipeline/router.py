@@ -307,6 +307,13 @@ class Router:
         """A reconnect abandoned the transaction: it comes again whole."""
         self._counts.clear()
 
+    def take_counts(self) -> dict[str, int]:
+        """The counts since the last flush, for a caller that tracks them itself
+        (a Kafka worker counts per record offset, not per LSN)."""
+        counts = self._counts
+        self._counts = {}
+        return counts
+
     # -- snapshots and backfills: whole batches, awaited ----------------------
 
     async def put_batch(self, commit_lsn: Lsn, dest: Destination, events: list[Event]) -> None:

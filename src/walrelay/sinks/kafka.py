@@ -249,7 +249,7 @@ class KafkaSink:
             **self._client,
             "compression.type": config.compression,
             "linger.ms": round(config.linger * 1000, 3),
-            "partitioner": "murmur2_random",  # the Java client's choice for a keyed record
+            "partitioner": "murmur2_random",  # Java's default: a key lands where Java puts it
             **config.options,
             "acks": "all",
             "enable.idempotence": True,

@@ -1,0 +1,511 @@
+"""One worker process: a consumer-group member feeding the usual delivery machinery.
+
+The worker opens the destinations exactly as ``walrelay run`` does
+(:func:`walrelay.engine.delivery.open_destinations`: sinks, the ledger,
+failpoints, parking) and hands every record's event to the same
+:class:`~walrelay.pipeline.router.Router`. What differs is where events
+come from and what "safe" means: records of the partitions Kafka assigned,
+and a safe *offset* per partition (:mod:`walrelay.worker.offsets`).
+
+Threads: confluent-kafka's consumer blocks, so one thread owns it and does
+everything that touches it -- ``consume``, the rebalance callbacks (which
+librdkafka runs inside ``consume``), commits, ``close``. The event loop owns
+everything else (tracker, router, destinations). The consumer thread hands
+work to the loop with ``run_coroutine_threadsafe(...).result()`` and waits:
+a full buffer therefore slows reading down (backpressure), and a rebalance
+callback can wait for deliveries to finish.
+
+Rebalance (``partition.assignment.strategy=cooperative-sticky``, so only
+the partitions that move stop): on revoke the thread stops reading them (it
+is inside the callback), waits up to ``revoke_timeout`` for their pending
+events to finish, commits their safe offsets, and forgets them; events of
+theirs still waiting afterwards are abandoned -- :class:`PartitionHook`
+drops them before the sink -- and the next owner reads them again from the
+committed offset. On assign the worker re-reads every destination's parked
+events (another member may have parked keys of these partitions) before
+their first record is taken. On loss (the session expired) nothing is
+committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from walrelay.engine.delivery import Destinations, SinkFactory, open_destinations
+from walrelay.errors import ConfigError
+from walrelay.model import Event
+from walrelay.pipeline.envelope import EnvelopeBuilder
+from walrelay.pipeline.hooks import DeliveryHook
+from walrelay.pipeline.lsn import LsnTracker
+from walrelay.pipeline.parking.writes import ReadRows
+from walrelay.pipeline.router import Router
+from walrelay.sinks.common import import_extra
+from walrelay.sinks.registry import build_sink
+from walrelay.source.types import TypeRegistry
+from walrelay.worker.config import WorkerFileConfig
+from walrelay.worker.offsets import OffsetTracker, Origin, OriginMap, TopicPartition
+from walrelay.worker.records import NotAnEnvelope, event_from_record
+
+if TYPE_CHECKING:
+    from confluent_kafka import Consumer, Message
+
+    from walrelay.web.server import HttpServer
+
+__all__ = ["PartitionHook", "Worker"]
+
+log = logging.getLogger("walrelay.worker")
+
+T = TypeVar("T")
+Ident = tuple[int, int, str]
+
+
+def ident(event: Event) -> Ident:
+    """What identifies one record's event at a destination (a router keeps these)."""
+    return (event.commit_lsn, event.seq, event.table)
+
+
+class PartitionHook(DeliveryHook):
+    """A destination's link to the partitions: events of a partition no longer
+    assigned (in the epoch they were read) are dropped before the sink, and
+    every finished event counts into the offset tracker."""
+
+    def __init__(self, destination: str, worker: Worker) -> None:
+        self.destination = destination
+        self.worker = worker
+
+    async def before_send(self, events: Sequence[Event]) -> Sequence[Event]:
+        origins = self.worker.origins
+        tracker = self.worker.tracker
+        name = self.destination
+        keep = []
+        for event in events:
+            origin = origins.peek(name, ident(event))
+            if origin is None or tracker.owns(origin):
+                keep.append(event)
+        if len(keep) != len(events):
+            self.worker.abandoned += len(events) - len(keep)
+            return keep
+        return events
+
+    def on_finished(self, events: Sequence[Event], *, parked: bool) -> None:
+        origins = self.worker.origins
+        tracker = self.worker.tracker
+        name = self.destination
+        for event in events:
+            origin = origins.pop(name, ident(event))
+            if origin is not None:
+                tracker.finish(origin)
+        self.worker.progress.set()
+
+
+class Worker:
+    """A member of the consumer group ``worker.kafka.group`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: WorkerFileConfig,
+        *,
+        sink_factory: SinkFactory | None = None,
+        name: str | None = None,
+        index: int = 0,
+    ) -> None:
+        self.config = config
+        # The process's number under --processes (its HTTP port is http.port + index).
+        self.index = index
+        self.kafka = config.worker.kafka
+        self.engine_config = config.engine_config()
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.http: HttpServer | None = None
+        self._sink_factory: SinkFactory = sink_factory or (
+            lambda d: build_sink(d.sink, slot=config.worker.slot, destination=d.name, tables=[])
+        )
+        self.tracker = OffsetTracker()
+        self.origins = OriginMap()
+        self.destinations = Destinations()
+        self.router: Router | None = None
+        self.progress = asyncio.Event()
+        self.started = asyncio.Event()
+        self._stop = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Stats.
+        self.abandoned = 0  # events of revoked partitions dropped before the sink
+        self.not_envelopes = 0  # records skipped: not a walrelay envelope
+        self.rebalances = 0
+        self.member_id: str | None = None
+
+    # -- control ----------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def request_stop(self) -> None:
+        if not self._stop.is_set():
+            log.info("worker %s: stopping: finishing in-flight deliveries", self.name)
+            self._stop.set()
+
+    # -- run --------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Join the group and deliver until :meth:`request_stop`."""
+        self._loop = asyncio.get_running_loop()
+        ck = import_extra("kafka", "confluent-kafka", "confluent_kafka")
+        self.destinations = await open_destinations(
+            self.engine_config, self._sink_factory, self._hooks_for
+        )
+        try:
+            self.router = Router(
+                self.config.destinations,
+                self.destinations.by_name,
+                EnvelopeBuilder(TypeRegistry()),
+                LsnTracker(),  # unused: a worker counts per offset (take_counts)
+            )
+            for dest in self.destinations.by_name.values():
+                dest.start()
+            consumer = ck.Consumer(self._consumer_config())
+            await asyncio.to_thread(self._check_topics, ck, consumer)
+            await self._start_http()
+            self.started.set()
+            await asyncio.to_thread(self._consume_loop, ck, consumer)
+        finally:
+            if self.http is not None:
+                await self.http.stop()
+            await self.destinations.close()
+
+    async def _start_http(self) -> None:
+        """/healthz, /metrics and /api/status (walrelay.worker.status), when configured."""
+        cfg = self.config.http
+        if not cfg.enabled:
+            return
+        from walrelay.web.auth import resolve_token
+        from walrelay.web.server import HttpServer
+        from walrelay.worker.status import WorkerStatus
+
+        port = cfg.port + self.index if cfg.port else 0
+        try:
+            token, where = resolve_token(cfg, self.kafka.group, create=True)
+            server = HttpServer(WorkerStatus(self), host=cfg.listen, port=port, token=token)
+            await server.start()
+        except Exception as e:
+            log.error("worker %s: http is off: %s", self.name, e)
+            return
+        self.http = server
+        log.info("worker %s: http on %s (API token from %s)", self.name, server.url, where)
+
+    def _check_topics(self, ck: Any, consumer: Consumer) -> None:
+        """The cluster answers and has the topics: else one clear error at start."""
+        k = self.kafka
+        try:
+            metadata = consumer.list_topics(timeout=min(30.0, max(5.0, k.session_timeout)))
+        except ck.KafkaException as e:
+            consumer.close()
+            raise ConfigError(
+                f"worker: cannot reach the Kafka cluster at {k.bootstrap}: {e.args[0].str()}",
+                fix="check worker.kafka.bootstrap and that the brokers run",
+            ) from None
+        missing = [t for t in k.topics if t not in metadata.topics or metadata.topics[t].error]
+        if missing:
+            consumer.close()
+            raise ConfigError(
+                f"worker: topic(s) {', '.join(missing)} do not exist at {k.bootstrap}",
+                fix="check worker.kafka.topics against the relay's kafka sink topic template"
+                " (the relay's kafka sink creates them when it starts)",
+            )
+
+    def _hooks_for(self, name: str) -> list[DeliveryHook]:
+        return [PartitionHook(name, self)]
+
+    def _consumer_config(self) -> dict[str, Any]:
+        k = self.kafka
+        return {
+            **k.options,
+            "bootstrap.servers": k.bootstrap,
+            "group.id": k.group,
+            "client.id": f"walrelay-{self.name}",
+            "isolation.level": "read_committed",
+            "partition.assignment.strategy": "cooperative-sticky",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": int(k.session_timeout * 1000),
+            "heartbeat.interval.ms": int(k.heartbeat_interval * 1000),
+            "logger": logging.getLogger("walrelay.worker.librdkafka"),
+        }
+
+    # -- the consumer thread ----------------------------------------------------
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the event loop and wait for it (consumer thread only)."""
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def _consume_loop(self, ck: Any, consumer: Consumer) -> None:
+        def on_assign(c: Consumer, partitions: list[Any]) -> None:
+            self._on_assign(c, partitions)
+
+        def on_revoke(c: Consumer, partitions: list[Any]) -> None:
+            self._on_revoke(ck, c, partitions, lost=False)
+
+        def on_lost(c: Consumer, partitions: list[Any]) -> None:
+            self._on_revoke(ck, c, partitions, lost=True)
+
+        consumer.subscribe(
+            list(self.kafka.topics), on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost
+        )
+        interval = self.kafka.commit_interval
+        next_commit = time.monotonic() + interval
+        try:
+            while not self._stop.is_set():
+                messages = consumer.consume(num_messages=self.kafka.poll_batch, timeout=0.1)
+                if messages:
+                    self._call(self._feed(messages))
+                if time.monotonic() >= next_commit:
+                    self._note_watermarks(ck, consumer)
+                    self._commit(ck, consumer, None)
+                    next_commit = time.monotonic() + interval
+            drained = self._call(self._drain(None, self.config.shutdown_timeout))
+            if not drained:
+                log.warning(
+                    "worker %s: shutdown_timeout reached with deliveries in flight; their"
+                    " records are read again by the next owner",
+                    self.name,
+                )
+            self._commit(ck, consumer, None)
+        finally:
+            # close() revokes what is left (the callback commits it) and leaves the group.
+            consumer.close()
+
+    def _on_assign(self, consumer: Consumer, partitions: list[Any]) -> None:
+        tps = [(p.topic, p.partition) for p in partitions]
+        self.rebalances += 1
+        with_member = consumer.memberid()
+        self.member_id = with_member
+        if tps:
+            log.info("worker %s: assigned %s", self.name, _show(tps))
+        starts: dict[TopicPartition, int] = {}
+        if partitions:
+            try:
+                for c in consumer.committed(partitions, timeout=10):
+                    if c.error is None and c.offset >= 0:
+                        starts[(c.topic, c.partition)] = c.offset
+            except Exception as e:  # only status shows it: reading starts there anyway
+                log.debug("worker %s: committed offsets unknown: %s", self.name, e)
+        self._call(self._assigned(tps, starts))
+
+    def _on_revoke(self, ck: Any, consumer: Consumer, partitions: list[Any], *, lost: bool) -> None:
+        tps = [(p.topic, p.partition) for p in partitions]
+        self.rebalances += 1
+        if lost:
+            log.warning(
+                "worker %s: lost %s (session expired): their pending events are abandoned"
+                " and read again by the next owner",
+                self.name,
+                _show(tps),
+            )
+        else:
+            log.info("worker %s: revoking %s", self.name, _show(tps))
+            drained = self._call(self._drain(tps, self.kafka.revoke_timeout))
+            if not drained:
+                log.warning(
+                    "worker %s: revoke_timeout reached: abandoning the in-flight events of %s"
+                    " (the next owner delivers them again, with the same ids)",
+                    self.name,
+                    _show(tps),
+                )
+            self._commit(ck, consumer, tps)
+        self._call(self._revoked(tps))
+
+    def _commit(self, ck: Any, consumer: Consumer, tps: list[TopicPartition] | None) -> None:
+        plan = self._call(self._commit_plan(tps))
+        if not plan:
+            return
+        offsets = [ck.TopicPartition(t, p, o) for (t, p), o in plan]
+        try:
+            result = consumer.commit(offsets=offsets, asynchronous=False)
+        except ck.KafkaException as e:
+            err = e.args[0]
+            # During a rebalance a commit can be refused; the next one carries the offsets.
+            rebalancing = err.code() in (
+                ck.KafkaError.ILLEGAL_GENERATION,
+                ck.KafkaError.REBALANCE_IN_PROGRESS,
+                ck.KafkaError._NO_OFFSET,
+            )
+            (log.info if rebalancing else log.warning)(
+                "worker %s: committing offsets failed: %s", self.name, err.str()
+            )
+            return
+        done = [((r.topic, r.partition), r.offset) for r in result or () if r.error is None]
+        self._call(self._committed(done))
+
+    def _note_watermarks(self, ck: Any, consumer: Consumer) -> None:
+        marks: list[tuple[TopicPartition, int]] = []
+        for tp in list(self.tracker.partitions):
+            part = ck.TopicPartition(tp[0], tp[1])
+            try:
+                _low, high = consumer.get_watermark_offsets(part, cached=True)
+                if high < 0:  # nothing fetched yet: ask the broker
+                    _low, high = consumer.get_watermark_offsets(part, timeout=1.0)
+            except ck.KafkaException:
+                continue
+            if high >= 0:
+                marks.append((tp, high))
+        if marks:
+            self._call(self._set_watermarks(marks))
+
+    # -- on the event loop ------------------------------------------------------
+
+    async def _feed(self, messages: list[Message]) -> None:
+        router = self.router
+        assert router is not None
+        tracker = self.tracker
+        origins = self.origins
+        for msg in messages:
+            error = msg.error()
+            if error is not None:
+                log.warning("worker %s: consumer error: %s", self.name, error)
+                continue
+            topic = msg.topic()
+            partition = msg.partition()
+            offset = msg.offset()
+            assert topic is not None and partition is not None and offset is not None
+            part = tracker.partitions.get((topic, partition))
+            if part is None:
+                continue  # not (or no longer) ours
+            if part.next is not None and offset < part.next:
+                # The consumer went back (an offset reset): start the partition over;
+                # its pending events are abandoned and read again from here.
+                log.warning(
+                    "worker %s: %s[%d] went back from offset %d to %d; reading it again",
+                    self.name,
+                    topic,
+                    partition,
+                    part.next,
+                    offset,
+                )
+                tracker.revoke((topic, partition))
+                tracker.assign((topic, partition), offset)
+                part = tracker.partitions[(topic, partition)]
+            origin = Origin((topic, partition), part.epoch, offset)
+            try:
+                event = event_from_record(msg.value(), msg.key(), msg.headers())
+            except NotAnEnvelope as e:
+                self.not_envelopes += 1
+                log.error(
+                    "worker %s: %s[%d] offset %d skipped: not a walrelay event: %s",
+                    self.name,
+                    topic,
+                    partition,
+                    offset,
+                    e,
+                )
+                tracker.consumed(origin, 0)
+                continue
+            blocked = router.dispatch(event, router.routes_for(event.table, event.op))
+            counts = router.take_counts()
+            total = 0
+            if counts:
+                key = ident(event)
+                for name, n in counts.items():
+                    total += n
+                    origins.add(name, key, origin)
+            tracker.consumed(origin, total)
+            _kind, stamp = msg.timestamp()
+            if total:
+                part.pending_times[offset] = stamp / 1000 if stamp > 0 else time.time()
+            if blocked:
+                for dest, shaped in blocked:
+                    await dest.put(shaped)
+
+    async def _assigned(self, tps: list[TopicPartition], starts: dict[TopicPartition, int]) -> None:
+        await self._reload_parked()
+        for tp in tps:
+            self.tracker.assign(tp, starts.get(tp))
+
+    async def _revoked(self, tps: list[TopicPartition]) -> None:
+        for tp in tps:
+            self.tracker.revoke(tp)
+
+    async def _reload_parked(self) -> None:
+        """Re-read every destination's parked events, behind the writes queued so far."""
+        store = self.destinations.parking
+        if store is None:
+            return
+        loop = asyncio.get_running_loop()
+        waits: list[asyncio.Future[None]] = []
+        for dest in store.destinations.values():
+            fut: asyncio.Future[None] = loop.create_future()
+
+            def applied(write: ReadRows, dest: Any = dest, fut: asyncio.Future[None] = fut) -> None:
+                dest.apply_rows(write.snapshot, initial=False)
+                if not fut.done():
+                    fut.set_result(None)
+
+            store.enqueue(ReadRows(dest.name, applied))
+            waits.append(fut)
+        await asyncio.gather(*waits)
+
+    async def _drain(self, tps: list[TopicPartition] | None, timeout: float) -> bool:  # noqa: ASYNC109
+        """Wait until no event of ``tps`` (all: None) is pending; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while self.tracker.pending_events(tps):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.progress.clear()
+            try:
+                async with asyncio.timeout(left):
+                    await self.progress.wait()
+            except TimeoutError:
+                return not self.tracker.pending_events(tps)
+        return True
+
+    async def _commit_plan(
+        self, tps: list[TopicPartition] | None
+    ) -> list[tuple[TopicPartition, int]]:
+        return self.tracker.to_commit(tps)
+
+    async def _committed(self, done: list[tuple[TopicPartition, int]]) -> None:
+        for tp, offset in done:
+            self.tracker.committed(tp, offset)
+
+    async def _set_watermarks(self, marks: list[tuple[TopicPartition, int]]) -> None:
+        for tp, high in marks:
+            part = self.tracker.partitions.get(tp)
+            if part is not None:
+                part.high_watermark = high
+
+    # -- status -------------------------------------------------------------------
+
+    def partitions_status(self) -> list[dict[str, Any]]:
+        """Per assigned partition: safe and committed offset, lag in records and seconds."""
+        now = time.time()
+        out = []
+        for (topic, partition), part in sorted(self.tracker.partitions.items()):
+            oldest = next(iter(part.pending_times.values()), None)
+            lag = part.lag
+            seconds = now - oldest if oldest is not None else (0.0 if lag == 0 else None)
+            out.append(
+                {
+                    "topic": topic,
+                    "partition": partition,
+                    "safe_offset": part.safe,
+                    "committed_offset": part.committed,
+                    "high_watermark": part.high_watermark,
+                    "lag_records": lag,
+                    "lag_seconds": None if seconds is None else round(max(0.0, seconds), 3),
+                    "pending_events": sum(part.pending.values()),
+                    "consumed_total": part.consumed_total,
+                }
+            )
+        return out
+
+
+def _show(tps: list[TopicPartition]) -> str:
+    return ", ".join(f"{t}[{p}]" for t, p in sorted(tps)) or "(none)"

@@ -1,0 +1,569 @@
+"""Scale-out against a real Kafka (KRaft) broker and PostgreSQL: the relay's
+partitioner, and `walrelay worker` processes sharing a 12-partition topic
+through a SIGKILL and a late join."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+import pytest
+from click.testing import CliRunner
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from tests.factories import make_event
+from tests.integration.support import (
+    WebhookReceiver,
+    execute,
+    make_config,
+    running_engine,
+    wait_for,
+    write_config_file,
+)
+from walrelay.cli.main import main
+from walrelay.config import KafkaSinkConfig
+from walrelay.errors import ConfigError
+from walrelay.model import format_event_id, format_lsn
+from walrelay.sinks.base import SinkContext
+from walrelay.sinks.kafka import KafkaSink, message_key
+from walrelay.testing.pgcluster import PgCluster, free_port
+from walrelay.testing.servers import KafkaServer
+from walrelay.worker.config import load_worker_config, parse_worker_config
+from walrelay.worker.partitioner import partition_for
+from walrelay.worker.runner import Worker
+from walrelay.worker.status import fetch_worker_status
+
+pytestmark = pytest.mark.servers
+
+PARTITIONS = 12
+
+
+@pytest.fixture(scope="module")
+def kafka() -> Iterator[KafkaServer]:
+    # Short sessions so that a SIGKILLed worker loses its partitions quickly.
+    with KafkaServer(config={"group.min.session.timeout.ms": "1000"}) as server:
+        yield server
+
+
+@pytest.fixture
+def target_db(pg: PgCluster) -> Iterator[str]:
+    name = f"tgt_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+        conn.execute(f"create database {name}")
+    try:
+        yield pg.dsn(name)
+    finally:
+        with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+            conn.execute(f"drop database {name} with (force)")
+
+
+def _read_all(bootstrap: str, topic: str, expected: int) -> list[Any]:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"test-{uuid.uuid4()}",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
+    out: list[Any] = []
+    try:
+        for _ in range(200):
+            out += [m for m in consumer.consume(500, timeout=0.2) if m.error() is None]
+            if len(out) >= expected:
+                break
+    finally:
+        consumer.close()
+    return out
+
+
+async def test_relay_partitions_keys_like_the_java_client(kafka: KafkaServer) -> None:
+    """librdkafka's murmur2_random (the relay's setting) puts every key where
+    Kafka's Java partitioner would: toPositive(murmur2(key)) % partitions."""
+    prefix = f"p{uuid.uuid4().hex[:6]}"
+    sink = KafkaSink(
+        KafkaSinkConfig(
+            bootstrap_servers=kafka.bootstrap,
+            mode="at_least_once",
+            prefix=prefix,
+            partitions=PARTITIONS,
+        ),
+        SinkContext(slot="s", destination="d", tables=("public.t",)),
+    )
+    events = [
+        make_event(100 + i, 0, keys=(f"k{i}",), body=b'{"key": {"id": %d}}' % i) for i in range(200)
+    ]
+    await sink.open()
+    try:
+        await sink.deliver(events)
+    finally:
+        await sink.close()
+    records = _read_all(kafka.bootstrap, f"{prefix}.public.t", len(events))
+    assert len(records) == len(events)
+    used = set()
+    for record in records:
+        assert record.partition() == partition_for(record.key(), PARTITIONS), record.key()
+        used.add(record.partition())
+    assert used == set(range(PARTITIONS))
+    assert message_key(events[7], "public.t") == b'{"id":7}'
+
+
+# --------------------------------------------------------------------------- workers
+
+
+@contextlib.contextmanager
+def worker_process(config: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    out = open(log, "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "walrelay", "worker", "--config", str(config)],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env={**os.environ},
+    )
+    out.close()
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+async def test_three_workers_through_a_kill_and_a_late_join(
+    kafka: KafkaServer,
+    db: str,
+    target_db: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """3 workers over a 12-partition topic; one is SIGKILLed mid-run, one starts
+    late. The PostgreSQL target equals the source with every (key, version)
+    applied exactly once and in order; the webhook gets every event, a
+    duplicate only with an id it already had, each key's first deliveries in order."""
+    keys, versions = 60, 12
+    execute(db, "create table acct (id int primary key, v int not null)")
+    execute(
+        target_db,
+        "create table acct (id int primary key, v int not null)",
+        "create table acct_log (n bigserial, id int not null, v int not null)",
+        "create function log_acct() returns trigger language plpgsql as $$"
+        " begin insert into acct_log (id, v) values (new.id, new.v); return new; end $$",
+        "create trigger acct_log after insert or update on acct"
+        " for each row execute function log_acct()",
+    )
+    prefix = f"cdc{uuid.uuid4().hex[:6]}"
+    topic = f"{prefix}.public.acct"
+    secret = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+    monkeypatch.setenv("WALRELAY_TEST_SECRET", secret)
+    relay = make_config(
+        db,
+        ["public.acct"],
+        [
+            {
+                "name": "log",
+                "snapshot": "never",
+                "sink": {
+                    "type": "kafka",
+                    "bootstrap_servers": kafka.bootstrap,
+                    "mode": "exactly_once",
+                    "prefix": prefix,
+                    "partitions": PARTITIONS,
+                    "transactional_id": f"relay-{prefix}",
+                    "batch_size": 100,
+                },
+            }
+        ],
+    )
+    async with WebhookReceiver(secret, delay=(0.0, 0.01)) as hook:
+        worker_cfg = write_config_file(
+            tmp_path / "worker.yaml",
+            {
+                "worker": {
+                    "kafka": {
+                        "bootstrap": kafka.bootstrap,
+                        "group": f"g-{prefix}",
+                        "topics": [topic],
+                        "session_timeout": 2,
+                        "heartbeat_interval": 0.3,
+                        "commit_interval": 0.2,
+                        "revoke_timeout": 5,
+                    },
+                    "slot": "walrelay",
+                },
+                "state": {"dsn": target_db},
+                "shutdown_timeout": 10,
+                "destinations": [
+                    {
+                        "name": "replica",
+                        "max_in_flight": 16,
+                        "sink": {
+                            "type": "postgres",
+                            "dsn": target_db,
+                            "ordered": False,
+                            "max_connections": 2,
+                            "batch_size": 50,
+                        },
+                    },
+                    {
+                        "name": "hook",
+                        "max_in_flight": 16,
+                        "sink": {
+                            "type": "webhook",
+                            "url": hook.url,
+                            "secret_env": "WALRELAY_TEST_SECRET",
+                        },
+                    },
+                ],
+            },
+        )
+        logs = [tmp_path / f"worker{i}.log" for i in range(3)]
+        total = keys * versions
+
+        def target_done() -> bool:
+            with psycopg.connect(target_db) as c:
+                row = c.execute("select count(*), coalesce(sum(v), 0) from acct").fetchone()
+            return row == (keys, keys * versions)
+
+        async with running_engine(relay):
+            with contextlib.ExitStack() as stack:
+                w0 = stack.enter_context(worker_process(worker_cfg, logs[0]))
+                w1 = stack.enter_context(worker_process(worker_cfg, logs[1]))
+                w2 = None
+                with psycopg.connect(db, autocommit=True) as conn:
+                    conn.execute(
+                        "insert into acct select g, 1 from generate_series(1, %s) g", (keys,)
+                    )
+                    for version in range(2, versions + 1):
+                        if version == 5:
+                            # Mid-run, once it has partitions and is delivering,
+                            # one member dies without a word.
+                            await wait_for(
+                                lambda: f"assigned {prefix}" in logs[1].read_text(),
+                                within=30,
+                                what="the second worker to get partitions",
+                            )
+                            goal = len(hook.ids) + 50
+
+                            def delivering(goal: int = goal) -> bool:
+                                return len(hook.ids) > goal
+
+                            await wait_for(
+                                delivering,
+                                within=30,
+                                what="the workers to deliver",
+                            )
+                            w1.send_signal(signal.SIGKILL)
+                        if version == 8:
+                            # A member joins late and takes partitions over.
+                            w2 = stack.enter_context(worker_process(worker_cfg, logs[2]))
+                            await wait_for(
+                                lambda: f"assigned {prefix}" in logs[2].read_text(),
+                                within=30,
+                                what="the late worker to get partitions",
+                            )
+                        for start in range(1, keys + 1, 10):
+                            conn.execute(
+                                "update acct set v = %s where id between %s and %s",
+                                (version, start, start + 9),
+                            )
+                await wait_for(
+                    lambda: len(set(hook.ids)) >= total and target_done(),
+                    within=45,
+                    what="every event at both destinations",
+                )
+                assert w0.poll() is None and w2 is not None and w2.poll() is None
+                assert w1.wait(timeout=10) == -signal.SIGKILL
+
+    with psycopg.connect(db) as c:
+        source = c.execute("select id, v from acct order by id").fetchall()
+    with psycopg.connect(target_db) as c:
+        target = c.execute("select id, v from acct order by id").fetchall()
+        applied = c.execute("select id, v from acct_log order by id").fetchall()
+    assert target == source
+    # Every (key, version) applied exactly once, in order per key (the log is in
+    # insertion order per key: a trigger row per applied change).
+    with psycopg.connect(target_db) as c:
+        per_key = c.execute(
+            "select id, array_agg(v order by n) from acct_log group by id order by id"
+        ).fetchall()
+    assert len(applied) == keys * versions
+    for key, seen in per_key:
+        assert seen == list(range(1, versions + 1)), (key, seen)
+
+    # Webhook: every event; a duplicate only with an id received before; per key,
+    # first deliveries in version order.
+    assert len(set(hook.ids)) == keys * versions
+    first: dict[int, list[int]] = defaultdict(list)
+    seen_ids: set[str] = set()
+    for event in hook.received:
+        if event["id"] in seen_ids:
+            continue
+        seen_ids.add(event["id"])
+        first[event["key"]["id"]].append(event["record"]["v"])
+    for key, vs in first.items():
+        assert vs == list(range(1, versions + 1)), (key, vs)
+    duplicates = len(hook.ids) - len(seen_ids)
+    assert duplicates <= 2 * 16, duplicates  # at most the killed worker's in-flight windows
+
+
+# --------------------------------------------------------------------------- poison events
+
+
+def produce_envelopes(bootstrap: str, topic: str, rows: list[tuple[int, int]], lsn: int) -> int:
+    """Write relay-shaped records (envelope, key, headers) for ``(id, v)`` rows,
+    partitioned like the relay; returns the next LSN."""
+    producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random"})
+    for key, version in rows:
+        lsn += 1
+        ident = format_event_id(lsn, 0)
+        body = {
+            "id": ident,
+            "op": "update",
+            "table": "public.t",
+            "key": {"id": key},
+            "record": {"id": key, "v": version},
+            "old": None,
+            "commit_lsn": format_lsn(lsn),
+            "xid": lsn,
+            "committed_at": "2024-01-02T03:04:05+00:00",
+        }
+        producer.produce(
+            topic,
+            value=orjson.dumps(body),
+            key=orjson.dumps({"id": key}),
+            headers=[("id", ident.encode()), ("op", b"update"), ("table", b"public.t")],
+        )
+    assert producer.flush(30) == 0
+    return lsn
+
+
+def worker_config(kafka: KafkaServer, group: str, topic: str, state: str, url: str) -> Any:
+    return parse_worker_config(
+        {
+            "worker": {
+                "kafka": {
+                    "bootstrap": kafka.bootstrap,
+                    "group": group,
+                    "topics": [topic],
+                    "session_timeout": 2,
+                    "heartbeat_interval": 0.3,
+                    "commit_interval": 0.1,
+                    "revoke_timeout": 2,
+                }
+            },
+            "state": {"dsn": state},
+            "shutdown_timeout": 5,
+            "destinations": [
+                {
+                    "name": "hook",
+                    "max_in_flight": 8,
+                    "retry": {"initial": 0.05, "max": 0.1},
+                    "parking": {"park_after": 1, "backoff": {"initial": 0.1, "max": 0.2}},
+                    "sink": {"type": "webhook", "url": url, "secret_env": "WALRELAY_TEST_SECRET"},
+                }
+            ],
+        },
+        "(test)",
+    )
+
+
+def worker_file(path: Path, config: Any, state: str, url: str, **extra: Any) -> Path:
+    """``config`` (from :func:`worker_config`) as a file, secrets written out."""
+    data = config.model_dump(mode="json", by_alias=True)
+    data["state"]["dsn"] = state
+    data["destinations"][0]["sink"]["url"] = url
+    data.update(extra)
+    return write_config_file(path, data)
+
+
+@contextlib.asynccontextmanager
+async def running_worker(config: Any, name: str) -> AsyncIterator[Worker]:
+    worker = Worker(config, name=name)
+    task = asyncio.create_task(worker.run())
+    try:
+        await wait_for(lambda: worker.started.is_set() or task.done(), what=f"{name} to start")
+        yield worker
+    finally:
+        worker.request_stop()
+        await asyncio.wait_for(task, timeout=30)
+
+
+async def test_a_poison_event_is_parked_under_its_key_and_its_key_moves_with_the_partition(
+    kafka: KafkaServer, db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The webhook refuses key 3's events from v2 on: they are parked, every
+    other key of the partition goes on, and offsets are committed past them.
+    Then the member owning key 3's partition leaves: the other one, which
+    started before anything was parked, takes the partition and its parked
+    key over -- key 3's next event waits behind the parked ones -- and once
+    the peer accepts, key 3 arrives complete and in order."""
+    secret = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+    monkeypatch.setenv("WALRELAY_TEST_SECRET", secret)
+    topic = f"poison{uuid.uuid4().hex[:6]}"
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
+    admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])[topic].result(30)
+    key3 = (topic, partition_for(b'{"id":3}', 3))
+    keys = range(1, 10)
+    rows = [(k, v) for v in (1, 2, 3) for k in keys]
+
+    async with WebhookReceiver(secret) as hook:
+        hook.fail_when = lambda e: e["key"]["id"] == 3 and e["record"]["v"] >= 2
+
+        def delivered(key: int) -> list[int]:
+            return [e["record"]["v"] for e in hook.received if e["key"]["id"] == key]
+
+        config = worker_config(kafka, f"g-{topic}", topic, db, hook.url)
+        async with running_worker(config, "a") as a, running_worker(config, "b") as b:
+            members = (a, b)
+            await wait_for(
+                lambda: (
+                    all(m.tracker.partitions for m in members)
+                    and sum(len(m.tracker.partitions) for m in members) == 3
+                ),
+                what="both workers to have partitions",
+            )
+            lsn = produce_envelopes(kafka.bootstrap, topic, rows, 0x100)
+            await wait_for(
+                lambda: all(delivered(k) == [1, 2, 3] for k in keys if k != 3),
+                what="every other key delivered",
+            )
+            assert delivered(3) == [1]
+
+            def committed_to_the_end() -> bool:
+                parts = [p for m in members for p in m.partitions_status()]
+                return len(parts) == 3 and all(
+                    p["committed_offset"] == p["high_watermark"] == p["safe_offset"] for p in parts
+                )
+
+            # Parked events are finished: offsets are committed past them.
+            await wait_for(committed_to_the_end, what="offsets committed past the parked events")
+            # ... and `walrelay parking` reads a worker's file.
+            path = worker_file(tmp_path / "worker.yaml", config, db, hook.url)
+            listed = await asyncio.to_thread(
+                CliRunner().invoke, main, ["parking", "list", "--config", str(path)]
+            )
+            assert listed.exit_code == 0, listed.output
+            assert "000000000000010C/0" in listed.output  # key 3, v2
+            owner = a if key3 in a.tracker.partitions else b
+            other = b if owner is a else a
+            owner.request_stop()
+            await wait_for(
+                lambda: key3 in other.tracker.partitions,
+                what="the other worker to take key 3's partition over",
+            )
+            produce_envelopes(kafka.bootstrap, topic, [(3, 4), (5, 4)], lsn)
+            await wait_for(lambda: delivered(5) == [1, 2, 3, 4], what="key 5's next event")
+            assert delivered(3) == [1]  # v4 waits behind the parked v2 and v3
+            hook.fail_when = None
+            await wait_for(lambda: delivered(3)[-1:] == [4], what="key 3 delivered")
+    firsts: list[int] = []
+    for v in delivered(3):
+        if v not in firsts:
+            firsts.append(v)
+    assert firsts == [1, 2, 3, 4]
+
+
+# --------------------------------------------------------------------------- processes, status
+
+
+async def test_processes_share_the_group_report_status_and_stop_together(
+    kafka: KafkaServer, db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`walrelay worker --processes 2`: two members on one host; `walrelay status`
+    shows each one's partitions, lag and safe offsets; /metrics has them per
+    partition; one SIGTERM to the parent stops both."""
+    secret = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+    monkeypatch.setenv("WALRELAY_TEST_SECRET", secret)
+    monkeypatch.setenv("WALRELAY_TEST_TOKEN", "t0ken-for-the-test")
+    topic = f"procs{uuid.uuid4().hex[:6]}"
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
+    admin.create_topics([NewTopic(topic, num_partitions=4, replication_factor=1)])[topic].result(30)
+    produce_envelopes(kafka.bootstrap, topic, [(k, 1) for k in range(1, 41)], 0x100)
+    port = free_port()
+    async with WebhookReceiver(secret) as hook:
+        config = worker_config(kafka, f"g-{topic}", topic, db, hook.url)
+        http = {"port": port, "token_env": "WALRELAY_TEST_TOKEN"}
+        path = worker_file(tmp_path / "worker.yaml", config, db, hook.url, http=http)
+        file_config = load_worker_config(path)
+        parent = await asyncio.to_thread(
+            start_cli, ["worker", "--config", str(path), "--processes", "2"], tmp_path / "w.log"
+        )
+        try:
+            await wait_for(lambda: len(set(hook.ids)) == 40, within=40, what="every event")
+
+            async def settled() -> bool:
+                docs, _ = await asyncio.to_thread(fetch_worker_status, file_config)
+                parts = [p for d in docs for p in d["partitions"]]
+                return (
+                    len(docs) == 2
+                    and sorted(p["partition"] for p in parts) == [0, 1, 2, 3]
+                    and all(p["lag_records"] == 0 for p in parts)
+                    and all(p["committed_offset"] == p["safe_offset"] for p in parts)
+                )
+
+            await wait_for(settled, within=30, what="both processes' status, caught up")
+            as_json = await asyncio.to_thread(run_cli, "status", "--config", str(path), "--json")
+            docs = orjson.loads(as_json)
+            assert sum(p["safe_offset"] for d in docs for p in d["partitions"]) == 40
+            text = await asyncio.to_thread(run_cli, "status", "--config", str(path))
+            assert f"group g-{topic}" in text and f"{topic}[0]" in text
+            metrics = await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/metrics")
+            assert f'walrelay_worker_partition_lag_records{{group="g-{topic}"' in metrics
+            assert 'walrelay_events_out_total{destination="hook"}' in metrics
+            pids = [int(d["name"].rsplit("-", 1)[1]) for d in docs]
+        finally:
+            parent.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(parent.wait, 30) == 0
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def start_cli(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "walrelay", *args], stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def run_cli(*args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "walrelay", *args], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def http_get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        body: bytes = response.read()
+    return body.decode()
+
+
+async def test_a_missing_topic_is_one_clear_error(
+    kafka: KafkaServer, db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WALRELAY_TEST_SECRET", "whsec_" + base64.b64encode(b"k" * 32).decode())
+    config = worker_config(kafka, "g-missing", "no.such.topic", db, "http://127.0.0.1:1/hook")
+    with pytest.raises(ConfigError, match=r"topic\(s\) no\.such\.topic do not exist") as info:
+        await Worker(config).run()
+    assert "relay" in (info.value.fix or "")

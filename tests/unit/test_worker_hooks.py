@@ -1,0 +1,77 @@
+"""A worker's destinations: revoked partitions' events never reach the sink,
+finished events move their partition's safe offset (walrelay.worker.runner)."""
+
+from __future__ import annotations
+
+from tests.factories import make_event
+from walrelay.pipeline.scheduler import Destination
+from walrelay.sinks.memory import MemorySink
+from walrelay.worker.config import parse_worker_config
+from walrelay.worker.offsets import Origin
+from walrelay.worker.runner import PartitionHook, Worker, ident
+
+KEPT, REVOKED = ("cdc.public.t", 0), ("cdc.public.t", 1)
+
+
+def make_worker() -> Worker:
+    config = parse_worker_config(
+        {
+            "worker": {"kafka": {"bootstrap": "k:9092", "group": "g", "topics": ["cdc.public.t"]}},
+            "state": {"dsn": "postgresql://localhost/unused"},
+            "destinations": [{"name": "mem", "sink": {"type": "stdout"}}],
+        }
+    )
+    return Worker(config, name="test")
+
+
+async def test_revoked_partitions_are_dropped_and_kept_ones_advance() -> None:
+    worker = make_worker()
+    tracker = worker.tracker
+    epochs = {tp: tracker.assign(tp) for tp in (KEPT, REVOKED)}
+    sink = MemorySink(batch_size=10)
+    dest = Destination("mem", sink, max_in_flight=4, hooks=[PartitionHook("mem", worker)])
+    events = []
+    for offset in range(6):
+        tp = KEPT if offset % 2 == 0 else REVOKED
+        event = make_event(0x100 + offset, 0, keys=(f"k{offset}",))
+        origin = Origin(tp, epochs[tp], offset)
+        worker.origins.add("mem", ident(event), origin)
+        tracker.consumed(origin, 1)
+        events.append(event)
+        dest.try_put(event)
+    tracker.revoke(REVOKED)  # taken away before its events were sent
+    dest.start()
+    try:
+        assert await dest.drain(timeout=5)
+    finally:
+        await dest.stop()
+    assert [e.seq for e in sink.delivered] == [0, 0, 0]
+    assert sorted(e.commit_lsn - 0x100 for e in sink.delivered) == [0, 2, 4]
+    assert worker.abandoned == 3
+    assert tracker.safe(KEPT) == 5  # past offset 4, the last record read
+    assert tracker.pending_events() == 0
+
+
+async def test_the_same_record_read_again_after_reassignment_is_sent_once_owned() -> None:
+    worker = make_worker()
+    tracker = worker.tracker
+    old = tracker.assign(KEPT)
+    event = make_event(0x200, 0, keys=("k",))
+    worker.origins.add("mem", ident(event), Origin(KEPT, old, 7))
+    tracker.consumed(Origin(KEPT, old, 7), 1)
+    tracker.revoke(KEPT)
+    new = tracker.assign(KEPT, 7)
+    again = make_event(0x200, 0, keys=("k",))
+    worker.origins.add("mem", ident(again), Origin(KEPT, new, 7))
+    tracker.consumed(Origin(KEPT, new, 7), 1)
+    sink = MemorySink(batch_size=10)
+    dest = Destination("mem", sink, max_in_flight=4, hooks=[PartitionHook("mem", worker)])
+    dest.try_put(event)
+    dest.try_put(again)
+    dest.start()
+    try:
+        assert await dest.drain(timeout=5)
+    finally:
+        await dest.stop()
+    assert len(sink.delivered) == 1 and sink.delivered[0] is again
+    assert tracker.safe(KEPT) == 8

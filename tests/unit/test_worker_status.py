@@ -1,0 +1,73 @@
+"""A worker's status document, its `walrelay status` table and its metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from walrelay.engine.delivery import Destinations
+from walrelay.worker.config import WorkerKafkaConfig
+from walrelay.worker.offsets import OffsetTracker, Origin
+from walrelay.worker.status import WorkerStatus, render_worker_status
+
+
+class FakeWorker:
+    """A WorkerView with one partition half delivered."""
+
+    def __init__(self) -> None:
+        self.name = "host-42"
+        self.kafka = WorkerKafkaConfig(bootstrap="k:9092", group="billing", topics=["cdc.t"])
+        self.started = asyncio.Event()
+        self.started.set()
+        self.member_id: str | None = "m-1"
+        self.rebalances = 2
+        self.abandoned = 1
+        self.not_envelopes = 0
+        self.destinations = Destinations()
+        self.tracker = OffsetTracker()
+        epoch = self.tracker.assign(("cdc.t", 3), 10)
+        for offset in (10, 11):
+            self.tracker.consumed(Origin(("cdc.t", 3), epoch, offset), 1)
+        self.tracker.finish(Origin(("cdc.t", 3), epoch, 10))
+        self.tracker.partitions[("cdc.t", 3)].high_watermark = 15
+
+    @property
+    def stopping(self) -> bool:
+        return False
+
+    def partitions_status(self) -> list[dict[str, Any]]:
+        part = self.tracker.partitions[("cdc.t", 3)]
+        return [
+            {
+                "topic": "cdc.t",
+                "partition": 3,
+                "safe_offset": part.safe,
+                "committed_offset": part.committed,
+                "high_watermark": part.high_watermark,
+                "lag_records": part.lag,
+                "lag_seconds": 1.5,
+                "pending_events": 1,
+                "consumed_total": part.consumed_total,
+            }
+        ]
+
+
+def test_status_names_group_partitions_and_safe_offsets() -> None:
+    doc = WorkerStatus(FakeWorker()).status()
+    assert (doc["source"], doc["group"], doc["state"]) == ("worker", "billing", "running")
+    [part] = doc["partitions"]
+    assert (part["safe_offset"], part["committed_offset"], part["lag_records"]) == (11, 10, 4)
+    text = render_worker_status([doc])
+    assert "worker host-42 of group billing (running): 1 partition(s)" in text
+    assert "cdc.t[3]" in text and " 11 " in text
+
+
+def test_metrics_per_partition() -> None:
+    body, content_type = WorkerStatus(FakeWorker()).metrics()
+    text = body.decode()
+    assert content_type.startswith("text/plain")
+    labels = 'group="billing",partition="3",topic="cdc.t"'
+    assert f"walrelay_worker_partition_lag_records{{{labels}}} 4.0" in text
+    assert f"walrelay_worker_partition_safe_offset{{{labels}}} 11.0" in text
+    assert f"walrelay_worker_partition_lag_seconds{{{labels}}} 1.5" in text
+    assert 'walrelay_worker_assigned_partitions{group="billing"} 1.0' in text
