@@ -268,6 +268,9 @@ class WebhookSinkConfig(SinkConfigBase):
     headers: dict[str, str] = Field(default_factory=dict)
     max_connections: int = Field(default=64, gt=0)
     batch_size: int = Field(default=1, gt=0)
+    # https: the CA bundle to trust and a client certificate (mutual TLS); unset:
+    # the system's CAs, no client certificate.
+    tls: TlsConfig | None = None
 
     def default_max_in_flight(self) -> int:
         return 32  # concurrent POSTs: one event per request
@@ -751,6 +754,43 @@ class HttpConfig(_Model):
     # is generated and kept in a file only the user can read (default
     # $XDG_STATE_HOME/walrelay/<slot>-<port>.token).
     token_file: str | None = None
+    # Serve https with this certificate (chain) and key; unset: plain http
+    # (or put a reverse proxy in front, see README).
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> HttpConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("set both tls_cert_file and tls_key_file, or neither")
+        return self
+
+    def server_ssl_context(self) -> Any:
+        """An ``ssl.SSLContext`` serving ``tls_cert_file``/``tls_key_file`` (None: plain http)."""
+        import ssl
+
+        if self.tls_cert_file is None:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            ctx.load_cert_chain(self.tls_cert_file, self.tls_key_file)
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(
+                f"http: cannot load tls_cert_file {self.tls_cert_file} /"
+                f" tls_key_file {self.tls_key_file} ({one_line(str(e))})",
+                fix="point them at a readable PEM certificate (chain) and its private key",
+            ) from None
+        return ctx
+
+    def client_ssl_context(self) -> Any:
+        """What ``walrelay status`` trusts to reach this server: its own certificate
+        (it connects to ``listen``, an address, so the name is not checked)."""
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=self.tls_cert_file)
+        ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+        ctx.check_hostname = False
+        return ctx
 
 
 class Config(_Model):

@@ -43,7 +43,8 @@ def _engine_url(config: Config) -> str | None:
         host = "::1"
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{http.port}"
+    scheme = "https" if http.tls_cert_file else "http"
+    return f"{scheme}://{host}:{http.port}"
 
 
 # A status document is a few kB; an answer larger than this is not one.
@@ -66,7 +67,8 @@ def fetch_engine_status(config: Config, timeout: float = 3.0) -> tuple[dict[str,
         f"{url}/api/status", headers={"Authorization": f"Bearer {token}"}
     )
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
+        context = config.http.client_ssl_context() if url.startswith("https:") else None
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as resp:
             raw = resp.read(_MAX_STATUS_BYTES + 1)
         if len(raw) > _MAX_STATUS_BYTES:
             return None, f"{url} answered with more than a status document"
