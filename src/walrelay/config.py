@@ -68,6 +68,7 @@ def _size(value: Any) -> Any:
 # Longer than any sensible wait or interval; larger values overflow timers.
 MAX_SECONDS = 365 * 24 * 3600.0
 MAX_BYTES = 1024**5  # 1 PiB
+MAX_BATCH = 1_000_000  # events in one deliver() call
 
 
 def _finite_seconds(value: float) -> float:
@@ -235,6 +236,13 @@ class SinkConfigBase(_Model):
     type: str
     batch_size: int = Field(default=500, gt=0)
 
+    @field_validator("batch_size", check_fields=False)
+    @classmethod
+    def _batch_in_range(cls, v: int) -> int:
+        if v > MAX_BATCH:
+            raise ValueError(f"must be at most {MAX_BATCH:,} events")
+        return v
+
     def default_max_in_flight(self) -> int:
         """Events in flight at once when the destination sets no ``max_in_flight``."""
         return self.batch_size
@@ -266,7 +274,7 @@ class WebhookSinkConfig(SinkConfigBase):
     secret_file: str | None = None
     timeout: PositiveSeconds = 10.0
     headers: dict[str, str] = Field(default_factory=dict)
-    max_connections: int = Field(default=64, gt=0)
+    max_connections: int = Field(default=64, gt=0, le=10_000)
     batch_size: int = Field(default=1, gt=0)
     # https: the CA bundle to trust and a client certificate (mutual TLS); unset:
     # the system's CAs, no client certificate.
@@ -444,7 +452,7 @@ class PostgresSinkConfig(SinkConfigBase):
     # Schema in the *target* database holding walrelay's applied-events table.
     state_schema: str = "walrelay"
     ordered: bool = True
-    max_connections: int = Field(default=4, gt=0)  # used when ordered is false
+    max_connections: int = Field(default=4, gt=0, le=1_000)  # used when ordered is false
     batch_size: int = Field(default=500, gt=0)
     connect_timeout: PositiveSeconds = 10.0
 
@@ -630,7 +638,7 @@ class DestinationConfig(_Model):
     sink: SinkConfig
     tables: list[str] | None = None
     ops: list[Literal["insert", "update", "delete", "truncate", "message"]] | None = None
-    max_in_flight: int | None = Field(default=None, gt=0)
+    max_in_flight: int | None = Field(default=None, gt=0, le=1_000_000)
     buffer_bytes: Bytes = 64 * 1024 * 1024
     retry: BackoffConfig = BackoffConfig()
     # Failed deliveries parked in the state database (walrelay.pipeline.parking);
