@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 from tests.integration.support import execute, write_config_file
 from walrelay.cli import main
+from walrelay.testing.pgcluster import free_port
 
 
 def test_parking_list_on_a_broken_state_table_is_one_line(db: str, tmp_path: Path) -> None:
@@ -25,3 +26,21 @@ def test_parking_list_on_a_broken_state_table_is_one_line(db: str, tmp_path: Pat
         assert result.exception is None or isinstance(result.exception, SystemExit)
         assert len(lines) == 1, result.stderr
         assert lines[0].startswith("walrelay: error: the state database answered UndefinedColumn")
+
+
+def test_run_with_the_state_database_unreachable_is_one_line(db: str, tmp_path: Path) -> None:
+    execute(db, "create table t (id int primary key)")
+    state_dsn = f"host=127.0.0.1 port={free_port()} user=u password=St4te-PW connect_timeout=2"
+    conf = {
+        "source": {"dsn": db, "tables": ["public.t"]},
+        "destinations": [{"name": "f", "sink": {"type": "file", "path": str(tmp_path / "o")}}],
+        "state": {"dsn": state_dsn},
+        "http": {"enabled": False},
+    }
+    path = write_config_file(tmp_path / "walrelay.yaml", conf)
+    result = CliRunner().invoke(main, ["run", "--config", str(path)])
+    assert result.exit_code == 2, result.exception
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    [line] = [line for line in result.stderr.splitlines() if "error" in line]
+    assert "Connection refused" in line and "fix:" in line
+    assert "St4te-PW" not in result.output
