@@ -226,7 +226,7 @@ class SourceConfig(_Model):
 
     @property
     def masked_dsn(self) -> str:
-        return masked_dsn(self.dsn_value)
+        return masked_dsn(self.dsn.get_secret_value())
 
 
 class SinkConfigBase(_Model):

@@ -62,7 +62,7 @@ def fetch_engine_status(config: Config, timeout: float = 3.0) -> tuple[dict[str,
     try:
         token, _ = resolve_token(config.http, config.source.slot, create=False)
     except WalrelayError as e:
-        return None, f"no API token: {e}"
+        return None, str(e) if str(e).startswith("no API token") else f"no API token: {e}"
     request = urllib.request.Request(
         f"{url}/api/status", headers={"Authorization": f"Bearer {token}"}
     )
@@ -298,7 +298,13 @@ def exit_code(doc: dict[str, Any]) -> int:
     "--config", "config_path", required=True, type=click.Path(dir_okay=False), help="walrelay.yaml"
 )
 @click.option("--json", "as_json", is_flag=True, help="print the status document as JSON")
-@click.option("--timeout", default=3.0, show_default=True, help="seconds to wait for the engine")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.001, max=3600),
+    default=3.0,
+    show_default=True,
+    help="seconds to wait for the engine",
+)
 def status_command(config_path: str, as_json: bool, timeout: float) -> None:
     """Show the running engine's status (or, if it is not running, the slot's)."""
     from walrelay.config import load_config
