@@ -69,6 +69,7 @@ def _size(value: Any) -> Any:
 # Longer than any sensible wait or interval; larger values overflow timers.
 MAX_SECONDS = 365 * 24 * 3600.0
 MAX_BYTES = 1024**5  # 1 PiB
+MAX_BATCH = 1_000_000  # events in one deliver() call
 
 
 def _finite_seconds(value: float) -> float:
@@ -226,7 +227,7 @@ class SourceConfig(_Model):
 
     @property
     def masked_dsn(self) -> str:
-        return masked_dsn(self.dsn_value)
+        return masked_dsn(self.dsn.get_secret_value())
 
 
 class SinkConfigBase(_Model):
@@ -235,6 +236,13 @@ class SinkConfigBase(_Model):
 
     type: str
     batch_size: int = Field(default=500, gt=0)
+
+    @field_validator("batch_size", check_fields=False)
+    @classmethod
+    def _batch_in_range(cls, v: int) -> int:
+        if v > MAX_BATCH:
+            raise ValueError(f"must be at most {MAX_BATCH:,} events")
+        return v
 
     def default_max_in_flight(self) -> int:
         """Events in flight at once when the destination sets no ``max_in_flight``."""
@@ -267,8 +275,11 @@ class WebhookSinkConfig(SinkConfigBase):
     secret_file: str | None = None
     timeout: PositiveSeconds = 10.0
     headers: dict[str, str] = Field(default_factory=dict)
-    max_connections: int = Field(default=64, gt=0)
+    max_connections: int = Field(default=64, gt=0, le=10_000)
     batch_size: int = Field(default=1, gt=0)
+    # https: the CA bundle to trust and a client certificate (mutual TLS); unset:
+    # the system's CAs, no client certificate.
+    tls: TlsConfig | None = None
 
     def default_max_in_flight(self) -> int:
         return 32  # concurrent POSTs: one event per request
@@ -442,7 +453,7 @@ class PostgresSinkConfig(SinkConfigBase):
     # Schema in the *target* database holding walrelay's applied-events table.
     state_schema: str = "walrelay"
     ordered: bool = True
-    max_connections: int = Field(default=4, gt=0)  # used when ordered is false
+    max_connections: int = Field(default=4, gt=0, le=1_000)  # used when ordered is false
     batch_size: int = Field(default=500, gt=0)
     connect_timeout: PositiveSeconds = 10.0
 
@@ -628,7 +639,7 @@ class DestinationConfig(_Model):
     sink: SinkConfig
     tables: list[str] | None = None
     ops: list[Literal["insert", "update", "delete", "truncate", "message"]] | None = None
-    max_in_flight: int | None = Field(default=None, gt=0)
+    max_in_flight: int | None = Field(default=None, gt=0, le=1_000_000)
     buffer_bytes: Bytes = 64 * 1024 * 1024
     retry: BackoffConfig = BackoffConfig()
     # Failed deliveries parked in the state database (walrelay.pipeline.parking);
@@ -754,6 +765,43 @@ class HttpConfig(_Model):
     # is generated and kept in a file only the user can read (default
     # $XDG_STATE_HOME/walrelay/<slot>-<port>.token).
     token_file: str | None = None
+    # Serve https with this certificate (chain) and key; unset: plain http
+    # (or put a reverse proxy in front, see README).
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> HttpConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("set both tls_cert_file and tls_key_file, or neither")
+        return self
+
+    def server_ssl_context(self) -> Any:
+        """An ``ssl.SSLContext`` serving ``tls_cert_file``/``tls_key_file`` (None: plain http)."""
+        import ssl
+
+        if self.tls_cert_file is None:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            ctx.load_cert_chain(self.tls_cert_file, self.tls_key_file)
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(
+                f"http: cannot load tls_cert_file {self.tls_cert_file} /"
+                f" tls_key_file {self.tls_key_file} ({one_line(str(e))})",
+                fix="point them at a readable PEM certificate (chain) and its private key",
+            ) from None
+        return ctx
+
+    def client_ssl_context(self) -> Any:
+        """What ``walrelay status`` trusts to reach this server: its own certificate
+        (it connects to ``listen``, an address, so the name is not checked)."""
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=self.tls_cert_file)
+        ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+        ctx.check_hostname = False
+        return ctx
 
 
 class Config(_Model):

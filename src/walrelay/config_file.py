@@ -74,8 +74,7 @@ class _StrictLoader(yaml.SafeLoader):
                 raise _DuplicateKey(
                     None,
                     None,
-                    f"key {_shown(key)} appears twice in one mapping (lines {first} and {line});"
-                    " keep one",
+                    f"key {_shown(key)} appears twice in one mapping (lines {first} and {line})",
                     key_node.start_mark,
                 )
             seen[key] = line
@@ -156,7 +155,7 @@ def _parse(text: str, path: Path) -> Any:
     except yaml.reader.ReaderError as e:
         raise _unreadable(e, path) from None
     except _DuplicateKey as e:
-        raise ConfigError(f"config {path}: {e.problem}") from None
+        raise ConfigError(f"config {path}: {e.problem}", fix="remove one of the two") from None
     except yaml.MarkedYAMLError as e:
         # problem only: str(e) would quote the offending line, maybe a password on it
         what = " ".join(str(e.problem or e.context or "syntax error").split())

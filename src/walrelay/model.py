@@ -31,14 +31,21 @@ def parse_lsn(text: str) -> Lsn:
     return (int(hi, 16) << 32) | int(lo, 16)
 
 
+SEQ_DIGITS = 10
+"""Width of the zero-padded sequence in an event id (a transaction with more
+changes than this allows still gets ids that parse, but they stop sorting)."""
+
+
 def format_event_id(commit_lsn: Lsn, seq: int) -> str:
     """The message id ``<commit_lsn>/<seq>`` (ARCHITECTURE section 2).
 
-    The LSN is written as 16 zero-padded hex digits so that ids sort
-    lexicographically in commit order, which the ledgers and the file sink
-    rely on.
+    The LSN is written as 16 zero-padded hex digits and the sequence as
+    :data:`SEQ_DIGITS` zero-padded decimal digits, so that ids sort as plain
+    strings in commit order, also within a transaction (``.../0000000009``
+    before ``.../0000000010``). Ids written before the padding (``.../9``)
+    still parse with :func:`parse_event_id`.
     """
-    return f"{commit_lsn:016X}/{seq}"
+    return f"{commit_lsn:016X}/{seq:0{SEQ_DIGITS}d}"
 
 
 def parse_event_id(text: str) -> tuple[Lsn, int]:

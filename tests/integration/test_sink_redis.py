@@ -108,7 +108,7 @@ async def test_every_op(server: RedisServer, db: str) -> None:
     }
     for s in reader.seen:  # the entry id is the event id in Redis's form
         lsn_hex, seq = s.envelope["id"].split("/")
-        assert s.msg_id == f"{int(lsn_hex, 16)}-{seq}"
+        assert s.msg_id == f"{int(lsn_hex, 16)}-{int(seq)}"
 
 
 async def test_per_key_order(server: RedisServer, db: str) -> None:
@@ -255,7 +255,7 @@ async def test_outbox_events_arrive_on_routed_streams(server: RedisServer, db: s
             assert fields[b"aggregate_type"] in (b"order", b"invoice")
             assert b"tombstone" not in fields
             lsn_hex, seq = fields[b"id"].decode().split("/")
-            assert eid.decode() == f"{int(lsn_hex, 16)}-{seq}"  # the explicit entry id
+            assert eid.decode() == f"{int(lsn_hex, 16)}-{int(seq)}"  # the explicit entry id
 
 
 async def test_routed_tombstone(server: RedisServer) -> None:

@@ -27,6 +27,7 @@ def test_token_from_env_file_or_generated(tmp_path: Path, monkeypatch: pytest.Mo
         resolve_token(HttpConfig(token_env="WR_TOKEN"), "s", create=True)
     f = tmp_path / "tok"
     f.write_text("from-file\n")
+    f.chmod(0o600)  # a token file others can read is refused
     assert resolve_token(HttpConfig(token_file=str(f)), "s", create=False)[0] == "from-file"
 
     # Nothing configured: generated once, private, reused; status (create=False) reads it.

@@ -92,6 +92,12 @@ def with_source(tmp: Path, **source: Any) -> dict[str, Any]:
     return config
 
 
+def with_sink(tmp: Path, **sink: Any) -> dict[str, Any]:
+    config = base_config(tmp)
+    config["destinations"][0]["sink"].update(sink)
+    return config
+
+
 BAD_FILES: dict[str, Callable[[Path], bytes | str | dict[str, Any]]] = {
     "utf16": lambda tmp: yaml.safe_dump(base_config(tmp)).encode("utf-16"),
     "utf16-no-bom": lambda tmp: yaml.safe_dump(base_config(tmp)).encode("utf-16-le"),
@@ -109,6 +115,7 @@ BAD_FILES: dict[str, Callable[[Path], bytes | str | dict[str, Any]]] = {
     "huge-duration": lambda tmp: with_source(tmp, status_interval="9" * 400),
     "size-out-of-range": lambda tmp: with_source(tmp, spill_memory_bytes="99999999GiB"),
     "zero-size": lambda tmp: with_source(tmp, spill_memory_bytes=0),
+    "batch-out-of-range": lambda tmp: with_sink(tmp, batch_size=10**30),
     "password-with-space": lambda tmp: with_source(
         tmp, dsn=f"host=127.0.0.1 password={SECRET} more user=u"
     ),
@@ -138,6 +145,7 @@ NAMED = {
     "huge-duration": "source.status_interval: must be a finite duration",
     "size-out-of-range": "source.spill_memory_bytes: must be at most 1 PiB",
     "zero-size": "source.spill_memory_bytes: must be more than 0",
+    "batch-out-of-range": "destinations.0.sink.file.batch_size: must be at most 1,000,000",
     "password-with-space": "source.dsn: not a valid libpq connection string",
     "url-password-with-space": "source.dsn: not a valid libpq connection string",
     "unterminated-quote": "source.dsn: not a valid libpq connection string",
@@ -155,7 +163,7 @@ def test_every_config_command_refuses_bad_input_in_one_line(
     path = write(tmp_path, BAD_FILES[bad](tmp_path))
     line = assert_one_line_exit_2(invoke([*command, "--config", str(path)]))
     assert NAMED[bad] in line
-    assert "fix:" in line or "keep one" in line
+    assert "fix:" in line
 
 
 @pytest.mark.parametrize("command", CONFIG_COMMANDS, ids=lambda c: c[0])

@@ -90,7 +90,7 @@ def users_row(id_: bytes = b"7", name: bytes | None = b"Ann") -> RawTuple:
 def test_insert_envelope() -> None:
     event, body = build(Change(op="insert", relation=USERS, new=users_row()), seq=3)
     assert body == {
-        "id": "00000000016B3748/3",
+        "id": "00000000016B3748/0000000003",
         "op": "insert",
         "table": "public.users",
         "key": {"id": 7},
@@ -106,7 +106,7 @@ def test_insert_envelope() -> None:
         "xid": 735,
         "committed_at": "2024-01-02T03:04:05.123456+00:00",
     }
-    assert event.id == "00000000016B3748/3"
+    assert event.id == "00000000016B3748/0000000003"
     assert parse_event_id(event.id) == (COMMIT_LSN, 3)
     assert (event.commit_lsn, event.seq, event.op, event.xid) == (COMMIT_LSN, 3, "insert", 735)
     assert event.table == "public.users"
@@ -181,7 +181,7 @@ def test_replica_identity_full_delete_with_override() -> None:
 def test_delete_with_k_tuple() -> None:
     change = Change(op="delete", relation=USERS, old=(b"7", None, None, None, None), old_kind="K")
     event, body = build(change, seq=9)
-    assert body["id"] == "00000000016B3748/9"
+    assert body["id"] == "00000000016B3748/0000000009"
     assert body["record"] is None
     assert body["old"] == {"id": 7}
     assert body["key"] == {"id": 7}
@@ -298,7 +298,7 @@ def test_truncate_is_a_barrier() -> None:
     assert event.op == "truncate"
     assert event.table == ""
     assert body == {
-        "id": "00000000016B3748/4",
+        "id": "00000000016B3748/0000000004",
         "op": "truncate",
         "table": None,
         "key": None,
@@ -323,7 +323,7 @@ def test_message_utf8_json_stays_a_string() -> None:
     assert body["prefix"] == "outbox"
     assert body["content"] == '{"a": 1}'
     assert body["content_encoding"] == "utf-8"
-    assert body["id"] == "00000000016B3748/1"
+    assert body["id"] == "00000000016B3748/0000000001"
 
 
 def test_message_binary_content_is_hex() -> None:
@@ -384,7 +384,7 @@ def test_naive_committed_at_is_taken_as_utc() -> None:
     body = orjson.loads(event.body)
     assert body["committed_at"] == "2024-05-06T07:08:09+00:00"
     assert body["commit_lsn"] == "1/10"
-    assert body["id"] == "0000000100000010/0"
+    assert body["id"] == "0000000100000010/0000000000"
     other = Begin(xid=2, commit_lsn=0x20, committed_at=datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC))
     body = orjson.loads(builder.build(other, Change(op="message", prefix="p"), 0).body)
     assert (body["commit_lsn"], body["xid"]) == ("0/20", 2)

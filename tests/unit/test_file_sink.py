@@ -284,7 +284,7 @@ async def test_multiline_body_is_poison(tmp_path: Path) -> None:
     await sink.open()
     bad = make_event(1, 1)
     bad.body = b'{"id":"0000000000000001/1",\n"x":1}'
-    with pytest.raises(PoisonEvent, match="0000000000000001/1"):
+    with pytest.raises(PoisonEvent, match="0000000000000001/0000000001"):
         await sink.deliver([make_event(1, 0), bad])
     await sink.deliver([make_event(1, 0)])
     await sink.close()

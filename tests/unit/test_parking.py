@@ -350,7 +350,7 @@ async def test_permanent_rejection_is_dead_after_its_budget_and_blocks_its_key(
 
 
 async def test_skip_dead_moves_the_key_on_and_keeps_the_row() -> None:
-    sink = MemorySink(batch_size=1, fail_ids={"00000000000003E8/0"})
+    sink = MemorySink(batch_size=1, fail_ids={"00000000000003E8/0000000000"})
     async with Rig(sink, parking(max_attempts=3, on_dead="skip_dead")) as rig:
         await rig.put(ev(0, "a"), ev(1, "a"))
         await until(lambda: rig.delivered("a") == [1])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 import time
 
@@ -59,8 +60,8 @@ def backfill_command(
                 f"destination {destination} does not receive {table}",
                 fix="backfill a table listed in source.tables (and the destination's tables)",
             )
-        if chunk_size <= 0 or (rate is not None and rate <= 0):
-            raise ConfigError("--chunk-size and --rate must be positive")
+        if chunk_size <= 0 or (rate is not None and not (0 < rate < math.inf)):
+            raise ConfigError("--chunk-size and --rate must be positive (and --rate finite)")
         if where is not None:
             _check_where(config.source.dsn_value, table, where)
         schema = config.state.schema

@@ -46,11 +46,27 @@ def run_until_signalled(main: Callable[[], Awaitable[None]], on_signal: Callable
             loop.add_signal_handler(sig, handler)
         await main()
 
+    import psycopg
+
+    from walrelay.dsn import one_line
+
     try:
         asyncio.run(runner())
     except WalrelayError as e:
         click.echo(f"walrelay: error: {e}", err=True)
         sys.exit(e.exit_code)
+    except psycopg.OperationalError as e:
+        # A connection no code path above turned into a ConfigError (libpq's
+        # message names host, port and user, never the password).
+        click.echo(
+            f"walrelay: error: a database connection failed: {one_line(str(e))}"
+            " -- fix: check source.dsn, state.dsn and the servers they name",
+            err=True,
+        )
+        sys.exit(2)
+    except psycopg.Error as e:
+        click.echo(f"walrelay: error: {type(e).__name__}: {one_line(str(e))}", err=True)
+        sys.exit(1)
     except asyncio.CancelledError:
         sys.exit(130)
 

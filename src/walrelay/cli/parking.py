@@ -29,7 +29,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from walrelay.config import Config, load_config
-from walrelay.dsn import connect_error
+from walrelay.dsn import connect_error, one_line
 from walrelay.errors import WalrelayError
 from walrelay.model import parse_event_id
 from walrelay.state import parking as T
@@ -219,13 +219,25 @@ _dead_option = click.option("--dead", "dead_only", is_flag=True, help="only dead
 _json_option = click.option("--json", "as_json", is_flag=True, help="print JSON")
 
 
-@click.group("parking")
+class _OneLineDatabaseErrors(click.Group):
+    """A database error while a command works (the table locked, a permission
+    missing, the server gone) is one line and exit 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except psycopg.Error as e:
+            reason = one_line(e.diag.message_primary or str(e))
+            _fail(f"the state database answered {type(e).__name__}: {reason}")
+
+
+@click.group("parking", cls=_OneLineDatabaseErrors)
 def parking_command() -> None:
     """Parked events: deliveries that failed and wait in the state database."""
     _setup_logging()
 
 
-@click.group("failed", hidden=True)
+@click.group("failed", hidden=True, cls=_OneLineDatabaseErrors)
 def failed_alias() -> None:
     """Deprecated: the old name of `walrelay parking`."""
     click.echo(

@@ -260,7 +260,13 @@ class Services:
             log.error("http: no API token (%s); the HTTP server is off", e)
             self.set_condition("http_unavailable", "http", Severity.WARN, f"no API token: {e}")
             return
-        server = HttpServer(self, host=cfg.listen, port=cfg.port, token=token)
+        server = HttpServer(
+            self,
+            host=cfg.listen,
+            port=cfg.port,
+            token=token,
+            ssl_context=cfg.server_ssl_context(),  # a ConfigError stops the engine: exit 2
+        )
         try:
             await server.start()
         except OSError as e:

@@ -43,7 +43,8 @@ def _engine_url(config: Config) -> str | None:
         host = "::1"
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{http.port}"
+    scheme = "https" if http.tls_cert_file else "http"
+    return f"{scheme}://{host}:{http.port}"
 
 
 # A status document is a few kB; an answer larger than this is not one.
@@ -61,12 +62,13 @@ def fetch_engine_status(config: Config, timeout: float = 3.0) -> tuple[dict[str,
     try:
         token, _ = resolve_token(config.http, config.source.slot, create=False)
     except WalrelayError as e:
-        return None, f"no API token: {e}"
+        return None, str(e) if str(e).startswith("no API token") else f"no API token: {e}"
     request = urllib.request.Request(
         f"{url}/api/status", headers={"Authorization": f"Bearer {token}"}
     )
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
+        context = config.http.client_ssl_context() if url.startswith("https:") else None
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as resp:
             raw = resp.read(_MAX_STATUS_BYTES + 1)
         if len(raw) > _MAX_STATUS_BYTES:
             return None, f"{url} answered with more than a status document"
@@ -296,7 +298,13 @@ def exit_code(doc: dict[str, Any]) -> int:
     "--config", "config_path", required=True, type=click.Path(dir_okay=False), help="walrelay.yaml"
 )
 @click.option("--json", "as_json", is_flag=True, help="print the status document as JSON")
-@click.option("--timeout", default=3.0, show_default=True, help="seconds to wait for the engine")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.001, max=3600),
+    default=3.0,
+    show_default=True,
+    help="seconds to wait for the engine",
+)
 def status_command(config_path: str, as_json: bool, timeout: float) -> None:
     """Show the running engine's status (or, if it is not running, the slot's)."""
     from walrelay.config import load_config

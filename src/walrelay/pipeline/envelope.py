@@ -591,7 +591,7 @@ class EnvelopeBuilder:
         body = b"".join(
             (
                 self._head,
-                str(seq).encode(),
+                b"%010d" % seq,  # format_event_id's padding (SEQ_DIGITS)
                 plan.c_ops[change.op],
                 key_json,
                 b',"record":',

@@ -71,7 +71,7 @@ import orjson
 from walrelay import failpoints
 from walrelay.config import env_secret
 from walrelay.errors import ConfigError, PoisonEvent, SinkError, SinkUnavailable
-from walrelay.model import Event, parse_event_id
+from walrelay.model import Event, format_event_id, parse_event_id
 from walrelay.sinks.base import SinkContext
 from walrelay.sinks.common import batch_error, clean_topic, import_extra
 from walrelay.sinks.templates import Naming
@@ -285,7 +285,7 @@ class KafkaSink:
     def checkpoint(self) -> str | None:
         """The last event id committed with a checkpoint (exactly_once mode)."""
         mark = self._mark
-        return None if mark is None else f"{mark[0]:016X}/{mark[1]}"
+        return None if mark is None else format_event_id(*mark)
 
     # -- lifecycle ------------------------------------------------------------------
 

@@ -129,6 +129,8 @@ class WebhookSink:
                 fix="set the secret to whsec_ + standard base64 (A-Z a-z 0-9 + /), e.g."
                 " whsec_$(head -c 32 /dev/urandom | base64 -w0)",
             ) from None
+        # ConfigError (exit 2) here, at start, when a certificate file does not load.
+        self._ssl = config.tls.ssl_context() if config.tls is not None else None
         self._url = parsed
         self.url = safe_url(parsed)
         self.timeout = config.timeout
@@ -156,7 +158,9 @@ class WebhookSink:
                 self.url,
             )
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.max_connections),
+            connector=aiohttp.TCPConnector(
+                limit=self.max_connections, ssl=self._ssl if self._ssl is not None else True
+            ),
             timeout=aiohttp.ClientTimeout(total=self.timeout),
             headers=self._headers,
         )

@@ -21,6 +21,7 @@ served with a Content-Security-Policy that allows nothing but this origin.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from importlib.resources import files
 from typing import Any, Protocol
@@ -84,10 +85,19 @@ async def _headers(request: web.Request, handler: Handler) -> web.StreamResponse
 class HttpServer:
     """Serves one engine's :class:`~walrelay.monitor.service.Services`."""
 
-    def __init__(self, services: StatusSource, *, host: str, port: int, token: str) -> None:
+    def __init__(
+        self,
+        services: StatusSource,
+        *,
+        host: str,
+        port: int,
+        token: str,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.services = services
         self.host = host
         self.port = port
+        self._ssl = ssl_context
         self._token = token
         self._session = session_value(token)
         self._runner: web.AppRunner | None = None
@@ -95,7 +105,8 @@ class HttpServer:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self._ssl is not None else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[_headers], client_max_size=64 * 1024)
@@ -113,7 +124,9 @@ class HttpServer:
         runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
+            site = web.TCPSite(
+                runner, self.host, self.port, reuse_address=True, ssl_context=self._ssl
+            )
             await site.start()
         except BaseException:
             await runner.cleanup()
