@@ -138,8 +138,8 @@ async def test_the_scheduler_sends_a_failed_event_alone() -> None:
     dest.start()
     assert await dest.drain(10)
     await dest.stop()
-    assert failures == [["0000000000001000/3"]]
-    assert [[e.id for e in b] for b in sink.batches][-1] == ["0000000000001000/3"]  # alone
+    assert failures == [["0000000000001000/0000000003"]]
+    assert [[e.id for e in b] for b in sink.batches][-1] == ["0000000000001000/0000000003"]  # alone
     assert sorted(e.seq for e in sink.delivered) == [0, 1, 2, 3, 4]
     assert all(e.failure is None and b'"enriched":true' in e.body for e in sink.delivered)
 

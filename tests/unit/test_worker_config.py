@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner
+from psycopg.conninfo import conninfo_to_dict
 
 from walrelay.cli.main import main
 from walrelay.errors import ConfigError
@@ -42,7 +43,13 @@ def test_the_issue_example_parses() -> None:
 def test_the_engine_config_carries_state_and_the_relays_slot() -> None:
     config = parse_worker_config(worker_file(), "worker.yaml")
     engine = config.engine_config()
-    assert engine.state_dsn == "postgresql://walrelay:secret@state/db"
+    parts = conninfo_to_dict(engine.state_dsn)
+    assert {k: parts[k] for k in ("user", "password", "host", "dbname")} == {
+        "user": "walrelay",
+        "password": "secret",
+        "host": "state",
+        "dbname": "db",
+    }
     assert engine.source.slot == "main"
     dcfg = engine.destinations[0]
     sink = WebhookSink.from_config(dcfg.sink, context=None)  # type: ignore[arg-type]

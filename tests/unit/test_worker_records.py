@@ -33,7 +33,7 @@ def relay_record(change: Change, seq: int = 2) -> tuple[bytes, bytes, list[tuple
 def test_a_row_event_comes_back_whole() -> None:
     value, key, headers = relay_record(Change("update", REL, new=(b"7", b"3")))
     event = event_from_record(value, key, headers)
-    assert event.id == "00000000016B3748/2"
+    assert event.id == "00000000016B3748/0000000002"
     assert (event.op, event.table, event.xid) == ("update", "public.acct", 77)
     assert event.committed_at == BEGIN.committed_at
     assert event.body == value  # byte for byte: every sink gets the relay's envelope

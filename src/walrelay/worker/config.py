@@ -15,7 +15,6 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from walrelay.config import (
@@ -30,6 +29,7 @@ from walrelay.config import (
     SourceConfig,
     StateConfig,
 )
+from walrelay.config_file import read_config_document
 from walrelay.errors import ConfigError
 
 __all__ = [
@@ -217,26 +217,16 @@ def parse_worker_config(data: Any, where: str = "") -> WorkerFileConfig:
 
 
 def load_worker_config(path: str | Path) -> WorkerFileConfig:
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise ConfigError(
-            f"cannot read worker config {p}: {e.strerror}",
-            fix="pass --config with a readable file",
-        ) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"worker config {p} is not valid YAML: {e}") from None
-    return parse_worker_config(data, str(p))
+    """The worker file at ``path``, read like walrelay.yaml (size, encoding,
+    duplicate keys checked first), or a one-line ConfigError."""
+    return parse_worker_config(read_config_document(path), str(path))
 
 
 def is_worker_file(path: str | Path) -> bool:
     """True for a worker's file (``worker:`` and no ``source:``); False for
     anything else, including an unreadable file (its reader reports that)."""
     try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError):
+        data = read_config_document(path)
+    except ConfigError:
         return False
     return isinstance(data, dict) and "worker" in data and "source" not in data
