@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from walrelay.errors import ConfigError
+from walrelay.format_config import CloudEventsOptions, DebeziumOptions, FormatName, check_format
 
 log = logging.getLogger("walrelay.config")
 
@@ -326,6 +327,11 @@ class KafkaSinkConfig(SinkConfigBase):
     delivery_timeout: Seconds = 30.0
     options: dict[str, str | int | float | bool] = Field(default_factory=dict)  # librdkafka
     batch_size: int = Field(default=500, gt=0)
+    # After a delete, a null-value record with the same key (compacted topics).
+    tombstones: bool = False
+    # Record key: walrelay (the key object, sorted), debezium (the format's key
+    # as rendered, column order; null for a truncate) or column:<name>.
+    key_format: str = Field(default="walrelay", pattern=r"^(walrelay|debezium|column:.+)$")
 
 
 def _one_or_many(value: Any) -> Any:
@@ -604,6 +610,23 @@ class DestinationConfig(_Model):
     # initial: every existing row as a `read` event when the slot is created;
     # never: changes from the slot only (walrelay.source.snapshot).
     snapshot: Literal["initial", "never"] = "initial"
+    # Output format, the last per-destination step (walrelay.pipeline.formats),
+    # its options, and BEGIN/END transaction events (walrelay.format_config).
+    format: FormatName = "walrelay"
+    debezium: DebeziumOptions = DebeziumOptions()
+    cloudevents: CloudEventsOptions = CloudEventsOptions()
+    transaction_metadata: bool = False
+
+    @model_validator(mode="after")
+    def _format_fits(self) -> DestinationConfig:
+        check_format(
+            self.name,
+            self.format,
+            self.sink.type,
+            has_router=self.router is not None,
+            cloudevents_mode=self.cloudevents.mode,
+        )
+        return self
 
     @model_validator(mode="before")
     @classmethod

@@ -168,6 +168,25 @@ class Route:
     headers: tuple[tuple[str, str], ...] = ()
 
 
+@dataclass(slots=True, frozen=True)
+class Rendering:
+    """What a destination's output format (:mod:`walrelay.pipeline.formats`) made
+    of an event besides its body.
+
+    ``key``: the record key as the format defines it (Debezium's key object;
+    None: the format's key is null); ``old_key``: the key before an UPDATE
+    that changed it (for a Kafka tombstone of the old key); ``attributes``:
+    transport attributes (CloudEvents binary mode: ``specversion``, ``id``...,
+    sent as ``ce-`` HTTP headers / ``ce_`` Kafka headers); ``tables``: the
+    tables a truncate truncated (the formatted body does not list them all).
+    """
+
+    key: bytes | None = None
+    old_key: bytes | None = None
+    attributes: tuple[tuple[str, str], ...] = ()
+    tables: tuple[str, ...] = ()
+
+
 @dataclass(slots=True)
 class Event:
     """A change as one destination sees it: id, grouping keys, encoded body.
@@ -198,6 +217,8 @@ class Event:
     # Set by a destination's router (outbox): topic, key, value, headers for brokers.
     route: Route | None = None
     key_json: bytes | None = None
+    # Set by a destination's output format (debezium, cloudevents).
+    rendering: Rendering | None = None
 
     @property
     def id(self) -> str:

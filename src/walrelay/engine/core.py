@@ -341,6 +341,7 @@ class Engine:
             EnvelopeBuilder(TypeRegistry(), key_columns=info.key_columns),
             tracker,
             ignore_table=self.config.heartbeat.table,
+            source=self.config.source,
         )
         self.stats.router = slot.router
         for dest in slot.destinations.by_name.values():

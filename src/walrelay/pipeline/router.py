@@ -17,9 +17,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
-from walrelay.config import DestinationConfig
+from walrelay.config import DestinationConfig, SourceConfig
 from walrelay.model import Begin, Change, Event, Lsn
 from walrelay.pipeline.envelope import EnvelopeBuilder
+from walrelay.pipeline.formats import (
+    SNAPSHOT_BACKFILL,
+    SNAPSHOT_INITIAL,
+    SNAPSHOT_NONE,
+    Formatter,
+    build_formatters,
+)
 from walrelay.pipeline.lsn import LsnTracker
 from walrelay.pipeline.outbox_router import OutboxRouter
 from walrelay.pipeline.scheduler import Destination
@@ -38,6 +45,7 @@ class Router:
         tracker: LsnTracker,
         *,
         ignore_table: str | None = None,
+        source: SourceConfig | None = None,
     ) -> None:
         self._configs = {d.name: d for d in configs}
         self.destinations = destinations
@@ -55,6 +63,9 @@ class Router:
             for d in configs
             if d.router is not None
         }
+        # The output format, the last per-destination step (walrelay.pipeline.formats):
+        # only destinations whose format is not walrelay's envelope have one.
+        self._formats: dict[str, Formatter] = build_formatters(configs, builder.relation, source)
         self._counts: dict[str, int] = {}
         # Events built and routed (each once, however many destinations take it).
         self.events_in = 0
@@ -108,19 +119,32 @@ class Router:
 
     # -- building and shaping -------------------------------------------------
 
-    def shape(self, destination: str, event: Event) -> Event | None:
-        """The event as ``destination`` receives it; None: not for it."""
-        outbox = self._outbox.get(destination)
-        if outbox is None:
-            return event
-        return outbox.route(event)
+    def shape(
+        self, destination: str, event: Event, snapshot: str = SNAPSHOT_BACKFILL
+    ) -> Event | None:
+        """The event as ``destination`` receives it; None: not for it.
 
-    def shaped(self, destination: str, events: Iterable[Event]) -> list[Event]:
-        if destination not in self._outbox:
+        ``snapshot``: what a ``read`` event is (backfill rows come through here,
+        initial snapshot rows through :meth:`put_batch`)."""
+        outbox = self._outbox.get(destination)
+        if outbox is not None:
+            routed = outbox.route(event)
+            if routed is None:
+                return None
+            event = routed
+        fmt = self._formats.get(destination)
+        if fmt is not None:
+            event = fmt.render(event, snapshot if event.op == "read" else SNAPSHOT_NONE)
+        return event
+
+    def shaped(
+        self, destination: str, events: Iterable[Event], snapshot: str = SNAPSHOT_BACKFILL
+    ) -> list[Event]:
+        if destination not in self._outbox and destination not in self._formats:
             return events if isinstance(events, list) else list(events)
         out = []
         for event in events:
-            shaped = self.shape(destination, event)
+            shaped = self.shape(destination, event, snapshot)
             if shaped is not None:
                 out.append(shaped)
         return out
@@ -137,6 +161,7 @@ class Router:
         self.events_in += 1
         counts = self._counts
         outbox = self._outbox
+        formats = self._formats
         blocked: Blocked | None = None
         for dest in dests:
             out = event
@@ -147,6 +172,10 @@ class Router:
                     if routed is None:
                         continue  # not an outbox event (router.other_ops: skip)
                     out = routed
+            if formats:
+                fmt = formats.get(dest.name)
+                if fmt is not None:
+                    out = fmt.render(out, SNAPSHOT_NONE)
             counts[dest.name] = counts.get(dest.name, 0) + 1
             if not dest.try_put(out):
                 if blocked is None:
@@ -182,7 +211,7 @@ class Router:
 
     async def put_batch(self, commit_lsn: Lsn, dest: Destination, events: list[Event]) -> None:
         """Shape ``events`` for ``dest``, count them, then hand them over in id order."""
-        events = self.shaped(dest.name, events)
+        events = self.shaped(dest.name, events, SNAPSHOT_INITIAL)
         if not events:
             return
         self.tracker.add(commit_lsn, len(events), destination=dest.name)
