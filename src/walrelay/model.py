@@ -185,6 +185,9 @@ class Rendering:
     old_key: bytes | None = None
     attributes: tuple[tuple[str, str], ...] = ()
     tables: tuple[str, ...] = ()
+    # The body's media type when it is not walrelay's application/json
+    # (CloudEvents structured mode: application/cloudevents+json).
+    content_type: str | None = None
 
 
 @dataclass(slots=True)

@@ -105,6 +105,8 @@ def _split(qualified: str) -> tuple[str, str]:
 
 def truncated_tables(event: Event) -> list[str]:
     """The qualified names of the tables a ``truncate`` event truncated."""
+    if event.rendering is not None and event.rendering.tables:
+        return list(event.rendering.tables)  # the format's body does not list them
     tables = event.envelope().get("tables") or []
     return [t for t in tables if isinstance(t, str)]
 

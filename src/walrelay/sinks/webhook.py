@@ -46,6 +46,7 @@ from yarl import URL
 from walrelay.errors import ConfigError, SinkError, SinkUnavailable
 from walrelay.model import Event
 from walrelay.sinks.common import batch_error, safe_url
+from walrelay.sinks.rendered import http_headers
 from walrelay.sinks.signing import secret_key, signature_headers
 
 if TYPE_CHECKING:
@@ -176,6 +177,8 @@ class WebhookSink:
         body = event.body
         msg_id = event.id
         headers = signature_headers(self._key, msg_id, body)
+        if event.rendering is not None:  # CloudEvents: ce- headers, the body's media type
+            headers.update(http_headers(event))
         try:
             async with session.post(
                 self._url, data=body, headers=headers, allow_redirects=False

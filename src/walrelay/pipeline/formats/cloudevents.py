@@ -27,7 +27,9 @@ from walrelay.format_config import CloudEventsOptions
 from walrelay.model import Event, Rendering
 from walrelay.pipeline.formats.debezium import decode_envelope
 
-__all__ = ["CloudEventsFormatter"]
+__all__ = ["STRUCTURED_TYPE", "CloudEventsFormatter"]
+
+STRUCTURED_TYPE = "application/cloudevents+json"
 
 
 class CloudEventsFormatter:
@@ -88,14 +90,20 @@ class CloudEventsFormatter:
         attrs = self.attributes(event)
         tables = _tables(event)
         if self._binary:
+            # datacontenttype travels as the Content-Type of the body.
+            content_type = attrs.pop("datacontenttype")
             rendering = Rendering(
-                key=event.key_json, attributes=tuple(attrs.items()), tables=tables
+                key=event.key_json,
+                attributes=tuple(attrs.items()),
+                tables=tables,
+                content_type=content_type,
             )
             return replace(event, rendering=rendering)
         document: dict[str, Any] = dict(attrs)
         document["data"] = orjson.Fragment(event.body)
         body = memoryview(orjson.dumps(document)).tobytes()
-        return replace(event, body=body, rendering=Rendering(key=event.key_json, tables=tables))
+        rendering = Rendering(key=event.key_json, tables=tables, content_type=STRUCTURED_TYPE)
+        return replace(event, body=body, rendering=rendering)
 
 
 def _tables(event: Event) -> tuple[str, ...]:
