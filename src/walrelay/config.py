@@ -625,6 +625,7 @@ class DestinationConfig(_Model):
             self.sink.type,
             has_router=self.router is not None,
             cloudevents_mode=self.cloudevents.mode,
+            transaction_metadata=self.transaction_metadata,
         )
         return self
 

@@ -58,9 +58,20 @@ class CloudEventsOptions(_Options):
 
 
 def check_format(
-    name: str, fmt: FormatName, sink_type: str, *, has_router: bool, cloudevents_mode: str
+    name: str,
+    fmt: FormatName,
+    sink_type: str,
+    *,
+    has_router: bool,
+    cloudevents_mode: str,
+    transaction_metadata: bool = False,
 ) -> None:
     """Raise ValueError (a config error) for a format the destination cannot carry."""
+    if transaction_metadata and sink_type in _ENVELOPE_SINKS:
+        raise ValueError(
+            f"destination {name!r}: a {sink_type} sink applies row changes and cannot take "
+            "transaction_metadata events; remove transaction_metadata: true"
+        )
     if fmt == "walrelay":
         return
     if sink_type in _ENVELOPE_SINKS:

@@ -100,7 +100,8 @@ class Relation:
         return tuple(i for i, c in enumerate(self.columns) if c.is_key)
 
 
-Op = Literal["insert", "update", "delete", "truncate", "message", "read"]
+Op = Literal["insert", "update", "delete", "truncate", "message", "read", "begin", "end"]
+"""``begin``/``end``: transaction metadata events (``transaction_metadata: true``)."""
 
 
 @dataclass(slots=True)

@@ -94,7 +94,10 @@ class RawReader:
                 raise AssertionError(f"consumer error: {err}")
             topic = msg.topic()
             assert topic is not None
-            headers = {k: v for k, v in (msg.headers() or []) if v is not None}
+            headers: dict[str, bytes] = {}
+            for name, value in msg.headers() or []:  # type: ignore[str-unpack]
+                if isinstance(value, bytes):
+                    headers[name] = value
             self.records.append(Record(topic, msg.key(), msg.value(), headers))
         return len(self.records)
 

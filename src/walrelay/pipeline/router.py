@@ -30,6 +30,7 @@ from walrelay.pipeline.formats import (
 from walrelay.pipeline.lsn import LsnTracker
 from walrelay.pipeline.outbox_router import OutboxRouter
 from walrelay.pipeline.scheduler import Destination
+from walrelay.pipeline.transaction_metadata import TransactionCounts
 
 Blocked = list[tuple[Destination, Event]]
 
@@ -66,6 +67,11 @@ class Router:
         # The output format, the last per-destination step (walrelay.pipeline.formats):
         # only destinations whose format is not walrelay's envelope have one.
         self._formats: dict[str, Formatter] = build_formatters(configs, builder.relation, source)
+        # Destinations that get begin/end events (walrelay.pipeline.transaction_metadata).
+        self._tx: dict[str, TransactionCounts] = {
+            d.name: TransactionCounts() for d in configs if d.transaction_metadata
+        }
+        self.has_transaction_metadata = bool(self._tx)
         self._counts: dict[str, int] = {}
         # Events built and routed (each once, however many destinations take it).
         self.events_in = 0
@@ -162,6 +168,7 @@ class Router:
         counts = self._counts
         outbox = self._outbox
         formats = self._formats
+        tx = self._tx
         blocked: Blocked | None = None
         for dest in dests:
             out = event
@@ -172,10 +179,12 @@ class Router:
                     if routed is None:
                         continue  # not an outbox event (router.other_ops: skip)
                     out = routed
-            if formats:
+            if formats or tx:
+                counter = tx.get(dest.name)
+                order = None if counter is None else counter.count(out)
                 fmt = formats.get(dest.name)
                 if fmt is not None:
-                    out = fmt.render(out, SNAPSHOT_NONE)
+                    out = fmt.render(out, SNAPSHOT_NONE, order)
             counts[dest.name] = counts.get(dest.name, 0) + 1
             if not dest.try_put(out):
                 if blocked is None:
@@ -187,8 +196,13 @@ class Router:
         """Like :meth:`dispatch` for events already shaped for their destination."""
         counts = self._counts
         blocked: Blocked | None = None
+        tx = self._tx
         for dest, event in pairs:
             self.events_in += 1  # a backfill chunk's event goes to one destination
+            if tx:
+                counter = tx.get(dest.name)
+                if counter is not None:
+                    counter.count(event)
             counts[dest.name] = counts.get(dest.name, 0) + 1
             if not dest.try_put(event):
                 if blocked is None:
@@ -206,6 +220,28 @@ class Router:
     def discard_counts(self) -> None:
         """A reconnect abandoned the transaction: it comes again whole."""
         self._counts.clear()
+        # Transaction metadata counts stay: a resumed transaction does not route
+        # its events before the drop again (engine/session.py), so they still count.
+
+    def end_transaction(self, commit_lsn: Lsn, seq: int) -> Blocked | None:
+        """At a commit: each transaction-metadata destination's begin and end
+        events (ids ``seq`` and ``seq + 1``), shaped, counted and offered like
+        :meth:`dispatch`; call :meth:`flush_counts` before the next await."""
+        blocked: Blocked | None = None
+        counts = self._counts
+        for name, counter in self._tx.items():
+            dest = self.destinations.get(name)
+            if dest is None:
+                continue
+            fmt = self._formats.get(name)
+            for event in counter.close(commit_lsn, seq):
+                out = event if fmt is None else fmt.render(event, SNAPSHOT_NONE)
+                counts[name] = counts.get(name, 0) + 1
+                if not dest.try_put(out):
+                    if blocked is None:
+                        blocked = []
+                    blocked.append((dest, out))
+        return blocked
 
     # -- snapshots and backfills: whole batches, awaited ----------------------
 

@@ -24,6 +24,7 @@ from walrelay.config import DestinationConfig, SourceConfig
 from walrelay.model import Event, Relation
 from walrelay.pipeline.formats.cloudevents import CloudEventsFormatter
 from walrelay.pipeline.formats.debezium import DebeziumFormatter
+from walrelay.pipeline.transaction_metadata import TransactionOrder
 
 __all__ = [
     "SNAPSHOT_BACKFILL",
@@ -44,7 +45,13 @@ SNAPSHOT_BACKFILL = "incremental"
 class Formatter(Protocol):
     """Renders one event (walrelay's envelope in its body) in a destination's format."""
 
-    def render(self, event: Event, snapshot: str) -> Event: ...
+    def render(
+        self, event: Event, snapshot: str, transaction: TransactionOrder | None = None
+    ) -> Event:
+        """``event`` in this format. ``snapshot``: what a ``read`` event is (one of
+        the SNAPSHOT_ constants); ``transaction``: its place in its transaction
+        when the destination has transaction metadata."""
+        ...
 
 
 def _version() -> str:

@@ -26,6 +26,7 @@ import orjson
 from walrelay.format_config import CloudEventsOptions
 from walrelay.model import Event, Rendering
 from walrelay.pipeline.formats.debezium import decode_envelope
+from walrelay.pipeline.transaction_metadata import TransactionOrder
 
 __all__ = ["STRUCTURED_TYPE", "CloudEventsFormatter"]
 
@@ -44,7 +45,9 @@ class CloudEventsFormatter:
     def _type(self, table: str, op: str) -> str:
         cached = self._types.get((table, op))
         if cached is None:
-            if table:
+            if op in ("begin", "end"):
+                cached = f"walrelay.transaction.{op}"
+            elif table:
                 schema, _, name = table.partition(".")
                 cached = self._options.type.format(schema=schema, table=name, op=op)
             else:
@@ -84,9 +87,11 @@ class CloudEventsFormatter:
         attrs["datacontenttype"] = "application/json"
         return attrs
 
-    def render(self, event: Event, snapshot: str) -> Event:
+    def render(
+        self, event: Event, snapshot: str, transaction: TransactionOrder | None = None
+    ) -> Event:
         """``event`` as a CloudEvent: the body (structured) or the attributes (binary)."""
-        del snapshot  # a snapshot row's op already says "read"
+        del snapshot, transaction  # the envelope's op says "read"; begin/end carry the counts
         attrs = self.attributes(event)
         tables = _tables(event)
         if self._binary:

@@ -41,6 +41,7 @@ from walrelay.pipeline.formats.debezium_values import (
     ValueConverter,
     value_converter,
 )
+from walrelay.pipeline.transaction_metadata import TransactionOrder
 
 __all__ = ["DebeziumFormatter", "decode_envelope"]
 
@@ -119,12 +120,16 @@ class DebeziumFormatter:
             self._tables[table] = plan
         return plan
 
-    def render(self, event: Event, snapshot: str) -> Event:
+    def render(
+        self, event: Event, snapshot: str, transaction: TransactionOrder | None = None
+    ) -> Event:
         """``event`` (walrelay's envelope in its body) as Debezium's event."""
         env = decode_envelope(event.body)
         op = event.op
         if op == "message":
-            return self._message(event, env)
+            return self._message(event, env, transaction)
+        if op == "begin" or op == "end":
+            return self._transaction(event, env)
         tables = env.get("tables") if op == "truncate" else None
         table = tables[0] if tables else (env.get("table") or event.table)
         schema, _, name = table.partition(".")
@@ -155,7 +160,7 @@ class DebeziumFormatter:
             "before": before,
             "after": after,
             "source": source,
-            "transaction": None,
+            "transaction": _transaction_block(transaction),
             "op": _OPS.get(op, op),
             "ts_ms": now // 1_000_000,
             "ts_us": now // 1_000,
@@ -168,7 +173,22 @@ class DebeziumFormatter:
         )
         return replace(event, body=encode_json(value), rendering=rendering)
 
-    def _message(self, event: Event, env: Mapping[str, Any]) -> Event:
+    def _transaction(self, event: Event, env: Mapping[str, Any]) -> Event:
+        """A begin/end event as a record of Debezium's transaction topic."""
+        tx_id = env.get("transaction_id") or ""
+        value = {
+            "status": "BEGIN" if event.op == "begin" else "END",
+            "id": tx_id,
+            "event_count": env.get("event_count"),
+            "data_collections": env.get("data_collections"),
+            "ts_ms": self._source(event, "false", "", "")["ts_ms"],
+        }
+        rendering = Rendering(key=encode_json({"id": tx_id}))
+        return replace(event, body=encode_json(value), rendering=rendering)
+
+    def _message(
+        self, event: Event, env: Mapping[str, Any], transaction: TransactionOrder | None
+    ) -> Event:
         prefix = env.get("prefix") or ""
         content = env.get("content") or ""
         if env.get("content_encoding") == "hex" and content.startswith("\\x"):
@@ -180,7 +200,7 @@ class DebeziumFormatter:
             "op": "m",
             "ts_ms": now // 1_000_000,
             "source": self._source(event, "false", "", ""),
-            "transaction": None,
+            "transaction": _transaction_block(transaction),
             "message": {"prefix": prefix, "content": base64.b64encode(data).decode()},
         }
         rendering = Rendering(key=encode_json({"prefix": prefix}))
@@ -214,6 +234,12 @@ class DebeziumFormatter:
 
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _transaction_block(order: TransactionOrder | None) -> dict[str, Any] | None:
+    if order is None:
+        return None
+    return {"id": order[0], "total_order": order[1], "data_collection_order": order[2]}
 
 
 def _convert(values: Mapping[str, Any], converters: Mapping[str, ValueConverter]) -> dict[str, Any]:
