@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import psycopg
 import pytest
 from aiohttp import web
 from cloudevents.core.bindings import http as ce_http
@@ -19,7 +20,15 @@ from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.formats.json import JSONFormat
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-from tests.integration.support import execute, make_config, running_engine, wait_for
+from tests.integration.support import (
+    current_lsn,
+    execute,
+    make_config,
+    running_engine,
+    slot_state,
+    wait_for,
+)
+from walrelay.sinks.memory import MemorySink
 from walrelay.testing.pgcluster import free_port
 from walrelay.testing.servers import KafkaServer
 
@@ -311,3 +320,43 @@ async def test_kafka_tombstones_and_key_formats(kafka: KafkaServer, db: str) -> 
     message = [r for r in reader.records if r.topic == f"{prefix}.dbz.messages"]
     assert [orjson.loads(r.key or b"null") for r in message] == [{"prefix": "audit"}]
     assert orjson.loads(message[0].value or b"{}")["op"] == "m"
+
+
+async def test_transaction_metadata_is_delivered_and_lets_the_slot_advance(db: str) -> None:
+    execute(db, *SETUP)
+    execute(db, "create table notes (id int primary key, body text)")
+    sink = MemorySink()
+    dest = {
+        "name": "tx",
+        "sink": {"type": "stdout"},
+        "format": "debezium",
+        "transaction_metadata": True,
+        "snapshot": "never",
+    }
+    cfg = make_config(db, ["public.items", "public.notes"], [dest], slot="txmeta")
+    async with running_engine(cfg, sink_factory=lambda _d: sink):
+        with psycopg.connect(db) as conn:  # one transaction over two tables
+            conn.execute("insert into items values (7, 'seven', 'A-7'), (8, 'eight', 'A-8')")
+            conn.execute("insert into notes values (1, 'n')")
+        after = current_lsn(db)
+        await wait_for(lambda: any(e.op == "end" for e in sink.delivered), what="the end event")
+        # begin/end are counted like any event: the slot moves past the transaction.
+        await wait_for(lambda: slot_state(db, "txmeta")["confirmed"] >= after, what="confirm")
+    values = [orjson.loads(e.body) for e in sink.delivered]
+    assert [v.get("status") or v["op"] for v in values] == ["c", "c", "c", "BEGIN", "END"]
+    tx_id = values[3]["id"]
+    assert values[4] == {
+        "status": "END",
+        "id": tx_id,
+        "event_count": 3,
+        "data_collections": [
+            {"data_collection": "public.items", "event_count": 2},
+            {"data_collection": "public.notes", "event_count": 1},
+        ],
+        "ts_ms": values[3]["ts_ms"],
+    }
+    assert [v["transaction"] for v in values[:3]] == [
+        {"id": tx_id, "total_order": 1, "data_collection_order": 1},
+        {"id": tx_id, "total_order": 2, "data_collection_order": 2},
+        {"id": tx_id, "total_order": 3, "data_collection_order": 1},
+    ]
