@@ -6,10 +6,11 @@ reference, pg_recvlogical writing to /dev/null, is bounded by the walsender
 (decoding on the server), which is also walrelay's ceiling.
 
     .venv/bin/python bench/throughput.py [--changes 1000000] [--rows-per-tx N]
-        [--json out.json] [--pure-python]
+        [--json out.json] [--pure-python] [--format debezium --format cloudevents]
 
 ``--pure-python`` adds a third run, from its own slot, with the C speedups
-off (``WALRELAY_NO_SPEEDUPS=1``).
+off (``WALRELAY_NO_SPEEDUPS=1``). Each ``--format`` adds a run, from its own
+slot, with the destination's output format set to it (walrelay.pipeline.formats).
 """
 
 from __future__ import annotations
@@ -134,7 +135,12 @@ def run_reference(cluster: PgCluster, target: int) -> float:
 
 
 def run_walrelay(
-    cluster: PgCluster, target: int, workdir: Path, slot: str, pure_python: bool = False
+    cluster: PgCluster,
+    target: int,
+    workdir: Path,
+    slot: str,
+    pure_python: bool = False,
+    fmt: str = "walrelay",
 ) -> tuple[float, int, int]:
     """Returns (seconds, lines written, peak RSS bytes)."""
     out = workdir / "events.jsonl"
@@ -147,7 +153,11 @@ def run_walrelay(
             "status_interval": 1,
         },
         "destinations": [
-            {"name": "file", "sink": {"type": "file", "path": str(out), "fsync": "batch"}}
+            {
+                "name": "file",
+                "sink": {"type": "file", "path": str(out), "fsync": "batch"},
+                **({} if fmt == "walrelay" else {"format": fmt}),
+            }
         ],
         "log_level": "warning",
     }
@@ -214,6 +224,13 @@ def main() -> int:
         action="store_true",
         help="also run walrelay with its C speedups off (WALRELAY_NO_SPEEDUPS=1)",
     )
+    ap.add_argument(
+        "--format",
+        action="append",
+        default=[],
+        choices=["debezium", "cloudevents"],
+        help="also run walrelay with this output format (repeatable)",
+    )
     args = ap.parse_args()
 
     # Time the run, not compiling walrelay's modules (PYTHONDONTWRITEBYTECODE
@@ -224,6 +241,7 @@ def main() -> int:
     cluster = start_cluster({"logical_decoding_work_mem": "64MB"})
     try:
         slots = ["ref_slot", "walrelay_slot"] + (["walrelay_py_slot"] if args.pure_python else [])
+        slots += [f"walrelay_{fmt}_slot" for fmt in args.format]
         dsn = setup(cluster, slots)
         n, txs, gen_s = workload(dsn, args.changes, args.rows_per_tx)
         target = end_lsn(dsn)
@@ -234,9 +252,15 @@ def main() -> int:
         if args.pure_python:
             with tempfile.TemporaryDirectory(prefix="walrelay-bench-") as tmp:
                 py = run_walrelay(cluster, target, Path(tmp), "walrelay_py_slot", pure_python=True)
+        formats: dict[str, tuple[float, int, int]] = {}
+        for fmt in args.format:
+            with tempfile.TemporaryDirectory(prefix="walrelay-bench-") as tmp:
+                formats[fmt] = run_walrelay(
+                    cluster, target, Path(tmp), f"walrelay_{fmt}_slot", fmt=fmt
+                )
     finally:
         cluster.stop()
-    ok = lines == n and (py is None or py[1] == n)
+    ok = lines == n and (py is None or py[1] == n) and all(f[1] == n for f in formats.values())
     if not ok:
         written = f"{lines}" if py is None else f"{lines} (pure Python: {py[1]})"
         print(f"ERROR: walrelay wrote {written} events, expected {n}", file=sys.stderr)
@@ -268,6 +292,16 @@ def main() -> int:
             "peak_rss_mb": round(py[2] / 2**20, 1),
             "ratio": round(ref_s / py[0], 3),
         },
+        "formats": {
+            fmt: {
+                "seconds": round(f[0], 3),
+                "changes_per_s": round(n / f[0]),
+                "events_written": f[1],
+                "peak_rss_mb": round(f[2] / 2**20, 1),
+                "ratio": round(ref_s / f[0], 3),
+            }
+            for fmt, f in formats.items()
+        },
         "c_speedups": speedups.ENABLED,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
     }
@@ -276,6 +310,8 @@ def main() -> int:
     print(f"{'walrelay (file sink)':<24}{wr_s:>10.2f}{wr_rate:>14,.0f}")
     if py is not None:
         print(f"{'walrelay, pure Python':<24}{py[0]:>10.2f}{n / py[0]:>14,.0f}")
+    for fmt, f in formats.items():
+        print(f"{'walrelay, ' + fmt:<24}{f[0]:>10.2f}{n / f[0]:>14,.0f}")
     print(
         f"ratio walrelay / pg_recvlogical: {wr_rate / ref_rate:.3f}   "
         f"(peak RSS {peak / 2**20:.0f} MiB, {n:,} changes in {txs:,} transactions)"

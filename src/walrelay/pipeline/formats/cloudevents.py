@@ -17,15 +17,14 @@ headers (the CloudEvents HTTP and Kafka protocol bindings).
 
 from __future__ import annotations
 
-from dataclasses import replace
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from walrelay.format_config import CloudEventsOptions
 from walrelay.model import Event, Rendering
-from walrelay.pipeline.formats.debezium import decode_envelope
+from walrelay.pipeline.formats.common import decode_envelope, rendered
 from walrelay.pipeline.transaction_metadata import TransactionOrder
 
 __all__ = ["STRUCTURED_TYPE", "CloudEventsFormatter"]
@@ -41,6 +40,8 @@ class CloudEventsFormatter:
         self._source = options.source or f"/walrelay/{slot}"
         self._binary = options.mode == "binary"
         self._types: dict[tuple[str, str], str] = {}
+        self._time_of: datetime | None = None
+        self._time = ""
 
     def _type(self, table: str, op: str) -> str:
         cached = self._types.get((table, op))
@@ -69,7 +70,10 @@ class CloudEventsFormatter:
 
     def attributes(self, event: Event) -> dict[str, str]:
         at = event.committed_at
-        at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+        if at is not self._time_of:  # one transaction's events share their commit time
+            self._time_of = at
+            utc = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+            self._time = utc.isoformat().replace("+00:00", "Z")
         table = event.table
         if event.op == "truncate" and not table:
             tables = decode_envelope(event.body).get("tables") or [""]
@@ -83,7 +87,7 @@ class CloudEventsFormatter:
         subject = self._subject(event)
         if subject is not None:
             attrs["subject"] = subject
-        attrs["time"] = at.isoformat().replace("+00:00", "Z")
+        attrs["time"] = self._time
         attrs["datacontenttype"] = "application/json"
         return attrs
 
@@ -103,12 +107,12 @@ class CloudEventsFormatter:
                 tables=tables,
                 content_type=content_type,
             )
-            return replace(event, rendering=rendering)
+            return rendered(event, event.body, rendering)
         document: dict[str, Any] = dict(attrs)
         document["data"] = orjson.Fragment(event.body)
         body = memoryview(orjson.dumps(document)).tobytes()
         rendering = Rendering(key=event.key_json, tables=tables, content_type=STRUCTURED_TYPE)
-        return replace(event, body=body, rendering=rendering)
+        return rendered(event, body, rendering)
 
 
 def _tables(event: Event) -> tuple[str, ...]:

@@ -27,15 +27,13 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Final
-
-import orjson
 
 from walrelay.format_config import DebeziumOptions
 from walrelay.model import Event, Relation, Rendering
 from walrelay.pipeline.envelope import encode_json
+from walrelay.pipeline.formats.common import decode_envelope, rendered
 from walrelay.pipeline.formats.debezium_values import (
     UNSUPPORTED_OIDS,
     ValueConverter,
@@ -43,24 +41,10 @@ from walrelay.pipeline.formats.debezium_values import (
 )
 from walrelay.pipeline.transaction_metadata import TransactionOrder
 
-__all__ = ["DebeziumFormatter", "decode_envelope"]
+__all__ = ["DebeziumFormatter"]
 
 _OPS: Final = {"insert": "c", "update": "u", "delete": "d", "read": "r", "truncate": "t"}
 _BYTEA_OID: Final = 17
-
-
-def decode_envelope(body: bytes) -> dict[str, Any]:
-    """walrelay's envelope as a dict (numbers orjson cannot hold: exact Decimals)."""
-    try:
-        value = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        import json
-        from decimal import Decimal
-
-        value = json.loads(body, parse_float=Decimal)
-    if not isinstance(value, dict):
-        raise ValueError("an event body that is not a JSON object")
-    return value
 
 
 class _Table:
@@ -109,6 +93,8 @@ class DebeziumFormatter:
         self._relation = relation
         self._clock = clock
         self._tables: dict[str, _Table] = {}
+        self._source_key: tuple[Any, ...] | None = None
+        self._source_value: dict[str, Any] = {}
 
     def _table(self, table: str) -> _Table | None:
         relation = self._relation(table)
@@ -171,7 +157,7 @@ class DebeziumFormatter:
             old_key=None if old_key is None else encode_json(old_key),
             tables=tuple(tables) if tables else (),
         )
-        return replace(event, body=encode_json(value), rendering=rendering)
+        return rendered(event, encode_json(value), rendering)
 
     def _transaction(self, event: Event, env: Mapping[str, Any]) -> Event:
         """A begin/end event as a record of Debezium's transaction topic."""
@@ -184,7 +170,7 @@ class DebeziumFormatter:
             "ts_ms": self._source(event, "false", "", "")["ts_ms"],
         }
         rendering = Rendering(key=encode_json({"id": tx_id}))
-        return replace(event, body=encode_json(value), rendering=rendering)
+        return rendered(event, encode_json(value), rendering)
 
     def _message(
         self, event: Event, env: Mapping[str, Any], transaction: TransactionOrder | None
@@ -204,9 +190,19 @@ class DebeziumFormatter:
             "message": {"prefix": prefix, "content": base64.b64encode(data).decode()},
         }
         rendering = Rendering(key=encode_json({"prefix": prefix}))
-        return replace(event, body=encode_json(value), rendering=rendering)
+        return rendered(event, encode_json(value), rendering)
 
     def _source(self, event: Event, snapshot: str, schema: str, table: str) -> dict[str, Any]:
+        """The source block; the same (never mutated) dict for the events of one
+        transaction, table and snapshot kind."""
+        cache_key = (event.commit_lsn, event.xid, snapshot, schema, table)
+        if cache_key == self._source_key:
+            return self._source_value
+        self._source_key = cache_key
+        self._source_value = self._make_source(event, snapshot, schema, table)
+        return self._source_value
+
+    def _make_source(self, event: Event, snapshot: str, schema: str, table: str) -> dict[str, Any]:
         at = event.committed_at
         if at.tzinfo is None:
             at = at.replace(tzinfo=UTC)

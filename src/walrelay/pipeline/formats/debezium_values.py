@@ -281,8 +281,8 @@ def _zoned_timestamp(precision: int) -> ValueConverter:
         except (TypeError, ValueError):
             return value
         if at.tzinfo is not None:
-            at = at.astimezone(UTC)
-        text = at.strftime("%Y-%m-%dT%H:%M:%S")
+            at = at.astimezone(UTC).replace(tzinfo=None)
+        text = at.isoformat(timespec="seconds")
         if precision > 0:
             text += "." + f"{at.microsecond:06d}"[:precision].ljust(precision, "0")
         return text + "Z"
