@@ -13,12 +13,13 @@ from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.formats.json import JSONFormat
 
 from walrelay.format_config import CloudEventsOptions, DebeziumOptions
-from walrelay.model import Begin, Change, Column, Event, Relation
+from walrelay.model import Begin, Change, Column, Event, Relation, Rendering
 from walrelay.pipeline.envelope import EnvelopeBuilder
 from walrelay.pipeline.formats import SNAPSHOT_NONE, CloudEventsFormatter, DebeziumFormatter
 from walrelay.sinks.kafka import message_key
 from walrelay.sinks.rendered import RecordKeys, http_headers, kafka_headers
 from walrelay.source.types import TypeRegistry
+from walrelay.state.parking import rendering_from_json, rendering_to_json, route_from_json
 
 BEGIN = Begin(xid=9, commit_lsn=0x2000, committed_at=datetime(2024, 5, 6, 7, 8, 9, 5, tzinfo=UTC))
 REL = Relation(
@@ -132,3 +133,23 @@ def test_record_keys_of_debezium_events() -> None:
     assert keys("walrelay", out) == (b'{"id":8}', b'{"id":7}')
     message = formatter.render(build(Change(op="message", prefix="p", content=b""))[1], "false")
     assert keys("debezium", message) == (b'{"prefix":"p"}', None)
+
+
+@pytest.mark.parametrize(
+    "rendering",
+    [
+        Rendering(key=b'{"id":8}', old_key=b'{"id":7}', tables=("public.a", "public.b")),
+        Rendering(
+            key=None,
+            attributes=(("id", "1/2"), ("subject", '{"k":"a\x00"}')),
+            content_type="application/json",
+        ),
+    ],
+)
+def test_a_parked_event_keeps_its_rendering(rendering: Rendering) -> None:
+    # Parking stores the event's body and, in its route column, the rendering:
+    # a re-delivery sends the same record key and CloudEvents headers.
+    stored = orjson.dumps({"rendering": rendering_to_json(rendering)}).decode()
+    assert "\\u0000" not in stored  # jsonb cannot hold NUL
+    assert rendering_from_json(orjson.loads(stored)) == rendering
+    assert route_from_json(orjson.loads(stored)) is None
