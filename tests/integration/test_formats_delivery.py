@@ -18,7 +18,14 @@ from aiohttp import web
 from cloudevents.core.bindings import http as ce_http
 from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.formats.json import JSONFormat
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 
 from tests.integration.support import (
     current_lsn,
@@ -27,6 +34,7 @@ from tests.integration.support import (
     running_engine,
     slot_state,
     wait_for,
+    wait_for_sync,
 )
 from walrelay.sinks.memory import MemorySink
 from walrelay.testing.pgcluster import free_port
@@ -52,7 +60,25 @@ EVENTS = 7
 @pytest.fixture(scope="module")
 def kafka() -> Iterator[KafkaServer]:
     with KafkaServer() as server:
+        wait_for_sync(
+            lambda: transactions_ready(server.bootstrap),
+            within=90,
+            what="Kafka's transaction coordinator",
+        )
         yield server
+
+
+def transactions_ready(bootstrap: str) -> bool:
+    """Can a transactional producer start? On a busy machine the broker answers
+    metadata requests a while before its transaction coordinator has loaded."""
+    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": "test-ready"})
+    try:
+        producer.init_transactions(10)
+    except KafkaException as exc:
+        if exc.args[0].retriable():
+            return False
+        raise
+    return True
 
 
 @dataclass
@@ -272,6 +298,7 @@ async def test_kafka_tombstones_and_key_formats(kafka: KafkaServer, db: str) -> 
             f"{prefix}.dbz",
             format="debezium",
             sink={"tombstones": True, "key_format": "debezium", "partitions": 1},
+            transaction_metadata=True,
         ),
         kafka_dest(
             kafka,
@@ -286,8 +313,8 @@ async def test_kafka_tombstones_and_key_formats(kafka: KafkaServer, db: str) -> 
         async with running_engine(cfg):
             execute(db, *WORKLOAD)
             # dbz: 7 events + a tombstone after the delete + one for the old key of
-            # the key-changing update; sku: 7 events.
-            await reader.until(EVENTS + 2 + EVENTS)
+            # the key-changing update + BEGIN/END of the 5 transactions; sku: 7 events.
+            await reader.until(EVENTS + 2 + 10 + EVENTS)
     finally:
         reader.consumer.close()
     dbz = [r for r in reader.records if r.topic == f"{prefix}.dbz.public.items"]
@@ -317,6 +344,11 @@ async def test_kafka_tombstones_and_key_formats(kafka: KafkaServer, db: str) -> 
         ("update", b"A-1"),
         ("update", b"A-2"),
     ]
+    tx_records = [r for r in reader.records if r.topic == f"{prefix}.dbz.transaction"]
+    tx = [orjson.loads(r.value or b"{}") for r in tx_records]
+    assert [t["status"] for t in tx] == ["BEGIN", "END"] * 5
+    assert [t["event_count"] for t in tx[1::2]] == [1, 1, 1, 1, 1]
+    assert tx[-1]["data_collections"] == [{"data_collection": "message", "event_count": 1}]
     message = [r for r in reader.records if r.topic == f"{prefix}.dbz.messages"]
     assert [orjson.loads(r.key or b"null") for r in message] == [{"prefix": "audit"}]
     assert orjson.loads(message[0].value or b"{}")["op"] == "m"
