@@ -65,8 +65,16 @@ def wait_lines(path: Path, proc: subprocess.Popen[bytes], count: int, timeout: f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--libs", type=Path, default=Path("/tmp/walrelay-debezium-libs"))
-    parser.add_argument("--out", type=Path, default=DATA / "golden.jsonl")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--transaction-metadata",
+        action="store_true",
+        help="provide.transaction.metadata=true (writes golden-transactions.jsonl)",
+    )
     args = parser.parse_args()
+    if args.out is None:
+        name = "golden-transactions.jsonl" if args.transaction_metadata else "golden.jsonl"
+        args.out = DATA / name
     fetch_jars(args.libs)
     cluster = start_cluster()
     try:
@@ -88,6 +96,7 @@ def main() -> None:
                 str(cluster.port),
                 "golden",
                 str(raw),
+                "true" if args.transaction_metadata else "false",
             ],
         )
         try:

@@ -108,6 +108,70 @@ def golden_records() -> list[dict[str, Any]]:
     return out
 
 
+Transaction = tuple[int | None, list[tuple[str, int]], list[tuple[str, int, int]]]
+"""(END's event_count, its data collections, each data event's (op, total_order,
+data_collection_order)): what the comparison of transaction metadata looks at."""
+
+
+def _collections(end: dict[str, Any]) -> list[tuple[str, int]]:
+    # Debezium names a message's collection by a Java object's toString
+    # (LogicalDecodingMessageId@<hash>); walrelay calls it "message".
+    out = []
+    for dc in end["data_collections"]:
+        name = dc["data_collection"]
+        out.append(("message" if "LogicalDecodingMessageId" in name else name, dc["event_count"]))
+    return sorted(out)
+
+
+def golden_transactions() -> list[Transaction]:
+    """Debezium's transactions (provide.transaction.metadata=true), snapshot rows,
+    tombstones and non-transactional messages left out; a delete + create of one
+    key-changing update counted as the one ``u`` walrelay emits."""
+    lines = (DATA / "golden-transactions.jsonl").read_bytes().splitlines()
+    out: list[Transaction] = []
+    events: list[tuple[str, int, int]] = []
+    tables: list[str] = []
+    for line in lines:
+        rec = orjson.loads(line)
+        value = rec["value"]
+        if value is None or (value.get("transaction") is None and "status" not in value):
+            continue
+        if value.get("status") == "BEGIN":
+            events, tables = [], []
+        elif value.get("status") == "END":
+            count, collections = value["event_count"], _collections(value)
+            if [e[0] for e in events[-2:]] == ["d", "c"] and tables[-1] == tables[-2]:
+                events[-2:] = [("u", events[-2][1], events[-2][2])]
+                count -= 1
+                collections = [(n, c - 1 if n == tables[-1] else c) for n, c in collections]
+            out.append((count, collections, events))
+        else:
+            tx = value["transaction"]
+            events.append((value["op"], tx["total_order"], tx["data_collection_order"]))
+            source = value["source"]
+            tables.append(f"{source['schema']}.{source['table']}" if source["table"] else "")
+    return out
+
+
+def walrelay_transactions(events: list[Event]) -> list[Transaction]:
+    out: list[Transaction] = []
+    data: list[tuple[str, int, int]] = []
+    for event in events:
+        value = orjson.loads(event.body)
+        if event.op == "begin":
+            assert event.rendering is not None
+            assert orjson.loads(event.rendering.key or b"{}") == {"id": value["id"]}
+            assert (value["status"], value["event_count"]) == ("BEGIN", None)
+        elif event.op == "end":
+            assert value["status"] == "END"
+            out.append((value["event_count"], _collections(value), data))
+            data = []
+        elif value.get("transaction") is not None:
+            tx = value["transaction"]
+            data.append((value["op"], tx["total_order"], tx["data_collection_order"]))
+    return out
+
+
 def walrelay_records(events: list[Event]) -> list[dict[str, Any]]:
     out = []
     for event in events:
@@ -122,31 +186,28 @@ async def test_debezium_format_matches_real_debezium(db: str, tmp_path: Path) ->
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute((DATA / "setup.sql").read_text())
         conn.execute((DATA / "snapshot.sql").read_text())
-    sink = MemorySink()
-    cfg = make_config(
-        db,
-        TABLES,
-        [
-            {
-                "name": "dbz",
-                "sink": {"type": "file", "path": str(tmp_path / "unused.jsonl")},
-                "max_in_flight": 1,
-                "format": "debezium",
-                "debezium": {"topic.prefix": "golden"},
-            }
-        ],
-    )
+    sinks = {"dbz": MemorySink(), "tx": MemorySink()}
+    sink = sinks["dbz"]
+    dest = {
+        "name": "dbz",
+        "sink": {"type": "file", "path": str(tmp_path / "unused.jsonl")},
+        "max_in_flight": 1,
+        "format": "debezium",
+        "debezium": {"topic.prefix": "golden"},
+    }
+    cfg = make_config(db, TABLES, [dest, dict(dest, name="tx", transaction_metadata=True)])
     expected = golden_records()
     dbname = psycopg.conninfo.conninfo_to_dict(db)["dbname"]
     for record in expected:  # the golden run's database was called "golden"
         assert record["value"]["source"]["db"] == "golden"
         record["value"]["source"]["db"] = dbname
-    async with running_engine(cfg, sink_factory=lambda _d: sink):
+    async with running_engine(cfg, sink_factory=lambda d: sinks[d.name]):
         await wait_for(lambda: len(sink.delivered) >= 3, within=30)
         with psycopg.connect(db, autocommit=True) as conn:
             for statement in statements((DATA / "stream.sql").read_text()):
                 conn.execute(statement)
         await wait_for(lambda: any(e.table == "public.zz_end" for e in sink.delivered), within=30)
+        await wait_for(lambda: sum(e.op == "end" for e in sinks["tx"].delivered) >= 18, within=30)
     got = walrelay_records(sink.delivered)
     snapshot = [r for r in got if r["value"]["source"]["snapshot"] == "true"]
     rest = [r for r in got if r["value"]["source"]["snapshot"] != "true"]
@@ -161,3 +222,6 @@ async def test_debezium_format_matches_real_debezium(db: str, tmp_path: Path) ->
         assert mine["value"].keys() == theirs["value"].keys()
         for field in theirs["value"]:
             assert mine["value"][field] == theirs["value"][field], (field, theirs)
+    # Transaction metadata: the same transactions, counts, collections and orders
+    # (walrelay makes BEGIN and END at the commit, after the transaction's events).
+    assert walrelay_transactions(sinks["tx"].delivered) == golden_transactions()

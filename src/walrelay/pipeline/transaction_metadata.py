@@ -26,6 +26,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Final
 
+import orjson
+
 from walrelay.model import Event, Lsn, format_event_id, format_lsn
 from walrelay.pipeline.envelope import encode_json
 
@@ -54,8 +56,11 @@ class TransactionCounts:
         self._total = 0
         self._tables: dict[str, int] = {}
 
-    def count(self, event: Event) -> TransactionOrder:
-        """Count ``event`` into its transaction; its place in it."""
+    def count(self, event: Event) -> TransactionOrder | None:
+        """Count ``event`` into its transaction; its place in it. None for a
+        non-transactional logical message (xid 0): no transaction, as Debezium."""
+        if event.xid == 0:
+            return None
         if event.commit_lsn != self._commit_lsn:
             self._commit_lsn = event.commit_lsn
             self._xid = event.xid
@@ -63,7 +68,7 @@ class TransactionCounts:
             self._total = 0
             self._tables = {}
         self._total += 1
-        table = event.table or event.op
+        table = event.table or _truncated(event) or event.op
         n = self._tables.get(table, 0) + 1
         self._tables[table] = n
         return transaction_id(event.xid, event.commit_lsn), self._total, n
@@ -74,8 +79,9 @@ class TransactionCounts:
         if self._commit_lsn != commit_lsn or self._total == 0:
             return []
         self._commit_lsn = None
-        collections = [
-            {"data_collection": table, "event_count": n} for table, n in self._tables.items()
+        collections = [  # by name, as Debezium lists them
+            {"data_collection": table, "event_count": n}
+            for table, n in sorted(self._tables.items())
         ]
         return [
             self._event("begin", commit_lsn, seq, None, None),
@@ -118,3 +124,12 @@ class TransactionCounts:
             committed_at=self._committed_at,
             key_json=b"null",
         )
+
+
+def _truncated(event: Event) -> str:
+    """A truncate's first table (its one event is counted there, as the debezium
+    format's ``source.table`` names it)."""
+    if event.op != "truncate":
+        return ""
+    tables = orjson.loads(event.body).get("tables") or [""]
+    return str(tables[0])

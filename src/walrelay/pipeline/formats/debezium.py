@@ -221,7 +221,7 @@ class DebeziumFormatter:
             "ts_ns": us * 1000,
             "schema": schema,
             "table": table,
-            "txId": event.xid,
+            "txId": event.xid or None,  # 0: a non-transactional message
             "lsn": lsn,
             "xmin": None,
             "origin": None,
