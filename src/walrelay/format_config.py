@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = ["CloudEventsOptions", "DebeziumOptions", "FormatName", "check_format"]
 
@@ -55,6 +55,18 @@ class CloudEventsOptions(_Options):
     message_type: str = "walrelay.message"
     # Default: /walrelay/<slot>.
     source: str | None = None
+
+    @field_validator("type", "message_type")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        try:
+            v.format(schema="s", table="t", op="insert")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"cloudevents type template {v!r}: {exc!s} is not a field; "
+                "use {schema}, {table} and {op}"
+            ) from None
+        return v
 
 
 def check_format(

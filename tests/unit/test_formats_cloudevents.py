@@ -153,3 +153,10 @@ def test_a_parked_event_keeps_its_rendering(rendering: Rendering) -> None:
     assert "\\u0000" not in stored  # jsonb cannot hold NUL
     assert rendering_from_json(orjson.loads(stored)) == rendering
     assert route_from_json(orjson.loads(stored)) is None
+
+
+def test_a_type_template_with_an_unknown_field_is_a_config_error() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"\{schema\}, \{table\} and \{op\}"):
+        CloudEventsOptions(type="walrelay.{tabel}")
