@@ -12,7 +12,14 @@ Every event becomes one record:
   ``{"table":"<schema.table>"}`` (rows of a table without a key, truncates) or
   ``{"prefix":"<prefix>"}`` (logical messages), keeping their order too;
 - value: the JSON envelope (``event.body``);
-- headers: ``id`` (the event id ``<commit_lsn>/<seq>``), ``op``, ``table``.
+- headers: ``id`` (the event id ``<commit_lsn>/<seq>``), ``op``, ``table``
+  (CloudEvents binary mode adds ``ce_*`` and ``content-type``).
+
+``key_format`` picks another key (``debezium``: the output format's key in
+column order; ``column:<name>``: one column's raw value; see
+:mod:`walrelay.sinks.rendered`); ``tombstones: true`` follows each delete (and
+the old key of a key-changing update) with a null-value record of that key,
+in the same batch, so in ``exactly_once`` mode in the same transaction.
 
 Two modes:
 

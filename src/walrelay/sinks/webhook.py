@@ -1,7 +1,8 @@
 """HTTP webhook sink, signed per Standard Webhooks (https://www.standardwebhooks.com).
 
 Every event is one ``POST`` of ``event.body`` (``Content-Type:
-application/json``) with the headers
+application/json``; an output format may set another, and CloudEvents binary
+mode adds its ``ce-`` headers: :mod:`walrelay.sinks.rendered`) with the headers
 
 - ``webhook-id``: the event id ``<commit_lsn>/<seq>``, identical on every
   retry: receivers use it as their idempotency key;
