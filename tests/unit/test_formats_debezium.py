@@ -309,5 +309,6 @@ def test_composite_key_keeps_column_order() -> None:
 
 def test_converter_passes_through_what_it_cannot_read() -> None:
     options = DebeziumOptions()
+    assert value_converter(1231, NUMERIC_6_2, options)("[0:1]={1.50,2}") == "[0:1]={1.50,2}"
     assert value_converter(1114, -1, options)("infinity") == "infinity"
     assert value_converter(1082, -1, options)("5874897-12-31 BC") == "5874897-12-31 BC"
