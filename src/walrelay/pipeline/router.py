@@ -3,8 +3,11 @@
 The stream, the initial snapshot and backfills all hand changes (or rows) to
 one :class:`Router`. It decides which destinations want an event (per table
 and operation), builds the envelope once, applies each destination's own
-per-event steps (today the outbox event router), counts the event into the
-LSN tracker for that destination and offers it to the destination's buffer.
+per-event steps (the outbox event router, then, last, the output format:
+walrelay.pipeline.formats), counts the event into the LSN tracker for that
+destination and offers it to the destination's buffer. With
+``transaction_metadata`` it also makes each transaction's begin/end events at
+the commit (:meth:`Router.end_transaction`).
 What did not fit is returned for the caller to await (backpressure).
 
 The stream path is synchronous and counts into a dict that the reading task
