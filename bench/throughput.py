@@ -6,13 +6,15 @@ reference, pg_recvlogical writing to /dev/null, is bounded by the walsender
 (decoding on the server), which is also walrelay's ceiling.
 
     .venv/bin/python bench/throughput.py [--changes 1000000] [--rows-per-tx N]
-        [--json out.json] [--pure-python]
+        [--json out.json] [--pure-python] [--transforms] [--format debezium --format cloudevents]
 
 ``--pure-python`` adds a third run, from its own slot, with the C speedups
 off (``WALRELAY_NO_SPEEDUPS=1``). ``--transforms`` adds two more, each from
 its own slot: a typical transform chain on the 5-column table (filter +
 exclude + rename + hash, keeping every row) and a Python hook returning its
 input; the cost per event of each is the time over the run without transforms.
+Each ``--format`` adds a run, from its own
+slot, with the destination's output format set to it (walrelay.pipeline.formats).
 """
 
 from __future__ import annotations
@@ -152,6 +154,7 @@ def run_walrelay(
     slot: str,
     pure_python: bool = False,
     transforms: list[dict[str, object]] | None = None,
+    fmt: str = "walrelay",
 ) -> tuple[float, int, int]:
     """Returns (seconds, lines written, peak RSS bytes)."""
     out = workdir / "events.jsonl"
@@ -173,6 +176,7 @@ def run_walrelay(
                 "name": "file",
                 "sink": {"type": "file", "path": str(out), "fsync": "batch"},
                 "transforms": transforms or [],
+                **({} if fmt == "walrelay" else {"format": fmt}),
             }
         ],
         "log_level": "warning",
@@ -245,6 +249,13 @@ def main() -> int:
         action="store_true",
         help="also run walrelay with its C speedups off (WALRELAY_NO_SPEEDUPS=1)",
     )
+    ap.add_argument(
+        "--format",
+        action="append",
+        default=[],
+        choices=["debezium", "cloudevents"],
+        help="also run walrelay with this output format (repeatable)",
+    )
     args = ap.parse_args()
 
     # Time the run, not compiling walrelay's modules (PYTHONDONTWRITEBYTECODE
@@ -257,6 +268,7 @@ def main() -> int:
         slots = ["ref_slot", "walrelay_slot"] + (["walrelay_py_slot"] if args.pure_python else [])
         if args.transforms:
             slots += ["walrelay_chain_slot", "walrelay_hook_slot"]
+        slots += [f"walrelay_{fmt}_slot" for fmt in args.format]
         dsn = setup(cluster, slots)
         n, txs, gen_s = workload(dsn, args.changes, args.rows_per_tx)
         target = end_lsn(dsn)
@@ -275,9 +287,19 @@ def main() -> int:
             ):
                 with tempfile.TemporaryDirectory(prefix="walrelay-bench-") as tmp:
                     shaped[name] = run_walrelay(cluster, target, Path(tmp), slot, transforms=chain)
+        formats: dict[str, tuple[float, int, int]] = {}
+        for fmt in args.format:
+            with tempfile.TemporaryDirectory(prefix="walrelay-bench-") as tmp:
+                formats[fmt] = run_walrelay(
+                    cluster, target, Path(tmp), f"walrelay_{fmt}_slot", fmt=fmt
+                )
     finally:
         cluster.stop()
-    ok = lines == n and (py is None or py[1] == n) and all(r[1] == n for r in shaped.values())
+    ok = (
+        lines == n
+        and (py is None or py[1] == n)
+        and all(r[1] == n for r in [*shaped.values(), *formats.values()])
+    )
     if not ok:
         written = f"{lines}" if py is None else f"{lines} (pure Python: {py[1]})"
         print(f"ERROR: walrelay wrote {written} events, expected {n}", file=sys.stderr)
@@ -319,6 +341,16 @@ def main() -> int:
             }
             for name, r in shaped.items()
         },
+        "formats": {
+            fmt: {
+                "seconds": round(f[0], 3),
+                "changes_per_s": round(n / f[0]),
+                "events_written": f[1],
+                "peak_rss_mb": round(f[2] / 2**20, 1),
+                "ratio": round(ref_s / f[0], 3),
+            }
+            for fmt, f in formats.items()
+        },
         "c_speedups": speedups.ENABLED,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
     }
@@ -330,6 +362,8 @@ def main() -> int:
     for name, r in shaped.items():
         extra = (r[0] - wr_s) / n * 1e6
         print(f"{'walrelay, ' + name:<24}{r[0]:>10.2f}{n / r[0]:>14,.0f}   (+{extra:.1f} us/event)")
+    for fmt, f in formats.items():
+        print(f"{'walrelay, ' + fmt:<24}{f[0]:>10.2f}{n / f[0]:>14,.0f}")
     print(
         f"ratio walrelay / pg_recvlogical: {wr_rate / ref_rate:.3f}   "
         f"(peak RSS {peak / 2**20:.0f} MiB, {n:,} changes in {txs:,} transactions)"

@@ -28,6 +28,7 @@ from walrelay.config_file import read_config_document
 from walrelay.dsn import DSN_HINT, dsn_problem, one_line, speaking_utf8
 from walrelay.dsn import masked_dsn as masked_dsn  # re-exported: where callers look for it
 from walrelay.errors import ConfigError
+from walrelay.format_config import CloudEventsOptions, DebeziumOptions, FormatName, check_format
 from walrelay.transform_config import TransformList
 
 log = logging.getLogger("walrelay.config")
@@ -374,6 +375,11 @@ class KafkaSinkConfig(SinkConfigBase):
     delivery_timeout: PositiveSeconds = 30.0
     options: dict[str, str | int | float | bool] = Field(default_factory=dict)  # librdkafka
     batch_size: int = Field(default=500, gt=0)
+    # After a delete, a null-value record with the same key (compacted topics).
+    tombstones: bool = False
+    # Record key: walrelay (the key object, sorted), debezium (the format's key
+    # as rendered, column order; null for a truncate) or column:<name>.
+    key_format: str = Field(default="walrelay", pattern=r"^(walrelay|debezium|column:.+)$")
 
 
 def _one_or_many(value: Any) -> Any:
@@ -654,6 +660,24 @@ class DestinationConfig(_Model):
     snapshot: Literal["initial", "never"] = "initial"
     # Per-event steps, in order (walrelay.pipeline.transforms; models in transform_config).
     transforms: TransformList = Field(default_factory=list)
+    # Output format, the last per-destination step (walrelay.pipeline.formats),
+    # its options, and BEGIN/END transaction events (walrelay.format_config).
+    format: FormatName = "walrelay"
+    debezium: DebeziumOptions = DebeziumOptions()
+    cloudevents: CloudEventsOptions = CloudEventsOptions()
+    transaction_metadata: bool = False
+
+    @model_validator(mode="after")
+    def _format_fits(self) -> DestinationConfig:
+        check_format(
+            self.name,
+            self.format,
+            self.sink.type,
+            has_router=self.router is not None,
+            cloudevents_mode=self.cloudevents.mode,
+            transaction_metadata=self.transaction_metadata,
+        )
+        return self
 
     @model_validator(mode="before")
     @classmethod

@@ -108,7 +108,8 @@ class Relation:
         return tuple(i for i, c in enumerate(self.columns) if c.is_key)
 
 
-Op = Literal["insert", "update", "delete", "truncate", "message", "read"]
+Op = Literal["insert", "update", "delete", "truncate", "message", "read", "begin", "end"]
+"""``begin``/``end``: transaction metadata events (``transaction_metadata: true``)."""
 
 
 @dataclass(slots=True)
@@ -176,6 +177,28 @@ class Route:
     headers: tuple[tuple[str, str], ...] = ()
 
 
+@dataclass(slots=True, frozen=True)
+class Rendering:
+    """What a destination's output format (:mod:`walrelay.pipeline.formats`) made
+    of an event besides its body.
+
+    ``key``: the record key as the format defines it (Debezium's key object;
+    None: the format's key is null); ``old_key``: the key before an UPDATE
+    that changed it (for a Kafka tombstone of the old key); ``attributes``:
+    transport attributes (CloudEvents binary mode: ``specversion``, ``id``...,
+    sent as ``ce-`` HTTP headers / ``ce_`` Kafka headers); ``tables``: the
+    tables a truncate truncated (the formatted body does not list them all).
+    """
+
+    key: bytes | None = None
+    old_key: bytes | None = None
+    attributes: tuple[tuple[str, str], ...] = ()
+    tables: tuple[str, ...] = ()
+    # The body's media type when it is not walrelay's application/json
+    # (CloudEvents structured mode: application/cloudevents+json).
+    content_type: str | None = None
+
+
 @dataclass(slots=True)
 class Event:
     """A change as one destination sees it: id, grouping keys, encoded body.
@@ -210,6 +233,8 @@ class Event:
     # (with the traceback); the destination parks the event instead of sending
     # it (walrelay.pipeline.transforms).
     failure: str | None = None
+    # Set by a destination's output format (debezium, cloudevents).
+    rendering: Rendering | None = None
 
     @property
     def id(self) -> str:

@@ -339,7 +339,11 @@ class Engine:
                 request_stop=self.request_stop,
             )
             chain = chains.get(name)
-            resume = [ResumeHook(chain)] if chain is not None else []
+            resume = (
+                [ResumeHook(chain, finish=lambda e: _router(slot).finish(name, e))]
+                if chain is not None
+                else []
+            )
             return [*resume, completion, services.delivery_hook(name)]
 
         slot.destinations = await open_destinations(self.config, self._sink_factory, hooks_for)
@@ -350,6 +354,7 @@ class Engine:
             tracker,
             ignore_table=self.config.heartbeat.table,
             chains=chains,
+            source=self.config.source,
         )
         self.stats.router = slot.router
         for dest in slot.destinations.by_name.values():
@@ -532,3 +537,9 @@ class Engine:
         log.info(
             "confirmed %s to slot %s", format_lsn(slot.tracker.confirmed), self.config.source.slot
         )
+
+
+def _router(slot: SlotRun) -> Router:
+    """The slot's Router (set before any delivery starts)."""
+    assert slot.router is not None
+    return slot.router

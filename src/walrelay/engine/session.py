@@ -127,6 +127,7 @@ class ReplicationSession:
         self._router.discard_counts()
         feed = assembler.feed
         route = self._route
+        tx_metadata = self._router.has_transaction_metadata
         stream = self.stream
         stop = self._stop
         try:
@@ -155,6 +156,16 @@ class ReplicationSession:
                             elif cls is Begin:
                                 self._on_begin(item)  # type: ignore[arg-type]
                             else:
+                                if tx_metadata and self._begin is not None:
+                                    # begin/end events, counted before the seal
+                                    # (walrelay.pipeline.transaction_metadata).
+                                    blocked = self._router.end_transaction(
+                                        self._begin.commit_lsn, self._seq
+                                    )
+                                    if blocked is not None:
+                                        self._flush_adds()
+                                        for dest, event in blocked:
+                                            await dest.put(event)
                                 self._on_commit(item)  # type: ignore[arg-type]
                     elif kind == KEEPALIVE:
                         self._on_keepalive(frame)

@@ -471,6 +471,7 @@ class EnvelopeBuilder:
             table: tuple(cols) for table, cols in (key_columns or {}).items()
         }
         self._plans: dict[int, _Plan] = {}
+        self._relations: dict[str, Relation] = {}
         self._begin: Begin | None = None
         self._committed_at = datetime.min
         self._head = b""  # the envelope's bytes up to the seq, and from commit_lsn on
@@ -489,7 +490,13 @@ class EnvelopeBuilder:
         if plan is None or plan.relation is not relation or plan.version != self._types.version:
             plan = _Plan(relation, self._types, self._key_columns.get(relation.qualified_name))
             self._plans[relation.oid] = plan
+            self._relations[relation.qualified_name] = relation
         return plan
+
+    def relation(self, table: str) -> Relation | None:
+        """The last Relation an event of ``table`` was built with (column names,
+        type OIDs and modifiers, for the output formats); None: none yet."""
+        return self._relations.get(table)
 
     def build(self, begin: Begin, change: Change, seq: int) -> Event:
         if begin is not self._begin:

@@ -3,16 +3,19 @@
 The stream, the initial snapshot and backfills all hand changes (or rows) to
 one :class:`Router`. It decides which destinations want an event (per table
 and operation), builds the envelope once, applies each destination's own
-per-event steps (today the outbox event router), counts the event into the
-LSN tracker for that destination and offers it to the destination's buffer.
-What did not fit is returned for the caller to await (backpressure).
+per-event steps (transforms, the outbox event router, the output format),
+counts the event into the LSN tracker for that destination and offers it to
+the destination's buffer. What did not fit is returned for the caller to await (backpressure).
 
 A destination's steps are a list of callables, event in, event(s) out, run in
 order: its transforms (:mod:`walrelay.pipeline.transforms`), then (where
-configured) the outbox router; an output format slots in after the
-transforms. A step returns None to drop the event -- it then is not counted,
-so the safe LSN passes it -- or a list to fan out (streamed changes only:
-the session reserves the extra ids, :meth:`Router.take_extra_seqs`).
+configured) the outbox router; then, last, the output format
+(:mod:`walrelay.pipeline.formats`) renders each event that comes out. With
+``transaction_metadata`` the Router also makes each transaction's begin/end
+events at the commit (:meth:`Router.end_transaction`). A step returns None
+to drop the event -- it then is not counted, so the safe LSN passes it -- or
+a list to fan out (streamed changes only: the session reserves the extra
+ids, :meth:`Router.take_extra_seqs`).
 Destinations without steps take the event as built: no decode, no copy.
 
 A schema change that takes away a column a transform needs
@@ -33,12 +36,20 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Final
 
-from walrelay.config import DestinationConfig
+from walrelay.config import DestinationConfig, SourceConfig
 from walrelay.model import Begin, Change, Event, Lsn
 from walrelay.pipeline.envelope import EnvelopeBuilder, encode_json
+from walrelay.pipeline.formats import (
+    SNAPSHOT_BACKFILL,
+    SNAPSHOT_INITIAL,
+    SNAPSHOT_NONE,
+    Formatter,
+    build_formatters,
+)
 from walrelay.pipeline.lsn import LsnTracker
 from walrelay.pipeline.outbox_router import OutboxRouter
 from walrelay.pipeline.scheduler import Destination
+from walrelay.pipeline.transaction_metadata import TransactionCounts, TransactionOrder
 from walrelay.pipeline.transforms import SchemaDrift, TransformChain, build_chains
 from walrelay.pipeline.transforms.chain import RESUME_PREFIX
 
@@ -69,6 +80,7 @@ class Router:
         *,
         ignore_table: str | None = None,
         chains: Mapping[str, TransformChain] | None = None,
+        source: SourceConfig | None = None,
     ) -> None:
         self._configs = {d.name: d for d in configs}
         self.destinations = destinations
@@ -104,6 +116,14 @@ class Router:
         self.halted: dict[str, str] = {}
         # Ids a fan out used beyond the change's own (the session skips them).
         self.extra_seqs = 0
+        # The output format, the last per-destination step (walrelay.pipeline.formats):
+        # only destinations whose format is not walrelay's envelope have one.
+        self._formats: dict[str, Formatter] = build_formatters(configs, builder.relation, source)
+        # Destinations that get begin/end events (walrelay.pipeline.transaction_metadata).
+        self._tx: dict[str, TransactionCounts] = {
+            d.name: TransactionCounts() for d in configs if d.transaction_metadata
+        }
+        self.has_transaction_metadata = bool(self._tx)
         self._counts: dict[str, int] = {}
         # Events built and routed (each once, however many destinations take it).
         self.events_in = 0
@@ -202,30 +222,57 @@ class Router:
         self.extra_seqs = 0
         return n
 
-    def shape(self, destination: str, event: Event) -> Event | None:
+    def finish(
+        self,
+        destination: str,
+        event: Event,
+        snapshot: str = SNAPSHOT_NONE,
+        order: TransactionOrder | None = None,
+    ) -> Event:
+        """``event`` after ``destination``'s steps: rendered in its output format.
+
+        A failed event (a transform step failed on it) is rendered when its
+        retry succeeds (:class:`~walrelay.pipeline.transforms.ResumeHook`)."""
+        fmt = self._formats.get(destination)
+        if fmt is None or event.failure is not None or event.body.startswith(RESUME_PREFIX):
+            return event
+        return fmt.render(event, snapshot if event.op == "read" else SNAPSHOT_NONE, order)
+
+    def shape(
+        self, destination: str, event: Event, snapshot: str = SNAPSHOT_BACKFILL
+    ) -> Event | None:
         """The event as ``destination`` receives it; None: not for it.
 
-        For a destination stopped by a schema change: the event failed, its
-        body only its id, op and table (parked, never sent)."""
+        ``snapshot``: what a ``read`` event is (backfill rows come through here,
+        initial snapshot rows through :meth:`put_batch`). For a destination
+        stopped by a schema change: the event failed, its body only its id, op
+        and table (parked, never sent)."""
         steps = self._steps.get(destination)
-        if steps is None:
-            return event
-        out = self._apply(destination, event, steps, fan_out=False)
-        if out is _HELD:
-            return _stopped(event, self.halted[destination])
-        return out  # type: ignore[return-value]
+        out: Event = event
+        if steps is not None:
+            applied = self._apply(destination, event, steps, fan_out=False)
+            if applied is _HELD:
+                return _stopped(event, self.halted[destination])
+            if applied is None:
+                return None
+            out = applied  # type: ignore[assignment]
+        return self.finish(destination, out, snapshot)
 
-    def shaped(self, destination: str, events: Iterable[Event]) -> list[Event] | _Held:
+    def shaped(
+        self, destination: str, events: Iterable[Event], snapshot: str = SNAPSHOT_BACKFILL
+    ) -> list[Event] | _Held:
         steps = self._steps.get(destination)
-        if steps is None:
+        if steps is None and destination not in self._formats:
             return events if isinstance(events, list) else list(events)
         out: list[Event] = []
         for event in events:
-            shaped = self._apply(destination, event, steps, fan_out=False)
-            if shaped is _HELD:
-                return _HELD
+            shaped: Event | list[Event] | _Held | None = event
+            if steps is not None:
+                shaped = self._apply(destination, event, steps, fan_out=False)
+                if shaped is _HELD:
+                    return _HELD
             if shaped is not None:
-                out.append(shaped)  # type: ignore[arg-type]
+                out.append(self.finish(destination, shaped, snapshot))  # type: ignore[arg-type]
         return out
 
     # -- the stream: synchronous, counted in bulk -----------------------------
@@ -240,6 +287,8 @@ class Router:
         self.events_in += 1
         counts = self._counts
         shapers = self._steps
+        formats = self._formats
+        tx = self._tx
         blocked: Blocked | None = None
         for dest in dests:
             out = event
@@ -255,6 +304,8 @@ class Router:
                     out = shaped
                     if out.failure is not None:
                         dest.may_fail = True
+            if formats or tx:
+                out = self._render_streamed(dest.name, out)
             counts[dest.name] = counts.get(dest.name, 0) + 1
             if not dest.try_put(out):
                 if blocked is None:
@@ -273,6 +324,8 @@ class Router:
         assert isinstance(events, list)
         counts[dest.name] = counts.get(dest.name, 0) + len(events)
         for out in events:
+            if self._formats or self._tx:
+                out = self._render_streamed(dest.name, out)
             if out.failure is not None:
                 dest.may_fail = True
             if not dest.try_put(out):
@@ -281,12 +334,25 @@ class Router:
                 blocked.append((dest, out))
         return blocked
 
+    def _render_streamed(self, name: str, event: Event) -> Event:
+        """A streamed event counted for its transaction's metadata, then rendered."""
+        counter = self._tx.get(name)
+        order = None if counter is None else counter.count(event)
+        if name not in self._formats:
+            return event
+        return self.finish(name, event, SNAPSHOT_NONE, order)
+
     def dispatch_shaped(self, pairs: Iterable[tuple[Destination, Event]]) -> Blocked | None:
         """Like :meth:`dispatch` for events already shaped for their destination."""
         counts = self._counts
         blocked: Blocked | None = None
+        tx = self._tx
         for dest, event in pairs:
             self.events_in += 1  # a backfill chunk's event goes to one destination
+            if tx:
+                counter = tx.get(dest.name)
+                if counter is not None:
+                    counter.count(event)
             counts[dest.name] = counts.get(dest.name, 0) + 1
             if event.failure is not None:
                 dest.may_fail = True
@@ -306,6 +372,27 @@ class Router:
     def discard_counts(self) -> None:
         """A reconnect abandoned the transaction: it comes again whole."""
         self._counts.clear()
+        # Transaction metadata counts stay: a resumed transaction does not route
+        # its events before the drop again (engine/session.py), so they still count.
+
+    def end_transaction(self, commit_lsn: Lsn, seq: int) -> Blocked | None:
+        """At a commit: each transaction-metadata destination's begin and end
+        events (ids ``seq`` and ``seq + 1``), shaped, counted and offered like
+        :meth:`dispatch`; call :meth:`flush_counts` before the next await."""
+        blocked: Blocked | None = None
+        counts = self._counts
+        for name, counter in self._tx.items():
+            dest = self.destinations.get(name)
+            if dest is None:
+                continue
+            for event in counter.close(commit_lsn, seq):
+                out = self.finish(name, event)
+                counts[name] = counts.get(name, 0) + 1
+                if not dest.try_put(out):
+                    if blocked is None:
+                        blocked = []
+                    blocked.append((dest, out))
+        return blocked
 
     def take_counts(self) -> dict[str, int]:
         """The counts since the last flush, for a caller that tracks them itself
@@ -321,7 +408,7 @@ class Router:
 
         A destination stopped by a schema change gets them counted only (the
         slot stays behind them)."""
-        shaped = self.shaped(dest.name, events)
+        shaped = self.shaped(dest.name, events, SNAPSHOT_INITIAL)
         if shaped is _HELD:
             self.tracker.add(commit_lsn, len(events), destination=dest.name)
             return

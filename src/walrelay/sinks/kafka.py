@@ -12,7 +12,14 @@ Every event becomes one record:
   ``{"table":"<schema.table>"}`` (rows of a table without a key, truncates) or
   ``{"prefix":"<prefix>"}`` (logical messages), keeping their order too;
 - value: the JSON envelope (``event.body``);
-- headers: ``id`` (the event id ``<commit_lsn>/<seq>``), ``op``, ``table``.
+- headers: ``id`` (the event id ``<commit_lsn>/<seq>``), ``op``, ``table``
+  (CloudEvents binary mode adds ``ce_*`` and ``content-type``).
+
+``key_format`` picks another key (``debezium``: the output format's key in
+column order; ``column:<name>``: one column's raw value; see
+:mod:`walrelay.sinks.rendered`); ``tombstones: true`` follows each delete (and
+the old key of a key-changing update) with a null-value record of that key,
+in the same batch, so in ``exactly_once`` mode in the same transaction.
 
 Two modes:
 
@@ -74,6 +81,7 @@ from walrelay.errors import ConfigError, PoisonEvent, SinkError, SinkUnavailable
 from walrelay.model import Event, format_event_id, parse_event_id
 from walrelay.sinks.base import SinkContext
 from walrelay.sinks.common import batch_error, clean_topic, import_extra
+from walrelay.sinks.rendered import RecordKeys, kafka_headers
 from walrelay.sinks.templates import Naming
 
 if TYPE_CHECKING:
@@ -99,6 +107,7 @@ _RESERVED = (
 )
 _MODULES = ("confluent_kafka", "confluent_kafka.admin")
 _SORT = orjson.OPT_SORT_KEYS
+_TOMBSTONE_HEADER = "tombstone"
 
 
 def _loads(data: bytes) -> Any:
@@ -263,6 +272,8 @@ class KafkaSink:
                 max(60.0, 2 * config.delivery_timeout) * 1000
             )
         self._checkpoint_key = f"{slot}/{destination}".encode()
+        self.keys = RecordKeys(config.key_format, message_key)
+        self.tombstones = config.tombstones
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._producer: Producer | None = None
         self._admin: AdminClient | None = None
@@ -502,16 +513,28 @@ class KafkaSink:
                 key = None if route.key is None else route.key.encode()
                 out.append(_Record(route.topic, key, route.value, headers, eid))
                 continue
+            extra = kafka_headers(event) if event.rendering is not None else []
             for topic, table in names(event):
-                out.append(
-                    _Record(
-                        topic,
-                        message_key(event, table),
-                        event.body,
-                        [id_header, op_header, ("table", table.encode())],
-                        eid,
-                    )
-                )
+                table_header = ("table", table.encode())
+                key = self.keys.key(event, table)
+                sent: list[tuple[str, str | bytes | None]] = [
+                    id_header,
+                    op_header,
+                    table_header,
+                    *extra,
+                ]
+                out.append(_Record(topic, key, event.body, sent, eid))
+                if self.tombstones:
+                    # A null value after a delete (and for the old key of an update
+                    # that changed it), in the same batch, so the same transaction.
+                    dead = key if event.op == "delete" else self.keys.old_key(event)
+                    if dead is not None:
+                        marks: list[tuple[str, str | bytes | None]] = [
+                            id_header,
+                            (_TOMBSTONE_HEADER, b"1"),
+                            table_header,
+                        ]
+                        out.append(_Record(topic, dead, None, marks, eid))
         return out
 
     def _produce(self, producer: Producer, record: _Record, on_delivery: Any) -> None:

@@ -274,6 +274,8 @@ class RabbitMQSink:
             return [(self.exchanges.for_table(event.table, op), route.topic, event.table)]
         if op == "message":
             return [(self.exchanges.for_message(), self.routing_keys.for_message(), "")]
+        if op == "begin" or op == "end":  # transaction metadata: the message exchange
+            return [(self.exchanges.for_message(), self.routing_keys.transaction_name, "")]
         tables = truncated_tables(event) if op == "truncate" else [event.table]
         out: list[tuple[str, str, str]] = []
         for table in tables:

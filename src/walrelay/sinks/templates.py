@@ -105,6 +105,8 @@ def _split(qualified: str) -> tuple[str, str]:
 
 def truncated_tables(event: Event) -> list[str]:
     """The qualified names of the tables a ``truncate`` event truncated."""
+    if event.rendering is not None and event.rendering.tables:
+        return list(event.rendering.tables)  # the format's body does not list them
     tables = event.envelope().get("tables") or []
     return [t for t in tables if isinstance(t, str)]
 
@@ -136,6 +138,9 @@ class Naming:
             clean=clean,
         )
         self._cache: dict[tuple[str, str], str] = {}
+        # Where transaction metadata (begin/end events) goes, as Debezium's
+        # <topic.prefix>.transaction topic.
+        self.transaction_name = clean(f"{prefix}.transaction")
 
     def for_table(self, table: str, op: str = "insert") -> str:
         key = (table, op)
@@ -158,6 +163,8 @@ class Naming:
         op = event.op
         if op == "message":
             return [(self.for_message(), "")]
+        if op == "begin" or op == "end":  # transaction metadata
+            return [(self.transaction_name, "")]
         if op == "truncate":
             out: list[tuple[str, str]] = []
             seen: set[str] = set()

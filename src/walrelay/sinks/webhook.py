@@ -1,7 +1,8 @@
 """HTTP webhook sink, signed per Standard Webhooks (https://www.standardwebhooks.com).
 
 Every event is one ``POST`` of ``event.body`` (``Content-Type:
-application/json``) with the headers
+application/json``; an output format may set another, and CloudEvents binary
+mode adds its ``ce-`` headers: :mod:`walrelay.sinks.rendered`) with the headers
 
 - ``webhook-id``: the event id ``<commit_lsn>/<seq>``, identical on every
   retry: receivers use it as their idempotency key;
@@ -46,6 +47,7 @@ from yarl import URL
 from walrelay.errors import ConfigError, SinkError, SinkUnavailable
 from walrelay.model import Event
 from walrelay.sinks.common import batch_error, safe_url
+from walrelay.sinks.rendered import http_headers
 from walrelay.sinks.signing import SECRET_PREFIX, secret_key, signature_headers
 
 if TYPE_CHECKING:
@@ -195,6 +197,8 @@ class WebhookSink:
         body = event.body
         msg_id = event.id
         headers = signature_headers(self._key, msg_id, body)
+        if event.rendering is not None:  # CloudEvents: ce- headers, the body's media type
+            headers.update(http_headers(event))
         try:
             async with session.post(
                 self._url, data=body, headers=headers, allow_redirects=False

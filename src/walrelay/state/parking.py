@@ -54,7 +54,7 @@ from typing import Any, LiteralString
 import psycopg
 from psycopg import sql
 
-from walrelay.model import Event, Route
+from walrelay.model import Event, Rendering, Route
 
 __all__ = [
     "CHANNEL",
@@ -67,6 +67,8 @@ __all__ = [
     "key_matches",
     "migration_statements",
     "rename_migration_statements",
+    "rendering_from_json",
+    "rendering_to_json",
     "revision_migration_statements",
     "route_from_json",
     "route_migration_statements",
@@ -221,6 +223,7 @@ class ParkedEventsTable:
                 xid=int(xid),
                 committed_at=committed_at,
                 route=route_from_json(route),
+                rendering=rendering_from_json(route),
             )
         return out
 
@@ -388,12 +391,49 @@ def route_to_json(route: Route | None) -> dict[str, Any] | None:
     return out
 
 
+def rendering_to_json(rendering: Rendering) -> dict[str, Any]:
+    """What an output format made of a parked event besides its body (its record
+    key, CloudEvents attributes...), kept in the ``route`` column under
+    ``"rendering"`` so a re-delivery sends the same key and headers."""
+
+    def b64(data: bytes | None) -> str | None:
+        return None if data is None else base64.b64encode(data).decode("ascii")
+
+    return {
+        "key": b64(rendering.key),
+        "old_key": b64(rendering.old_key),
+        "attributes": [[encode_key(k), encode_key(v)] for k, v in rendering.attributes],
+        "tables": [encode_key(t) for t in rendering.tables],
+        "content_type": rendering.content_type,
+    }
+
+
+def rendering_from_json(data: Any) -> Rendering | None:
+    """Inverse of :func:`rendering_to_json`, from the ``route`` column's value."""
+    if not isinstance(data, dict) or not isinstance(data.get("rendering"), dict):
+        return None
+    r = data["rendering"]
+
+    def unb64(text: str | None) -> bytes | None:
+        return None if text is None else base64.b64decode(text)
+
+    return Rendering(
+        key=unb64(r.get("key")),
+        old_key=unb64(r.get("old_key")),
+        attributes=tuple((decode_key(k), decode_key(v)) for k, v in r.get("attributes") or ()),
+        tables=tuple(decode_key(t) for t in r.get("tables") or ()),
+        content_type=r.get("content_type"),
+    )
+
+
 def route_from_json(data: Any) -> Route | None:
-    """Inverse of :func:`route_to_json` (a NULL column: None)."""
+    """Inverse of :func:`route_to_json` (a NULL column, or only a rendering: None)."""
     if data is None:
         return None
     if not isinstance(data, dict):
         raise ValueError(f"parked_events.route is not a JSON object: {data!r}")
+    if "topic" not in data:
+        return None
     value: bytes | None
     if data.get("value_base64") is not None:
         value = base64.b64decode(data["value_base64"])

@@ -90,6 +90,8 @@ def _error_text(error: BaseException) -> str:
 def _route_param(event: Event) -> Jsonb | None:
     """The ``route`` column of a parked event: routed events keep their route."""
     route = T.route_to_json(event.route)
+    if event.rendering is not None:  # an output format's key and headers
+        route = dict(route or {}, rendering=T.rendering_to_json(event.rendering))
     return None if route is None else Jsonb(route)
 
 

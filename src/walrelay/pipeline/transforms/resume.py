@@ -12,7 +12,7 @@ with the new traceback when it does not.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from walrelay.errors import SinkError
 from walrelay.model import Event
@@ -25,8 +25,12 @@ __all__ = ["ResumeHook"]
 class ResumeHook(DeliveryHook):
     """Runs the remaining steps of failed events before they are sent."""
 
-    def __init__(self, chain: TransformChain) -> None:
+    def __init__(
+        self, chain: TransformChain, finish: Callable[[Event], Event] | None = None
+    ) -> None:
         self.chain = chain
+        # The destination's output format, applied to an event once its steps succeed.
+        self.finish = finish
 
     async def before_send(self, events: Sequence[Event]) -> Sequence[Event]:
         if not any(e.body.startswith(RESUME_PREFIX) for e in events):
@@ -45,5 +49,5 @@ class ResumeHook(DeliveryHook):
             except StepError as e:
                 raise SinkError(str(e)) from None
             if resumed is not None:
-                out.append(resumed)
+                out.append(resumed if self.finish is None else self.finish(resumed))
         return out
