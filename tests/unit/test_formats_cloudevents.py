@@ -48,7 +48,7 @@ def test_structured_mode_is_one_document_the_sdk_reads() -> None:
     headers = http_headers(out)
     assert headers == {"Content-Type": "application/cloudevents+json"}
     parsed = ce_http.from_http(ce_http.HTTPMessage(headers, out.body), JSONFormat())
-    assert parsed.get_id() == "0000000000002000/3"
+    assert parsed.get_id() == "0000000000002000/0000000003"
     assert parsed.get_source() == "/walrelay/main"
     assert parsed.get_type() == "walrelay.public.users.insert"
     assert parsed.get_subject() == '{"id":7}'
@@ -71,7 +71,7 @@ def test_binary_mode_headers_the_sdk_reads_over_http_and_kafka() -> None:
         JSONFormat(),
     )
     for parsed in (http_event, kafka_event):
-        assert parsed.get_id() == "0000000000002000/3"
+        assert parsed.get_id() == "0000000000002000/0000000003"
         assert parsed.get_source() == "/db"
         assert parsed.get_type() == "com.example.users.insert"
         assert parsed.get_subject() == '{"id":7}'

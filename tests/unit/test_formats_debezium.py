@@ -103,8 +103,8 @@ NUMERIC_6_2 = (6 << 16 | 2) + 4
         (1184, -1, "2024-01-02 01:04:05.123456+00", "2024-01-02T01:04:05.123456Z"),
         (1184, -1, "1970-01-01 00:00:00+00", "1970-01-01T00:00:00.000000Z"),
         (1184, 3, "2024-01-02 03:04:05.123+00", "2024-01-02T03:04:05.123Z"),
-        (1186, -1, "3 days 04:05:06.5", 273906500000),  # micros
-        (1186, -1, "-3 days -00:00:01", -259201000000),
+        (1186, -1, "P3DT4H5M6.5S", 273906500000),  # micros
+        (1186, -1, "P-3DT-1S", -259201000000),
         (2950, -1, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
         (3802, -1, '{"a": 1, "b": [true, null]}', '{"a": 1, "b": [true, null]}'),
         (114, -1, '{"a": 1, "b": [true, null, 2.5]}', '{"a": 1, "b": [true, null, 2.5]}'),
@@ -215,7 +215,7 @@ def test_insert_envelope_and_source() -> None:
         "origin_lsn": None,
     }
     assert event.rendering is not None and event.rendering.key == b'{"id":1}'
-    assert event.id == "00000000016B3748/3"  # the id stays walrelay's
+    assert event.id == "00000000016B3748/0000000003"  # the id stays walrelay's
 
 
 def test_update_under_default_identity_has_no_before() -> None:

@@ -93,7 +93,7 @@ def test_transaction_metadata_begin_and_end_are_counted(fmt: str) -> None:
     assert tracker.pending_events("plain") == 3
     assert len(sent["plain"]) == 3
     begin, end = sent["tx"][-2:]
-    assert (begin.id, end.id) == ("0000000000001000/3", "0000000000001000/4")
+    assert (begin.id, end.id) == ("0000000000001000/0000000003", "0000000000001000/0000000004")
     assert (begin.op, end.op) == ("begin", "end")
     collections = [  # by name, as Debezium lists them
         {"data_collection": "public.items", "event_count": 1},
@@ -139,7 +139,7 @@ def test_format_config_errors_name_the_destination_and_the_fix() -> None:
         )
     with pytest.raises(ValidationError, match="cannot feed a postgres sink"):
         DestinationConfig.model_validate(
-            {"name": "p", "sink": {"type": "postgres", "dsn": "x"}, "format": "debezium"}
+            {"name": "p", "sink": {"type": "postgres", "dsn": "dbname=x"}, "format": "debezium"}
         )
     with pytest.raises(ValidationError, match="renders its own payload"):
         DestinationConfig.model_validate(
