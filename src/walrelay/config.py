@@ -157,6 +157,10 @@ class SourceConfig(_Model):
     snapshot_workers: int = Field(default=2, ge=1, le=32)
     # How often a running engine looks for `walrelay backfill` requests.
     backfill_poll_interval: Seconds = 1.0
+    # Delivery blocked this long closes the replication connection (a walsender
+    # we stop reading from holds the primary's checkpoints, slot invalidation and
+    # shutdown); it reconnects when there is room (walrelay.engine.session).
+    disconnect_when_blocked_after: Seconds = 5.0
 
     @field_validator("tables")
     @classmethod
