@@ -161,6 +161,10 @@ class SourceConfig(_Model):
     # we stop reading from holds the primary's checkpoints, slot invalidation and
     # shutdown); it reconnects when there is room (walrelay.engine.session).
     disconnect_when_blocked_after: Seconds = 5.0
+    # Refused unless set (walrelay.source.slot): a FOR ALL TABLES / FOR TABLES IN
+    # SCHEMA publication, and an unlimited max_slot_wal_keep_size on the source.
+    allow_wide_publication: bool = False
+    allow_unbounded_wal: bool = False
 
     @field_validator("tables")
     @classmethod

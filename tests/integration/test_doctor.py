@@ -68,7 +68,7 @@ def cluster_factory() -> Iterator[Callable[[dict[str, str] | None], PgCluster]]:
 def test_misconfigured_cluster_reports_each_problem_with_its_fix(
     cluster_factory: Callable[[dict[str, str] | None], PgCluster],
 ) -> None:
-    cluster = cluster_factory(None)  # max_slot_wal_keep_size stays at its default, -1
+    cluster = cluster_factory({"max_slot_wal_keep_size": "-1"})  # unlimited: no cap
     dsn = cluster.dsn()
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("create table outbox_events (id bigserial primary key, payload jsonb)")
