@@ -9,6 +9,7 @@ bucket lookup per *transaction* of a finished batch, not per event.
 Metric names (the Grafana dashboard in ``grafana/walrelay.json`` uses them):
 
 ==========================================  =====================================
+``walrelay_info{slot,publication}``         always 1 (rules join on it for ``slot``)
 ``walrelay_streaming``                      1 while the replication stream runs
 ``walrelay_events_in_total{destination}``   events routed to the destination
 ``walrelay_events_out_total{destination}``  events delivered
@@ -195,6 +196,11 @@ class MetricsCollector:
         def counter(name: str, doc: str, labels: Sequence[str] = ()) -> CounterMetricFamily:
             return CounterMetricFamily(name, doc, labels=list(labels))
 
+        info = gauge(
+            "walrelay_info", "Always 1; labels name this walrelay's slot", ["slot", "publication"]
+        )
+        info.add_metric([engine.config.source.slot, engine.config.source.publication], 1.0)
+        yield info
         streaming = gauge("walrelay_streaming", "1 while the replication stream is running")
         streaming.add_metric([], 1.0 if svc.state() == "streaming" else 0.0)
         yield streaming
