@@ -2,7 +2,9 @@
 real Alertmanager routes to a webhook receiver (Debian's prometheus and
 prometheus-alertmanager): a destination failing every event raises the
 warning, then the page; recovery resolves them; stopping walrelay raises
-WalrelayDown, and starting it again resolves that.
+WalrelayDown, and starting it again resolves that. walrelay also pushes its
+own alerts to the same Alertmanager (API v2, ``alerts.alertmanager``): its
+delivery-lag alert (parked events counted) fires and resolves there too.
 
 The rules are the shipped file with its durations shortened (``for: 1m`` ->
 2 s, ``for: 5m`` -> 6 s, rate windows 1m -> 4 s); the real durations are
@@ -95,13 +97,13 @@ def _process(args: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
 
 @contextlib.asynccontextmanager
 async def alerting_stack(
-    tmp: Path, walrelay_port: int, receiver_port: int
-) -> AsyncIterator[tuple[int, int]]:
+    tmp: Path, walrelay_port: int, receiver_port: int, am_port: int
+) -> AsyncIterator[int]:
     """Alertmanager -> receiver, and Prometheus scraping walrelay every second."""
     prometheus = shutil.which("prometheus")
     alertmanager = shutil.which("prometheus-alertmanager")
     assert prometheus and alertmanager, "bash scripts/servers/install.sh prometheus"
-    am_port, prom_port = free_port(), free_port()
+    prom_port = free_port()
     (tmp / "am.yml").write_text(
         yaml.safe_dump(
             {
@@ -159,7 +161,7 @@ async def alerting_stack(
         _process(am_args, tmp / "alertmanager.log"),
         _process(prom_args, tmp / "prometheus.log"),
     ):
-        yield prom_port, am_port
+        yield prom_port
 
 
 @pytest.fixture
@@ -172,7 +174,7 @@ async def test_failing_destination_pages_through_prometheus_and_alertmanager(
     db: str, tmp_path: Path, env: None
 ) -> None:
     execute(db, "create table items (id serial primary key, v text)")
-    http_port = free_port()
+    http_port, am_port = free_port(), free_port()
     hook = WebhookReceiver(os.environ[SECRET_ENV])
     hook.status = 500  # every event fails
 
@@ -196,7 +198,11 @@ async def test_failing_destination_pages_through_prometheus_and_alertmanager(
                 ],
                 "shutdown_timeout": 5,
                 "http": {"port": http_port, "token_env": TOKEN_ENV},
-                "monitor": {"interval": "500ms"},
+                "monitor": {
+                    "interval": "500ms",
+                    "thresholds": {"delivery_lag_warn_seconds": 2, "delivery_lag_page_seconds": 4},
+                },
+                "alerts": {"alertmanager": [{"url": f"http://127.0.0.1:{am_port}"}]},
                 "ledger": {"type": "none"},
             },
             "(test)",
@@ -210,7 +216,7 @@ async def test_failing_destination_pages_through_prometheus_and_alertmanager(
     async with (
         hook,
         AlertReceiver() as receiver,
-        alerting_stack(tmp_path, http_port, receiver.port),
+        alerting_stack(tmp_path, http_port, receiver.port, am_port),
     ):
         async with running_engine(configured()):
             writer = asyncio.create_task(keep_writing())
@@ -233,7 +239,24 @@ async def test_failing_destination_pages_through_prometheus_and_alertmanager(
                     within=20,
                     what="the failing page at the receiver",
                 )
+                # walrelay's own alert, pushed to Alertmanager: the lag of parked events
+                await wait_for(
+                    lambda: receiver.seen(
+                        "walrelay_delivery_lag",
+                        "firing",
+                        severity="page",
+                        destination="hook",
+                        slot="alerting",
+                    ),
+                    within=30,
+                    what="walrelay's own delivery-lag page via Alertmanager",
+                )
                 hook.status = 200  # the destination recovers
+                await wait_for(
+                    lambda: receiver.seen("walrelay_delivery_lag", "resolved", severity="page"),
+                    within=30,
+                    what="walrelay's own delivery-lag page to resolve",
+                )
                 for severity in ("warn", "page"):
                     await wait_for(
                         lambda s=severity: receiver.seen(  # type: ignore[misc]

@@ -37,7 +37,15 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from walrelay.model import Event, format_lsn
-from walrelay.monitor.alerts import Alert, AlertManager, Condition, Notifier, WebhookTarget
+from walrelay.monitor.alert_targets import AlertmanagerTarget, PagerDutyTarget
+from walrelay.monitor.alerts import (
+    Alert,
+    AlertManager,
+    Condition,
+    NotificationTarget,
+    Notifier,
+    WebhookTarget,
+)
 from walrelay.monitor.health import HEALTH_RULES, EngineHealth
 from walrelay.monitor.metrics import LatencyHistogram, render_metrics
 from walrelay.monitor.probe import Probe, Snapshot
@@ -180,6 +188,7 @@ class Monitor:
         conditions += svc.external_conditions.values()
         self.checks_total += 1
         svc.notifier.notify(svc.alerts.update(conditions, rules=rules))
+        svc.sync_alertmanagers()
 
     async def run(self) -> None:
         while True:
@@ -219,6 +228,7 @@ class Services:
         self.started_at = time.time()
         self._pending_since: dict[str, float] = {}
         self.engine_health = EngineHealth()
+        self.alertmanagers: list[AlertmanagerTarget] = []
         self._monitor_task: asyncio.Task[None] | None = None
 
     # -- engine hooks ---------------------------------------------------------
@@ -245,10 +255,7 @@ class Services:
     async def start(self) -> None:
         config = self.engine.config
         try:
-            self.notifier.webhooks = [
-                WebhookTarget(w.url_value(), Severity(w.min_severity), w.timeout)
-                for w in config.alerts.webhooks
-            ]
+            self._alert_targets(config)
         except Exception as e:
             log.error("alerts: %s; alerts go to the log only", e)
         if config.monitor.enabled:
@@ -263,6 +270,35 @@ class Services:
             )
         if config.http.enabled:
             await self._start_http()
+
+    def _alert_targets(self, config: Config) -> None:
+        """Slack webhooks, PagerDuty and Alertmanager from ``alerts:``."""
+        alerts, slot = config.alerts, config.source.slot
+        targets: list[NotificationTarget] = [
+            WebhookTarget(w.url_value(), Severity(w.min_severity), w.timeout)
+            for w in [*alerts.webhooks, *alerts.slack]
+        ]
+        targets += [
+            PagerDutyTarget(p.routing_key_value(), slot, Severity(p.min_severity), p.url, p.timeout)
+            for p in alerts.pagerduty
+        ]
+        self.notifier.webhooks = targets
+        self.alertmanagers = [
+            AlertmanagerTarget(
+                a.url,
+                slot=slot,
+                instance=self.alerts.instance,
+                min_severity=Severity(a.min_severity),
+                extra_labels=a.labels,
+                bearer_token=a.bearer_token(),
+                timeout=a.timeout,
+            )
+            for a in alerts.alertmanager
+        ]
+
+    def sync_alertmanagers(self) -> None:
+        for target in self.alertmanagers:
+            target.sync(self.notifier, self.alerts.open)
 
     async def _start_http(self) -> None:
         from walrelay.web.auth import resolve_token
