@@ -516,6 +516,12 @@ class Services:
                 "notes": snap.notes if snap is not None else [],
             },
             "alerts": [a.to_dict() for a in self.open_alerts()],
+            # Replication paused: the parked-event cap, or delivery blocked (the
+            # replication connection released, walrelay.engine.session).
+            "paused": {
+                "parked_cap": engine.replication_paused,
+                "backpressure": bool(getattr(engine, "backpressured", False)),
+            },
             # Initial snapshots and backfills (walrelay.source.snapshot).
             "progress": [p.to_dict() for p in getattr(engine, "progress", {}).values()],
         }
