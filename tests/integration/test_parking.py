@@ -236,7 +236,11 @@ async def test_cap_pauses_replication_then_resumes_and_loses_nothing(
     create_accounts(db)
     async with Receiver(secret(monkeypatch)) as hook:
         hook.status = 503  # the destination is down
-        cfg = config(db, hook.url, max_events=20, park_after=1)
+        raw = config_dict(db, hook.url, max_events=20, park_after=1)
+        # Paused within this grace the reader keeps its connection (asserted below);
+        # past it, it lets go of the server (test_backpressure.py).
+        raw["source"]["disconnect_when_blocked_after"] = 60
+        cfg = parse_config(raw, "(test)")
         async with running_engine(cfg) as engine:
             execute(db, "insert into accounts select g, 0 from generate_series(1, 30) g")
             await wait_for(lambda: engine.replication_paused, what="the cap to pause replication")
