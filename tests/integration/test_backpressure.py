@@ -165,7 +165,7 @@ async def test_fast_shutdown_of_the_source_completes_while_backpressured(
     dsn = capped_cluster.dsn()
     engine, sink, task = await _blocked_engine(dsn)
     try:
-        assert not engine.backpressured  # blocked, and still connected
+        # Blocked (the connection is released within a second, maybe already).
         began = time.monotonic()
         stopped = await asyncio.to_thread(
             subprocess.run,
