@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs the real servers walrelay's tests and benchmarks start on loopback
 # ports (src/walrelay/testing/servers.py): Redis, NATS (JetStream), RabbitMQ
-# from Debian's packages, and Apache Kafka 4.x (KRaft) as jars from Maven Central.
+# from Debian's packages, and Apache Kafka 4.x (KRaft) as jars from Maven Central;
+# Prometheus and Alertmanager (Debian's prometheus, prometheus-alertmanager) for
+# the alerting tests (promtool checks deploy/prometheus/walrelay-rules.yml).
 #
-#   bash scripts/servers/install.sh [all|redis|nats|rabbitmq|kafka ...]
+#   bash scripts/servers/install.sh [all|redis|nats|rabbitmq|kafka|prometheus ...]
 #
 # Idempotent and quiet: it only checks files when everything is in place.
 # The Debian packages' own system services are never started (a policy-rc.d
@@ -38,8 +40,8 @@ wants() {
 }
 for w in "${want[@]}"; do
   case "$w" in
-    all | redis | nats | rabbitmq | kafka) ;;
-    *) say "unknown server '$w' (all, redis, nats, rabbitmq, kafka)"; exit 2 ;;
+    all | redis | nats | rabbitmq | kafka | prometheus) ;;
+    *) say "unknown server '$w' (all, redis, nats, rabbitmq, kafka, prometheus)"; exit 2 ;;
   esac
 done
 
@@ -54,6 +56,12 @@ if wants nats && ! command -v nats-server >/dev/null 2>&1; then
 fi
 if wants rabbitmq && { [ ! -x "$RABBITMQ_SERVER" ] || ! command -v epmd >/dev/null 2>&1; }; then
   pkgs+=(rabbitmq-server); services+=(rabbitmq-server epmd.socket epmd)
+fi
+if wants prometheus; then
+  command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 \
+    || { pkgs+=(prometheus); services+=(prometheus); }
+  command -v prometheus-alertmanager >/dev/null 2>&1 \
+    || { pkgs+=(prometheus-alertmanager); services+=(prometheus-alertmanager); }
 fi
 if wants kafka; then
   command -v java >/dev/null 2>&1 || pkgs+=(openjdk-17-jre-headless)

@@ -195,6 +195,14 @@ class SourceConfig(_Model):
     snapshot_workers: int = Field(default=2, ge=1, le=32)
     # How often a running engine looks for `walrelay backfill` requests.
     backfill_poll_interval: PositiveSeconds = 1.0
+    # Delivery blocked this long closes the replication connection (a walsender
+    # we stop reading from holds the primary's checkpoints, slot invalidation and
+    # shutdown); it reconnects when there is room (walrelay.engine.session).
+    disconnect_when_blocked_after: PositiveSeconds = 5.0
+    # Refused unless set (walrelay.source.slot): a FOR ALL TABLES / FOR TABLES IN
+    # SCHEMA publication, and an unlimited max_slot_wal_keep_size on the source.
+    allow_wide_publication: bool = False
+    allow_unbounded_wal: bool = False
 
     @field_validator("tables")
     @classmethod
@@ -747,35 +755,100 @@ class MonitorConfig(_Model):
     thresholds: ThresholdsConfig = ThresholdsConfig()
 
 
+def _secret_of(what: str, value: SecretStr | None, env: str | None, file: str | None) -> str:
+    """A secret given inline, by environment variable, or in a file."""
+    if env is not None:
+        return env_secret(env, what) or ""
+    if file is not None:
+        try:
+            with open(file) as f:
+                return f.read().strip()
+        except OSError as e:
+            raise ConfigError(
+                f"{what}: cannot read {file}: {e.strerror}",
+                fix=f"point the setting at a readable file holding the {what}",
+            ) from None
+    assert value is not None
+    return value.get_secret_value()
+
+
+def _exactly_one(what: str, *given: object) -> None:
+    if sum(x is not None for x in given) != 1:
+        raise ValueError(f"set exactly one of {what}")
+
+
 class AlertWebhookConfig(_Model):
-    """A Slack-compatible incoming webhook: POST {"text": ...}."""
+    """A Slack-compatible incoming webhook (``alerts: {slack: [...]}``, or the
+    older ``webhooks:``): POST {"text": ...}. The URL is the secret."""
 
     url: SecretStr | None = None
     url_env: str | None = None
+    url_file: str | None = None
     min_severity: Literal["warn", "page"] = "warn"
     timeout: PositiveSeconds = 5.0
 
     @model_validator(mode="after")
     def _one_url(self) -> AlertWebhookConfig:
-        if (self.url is None) == (self.url_env is None):
-            raise ValueError("set exactly one of url and url_env")
+        _exactly_one("url and url_env (or url_file)", self.url, self.url_env, self.url_file)
         return self
 
     def url_value(self) -> str:
-        if self.url_env is not None:
-            value = os.environ.get(self.url_env)
-            if not value:
-                raise ConfigError(
-                    f"alerts webhook: environment variable {self.url_env} is not set",
-                    fix=f"export {self.url_env}=https://hooks.example/... or remove the webhook",
-                )
-            return value
-        assert self.url is not None
-        return self.url.get_secret_value()
+        return _secret_of("alerts webhook URL", self.url, self.url_env, self.url_file)
+
+
+class AlertmanagerTargetConfig(_Model):
+    """``alerts: {alertmanager: [{url: http://alertmanager:9093}]}``: open alerts
+    posted to Alertmanager's API v2 (``/api/v2/alerts``), resolved when they close."""
+
+    url: str
+    min_severity: Literal["warn", "page"] = "warn"
+    timeout: Seconds = 5.0
+    labels: dict[str, str] = Field(default_factory=dict)  # added to every alert
+    bearer_token_env: str | None = None
+    bearer_token_file: str | None = None
+
+    def bearer_token(self) -> str | None:
+        if self.bearer_token_env is None and self.bearer_token_file is None:
+            return None
+        return _secret_of(
+            "Alertmanager bearer token", None, self.bearer_token_env, self.bearer_token_file
+        )
+
+
+class PagerDutyTargetConfig(_Model):
+    """``alerts: {pagerduty: [{routing_key_env: PD_KEY}]}``: PagerDuty Events v2
+    (trigger on firing and escalation, resolve on close; one dedup key per alert)."""
+
+    routing_key: SecretStr | None = None
+    routing_key_env: str | None = None
+    routing_key_file: str | None = None
+    min_severity: Literal["warn", "page"] = "page"
+    url: str = "https://events.pagerduty.com/v2/enqueue"
+    timeout: Seconds = 5.0
+
+    @model_validator(mode="after")
+    def _one_key(self) -> PagerDutyTargetConfig:
+        _exactly_one(
+            "routing_key, routing_key_env and routing_key_file",
+            self.routing_key,
+            self.routing_key_env,
+            self.routing_key_file,
+        )
+        return self
+
+    def routing_key_value(self) -> str:
+        return _secret_of(
+            "PagerDuty routing key", self.routing_key, self.routing_key_env, self.routing_key_file
+        )
 
 
 class AlertsConfig(_Model):
+    """Where walrelay's own alerts go besides the log (walrelay.monitor.alert_targets)."""
+
     webhooks: list[AlertWebhookConfig] = Field(default_factory=list)
+    slack: list[AlertWebhookConfig] = Field(default_factory=list)
+    alertmanager: list[AlertmanagerTargetConfig] = Field(default_factory=list)
+    pagerduty: list[PagerDutyTargetConfig] = Field(default_factory=list)
 
 
 class HttpConfig(_Model):

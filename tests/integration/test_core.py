@@ -291,6 +291,9 @@ async def test_status_updates_continue_while_backpressured(
                     }
                 ],
                 status_interval=0.5,
+                # Within this grace the blocked reader keeps its connection (what
+                # this test is about); past it, it lets go (test_backpressure.py).
+                disconnect_when_blocked_after=60,
             )
             async with running_engine(config) as engine:
                 await wait_for(

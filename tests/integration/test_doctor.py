@@ -68,7 +68,7 @@ def cluster_factory() -> Iterator[Callable[[dict[str, str] | None], PgCluster]]:
 def test_misconfigured_cluster_reports_each_problem_with_its_fix(
     cluster_factory: Callable[[dict[str, str] | None], PgCluster],
 ) -> None:
-    cluster = cluster_factory(None)  # max_slot_wal_keep_size stays at its default, -1
+    cluster = cluster_factory({"max_slot_wal_keep_size": "-1"})  # unlimited: no cap
     dsn = cluster.dsn()
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("create table outbox_events (id bigserial primary key, payload jsonb)")
@@ -89,8 +89,11 @@ def test_misconfigured_cluster_reports_each_problem_with_its_fix(
             what="the held session to be idle in transaction",
         )
 
-        result = doctor("--dsn", dsn, "--long-transaction-seconds", "0")
-        assert result.returncode == 1, result.stdout + result.stderr
+        # --no-record: this run leaves no sample, so the JSON run below is the
+        # first to see the slot inactive (both warn; test_doctor_failure_modes
+        # times an inactive slot across runs).
+        result = doctor("--dsn", dsn, "--long-transaction-seconds", "0", "--no-record")
+        assert result.returncode == 4, result.stdout + result.stderr  # worst: error
         lines = result.stdout.splitlines()
 
         def line(code: str, severity: str, *needles: str) -> str:
@@ -127,14 +130,14 @@ def test_misconfigured_cluster_reports_each_problem_with_its_fix(
         severities = [ln.split()[0] for ln in lines[1:-1]]
         order = ["ERROR", "PAGE", "WARN", "INFO", "OK"]
         assert severities == sorted(severities, key=order.index)
-        assert lines[-1].startswith("summary: ") and lines[-1].endswith("-> exit 1")
+        assert lines[-1].startswith("summary: ") and lines[-1].endswith("-> exit 4")
 
         # --json: the same review, machine-readable
         runner = CliRunner()
         res = runner.invoke(
             doctor_command, ["--dsn", dsn, "--json", "--long-transaction-seconds", "0"]
         )
-        assert res.exit_code == 1, res.output
+        assert res.exit_code == 4, res.output
         payload = json.loads(res.output)
         codes = findings_by_code(payload)
         for code, severity in {
@@ -149,7 +152,7 @@ def test_misconfigured_cluster_reports_each_problem_with_its_fix(
             assert [f["severity"] for f in codes[code]] == [severity], code
             assert all(f["fix"] for f in codes[code]), code
         assert codes["idle_in_transaction"][0]["details"]["pid"] == pid
-        assert payload["summary"]["exit_code"] == 1
+        assert payload["summary"]["exit_code"] == 4
         assert payload["summary"]["page"] >= 1 and payload["summary"]["error"] >= 1
         assert set(payload["findings"][0]) == {
             "code",
@@ -241,7 +244,8 @@ def test_well_configured_cluster_exits_zero_with_only_ok_and_info(
         assert codes["wal_senders_headroom"][0]["details"]["used"] == 1
 
         text = doctor("--dsn", dsn, "--slot", "walrelay")
-        assert text.returncode == (0 if expected_disk == "ok" else 1), text.stdout + text.stderr
+        expected_code = {"ok": 0, "warn": 1, "page": 3}[expected_disk]
+        assert text.returncode == expected_code, text.stdout + text.stderr
         assert all(
             ln.split()[0] in {"OK", "INFO"}
             for ln in text.stdout.splitlines()[1:-1]
@@ -265,7 +269,7 @@ def test_lost_slot_pages(cluster_factory: Callable[[dict[str, str] | None], PgCl
     assert scalar(dsn, "select wal_status from pg_replication_slots") == "lost"
 
     result = doctor("--dsn", dsn, "--json")
-    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.returncode == 3, result.stdout + result.stderr  # worst: page
     codes = findings_by_code(json.loads(result.stdout))
     assert [f["severity"] for f in codes["slot_lost"]] == ["page"]
     assert "pg_drop_replication_slot('stuck')" in codes["slot_lost"][0]["fix"]

@@ -407,7 +407,7 @@ async def test_status_command_asks_the_engine_then_falls_back_to_postgres(
             code, text, err = await _walrelay("status", "--config", str(path), env=env)
             assert code == 0, (text, err)
             assert f"engine at http://127.0.0.1:{raw['http']['port']}: streaming" in text
-            assert re.search(r"^file\s+FileSink\s+7\s+7\s", text, re.M), text
+            assert re.search(r"^file\s+file\s+7\s+7\s", text, re.M), text
             assert re.search(r"^mon_status\s+\S+\s+yes\s+yes\s+reserved", text, re.M), text
             code, js, _ = await _walrelay("status", "--config", str(path), "--json", env=env)
             doc = orjson.loads(js)

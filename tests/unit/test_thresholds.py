@@ -266,12 +266,12 @@ def test_report_text_worst_first_and_exit_code() -> None:
     facts = healthy()
     facts.settings["max_slot_wal_keep_size"] = Setting("-1", "MB")
     report = Report("host=x", "15.0", "postgres", diagnose(facts))
-    assert report.exit_code == 1
+    assert report.exit_code == 3  # the worst is a page
     lines = report.to_text().splitlines()
     assert lines[1].startswith("PAGE   max_slot_wal_keep_size_unset")
     assert "| fix: ALTER SYSTEM SET max_slot_wal_keep_size" in lines[1]
     assert lines[-1].startswith("summary: 0 error, 1 page, 0 warn")
-    assert lines[-1].endswith("-> exit 1")
+    assert lines[-1].endswith("-> exit 3")
 
 
 def test_fix_texts_quote_awkward_names() -> None:

@@ -189,6 +189,13 @@ class Engine:
         return self.tracker.confirmed
 
     @property
+    def backpressured(self) -> bool:
+        """True while the replication connection is closed because delivery
+        stayed blocked (walrelay.engine.session); it reconnects when there is room."""
+        session = self._session
+        return session is not None and session.released
+
+    @property
     def replication_paused(self) -> bool:
         """True while a destination's parked events are at their cap: the engine
         does not read the stream (status updates go on). A page-level condition."""

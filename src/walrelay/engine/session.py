@@ -30,6 +30,7 @@ from walrelay.source.stream import (
     KEEPALIVE,
     XLOGDATA,
     XLOGDATA_HEADER,
+    ReplicationConnectionLost,
     ReplicationSource,
     parse_keepalive,
     xlogdata_start,
@@ -51,6 +52,11 @@ class Resume:
     """The transaction it was in the middle of (None: between transactions)."""
     routed: int = 0
     """How many changes of that transaction were routed already."""
+
+
+async def _put_all(blocked: Blocked) -> None:
+    for dest, event in blocked:
+        await dest.put(event)
 
 
 def _at_lsn(error: DecodeError, frame: bytes) -> DecodeError:
@@ -100,6 +106,8 @@ class ReplicationSession:
         self._resume_commit_lsn = resume.commit_lsn
         self._resume_seq = resume.routed
         self.last_sealed_end = resume.last_sealed_end
+        # True once the connection was closed because delivery stayed blocked.
+        self.released = False
 
     @property
     def in_transaction(self) -> bool:
@@ -148,11 +156,9 @@ class ReplicationSession:
                             if cls is Change:
                                 blocked = route(item)  # type: ignore[arg-type]
                                 if blocked is not None:
-                                    # A full buffer: wait for space (backpressure;
-                                    # status updates keep going meanwhile).
+                                    # A full buffer: wait for space (backpressure).
                                     self._flush_adds()
-                                    for dest, event in blocked:
-                                        await dest.put(event)
+                                    await self._wait_for_room(blocked)
                             elif cls is Begin:
                                 self._on_begin(item)  # type: ignore[arg-type]
                             else:
@@ -171,6 +177,43 @@ class ReplicationSession:
                         self._on_keepalive(frame)
         finally:
             assembler.close()
+
+    async def _wait_for_room(self, blocked: Blocked) -> None:
+        """Hand over the events that did not fit, waiting for buffer space.
+
+        While we wait we do not read the socket, so the walsender soon blocks
+        writing to us, and a blocked walsender holds the primary: the server
+        cannot terminate it to invalidate the slot at
+        ``max_slot_wal_keep_size``, a checkpoint waits for it, a fast shutdown
+        hangs. So when delivery stays blocked for
+        ``source.disconnect_when_blocked_after`` seconds the replication
+        connection is closed; once there is room again the session ends with
+        :class:`ReplicationConnectionLost` and the engine reconnects from the
+        safe LSN (the changes already routed are skipped, see :class:`Resume`).
+        """
+        waiting = asyncio.ensure_future(_put_all(blocked))
+        try:
+            await asyncio.wait({waiting}, timeout=self._source.disconnect_when_blocked_after)
+            if waiting.done():
+                waiting.result()
+                return
+            names = ", ".join(sorted({dest.name for dest, _ in blocked}))
+            log.warning(
+                "delivery to %s blocked for %.0fs: closing the replication connection so "
+                "the server is never held by it; reconnecting when there is room",
+                names,
+                self._source.disconnect_when_blocked_after,
+            )
+            self.released = True
+            self._stats.backpressure_releases += 1
+            await self.stream.close()
+            await waiting
+        finally:
+            if not waiting.done():
+                waiting.cancel()
+        raise ReplicationConnectionLost(
+            "closed while delivery was blocked (backpressure); there is room again"
+        )
 
     def _on_keepalive(self, frame: bytes) -> None:
         wal_end, reply = parse_keepalive(frame)

@@ -15,9 +15,12 @@ A rule that could not be evaluated this time (say the monitor lost its
 connection) is left out of ``rules=`` so its open alerts neither resolve nor
 change.
 
-:class:`Notifier` sends notifications to the log and to Slack-compatible
-webhooks (``POST {"text": ...}``), from a background task so a slow or dead
-webhook never holds up a check.
+:class:`Notifier` sends notifications to the log and to every
+:class:`NotificationTarget` (Slack-compatible webhooks, ``POST {"text": ...}``;
+PagerDuty Events v2 in :mod:`walrelay.monitor.alert_targets`), from a
+background task so a slow or dead receiver never holds up a check.
+Alertmanager is not notified per change but kept in sync with the open
+alerts (:class:`walrelay.monitor.alert_targets.AlertmanagerTarget`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import logging
 import time
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -42,6 +45,7 @@ __all__ = [
     "AlertManager",
     "Condition",
     "Notification",
+    "NotificationTarget",
     "Notifier",
     "WebhookTarget",
     "format_notification",
@@ -192,6 +196,25 @@ class AlertManager:
         )
 
 
+class NotificationTarget(Protocol):
+    """Where the :class:`Notifier` posts a notification (JSON over HTTP)."""
+
+    @property
+    def url(self) -> str: ...
+    @property
+    def timeout(self) -> float: ...
+    @property
+    def display(self) -> str:
+        """Safe for logs (no secret)."""
+        ...
+
+    @property
+    def headers(self) -> dict[str, str]: ...
+
+    def wants(self, notification: Notification) -> bool: ...
+    def body(self, notification: Notification) -> bytes: ...
+
+
 @dataclass(frozen=True)
 class WebhookTarget:
     url: str = field(repr=False)
@@ -206,24 +229,40 @@ class WebhookTarget:
             f"{parts.scheme}://{parts.hostname or '?'}{':' + str(parts.port) if parts.port else ''}"
         )
 
+    @property
+    def headers(self) -> dict[str, str]:
+        return {}
+
     def wants(self, notification: Notification) -> bool:
-        level = notification.alert.notified if notification.kind == "resolved" else None
-        if level is None:
-            level = notification.alert.severity
-        return level.rank >= self.min_severity.rank
+        return wants(notification, self.min_severity)
+
+    def body(self, notification: Notification) -> bytes:
+        return orjson.dumps({"text": notification.text})
+
+
+def wants(notification: Notification, min_severity: Severity) -> bool:
+    """A resolve goes where its highest notified severity went."""
+    level = notification.alert.notified if notification.kind == "resolved" else None
+    if level is None:
+        level = notification.alert.severity
+    return level.rank >= min_severity.rank
 
 
 class Notifier:
     """Logs every notification and posts it to the webhooks that want it."""
 
     def __init__(
-        self, webhooks: Sequence[WebhookTarget] = (), *, queue_size: int = 1000, attempts: int = 3
+        self,
+        webhooks: Sequence[NotificationTarget] = (),
+        *,
+        queue_size: int = 1000,
+        attempts: int = 3,
     ) -> None:
-        self.webhooks = list(webhooks)
+        self.webhooks: list[NotificationTarget] = list(webhooks)
         self.attempts = attempts
         self.sent_total = 0
         self.failed_total = 0
-        self._queue: asyncio.Queue[tuple[WebhookTarget, bytes]] = asyncio.Queue(queue_size)
+        self._queue: asyncio.Queue[tuple[NotificationTarget, bytes]] = asyncio.Queue(queue_size)
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -236,17 +275,20 @@ class Notifier:
             else:
                 level = logging.WARNING
             log.log(level, "alert %s: %s", n.kind, n.text)
-            body = orjson.dumps({"text": n.text})
             for target in self.webhooks:
                 if not target.wants(n):
                     continue
-                try:
-                    self._queue.put_nowait((target, body))
-                except asyncio.QueueFull:
-                    self.failed_total += 1
-                    log.warning("alert webhook queue full; not sending to %s", target.display)
-                else:
-                    self._ensure_task()
+                self.send(target, target.body(n))
+
+    def send(self, target: NotificationTarget, body: bytes) -> None:
+        """Queue one POST of ``body`` to ``target`` (retried, never blocking)."""
+        try:
+            self._queue.put_nowait((target, body))
+        except asyncio.QueueFull:
+            self.failed_total += 1
+            log.warning("alert queue full; not sending to %s", target.display)
+        else:
+            self._ensure_task()
 
     def _ensure_task(self) -> None:
         if self._task is None or self._task.done():
@@ -262,7 +304,7 @@ class Notifier:
             finally:
                 self._queue.task_done()
 
-    async def _post(self, target: WebhookTarget, body: bytes) -> None:
+    async def _post(self, target: NotificationTarget, body: bytes) -> None:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession()
         error = ""
@@ -271,7 +313,7 @@ class Notifier:
                 async with self._session.post(
                     target.url,
                     data=body,
-                    headers={"content-type": "application/json"},
+                    headers={"content-type": "application/json", **target.headers},
                     timeout=aiohttp.ClientTimeout(total=target.timeout),
                 ) as resp:
                     # The status is the answer; of the body at most a little is read

@@ -17,8 +17,16 @@ Scope: publications and published tables are those of the ``--dsn``
 database; settings, slots, WAL senders and open transactions are
 cluster-wide (a stuck slot of any database fills the same disk).
 
-Exit codes: 0 nothing at page/error level, 1 at least one page or error
-finding, 2 the doctor could not connect or could not read the catalogs.
+Exit codes say the worst severity found: 0 nothing above info, 1 warn,
+3 page, 4 error; 2 when the doctor could not connect or read the catalogs
+(as every walrelay command does for a setup it cannot use).
+
+Before PostgreSQL 17 the server does not say since when a slot is inactive:
+each run records what it saw in walrelay's state schema
+(:mod:`walrelay.state.slot_samples`, see :mod:`walrelay.monitor.sampling`)
+so the next run knows how long a slot has been inactive, and whether its
+retained WAL grew while its published tables were quiet. That is the one
+write the doctor makes, on a connection of its own (``--no-record``: none).
 
 PostgreSQL documentation for what is checked:
 https://www.postgresql.org/docs/15/logical-replication-config.html,
@@ -47,6 +55,8 @@ from walrelay.config import masked_dsn
 from walrelay.dsn import dsn_problem
 from walrelay.dsn import scrub as _scrub
 from walrelay.errors import WalrelayError
+from walrelay.model import parse_lsn
+from walrelay.monitor.sampling import Sampling, SlotObservation, record_samples
 from walrelay.monitor.thresholds import DEFAULT_THRESHOLDS, GiB, MiB, Severity, Thresholds
 from walrelay.sqltext import ident, literal
 from walrelay.units import format_bytes, format_duration
@@ -160,6 +170,11 @@ class TableFacts:
     has_primary_key: bool
     identity_index: str | None = None
     candidate_index: str | None = None  # unique, not-null, non-partial: usable as identity
+    # pg_stat_user_tables since its statistics were reset (0 for a partitioned root)
+    inserts: int = 0
+    updates: int = 0
+    deletes: int = 0
+    dead_tuples: int = 0
 
     @property
     def qualified(self) -> str:
@@ -232,6 +247,12 @@ class Facts:
     disk: DiskFacts | None = None
     disk_unknown_reason: str = "not checked"
     wal_dir_bytes: int | None = None
+    current_wal_lsn: str | None = None
+    # From walrelay's own samples (walrelay.monitor.sampling), before PostgreSQL 17:
+    # per slot, how long the samples have seen it inactive (0: this run was first).
+    sampled_inactive_seconds: dict[str, float] = field(default_factory=dict)
+    sampling: Sampling | None = None  # None: not recorded
+    heartbeat_enabled: bool | None = None  # from --config; None: not known
 
     def setting(self, name: str) -> Setting | None:
         return self.settings.get(name)
@@ -325,10 +346,13 @@ select pt.schemaname::text as schema, pt.tablename::text as name, pt.publication
              select 1 from unnest(i.indkey::int2[]) k(attnum)
              join pg_attribute a on a.attrelid = c.oid and a.attnum = k.attnum
              where not a.attnotnull)
-         order by i.indnatts, ic.relname limit 1) as candidate_index
+         order by i.indnatts, ic.relname limit 1) as candidate_index,
+       coalesce(st.n_tup_ins, 0) as inserts, coalesce(st.n_tup_upd, 0) as updates,
+       coalesce(st.n_tup_del, 0) as deletes, coalesce(st.n_dead_tup, 0) as dead_tuples
 from pt
 join pg_namespace n on n.nspname = pt.schemaname
 join pg_class c on c.relnamespace = n.oid and c.relname = pt.tablename
+left join pg_stat_user_tables st on st.relid = c.oid
 order by 1, 2
 """
 
@@ -396,6 +420,7 @@ def gather(conn: Conn) -> Facts:
     ]
     if facts.server_version_num >= 140000:
         facts.spills = [SpillFacts(**row) for row in conn.execute(_SPILLS)]
+    facts.current_wal_lsn = str(_one(conn, f"select {_CURRENT_LSN}::text as lsn")["lsn"])
     facts.transactions = [TransactionFacts(**row) for row in conn.execute(_TRANSACTIONS)]
     facts.prepared = [PreparedFacts(**row) for row in conn.execute(_PREPARED)]
     try:
@@ -481,6 +506,9 @@ class Finding:
         return out
 
 
+_EXIT_CODES = {Severity.WARN: 1, Severity.PAGE: 3, Severity.ERROR: 4}
+
+
 @dataclass
 class Report:
     dsn: str  # masked
@@ -490,7 +518,9 @@ class Report:
 
     @property
     def exit_code(self) -> int:
-        return 1 if any(f.severity.alerting for f in self.findings) else 0
+        """The worst severity: 0 ok/info, 1 warn, 3 page, 4 error (2: could not run)."""
+        worst = max((f.severity for f in self.findings), key=lambda s: s.rank, default=None)
+        return _EXIT_CODES.get(worst, 0) if worst is not None else 0
 
     def counts(self) -> dict[str, int]:
         return {s.value: sum(1 for f in self.findings if f.severity is s) for s in Severity}
@@ -541,6 +571,8 @@ def diagnose(
     findings += _check_headroom(facts, thresholds)
     findings += _check_publications(facts)
     findings += _check_tables(facts)
+    findings += _check_delete_cleanup(facts)
+    findings += check_quiet_publications(facts)
     findings += _check_spills(facts)
     findings += _check_slots(facts, thresholds)
     if slot is not None:
@@ -883,6 +915,10 @@ def _check_tables(facts: Facts) -> list[Finding]:
                     f"ALTER TABLE {name} REPLICA IDENTITY DEFAULT;"
                 )
                 note = " and it has no primary key (walrelay needs source.key_columns for it)"
+            if table.inserts and not table.updates and "outbox" not in table.name.lower():
+                note += " (insert-only so far: FULL buys nothing but the risk)"
+            elif "outbox" in table.name.lower():
+                note += " (an outbox is insert-only: FULL buys nothing)"
             out.append(
                 Finding(
                     "replica_identity_full",
@@ -917,6 +953,107 @@ def _check_tables(facts: Facts) -> list[Finding]:
                 f"database {facts.database}",
                 f"{keyed} published table(s) have a primary key or replica identity index",
                 details={"tables": keyed},
+            )
+        )
+    return out
+
+
+DELETE_CLEANUP_MIN_DELETES = 1000
+"""Fewer deleted rows than this are not judged a cleanup pattern."""
+
+
+def _check_delete_cleanup(facts: Facts) -> list[Finding]:
+    """A published table whose rows are inserted, rarely updated, then deleted
+    one by one: an outbox or queue cleaned with DELETE, judged by its
+    statistics (``pg_stat_user_tables``), whatever its name."""
+    out: list[Finding] = []
+    for table in facts.tables:
+        deletes, inserts = table.deletes, table.inserts
+        if (
+            deletes < DELETE_CLEANUP_MIN_DELETES
+            or deletes * 2 < inserts
+            or table.updates * 10 > inserts
+        ):
+            continue
+        name = table.qualified
+        out.append(
+            Finding(
+                "delete_cleanup",
+                Severity.WARN,
+                f"table {name}",
+                f"{inserts} rows inserted and {deletes} deleted row by row, {table.updates} "
+                f"updated ({table.dead_tuples} dead tuples now): cleanup by DELETE writes and "
+                "decodes every row a second time (WAL, walsender CPU, bloat, vacuum)",
+                "partition it by time and drop old partitions instead (walrelay outbox init "
+                "makes such an outbox and its upkeep drops them); or emit the events with "
+                "pg_logical_emit_message(true, <prefix>, <payload>), which writes no table",
+                {
+                    "inserts": inserts,
+                    "updates": table.updates,
+                    "deletes": deletes,
+                    "dead_tuples": table.dead_tuples,
+                },
+            )
+        )
+    return out
+
+
+QUIET_WAL_BYTES = 16 * MiB
+"""WAL written by the database between two doctor runs, while the published
+tables saw no write and a slot's position did not move, that makes a quiet
+publication worth a warning (one WAL segment)."""
+
+
+def check_quiet_publications(facts: Facts) -> list[Finding]:
+    """A quiet publication in a busy database retains WAL unless something
+    (heartbeats, or confirming keepalives) moves its slot: judged from the
+    previous doctor run's sample, and from the config's heartbeat setting."""
+    out: list[Finding] = []
+    if facts.heartbeat_enabled is False:
+        out.append(
+            Finding(
+                "heartbeat_off",
+                Severity.WARN,
+                "config heartbeat",
+                "heartbeats are off: while the published tables are quiet and the rest of "
+                "the database is busy, only keepalives move the slot, and lag cannot be "
+                "measured end to end",
+                "heartbeat: {enabled: true, interval: 30s}",
+            )
+        )
+    sampling = facts.sampling
+    if sampling is None or facts.current_wal_lsn is None:
+        return out
+    writes = sampling.published_writes
+    for slot in facts.slots:
+        prev = sampling.previous.get(slot.name)
+        if (
+            prev is None
+            or slot.slot_type != "logical"
+            or slot.database != facts.database
+            or slot.wal_status == "lost"
+            or prev.published_writes is None
+            or prev.published_writes != writes
+            or prev.confirmed_flush_lsn != slot.confirmed_flush_lsn
+        ):
+            continue
+        written = parse_lsn(facts.current_wal_lsn) - parse_lsn(prev.wal_lsn)
+        if written < QUIET_WAL_BYTES:
+            continue
+        retained = slot.retained_bytes or 0
+        out.append(
+            Finding(
+                "quiet_publication",
+                Severity.WARN,
+                f"slot {slot.name}",
+                f"its published tables saw no write in the last "
+                f"{format_duration(prev.age_seconds)} while the database wrote "
+                f"{format_bytes(written)} of WAL, and its position did not move: it retains "
+                f"{format_bytes(retained)} and grows with every unrelated write",
+                "turn heartbeats on (walrelay: heartbeat: {enabled: true}; another consumer: "
+                "SELECT pg_logical_emit_message(true, 'heartbeat', '') on a timer) so the "
+                "slot moves while the publication is quiet",
+                {"wal_written": written, "retained_bytes": retained},
             )
         )
     return out
@@ -1005,11 +1142,27 @@ def _check_slots(facts: Facts, t: Thresholds) -> list[Finding]:
                 )
             )
         if not slot.active and not slot.temporary and slot.wal_status != "lost":
-            if slot.inactive_seconds is not None:  # PostgreSQL 17+
-                sev = t.slot_inactive(slot.inactive_seconds)
-                since = f" for {format_duration(slot.inactive_seconds)}"
+            inactive = slot.inactive_seconds  # PostgreSQL 17+
+            if inactive is None:
+                inactive = facts.sampled_inactive_seconds.get(slot.name)
+            if inactive is None or inactive == 0:
+                sev, since = (
+                    Severity.WARN,
+                    (
+                        " now (PostgreSQL < 17 does not say since when; "
+                        + (
+                            "this run is the first to see it inactive: the next doctor run "
+                            "measures how long)"
+                            if inactive == 0
+                            else "run the doctor without --no-record to measure it)"
+                        )
+                    ),
+                )
             else:
-                sev, since = Severity.WARN, " now (PostgreSQL < 17 cannot say since when)"
+                sev = t.slot_inactive(inactive)
+                since = f" for {format_duration(inactive)}"
+                if sev is Severity.OK:
+                    sev = Severity.INFO
             if sev is not Severity.OK:
                 out.append(
                     Finding(
@@ -1019,7 +1172,7 @@ def _check_slots(facts: Facts, t: Thresholds) -> list[Finding]:
                         f"inactive{since}, no consumer connected; it retains "
                         f"{format_bytes(retained)} of WAL and keeps growing",
                         f"start its consumer (walrelay run), or if abandoned: {drop}",
-                        {"retained_bytes": retained, "inactive_seconds": slot.inactive_seconds},
+                        {"retained_bytes": retained, "inactive_seconds": inactive},
                     )
                 )
         lag = t.retained_wal(retained, keep)
@@ -1234,8 +1387,11 @@ def run_doctor(
     long_transaction_seconds: float | None = None,
     slot: str | None = None,
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
+    state_schema: str | None = "walrelay",
+    heartbeat_enabled: bool | None = None,
 ) -> Report:
-    """Connect read-only, gather, diagnose. Raises :class:`DoctorError`."""
+    """Connect read-only, gather, record the slot samples (in ``state_schema``;
+    None: not), diagnose. Raises :class:`DoctorError`."""
     with connect(dsn) as conn:
         try:
             facts = gather(conn)
@@ -1243,18 +1399,71 @@ def run_doctor(
             raise DoctorError(
                 f"reading the catalogs of {masked_dsn(dsn)} failed: {_scrub(str(e), dsn).strip()}"
             ) from None
+    facts.heartbeat_enabled = heartbeat_enabled
+    extra: list[Finding] = []
+    if state_schema is not None:
+        why = _record_samples(dsn, state_schema, facts)
+        if why is not None:
+            extra.append(
+                Finding(
+                    "samples_not_recorded",
+                    Severity.INFO,
+                    f"schema {state_schema}",
+                    f"{_scrub(why, dsn)}: inactive slots cannot be timed before PostgreSQL "
+                    "17, nor quiet publications seen",
+                    "run the doctor as a role that may create and write walrelay's state "
+                    "schema (the role walrelay runs as), on the primary",
+                )
+            )
     findings = diagnose(
         facts, long_transaction_seconds=long_transaction_seconds, slot=slot, thresholds=thresholds
     )
+    findings = sorted(findings + extra, key=lambda f: -f.severity.rank)
     return Report(masked_dsn(dsn), facts.server_version, facts.database, findings)
+
+
+def _record_samples(dsn: str, schema: str, facts: Facts) -> str | None:
+    """Record the slots in walrelay's samples and read the previous run's into
+    ``facts``; why not, when it could not."""
+    if facts.in_recovery:
+        return "a standby cannot record samples"
+    if facts.current_wal_lsn is None:
+        return "the WAL position is unknown"
+    writes = sum(t.inserts + t.updates + t.deletes for t in facts.tables)
+    observations = [
+        SlotObservation(
+            slot=slot.name,
+            database=slot.database,
+            active=slot.active,
+            confirmed_flush_lsn=slot.confirmed_flush_lsn,
+            wal_lsn=facts.current_wal_lsn,
+            published_writes=writes if slot.database == facts.database else None,
+        )
+        for slot in facts.slots
+        if not slot.temporary
+    ]
+    sampling = record_samples(dsn, schema, observations, writes)
+    if isinstance(sampling, str):
+        return sampling
+    facts.sampling = sampling
+    facts.sampled_inactive_seconds = sampling.inactive_seconds
+    return None
 
 
 @click.command("doctor")
 @click.option(
     "--dsn",
-    required=True,
+    default=None,
     envvar="WALRELAY_DSN",
-    help="libpq connection string or URL of the source database (or $WALRELAY_DSN)",
+    help="libpq connection string or URL of the source database (or $WALRELAY_DSN; "
+    "default with --config: source.dsn)",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="walrelay's config: its source, slot, state schema and heartbeat are reviewed too",
 )
 @click.option("--json", "as_json", is_flag=True, help="print the findings as JSON")
 @click.option(
@@ -1265,18 +1474,58 @@ def run_doctor(
     help="report transactions open at least this long",
 )
 @click.option("--slot", default=None, help="also check this slot is usable by walrelay")
+@click.option(
+    "--state-schema",
+    default=None,
+    help="where the slot samples are kept (default: state.schema of --config, or walrelay)",
+)
+@click.option(
+    "--no-record",
+    is_flag=True,
+    help="write nothing (no slot samples: inactive slots cannot be timed before PostgreSQL 17)",
+)
 def doctor_command(
-    dsn: str, as_json: bool, long_transaction_seconds: float, slot: str | None
+    dsn: str | None,
+    config_path: str | None,
+    as_json: bool,
+    long_transaction_seconds: float,
+    slot: str | None,
+    state_schema: str | None,
+    no_record: bool,
 ) -> None:
-    """Review a PostgreSQL cluster for logical-replication CDC, read only.
+    """Review a PostgreSQL cluster for logical-replication CDC.
 
     One finding per line: severity (ok, info, warn, page, error), a stable
-    code, what it is about, and the SQL or setting that fixes it. Exit 0
-    when nothing is at page or error level, 1 otherwise, 2 when the doctor
-    could not connect or read the catalogs.
+    code, what it is about, and the SQL or setting that fixes it. Exit code:
+    the worst severity (0 ok/info, 1 warn, 3 page, 4 error); 2 when the
+    doctor could not connect or read the catalogs. It reads only, except the
+    slot samples it keeps in walrelay's state schema (--no-record: none).
     """
+    heartbeat: bool | None = None
+    if config_path is not None:
+        from walrelay.config import load_config
+        from walrelay.errors import ConfigError
+
+        try:
+            config = load_config(config_path)
+        except ConfigError as e:
+            click.echo(f"walrelay doctor: error: {e}", err=True)
+            sys.exit(2)
+        dsn = dsn or config.source.dsn_value
+        slot = slot or config.source.slot
+        state_schema = state_schema or config.state.schema
+        heartbeat = config.heartbeat.enabled
+    if not dsn:
+        click.echo("walrelay doctor: error: give --dsn, $WALRELAY_DSN or --config", err=True)
+        sys.exit(2)
     try:
-        report = run_doctor(dsn, long_transaction_seconds=long_transaction_seconds, slot=slot)
+        report = run_doctor(
+            dsn,
+            long_transaction_seconds=long_transaction_seconds,
+            slot=slot,
+            state_schema=None if no_record else (state_schema or "walrelay"),
+            heartbeat_enabled=heartbeat,
+        )
     except DoctorError as e:
         click.echo(f"walrelay doctor: error: {e}", err=True)
         sys.exit(e.exit_code)

@@ -9,6 +9,7 @@ bucket lookup per *transaction* of a finished batch, not per event.
 Metric names (the Grafana dashboard in ``grafana/walrelay.json`` uses them):
 
 ==========================================  =====================================
+``walrelay_info{slot,publication}``         always 1 (rules join on it for ``slot``)
 ``walrelay_streaming``                      1 while the replication stream runs
 ``walrelay_events_in_total{destination}``   events routed to the destination
 ``walrelay_events_out_total{destination}``  events delivered
@@ -22,6 +23,14 @@ Metric names (the Grafana dashboard in ``grafana/walrelay.json`` uses them):
 ``walrelay_parked_events{...}``             parked now (parking)
 ``walrelay_dead_events{...}``               dead now (parking)
 ``walrelay_oldest_parked_age_seconds{...}`` age of the oldest parked event
+``walrelay_destination_failing_seconds{...}``  every attempt failing for (0: not)
+``walrelay_parking_cap_used_ratio{...}``    parked events / bytes against the cap
+``walrelay_replication_paused{reason}``     1 while paused (parked cap, backpressure)
+``walrelay_walsender_cpu_ratio{slot,...}``  walsender CPU, share of a core (local only)
+``walrelay_walsender_write_lag_seconds``    pg_stat_replication.write_lag, per slot
+``walrelay_walsender_flush_lag_seconds``    pg_stat_replication.flush_lag, per slot
+``walrelay_max_slot_wal_keep_size_bytes``   the cap (absent when unlimited)
+``walrelay_max_wal_size_bytes``             max_wal_size
 ``walrelay_confirmed_lsn``                  confirmed flush LSN, as a byte position
 ``walrelay_source_events_total``            changes routed to any destination
 ``walrelay_source_transactions_total``      transactions received
@@ -85,6 +94,7 @@ class MetricsSource(Protocol):
     def state(self) -> str: ...
     def destination_rows(self) -> list[dict[str, Any]]: ...
     def slot_rows(self) -> list[dict[str, Any]]: ...
+    def walsender_cpu(self) -> dict[str, float]: ...
     def open_alerts(self) -> list[Alert]: ...
 
 
@@ -186,6 +196,11 @@ class MetricsCollector:
         def counter(name: str, doc: str, labels: Sequence[str] = ()) -> CounterMetricFamily:
             return CounterMetricFamily(name, doc, labels=list(labels))
 
+        info = gauge(
+            "walrelay_info", "Always 1; labels name this walrelay's slot", ["slot", "publication"]
+        )
+        info.add_metric([engine.config.source.slot, engine.config.source.publication], 1.0)
+        yield info
         streaming = gauge("walrelay_streaming", "1 while the replication stream is running")
         streaming.add_metric([], 1.0 if svc.state() == "streaming" else 0.0)
         yield streaming
@@ -214,6 +229,16 @@ class MetricsCollector:
             "dead": gauge("walrelay_dead_events", "Dead events in parking", d),
             "oldest_parked_age": gauge(
                 "walrelay_oldest_parked_age_seconds", "Age of the oldest parked event", d
+            ),
+            "failing_seconds": gauge(
+                "walrelay_destination_failing_seconds",
+                "How long every delivery attempt has failed (0: not failing)",
+                d,
+            ),
+            "parked_cap_used": gauge(
+                "walrelay_parking_cap_used_ratio",
+                "Parked events or bytes against the parking cap (1: replication paused)",
+                d,
             ),
         }
         hist = HistogramMetricFamily(
@@ -259,6 +284,15 @@ class MetricsCollector:
         if heartbeat is not None:
             hb.add_metric([], float(heartbeat))
         yield hb
+        paused = gauge(
+            "walrelay_replication_paused",
+            "1 while replication is paused (parked-event cap, or backpressure)",
+            ["reason"],
+        )
+        paused.add_metric(["parked_cap"], 1.0 if engine.replication_paused else 0.0)
+        released = bool(getattr(engine, "backpressured", False))
+        paused.add_metric(["backpressure"], 1.0 if released else 0.0)
+        yield paused
 
         yield from self._progress_metrics(gauge)
         yield from self._transform_metrics(counter, gauge)
@@ -367,6 +401,26 @@ class MetricsCollector:
         oldest = GaugeMetricFamily(
             "walrelay_oldest_transaction_seconds", "Age of the oldest open transaction"
         )
+        cpu = GaugeMetricFamily(
+            "walrelay_walsender_cpu_ratio",
+            "CPU of the slot's walsender, share of one core (database on this host only)",
+            labels=labels,
+        )
+        write_lag = GaugeMetricFamily(
+            "walrelay_walsender_write_lag_seconds",
+            "pg_stat_replication.write_lag of the slot's walsender",
+            labels=labels,
+        )
+        flush_lag = GaugeMetricFamily(
+            "walrelay_walsender_flush_lag_seconds",
+            "pg_stat_replication.flush_lag of the slot's walsender",
+            labels=labels,
+        )
+        keep = GaugeMetricFamily(
+            "walrelay_max_slot_wal_keep_size_bytes", "max_slot_wal_keep_size (absent: unlimited)"
+        )
+        max_wal = GaugeMetricFamily("walrelay_max_wal_size_bytes", "max_wal_size")
+        cpu_ratio = svc.walsender_cpu()
         if snap is not None:
             for row in svc.slot_rows():
                 values = [row["name"], row["database"] or "", "true" if row["owned"] else "false"]
@@ -378,10 +432,14 @@ class MetricsCollector:
                     (spill_bytes, "spill_bytes"),
                     (spill_txns, "spill_txns"),
                     (sent_lag, "sent_lag_bytes"),
+                    (write_lag, "write_lag"),
+                    (flush_lag, "flush_lag"),
                 ):
                     if row.get(key) is not None:
                         fam.add_metric(values, float(row[key]))
                 inactive.add_metric(values, float(row["inactive_seconds"] or 0.0))
+                if row["name"] in cpu_ratio:
+                    cpu.add_metric(values, cpu_ratio[row["name"]])
                 if row["wal_status"]:
                     wal_status.add_metric([*values, row["wal_status"]], 1.0)
             server = snap.server
@@ -391,6 +449,10 @@ class MetricsCollector:
                 disk.add_metric([], server.disk_used_percent / 100.0)
             tx = server.oldest_transaction
             oldest.add_metric([], tx.seconds if tx is not None else 0.0)
+            if server.max_slot_wal_keep_size is not None:
+                keep.add_metric([], float(server.max_slot_wal_keep_size))
+            if server.max_wal_size is not None:
+                max_wal.add_metric([], float(server.max_wal_size))
         yield from (
             active,
             retained,
@@ -404,6 +466,11 @@ class MetricsCollector:
             pg_wal,
             disk,
             oldest,
+            cpu,
+            write_lag,
+            flush_lag,
+            keep,
+            max_wal,
         )
 
     def _alert_metrics(self) -> Iterator[Any]:

@@ -42,6 +42,8 @@ select current_setting('server_version_num')::int as server_version_num,
        (select case when setting::bigint < 0 then null
                     else setting::bigint * 1024 * 1024 end
           from pg_settings where name = 'max_slot_wal_keep_size') as max_slot_wal_keep_size,
+       (select setting::bigint * 1024 * 1024 from pg_settings where name = 'max_wal_size')
+         as max_wal_size,
        (select setting from pg_settings where name = 'data_directory') as data_directory,
        current_setting('port') as port,
        extract(epoch from pg_postmaster_start_time())::float8 as postmaster_start
@@ -138,6 +140,7 @@ class ServerState:
     pg_wal_bytes: int | None  # sum of pg_ls_waldir(); None without permission
     disk: DiskFacts | None  # pg_wal's filesystem, only when on this very host
     oldest_transaction: TransactionState | None
+    max_wal_size: int | None = None  # bytes
 
     @property
     def disk_used_percent(self) -> float | None:
@@ -194,6 +197,7 @@ async def read_snapshot(conn: AsyncConn) -> Snapshot:
         pg_wal_bytes=pg_wal_bytes,
         disk=disk,
         oldest_transaction=oldest,
+        max_wal_size=row["max_wal_size"],
     )
     return Snapshot(time.time(), server, slots, notes)
 

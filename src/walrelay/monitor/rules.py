@@ -22,7 +22,8 @@ Rules (ARCHITECTURE section 3; the numbers are :class:`Thresholds`):
 ``pg_wal_disk``           the filesystem holding pg_wal (only on its host)
 ``oldest_transaction``    a transaction open too long
 ``delivery_lag``          commit -> delivered, per destination
-``replication_paused``    parking is at its cap: page
+``replication_paused``    parking is at its cap: page; delivery blocked
+                          (the connection released, walrelay.engine.session): warn
 ========================  =====================================================
 
 Other slots on the cluster (not walrelay's) get the slot rules too: the
@@ -290,10 +291,23 @@ def evaluate_engine(
     *,
     thresholds: Thresholds,
     replication_paused: bool = False,
+    backpressured: bool = False,
     slot: str = "",
 ) -> list[Condition]:
     """Firing conditions of the engine's own rules (:data:`ENGINE_RULES`)."""
     out: list[Condition] = []
+    if backpressured and not replication_paused:
+        out.append(
+            Condition(
+                "replication_paused",
+                f"slot {slot}",
+                Severity.WARN,
+                "replication is paused: delivery is blocked (backpressure), so walrelay "
+                "closed its replication connection and reconnects when there is room; "
+                "the slot retains WAL meanwhile",
+                "see which destination is blocked and why (walrelay status: buffered, last error)",
+            )
+        )
     if replication_paused:
         out.append(
             Condition(

@@ -37,7 +37,16 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from walrelay.model import Event, format_lsn
-from walrelay.monitor.alerts import Alert, AlertManager, Condition, Notifier, WebhookTarget
+from walrelay.monitor.alert_targets import AlertmanagerTarget, PagerDutyTarget
+from walrelay.monitor.alerts import (
+    Alert,
+    AlertManager,
+    Condition,
+    NotificationTarget,
+    Notifier,
+    WebhookTarget,
+)
+from walrelay.monitor.health import HEALTH_RULES, EngineHealth
 from walrelay.monitor.metrics import LatencyHistogram, render_metrics
 from walrelay.monitor.probe import Probe, Snapshot
 from walrelay.monitor.rules import (
@@ -160,12 +169,26 @@ class Monitor:
             svc.delivery_lags(),
             thresholds=self.thresholds,
             replication_paused=engine.replication_paused,
+            backpressured=bool(getattr(engine, "backpressured", False)),
             slot=engine.config.source.slot,
         )
+        rows = svc.destination_rows()
+        svc.engine_health.observe_destinations(rows, now)
+        rules |= {"destination_failing", "parked_cap", "heartbeat_lag"}
+        conditions += svc.engine_health.destination_conditions(rows, now)
+        conditions += svc.engine_health.heartbeat_conditions(
+            engine.stats.heartbeat_lag, engine.config.source.slot, self.thresholds
+        )
+        if self.snapshot is not None and "slot_inactive" in rules:
+            rules |= HEALTH_RULES
+            conditions += svc.engine_health.walsender_conditions(
+                self.snapshot, self.thresholds, now, self.snapshot.notes
+            )
         rules |= svc.external_rules
         conditions += svc.external_conditions.values()
         self.checks_total += 1
         svc.notifier.notify(svc.alerts.update(conditions, rules=rules))
+        svc.sync_alertmanagers()
 
     async def run(self) -> None:
         while True:
@@ -204,6 +227,8 @@ class Services:
         self.external_rules: set[str] = set()
         self.started_at = time.time()
         self._pending_since: dict[str, float] = {}
+        self.engine_health = EngineHealth()
+        self.alertmanagers: list[AlertmanagerTarget] = []
         self._monitor_task: asyncio.Task[None] | None = None
 
     # -- engine hooks ---------------------------------------------------------
@@ -230,10 +255,7 @@ class Services:
     async def start(self) -> None:
         config = self.engine.config
         try:
-            self.notifier.webhooks = [
-                WebhookTarget(w.url_value(), Severity(w.min_severity), w.timeout)
-                for w in config.alerts.webhooks
-            ]
+            self._alert_targets(config)
         except Exception as e:
             log.error("alerts: %s; alerts go to the log only", e)
         if config.monitor.enabled:
@@ -248,6 +270,35 @@ class Services:
             )
         if config.http.enabled:
             await self._start_http()
+
+    def _alert_targets(self, config: Config) -> None:
+        """Slack webhooks, PagerDuty and Alertmanager from ``alerts:``."""
+        alerts, slot = config.alerts, config.source.slot
+        targets: list[NotificationTarget] = [
+            WebhookTarget(w.url_value(), Severity(w.min_severity), w.timeout)
+            for w in [*alerts.webhooks, *alerts.slack]
+        ]
+        targets += [
+            PagerDutyTarget(p.routing_key_value(), slot, Severity(p.min_severity), p.url, p.timeout)
+            for p in alerts.pagerduty
+        ]
+        self.notifier.webhooks = targets
+        self.alertmanagers = [
+            AlertmanagerTarget(
+                a.url,
+                slot=slot,
+                instance=self.alerts.instance,
+                min_severity=Severity(a.min_severity),
+                extra_labels=a.labels,
+                bearer_token=a.bearer_token(),
+                timeout=a.timeout,
+            )
+            for a in alerts.alertmanager
+        ]
+
+    def sync_alertmanagers(self) -> None:
+        for target in self.alertmanagers:
+            target.sync(self.notifier, self.alerts.open)
 
     async def _start_http(self) -> None:
         from walrelay.web.auth import resolve_token
@@ -334,16 +385,31 @@ class Services:
 
     def destination_rows(self) -> list[dict[str, Any]]:
         failed = self._failed_counts()
-        lags = self.delivery_lags()
+        lags = self.delivery_lags(failed)
+        configs = {d.name: d for d in self.engine.config.destinations}
+        now = time.monotonic()
         rows = []
         for name, dest in self.engine.destinations.items():
             counts = failed.get(name, {})
             waiting = dest.buffered_events
             in_flight = dest.in_flight
+            cfg = configs.get(name)
+            cap_used: float | None = None
+            if cfg is not None and counts:
+                cap = cfg.parking
+                cap_used = max(
+                    (counts.get("parked") or 0) / cap.max_events,
+                    (counts.get("parked_bytes") or 0) / cap.max_bytes,
+                )
             rows.append(
                 {
                     "name": name,
-                    "sink": type(dest.sink).__name__,
+                    # The configured type (webhook, kafka, ...), not a wrapper's class.
+                    "sink": cfg.sink.type if cfg is not None else type(dest.sink).__name__,
+                    "retry_failures": counts.get("retry_failures_total") or 0,
+                    "redelivered": counts.get("delivered_total") or 0,
+                    "parked_cap_used": cap_used,
+                    "failing_seconds": self.engine_health.failing_seconds(name, now),
                     # Every event put is finished (delivered or parked) or still held.
                     "events_in": dest.delivered_total + dest.parked_total + waiting + in_flight,
                     "events_out": dest.delivered_total,
@@ -364,26 +430,37 @@ class Services:
             )
         return rows
 
-    def delivery_lags(self) -> dict[str, float]:
-        """Commit -> delivered lag per destination, now.
+    def delivery_lags(self, failed: dict[str, dict[str, Any]] | None = None) -> dict[str, float]:
+        """Commit -> delivered lag per destination, now: the age of its oldest
+        event not delivered, parked events included.
 
-        0 when nothing waits. While events wait, the latency of the last
-        finished batch plus the time since anything finished (or since the
-        first check that saw events waiting, if later): it keeps growing
-        while a destination is stuck, which a "last delivery" figure would not.
+        0 when nothing waits. While events wait in memory, the latency of the
+        last finished batch plus the time since anything finished (or since
+        the first check that saw events waiting, if later): it keeps growing
+        while a destination is stuck, which a "last delivery" figure would
+        not. A parked event counts from when it was first parked (its commit
+        was earlier still), so a destination failing every event shows a
+        growing lag although its failures "finish" quickly.
         """
+        if failed is None:
+            failed = self._failed_counts()
         now = time.monotonic()
         out: dict[str, float] = {}
         for name, dest in self.engine.destinations.items():
+            parked_age = float(failed.get(name, {}).get("oldest_parked_age_seconds") or 0.0)
             if dest.buffered_events + dest.in_flight == 0:
                 self._pending_since.pop(name, None)
-                out[name] = 0.0
+                out[name] = parked_age
                 continue
             since = self._pending_since.setdefault(name, now)
             last_finish = self.latency.last_finish.get(name, 0.0)
             stalled = now - max(last_finish, since)
-            out[name] = self.latency.last.get(name, 0.0) + stalled
+            out[name] = max(self.latency.last.get(name, 0.0) + stalled, parked_age)
         return out
+
+    def walsender_cpu(self) -> dict[str, float]:
+        """Per slot, its walsender's CPU (share of a core) at the last check."""
+        return dict(self.engine_health.cpu_ratio)
 
     def slot_rows(self) -> list[dict[str, Any]]:
         monitor = self.monitor
@@ -445,6 +522,12 @@ class Services:
                 "notes": snap.notes if snap is not None else [],
             },
             "alerts": [a.to_dict() for a in self.open_alerts()],
+            # Replication paused: the parked-event cap, or delivery blocked (the
+            # replication connection released, walrelay.engine.session).
+            "paused": {
+                "parked_cap": engine.replication_paused,
+                "backpressure": bool(getattr(engine, "backpressured", False)),
+            },
             # Initial snapshots and backfills (walrelay.source.snapshot).
             "progress": [p.to_dict() for p in getattr(engine, "progress", {}).values()],
         }

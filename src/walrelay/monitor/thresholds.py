@@ -38,7 +38,7 @@ class Severity(StrEnum):
 
     @property
     def alerting(self) -> bool:
-        """Page and error findings make ``walrelay doctor`` exit 1."""
+        """Page and error: someone must act now (``walrelay doctor`` exits 3 or 4)."""
         return self.rank >= _RANK[Severity.PAGE]
 
 

@@ -17,6 +17,8 @@ class EngineStats:
     last_commit_lsn: Lsn = 0
     last_delivery_lag: float | None = None
     reconnects: int = 0
+    # Replication connections closed because delivery stayed blocked (engine.session).
+    backpressure_releases: int = 0
     heartbeat_lag: float | None = None  # seconds, set by heartbeats when they run
     router: Router | None = field(default=None, repr=False)
 

@@ -220,8 +220,17 @@ async def _check_publication(
     conn: psycopg.AsyncConnection[tuple[object, ...]], cfg: SourceConfig
 ) -> list[str] | None:
     """Tables to add to the publication, or None when it must be created."""
+    schemas = (
+        "(select coalesce(array_agg(n.nspname::text order by n.nspname), '{}') "
+        "from pg_publication_namespace pn join pg_namespace n on n.oid = pn.pnnspid "
+        "where pn.pnpubid = p.oid)"
+        if conn.info.server_version >= 150000  # FOR TABLES IN SCHEMA came with 15
+        else "'{}'::text[]"
+    )
     row = await _fetchone(
-        conn, "select puballtables from pg_publication where pubname = %s", (cfg.publication,)
+        conn,
+        f"select p.puballtables, {schemas} from pg_publication p where p.pubname = %s",
+        (cfg.publication,),
     )
     if row is None:
         if not cfg.create_publication:
@@ -231,13 +240,11 @@ async def _check_publication(
                 f"FOR TABLE {sqltext.idents(cfg.tables)}",
             )
         return None
-    if row[0]:
-        log.warning(
-            "publication %s is FOR ALL TABLES: every table's changes are decoded and "
-            "sent; a FOR TABLE publication is lighter on the primary",
-            cfg.publication,
-        )
-        return []
+    all_tables, in_schemas = bool(row[0]), list(row[1] or [])  # type: ignore[call-overload]
+    if all_tables or in_schemas:
+        _refuse_wide_publication(cfg, all_tables, in_schemas)
+        if all_tables:
+            return []
     cur = await conn.execute(
         "select schemaname || '.' || tablename from pg_publication_tables where pubname = %s",
         (cfg.publication,),
@@ -283,6 +290,54 @@ async def partition_truncate_gaps(
     )
     rows = await cur.fetchall()
     return {str(row[0]): [str(p) for p in row[1]] for row in rows}  # type: ignore[attr-defined]
+
+
+def _refuse_wide_publication(cfg: SourceConfig, all_tables: bool, in_schemas: list[str]) -> None:
+    """A wildcard publication decodes and sends every change of every table it
+    covers, now and later: refused unless ``source.allow_wide_publication``."""
+    what = "FOR ALL TABLES" if all_tables else f"FOR TABLES IN SCHEMA {', '.join(in_schemas)}"
+    narrow = f"{cfg.publication}_narrow"[:63]
+    if cfg.allow_wide_publication:
+        log.warning(
+            "publication %s is %s (allowed by source.allow_wide_publication): every change "
+            "of those tables is decoded and sent, not only the configured ones",
+            cfg.publication,
+            what,
+        )
+        return
+    raise SourceSetupError(
+        f"publication {cfg.publication} is {what}: the walsender would decode and send every "
+        "change of every table it covers (CPU and network on the primary, tables nobody "
+        "asked for) — walrelay refuses wildcard publications",
+        fix=f"CREATE PUBLICATION {sqltext.ident(narrow)} FOR TABLE {sqltext.idents(cfg.tables)}"
+        f"; and set source.publication: {narrow} (or source.allow_wide_publication: true "
+        "to accept the risk)",
+    )
+
+
+async def _check_wal_cap(
+    conn: psycopg.AsyncConnection[tuple[object, ...]], cfg: SourceConfig
+) -> None:
+    """No start while ``max_slot_wal_keep_size`` is unlimited, unless
+    ``source.allow_unbounded_wal``: a slot left behind would fill pg_wal."""
+    row = await _fetchone(conn, "select current_setting('max_slot_wal_keep_size')")
+    if row is None or str(row[0]).strip() not in ("-1", "-1MB"):
+        return
+    if cfg.allow_unbounded_wal:
+        log.warning(
+            "max_slot_wal_keep_size is unlimited (allowed by source.allow_unbounded_wal): "
+            "if walrelay stops or falls behind, slot %s keeps WAL until pg_wal's disk is full",
+            cfg.slot,
+        )
+        return
+    raise SourceSetupError(
+        "max_slot_wal_keep_size is unlimited (-1) on the source: if walrelay stops or falls "
+        f"behind, slot {cfg.slot} keeps WAL until the primary's disk is full — walrelay "
+        "refuses to start without a cap",
+        fix="ALTER SYSTEM SET max_slot_wal_keep_size = '10GB'; SELECT pg_reload_conf();"
+        " (a size pg_wal's volume can hold; `walrelay doctor` suggests one) — or set "
+        "source.allow_unbounded_wal: true to accept the risk",
+    )
 
 
 async def _check_slot(
@@ -346,6 +401,7 @@ async def prepare_source(
     info = SourceInfo(server_version=conn.info.server_version)
     await _check_wal_level(conn)
     await _check_encoding(conn)
+    await _check_wal_cap(conn, cfg)
     for name in cfg.tables:
         info.tables[name] = await inspect_table(conn, name, cfg.key_columns.get(name))
     to_add = await _check_publication(conn, cfg)

@@ -28,6 +28,8 @@ DEFAULT_SETTINGS: dict[str, str] = {
     "full_page_writes": "off",
     "shared_buffers": "256MB",
     "max_wal_size": "4GB",
+    # walrelay refuses an unlimited cap (source.allow_unbounded_wal).
+    "max_slot_wal_keep_size": "4GB",
     "wal_sender_timeout": "60s",
     "log_min_messages": "warning",
     "logging_collector": "off",

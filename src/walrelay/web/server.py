@@ -6,6 +6,7 @@ path               auth    what
 ``/healthz``       open    200 while streaming, 503 otherwise; JSON body
 ``/metrics``       open    Prometheus text (:mod:`walrelay.monitor.metrics`)
 ``/api/status``    token   the status document (JSON)
+``/api/history``   token   the charts' last 20 minutes (:mod:`walrelay.web.history`)
 ``/``              token   the dashboard; without a session, the login form
 ``/login``         open    POST: form field ``token`` -> session cookie
 ``/logout``        open    POST: drops the session cookie
@@ -30,6 +31,7 @@ import orjson
 from aiohttp import web
 
 from walrelay.web.auth import COOKIE, session_value, token_matches
+from walrelay.web.history import History
 
 __all__ = ["HttpServer", "StatusSource"]
 
@@ -101,6 +103,7 @@ class HttpServer:
         self._token = token
         self._session = session_value(token)
         self._runner: web.AppRunner | None = None
+        self.history = History(services.status)
 
     @property
     def url(self) -> str:
@@ -113,6 +116,7 @@ class HttpServer:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/api/status", self._status)
+        app.router.add_get("/api/history", self._history)
         app.router.add_get("/", self._index)
         app.router.add_post("/login", self._login)
         app.router.add_post("/logout", self._logout)
@@ -132,6 +136,7 @@ class HttpServer:
             await runner.cleanup()
             raise
         self._runner = runner
+        self.history.start()
         if self.port == 0:
             for addr in runner.addresses:
                 if isinstance(addr, tuple):
@@ -139,6 +144,7 @@ class HttpServer:
                     break
 
     async def stop(self) -> None:
+        await self.history.stop()
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
@@ -173,6 +179,11 @@ class HttpServer:
         if not self.authorized(request):
             return self._unauthorized()
         return _json(self.services.status())
+
+    async def _history(self, request: web.Request) -> web.Response:
+        if not self.authorized(request):
+            return self._unauthorized()
+        return _json(self.history.to_dict())
 
     async def _index(self, request: web.Request) -> web.Response:
         if not self.authorized(request):

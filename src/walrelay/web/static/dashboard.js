@@ -1,11 +1,13 @@
-// walrelay dashboard: polls /api/status every second and redraws in place.
-// No build step, no libraries: charts are inline SVG. Every value from the
-// server goes through textContent (never innerHTML).
+// walrelay dashboard: loads the server's history (/api/history: the last
+// 20 minutes) so the charts are filled at once, then polls /api/status every
+// second and redraws in place. No build step, no libraries: charts are
+// inline SVG. Every value from the server goes through textContent (never
+// innerHTML).
 "use strict";
 
 (function () {
   const POLL_MS = 1000;
-  const HISTORY = 180; // points kept per series (3 minutes at 1/s)
+  const WINDOW_S = 15 * 60; // the charts show the last 15 minutes
   const COLORS = ["#2563eb", "#16a34a", "#d97706", "#9333ea", "#dc2626", "#0891b2", "#4b5563"];
   const SVG_NS = "http://www.w3.org/2000/svg";
 
@@ -44,11 +46,29 @@
     return Number(n).toLocaleString("en-US", { maximumFractionDigits: 1 });
   }
 
-  function push(map, name, value) {
+  // A series is a list of [time (s), value], oldest first, within WINDOW_S.
+  function push(map, name, t, value) {
     let arr = map.get(name);
     if (!arr) { arr = []; map.set(name, arr); }
-    arr.push(value);
-    if (arr.length > HISTORY) arr.shift();
+    if (arr.length && arr[arr.length - 1][0] >= t) return;
+    arr.push([t, value]);
+    while (arr.length && arr[0][0] < t - WINDOW_S) arr.shift();
+  }
+
+  // The server's samples: throughput from consecutive delivered totals.
+  function seed(history) {
+    const pts = history.points || [];
+    for (let i = 0; i < pts.length; i++) {
+      const p = pts[i], before = i > 0 ? pts[i - 1] : null;
+      for (const [name, d] of Object.entries(p.destinations)) {
+        if (before && before.destinations[name] && p.t > before.t) {
+          const rate = Math.max(0, (d.events_out - before.destinations[name].events_out) / (p.t - before.t));
+          push(series.throughput, name, p.t, rate);
+        }
+        push(series.lag, name, p.t, d.lag);
+      }
+      for (const [name, retained] of Object.entries(p.slots)) push(series.wal, name, p.t, retained);
+    }
   }
 
   function colorOf(map, name) {
@@ -60,14 +80,17 @@
     const svg = $(svgId);
     while (svg.firstChild) svg.removeChild(svg.firstChild);
     const W = 600, H = 160, top = 8, bottom = 16;
-    let max = 0;
-    let longest = 0;
+    let max = 0, oldest = Infinity, newest = -Infinity;
     for (const arr of map.values()) {
-      longest = Math.max(longest, arr.length);
-      for (const v of arr) if (v > max) max = v;
+      for (const [t, v] of arr) {
+        if (v > max) max = v;
+        if (t < oldest) oldest = t;
+        if (t > newest) newest = t;
+      }
     }
-    // The time axis grows with the history up to HISTORY points (one per poll).
-    const span = Math.min(HISTORY, Math.max(60, longest));
+    // The time axis spans what is known, from 1 minute up to WINDOW_S.
+    const span = newest > oldest ? Math.min(WINDOW_S, Math.max(60, newest - oldest)) : 60;
+    const start = (newest > -Infinity ? newest : 0) - span;
     if (max <= 0) max = 1;
     for (let i = 0; i <= 2; i++) {
       const y = top + (H - top - bottom) * i / 2;
@@ -85,12 +108,12 @@
     const spanLabel = document.createElementNS(SVG_NS, "text");
     spanLabel.setAttribute("x", "4"); spanLabel.setAttribute("y", String(H - 3));
     spanLabel.setAttribute("class", "axis");
-    spanLabel.textContent = "last " + span + " s";
+    spanLabel.textContent = "last " + fmtSeconds(span);
     svg.appendChild(spanLabel);
     for (const [name, arr] of map) {
       if (arr.length < 2) continue;
-      const pts = arr.map((v, i) => {
-        const x = W * (i + span - arr.length) / (span - 1);
+      const pts = arr.map(([t, v]) => {
+        const x = W * (t - start) / span;
         const y = top + (H - top - bottom) * (1 - v / max);
         return x.toFixed(1) + "," + y.toFixed(1);
       });
@@ -107,7 +130,7 @@
       const sw = el("span", null, "swatch");
       sw.style.background = colorOf(map, name);
       item.appendChild(sw);
-      item.appendChild(document.createTextNode(name + ": " + fmt(arr.length ? arr[arr.length - 1] : 0)));
+      item.appendChild(document.createTextNode(name + ": " + fmt(arr.length ? arr[arr.length - 1][1] : 0)));
       legend.appendChild(item);
     }
   }
@@ -125,7 +148,18 @@
     state.className = "badge " + s.state;
     $("instance").textContent = s.instance || "";
     $("updated").textContent = "updated " + new Date(s.time * 1000).toLocaleTimeString();
-    $("banner").hidden = true;
+    const paused = s.paused || {};
+    const banner = $("banner");
+    if (paused.parked_cap || paused.backpressure) {
+      banner.textContent = paused.parked_cap
+        ? "Replication paused: a destination's parked events reached their cap. The slot does not advance and retains WAL until the backlog drains."
+        : "Replication paused: delivery is blocked (backpressure). walrelay released its replication connection and reconnects when there is room; the slot retains WAL meanwhile.";
+      banner.className = "banner paused";
+      banner.setAttribute("data-testid", "paused");
+      banner.hidden = false;
+    } else {
+      banner.hidden = true;
+    }
 
     // Rates from the difference with the previous poll.
     const dt = previous ? s.time - previous.time : 0;
@@ -141,13 +175,14 @@
       delivered += d.events_out;
       parked += d.parked || 0;
       dead += d.dead || 0;
-      // While events wait, the growing estimate; otherwise the last measured latency.
-      const lag = Math.max(d.lag || 0, d.last_latency || 0);
+      // Lag: the age of the oldest event not delivered, parked ones included
+      // (0 when nothing waits); the last batch's latency is a separate column.
+      const lag = d.lag || 0;
       maxLag = Math.max(maxLag, lag);
-      push(series.throughput, d.name, rate);
-      push(series.lag, d.name, lag);
+      if (previous) push(series.throughput, d.name, s.time, rate);
+      push(series.lag, d.name, s.time, lag);
     }
-    for (const slot of s.slots) push(series.wal, slot.name, slot.retained_bytes || 0);
+    for (const slot of s.slots) push(series.wal, slot.name, s.time, slot.retained_bytes || 0);
     previous = s;
 
     setValue("rate", fmtNum(totalRate));
@@ -210,7 +245,7 @@
     body.replaceChildren();
     for (const d of dests) {
       const tr = row([d.name, d.sink, fmtNum(d.events_in), fmtNum(d.events_out), fmtNum(rates.get(d.name) || 0),
-        fmtSeconds(Math.max(d.lag || 0, d.last_latency || 0)), fmtNum(d.in_flight), fmtNum(d.buffered), fmtNum(d.parked), fmtNum(d.dead), fmtNum(d.failures)]);
+        fmtSeconds(d.lag || 0), fmtSeconds(d.last_latency), fmtNum(d.in_flight), fmtNum(d.buffered), fmtNum(d.parked), fmtNum(d.dead), fmtNum(d.failures)]);
       tr.setAttribute("data-destination", d.name);
       const err = el("td", d.last_error || "", "err");
       if (d.last_error) err.title = d.last_error;
@@ -261,6 +296,8 @@
     state.className = "badge down";
     const b = $("banner");
     b.textContent = text;
+    b.className = "banner";
+    b.removeAttribute("data-testid");
     b.hidden = false;
   }
 
@@ -277,5 +314,15 @@
     }
   }
 
-  poll();
+  async function start() {
+    try {
+      const resp = await fetch("/api/history", { credentials: "same-origin", cache: "no-store" });
+      if (resp.ok) seed(await resp.json());
+    } catch (e) {
+      // No history: the charts fill from the polls.
+    }
+    poll();
+  }
+
+  start();
 })();
