@@ -237,7 +237,7 @@ async def slots_created(dsns: dict[str, str], name: str) -> None:
         ]
 
     while missing():
-        await asyncio.sleep(0.1)  # noqa: ASYNC110 - polling other processes' work
+        await asyncio.sleep(0.1)
 
 
 async def converge(dsns: dict[str, str], within: float, log: Log) -> float:
