@@ -236,7 +236,7 @@ async def slots_created(dsns: dict[str, str], name: str) -> None:
             )
         ]
 
-    while missing():
+    while missing():  # noqa: ASYNC110 - polling what another process creates
         await asyncio.sleep(0.1)
 
 
