@@ -55,9 +55,18 @@ _CONFIG = click.option(
 @click.option(
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info"
 )
+@click.option(
+    "--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port"
+)
+@click.option("--metrics-host", default="127.0.0.1", show_default=True)
 @click.pass_context
 def sync_command(
-    ctx: click.Context, config_path: str | None, initial: tuple[str, str] | None, log_level: str
+    ctx: click.Context,
+    config_path: str | None,
+    initial: tuple[str, str] | None,
+    log_level: str,
+    metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
     """Keep tables identical on two or more PostgreSQL databases, both ways."""
     if ctx.invoked_subcommand is not None:
@@ -77,6 +86,10 @@ def sync_command(
     runner = SyncRunner(settings)
 
     async def main() -> None:
+        if metrics_port is not None:
+            from walrelay.sync.metrics import serve_metrics
+
+            serve_metrics(runner, metrics_host, metrics_port)
         await runner.run(source)
 
     run_until_signalled(main, runner.stop)
