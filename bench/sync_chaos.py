@@ -51,14 +51,19 @@ import psycopg
 
 from walrelay.testing.pgcluster import PgCluster, start_cluster
 
-SETTINGS = {"track_commit_timestamp": "on", "wal_sender_timeout": "20s"}
+SETTINGS = {
+    "track_commit_timestamp": "on",
+    "wal_sender_timeout": "20s",
+    # As in production: a commit is flushed (and so decodable) when it returns.
+    "synchronous_commit": "on",
+}
 NAMES = ("a", "b", "c")
 PRIORITY = {"a": 1, "b": 2, "c": 3}
 
 DDL = [
     "create table public.items (id int primary key, v text not null)",
     "create table public.audit (seq bigserial primary key, token text not null, "
-    "by_sync boolean not null)",
+    "by_sync boolean not null, at timestamptz not null default clock_timestamp())",
     # by_sync: the writing session runs under a replication origin (walrelay's applier).
     "create function public.audit_write() returns trigger language plpgsql as $$ begin "
     "insert into public.audit (token, by_sync) values (NEW.v, "
@@ -92,8 +97,16 @@ class Log:
     failed: int = 0
 
 
-async def writer(node: str, dsn: str, plan: Plan, log: Log, stop: asyncio.Event) -> None:
+async def writer(
+    node: str,
+    dsn: str,
+    plan: Plan,
+    log: Log,
+    stop: asyncio.Event,
+    keys: range | None = None,
+) -> None:
     rnd = random.Random(f"{plan.seed}-{node}")
+    key_range = keys or range(plan.keys)
     seq = 0
     conn: psycopg.AsyncConnection[Any] | None = None
     while not stop.is_set():
@@ -105,7 +118,7 @@ async def writer(node: str, dsn: str, plan: Plan, log: Log, stop: asyncio.Event)
             except psycopg.OperationalError:
                 await asyncio.sleep(0.2)  # the node is down: wait for it
                 continue
-        key = rnd.randrange(plan.keys)
+        key = rnd.choice(key_range)
         roll = rnd.random()
         seq += 1
         token = f"{node}:{seq}"
@@ -142,7 +155,8 @@ async def writer(node: str, dsn: str, plan: Plan, log: Log, stop: asyncio.Event)
         except psycopg.Error:
             log.failed += 1
             continue
-        await asyncio.sleep(rnd.expovariate(plan.rate))  # pacing of the workload
+        if plan.rate:
+            await asyncio.sleep(rnd.expovariate(plan.rate))  # pacing of the workload
     if conn is not None:
         await conn.close()
 
@@ -432,7 +446,93 @@ async def scenario(
     return result
 
 
-async def run(plan: Plan, workdir: Path, verbose: bool) -> dict[str, Any]:
+async def steady(clusters: dict[str, PgCluster], plan: Plan, workdir: Path) -> dict[str, Any]:
+    """Two nodes, each writing its own keys (no conflicts) for plan.seconds:
+    apply rate and lag (source commit -> row written on the target) per direction."""
+    nodes = NAMES[:2]
+    dsns = {}
+    for n in nodes:
+        c = clusters[n]
+        query(c.dsn(), "create database steady")
+        for stmt in DDL:
+            query(c.dsn("steady"), stmt)
+        dsns[n] = c.dsn("steady")
+    config = workdir / "steady.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "sync": {
+                    "name": "steady",
+                    "nodes": {n: {"dsn": dsns[n], "priority": PRIORITY[n]} for n in nodes},
+                    "tables": ["public.items"],
+                }
+            }
+        )
+    )
+    relay = Walrelay(config, workdir / "walrelay-steady.log")
+    await relay.start()
+    await slots_created(dsns, "steady")
+    log = Log()
+    stop = asyncio.Event()
+    half = plan.keys
+    writers = [
+        asyncio.create_task(writer(n, dsns[n], plan, log, stop, range(i * half, (i + 1) * half)))
+        for i, n in enumerate(nodes)
+    ]
+    await asyncio.sleep(plan.seconds)  # the load runs this long
+    stop.set()
+    await asyncio.gather(*writers)
+    await converge(dsns, within=120, log=log)
+    # Catch-up: a backlog of single-row transactions on each node while walrelay
+    # is stopped, then the time both directions take to apply it.
+    await relay.stop()
+    backlog = 2000
+    for i, n in enumerate(nodes):
+        base = 10_000_000 * (i + 1)
+        query(
+            dsns[n],
+            "do $$ begin for k in 1..%s loop "
+            "insert into items values (%s + k, 'backlog'); commit; end loop; end $$"
+            % (backlog, base),
+        )
+    t0 = time.monotonic()
+    await relay.start()
+    await converge(dsns, within=300, log=log)
+    catch_up = time.monotonic() - t0
+    await relay.stop()
+    out: dict[str, Any] = {
+        "catch_up": {
+            "transactions_per_node": backlog,
+            "seconds_including_start": round(catch_up, 2),
+            "transactions_per_second_per_direction": round(backlog / catch_up, 1),
+        }
+    }
+    for src, dst in ((nodes[0], nodes[1]), (nodes[1], nodes[0])):
+        mine = [w for w in log.writes if w.node == src and w.token is not None]
+        times = commit_times(dsns[src], [w.xid for w in mine])
+        committed = {w.token: times[w.xid] for w in mine if times.get(w.xid) is not None}
+        applied = {
+            str(t): at for t, at in query(dsns[dst], "select token, at from audit where by_sync")
+        }
+        lags = sorted(
+            (applied[t] - ts).total_seconds() for t, ts in committed.items() if t in applied
+        )
+        out[f"{src}->{dst}"] = {
+            "source_writes": sum(1 for w in log.writes if w.node == src),
+            "applied": len(lags),
+            "source_writes_per_second": round(
+                sum(1 for w in log.writes if w.node == src) / plan.seconds, 1
+            ),
+            "lag_ms_p50": round(1000 * lags[len(lags) // 2], 1) if lags else None,
+            "lag_ms_p99": round(1000 * lags[int(len(lags) * 0.99)], 1) if lags else None,
+            "lag_ms_max": round(1000 * lags[-1], 1) if lags else None,
+        }
+    return {"seconds": plan.seconds, "rate_per_writer": plan.rate, "directions": out}
+
+
+async def run(
+    plan: Plan, workdir: Path, verbose: bool, steady_only: bool = False
+) -> dict[str, Any]:
     def say(msg: str) -> None:
         if verbose:
             print(msg, flush=True)
@@ -442,6 +542,12 @@ async def run(plan: Plan, workdir: Path, verbose: bool) -> dict[str, Any]:
         clusters = dict(zip(NAMES, pool.map(lambda _: start_cluster(SETTINGS), NAMES), strict=True))
     try:
         say(f"clusters up in {time.monotonic() - t0:.1f}s")
+        if steady_only:
+            return {
+                "benchmark": "sync_steady",
+                "ok": True,
+                **(await steady(clusters, plan, workdir)),
+            }
         results = []
         for nodes in (NAMES[:2], NAMES):
             say(f"{len(nodes)} nodes: writing for {plan.seconds}s over {plan.keys} keys")
@@ -471,6 +577,11 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--json", help="default: bench/results/sync_chaos.json")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument(
+        "--steady",
+        action="store_true",
+        help="instead: 2 nodes writing their own keys, apply rate and lag per direction",
+    )
     args = ap.parse_args()
     plan = (
         Plan(6.0, 30, 2, 150.0, args.seed) if args.short else Plan(40.0, 200, 8, 300.0, args.seed)
@@ -480,7 +591,7 @@ def main() -> int:
             setattr(plan, name, getattr(args, name))
     with tempfile.TemporaryDirectory(prefix="walrelay-sync-chaos-") as tmp:
         try:
-            result = asyncio.run(run(plan, Path(tmp), verbose=not args.quiet))
+            result = asyncio.run(run(plan, Path(tmp), not args.quiet, args.steady))
         except BaseException:
             if os.environ.get("SYNC_CHAOS_KEEP"):
                 import shutil
@@ -492,6 +603,12 @@ def main() -> int:
         if not result["ok"]:
             for log in sorted(Path(tmp).glob("walrelay*.log")):
                 sys.stderr.write(f"--- {log.name}\n" + log.read_text(errors="replace")[-3000:])
+    if args.steady:
+        print(json.dumps(result, indent=2, default=str))
+        out = Path(args.json or "bench/results/sync_steady.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2, default=str))
+        return 0
     for r in result["scenarios"]:
         print(
             f"sync chaos, {r['nodes']} nodes: {r['writes_committed']} writes in "
