@@ -491,9 +491,8 @@ async def steady(clusters: dict[str, PgCluster], plan: Plan, workdir: Path) -> d
         base = 10_000_000 * (i + 1)
         query(
             dsns[n],
-            "do $$ begin for k in 1..%s loop "
-            "insert into items values (%s + k, 'backlog'); commit; end loop; end $$"
-            % (backlog, base),
+            f"do $$ begin for k in 1..{backlog} loop "
+            f"insert into items values ({base} + k, 'backlog'); commit; end loop; end $$",
         )
     t0 = time.monotonic()
     await relay.start()
