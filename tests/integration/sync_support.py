@@ -28,19 +28,26 @@ TABLE_DDL = (
 )
 
 
+_CLUSTERS: dict[str, PgCluster] = {}
+
+
 @pytest.fixture(scope="session")
 def sync_clusters() -> Iterator[dict[str, PgCluster]]:
-    """Three clusters with track_commit_timestamp = on (a restart-time setting)."""
-    clusters: dict[str, PgCluster] = {}
-    try:
+    """Three clusters with track_commit_timestamp = on (a restart-time setting).
+
+    Each test module imports this fixture, which makes it one fixture per
+    module: the clusters are started once (kept in ``_CLUSTERS``) and stopped
+    by whichever module's instance is torn down first, at the end of the session."""
+    if not _CLUSTERS:
         with ThreadPoolExecutor(len(NODES)) as pool:
             futures = {name: pool.submit(start_cluster, SYNC_SETTINGS) for name in NODES}
             for name, future in futures.items():
-                clusters[name] = future.result()
-        yield clusters
+                _CLUSTERS[name] = future.result()
+    try:
+        yield _CLUSTERS
     finally:
-        for c in clusters.values():
-            c.stop()
+        with ThreadPoolExecutor(len(NODES)) as pool:
+            list(pool.map(lambda c: c.stop(), _CLUSTERS.values()))
 
 
 @dataclass

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import psycopg
 from psycopg import sql
 
+from walrelay.errors import WalrelayError
 from walrelay.model import UNCHANGED_TOAST, Change, Lsn, format_lsn, parse_lsn
 from walrelay.state.sync import ConflictRecord, insert_conflict, record_tombstone, tombstone_of
 from walrelay.sync.catalog import NodeTables, TableMeta, inspect_node
@@ -137,9 +138,13 @@ class Direction:
                 log.warning(
                     "sync %s: %s; retrying in %.1fs",
                     self.name,
-                    str(e).strip().splitlines()[0],
+                    (str(e).strip().splitlines() or [type(e).__name__])[0],
                     delay,
                 )
+            except (WalrelayError, TypeError, ValueError) as e:
+                # A node's setup changed under us (e.g. track_commit_timestamp off), or
+                # a custom policy failed: this direction waits, the others go on.
+                log.error("sync %s: %s; retrying in %.1fs", self.name, e, delay)
             finally:
                 self._detach()
                 self.ever_tried.set()
