@@ -142,6 +142,18 @@ def test_sync_conflicts_and_status_commands(sync_env: SyncEnv, tmp_path: Path) -
     rows = {r["direction"]: r for r in map(json.loads, status.output.splitlines())}
     assert rows["a->b"]["conflicts"] == {"insert_exists": 1}
     assert rows["b->a"]["applied_lsn"] is not None
+    assert "warning" not in status.stderr
+    # Sequences are not synced: overlapping ranges on two nodes are flagged.
+    for node in ("a", "b"):
+        env.execute(node, "alter table items add column serial_no bigserial")
+    status = cli.invoke(main, ["sync", "status", "--config", str(config)])
+    assert "warning: public.items.serial_no: sequences items_serial_no_seq on node a" in (
+        status.stderr
+    )
+    env.execute("a", "alter sequence items_serial_no_seq increment by 2 start with 1 restart")
+    env.execute("b", "alter sequence items_serial_no_seq increment by 2 start with 2 restart")
+    status = cli.invoke(main, ["sync", "status", "--config", str(config)])
+    assert "warning" not in status.stderr, status.stderr
     config.write_text("sync: {name: x}\n")
     bad = cli.invoke(main, ["sync", "--config", str(config)])
     assert bad.exit_code == 2 and bad.output.count("\n") == 1, bad.output

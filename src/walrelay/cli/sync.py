@@ -7,6 +7,7 @@ direction; ``walrelay sync conflicts`` lists what was resolved and how;
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -208,6 +209,29 @@ def status_command(config_path: str, as_json: bool) -> None:
                 )
 
     _each_node(settings, None, directions)
+    _warn_sequences(settings)
+
+
+def _warn_sequences(settings: Any) -> None:
+    """Sequences are not synced: two nodes whose sequences can give the same
+    value will collide on insert (insert_exists, one row lost)."""
+    from walrelay.sync.catalog import SequenceRange, overlapping_sequences, read_sequences
+
+    ranges: list[SequenceRange] = []
+
+    def read(name: str, conn: Any) -> None:
+        with contextlib.suppress(psycopg.errors.UndefinedTable):
+            ranges.extend(read_sequences(conn, name, settings.tables))
+
+    _each_node(settings, None, read)
+    for x, y in overlapping_sequences(ranges):
+        click.echo(
+            f"warning: {x.table}.{x.column}: sequences {x.sequence} on node {x.node} and "
+            f"{y.sequence} on node {y.node} can give the same values -- fix: give each node "
+            f"its own range or step (e.g. ALTER SEQUENCE ... INCREMENT BY {len(settings.nodes)} "
+            "with a different START on each node), or use UUIDs",
+            err=True,
+        )
 
 
 def _q(name: str) -> str:
