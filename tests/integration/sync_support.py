@@ -28,19 +28,26 @@ TABLE_DDL = (
 )
 
 
+_CLUSTERS: dict[str, PgCluster] = {}
+
+
 @pytest.fixture(scope="session")
 def sync_clusters() -> Iterator[dict[str, PgCluster]]:
-    """Three clusters with track_commit_timestamp = on (a restart-time setting)."""
-    clusters: dict[str, PgCluster] = {}
-    try:
+    """Three clusters with track_commit_timestamp = on (a restart-time setting).
+
+    Each test module imports this fixture, which makes it one fixture per
+    module: the clusters are started once (kept in ``_CLUSTERS``) and stopped
+    by whichever module's instance is torn down first, at the end of the session."""
+    if not _CLUSTERS:
         with ThreadPoolExecutor(len(NODES)) as pool:
             futures = {name: pool.submit(start_cluster, SYNC_SETTINGS) for name in NODES}
             for name, future in futures.items():
-                clusters[name] = future.result()
-        yield clusters
+                _CLUSTERS[name] = future.result()
+    try:
+        yield _CLUSTERS
     finally:
-        for c in clusters.values():
-            c.stop()
+        with ThreadPoolExecutor(len(NODES)) as pool:
+            list(pool.map(lambda c: c.stop(), _CLUSTERS.values()))
 
 
 @dataclass
@@ -154,23 +161,33 @@ def counter(runner: SyncRunner) -> Callable[[], int]:
 
 
 async def assert_quiet(env: SyncEnv, runner: SyncRunner) -> None:
-    """No echo: once every direction has read past a probe written after the
-    last change, no node has committed anything new (``pg_last_committed_xact``
-    needs track_commit_timestamp, which sync requires anyway)."""
+    """Everything written so far is applied, and then nothing more happens: no echo.
+
+    A probe (a non-transactional logical message) on every node marks the WAL;
+    once every direction has passed the first probes, every earlier change is
+    applied. Then no node may commit anything until every direction has passed
+    a second round of probes (``pg_last_committed_xact`` needs
+    track_commit_timestamp, which sync requires anyway): an echo of anything
+    applied before would have been applied again in between."""
+    await _past_probes(env, runner)
+    nodes = list(runner.readers)
+    before = {n: env.execute(n, "select xid::text from pg_last_committed_xact()") for n in nodes}
+    await _past_probes(env, runner)
+    after = {n: env.execute(n, "select xid::text from pg_last_committed_xact()") for n in nodes}
+    assert after == before, "a node committed a transaction after the last change: an echo"
+
+
+async def _past_probes(env: SyncEnv, runner: SyncRunner) -> None:
     from tests.waiting import wait_for
     from walrelay.model import parse_lsn
 
-    nodes = list(runner.readers)
-    before = {n: env.execute(n, "select xid::text from pg_last_committed_xact()") for n in nodes}
     probes = {
         n: parse_lsn(
             env.execute(n, "select pg_logical_emit_message(false, 'probe', '')::text")[0][0]
         )
-        for n in nodes
+        for n in runner.readers
     }
     await wait_for(
         lambda: all(d.applied_end >= probes[src] for (src, _), d in runner.directions.items()),
         what="every direction past the probes",
     )
-    after = {n: env.execute(n, "select xid::text from pg_last_committed_xact()") for n in nodes}
-    assert after == before, "a node committed a transaction after the last change: an echo"

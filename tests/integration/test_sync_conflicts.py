@@ -6,10 +6,18 @@ order, then walrelay starts and both directions meet them.
 
 from __future__ import annotations
 
+import asyncio
+import json
+from pathlib import Path
 from typing import Any
+
+import yaml
+from click.testing import CliRunner
 
 from tests.integration.sync_support import SyncEnv, assert_quiet, sync_clusters, sync_env
 from tests.waiting import wait_for
+from walrelay.cli.main import main
+from walrelay.sync.metrics import SyncCollector
 
 __all__ = ["sync_clusters", "sync_env"]
 
@@ -34,10 +42,6 @@ def conflicts(env: SyncEnv, node: str, table: str = "public.items") -> dict[int,
 async def settle(env: SyncEnv, nodes: tuple[str, ...] = ("a", "b"), **extra: Any) -> None:
     """Start walrelay, wait until the nodes agree on every table and nothing moves."""
     runner = await env.start(env.settings(nodes, **extra))
-    await wait_for(
-        lambda: all(not d.queue.qsize() for d in runner.directions.values()),
-        what="queues drained",
-    )
     await assert_quiet(env, runner)
     await env.stop(runner)
 
@@ -86,6 +90,14 @@ async def test_each_conflict_kind_under_last_write_wins(sync_env: SyncEnv) -> No
         "update_missing": 1,
         "delete_missing": 1,
     }
+    # The same counts in the Prometheus metrics.
+    families = {m.name: m for m in SyncCollector(runner).collect()}
+    metric = {
+        (s.labels["direction"], s.labels["conflict"]): s.value
+        for s in families["walrelay_sync_conflicts"].samples
+        if s.name.endswith("_total")
+    }
+    assert metric[("b->a", "update_deleted")] == 1 and metric[("a->b", "insert_exists")] == 1
     # The log holds both versions, their origins and commit times.
     local_row, local_origin, remote_row, remote_origin, lt, rt = env.execute(
         "a",
@@ -94,6 +106,64 @@ async def test_each_conflict_kind_under_last_write_wins(sync_env: SyncEnv) -> No
     )[0]
     assert (local_row["v"], local_origin, remote_row["v"], remote_origin) == ("a", "a", "b", "b")
     assert lt > rt
+
+
+def test_sync_conflicts_and_status_commands(sync_env: SyncEnv, tmp_path: Path) -> None:
+    env = sync_env
+    asyncio.run(_two_inserts_of_one_key(env))
+    config = tmp_path / "sync.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "sync": {
+                    "name": env.name,
+                    "nodes": {
+                        n: {"dsn": env.dsns[n], "priority": p} for n, p in (("a", 1), ("b", 2))
+                    },
+                    "tables": ["public.items"],
+                }
+            }
+        )
+    )
+    cli = CliRunner()
+    out = cli.invoke(
+        main, ["sync", "conflicts", "--config", str(config), "--json", "--table", "items"]
+    )
+    assert out.exit_code == 0, out.output
+    lines = [json.loads(line) for line in out.output.splitlines()]
+    assert sorted((r["node"], r["conflict"], r["resolution"]) for r in lines) == [
+        ("a", "insert_exists", "apply_remote"),
+        ("b", "insert_exists", "keep_local"),
+    ]
+    text = cli.invoke(main, ["sync", "conflicts", "--config", str(config), "--node", "a"]).output
+    assert "insert_exists  -> apply_remote" in text and "remote b at" in text
+    status = cli.invoke(main, ["sync", "status", "--config", str(config), "--json"])
+    assert status.exit_code == 0, status.output
+    rows = {r["direction"]: r for r in map(json.loads, status.output.splitlines())}
+    assert rows["a->b"]["conflicts"] == {"insert_exists": 1}
+    assert rows["b->a"]["applied_lsn"] is not None
+    assert "warning" not in status.stderr
+    # Sequences are not synced: overlapping ranges on two nodes are flagged.
+    for node in ("a", "b"):
+        env.execute(node, "alter table items add column serial_no bigserial")
+    status = cli.invoke(main, ["sync", "status", "--config", str(config)])
+    assert "warning: public.items.serial_no: sequences items_serial_no_seq on node a" in (
+        status.stderr
+    )
+    env.execute("a", "alter sequence items_serial_no_seq increment by 2 start with 1 restart")
+    env.execute("b", "alter sequence items_serial_no_seq increment by 2 start with 2 restart")
+    status = cli.invoke(main, ["sync", "status", "--config", str(config)])
+    assert "warning" not in status.stderr, status.stderr
+    config.write_text("sync: {name: x}\n")
+    bad = cli.invoke(main, ["sync", "--config", str(config)])
+    assert bad.exit_code == 2 and bad.output.count("\n") == 1, bad.output
+
+
+async def _two_inserts_of_one_key(env: SyncEnv) -> None:
+    await settle(env)  # creates the slots
+    env.execute("a", "insert into items values (1, 'a', 1)")
+    env.execute("b", "insert into items values (1, 'b', 1)")
+    await settle(env)
 
 
 async def test_delete_versus_update_converges_whichever_comes_last(sync_env: SyncEnv) -> None:

@@ -87,3 +87,16 @@ def test_a_bad_python_policy_fails_at_start_up(policy: str, message: str) -> Non
     with pytest.raises(ConfigError, match=message) as e:
         load_resolver(policy)
     assert e.value.exit_code == 2
+
+
+def test_sequences_overlap_unless_starts_and_steps_keep_them_apart() -> None:
+    from walrelay.sync.catalog import SequenceRange, overlapping_sequences
+
+    def seq(node: str, start: int, inc: int, lo: int = 1, hi: int = 2**63 - 1) -> SequenceRange:
+        return SequenceRange(node, "public.t", "id", f"s_{node}", start, inc, lo, hi)
+
+    assert len(overlapping_sequences([seq("a", 1, 1), seq("b", 1, 1)])) == 1
+    assert overlapping_sequences([seq("a", 1, 2), seq("b", 2, 2)]) == []
+    assert len(overlapping_sequences([seq("a", 1, 2), seq("b", 3, 2)])) == 1
+    assert overlapping_sequences([seq("a", 1, 1, 1, 1000), seq("b", 1001, 1, 1001, 2000)]) == []
+    assert overlapping_sequences([seq("a", 1, 3), seq("b", 2, 3), seq("c", 3, 3)]) == []

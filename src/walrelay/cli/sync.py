@@ -7,6 +7,7 @@ direction; ``walrelay sync conflicts`` lists what was resolved and how;
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -55,9 +56,18 @@ _CONFIG = click.option(
 @click.option(
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info"
 )
+@click.option(
+    "--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port"
+)
+@click.option("--metrics-host", default="127.0.0.1", show_default=True)
 @click.pass_context
 def sync_command(
-    ctx: click.Context, config_path: str | None, initial: tuple[str, str] | None, log_level: str
+    ctx: click.Context,
+    config_path: str | None,
+    initial: tuple[str, str] | None,
+    log_level: str,
+    metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
     """Keep tables identical on two or more PostgreSQL databases, both ways."""
     if ctx.invoked_subcommand is not None:
@@ -77,6 +87,10 @@ def sync_command(
     runner = SyncRunner(settings)
 
     async def main() -> None:
+        if metrics_port is not None:
+            from walrelay.sync.metrics import serve_metrics
+
+            serve_metrics(runner, metrics_host, metrics_port)
         await runner.run(source)
 
     run_until_signalled(main, runner.stop)
@@ -195,6 +209,29 @@ def status_command(config_path: str, as_json: bool) -> None:
                 )
 
     _each_node(settings, None, directions)
+    _warn_sequences(settings)
+
+
+def _warn_sequences(settings: Any) -> None:
+    """Sequences are not synced: two nodes whose sequences can give the same
+    value will collide on insert (insert_exists, one row lost)."""
+    from walrelay.sync.catalog import SequenceRange, overlapping_sequences, read_sequences
+
+    ranges: list[SequenceRange] = []
+
+    def read(name: str, conn: Any) -> None:
+        with contextlib.suppress(psycopg.errors.UndefinedTable):
+            ranges.extend(read_sequences(conn, name, settings.tables))
+
+    _each_node(settings, None, read)
+    for x, y in overlapping_sequences(ranges):
+        click.echo(
+            f"warning: {x.table}.{x.column}: sequences {x.sequence} on node {x.node} and "
+            f"{y.sequence} on node {y.node} can give the same values -- fix: give each node "
+            f"its own range or step (e.g. ALTER SEQUENCE ... INCREMENT BY {len(settings.nodes)} "
+            "with a different START on each node), or use UUIDs",
+            err=True,
+        )
 
 
 def _q(name: str) -> str:

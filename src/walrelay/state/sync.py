@@ -1,7 +1,8 @@
 """Two-way sync's tables in the state schema of every node: tombstones and conflicts.
 
-``tombstones`` remembers, per synced table and key, the transaction that last
-deleted the row (filled by the ``sync_record_delete`` trigger that
+``tombstones`` remembers, per synced table and key, the transactions that
+deleted the row (one row each: an older delete applied later must not hide a
+newer one) (filled by the ``sync_record_delete`` trigger that
 ``walrelay sync`` puts on every synced table), so that an update arriving
 for a deleted row can be told apart: deleted *after* the update was made
 (``update_deleted``) or before (``update_missing``). Its commit time and
@@ -39,7 +40,7 @@ def migration_statements(s: sql.Identifier) -> list[sql.Composed]:
         sql.SQL(
             "create table if not exists {}.tombstones ("
             "table_name text not null, key text[] not null, xid xid8 not null, "
-            "primary key (table_name, key))"
+            "primary key (table_name, key, xid))"
         ).format(s),
         sql.SQL(
             "create table if not exists {}.conflicts ("
@@ -65,7 +66,7 @@ def migration_statements(s: sql.Identifier) -> list[sql.Composed]:
             "into k using OLD; "
             "insert into {}.tombstones (table_name, key, xid) "
             "values (TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, k, pg_current_xact_id()) "
-            "on conflict (table_name, key) do update set xid = excluded.xid; "
+            "on conflict do nothing; "
             "return OLD; "
             "end $fn$"
         ).format(s, s),
@@ -80,7 +81,8 @@ async def tombstone_of(
         sql.SQL(
             "select c.timestamp, c.roident from {}.tombstones t "
             "cross join lateral pg_xact_commit_timestamp_origin(t.xid::xid) c "
-            "where t.table_name = %s and t.key = %s::text[]"
+            "where t.table_name = %s and t.key = %s::text[] "
+            "order by c.timestamp desc nulls last limit 1"
         ).format(sql.Identifier(schema)),
         (table, key),
     )
@@ -95,8 +97,7 @@ async def record_tombstone(conn: Conn, schema: str, table: str, key: list[Any]) 
     await conn.execute(
         sql.SQL(
             "insert into {}.tombstones (table_name, key, xid) "
-            "values (%s, %s::text[], pg_current_xact_id()) "
-            "on conflict (table_name, key) do update set xid = excluded.xid"
+            "values (%s, %s::text[], pg_current_xact_id()) on conflict do nothing"
         ).format(sql.Identifier(schema)),
         (table, key),
     )

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import psycopg
 from psycopg import sql
 
+from walrelay.errors import WalrelayError
 from walrelay.model import UNCHANGED_TOAST, Change, Lsn, format_lsn, parse_lsn
 from walrelay.state.sync import ConflictRecord, insert_conflict, record_tombstone, tombstone_of
 from walrelay.sync.catalog import NodeTables, TableMeta, inspect_node
@@ -77,7 +78,7 @@ class DirectionStats:
 @dataclass
 class _Local:
     row: Row
-    xmin: str
+    own: bool  # written by the current transaction (an earlier change of the same source tx)
     committed_at: datetime | None
     roident: int
 
@@ -137,9 +138,13 @@ class Direction:
                 log.warning(
                     "sync %s: %s; retrying in %.1fs",
                     self.name,
-                    str(e).strip().splitlines()[0],
+                    (str(e).strip().splitlines() or [type(e).__name__])[0],
                     delay,
                 )
+            except (WalrelayError, TypeError, ValueError) as e:
+                # A node's setup changed under us (e.g. track_commit_timestamp off), or
+                # a custom policy failed: this direction waits, the others go on.
+                log.error("sync %s: %s; retrying in %.1fs", self.name, e, delay)
             finally:
                 self._detach()
                 self.ever_tried.set()
@@ -232,17 +237,16 @@ class Direction:
         for attempt in range(10):
             conflicts: list[ConflictRecord] = []
             try:
-                async with conn.transaction():
-                    cur = await conn.execute(
+                # Pipelined: statements whose result is not needed (BEGIN, the
+                # origin set-up, writes, COMMIT) travel with the next read.
+                async with conn.pipeline(), conn.transaction():
+                    await conn.execute(
                         "select pg_replication_origin_xact_setup(%s::pg_lsn, %s), "
-                        "pg_current_xact_id()::xid::text",
+                        "pg_current_xact_id()",  # an xid, so that the commit moves the origin
                         (format_lsn(tx.end_lsn), tx.committed_at),
                     )
-                    row = await cur.fetchone()
-                    assert row is not None
-                    xid = str(row[1])
                     for change in tx.changes:
-                        await self._apply_change(conn, tx, change, xid, conflicts)
+                        await self._apply_change(conn, tx, change, conflicts)
                 break
             except _RETRYABLE as e:
                 log.info(
@@ -273,7 +277,7 @@ class Direction:
             )
 
     async def _apply_change(
-        self, conn: Conn, tx: SourceTx, change: Change, xid: str, conflicts: list[ConflictRecord]
+        self, conn: Conn, tx: SourceTx, change: Change, conflicts: list[ConflictRecord]
     ) -> None:
         rel = change.relation
         if change.op == "truncate":
@@ -304,7 +308,7 @@ class Direction:
             committed_at=tx.committed_at,
             priority=self._priority[self.source],
         )
-        own = local is not None and local.xmin == xid
+        own = local is not None and local.own
         kind: ConflictKind | None = None
         local_version: Version | None = None
         if local is not None:
@@ -463,7 +467,8 @@ class Direction:
         q = self._sql.get(("read", meta.name))
         if q is None:
             q = sql.SQL(
-                "select {}, t.xmin::text, c.timestamp, c.roident::int from {} t "
+                "select {}, t.xmin = pg_current_xact_id()::xid, c.timestamp, c.roident::int "
+                "from {} t "
                 "left join lateral pg_xact_commit_timestamp_origin(t.xmin) c on true "
                 "where {} for update of t"
             ).format(
@@ -479,7 +484,7 @@ class Direction:
         n = len(cols)
         await self._know_origin(conn, int(row[n + 2] or 0))
         return _Local(
-            dict(zip(cols, row[:n], strict=True)), str(row[n]), row[n + 1], int(row[n + 2] or 0)
+            dict(zip(cols, row[:n], strict=True)), bool(row[n]), row[n + 1], int(row[n + 2] or 0)
         )
 
     def _key_where(self, meta: TableMeta) -> sql.Composable:

@@ -9,11 +9,13 @@ same type for every column two nodes share. Each failure is one
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import tuple_row
 
 from walrelay import sqltext
 from walrelay.config import SourceConfig
@@ -22,7 +24,16 @@ from walrelay.source.slot import SourceInfo, prepare_source, split_table
 from walrelay.state.migrations import migrate
 from walrelay.sync.config import SyncSettings
 
-__all__ = ["NodeTables", "TableMeta", "check_nodes", "inspect_node", "prepare_node"]
+__all__ = [
+    "NodeTables",
+    "SequenceRange",
+    "TableMeta",
+    "check_nodes",
+    "inspect_node",
+    "overlapping_sequences",
+    "prepare_node",
+    "read_sequences",
+]
 
 log = logging.getLogger("walrelay.sync")
 
@@ -170,3 +181,54 @@ async def prepare_node(
     except WalrelayError as e:
         e.message = f"node {node}: {e.message}"
         raise
+
+
+@dataclass(frozen=True)
+class SequenceRange:
+    """The values a column's sequence can give on one node."""
+
+    node: str
+    table: str
+    column: str
+    sequence: str
+    start: int
+    increment: int
+    minimum: int
+    maximum: int
+
+
+_SEQUENCES = """
+select a.attname, s.seqrelid::regclass::text, s.seqstart, s.seqincrement, s.seqmin, s.seqmax
+from pg_attribute a
+join pg_sequence s on s.seqrelid = pg_get_serial_sequence(%s, a.attname)::regclass
+where a.attrelid = %s::regclass and a.attnum > 0 and not a.attisdropped
+"""
+
+
+def read_sequences(
+    conn: psycopg.Connection[Any], node: str, tables: list[str]
+) -> list[SequenceRange]:
+    """The sequences feeding columns of the synced tables (serial and identity)."""
+    out = []
+    cur = conn.cursor(row_factory=tuple_row)
+    for table in tables:
+        q = sqltext.qualified(table)
+        for col, seq, start, inc, lo, hi in cur.execute(_SEQUENCES, (q, q)).fetchall():
+            out.append(SequenceRange(node, table, str(col), str(seq), start, inc, lo, hi))
+    return out
+
+
+def overlapping_sequences(ranges: list[SequenceRange]) -> list[tuple[SequenceRange, SequenceRange]]:
+    """Pairs of nodes whose sequences for the same column can give the same value:
+    the progressions ``start + k * increment`` meet (the starts differ by a multiple
+    of the increments' gcd) inside both nodes' min..max."""
+    out = []
+    for i, x in enumerate(ranges):
+        for y in ranges[i + 1 :]:
+            if (x.table, x.column) != (y.table, y.column) or x.node == y.node:
+                continue
+            if max(x.minimum, y.minimum) > min(x.maximum, y.maximum):
+                continue
+            if (x.start - y.start) % math.gcd(x.increment, y.increment) == 0:
+                out.append((x, y))
+    return out
