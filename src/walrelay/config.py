@@ -157,6 +157,9 @@ class SourceConfig(_Model):
     snapshot_workers: int = Field(default=2, ge=1, le=32)
     # How often a running engine looks for `walrelay backfill` requests.
     backfill_poll_interval: Seconds = 1.0
+    # How often a running engine checks that its slot, publication and tables
+    # are still there (walrelay.engine.watch).
+    watch_interval: Seconds = 5.0
 
     @field_validator("tables")
     @classmethod

@@ -27,7 +27,8 @@ from walrelay.engine.delivery import CompletionHook, Destinations, SinkFactory, 
 from walrelay.engine.feedback import Feedback
 from walrelay.engine.session import ReplicationSession, Resume
 from walrelay.engine.snapshot import mark_done_when_confirmed, run_initial_snapshot
-from walrelay.errors import SlotLost, SourceSetupError
+from walrelay.engine.watch import SourceWatch, publication_lost, slot_dropped, slot_invalidated
+from walrelay.errors import PublicationLost, SlotLost, SourceSetupError, WalrelayError
 from walrelay.model import Lsn, format_lsn
 from walrelay.monitor.service import Services
 from walrelay.monitor.thresholds import Severity
@@ -50,7 +51,6 @@ from walrelay.source.stream import (
     ReplicationSource,
 )
 from walrelay.source.types import TypeRegistry
-from walrelay.sqltext import literal
 from walrelay.state.snapshots import record_snapshot, snapshot_status
 
 log = logging.getLogger("walrelay.engine")
@@ -141,6 +141,10 @@ class Engine:
         # Initial snapshots and backfills report here (walrelay.engine.snapshot / backfills).
         self.progress: dict[str, Progress] = {}
         self._resnapshot = False
+        # Set by the source watch (walrelay.engine.watch): the slot or the
+        # publication is gone; the read loop stops and raises it.
+        self._fatal: WalrelayError | None = None
+        self._fatal_set = asyncio.Event()
         self.slot = SlotRun(self)
 
     # ---------------------------------------------------------------- views
@@ -208,6 +212,21 @@ class Engine:
                 self.config.shutdown_timeout, self._cancel_session
             )
 
+    def fail(self, error: WalrelayError) -> None:
+        """Stop reading now and raise ``error`` from :meth:`run` (the slot or
+        the publication is gone: what is buffered cannot be confirmed anyway)."""
+        if self._fatal is not None:
+            return
+        self._fatal = error
+        self._fatal_set.set()
+        task = self._session_task
+        if task is not None and not task.done():
+            task.cancel()  # also out of a wait for buffer space
+
+    def _raise_fatal(self) -> None:
+        if self._fatal is not None:
+            raise self._fatal
+
     def _cancel_session(self) -> None:
         task = self._session_task
         if task is not None and not task.done():
@@ -227,12 +246,19 @@ class Engine:
             try:
                 await self._run_slot()
                 return
+            except PublicationLost as e:
+                log.critical("PAGE: %s; walrelay stops (exit 3) -- fix: %s", e.message, e.fix)
+                raise
             except SlotLost as e:
                 src = self.config.source
-                log.critical("PAGE: %s", e)
-                self.services.set_condition("slot_lost", src.slot, Severity.PAGE, str(e), e.fix)
                 if src.on_slot_lost != "resnapshot" or self.stopping:
+                    log.critical(
+                        "PAGE: %s; on_slot_lost: stop: walrelay stops (exit 3) -- fix: %s",
+                        e.message,
+                        e.fix,
+                    )
                     raise
+                log.critical("PAGE: %s", e.message)
                 log.critical(
                     "on_slot_lost: resnapshot: recreating slot %s and snapshotting %s again",
                     src.slot,
@@ -243,6 +269,8 @@ class Engine:
                 ) as conn:
                     await drop_slot(conn, src.slot)
                 self._resnapshot = True
+                self._fatal = None
+                self._fatal_set.clear()
                 self.slot = SlotRun(self)
 
     def _wants_snapshot(self) -> bool:
@@ -312,7 +340,17 @@ class Engine:
             self._background.append(
                 asyncio.create_task(slot.backfills.run(), name="walrelay-backfills")
             )
-            await self._replicate(slot)
+            self._background.append(
+                asyncio.create_task(self._source_watch(slot).run(), name="walrelay-watch")
+            )
+            try:
+                await self._replicate(slot)
+            except (SlotLost, PublicationLost) as e:
+                # Notified now: the services stop with this slot's run.
+                rule = "slot_lost" if isinstance(e, SlotLost) else "publication_lost"
+                obj = src.slot if isinstance(e, SlotLost) else src.publication
+                slot.services.alert_now(rule, obj, Severity.PAGE, e.message, e.fix)
+                raise
         finally:
             await self._stop_background()
             if self._force_stop is not None:
@@ -341,6 +379,7 @@ class Engine:
             EnvelopeBuilder(TypeRegistry(), key_columns=info.key_columns),
             tracker,
             ignore_table=self.config.heartbeat.table,
+            table_oids={name: t.oid for name, t in info.tables.items()},
         )
         self.stats.router = slot.router
         for dest in slot.destinations.by_name.values():
@@ -377,6 +416,27 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._background.clear()
+
+    def _source_watch(self, slot: SlotRun) -> SourceWatch:
+        router = slot.router
+        assert router is not None
+        src = self.config.source
+
+        def destinations_of(table: str) -> list[str]:
+            return [
+                d.name for d in self.config.destinations if d.tables is None or table in d.tables
+            ]
+
+        return SourceWatch(
+            dsn=src.dsn_value,
+            slot=src.slot,
+            publication=src.publication,
+            tables=router.configured_names,
+            destinations_of=destinations_of,
+            alert=slot.services.alert_now,
+            on_fatal=self.fail,
+            interval=src.watch_interval,
+        )
 
     def _on_heartbeat_lag(self, lag: float) -> None:
         self.stats.heartbeat_lag = lag
@@ -424,6 +484,7 @@ class Engine:
         )
         attempt = 0
         while not self.stopping:
+            self._raise_fatal()
             stream = self._source_factory(src.dsn_value)
             start_lsn = slot.resume_lsn()
             try:
@@ -456,6 +517,8 @@ class Engine:
             session = self._session = self._new_session(slot, stream)
             feedback = asyncio.create_task(slot.feedback.run(stream), name="walrelay-feedback")
             self._session_task = asyncio.create_task(session.run(), name="walrelay-read")
+            if self._fatal is not None:
+                self._session_task.cancel()  # failed while connecting
             try:
                 await asyncio.wait({self._session_task})
                 if not self._session_task.cancelled():
@@ -485,26 +548,28 @@ class Engine:
                 await stream.close()
 
     def _raise_if_fatal(self, message: str) -> None:
-        slot = self.config.source.slot
+        self._raise_fatal()
+        src = self.config.source
+        slot = src.slot
         busy = slot_busy_from_error(slot, message)
         if busy is not None:
             raise busy
-        if "does not exist" in message and "slot" in message:
-            raise SlotLost(
-                f"replication slot {slot} no longer exists",
-                fix="start walrelay again to create a new slot (changes made meanwhile "
-                "were not captured: backfill the tables)",
-            )
+        if "does not exist" in message and "replication slot" in message:
+            raise slot_dropped(slot)
         if "can no longer get changes" in message or "invalidated" in message:
-            raise SlotLost(
-                f"replication slot {slot} was invalidated: the WAL it needed is gone",
-                fix=f"SELECT pg_drop_replication_slot({literal(slot)}); then start again and "
-                "backfill the tables",
-            )
+            raise slot_invalidated(slot, message)
+        if "does not exist" in message and f'publication "{src.publication}"' in message:
+            raise publication_lost(src.publication, slot, list(src.tables), message)
 
     async def _sleep_unless_stopped(self, delay: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), timeout=delay)
+        """Sleep ``delay``, cut short by a stop or a fatal error."""
+        waits = [asyncio.ensure_future(e.wait()) for e in (self._stop, self._fatal_set)]
+        try:
+            await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        self._raise_fatal()
 
     async def _drain_and_confirm(self, slot: SlotRun, stream: ReplicationSource) -> None:
         timeout = self.config.shutdown_timeout

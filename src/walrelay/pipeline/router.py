@@ -15,16 +15,19 @@ can only finish an event after the reading task yields.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from walrelay.config import DestinationConfig
-from walrelay.model import Begin, Change, Event, Lsn
+from walrelay.model import Begin, Change, Event, Lsn, Relation
 from walrelay.pipeline.envelope import EnvelopeBuilder
 from walrelay.pipeline.lsn import LsnTracker
 from walrelay.pipeline.outbox_router import OutboxRouter
 from walrelay.pipeline.scheduler import Destination
 
 Blocked = list[tuple[Destination, Event]]
+
+log = logging.getLogger("walrelay.router")
 
 
 class Router:
@@ -38,6 +41,7 @@ class Router:
         tracker: LsnTracker,
         *,
         ignore_table: str | None = None,
+        table_oids: Mapping[str, int] | None = None,
     ) -> None:
         self._configs = {d.name: d for d in configs}
         self.destinations = destinations
@@ -49,6 +53,14 @@ class Router:
         # A table whose rows are never delivered (the heartbeat table).
         self._ignore_table = ignore_table
         self._routes: dict[tuple[str, str], list[Destination]] = {}
+        # Tables are followed by OID, not by name: a renamed table keeps its
+        # destinations. The configured name of each source table's OID, and
+        # the stream's routes cached per (OID, op).
+        self._configured_name: dict[int, str] = {
+            oid: name for name, oid in (table_oids or {}).items()
+        }
+        self._stream_routes: dict[tuple[int, str], list[Destination]] = {}
+        self._renamed: dict[int, str] = {}
         # Per-destination event steps (walrelay.pipeline.outbox_router), only where configured.
         self._outbox: dict[str, OutboxRouter] = {
             d.name: OutboxRouter(d.router, destination=d.name)
@@ -88,9 +100,43 @@ class Router:
                     seen[dest.name] = dest
             return list(seen.values())
         relation = change.relation
-        table = relation.qualified_name if relation is not None else ""
-        dests = self._routes.get((table, change.op))
-        return dests if dests is not None else self.routes_for(table, change.op)
+        if relation is None:
+            dests = self._routes.get(("", change.op))
+            return dests if dests is not None else self.routes_for("", change.op)
+        dests = self._stream_routes.get((relation.oid, change.op))
+        if dests is None:
+            dests = self._stream_routes[relation.oid, change.op] = self.routes_for(
+                self.configured_name(relation), change.op
+            )
+        return dests
+
+    def configured_name(self, relation: Relation) -> str:
+        """The name the config knows ``relation`` by: the one its OID had when
+        walrelay started (a rename is logged once), else its own."""
+        name = relation.qualified_name
+        configured = self._configured_name.get(relation.oid)
+        if configured is None or configured == name:
+            return name
+        if self._renamed.get(relation.oid) != name:
+            self._renamed[relation.oid] = name
+            # The key columns configured for the old name hold for the new one.
+            cols = self.builder.key_columns_of(configured)
+            if cols is not None:
+                self.builder.set_key_columns(name, cols)
+            log.warning(
+                "table %s (OID %d) was renamed to %s: its destinations keep receiving its "
+                "changes, with table %s in the events; rename it in the config (source.tables, "
+                "destinations[].tables) before the next restart",
+                configured,
+                relation.oid,
+                name,
+                name,
+            )
+        return configured
+
+    def configured_names(self) -> dict[int, str]:
+        """Configured table name by OID (what the source watch checks)."""
+        return dict(self._configured_name)
 
     def snapshot_destinations(self, table: str) -> list[Destination]:
         """Destinations that take an initial snapshot of ``table``."""

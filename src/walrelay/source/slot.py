@@ -370,3 +370,64 @@ def slot_busy_from_error(slot: str, message: str) -> SlotBusy | None:
         f"replication slot {slot} is already streaming to PID {m.group(1)}",
         fix="stop the other walrelay (or consumer) first, or use another slot",
     )
+
+
+# -- what can change under a running engine -----------------------------------
+
+
+@dataclass(frozen=True)
+class SourceState:
+    """The slot, the publication and the followed tables as the server has them now."""
+
+    slot_exists: bool
+    wal_status: str | None
+    publication_exists: bool
+    names: dict[int, str]
+    """Current ``schema.table`` of each followed OID still present."""
+    published: frozenset[int]
+    """Followed OIDs the publication includes."""
+
+
+_STATE_QUERY = """
+select
+  (select wal_status from pg_replication_slots where slot_name = %(slot)s),
+  exists(select from pg_replication_slots where slot_name = %(slot)s),
+  exists(select from pg_publication where pubname = %(pub)s)
+"""
+
+_TABLES_QUERY = """
+select c.oid, n.nspname || '.' || c.relname,
+  exists(
+    select from pg_publication_tables pt
+    where pt.pubname = %(pub)s and pt.schemaname = n.nspname and pt.tablename = c.relname
+  )
+from pg_class c join pg_namespace n on n.oid = c.relnamespace
+where c.oid = any(%(oids)s)
+"""
+
+
+async def read_source_state(
+    conn: psycopg.AsyncConnection[tuple[object, ...]],
+    *,
+    slot: str,
+    publication: str,
+    oids: list[int],
+) -> SourceState:
+    """One look at what a running engine depends on (walrelay.engine.watch)."""
+    params = {"slot": slot, "pub": publication, "oids": oids}
+    row = await _fetchone(conn, _STATE_QUERY, params)  # type: ignore[arg-type]
+    assert row is not None
+    cur = await conn.execute(_TABLES_QUERY, params)
+    names: dict[int, str] = {}
+    published: set[int] = set()
+    for oid, name, in_pub in await cur.fetchall():
+        names[int(str(oid))] = str(name)
+        if in_pub:
+            published.add(int(str(oid)))
+    return SourceState(
+        slot_exists=bool(row[1]),
+        wal_status=None if row[0] is None else str(row[0]),
+        publication_exists=bool(row[2]),
+        names=names,
+        published=frozenset(published),
+    )
