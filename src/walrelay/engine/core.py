@@ -43,7 +43,7 @@ from walrelay.pipeline.scheduler import Destination
 from walrelay.pipeline.stats import EngineStats
 from walrelay.sinks.registry import build_sink
 from walrelay.source.heartbeat import Heartbeat
-from walrelay.source.slot import SourceInfo, prepare_source, slot_busy_from_error
+from walrelay.source.slot import SourceInfo, find_renamed, prepare_source, slot_busy_from_error
 from walrelay.source.snapshot import Progress, drop_slot
 from walrelay.source.stream import (
     PsycopgReplicationStream,
@@ -52,6 +52,7 @@ from walrelay.source.stream import (
 )
 from walrelay.source.types import TypeRegistry
 from walrelay.state.snapshots import record_snapshot, snapshot_status
+from walrelay.state.tables import read_table_oids, record_table_oids
 
 log = logging.getLogger("walrelay.engine")
 
@@ -298,11 +299,26 @@ class Engine:
                     src.slot,
                 )
                 await drop_slot(admin, src.slot)
-            info = await prepare_source(src, admin, export_snapshot=self._wants_snapshot())
+            recorded = await read_table_oids(self.config.state_dsn, state.schema, src.slot)
+            renamed = await find_renamed(admin, list(src.tables), recorded)
+            info = await prepare_source(
+                src, admin, export_snapshot=self._wants_snapshot(), renamed=renamed
+            )
             slot.source_info = info
             if self.heartbeat is not None:
                 await self.heartbeat.prepare(admin)
         exported = info.exported
+        try:
+            await record_table_oids(
+                self.config.state_dsn,
+                state.schema,
+                src.slot,
+                {name: t.oid for name, t in info.tables.items()},
+            )
+        except BaseException:
+            if exported is not None:
+                await exported.close()
+            raise
         start = info.confirmed_flush_lsn or 0
         if exported is not None:
             # The snapshot is the transaction consistent_point - 1 (see snapshot.py).
@@ -380,6 +396,7 @@ class Engine:
             tracker,
             ignore_table=self.config.heartbeat.table,
             table_oids={name: t.oid for name, t in info.tables.items()},
+            renamed={t.oid: t.name for name, t in info.tables.items() if t.name != name},
         )
         self.stats.router = slot.router
         for dest in slot.destinations.by_name.values():

@@ -93,7 +93,7 @@ async def run_initial_snapshot(
                 continue
             await conn.execute(
                 sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(
-                    sql.Identifier(*split_table(name))
+                    sql.Identifier(*split_table(tinfo.name))
                 )
             )
             rel = await relation_for(conn, tinfo)

@@ -42,6 +42,7 @@ class Router:
         *,
         ignore_table: str | None = None,
         table_oids: Mapping[str, int] | None = None,
+        renamed: Mapping[int, str] | None = None,
     ) -> None:
         self._configs = {d.name: d for d in configs}
         self.destinations = destinations
@@ -60,7 +61,9 @@ class Router:
             oid: name for name, oid in (table_oids or {}).items()
         }
         self._stream_routes: dict[tuple[int, str], list[Destination]] = {}
-        self._renamed: dict[int, str] = {}
+        # OID -> current name of tables renamed since the config named them
+        # (found at start, walrelay.source.slot.find_renamed, or in the stream).
+        self._renamed: dict[int, str] = dict(renamed or {})
         # Per-destination event steps (walrelay.pipeline.outbox_router), only where configured.
         self._outbox: dict[str, OutboxRouter] = {
             d.name: OutboxRouter(d.router, destination=d.name)

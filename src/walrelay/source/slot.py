@@ -85,7 +85,8 @@ class SourceInfo:
 
     @property
     def key_columns(self) -> dict[str, tuple[str, ...]]:
-        return {name: t.key_columns for name, t in self.tables.items()}
+        """By the table's current name (what its events carry)."""
+        return {t.name: t.key_columns for t in self.tables.values()}
 
 
 def split_table(name: str) -> tuple[str, str]:
@@ -202,7 +203,7 @@ async def inspect_table(
 
 
 async def _check_publication(
-    conn: psycopg.AsyncConnection[tuple[object, ...]], cfg: SourceConfig
+    conn: psycopg.AsyncConnection[tuple[object, ...]], cfg: SourceConfig, tables: list[str]
 ) -> list[str] | None:
     """Tables to add to the publication, or None when it must be created."""
     row = await _fetchone(
@@ -213,7 +214,7 @@ async def _check_publication(
             raise SourceSetupError(
                 f"publication {cfg.publication} does not exist and create_publication is false",
                 fix=f"CREATE PUBLICATION {sqltext.ident(cfg.publication)} "
-                f"FOR TABLE {sqltext.idents(cfg.tables)}",
+                f"FOR TABLE {sqltext.idents(tables)}",
             )
         return None
     if row[0]:
@@ -228,7 +229,7 @@ async def _check_publication(
         (cfg.publication,),
     )
     published = {str(r[0]) for r in await cur.fetchall()}
-    missing = [t for t in cfg.tables if t not in published]
+    missing = [t for t in tables if t not in published]
     if missing and not cfg.create_publication:
         raise SourceSetupError(
             f"publication {cfg.publication} does not include {', '.join(missing)}",
@@ -289,23 +290,28 @@ async def prepare_source(
     conn: psycopg.AsyncConnection[tuple[object, ...]],
     *,
     export_snapshot: bool = False,
+    renamed: dict[str, str] | None = None,
 ) -> SourceInfo:
     """Check everything first, then create the publication and the slot if needed.
 
     With ``export_snapshot`` a new slot is created over a replication connection
     with an exported snapshot, kept open in ``SourceInfo.exported`` for the
-    initial copy (walrelay.source.snapshot).
+    initial copy (walrelay.source.snapshot). ``renamed``: the current name of
+    configured tables renamed since (:func:`find_renamed`); ``info.tables``
+    stays keyed by the configured name.
     """
     info = SourceInfo(server_version=conn.info.server_version)
     await _check_wal_level(conn)
-    for name in cfg.tables:
-        info.tables[name] = await inspect_table(conn, name, cfg.key_columns.get(name))
-    to_add = await _check_publication(conn, cfg)
+    renamed = renamed or {}
+    actual = [renamed.get(name, name) for name in cfg.tables]
+    for name, now in zip(cfg.tables, actual, strict=True):
+        info.tables[name] = await inspect_table(conn, now, cfg.key_columns.get(name))
+    to_add = await _check_publication(conn, cfg, actual)
     slot_exists, confirmed = await _check_slot(conn, cfg)
     info.confirmed_flush_lsn = confirmed
 
     tables_sql = sql.SQL(", ").join(
-        sql.Identifier(*split_table(t)) for t in (cfg.tables if to_add is None else to_add)
+        sql.Identifier(*split_table(t)) for t in (actual if to_add is None else to_add)
     )
     pub = sql.Identifier(cfg.publication)
     try:
@@ -316,7 +322,7 @@ async def prepare_source(
                 ).format(pub, tables_sql)
             )
             info.publication_created = True
-            log.info("created publication %s for %s", cfg.publication, ", ".join(cfg.tables))
+            log.info("created publication %s for %s", cfg.publication, ", ".join(actual))
         elif to_add:
             await conn.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(pub, tables_sql))
             log.info("added %s to publication %s", ", ".join(to_add), cfg.publication)
@@ -356,6 +362,38 @@ async def prepare_source(
         info.confirmed_flush_lsn = parse_lsn(str(row[0])) if row else None
         log.info("created replication slot %s (pgoutput)", cfg.slot)
     return info
+
+
+_NAME_OF_OID = """
+select n.nspname || '.' || c.relname from pg_class c
+join pg_namespace n on n.oid = c.relnamespace where c.oid = %s
+"""
+
+
+async def find_renamed(
+    conn: psycopg.AsyncConnection[tuple[object, ...]],
+    tables: list[str],
+    recorded: dict[str, int],
+) -> dict[str, str]:
+    """Configured tables that no longer exist by their name but whose recorded
+    OID (walrelay.state.tables) does, under another name: configured -> current."""
+    out: dict[str, str] = {}
+    for name in tables:
+        oid = recorded.get(name)
+        if oid is None or await _fetchone(conn, _TABLE_QUERY, split_table(name)) is not None:
+            continue
+        row = await _fetchone(conn, _NAME_OF_OID, (oid,))
+        if row is None:
+            continue  # dropped: inspect_table says so
+        out[name] = str(row[0])
+        log.warning(
+            "table %s was renamed to %s (same OID %d): following it; rename it in the config "
+            "(source.tables, destinations[].tables)",
+            name,
+            out[name],
+            oid,
+        )
+    return out
 
 
 _ACTIVE_PID = re.compile(r"active for PID (\d+)")
