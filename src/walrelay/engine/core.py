@@ -43,7 +43,13 @@ from walrelay.pipeline.scheduler import Destination
 from walrelay.pipeline.stats import EngineStats
 from walrelay.sinks.registry import build_sink
 from walrelay.source.heartbeat import Heartbeat
-from walrelay.source.slot import SourceInfo, find_renamed, prepare_source, slot_busy_from_error
+from walrelay.source.slot import (
+    SourceInfo,
+    find_renamed,
+    prepare_source,
+    slot_busy_from_error,
+    slot_usable,
+)
 from walrelay.source.snapshot import Progress, drop_slot
 from walrelay.source.stream import (
     PsycopgReplicationStream,
@@ -51,7 +57,7 @@ from walrelay.source.stream import (
     ReplicationSource,
 )
 from walrelay.source.types import TypeRegistry
-from walrelay.state.snapshots import record_snapshot, snapshot_status
+from walrelay.state.snapshots import record_snapshot, resume_as_backfills, snapshot_status
 from walrelay.state.tables import read_table_oids, record_table_oids
 
 log = logging.getLogger("walrelay.engine")
@@ -274,6 +280,28 @@ class Engine:
                 self._fatal_set.clear()
                 self.slot = SlotRun(self)
 
+    async def _resume_snapshot(self) -> None:
+        """The last initial snapshot did not finish, and its slot is there:
+        finish it as backfills on that slot (chunks between watermarks, merged
+        with the stream) rather than drop the slot and its history."""
+        cfg = self.config
+        src = cfg.source
+        pairs = [
+            (d.name, table)
+            for d in cfg.destinations
+            if d.snapshot == "initial" and (d.ops is None or "insert" in d.ops)
+            for table in (d.tables or src.tables)
+        ]
+        ids = await resume_as_backfills(cfg.state_dsn, cfg.state.schema, src.slot, pairs)
+        log.warning(
+            "the initial snapshot of slot %s did not finish: resuming it on the same slot as "
+            "backfill(s) %s of %s (rows read before the interruption are read again; the slot "
+            "keeps its position, so no change is lost)",
+            src.slot,
+            ", ".join(map(str, ids)),
+            ", ".join(sorted({t for _, t in pairs})),
+        )
+
     def _wants_snapshot(self) -> bool:
         return any(d.snapshot == "initial" for d in self.config.destinations)
 
@@ -291,14 +319,10 @@ class Engine:
             ) from None
         async with admin:
             state = self.config.state
-            if await snapshot_status(admin, state.schema, src.slot) == "running":
-                # The last initial snapshot was not delivered: its rows would be lost.
-                log.warning(
-                    "the initial snapshot of slot %s did not finish: dropping the slot "
-                    "to take a new snapshot",
-                    src.slot,
-                )
-                await drop_slot(admin, src.slot)
+            if await snapshot_status(admin, state.schema, src.slot) == "running" and (
+                await slot_usable(admin, src.slot)
+            ):
+                await self._resume_snapshot()
             recorded = await read_table_oids(self.config.state_dsn, state.schema, src.slot)
             renamed = await find_renamed(admin, list(src.tables), recorded)
             info = await prepare_source(

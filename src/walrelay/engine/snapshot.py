@@ -148,8 +148,7 @@ async def run_initial_snapshot(
                 continue
             if engine.stopping:
                 log.warning(
-                    "stopping during the initial snapshot: it starts over (with a new slot) "
-                    "next time"
+                    "stopping during the initial snapshot: it resumes on the same slot next time"
                 )
                 return
             table, rows = get.result()

@@ -364,6 +364,16 @@ async def prepare_source(
     return info
 
 
+async def slot_usable(conn: psycopg.AsyncConnection[tuple[object, ...]], slot: str) -> bool:
+    """The slot exists and has not lost WAL it needs."""
+    row = await _fetchone(
+        conn,
+        "select wal_status from pg_replication_slots where slot_name = %s",
+        (slot,),
+    )
+    return row is not None and row[0] != "lost"
+
+
 _NAME_OF_OID = """
 select n.nspname || '.' || c.relname from pg_class c
 join pg_namespace n on n.oid = c.relnamespace where c.oid = %s
