@@ -226,6 +226,7 @@ class Walrelay:
         self.log = log
         self.proc: asyncio.subprocess.Process | None = None
         self.starts = 0
+        self.standby_starts = 0
 
     async def start(self, *extra: str) -> None:
         with open(self.log, "ab") as out:  # noqa: ASYNC230 - handed to the child
@@ -241,6 +242,8 @@ class Walrelay:
                 stderr=asyncio.subprocess.STDOUT,
             )
         self.starts += 1
+        if "--standby" in extra:
+            self.standby_starts += 1
 
     async def kill(self) -> None:
         proc, self.proc = self.proc, None
@@ -251,6 +254,39 @@ class Walrelay:
     async def wait(self, within: float) -> int:
         assert self.proc is not None
         return await asyncio.wait_for(self.proc.wait(), within)
+
+
+async def slot_walsender(dsn: str) -> int | None:
+    """The PID of the walsender streaming the slot (None: nobody streams it)."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cur = await conn.execute(
+            "select active_pid from pg_replication_slots where slot_name = 'walrelay'"
+        )
+        row = await cur.fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+async def standby_ready(relay: Walrelay, within: float = 60) -> None:
+    """Wait until ``relay`` (started with --standby) says it waits for the slot."""
+    deadline = time.monotonic() + within
+    while True:
+        text = relay.log.read_text(errors="replace") if relay.log.exists() else ""
+        if text.count("waiting to take over") >= relay.standby_starts:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the standby did not come up within {within:g}s; see {relay.log}")
+        await asyncio.sleep(0.1)  # polling its log
+
+
+async def time_takeover(dsn: str, old_walsender: int | None, killed_at: float) -> float:
+    """Seconds from ``killed_at`` until another walsender streams the slot."""
+    while True:
+        pid = await slot_walsender(dsn)
+        if pid is not None and pid != old_walsender:
+            return time.monotonic() - killed_at
+        if time.monotonic() - killed_at > 60:
+            raise RuntimeError("no standby took the slot over within 60s")
+        await asyncio.sleep(0.05)  # polling the slot
 
 
 async def sample_slot(dsn: str, samples: list[int], stop: asyncio.Event) -> None:
@@ -534,7 +570,13 @@ def judge(
     }
 
 
-async def run(plan: Plan, workdir: Path, verbose: bool, with_kafka: bool = False) -> dict[str, Any]:
+async def run(
+    plan: Plan,
+    workdir: Path,
+    verbose: bool,
+    with_kafka: bool = False,
+    standby: bool = False,
+) -> dict[str, Any]:
     rng = random.Random(plan.seed + 1)
     t0 = time.monotonic()
 
@@ -547,6 +589,9 @@ async def run(plan: Plan, workdir: Path, verbose: bool, with_kafka: bool = False
     receiver = Receiver()
     kafka = KafkaServer() if with_kafka else None
     relay: Walrelay | None = None
+    # --standby: a second walrelay waits (run --standby) and takes over at each kill.
+    spare: Walrelay | None = None
+    takeovers: list[float] = []
     try:
         redis.start()
         if kafka is not None:
@@ -575,6 +620,9 @@ async def run(plan: Plan, workdir: Path, verbose: bool, with_kafka: bool = False
         # turning the changes made meanwhile into `read` rows (their history gone).
         await initial_snapshot_done(source, within=60)
         say("walrelay streaming, initial snapshot done; workload starts")
+        if standby:
+            spare = Walrelay(config, workdir / "walrelay-standby.log")
+            await spare.start("--standby")
         write_task = asyncio.create_task(writer(source, plan, wl))
         kills = 0
         redis_outage = 0.0
@@ -582,9 +630,20 @@ async def run(plan: Plan, workdir: Path, verbose: bool, with_kafka: bool = False
         while kills < plan.kills:
             life = rng.uniform(*plan.kill_after)
             await asyncio.sleep(life)  # a random moment to crash at
+            if spare is not None:
+                await standby_ready(spare)  # a standby that is up, as in production
+            walsender = await slot_walsender(source) if spare is not None else None
             await relay.kill()
+            killed_at = time.monotonic()
             kills += 1
             run_lives.append(life)
+            if spare is not None:
+                # The standby takes over; the killed one comes back as the standby.
+                takeovers.append(await time_takeover(source, walsender, killed_at))
+                say(f"SIGKILL #{kills}: the standby took over in {takeovers[-1]:.2f}s")
+                relay, spare = spare, relay
+                await spare.start("--standby")
+                continue
             say(
                 f"SIGKILL #{kills} after {life:.2f}s; {len(wl.committed)} changes committed,"
                 f" {len(receiver.seen)} webhooks received"
@@ -608,6 +667,8 @@ async def run(plan: Plan, workdir: Path, verbose: bool, with_kafka: bool = False
             conn.execute("insert into fence values (1)")  # commits after `until`
         say(f"workload done ({len(wl.committed)} changes); final run until {format_lsn(until)}")
         await relay.kill()
+        if spare is not None:
+            await spare.kill()
         await relay.start("--until-lsn", format_lsn(until))
         code = await relay.wait(within=900)
         if code != 0:
@@ -639,6 +700,15 @@ async def run(plan: Plan, workdir: Path, verbose: bool, with_kafka: bool = False
                 "walrelay_starts": relay.starts,
                 "mean_run_seconds_before_kill": round(sum(run_lives) / max(1, len(run_lives)), 2),
                 "redis_outage_seconds": round(redis_outage, 2),
+                **(
+                    {
+                        "standby_takeovers": len(takeovers),
+                        "takeover_seconds_max": round(max(takeovers, default=0.0), 2),
+                        "takeover_seconds_mean": round(sum(takeovers) / max(1, len(takeovers)), 2),
+                    }
+                    if standby
+                    else {}
+                ),
             },
             **verdict,
             "seconds": round(elapsed, 1),
@@ -651,6 +721,8 @@ async def run(plan: Plan, workdir: Path, verbose: bool, with_kafka: bool = False
     finally:
         if relay is not None:
             await relay.kill()
+        if spare is not None:
+            await spare.kill()
         await receiver.stop()
         try:
             redis.stop()
@@ -678,8 +750,14 @@ def main() -> int:
         action="store_true",
         help="also stream to a Kafka started for the run (exactly_once mode) and judge it",
     )
+    ap.add_argument(
+        "--standby",
+        action="store_true",
+        help="a second walrelay runs --standby and takes over at each kill (timed)",
+    )
     ap.add_argument("--json", help="default: bench/results/chaos.json (long mode)")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--keep", help="run in this directory and keep it (logs, config)")
     args = ap.parse_args()
     if args.short:
         plan = Plan(5_000, 250, 3, 8.0, (0.8, 2.5), 1.5, args.seed)
@@ -693,10 +771,21 @@ def main() -> int:
         plan.kills = args.kills
     if args.seconds:
         plan.seconds = args.seconds
-    with tempfile.TemporaryDirectory(prefix="walrelay-chaos-") as tmp:
+    with (
+        contextlib.nullcontext(args.keep)
+        if args.keep
+        else tempfile.TemporaryDirectory(prefix="walrelay-chaos-")
+    ) as tmp:
+        Path(tmp).mkdir(parents=True, exist_ok=True)
         try:
             result = asyncio.run(
-                run(plan, Path(tmp), verbose=not args.quiet, with_kafka=args.kafka)
+                run(
+                    plan,
+                    Path(tmp),
+                    verbose=not args.quiet,
+                    with_kafka=args.kafka,
+                    standby=args.standby,
+                )
             )
         except BaseException:
             log = Path(tmp) / "walrelay.log"
@@ -730,6 +819,12 @@ def main() -> int:
             f"in aborted transactions ({kafka['read_uncommitted_duplicates']} duplicates "
             f"for a read_uncommitted reader), {kafka['replayed_events_skipped_by_checkpoint']} "
             "replayed events skipped by the checkpoint"
+        )
+    if "standby_takeovers" in result["chaos"]:
+        c = result["chaos"]
+        print(
+            f"  standby:  {c['standby_takeovers']} takeovers, {c['takeover_seconds_mean']}s mean, "
+            f"{c['takeover_seconds_max']}s max"
         )
     print(f"  confirmed LSN: {result['lsn_samples']} samples, {result['lsn_backwards']} backwards")
     print("  verdict: " + ("OK" if result["ok"] else "FAILED"))

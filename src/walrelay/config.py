@@ -736,6 +736,8 @@ class Config(_Model):
     heartbeat: HeartbeatConfig = HeartbeatConfig()
     # Partition upkeep of the outbox table by the engine (walrelay.outbox.partitions).
     outbox: OutboxConfig | None = None
+    # active: take the slot's HA lock or stop; standby: wait for it (walrelay.engine.standby).
+    ha: Literal["active", "standby"] = "active"
 
     @property
     def state_dsn(self) -> str:

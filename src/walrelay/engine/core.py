@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 
 import psycopg
@@ -27,6 +28,7 @@ from walrelay.engine.delivery import CompletionHook, Destinations, SinkFactory, 
 from walrelay.engine.feedback import Feedback
 from walrelay.engine.session import ReplicationSession, Resume
 from walrelay.engine.snapshot import mark_done_when_confirmed, run_initial_snapshot
+from walrelay.engine.standby import HaLock, HaLockLost, end_stale_walsender
 from walrelay.engine.watch import SourceWatch, publication_lost, slot_dropped, slot_invalidated
 from walrelay.errors import PublicationLost, SlotLost, SourceSetupError, WalrelayError
 from walrelay.model import Lsn, format_lsn
@@ -247,8 +249,46 @@ class Engine:
     # ---------------------------------------------------------------- run
 
     async def run(self) -> None:
-        """Run until stopped; with ``on_slot_lost: resnapshot`` a lost slot is
-        recreated and the tables snapshotted again (walrelay.source.snapshot)."""
+        """Run until stopped, holding the slot's HA lock (walrelay.engine.standby):
+        ``ha: standby`` waits for it first; a lock lost (its link cut) stops
+        streaming until it is taken again."""
+        cfg = self.config
+        lock = HaLock(cfg.state_dsn, schema=cfg.state.schema, slot=cfg.source.slot)
+        standby = cfg.ha == "standby"
+        try:
+            while True:
+                if standby:
+                    waited_since = time.monotonic()
+                    if not await lock.wait(self._stop):
+                        return
+                    log.warning(
+                        "took over slot %s's HA lock after %.1fs of standby: starting",
+                        cfg.source.slot,
+                        time.monotonic() - waited_since,
+                    )
+                else:
+                    await lock.acquire_or_fail()
+                holder = asyncio.create_task(lock.hold(self.fail), name="walrelay-ha-lock")
+                try:
+                    await self._run_slots()
+                    return
+                except HaLockLost as e:
+                    log.error("%s", e.message)
+                    self._fatal = None
+                    self._fatal_set.clear()
+                    self.slot = SlotRun(self)
+                    standby = True
+                finally:
+                    holder.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await holder
+                    await lock.release()
+        finally:
+            await lock.release()
+
+    async def _run_slots(self) -> None:
+        """Run slot after slot: with ``on_slot_lost: resnapshot`` a lost slot
+        is recreated and the tables snapshotted again (walrelay.source.snapshot)."""
         while True:
             try:
                 await self._run_slot()
@@ -279,6 +319,40 @@ class Engine:
                 self._fatal = None
                 self._fatal_set.clear()
                 self.slot = SlotRun(self)
+
+    async def _take_slot(self, admin: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
+        """With the HA lock held, a walsender still streaming the slot serves a
+        walrelay that lost the lock (dead, or cut off): end it."""
+        for _ in range(50):
+            pid = await end_stale_walsender(admin, self.config.source.slot)
+            if pid is None:
+                return
+            log.warning(
+                "slot %s was still streamed by walsender PID %d for a walrelay that lost "
+                "the HA lock: ended it",
+                self.config.source.slot,
+                pid,
+            )
+            await asyncio.sleep(0.1)  # the walsender exits asynchronously
+
+    async def _end_stale_walsender(self) -> bool:
+        """The slot is busy at a reconnect: if a walsender of ours (whose client
+        is gone but the server has not noticed yet) holds it, end it."""
+        src = self.config.source
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                src.dsn_value, autocommit=True, application_name="walrelay-admin"
+            ) as admin:
+                pid = await end_stale_walsender(admin, src.slot)
+        except psycopg.Error:
+            return True  # cannot tell: retry as for any outage
+        if pid is not None:
+            log.warning(
+                "slot %s was still streamed by walsender PID %d of a lost connection: ended it",
+                src.slot,
+                pid,
+            )
+        return pid is not None
 
     async def _resume_snapshot(self) -> None:
         """The last initial snapshot did not finish, and its slot is there:
@@ -319,6 +393,7 @@ class Engine:
             ) from None
         async with admin:
             state = self.config.state
+            await self._take_slot(admin)
             if await snapshot_status(admin, state.schema, src.slot) == "running" and (
                 await slot_usable(admin, src.slot)
             ):
@@ -531,7 +606,11 @@ class Engine:
             try:
                 await stream.start(src.slot, start_lsn, self._start_options())
             except ReplicationConnectionLost as e:
-                self._raise_if_fatal(str(e))
+                busy = slot_busy_from_error(src.slot, str(e))
+                if busy is None:
+                    self._raise_if_fatal(str(e))
+                elif not await self._end_stale_walsender():
+                    raise busy from None
                 attempt += 1
                 delay = backoff.delay(attempt)
                 log.warning(
