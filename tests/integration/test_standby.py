@@ -133,5 +133,6 @@ async def test_active_refuses_while_another_holds_the_slot(db: str, tmp_path: Pa
     async with running_engine(config):
         with pytest.raises(SlotBusy) as info:
             await Engine(config).run()
-    assert "held by the walrelay of PID" in info.value.message
+    assert "already streaming to PID" in info.value.message
+    assert "another walrelay holds its HA lock" in info.value.message
     assert info.value.fix is not None and "--standby" in info.value.fix

@@ -267,7 +267,7 @@ class Engine:
                         time.monotonic() - waited_since,
                     )
                 else:
-                    await lock.acquire_or_fail()
+                    await lock.acquire_or_fail(cfg.source.dsn_value)
                 holder = asyncio.create_task(lock.hold(self.fail), name="walrelay-ha-lock")
                 try:
                     await self._run_slots()

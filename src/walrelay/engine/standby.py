@@ -111,7 +111,7 @@ class HaLock:
             return "another walrelay"
         return "another walrelay" if row is None else f"the walrelay of PID {row[0]} ({row[1]})"
 
-    async def acquire_or_fail(self) -> None:
+    async def acquire_or_fail(self, source_dsn: str) -> None:
         """``ha: active``: take the lock now or stop with what to do."""
         try:
             if await self.try_acquire():
@@ -122,9 +122,11 @@ class HaLock:
                 f"{' '.join(str(e).split())}",
                 fix="check state.dsn (or source.dsn), the server and the password",
             ) from None
+        walsender = await _walsender(source_dsn, self.slot)
+        streaming = f"already streaming to PID {walsender}" if walsender else "held"
         raise SlotBusy(
-            f"slot {self.slot} is held by {await self.holder()} (its HA lock in the state "
-            "database is taken)",
+            f"replication slot {self.slot} is {streaming}: another walrelay holds its HA lock "
+            f"in the state database ({await self.holder()})",
             fix="stop the other walrelay first, or run this one with --standby (ha: standby) "
             "to take over when it stops",
         )
@@ -198,6 +200,20 @@ class HaLock:
         conn, self._conn = self._conn, None
         if conn is not None:
             await _close(conn)
+
+
+async def _walsender(dsn: str, slot: str) -> int | None:
+    try:
+        async with await psycopg.AsyncConnection.connect(
+            dsn, autocommit=True, connect_timeout=2
+        ) as conn:
+            cur = await conn.execute(
+                "select active_pid from pg_replication_slots where slot_name = %s", (slot,)
+            )
+            row = await cur.fetchone()
+    except psycopg.Error:
+        return None
+    return None if row is None or row[0] is None else int(row[0])
 
 
 async def end_stale_walsender(conn: Conn, slot: str) -> int | None:
