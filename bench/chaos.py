@@ -957,7 +957,9 @@ async def run_all(plan: Plan, workdir: Path, verbose: bool) -> dict[str, Any]:
 
     ledger_redis = RedisServer(appendfsync="always")
     streams_redis = RedisServer(appendfsync="always")
-    nats_server, rabbit, kafka = NatsServer(), RabbitMQServer(), KafkaServer()
+    # A loaded machine can take minutes to bring Kafka or RabbitMQ back.
+    nats_server = NatsServer(startup_timeout=240)
+    rabbit, kafka = RabbitMQServer(startup_timeout=240), KafkaServer(startup_timeout=240)
     brokers = [ledger_redis, streams_redis, nats_server, rabbit, kafka]
     clusters: list[PgCluster] = []
     receiver = Receiver()
@@ -1075,11 +1077,13 @@ async def run_all(plan: Plan, workdir: Path, verbose: bool) -> dict[str, Any]:
                     control.side_table = "side_renamed"
                 fault(name)
             elif name == "invalidate_slot":
+                for task in background:
+                    await task  # every broker back, every link restored
                 async with control.paused():
                     with psycopg.connect(source, autocommit=True) as conn:
                         row = conn.execute("select pg_current_wal_lsn()::text").fetchone()
                     assert row is not None
-                    await wait_confirmed(source, parse_lsn(row[0]), within=180)
+                    await wait_confirmed(source, parse_lsn(row[0]), within=300)
                     await relay.kill()
                     old_point, _ = snapshot_point(source)
                     before = audit_high(target)
