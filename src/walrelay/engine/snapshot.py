@@ -106,7 +106,7 @@ async def run_initial_snapshot(
             plan = TablePlan(tinfo, rel, progress, [])
             plan.ranges = await plan_ranges(conn, plan, src.snapshot_workers * 4)
             plans.append(plan)
-            dests_by_table[name] = dests
+            dests_by_table[tinfo.name] = dests  # by its current name, as read
             engine.progress[f"snapshot:{name}"] = progress
     except BaseException:
         await conn.close()
