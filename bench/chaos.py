@@ -1299,6 +1299,7 @@ async def judge_all(
         },
         "lsn_samples": len(samples),
         "lsn_backwards": len(backwards),
+        "lsn_backwards_pairs": [(format_lsn(a), format_lsn(b)) for a, b in backwards[:10]],
         "slot_rewound_by_source_crash_restarts": rewinds,
         "ok": ok,
     }

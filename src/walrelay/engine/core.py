@@ -86,10 +86,12 @@ class SlotRun:
         # Where the last connection left off (see walrelay.engine.session).
         self.resume = Resume()
 
-    def start_at(self, lsn: Lsn) -> None:
-        """The slot's position is known: the tracker starts there."""
+    def start_at(self, lsn: Lsn, *, slot_confirmed: Lsn = 0) -> None:
+        """The slot's position is known: the tracker starts there (and the
+        status updates never go below ``slot_confirmed``)."""
         self.tracker = LsnTracker(start=lsn)
         self.feedback = self._feedback()
+        self.feedback.slot_floor = slot_confirmed
 
     def _feedback(self) -> Feedback:
         return Feedback(
@@ -433,7 +435,7 @@ class Engine:
             except BaseException:
                 await exported.close()
                 raise
-        slot.start_at(start)
+        slot.start_at(start, slot_confirmed=info.confirmed_flush_lsn or 0)
         try:
             await self._open_destinations(slot, info)
         except BaseException:
