@@ -78,6 +78,10 @@ def destinations(
                 "prefix": PREFIX,
                 "stream": NATS_STREAM,
                 "timeout": 3,
+                # A source crash restart rewinds the slot to its last checkpoint
+                # (PostgreSQL saves slot positions at checkpoints): replays can
+                # reach back checkpoint_timeout (5 min), beyond the default 120 s.
+                "duplicate_window": "10m",
             },
         },
         {
