@@ -203,6 +203,9 @@ class SourceConfig(_Model):
     # SCHEMA publication, and an unlimited max_slot_wal_keep_size on the source.
     allow_wide_publication: bool = False
     allow_unbounded_wal: bool = False
+    # How often a running engine checks that its slot, publication and tables
+    # are still there (walrelay.engine.watch).
+    watch_interval: PositiveSeconds = 5.0
 
     @field_validator("tables")
     @classmethod
@@ -917,6 +920,8 @@ class Config(_Model):
     heartbeat: HeartbeatConfig = HeartbeatConfig()
     # Partition upkeep of the outbox table by the engine (walrelay.outbox.partitions).
     outbox: OutboxConfig | None = None
+    # active: take the slot's HA lock or stop; standby: wait for it (walrelay.engine.standby).
+    ha: Literal["active", "standby"] = "active"
 
     @property
     def state_dsn(self) -> str:

@@ -39,6 +39,12 @@ class SlotLost(WalrelayError):
     exit_code = 3
 
 
+class PublicationLost(WalrelayError):
+    """The publication was dropped while walrelay streamed from it."""
+
+    exit_code = 3
+
+
 class DecodeError(WalrelayError):
     """pgoutput sent something this decoder does not understand."""
 

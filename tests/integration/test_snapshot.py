@@ -186,17 +186,20 @@ async def test_snapshot_never_and_snapshot_resumes_after_crash(db: str, tmp_path
         await wait_for(lambda: count_lines(out_never) >= 1, what="the update")
     assert [e["op"] for e in read_jsonl(out_never)] == ["update"]
 
-    # A snapshot that did not finish (state 'running') starts over with a new slot.
+    # A snapshot that did not finish (state 'running') resumes on the same slot,
+    # as backfills: the rows again, and the change made meanwhile from the slot.
     out = tmp_path / "events.jsonl"
     config = make_config(db, ["public.t"], [file_dest(out)], slot="snap_slot")
     async with running_engine(config):
         await wait_for(lambda: count_lines(out) >= 100, what="the snapshot")
     execute(db, "update walrelay.snapshots set status = 'running' where slot = 'snap_slot'")
     execute(db, "update t set version = 3 where id = 2")
-    async with running_engine(config):
-        await wait_for(lambda: count_lines(out) >= 200, what="a second snapshot")
+    async with running_engine(config) as engine:
+        await wait_for(lambda: count_lines(out) >= 201, what="the resumed snapshot")
+        assert engine.source_info is not None and not engine.source_info.slot_created
     events = read_jsonl(out)
     assert [e["op"] for e in events].count("read") == 200
+    assert [e["op"] for e in events].count("update") == 1
     assert replay(events) == source_rows(db)
 
 

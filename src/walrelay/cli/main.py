@@ -139,7 +139,13 @@ def main() -> None:
     metavar="X/Y",
     help="stop once everything up to this LSN is delivered and confirmed",
 )
-def run(config_path: str, log_level: str | None, until_lsn: str | None) -> None:
+@click.option(
+    "--standby",
+    is_flag=True,
+    default=False,
+    help="wait while another walrelay streams the slot, take over when it stops (ha: standby)",
+)
+def run(config_path: str, log_level: str | None, until_lsn: str | None, standby: bool) -> None:
     """Stream the configured slot to its destinations until SIGTERM/SIGINT."""
     try:
         from walrelay import failpoints  # parses WALRELAY_FAILPOINTS at import
@@ -162,6 +168,8 @@ def run(config_path: str, log_level: str | None, until_lsn: str | None) -> None:
         click.echo(f"walrelay: error: {e}", err=True)
         sys.exit(e.exit_code)
     setup_logging(log_level or config.log_level)
+    if standby:
+        config = config.model_copy(update={"ha": "standby"})
     engine = Engine(config, until_lsn=stop_at)
     run_until_signalled(engine.run, engine.request_stop)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 
 import psycopg
@@ -28,7 +29,9 @@ from walrelay.engine.delivery import CompletionHook, Destinations, SinkFactory, 
 from walrelay.engine.feedback import Feedback
 from walrelay.engine.session import ReplicationSession, Resume
 from walrelay.engine.snapshot import mark_done_when_confirmed, run_initial_snapshot
-from walrelay.errors import SlotLost, SourceSetupError
+from walrelay.engine.standby import HaLock, HaLockLost, end_stale_walsender
+from walrelay.engine.watch import SourceWatch, publication_lost, slot_dropped, slot_invalidated
+from walrelay.errors import PublicationLost, SlotLost, SourceSetupError, WalrelayError
 from walrelay.model import Lsn, format_lsn
 from walrelay.monitor.service import Services
 from walrelay.monitor.thresholds import Severity
@@ -44,7 +47,13 @@ from walrelay.pipeline.stats import EngineStats
 from walrelay.pipeline.transforms import ResumeHook, build_chains
 from walrelay.sinks.registry import build_sink
 from walrelay.source.heartbeat import Heartbeat
-from walrelay.source.slot import SourceInfo, prepare_source, slot_busy_from_error
+from walrelay.source.slot import (
+    SourceInfo,
+    find_renamed,
+    prepare_source,
+    slot_busy_from_error,
+    slot_usable,
+)
 from walrelay.source.snapshot import Progress, drop_slot
 from walrelay.source.stream import (
     PsycopgReplicationStream,
@@ -52,8 +61,8 @@ from walrelay.source.stream import (
     ReplicationSource,
 )
 from walrelay.source.types import TypeRegistry
-from walrelay.sqltext import literal
-from walrelay.state.snapshots import record_snapshot, snapshot_status
+from walrelay.state.snapshots import record_snapshot, resume_as_backfills, snapshot_status
+from walrelay.state.tables import read_table_oids, record_table_oids
 
 log = logging.getLogger("walrelay.engine")
 
@@ -79,10 +88,12 @@ class SlotRun:
         # Where the last connection left off (see walrelay.engine.session).
         self.resume = Resume()
 
-    def start_at(self, lsn: Lsn) -> None:
-        """The slot's position is known: the tracker starts there."""
+    def start_at(self, lsn: Lsn, *, slot_confirmed: Lsn = 0) -> None:
+        """The slot's position is known: the tracker starts there (and the
+        status updates never go below ``slot_confirmed``)."""
         self.tracker = LsnTracker(start=lsn)
         self.feedback = self._feedback()
+        self.feedback.slot_floor = slot_confirmed
 
     def _feedback(self) -> Feedback:
         return Feedback(
@@ -143,6 +154,10 @@ class Engine:
         # Initial snapshots and backfills report here (walrelay.engine.snapshot / backfills).
         self.progress: dict[str, Progress] = {}
         self._resnapshot = False
+        # Set by the source watch (walrelay.engine.watch): the slot or the
+        # publication is gone; the read loop stops and raises it.
+        self._fatal: WalrelayError | None = None
+        self._fatal_set = asyncio.Event()
         self.slot = SlotRun(self)
 
     # ---------------------------------------------------------------- views
@@ -217,6 +232,21 @@ class Engine:
                 self.config.shutdown_timeout, self._cancel_session
             )
 
+    def fail(self, error: WalrelayError) -> None:
+        """Stop reading now and raise ``error`` from :meth:`run` (the slot or
+        the publication is gone: what is buffered cannot be confirmed anyway)."""
+        if self._fatal is not None:
+            return
+        self._fatal = error
+        self._fatal_set.set()
+        task = self._session_task
+        if task is not None and not task.done():
+            task.cancel()  # also out of a wait for buffer space
+
+    def _raise_fatal(self) -> None:
+        if self._fatal is not None:
+            raise self._fatal
+
     def _cancel_session(self) -> None:
         task = self._session_task
         if task is not None and not task.done():
@@ -230,18 +260,63 @@ class Engine:
     # ---------------------------------------------------------------- run
 
     async def run(self) -> None:
-        """Run until stopped; with ``on_slot_lost: resnapshot`` a lost slot is
-        recreated and the tables snapshotted again (walrelay.source.snapshot)."""
+        """Run until stopped, holding the slot's HA lock (walrelay.engine.standby):
+        ``ha: standby`` waits for it first; a lock lost (its link cut) stops
+        streaming until it is taken again."""
+        cfg = self.config
+        lock = HaLock(cfg.state_dsn, schema=cfg.state.schema, slot=cfg.source.slot)
+        standby = cfg.ha == "standby"
+        try:
+            while True:
+                if standby:
+                    waited_since = time.monotonic()
+                    if not await lock.wait(self._stop):
+                        return
+                    log.warning(
+                        "took over slot %s's HA lock after %.1fs of standby: starting",
+                        cfg.source.slot,
+                        time.monotonic() - waited_since,
+                    )
+                else:
+                    await lock.acquire_or_fail(cfg.source.dsn_value)
+                holder = asyncio.create_task(lock.hold(self.fail), name="walrelay-ha-lock")
+                try:
+                    await self._run_slots()
+                    return
+                except HaLockLost as e:
+                    log.error("%s", e.message)
+                    self._fatal = None
+                    self._fatal_set.clear()
+                    self.slot = SlotRun(self)
+                    standby = True
+                finally:
+                    holder.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await holder
+                    await lock.release()
+        finally:
+            await lock.release()
+
+    async def _run_slots(self) -> None:
+        """Run slot after slot: with ``on_slot_lost: resnapshot`` a lost slot
+        is recreated and the tables snapshotted again (walrelay.source.snapshot)."""
         while True:
             try:
                 await self._run_slot()
                 return
+            except PublicationLost as e:
+                log.critical("PAGE: %s; walrelay stops (exit 3) -- fix: %s", e.message, e.fix)
+                raise
             except SlotLost as e:
                 src = self.config.source
-                log.critical("PAGE: %s", e)
-                self.services.set_condition("slot_lost", src.slot, Severity.PAGE, str(e), e.fix)
                 if src.on_slot_lost != "resnapshot" or self.stopping:
+                    log.critical(
+                        "PAGE: %s; on_slot_lost: stop: walrelay stops (exit 3) -- fix: %s",
+                        e.message,
+                        e.fix,
+                    )
                     raise
+                log.critical("PAGE: %s", e.message)
                 log.critical(
                     "on_slot_lost: resnapshot: recreating slot %s and snapshotting %s again",
                     src.slot,
@@ -252,7 +327,65 @@ class Engine:
                 ) as conn:
                     await drop_slot(conn, src.slot)
                 self._resnapshot = True
+                self._fatal = None
+                self._fatal_set.clear()
                 self.slot = SlotRun(self)
+
+    async def _take_slot(self, admin: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
+        """With the HA lock held, a walsender still streaming the slot serves a
+        walrelay that lost the lock (dead, or cut off): end it."""
+        for _ in range(50):
+            pid = await end_stale_walsender(admin, self.config.source.slot)
+            if pid is None:
+                return
+            log.warning(
+                "slot %s was still streamed by walsender PID %d for a walrelay that lost "
+                "the HA lock: ended it",
+                self.config.source.slot,
+                pid,
+            )
+            await asyncio.sleep(0.1)  # the walsender exits asynchronously
+
+    async def _end_stale_walsender(self) -> bool:
+        """The slot is busy at a reconnect: if a walsender of ours (whose client
+        is gone but the server has not noticed yet) holds it, end it."""
+        src = self.config.source
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                src.dsn_value, autocommit=True, application_name="walrelay-admin"
+            ) as admin:
+                pid = await end_stale_walsender(admin, src.slot)
+        except psycopg.Error:
+            return True  # cannot tell: retry as for any outage
+        if pid is not None:
+            log.warning(
+                "slot %s was still streamed by walsender PID %d of a lost connection: ended it",
+                src.slot,
+                pid,
+            )
+        return pid is not None
+
+    async def _resume_snapshot(self) -> None:
+        """The last initial snapshot did not finish, and its slot is there:
+        finish it as backfills on that slot (chunks between watermarks, merged
+        with the stream) rather than drop the slot and its history."""
+        cfg = self.config
+        src = cfg.source
+        pairs = [
+            (d.name, table)
+            for d in cfg.destinations
+            if d.snapshot == "initial" and (d.ops is None or "insert" in d.ops)
+            for table in (d.tables or src.tables)
+        ]
+        ids = await resume_as_backfills(cfg.state_dsn, cfg.state.schema, src.slot, pairs)
+        log.warning(
+            "the initial snapshot of slot %s did not finish: resuming it on the same slot as "
+            "backfill(s) %s of %s (rows read before the interruption are read again; the slot "
+            "keeps its position, so no change is lost)",
+            src.slot,
+            ", ".join(map(str, ids)),
+            ", ".join(sorted({t for _, t in pairs})),
+        )
 
     def _wants_snapshot(self) -> bool:
         return any(d.snapshot == "initial" for d in self.config.destinations)
@@ -271,19 +404,31 @@ class Engine:
             ) from None
         async with admin:
             state = self.config.state
-            if await snapshot_status(admin, state.schema, src.slot) == "running":
-                # The last initial snapshot was not delivered: its rows would be lost.
-                log.warning(
-                    "the initial snapshot of slot %s did not finish: dropping the slot "
-                    "to take a new snapshot",
-                    src.slot,
-                )
-                await drop_slot(admin, src.slot)
-            info = await prepare_source(src, admin, export_snapshot=self._wants_snapshot())
+            await self._take_slot(admin)
+            if await snapshot_status(admin, state.schema, src.slot) == "running" and (
+                await slot_usable(admin, src.slot)
+            ):
+                await self._resume_snapshot()
+            recorded = await read_table_oids(self.config.state_dsn, state.schema, src.slot)
+            renamed = await find_renamed(admin, list(src.tables), recorded)
+            info = await prepare_source(
+                src, admin, export_snapshot=self._wants_snapshot(), renamed=renamed
+            )
             slot.source_info = info
             if self.heartbeat is not None:
                 await self.heartbeat.prepare(admin)
         exported = info.exported
+        try:
+            await record_table_oids(
+                self.config.state_dsn,
+                state.schema,
+                src.slot,
+                {name: t.oid for name, t in info.tables.items()},
+            )
+        except BaseException:
+            if exported is not None:
+                await exported.close()
+            raise
         start = info.confirmed_flush_lsn or 0
         if exported is not None:
             # The snapshot is the transaction consistent_point - 1 (see snapshot.py).
@@ -299,7 +444,7 @@ class Engine:
             except BaseException:
                 await exported.close()
                 raise
-        slot.start_at(start)
+        slot.start_at(start, slot_confirmed=info.confirmed_flush_lsn or 0)
         try:
             await self._open_destinations(slot, info)
         except BaseException:
@@ -321,7 +466,17 @@ class Engine:
             self._background.append(
                 asyncio.create_task(slot.backfills.run(), name="walrelay-backfills")
             )
-            await self._replicate(slot)
+            self._background.append(
+                asyncio.create_task(self._source_watch(slot).run(), name="walrelay-watch")
+            )
+            try:
+                await self._replicate(slot)
+            except (SlotLost, PublicationLost) as e:
+                # Notified now: the services stop with this slot's run.
+                rule = "slot_lost" if isinstance(e, SlotLost) else "publication_lost"
+                obj = src.slot if isinstance(e, SlotLost) else src.publication
+                slot.services.alert_now(rule, obj, Severity.PAGE, e.message, e.fix)
+                raise
         finally:
             await self._stop_background()
             if self._force_stop is not None:
@@ -362,6 +517,8 @@ class Engine:
             ignore_table=self.config.heartbeat.table,
             chains=chains,
             source=self.config.source,
+            table_oids={name: t.oid for name, t in info.tables.items()},
+            renamed={t.oid: t.name for name, t in info.tables.items() if t.name != name},
         )
         self.stats.router = slot.router
         for dest in slot.destinations.by_name.values():
@@ -398,6 +555,27 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._background.clear()
+
+    def _source_watch(self, slot: SlotRun) -> SourceWatch:
+        router = slot.router
+        assert router is not None
+        src = self.config.source
+
+        def destinations_of(table: str) -> list[str]:
+            return [
+                d.name for d in self.config.destinations if d.tables is None or table in d.tables
+            ]
+
+        return SourceWatch(
+            dsn=src.dsn_value,
+            slot=src.slot,
+            publication=src.publication,
+            tables=router.configured_names,
+            destinations_of=destinations_of,
+            alert=slot.services.alert_now,
+            on_fatal=self.fail,
+            interval=src.watch_interval,
+        )
 
     def _on_heartbeat_lag(self, lag: float) -> None:
         self.stats.heartbeat_lag = lag
@@ -445,12 +623,17 @@ class Engine:
         )
         attempt = 0
         while not self.stopping:
+            self._raise_fatal()
             stream = self._source_factory(src.dsn_value)
             start_lsn = slot.resume_lsn()
             try:
                 await stream.start(src.slot, start_lsn, self._start_options())
             except ReplicationConnectionLost as e:
-                self._raise_if_fatal(str(e))
+                busy = slot_busy_from_error(src.slot, str(e))
+                if busy is None:
+                    self._raise_if_fatal(str(e))
+                elif not await self._end_stale_walsender():
+                    raise busy from None
                 attempt += 1
                 delay = backoff.delay(attempt)
                 log.warning(
@@ -477,6 +660,8 @@ class Engine:
             session = self._session = self._new_session(slot, stream)
             feedback = asyncio.create_task(slot.feedback.run(stream), name="walrelay-feedback")
             self._session_task = asyncio.create_task(session.run(), name="walrelay-read")
+            if self._fatal is not None:
+                self._session_task.cancel()  # failed while connecting
             try:
                 await asyncio.wait({self._session_task})
                 if not self._session_task.cancelled():
@@ -506,26 +691,28 @@ class Engine:
                 await stream.close()
 
     def _raise_if_fatal(self, message: str) -> None:
-        slot = self.config.source.slot
+        self._raise_fatal()
+        src = self.config.source
+        slot = src.slot
         busy = slot_busy_from_error(slot, message)
         if busy is not None:
             raise busy
-        if "does not exist" in message and "slot" in message:
-            raise SlotLost(
-                f"replication slot {slot} no longer exists",
-                fix="start walrelay again to create a new slot (changes made meanwhile "
-                "were not captured: backfill the tables)",
-            )
+        if "does not exist" in message and "replication slot" in message:
+            raise slot_dropped(slot)
         if "can no longer get changes" in message or "invalidated" in message:
-            raise SlotLost(
-                f"replication slot {slot} was invalidated: the WAL it needed is gone",
-                fix=f"SELECT pg_drop_replication_slot({literal(slot)}); then start again and "
-                "backfill the tables",
-            )
+            raise slot_invalidated(slot, message)
+        if "does not exist" in message and f'publication "{src.publication}"' in message:
+            raise publication_lost(src.publication, slot, list(src.tables), message)
 
     async def _sleep_unless_stopped(self, delay: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), timeout=delay)
+        """Sleep ``delay``, cut short by a stop or a fatal error."""
+        waits = [asyncio.ensure_future(e.wait()) for e in (self._stop, self._fatal_set)]
+        try:
+            await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        self._raise_fatal()
 
     async def _drain_and_confirm(self, slot: SlotRun, stream: ReplicationSource) -> None:
         timeout = self.config.shutdown_timeout

@@ -45,10 +45,14 @@ class Feedback:
         # Confirmed LSNs sent, with when (see server_confirmed).
         self._sent: collections.deque[tuple[float, Lsn]] = collections.deque()
         self._server_floor: Lsn = 0
+        # The slot's confirmed_flush_lsn when this run began: never sent lower
+        # (a new slot's snapshot transaction sits one byte below it, and
+        # PostgreSQL before 18 lets a status update move the slot back).
+        self.slot_floor: Lsn = 0
 
     def send_status(self, stream: ReplicationSource) -> None:
         """Tell the server the tracker's confirmed LSN (now)."""
-        confirmed = self.tracker.confirmed
+        confirmed = max(self.tracker.confirmed, self.slot_floor)
         stream.send_status(confirmed)
         if confirmed != self.last_sent:
             self._sent.append((time.monotonic(), confirmed))
@@ -94,6 +98,9 @@ class Feedback:
             await asyncio.sleep(tick)  # a timer, not synchronisation
             self.trim()
             now = time.monotonic()
-            if self.tracker.confirmed != self.last_sent or now - last_time >= interval:
+            if (
+                max(self.tracker.confirmed, self.slot_floor) != self.last_sent
+                or now - last_time >= interval
+            ):
                 self.send_status(stream)
                 last_time = now

@@ -93,7 +93,7 @@ async def run_initial_snapshot(
                 continue
             await conn.execute(
                 sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(
-                    sql.Identifier(*split_table(name))
+                    sql.Identifier(*split_table(tinfo.name))
                 )
             )
             rel = await relation_for(conn, tinfo)
@@ -106,7 +106,7 @@ async def run_initial_snapshot(
             plan = TablePlan(tinfo, rel, progress, [])
             plan.ranges = await plan_ranges(conn, plan, src.snapshot_workers * 4)
             plans.append(plan)
-            dests_by_table[name] = dests
+            dests_by_table[tinfo.name] = dests  # by its current name, as read
             engine.progress[f"snapshot:{name}"] = progress
     except BaseException:
         await conn.close()
@@ -148,8 +148,7 @@ async def run_initial_snapshot(
                 continue
             if engine.stopping:
                 log.warning(
-                    "stopping during the initial snapshot: it starts over (with a new slot) "
-                    "next time"
+                    "stopping during the initial snapshot: it resumes on the same slot next time"
                 )
                 return
             table, rows = get.result()

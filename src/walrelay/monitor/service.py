@@ -250,6 +250,15 @@ class Services:
         else:
             self.external_conditions.pop(cond.key, None)
 
+    def alert_now(
+        self, rule: str, obj: str, severity: Severity, message: str, fix: str | None = None
+    ) -> None:
+        """Like :meth:`set_condition`, but notified at once, not at the next
+        check: for what the engine is about to act on (stop, re-snapshot)."""
+        self.set_condition(rule, obj, severity, message, fix)
+        same_rule = [c for c in self.external_conditions.values() if c.rule == rule]
+        self.notifier.notify(self.alerts.update(same_rule, rules={rule}))
+
     # -- lifecycle ------------------------------------------------------------
 
     async def start(self) -> None:

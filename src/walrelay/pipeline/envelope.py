@@ -485,6 +485,10 @@ class EnvelopeBuilder:
             self._key_columns[table] = tuple(columns)
         self._plans.clear()
 
+    def key_columns_of(self, table: str) -> tuple[str, ...] | None:
+        """The key columns overriding ``table``'s replica identity, if any."""
+        return self._key_columns.get(table)
+
     def _plan(self, relation: Relation) -> _Plan:
         plan = self._plans.get(relation.oid)
         if plan is None or plan.relation is not relation or plan.version != self._types.version:

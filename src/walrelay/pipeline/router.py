@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Final
 
 from walrelay.config import DestinationConfig, SourceConfig
-from walrelay.model import Begin, Change, Event, Lsn
+from walrelay.model import Begin, Change, Event, Lsn, Relation
 from walrelay.pipeline.envelope import EnvelopeBuilder, encode_json
 from walrelay.pipeline.formats import (
     SNAPSHOT_BACKFILL,
@@ -81,6 +81,8 @@ class Router:
         ignore_table: str | None = None,
         chains: Mapping[str, TransformChain] | None = None,
         source: SourceConfig | None = None,
+        table_oids: Mapping[str, int] | None = None,
+        renamed: Mapping[int, str] | None = None,
     ) -> None:
         self._configs = {d.name: d for d in configs}
         self.destinations = destinations
@@ -92,6 +94,16 @@ class Router:
         # A table whose rows are never delivered (the heartbeat table).
         self._ignore_table = ignore_table
         self._routes: dict[tuple[str, str], list[Destination]] = {}
+        # Tables are followed by OID, not by name: a renamed table keeps its
+        # destinations. The configured name of each source table's OID, and
+        # the stream's routes cached per (OID, op).
+        self._configured_name: dict[int, str] = {
+            oid: name for name, oid in (table_oids or {}).items()
+        }
+        self._stream_routes: dict[tuple[int, str], list[Destination]] = {}
+        # OID -> current name of tables renamed since the config named them
+        # (found at start, walrelay.source.slot.find_renamed, or in the stream).
+        self._renamed: dict[int, str] = dict(renamed or {})
         # Per-destination event steps, only where configured: the transforms
         # (checked against the catalog by the engine), then the outbox router.
         self.chains: dict[str, TransformChain] = dict(
@@ -157,9 +169,62 @@ class Router:
                     seen[dest.name] = dest
             return list(seen.values())
         relation = change.relation
-        table = relation.qualified_name if relation is not None else ""
-        dests = self._routes.get((table, change.op))
-        return dests if dests is not None else self.routes_for(table, change.op)
+        if relation is None:
+            dests = self._routes.get(("", change.op))
+            return dests if dests is not None else self.routes_for("", change.op)
+        dests = self._stream_routes.get((relation.oid, change.op))
+        if dests is None:
+            dests = self._stream_routes[relation.oid, change.op] = self.routes_for(
+                self.configured_name(relation), change.op
+            )
+        return dests
+
+    def configured_name(self, relation: Relation) -> str:
+        """The name the config knows ``relation`` by: the one its OID had when
+        walrelay started (a rename is logged once), else its own."""
+        name = relation.qualified_name
+        configured = self._configured_name.get(relation.oid)
+        if configured is None or configured == name:
+            return name
+        if self._renamed.get(relation.oid) != name:
+            self._renamed[relation.oid] = name
+            # The key columns configured for the old name hold for the new one.
+            cols = self.builder.key_columns_of(configured)
+            if cols is not None:
+                self.builder.set_key_columns(name, cols)
+            log.warning(
+                "table %s (OID %d) was renamed to %s: its destinations keep receiving its "
+                "changes, with table %s in the events; rename it in the config (source.tables, "
+                "destinations[].tables) before the next restart",
+                configured,
+                relation.oid,
+                name,
+                name,
+            )
+            self._halt_transforms_of(configured, name)
+        return configured
+
+    def _halt_transforms_of(self, configured: str, name: str) -> None:
+        """Transforms are scoped by table name: a renamed table's events would
+        pass steps written for its old name (an excluded column sent). Its
+        destinations with transforms stop, as for a schema change."""
+        for dest_name in self.chains:
+            dcfg = self._configs.get(dest_name)
+            if dcfg is None or (dcfg.tables is not None and configured not in dcfg.tables):
+                continue
+            self._halt(
+                dest_name,
+                SchemaDrift(
+                    f"destination {dest_name}: table {configured} was renamed to {name} and "
+                    "the destination's transforms name tables: delivery to it stops so that "
+                    "no step is skipped; rename the table in the config (source.tables, "
+                    "destinations[].tables, transforms) and restart"
+                ),
+            )
+
+    def configured_names(self) -> dict[int, str]:
+        """Configured table name by OID (what the source watch checks)."""
+        return dict(self._configured_name)
 
     def snapshot_destinations(self, table: str) -> list[Destination]:
         """Destinations that take an initial snapshot of ``table``."""

@@ -85,7 +85,8 @@ class SourceInfo:
 
     @property
     def key_columns(self) -> dict[str, tuple[str, ...]]:
-        return {name: t.key_columns for name, t in self.tables.items()}
+        """By the table's current name (what its events carry)."""
+        return {t.name: t.key_columns for t in self.tables.values()}
 
 
 def split_table(name: str) -> tuple[str, str]:
@@ -217,7 +218,7 @@ async def inspect_table(
 
 
 async def _check_publication(
-    conn: psycopg.AsyncConnection[tuple[object, ...]], cfg: SourceConfig
+    conn: psycopg.AsyncConnection[tuple[object, ...]], cfg: SourceConfig, tables: list[str]
 ) -> list[str] | None:
     """Tables to add to the publication, or None when it must be created."""
     schemas = (
@@ -237,7 +238,7 @@ async def _check_publication(
             raise SourceSetupError(
                 f"publication {cfg.publication} does not exist and create_publication is false",
                 fix=f"CREATE PUBLICATION {sqltext.ident(cfg.publication)} "
-                f"FOR TABLE {sqltext.idents(cfg.tables)}",
+                f"FOR TABLE {sqltext.idents(tables)}",
             )
         return None
     all_tables, in_schemas = bool(row[0]), list(row[1] or [])  # type: ignore[call-overload]
@@ -250,7 +251,7 @@ async def _check_publication(
         (cfg.publication,),
     )
     published = {str(r[0]) for r in await cur.fetchall()}
-    missing = [t for t in cfg.tables if t not in published]
+    missing = [t for t in tables if t not in published]
     if missing and not cfg.create_publication:
         raise SourceSetupError(
             f"publication {cfg.publication} does not include {', '.join(missing)}",
@@ -391,20 +392,25 @@ async def prepare_source(
     conn: psycopg.AsyncConnection[tuple[object, ...]],
     *,
     export_snapshot: bool = False,
+    renamed: dict[str, str] | None = None,
 ) -> SourceInfo:
     """Check everything first, then create the publication and the slot if needed.
 
     With ``export_snapshot`` a new slot is created over a replication connection
     with an exported snapshot, kept open in ``SourceInfo.exported`` for the
-    initial copy (walrelay.source.snapshot).
+    initial copy (walrelay.source.snapshot). ``renamed``: the current name of
+    configured tables renamed since (:func:`find_renamed`); ``info.tables``
+    stays keyed by the configured name.
     """
     info = SourceInfo(server_version=conn.info.server_version)
     await _check_wal_level(conn)
     await _check_encoding(conn)
     await _check_wal_cap(conn, cfg)
-    for name in cfg.tables:
-        info.tables[name] = await inspect_table(conn, name, cfg.key_columns.get(name))
-    to_add = await _check_publication(conn, cfg)
+    renamed = renamed or {}
+    actual = [renamed.get(name, name) for name in cfg.tables]
+    for name, now in zip(cfg.tables, actual, strict=True):
+        info.tables[name] = await inspect_table(conn, now, cfg.key_columns.get(name))
+    to_add = await _check_publication(conn, cfg, actual)
     for root, parts in (await partition_truncate_gaps(conn, cfg)).items():
         log.warning(
             "%s is partitioned: a TRUNCATE of one of its partitions (%s) is not replicated "
@@ -418,7 +424,7 @@ async def prepare_source(
     info.confirmed_flush_lsn = confirmed
 
     tables_sql = sql.SQL(", ").join(
-        sql.Identifier(*split_table(t)) for t in (cfg.tables if to_add is None else to_add)
+        sql.Identifier(*split_table(t)) for t in (actual if to_add is None else to_add)
     )
     pub = sql.Identifier(cfg.publication)
     try:
@@ -429,7 +435,7 @@ async def prepare_source(
                 ).format(pub, tables_sql)
             )
             info.publication_created = True
-            log.info("created publication %s for %s", cfg.publication, ", ".join(cfg.tables))
+            log.info("created publication %s for %s", cfg.publication, ", ".join(actual))
         elif to_add:
             await conn.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(pub, tables_sql))
             log.info("added %s to publication %s", ", ".join(to_add), cfg.publication)
@@ -471,6 +477,48 @@ async def prepare_source(
     return info
 
 
+async def slot_usable(conn: psycopg.AsyncConnection[tuple[object, ...]], slot: str) -> bool:
+    """The slot exists and has not lost WAL it needs."""
+    row = await _fetchone(
+        conn,
+        "select wal_status from pg_replication_slots where slot_name = %s",
+        (slot,),
+    )
+    return row is not None and row[0] != "lost"
+
+
+_NAME_OF_OID = """
+select n.nspname || '.' || c.relname from pg_class c
+join pg_namespace n on n.oid = c.relnamespace where c.oid = %s
+"""
+
+
+async def find_renamed(
+    conn: psycopg.AsyncConnection[tuple[object, ...]],
+    tables: list[str],
+    recorded: dict[str, int],
+) -> dict[str, str]:
+    """Configured tables that no longer exist by their name but whose recorded
+    OID (walrelay.state.tables) does, under another name: configured -> current."""
+    out: dict[str, str] = {}
+    for name in tables:
+        oid = recorded.get(name)
+        if oid is None or await _fetchone(conn, _TABLE_QUERY, split_table(name)) is not None:
+            continue
+        row = await _fetchone(conn, _NAME_OF_OID, (oid,))
+        if row is None:
+            continue  # dropped: inspect_table says so
+        out[name] = str(row[0])
+        log.warning(
+            "table %s was renamed to %s (same OID %d): following it; rename it in the config "
+            "(source.tables, destinations[].tables)",
+            name,
+            out[name],
+            oid,
+        )
+    return out
+
+
 _ACTIVE_PID = re.compile(r"active for PID (\d+)")
 
 
@@ -482,4 +530,65 @@ def slot_busy_from_error(slot: str, message: str) -> SlotBusy | None:
     return SlotBusy(
         f"replication slot {slot} is already streaming to PID {m.group(1)}",
         fix="stop the other walrelay (or consumer) first, or use another slot",
+    )
+
+
+# -- what can change under a running engine -----------------------------------
+
+
+@dataclass(frozen=True)
+class SourceState:
+    """The slot, the publication and the followed tables as the server has them now."""
+
+    slot_exists: bool
+    wal_status: str | None
+    publication_exists: bool
+    names: dict[int, str]
+    """Current ``schema.table`` of each followed OID still present."""
+    published: frozenset[int]
+    """Followed OIDs the publication includes."""
+
+
+_STATE_QUERY = """
+select
+  (select wal_status from pg_replication_slots where slot_name = %(slot)s),
+  exists(select from pg_replication_slots where slot_name = %(slot)s),
+  exists(select from pg_publication where pubname = %(pub)s)
+"""
+
+_TABLES_QUERY = """
+select c.oid, n.nspname || '.' || c.relname,
+  exists(
+    select from pg_publication_tables pt
+    where pt.pubname = %(pub)s and pt.schemaname = n.nspname and pt.tablename = c.relname
+  )
+from pg_class c join pg_namespace n on n.oid = c.relnamespace
+where c.oid = any(%(oids)s)
+"""
+
+
+async def read_source_state(
+    conn: psycopg.AsyncConnection[tuple[object, ...]],
+    *,
+    slot: str,
+    publication: str,
+    oids: list[int],
+) -> SourceState:
+    """One look at what a running engine depends on (walrelay.engine.watch)."""
+    params = {"slot": slot, "pub": publication, "oids": oids}
+    row = await _fetchone(conn, _STATE_QUERY, params)  # type: ignore[arg-type]
+    assert row is not None
+    cur = await conn.execute(_TABLES_QUERY, params)
+    names: dict[int, str] = {}
+    published: set[int] = set()
+    for oid, name, in_pub in await cur.fetchall():
+        names[int(str(oid))] = str(name)
+        if in_pub:
+            published.add(int(str(oid)))
+    return SourceState(
+        slot_exists=bool(row[1]),
+        wal_status=None if row[0] is None else str(row[0]),
+        publication_exists=bool(row[2]),
+        names=names,
+        published=frozenset(published),
     )

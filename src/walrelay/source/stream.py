@@ -69,6 +69,37 @@ class ReplicationSource(Protocol):
     async def close(self) -> None: ...
 
 
+def _describe(error: psycopg.Error) -> str:
+    """The server's message with its detail (an invalidated slot says why there)."""
+    diag = error.diag
+    primary = diag.message_primary
+    if not primary:
+        return str(error).strip()
+    return f"{primary} ({diag.message_detail})" if diag.message_detail else primary
+
+
+def _copy_end_error(pgconn: pq.abc.PGconn) -> str:
+    """The error the server ended the COPY with, read from the pending result."""
+    try:
+        if pgconn.is_busy():
+            pgconn.consume_input()
+            if pgconn.is_busy():
+                return ""
+        result = pgconn.get_result()
+    except psycopg.OperationalError:
+        return ""
+    if result is None or result.status != pq.ExecStatus.FATAL_ERROR:
+        return ""
+    primary = result.error_field(pq.DiagnosticField.MESSAGE_PRIMARY)
+    detail = result.error_field(pq.DiagnosticField.MESSAGE_DETAIL)
+    if not primary:
+        return result.get_error_message(encoding="utf-8").strip()
+    text = primary.decode("utf-8", "replace")
+    if detail:
+        text += f" ({detail.decode('utf-8', 'replace')})"
+    return text
+
+
 def _now_pg_us() -> int:
     return int(time.time() * 1_000_000) - _PG_EPOCH_OFFSET_US
 
@@ -107,9 +138,11 @@ class PsycopgReplicationStream:
             )
             cur = self._conn.cursor()
             await cur.execute(query)
-        except psycopg.OperationalError as e:
+        except psycopg.Error as e:
+            # Also what the server refuses (slot gone or invalidated): the
+            # engine tells a fatal message from a passing outage.
             await self.close()
-            raise ReplicationConnectionLost(str(e)) from e
+            raise ReplicationConnectionLost(_describe(e)) from e
         except BaseException:
             await self.close()
             raise
@@ -152,9 +185,10 @@ class PsycopgReplicationStream:
                 except psycopg.OperationalError as e:
                     raise ReplicationConnectionLost(str(e)) from e
                 continue
-            # -1: the server ended the COPY; -2: error.
-            msg = pgconn.get_error_message(encoding="utf-8") or "replication stream ended"
-            raise ReplicationConnectionLost(msg.strip())
+            # -1: the server ended the COPY (its error, if any, is in the next
+            # result: a dropped publication names itself there); -2: error.
+            msg = _copy_end_error(pgconn) or pgconn.get_error_message(encoding="utf-8")
+            raise ReplicationConnectionLost(msg.strip() or "replication stream ended")
 
     def _take_wake(self) -> bool:
         woken, self._woken = self._woken, False

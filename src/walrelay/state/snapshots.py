@@ -3,8 +3,9 @@
 One row per slot: the ``consistent_point`` of the slot's initial snapshot
 and its ``status``: ``running`` until every snapshot row is delivered or
 parked, then ``done``. A snapshot found ``running`` when walrelay starts did
-not finish: the engine drops the slot and snapshots again (see
-:mod:`walrelay.source.snapshot`).
+not finish: on the existing slot, it is resumed as backfills of its tables
+(:func:`resume_as_backfills`, status ``resumed``), chunked between
+watermarks; without the slot, a new slot takes a new snapshot.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from walrelay import failpoints
 from walrelay.model import Lsn, format_lsn
 from walrelay.state.migrations import migrate
 
-__all__ = ["record_snapshot", "snapshot_status"]
+__all__ = ["record_snapshot", "resume_as_backfills", "snapshot_status"]
 
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 
@@ -56,3 +57,32 @@ async def record_snapshot(dsn: str, schema: str, slot: str, point: Lsn, status: 
             (slot, format_lsn(point), status),
         )
     failpoints.hit(failpoints.SNAPSHOT_AFTER_RECORD)
+
+
+async def resume_as_backfills(
+    dsn: str, schema: str, slot: str, pairs: list[tuple[str, str]], *, chunk_size: int = 5000
+) -> list[int]:
+    """In one transaction: a backfill request per (destination, table) of the
+    unfinished snapshot, and the snapshot marked ``resumed``. Returns the ids."""
+    ids: list[int] = []
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await migrate(conn, schema)
+        async with conn.transaction():
+            for destination, table in pairs:
+                cur = await conn.execute(
+                    sql.SQL(
+                        "insert into {} (slot, destination, table_name, chunk_size) "
+                        "values (%s, %s, %s, %s) returning id"
+                    ).format(sql.Identifier(schema, "backfills")),
+                    (slot, destination, table, chunk_size),
+                )
+                row = await cur.fetchone()
+                assert row is not None
+                ids.append(int(row[0]))
+            await conn.execute(
+                sql.SQL("update {} set status = 'resumed' where slot = %s").format(
+                    sql.Identifier(schema, "snapshots")
+                ),
+                (slot,),
+            )
+    return ids

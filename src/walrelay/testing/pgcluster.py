@@ -112,9 +112,10 @@ class PgCluster:
         if remove:
             shutil.rmtree(self.root, ignore_errors=True)
 
-    def restart(self, extra_settings: dict[str, str] | None = None) -> None:
-        """Stop and start again on the same port and data directory."""
-        self.stop(remove=False)
+    def restart(self, extra_settings: dict[str, str] | None = None, *, mode: str = "fast") -> None:
+        """Stop (``mode``: smart, fast or immediate) and start again on the same
+        port and data directory."""
+        self.stop(remove=False, mode=mode)
         if extra_settings:
             _append_settings(self.datadir, extra_settings)
         self.process = _spawn_postgres(self.datadir, self.port, self.log_path)

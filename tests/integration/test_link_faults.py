@@ -1,0 +1,195 @@
+"""Link faults through walrelay.testing.proxy.TcpProxy: walrelay recovers by itself.
+
+Between walrelay and the source (delay, reset, black-hole longer than
+``wal_sender_timeout``), the state database (where the HA lock lives), and a
+sink (the PostgreSQL target). A writer commits all along; the history
+checker finds nothing lost, and on the transactional sinks used here (file,
+PostgreSQL) no duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import psycopg
+from pydantic import SecretStr
+
+from tests.conftest import StartProxy
+from tests.integration.support import (
+    dsn_port,
+    dsn_with_port,
+    execute,
+    make_config,
+    read_jsonl,
+    running_engine,
+    wait_for,
+)
+from walrelay.testing.checker import Change, Delivery, Report, check
+from walrelay.testing.proxy import TcpProxy
+
+
+class Writer(threading.Thread):
+    """Inserts rows, one transaction each, until stopped; remembers what committed."""
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__(daemon=True)
+        self.dsn = dsn
+        self.committed: list[int] = []
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with psycopg.connect(self.dsn, autocommit=True) as conn:
+                n = 0
+                while not self.stop.is_set():
+                    n += 1
+                    conn.execute("insert into t values (%s)", (n,))
+                    self.committed.append(n)
+                    self.stop.wait(0.005)  # pacing: ~200 transactions/s
+        except BaseException as e:
+            self.error = e
+
+    async def finish(self) -> list[int]:
+        self.stop.set()
+        await asyncio.to_thread(self.join, 10)
+        assert self.error is None, self.error
+        return self.committed
+
+
+def file_dest(path: Path) -> dict[str, object]:
+    return {"name": "file", "sink": {"type": "file", "path": str(path)}, "snapshot": "never"}
+
+
+def judge(committed: list[int], ids: list[tuple[int, str]]) -> Report:
+    expected = [Change(uid=n, key=n, order=0) for n in committed]
+    return check(expected, [Delivery(uid=n, key=n, order=0, id=i) for n, i in ids])
+
+
+def file_ids(path: Path) -> list[tuple[int, str]]:
+    return [(e["record"]["id"], e["id"]) for e in read_jsonl(path) if e["op"] == "insert"]
+
+
+async def outage(proxy: TcpProxy, start: Callable[[], None], seconds: float) -> None:
+    """Break the link with ``start`` for ``seconds`` (the outage's length), then restore it."""
+    start()
+    await asyncio.sleep(seconds)
+    proxy.restore()
+
+
+async def stream_through(writer: Writer, out: Path, fault: Awaitable[None]) -> None:
+    """Rows flow, ``fault`` breaks the link and restores it, rows flow again by themselves."""
+    before = len(writer.committed)
+    await wait_for(lambda: len(file_ids(out)) >= before + 50, what="rows before the fault")
+    await fault
+    after = len(writer.committed)
+    await wait_for(lambda: len(file_ids(out)) >= after + 50, within=60, what="rows after the fault")
+
+
+async def test_source_link_delay_reset_and_blackhole(
+    db: str, tmp_path: Path, tcp_proxy: StartProxy
+) -> None:
+    """The walsender's own timeout (3 s here) ends the black-holed session;
+    walrelay reconnects (ending a walsender the server still holds for it)."""
+    execute(
+        db,
+        "create table t (id int primary key)",
+        f"alter database {psycopg.conninfo.conninfo_to_dict(db)['dbname']} "
+        "set wal_sender_timeout = '3s'",
+    )
+    proxy = await tcp_proxy(dsn_port(db))
+    out = tmp_path / "events.jsonl"
+    config = make_config(dsn_with_port(db, proxy.address[1]), ["public.t"], [file_dest(out)])
+    writer = Writer(db)
+    async with running_engine(config):
+        writer.start()
+        await stream_through(writer, out, outage(proxy, lambda: proxy.delay(0.2), 2))
+        connections = proxy.accepted
+        await stream_through(writer, out, outage(proxy, proxy.cut, 1))
+        # Longer than wal_sender_timeout.
+        await stream_through(writer, out, outage(proxy, proxy.blackhole, 5))
+        committed = await writer.finish()
+        await wait_for(lambda: {n for n, _ in file_ids(out)} >= set(committed), what="every row")
+        assert proxy.accepted > connections  # it did reconnect, by itself
+    report = judge(committed, file_ids(out))
+    assert report.ok(), report.summary()
+
+
+async def test_state_database_link_cut(db: str, tmp_path: Path, tcp_proxy: StartProxy) -> None:
+    """The HA lock's link black-holed: walrelay stops streaming (fenced), and
+    streams again once the link is back, nothing lost, nothing twice."""
+    execute(db, "create table t (id int primary key)")
+    proxy = await tcp_proxy(dsn_port(db))
+    out = tmp_path / "events.jsonl"
+    config = make_config(db, ["public.t"], [file_dest(out)])
+    config = config.model_copy(
+        update={
+            "state": config.state.model_copy(
+                update={"dsn": SecretStr(dsn_with_port(db, proxy.address[1]))}
+            )
+        }
+    )
+    writer = Writer(db)
+    async with running_engine(config):
+        writer.start()
+        # Longer than the HA lock's fence.
+        await stream_through(writer, out, outage(proxy, proxy.blackhole, 5))
+        committed = await writer.finish()
+        await wait_for(lambda: {n for n, _ in file_ids(out)} >= set(committed), what="every row")
+    report = judge(committed, file_ids(out))
+    assert report.ok(), report.summary()
+
+
+TARGET_DDL = """
+create table t (id int primary key);
+create table audit (n bigserial primary key, id int not null);
+create function audit_fn() returns trigger language plpgsql as $$
+begin insert into audit (id) values (new.id); return null; end $$;
+create trigger audit after insert or update on t for each row execute function audit_fn();
+"""
+
+
+async def test_postgres_sink_link_blackhole_and_reset(db: str, tcp_proxy: StartProxy) -> None:
+    execute(db, "create table t (id int primary key)")
+    dbname = f"{psycopg.conninfo.conninfo_to_dict(db)['dbname']}_target"
+    execute(db, f"create database {dbname}")
+    target = psycopg.conninfo.make_conninfo(db, dbname=dbname)
+    try:
+        execute(target, TARGET_DDL)
+        proxy = await tcp_proxy(dsn_port(target))
+        dest = {
+            "name": "pg",
+            "snapshot": "never",
+            "retry": {"initial": 0.1, "max": 1.0},
+            "sink": {"type": "postgres", "dsn": dsn_with_port(target, proxy.address[1])},
+        }
+        config = make_config(db, ["public.t"], [dest])
+        writer = Writer(db)
+
+        def applied() -> list[tuple[int, str]]:
+            with psycopg.connect(target) as conn:
+                return [(r[0], str(r[0])) for r in conn.execute("select id from audit order by n")]
+
+        async with running_engine(config):
+            writer.start()
+            for fault in (proxy.blackhole, proxy.cut):
+                before = len(writer.committed)
+
+                def caught_up(before: int = before) -> bool:
+                    return len(applied()) >= before
+
+                await wait_for(caught_up, what="rows applied")
+                fault()
+                await asyncio.sleep(3)  # the outage's length: the sink fails and retries
+                proxy.restore()
+            committed = await writer.finish()
+            await wait_for(
+                lambda: {n for n, _ in applied()} >= set(committed), within=60, what="every row"
+            )
+        report = judge(committed, applied())
+        assert report.ok(), report.summary()
+    finally:
+        execute(db, f"drop database if exists {dbname} with (force)")
