@@ -77,7 +77,7 @@ async def test_renamed_table_keeps_its_destinations(
         (r.name, r.message) for r in caplog.records if "renamed to public.t3_new" in r.message
     ]
     # Once while running, once at the restart.
-    assert [name for name, _ in renames] == ["walrelay.router", "walrelay.source.slot"]
+    assert [name for name, _ in renames] == ["walrelay.pipeline.router", "walrelay.source.slot"]
     assert all("table public.t3 " in message for _, message in renames)
 
 
