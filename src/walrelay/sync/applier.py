@@ -237,9 +237,9 @@ class Direction:
         for attempt in range(10):
             conflicts: list[ConflictRecord] = []
             try:
-                # Pipelined: statements whose result is not needed (BEGIN, the
-                # origin set-up, writes, COMMIT) travel with the next read.
-                async with conn.pipeline(), conn.transaction():
+                # Not pipelined: psycopg's async pipeline polls a writable socket
+                # while it waits, which costs the one core all directions share.
+                async with conn.transaction():
                     await conn.execute(
                         "select pg_replication_origin_xact_setup(%s::pg_lsn, %s), "
                         "pg_current_xact_id()",  # an xid, so that the commit moves the origin
