@@ -32,7 +32,8 @@ from typing import Any
 
 import psycopg
 
-from walrelay.errors import ConfigError, SlotBusy, WalrelayError
+from walrelay.dsn import connect_error, scrub
+from walrelay.errors import SlotBusy, WalrelayError
 
 __all__ = ["FENCE", "LEASE", "PING", "POLL", "HaLock", "HaLockLost"]
 
@@ -117,9 +118,10 @@ class HaLock:
             if await self.try_acquire():
                 return
         except psycopg.Error as e:
-            raise ConfigError(
-                f"cannot take slot {self.slot}'s HA lock in the state database: "
-                f"{' '.join(str(e).split())}",
+            raise connect_error(
+                f"the state database for slot {self.slot}'s HA lock",
+                self._dsn,
+                e,
                 fix="check state.dsn (or source.dsn), the server and the password",
             ) from None
         walsender = await _walsender(source_dsn, self.slot)
@@ -180,7 +182,7 @@ class HaLock:
                 last_ok = loop.time()
                 continue
             if ping.done() and not ping.cancelled():
-                error = " ".join(str(ping.exception()).split())
+                error = scrub(str(ping.exception()), self._dsn)
             else:
                 conn.pgconn.finish()  # the pending ping fails at once
                 ping.add_done_callback(_consume)
