@@ -390,7 +390,8 @@ class PostgresSink:
         body = event.body.decode()
         if op == "truncate":
             return await self._truncate(conn, event, env)
-        routed = event.route.topic if event.route is not None else None
+        # A row envelope's route names its table (an outbox-routed body is no row).
+        routed = event.route.topic if event.route is not None and "record" in env else None
         table = await self._table(conn, event.table, routed)
         if table is None:
             schema, name = self._target_name(event.table, routed)
