@@ -4,7 +4,9 @@ Builds ``read``/``update`` events of the 5-column ``bench`` table of
 ``bench/throughput.py`` with the real envelope builder and times each
 destination chain's ``apply`` on them: no transforms (the Router's zero-cost
 path: the event passes as built), the typical chain (filter + exclude +
-rename + hash), a Python hook returning its input, and each step alone.
+rename + hash), a Python hook returning its input, a batch hook (one event
+per call as on the stream, and ``--chunk`` events per call through
+``apply_many`` as an initial snapshot chunk), and each step alone.
 
     .venv/bin/python bench/transforms.py [--events 20000] [--json out.json]
 """
@@ -50,6 +52,7 @@ CHAINS: dict[str, list[dict[str, Any]]] = {
         {"hash": {"columns": ["v"], "key_env": "BENCH_HASH_KEY"}},
     ],
     "python_hook": [{"python": "bench_identity_hook:identity"}],
+    "python_batch_one": [{"python": {"function": "bench_identity_hook:many", "batch": True}}],
     "filter": [{"filter": "record.k % 2 == 0 || op == 'delete'"}],
     "exclude": [{"exclude": ["ts"]}],
     "rename": [{"rename": {"columns": {"k": "kind"}}}],
@@ -78,8 +81,12 @@ def events(n: int) -> list[Event]:
     return out
 
 
-def time_chain(steps: list[dict[str, Any]], sample: list[Event]) -> float:
-    """Microseconds per event (best of 3)."""
+CHUNKED = {"python_batch_chunk": CHAINS["python_batch_one"]}
+"""Chains timed through ``apply_many`` over chunks (the initial snapshot's path)."""
+
+
+def time_chain(steps: list[dict[str, Any]], sample: list[Event], chunk: int = 0) -> float:
+    """Microseconds per event (best of 3); ``chunk``: events per ``apply_many``."""
     dcfg = DestinationConfig.model_validate(
         {"name": "bench", "sink": {"type": "stdout"}, "transforms": steps}
     )
@@ -90,6 +97,9 @@ def time_chain(steps: list[dict[str, Any]], sample: list[Event]) -> float:
         if chain is None:
             for _ in sample:
                 pass  # the Router hands the built event on as it is
+        elif chunk:
+            for i in range(0, len(sample), chunk):
+                chain.apply_many(sample[i : i + chunk])
         else:
             apply = chain.apply
             for e in sample:
@@ -101,18 +111,27 @@ def time_chain(steps: list[dict[str, Any]], sample: list[Event]) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--events", type=int, default=20_000)
+    ap.add_argument("--chunk", type=int, default=500, help="events per batch call")
     ap.add_argument("--json", default="bench/results/transforms.json")
     args = ap.parse_args()
     os.environ.setdefault("BENCH_HASH_KEY", "bench-secret")
     hook = types.ModuleType("bench_identity_hook")
     exec("def identity(event):\n    return event\n", hook.__dict__)
+    exec("def many(events):\n    return events\n", hook.__dict__)
     sys.modules["bench_identity_hook"] = hook
     sample = events(args.events)
     results = {name: round(time_chain(steps, sample), 2) for name, steps in CHAINS.items()}
-    print(f"{'chain':<16}{'us/event':>10}")
+    for name, steps in CHUNKED.items():
+        results[name] = round(time_chain(steps, sample, args.chunk), 2)
+    print(f"{'chain':<20}{'us/event':>10}")
     for name, us in results.items():
-        print(f"{name:<16}{us:>10.2f}")
-    out = {"benchmark": "transforms", "events": args.events, "us_per_event": results}
+        print(f"{name:<20}{us:>10.2f}")
+    out = {
+        "benchmark": "transforms",
+        "events": args.events,
+        "chunk": args.chunk,
+        "us_per_event": results,
+    }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2))
     print(f"wrote {args.json}")

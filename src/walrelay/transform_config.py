@@ -253,10 +253,14 @@ class KeyStepConfig(_Step):
 
 
 class PythonStepConfig(_Step):
-    """``python: "module:function"``: dict in; dict, None (drop) or list (fan out) out."""
+    """``python: "module:function"``: dict in; dict, None (drop) or list (fan out) out.
+
+    ``python: {function: "module:function", batch: true}``: a list of dicts in,
+    a list with one such result per event out."""
 
     kind: Literal["python"]
     function: str
+    batch: bool = False
 
     @field_validator("function")
     @classmethod

@@ -66,6 +66,7 @@ class _Held:
 
 
 _HELD: Final = _Held()
+_NOT_RUN: Final = _Held()  # Router._apply's ``first`` when not given
 
 
 class Router:
@@ -243,9 +244,22 @@ class Router:
     # -- building and shaping -------------------------------------------------
 
     def _apply(
-        self, dest: str, event: Event, steps: tuple[EventStep, ...], *, fan_out: bool
+        self,
+        dest: str,
+        event: Event,
+        steps: tuple[EventStep, ...],
+        *,
+        fan_out: bool,
+        first: Event | list[Event] | _Held | None = _NOT_RUN,
     ) -> Event | list[Event] | _Held | None:
+        """``steps`` on ``event``; ``first``: what the first step (the transform
+        chain) already made of it, in a batch (:meth:`shaped`)."""
         out: Event | list[Event] = event
+        if first is not _NOT_RUN:
+            if first is None:
+                return None
+            out = first  # type: ignore[assignment]
+            steps = steps[1:]
         try:
             for step in steps:
                 nxt = _flat([step(e) for e in out]) if isinstance(out, list) else step(out)
@@ -330,10 +344,21 @@ class Router:
         if steps is None and destination not in self._formats:
             return events if isinstance(events, list) else list(events)
         out: list[Event] = []
-        for event in events:
+        firsts: list[Event | list[Event] | None] | None = None
+        chain = self.chains.get(destination)
+        if chain is not None and chain.batched and destination not in self.halted:
+            # A batch python step: the chain runs over the whole batch at once.
+            events = events if isinstance(events, list) else list(events)
+            try:
+                firsts = chain.apply_many(events)
+            except SchemaDrift as e:
+                self._halt(destination, e)
+                return _HELD
+        for i, event in enumerate(events):
             shaped: Event | list[Event] | _Held | None = event
             if steps is not None:
-                shaped = self._apply(destination, event, steps, fan_out=False)
+                first = _NOT_RUN if firsts is None else firsts[i]
+                shaped = self._apply(destination, event, steps, fan_out=False, first=first)
                 if shaped is _HELD:
                     return _HELD
             if shaped is not None:

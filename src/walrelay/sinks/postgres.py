@@ -29,6 +29,12 @@ retried batch whose COMMIT answer was lost, a re-delivered parked event --
 none can apply a change twice. No ledger is needed (``transactional =
 True``).
 
+Target table: an event routed by the destination's ``route`` transform goes
+to the table its route names (``schema.table``, split at the first dot, or a
+bare ``table`` in ``schema``/the source's schema); other events to their
+table's ``tables`` mapping (default: the same name). Names are quoted as
+identifiers, never spliced into SQL.
+
 Column values come from the event envelope and are cast by PostgreSQL
 itself through ``jsonb_populate_record(null::<target>, <envelope> ->
 'record')``: every column gets its value by the target column's own input
@@ -130,7 +136,7 @@ class PostgresSink:
         self._sem = asyncio.Semaphore(self.max_connections)
         self._idle: list[Conn] = []
         self._ready = False
-        self._meta: dict[str, _Table] = {}  # source table -> its target table
+        self._meta: dict[tuple[str, str], _Table] = {}  # (schema, table) -> the target
         self._warned: set[tuple[str, str]] = set()
         self._sql: dict[tuple[Any, ...], sql.Composed] = {}
         self._trim_floor: Lsn | None = None
@@ -332,9 +338,11 @@ class PostgresSink:
 
     # -- statements -------------------------------------------------------------
 
-    def _target_name(self, source: str) -> tuple[str, str]:
+    def _target_name(self, source: str, routed: str | None = None) -> tuple[str, str]:
+        """(schema, table) of ``source``'s target: ``routed`` (the event's route
+        topic) when given, else the ``tables`` mapping, else the same name."""
         src_schema, _, src_table = source.partition(".")
-        target = self.tables.get(source)
+        target = self.tables.get(source) if routed is None else routed
         default_schema = self.target_schema or src_schema
         if target is None:
             return default_schema, src_table
@@ -343,10 +351,11 @@ class PostgresSink:
             return schema, table
         return default_schema, target
 
-    async def _table(self, conn: Conn, source: str) -> _Table | None:
-        if source in self._meta:
-            return self._meta[source]
-        schema, table = self._target_name(source)
+    async def _table(self, conn: Conn, source: str, routed: str | None = None) -> _Table | None:
+        schema, table = self._target_name(source, routed)
+        info = self._meta.get((schema, table))
+        if info is not None:
+            return info
         cur = await conn.execute(
             "select c.oid, a.attname, a.attgenerated <> '' "
             "from pg_class c join pg_namespace n on n.oid = c.relnamespace "
@@ -368,7 +377,7 @@ class PostgresSink:
         )
         key = tuple(str(r[0]) for r in await cur.fetchall())
         info = _Table(f"{schema}.{table}", sql.Identifier(schema, table), columns, key)
-        self._meta[source] = info
+        self._meta[(schema, table)] = info
         return info
 
     async def _statements(
@@ -381,9 +390,11 @@ class PostgresSink:
         body = event.body.decode()
         if op == "truncate":
             return await self._truncate(conn, event, env)
-        table = await self._table(conn, event.table)
+        # A row envelope's route names its table (an outbox-routed body is no row).
+        routed = event.route.topic if event.route is not None and "record" in env else None
+        table = await self._table(conn, event.table, routed)
         if table is None:
-            schema, name = self._target_name(event.table)
+            schema, name = self._target_name(event.table, routed)
             raise SinkError(
                 f"postgres sink {self.where}: target table {schema}.{name} (for {event.table})"
                 " does not exist (create it; delivery retries meanwhile)"

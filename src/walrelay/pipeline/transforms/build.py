@@ -80,7 +80,9 @@ def _step(index: int, cfg: StepConfig, where: str) -> Step:
     if isinstance(cfg, KeyStepConfig):
         return KeyStep(index, t, cfg.columns)
     if isinstance(cfg, PythonStepConfig):
-        return PythonStep(index, t, cfg.function, load_function(cfg.function, where))
+        return PythonStep(
+            index, t, cfg.function, load_function(cfg.function, where), batch=cfg.batch
+        )
     raise AssertionError(f"unknown step {cfg!r}")
 
 

@@ -79,6 +79,8 @@ class TransformChain:
         self._by_table: dict[str, tuple[Step, ...]] = {}
         self._flatten = {s.index: s for s in steps if isinstance(s, FlattenStep)}
         self.failed_total = 0
+        # Whether a python step is a batch function (then apply_many batches).
+        self.batched = any(isinstance(s, PythonStep) and s.batch for s in steps)
 
     def steps_for(self, table: str) -> tuple[Step, ...]:
         steps = self._by_table.get(table)
@@ -127,7 +129,94 @@ class TransformChain:
                     "restart walrelay (its events are delivered then)",
                 )
 
-    def _run(self, first: Draft, steps: Sequence[Step], start: int) -> list[Event]:
+    def apply_many(self, events: Sequence[Event]) -> list[Event | list[Event] | None]:
+        """:meth:`apply` over ``events`` (one result per event, in order), with
+        each batch python step called once for all the events that reach it.
+        Raises :class:`SchemaDrift`."""
+        if not self.batched:
+            return [self.apply(e) for e in events]
+        results: list[list[Event] | Event] = []
+        # Drafts waiting at a batch step: (event index, draft, its table's steps, position).
+        pending: list[tuple[int, Draft, tuple[Step, ...], int]] = []
+        for i, event in enumerate(events):
+            steps = self.steps_for(event.table) if event.op in ROW_OPS else ()
+            if not steps:
+                results.append(event)
+                continue
+            env = orjson.loads(event.body)
+            self._check_columns(event, env)
+            waiting: list[tuple[Draft, int]] = []
+            results.append(self._run(Draft(event, env), steps, 0, waiting))
+            pending.extend((i, d, steps, p) for d, p in waiting)
+        while pending:
+            # The earliest step first: every draft that will reach it is there.
+            step = min((st[p] for _, _, st, p in pending), key=lambda s: s.index)
+            now = [w for w in pending if w[2][w[3]] is step]
+            pending = [w for w in pending if w[2][w[3]] is not step]
+            assert isinstance(step, PythonStep)
+            outcomes = self._run_batch(step, [w[1] for w in now])
+            for (i, _, steps, pos), outcome in zip(now, outcomes, strict=True):
+                out = results[i]
+                assert isinstance(out, list)
+                if isinstance(outcome, Event):
+                    out.append(outcome)
+                    continue
+                for draft in outcome:
+                    waiting = []
+                    out.extend(self._run(draft, steps, pos + 1, waiting))
+                    pending.extend((i, d, steps, p) for d, p in waiting)
+        final: list[Event | list[Event] | None] = []
+        for event, out in zip(events, results, strict=True):
+            if isinstance(out, Event):
+                final.append(out)
+            elif not out:
+                final.append(None)
+            elif len(out) == 1:
+                final.append(out[0])
+            else:
+                for n, child in enumerate(out):
+                    child.seq = event.seq + n
+                final.append(out)
+        return final
+
+    def _run_batch(self, step: PythonStep, drafts: list[Draft]) -> list[Event | list[Draft]]:
+        """One call of a batch function: per draft, the drafts to go on with
+        (none: dropped) or its failed event. An exception fails them all."""
+        step.events_in += len(drafts)
+        before = [_snapshot(d) for d in drafts]
+        try:
+            outcomes = step.run_many(drafts)
+        except Exception as e:
+            step.errors += len(drafts)
+            self.failed_total += len(drafts)
+            text = self._failure_text(step, e)
+            for draft, env in zip(drafts, before, strict=True):
+                draft.env = env
+            return [self._failed(d, step.index, text, None) for d in drafts]
+        out: list[Event | list[Draft]] = []
+        for draft, env, outcome in zip(drafts, before, outcomes, strict=True):
+            if isinstance(outcome, StepFailed):
+                step.errors += 1
+                self.failed_total += 1
+                draft.env = env
+                out.append(self._failed(draft, step.index, self._failure_text(step, outcome), None))
+            elif outcome is None:
+                step.dropped += 1
+                out.append([])
+            else:
+                out.append(outcome if isinstance(outcome, list) else [outcome])
+        return out
+
+    def _run(
+        self,
+        first: Draft,
+        steps: Sequence[Step],
+        start: int,
+        waiting: list[tuple[Draft, int]] | None = None,
+    ) -> list[Event]:
+        """The events ``first`` becomes from ``steps[start:]``. With ``waiting``,
+        a draft that reaches a batch python step stops there and is added to it
+        (for :meth:`apply_many` to call the step once for many)."""
         out: list[Event] = []
         todo: list[tuple[Draft, int]] = [(first, start)]
         while todo:
@@ -135,6 +224,10 @@ class TransformChain:
             kept: Draft | list[Draft] | None = draft
             while pos < len(steps):
                 step = steps[pos]
+                if waiting is not None and isinstance(step, PythonStep) and step.batch:
+                    waiting.append((draft, pos))
+                    kept = None
+                    break
                 step.events_in += 1
                 # Steps that may change the row before raising: keep it as it was.
                 before = _snapshot(draft) if isinstance(step, PythonStep | CastStep) else None

@@ -5,7 +5,8 @@ row fields ``{record.col}``, ``{old.col}``, ``{key.col}``; values are made
 legal topic characters (:func:`walrelay.sinks.common.clean_topic`). The
 event gets a :class:`~walrelay.model.Route` (as the outbox router sets
 one): broker sinks send it to that topic, with the message key from the
-event's key; sinks without topics ignore it.
+event's key; the PostgreSQL sink applies the event to the table it names
+(``schema.table`` or ``table``); sinks without topics ignore it.
 """
 
 from __future__ import annotations
