@@ -39,7 +39,7 @@ async def test_a_where_that_writes_is_refused_by_postgresql(db: str, tmp_path: P
         "insert into t select g, 'x' from generate_series(1, 50) g",
         "create table side_effects (n int)",
         "create function writes() returns boolean language plpgsql as"
-        " $$ begin insert into side_effects values (1); return true; end $$",
+        " $$ begin insert into public.side_effects values (1); return true; end $$",
     )
     dest = {"name": "file", "sink": {"type": "file", "path": str(tmp_path / "out.jsonl")}}
     dest["snapshot"] = "never"
@@ -57,10 +57,15 @@ async def test_a_where_that_writes_is_refused_by_postgresql(db: str, tmp_path: P
         '--where is not a condition PostgreSQL accepts on public.t: column "no_such_column"' in err
     )
 
+    # Names are resolved as the chunk reader resolves them (search_path=pg_catalog).
+    code, err = _backfill(config_path, "writes()")
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "function writes() does not exist" in err and "schema-qualify" in err
+
     config = make_config(db, ["public.t"], [dest], backfill_poll_interval=0.1)
     config = config.model_copy(update={"http": config.http.model_copy(update={"enabled": False})})
     async with running_engine(config):
-        code, err = await asyncio.to_thread(_backfill, config_path, "writes()")
+        code, err = await asyncio.to_thread(_backfill, config_path, "public.writes()")
         assert code == 0, err
         await wait_for(lambda: _request(db)[0] == "failed", within=30, what="backfill refused")
     _, error = _request(db)

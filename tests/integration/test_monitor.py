@@ -118,16 +118,17 @@ async def test_inactive_slot_warns_then_pages_then_resolves(
     out = tmp_path / "out.jsonl"
     proxy = await tcp_proxy(dsn_port(db))
     async with AlertPeer() as peer:
-        config = parse_config(
-            monitor_config(
-                dsn_with_port(db, proxy.port),
-                out,
-                slot="mon_inactive",
-                peer=peer,
-                monitor_dsn=db,
-                thresholds={"slot_inactive_warn_seconds": "1s", "slot_inactive_page_seconds": "2s"},
-            )
+        raw = monitor_config(
+            dsn_with_port(db, proxy.port),
+            out,
+            slot="mon_inactive",
+            peer=peer,
+            monitor_dsn=db,
+            thresholds={"slot_inactive_warn_seconds": "1s", "slot_inactive_page_seconds": "2s"},
         )
+        # The state database (the HA lock) stays reachable: only the replication link is cut.
+        raw["state"] = {"dsn": db}
+        config = parse_config(raw)
         async with running_engine(config) as engine:
             http = engine.services.http
             assert http is not None

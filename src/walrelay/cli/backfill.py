@@ -117,8 +117,13 @@ def _check_where(dsn: str, table: str, where: str) -> None:
         sql.SQL(where),
     )
     try:
+        # The chunk reader's search_path (pg_catalog: values print schema-qualified),
+        # so a name it would not find is refused now.
         with psycopg.connect(
-            dsn, autocommit=True, options="-c default_transaction_read_only=on", connect_timeout=10
+            dsn,
+            autocommit=True,
+            options="-c default_transaction_read_only=on -c search_path=pg_catalog",
+            connect_timeout=10,
         ) as conn:
             conn.execute(query)
     except psycopg.OperationalError as e:
@@ -129,7 +134,9 @@ def _check_where(dsn: str, table: str, where: str) -> None:
         reason = one_line(e.diag.message_primary or str(e))
         raise ConfigError(
             f"--where is not a condition PostgreSQL accepts on {table}: {reason}",
-            fix='write a boolean SQL expression over the table\'s columns, e.g. "id > 1000"',
+            fix='write a boolean SQL expression over the table\'s columns, e.g. "id > 1000";'
+            " it is read with search_path=pg_catalog: schema-qualify functions and types"
+            " (public.f(x))",
         ) from None
 
 

@@ -264,7 +264,12 @@ class Engine:
         ``ha: standby`` waits for it first; a lock lost (its link cut) stops
         streaming until it is taken again."""
         cfg = self.config
-        lock = HaLock(cfg.state_dsn, schema=cfg.state.schema, slot=cfg.source.slot)
+        lock = HaLock(
+            cfg.state_dsn,
+            schema=cfg.state.schema,
+            slot=cfg.source.slot,
+            where="the source" if cfg.state.dsn is None else "the state database",
+        )
         standby = cfg.ha == "standby"
         try:
             while True:

@@ -57,8 +57,12 @@ class HaLockLost(WalrelayError):
 class HaLock:
     """The state database's advisory lock that says which walrelay streams a slot."""
 
-    def __init__(self, dsn: str, *, schema: str, slot: str) -> None:
+    def __init__(
+        self, dsn: str, *, schema: str, slot: str, where: str = "the state database"
+    ) -> None:
         self._dsn = dsn
+        # What the DSN is, for messages: "the source" when state.dsn is not set.
+        self._where = where
         self.slot = slot
         self._name = f"{schema}.{slot}"
         self._conn: Conn | None = None
@@ -119,7 +123,7 @@ class HaLock:
                 return
         except psycopg.Error as e:
             raise connect_error(
-                f"the state database for slot {self.slot}'s HA lock",
+                f"{self._where} (slot {self.slot}'s HA lock)",
                 self._dsn,
                 e,
                 fix="check state.dsn (or source.dsn), the server and the password",
