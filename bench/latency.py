@@ -20,7 +20,7 @@ consumer (``fetch.wait.max.ms`` 5, so the consumer's fetch wait is not what is
 measured).
 
     .venv/bin/python bench/latency.py [--rates 1000,10000,50000] [--seconds 10]
-        [--sinks file,kafka] [--json bench/results/latency.json]
+        [--sinks file,kafka,nats,webhook] [--json bench/results/latency.json]
 """
 
 from __future__ import annotations
@@ -48,9 +48,10 @@ import yaml
 
 import walrelay
 from walrelay.testing.pgcluster import PgCluster, pg_bindir, start_cluster
-from walrelay.testing.servers import KafkaServer
+from walrelay.testing.servers import KafkaServer, NatsServer, free_ports
 
 PREFIX = "lat"
+SINKS = ("file", "kafka", "nats", "webhook")
 TICK = 0.01  # one transaction every 10 ms
 WARMUP_RATE = 0  # rows tagged with rate 0 are the warm-up, not measured
 
@@ -172,6 +173,51 @@ def read_kafka(bootstrap: str, samples: Samples, stop: threading.Event) -> None:
         consumer.close()
 
 
+def read_nats(url: str, samples: Samples, stop: threading.Event) -> None:
+    """A core subscription on the stream's subjects: JetStream delivers a
+    message to it as the server stores it."""
+    import asyncio
+
+    import nats
+
+    async def go() -> None:
+        nc = await nats.connect(url)
+
+        async def on_msg(msg: Any) -> None:
+            samples.add_json(msg.data, time.time())
+
+        await nc.subscribe(f"{PREFIX}.>", cb=on_msg)
+        await asyncio.to_thread(stop.wait)
+        await nc.close()
+
+    asyncio.run(go())
+
+
+def serve_webhook(port: int, samples: Samples, stop: threading.Event) -> None:
+    """An aiohttp receiver answering 200 to every POST (one event per request)."""
+    import asyncio
+
+    from aiohttp import web
+
+    async def receive(request: web.Request) -> web.Response:
+        body = await request.read()
+        arrived = time.time()
+        for line in body.split(b"\n"):  # one event, or JSON lines if batched
+            samples.add_json(line, arrived)
+        return web.Response(status=200)
+
+    async def go() -> None:
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", receive)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        await asyncio.to_thread(stop.wait)
+        await runner.cleanup()
+
+    asyncio.run(go())
+
+
 def read_recvlogical(proc: subprocess.Popen[bytes], samples: Samples) -> None:
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -212,6 +258,18 @@ def wait_for(cond: Callable[[], bool], what: str, timeout: float = 60) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out waiting for {what}")
         time.sleep(0.02)  # polling the readers' counts
+
+
+def wait_progress(seen: Callable[[], int], rows: int, stall: float = 30) -> bool:
+    """Waits until ``rows`` are seen; False once nothing new arrives for ``stall`` s."""
+    last, since = -1, time.monotonic()
+    while (n := seen()) < rows:
+        if n != last:
+            last, since = n, time.monotonic()
+        elif time.monotonic() - since > stall:
+            return False
+        time.sleep(0.05)  # polling the readers' counts
+    return True
 
 
 def run_sink(
@@ -278,16 +336,20 @@ def run_sink(
         wait_for(warm, f"{name}: the first row through walrelay", timeout=120)
         for rate in rates:
             rows, elapsed = offer(dsn, rate, seconds)
-            wait_for(
-                lambda rate=rate, rows=rows: (
-                    wr_samples.count(rate) >= rows and ref_samples.count(rate) >= rows
-                ),
-                f"{name}: every row at {rate}/s",
-            )
+
+            def seen(rate: int = rate) -> int:
+                return min(wr_samples.count(rate), ref_samples.count(rate))
+
+            complete = wait_progress(seen, rows)
             result[str(rate)] = {
                 "offered_per_s": rate,
                 "achieved_per_s": round(rows / elapsed),
                 "rows": rows,
+                "rows_seen": {
+                    "walrelay": wr_samples.count(rate),
+                    "pg_recvlogical": ref_samples.count(rate),
+                },
+                "complete": complete,
                 "walrelay": percentiles(wr_samples.by_rate[rate]),
                 "pg_recvlogical": percentiles(ref_samples.by_rate[rate]),
             }
@@ -313,14 +375,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rates", default="1000,10000,50000")
     ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--sinks", default="file,kafka")
+    ap.add_argument("--sinks", default="file,kafka,nats,webhook")
     ap.add_argument("--json", default="bench/results/latency.json")
     args = ap.parse_args()
     rates = [int(r) for r in args.rates.split(",")]
     sinks = args.sinks.split(",")
-    unknown = set(sinks) - {"file", "kafka"}
+    unknown = set(sinks) - set(SINKS)
     if unknown:
-        print(f"error: unknown sink(s) {', '.join(sorted(unknown))}: use file, kafka")
+        print(f"error: unknown sink(s) {', '.join(sorted(unknown))}: use {', '.join(SINKS)}")
         return 2
 
     sys.setswitchinterval(0.0005)  # reader threads stamp arrivals promptly
@@ -358,6 +420,33 @@ def main() -> int:
                         args.seconds,
                         workdir,
                     )
+            if "nats" in sinks:
+                with NatsServer() as nats_server:
+                    results["nats jetstream"] = run_sink(
+                        cluster,
+                        "nats",
+                        {
+                            "type": "nats",
+                            "servers": nats_server.url,
+                            "prefix": PREFIX,
+                            "stream": "LAT",
+                        },
+                        lambda s, stop: read_nats(nats_server.url, s, stop),
+                        rates,
+                        args.seconds,
+                        workdir,
+                    )
+            if "webhook" in sinks:
+                port = free_ports()[0]
+                results["webhook"] = run_sink(
+                    cluster,
+                    "webhook",
+                    {"type": "webhook", "url": f"http://127.0.0.1:{port}/hook"},
+                    lambda s, stop: serve_webhook(port, s, stop),
+                    rates,
+                    args.seconds,
+                    workdir,
+                )
     finally:
         cluster.stop()
 
@@ -368,11 +457,20 @@ def main() -> int:
         for rate, r in by_rate.items():
             for who in ("walrelay", "pg_recvlogical"):
                 p = r[who]
+                if not p:
+                    continue
                 print(
                     f"{sink:<20}{rate:>8}{r['achieved_per_s']:>8}  {who:<15}"
                     f"{p['p50_ms']:>8.1f}{p['p99_ms']:>8.1f}{p['p99_9_ms']:>8.1f}{p['max_ms']:>8.1f}"
                 )
     print("(milliseconds, commit -> readable)")
+    incomplete = [
+        f"{k} at {r}/s" for k, v in results.items() for r, x in v.items() if not x["complete"]
+    ]
+    if incomplete:
+        print(
+            f"ERROR: rows missing (the latencies cover those that arrived): {', '.join(incomplete)}"
+        )
     out_json = {
         "benchmark": "latency",
         "seconds_per_rate": args.seconds,
@@ -383,7 +481,7 @@ def main() -> int:
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out_json, indent=2))
     print(f"wrote {args.json}")
-    return 0
+    return 1 if incomplete else 0
 
 
 if __name__ == "__main__":
