@@ -237,6 +237,7 @@ def walrelay_config(cluster: PgCluster, slot: str, sink: dict[str, Any]) -> dict
             "status_interval": 1,
         },
         "destinations": [{"name": "dest", "sink": sink}],
+        "http": {"enabled": False},
         "log_level": "warning",
     }
 

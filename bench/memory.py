@@ -130,6 +130,7 @@ def run_case(
             "spill_dir": str(workdir / f"{slot}-spill"),
         },
         "destinations": [{"name": "dest", "sink": sink}],
+        "http": {"enabled": False},
         "log_level": "warning",
     }
     cfg_path = workdir / f"{slot}.yaml"
