@@ -20,7 +20,7 @@ consumer (``fetch.wait.max.ms`` 5, so the consumer's fetch wait is not what is
 measured).
 
     .venv/bin/python bench/latency.py [--rates 1000,10000,50000] [--seconds 10]
-        [--sinks file,kafka,nats,webhook] [--json bench/results/latency.json]
+        [--sinks file,kafka,nats,webhook,postgres] [--json bench/results/latency.json]
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from walrelay.testing.pgcluster import PgCluster, pg_bindir, start_cluster
 from walrelay.testing.servers import KafkaServer, NatsServer, free_ports
 
 PREFIX = "lat"
-SINKS = ("file", "kafka", "nats", "webhook")
+SINKS = ("file", "kafka", "nats", "webhook", "postgres")
 TICK = 0.01  # one transaction every 10 ms
 WARMUP_RATE = 0  # rows tagged with rate 0 are the warm-up, not measured
 
@@ -218,6 +218,25 @@ def serve_webhook(port: int, samples: Samples, stop: threading.Event) -> None:
     asyncio.run(go())
 
 
+def poll_target(dsn: str, samples: Samples, stop: threading.Event) -> None:
+    last = 0
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while not stop.is_set():
+            rows = conn.execute(
+                "select id, lat_rate, lat_t from lat where id > %s order by id", (last,)
+            ).fetchall()
+            arrived = time.time()
+            if not rows:
+                time.sleep(0.002)  # polling the target table
+                continue
+            with samples.lock:
+                for _id, rate, t in rows:
+                    samples.by_rate[rate].append(arrived - t)
+            # Ids are committed in order per source transaction, and the sink
+            # applies transactions in commit order (ordered mode).
+            last = rows[-1][0]
+
+
 def read_recvlogical(proc: subprocess.Popen[bytes], samples: Samples) -> None:
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -376,7 +395,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rates", default="1000,10000,50000")
     ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--sinks", default="file,kafka,nats,webhook")
+    ap.add_argument("--sinks", default="file,kafka,nats,webhook,postgres")
     ap.add_argument("--json", default="bench/results/latency.json")
     args = ap.parse_args()
     rates = [int(r) for r in args.rates.split(",")]
@@ -397,6 +416,12 @@ def main() -> int:
                 "lat_t double precision not null)"
             )
             conn.execute("create publication lat_pub for table lat")
+            conn.execute("create database lat_target")
+        with psycopg.connect(cluster.dsn("lat_target"), autocommit=True) as conn:
+            conn.execute(
+                "create table lat (id bigint primary key, lat_rate int not null, "
+                "lat_t double precision not null)"
+            )
         with tempfile.TemporaryDirectory(prefix="walrelay-lat-") as tmp:
             workdir = Path(tmp)
             if "file" in sinks:
@@ -444,6 +469,17 @@ def main() -> int:
                     "webhook",
                     {"type": "webhook", "url": f"http://127.0.0.1:{port}/hook"},
                     lambda s, stop: serve_webhook(port, s, stop),
+                    rates,
+                    args.seconds,
+                    workdir,
+                )
+            if "postgres" in sinks:
+                target = cluster.dsn("lat_target")
+                results["postgres (ordered)"] = run_sink(
+                    cluster,
+                    "postgres",
+                    {"type": "postgres", "dsn": target},
+                    lambda s, stop: poll_target(target, s, stop),
                     rates,
                     args.seconds,
                     workdir,
