@@ -513,7 +513,11 @@ def main() -> int:
         "seconds_per_rate": args.seconds,
         "settings": {"synchronous_commit": "on", "fsync": "on", "transaction_every_ms": 10},
         "results": results,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average": [round(x, 2) for x in os.getloadavg()],
+        },
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out_json, indent=2))

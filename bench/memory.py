@@ -253,7 +253,11 @@ def main() -> int:
         "insert_seconds": round(gen_s, 2),
         "results": results,
         "limit_mb": LIMIT_MB,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average": [round(x, 2) for x in os.getloadavg()],
+        },
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out_json, indent=2))
