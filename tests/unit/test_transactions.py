@@ -546,6 +546,16 @@ def test_large_streamed_transaction_stays_bounded(tmp_path: Path) -> None:
     asm.close()
 
 
+def test_spill_dir_is_created_when_missing(tmp_path: Path) -> None:
+    spill = tmp_path / "not" / "made" / "yet"
+    asm = TransactionAssembler(spill_dir=str(spill), memory_limit_bytes=0)
+    run(asm, [ORDERS_R, PG.stream_start(6), PG.insert(ORDERS_OID, [b"1", b"1"], xid=6)])
+    (path,) = asm.spill_files
+    assert os.path.dirname(path) == str(spill)
+    asm.close()
+    assert list(spill.iterdir()) == []
+
+
 def test_spill_dir_default_is_tempdir() -> None:
     asm = TransactionAssembler(memory_limit_bytes=0)
     run(asm, [ORDERS_R, PG.stream_start(5), PG.insert(ORDERS_OID, [b"1", b"1"], xid=5)])

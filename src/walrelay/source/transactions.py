@@ -103,6 +103,9 @@ class _StreamedTx:
     def spill(self, spill_dir: str | None) -> int:
         """Move the in-memory payloads to this transaction's spill file; returns bytes freed."""
         if self.file is None:
+            if spill_dir is not None:
+                # source.spill_dir may name a directory not made yet.
+                os.makedirs(spill_dir, mode=0o700, exist_ok=True)
             fd, self.path = tempfile.mkstemp(
                 prefix=f"walrelay-xid{self.xid}-", suffix=".spill", dir=spill_dir
             )
