@@ -68,8 +68,11 @@ def _kafka_topic(server: Any, topic: str) -> None:
         f.result(30)
 
 
-def kafka_transactional(server: Any, payloads: Sequence[Payload], per_tx: int) -> float:
-    """A transactional producer, one transaction per ``per_tx`` messages."""
+def kafka_transactional(
+    server: Any, payloads: Sequence[Payload], interval: float, max_bytes: int
+) -> float:
+    """A transactional producer committing every ``interval`` s or ``max_bytes``,
+    whichever first (walrelay's exactly_once cadence, without its checkpoint record)."""
     from confluent_kafka import Producer
 
     topic = f"{REF}.eo.public.bench"
@@ -77,16 +80,21 @@ def kafka_transactional(server: Any, payloads: Sequence[Payload], per_tx: int) -
     producer = Producer({**_kafka_common(server), "transactional.id": f"{REF}-eo"})
     producer.init_transactions(30)
     t0 = time.monotonic()
-    for chunk in _chunks(payloads, per_tx):
-        producer.begin_transaction()
-        for p in chunk:
-            while True:
-                try:
-                    producer.produce(topic, p.body, p.key, headers={"id": p.id})
-                    break
-                except BufferError:
-                    producer.poll(0.01)
-        producer.commit_transaction(30)
+    producer.begin_transaction()
+    deadline, size = time.monotonic() + interval, 0
+    for p in payloads:
+        while True:
+            try:
+                producer.produce(topic, p.body, p.key, headers={"id": p.id})
+                break
+            except BufferError:
+                producer.poll(0.01)
+        size += len(p.body) + len(p.key)
+        if size >= max_bytes or time.monotonic() >= deadline:
+            producer.commit_transaction(30)
+            producer.begin_transaction()
+            deadline, size = time.monotonic() + interval, 0
+    producer.commit_transaction(30)
     elapsed = time.monotonic() - t0
     producer.flush(10)
     return elapsed

@@ -177,9 +177,9 @@ CASES = [
         KafkaServer,
         lambda s, w: {"type": "kafka", "bootstrap_servers": s.bootstrap, "prefix": PREFIX},
         count_kafka,
-        notes="transaction + checkpoint per batch of 500, ordered",
-        reference=lambda s, p: refs.kafka_transactional(s, p, 500),
-        reference_notes="transactional producer, a transaction per 500 messages",
+        notes="transaction + checkpoint per 100 ms / 4 MiB, ordered",
+        reference=lambda s, p: refs.kafka_transactional(s, p, 0.1, 4 * 2**20),
+        reference_notes="transactional producer, a transaction per 100 ms / 4 MiB",
     ),
     Case(
         "kafka at_least_once",
