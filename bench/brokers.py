@@ -34,6 +34,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ from walrelay.testing.pgcluster import PgCluster, start_cluster
 from walrelay.testing.servers import KafkaServer, NatsServer, RabbitMQServer, RedisServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import broker_references as refs
 from throughput import confirmed, end_lsn, setup, workload
 
 PREFIX = "bench"
@@ -59,6 +61,9 @@ class Case:
     count: Callable[[Any, Path], int]
     prepare: Callable[[Any], None] = lambda server: None
     notes: str = ""
+    # A bare client of the same library on the same broker (bench/broker_references.py).
+    reference: refs.Reference | None = None
+    reference_notes: str = ""
     result: dict[str, Any] = field(default_factory=dict)
 
 
@@ -173,7 +178,9 @@ CASES = [
         KafkaServer,
         lambda s, w: {"type": "kafka", "bootstrap_servers": s.bootstrap, "prefix": PREFIX},
         count_kafka,
-        notes="transaction + checkpoint per batch of 500, ordered",
+        notes="transaction + checkpoint per 100 ms / 4 MiB, ordered",
+        reference=lambda s, p: refs.kafka_transactional(s, p, 0.1, 4 * 2**20),
+        reference_notes="transactional producer, a transaction per 100 ms / 4 MiB",
     ),
     Case(
         "kafka at_least_once",
@@ -187,6 +194,8 @@ CASES = [
         },
         count_kafka,
         notes="idempotent producer, acks=all; dedup ledger (postgres) in front",
+        reference=refs.kafka_idempotent,
+        reference_notes="idempotent producer, acks=all, produce all then flush",
     ),
     Case(
         "nats jetstream",
@@ -195,6 +204,8 @@ CASES = [
         lambda s, w: {"type": "nats", "servers": s.url, "prefix": PREFIX, "stream": "BENCH"},
         count_nats,
         notes="publish_async + acks, Nats-Msg-Id dedup",
+        reference=lambda s, p: refs.nats_jetstream(s, p, 100),
+        reference_notes="publish_async + Nats-Msg-Id, acks awaited per 100",
     ),
     Case(
         "redis streams",
@@ -203,6 +214,8 @@ CASES = [
         lambda s, w: {"type": "redis", "url": s.url, "prefix": PREFIX},
         count_redis,
         notes="XADD explicit ids, one pipeline per batch of 500, ordered",
+        reference=lambda s, p: refs.redis_streams(s, p, 500),
+        reference_notes="redis-py asyncio, XADD explicit ids, a pipeline per 500",
     ),
     Case(
         "rabbitmq",
@@ -212,11 +225,27 @@ CASES = [
         count_rabbitmq,
         prepare=prepare_rabbitmq,
         notes="publisher confirms, persistent; dedup ledger (postgres) in front",
+        reference=lambda s, p: refs.rabbitmq_confirms(s, p, 100),
+        reference_notes="aio-pika, persistent, confirms awaited per 100",
     ),
 ]
 
 
 # -- running ------------------------------------------------------------------------
+
+
+def streaming_seconds(log_path: Path) -> float | None:
+    """From the engine's "streaming slot" line to its "stopping" line: the run
+    without process start, topic creation and producer initialisation."""
+    marks: dict[str, datetime] = {}
+    for line in log_path.read_text(errors="replace").splitlines():
+        for mark, text in (("start", "streaming slot"), ("stop", "stopping:")):
+            if text in line and mark not in marks:
+                with contextlib.suppress(ValueError):
+                    marks[mark] = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+    if len(marks) < 2:
+        return None
+    return (marks["stop"] - marks["start"]).total_seconds()
 
 
 @contextlib.contextmanager
@@ -228,7 +257,13 @@ def maybe_server(factory: Callable[[], Any] | None) -> Iterator[Any]:
         yield server
 
 
-def run_case(cluster: PgCluster, case: Case, target: int, workdir: Path) -> None:
+def run_case(
+    cluster: PgCluster,
+    case: Case,
+    target: int,
+    workdir: Path,
+    payloads: list[refs.Payload],
+) -> None:
     with maybe_server(case.server) as server:
         case.prepare(server)
         cfg = {
@@ -289,11 +324,20 @@ def run_case(cluster: PgCluster, case: Case, target: int, workdir: Path) -> None
                 raise RuntimeError(f"{case.name}: the slot was not confirmed up to the target")
             time.sleep(0.05)  # the walsender applies the last status update after we exit
         delivered = case.count(server, workdir)
+        if case.name == "file":
+            payloads[:] = refs.load_payloads(workdir / "events.jsonl")
+        ref_s = None
+        if case.reference is not None and payloads:
+            print(f"running {case.name} reference ...", flush=True)
+            ref_s = case.reference(server, payloads)
     case.result = {
         "seconds": round(elapsed, 3),
+        "streaming_seconds": streaming_seconds(log_path),
         "delivered": delivered,
         "peak_rss_mb": round(peak / 2**20, 1),
         "notes": case.notes,
+        "reference_seconds": None if ref_s is None else round(ref_s, 3),
+        "reference_notes": case.reference_notes,
     }
 
 
@@ -305,7 +349,9 @@ def main() -> int:
     ap.add_argument("--keep", help="keep each run's config and log under this directory")
     args = ap.parse_args()
     wanted = [w.strip() for w in args.only.split(",") if w.strip()]
-    cases = [c for c in CASES if not wanted or any(w in c.name for w in wanted)]
+    # The file case always runs first: its output is the payload of every reference.
+    cases = [c for c in CASES if c.name == "file" or any(w in c.name for w in wanted or [""])]
+    payloads: list[refs.Payload] = []
 
     cluster = start_cluster({"logical_decoding_work_mem": "64MB"})
     try:
@@ -317,10 +363,10 @@ def main() -> int:
             if args.keep:
                 workdir = Path(args.keep) / case.slot
                 workdir.mkdir(parents=True, exist_ok=True)
-                run_case(cluster, case, target, workdir)
+                run_case(cluster, case, target, workdir, payloads)
                 continue
             with tempfile.TemporaryDirectory(prefix="walrelay-bench-") as tmp:
-                run_case(cluster, case, target, Path(tmp))
+                run_case(cluster, case, target, Path(tmp), payloads)
     finally:
         cluster.stop()
 
@@ -328,7 +374,10 @@ def main() -> int:
     base_rate = n / base.result["seconds"] if base else None
     print()
     print(f"{n:,} changes in {txs:,} transactions (half single-row, half 100-row)")
-    print(f"{'sink':<22}{'seconds':>9}{'changes/s':>12}{'vs file':>9}{'delivered':>11}  notes")
+    print(
+        f"{'sink':<22}{'seconds':>9}{'changes/s':>12}{'vs file':>9}{'delivered':>11}"
+        f"{'reference/s':>13}{'ratio':>7}{'streaming/s':>13}{'ratio':>7}  notes"
+    )
     ok = True
     for case in cases:
         r = case.result
@@ -337,10 +386,25 @@ def main() -> int:
         r["vs_file"] = round(rate / base_rate, 3) if base_rate else None
         ok = ok and r["delivered"] == n
         vs = f"{rate / base_rate:.2f}" if base_rate else "-"
-        print(
-            f"{case.name:<22}{r['seconds']:>9.2f}{rate:>12,.0f}{vs:>9}{r['delivered']:>11,}  "
-            f"{case.notes}"
+        ref_rate = n / r["reference_seconds"] if r["reference_seconds"] else None
+        r["reference_changes_per_s"] = round(ref_rate) if ref_rate else None
+        r["ratio"] = round(rate / ref_rate, 3) if ref_rate else None
+        ref_col = f"{ref_rate:,.0f}" if ref_rate else "-"
+        ratio = f"{rate / ref_rate:.2f}" if ref_rate else "-"
+        stream = r["streaming_seconds"]
+        stream_rate = n / stream if stream else None
+        r["streaming_changes_per_s"] = round(stream_rate) if stream_rate else None
+        r["streaming_ratio"] = (
+            round(stream_rate / ref_rate, 3) if stream_rate and ref_rate else None
         )
+        stream_col = f"{stream_rate:,.0f}" if stream_rate else "-"
+        stream_ratio = f"{r['streaming_ratio']:.2f}" if r["streaming_ratio"] else "-"
+        print(
+            f"{case.name:<22}{r['seconds']:>9.2f}{rate:>12,.0f}{vs:>9}{r['delivered']:>11,}"
+            f"{ref_col:>13}{ratio:>7}{stream_col:>13}{stream_ratio:>7}  {case.notes}"
+        )
+        if ref_rate:
+            print(f"{'':<22}reference: {case.reference_notes}")
     result = {
         "benchmark": "brokers",
         "changes": n,

@@ -71,6 +71,9 @@ def _size(value: Any) -> Any:
 MAX_SECONDS = 365 * 24 * 3600.0
 MAX_BYTES = 1024**5  # 1 PiB
 MAX_BATCH = 1_000_000  # events in one deliver() call
+# The default batch of a Kafka exactly_once sink: a bound on one deliver() call,
+# not on one transaction (transaction_interval / transaction_bytes cut those).
+KAFKA_EXACTLY_ONCE_BATCH = 50_000
 
 
 def _finite_seconds(value: float) -> float:
@@ -386,6 +389,23 @@ class KafkaSinkConfig(SinkConfigBase):
     delivery_timeout: PositiveSeconds = 30.0
     options: dict[str, str | int | float | bool] = Field(default_factory=dict)  # librdkafka
     batch_size: int = Field(default=500, gt=0)
+    # exactly_once: one deliver() takes what is buffered (up to batch_size, default
+    # KAFKA_EXACTLY_ONCE_BATCH there) and commits a transaction whenever it has held
+    # transaction_interval or transaction_bytes, whichever comes first.
+    transaction_interval: PositiveSeconds = 0.1
+    transaction_bytes: int = Field(default=4 * 2**20, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _exactly_once_batch(cls, data: Any) -> Any:
+        if (
+            isinstance(data, dict)
+            and data.get("mode", "exactly_once") == "exactly_once"
+            and "batch_size" not in data
+        ):
+            return {**data, "batch_size": KAFKA_EXACTLY_ONCE_BATCH}
+        return data
+
     # After a delete, a null-value record with the same key (compacted topics).
     tombstones: bool = False
     # Record key: walrelay (the key object, sorted), debezium (the format's key

@@ -31,7 +31,7 @@ from tests.integration.broker_workloads import (
     unique_prefix,
 )
 from tests.integration.support import make_config, running_engine, wait_for
-from walrelay.config import KafkaSinkConfig
+from walrelay.config import KAFKA_EXACTLY_ONCE_BATCH, KafkaSinkConfig
 from walrelay.errors import ConfigError
 from walrelay.model import Event, format_event_id
 from walrelay.sinks.base import SinkContext
@@ -311,10 +311,89 @@ def test_broker_sinks_from_config_and_missing_extras(
         build_sink(dest.sink, destination="d", tables=["public.orders"])
     monkeypatch.setenv("WR_TEST_PW", "secret")
     sink = build_sink(dest.sink, slot="s", destination="d", tables=["public.orders"])
-    assert sink.batch_size == {"kafka": 500, "nats": 100, "redis": 500, "rabbitmq": 100}[extra]
+    # kafka exactly_once takes what is buffered; its transactions are cut by time and bytes.
+    defaults = {"kafka": KAFKA_EXACTLY_ONCE_BATCH, "nats": 100, "redis": 500, "rabbitmq": 100}
+    assert sink.batch_size == defaults[extra]
     assert "secret" not in repr(sink) and "pw@" not in repr(sink)
     if isinstance(sink, KafkaSink):
         assert sink.transactional_id == "walrelay-s-d" and sink.ordered
     monkeypatch.setitem(__import__("sys").modules, module, None)  # not installed
     with pytest.raises(ConfigError, match=rf"pip install 'walrelay\[{extra}\]'"):
         build_sink(dest.sink, destination="d")
+
+
+def _committed_checkpoints(bootstrap: str, topic: str) -> list[str]:
+    """The last_id of every committed checkpoint record in ``topic``, in order."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"test-{uuid.uuid4()}",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        left, out = set(partitions), []
+        deadline = time.monotonic() + 30
+        while left and time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is None:
+                continue
+            err = msg.error()
+            if err is not None:
+                assert err.code() == KafkaError._PARTITION_EOF, err
+                left.discard(msg.partition())
+                continue
+            value = msg.value()
+            assert value is not None
+            out.append(orjson.loads(value)["last_id"])
+        assert not left, "the checkpoint topic was not read to its end"
+        return out
+    finally:
+        consumer.close()
+
+
+@pytest.mark.parametrize(("transaction_bytes", "transactions"), [(1, 10), (4 * 2**20, 1)])
+async def test_exactly_once_transactions_cut_by_bytes(
+    kafka: KafkaServer, transaction_bytes: int, transactions: int
+) -> None:
+    prefix = unique_prefix("k")
+    config = KafkaSinkConfig(
+        bootstrap_servers=kafka.bootstrap,
+        prefix=prefix,
+        checkpoint_topic=f"{prefix}.checkpoints",
+        delivery_timeout=10,
+        transaction_bytes=transaction_bytes,
+        transaction_interval=60,
+    )
+    sink = KafkaSink(config, SinkContext(slot="s", destination="cut", tables=("public.t",)))
+    assert sink.batch_size == KAFKA_EXACTLY_ONCE_BATCH  # cut by bytes and time, not a count
+    await sink.open()
+    try:
+        await sink.deliver([_event(0x2000, i) for i in range(10)])
+        assert sink.checkpoint == format_event_id(0x2000, 9)
+    finally:
+        await sink.close()
+    marks = await asyncio.to_thread(
+        _committed_checkpoints, kafka.bootstrap, f"{prefix}.checkpoints"
+    )
+    # One transaction, each with its checkpoint, per event over the byte budget.
+    expected = [format_event_id(0x2000, i) for i in range(10)][-transactions:]
+    assert marks == expected
+    reader = Reader(kafka.bootstrap, prefix)
+    try:
+        await reader.until(10)
+        await asyncio.to_thread(reader.read, 1.0, 3.0)
+        assert [s.envelope["record"]["id"] for s in reader.seen] == list(range(10))
+    finally:
+        reader.close()
+
+
+def test_exactly_once_batch_size_set_by_the_user_is_kept() -> None:
+    config = KafkaSinkConfig(bootstrap_servers="localhost:1", batch_size=200)
+    assert KafkaSink(config, SinkContext(slot="s", destination="d")).batch_size == 200
+    alo = KafkaSinkConfig(bootstrap_servers="localhost:1", mode="at_least_once")
+    assert KafkaSink(alo, SinkContext(slot="s", destination="d")).batch_size == 500

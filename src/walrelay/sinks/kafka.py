@@ -235,6 +235,8 @@ class KafkaSink:
         # consumer, so the engine puts no dedup ledger in front of this sink.
         self.transactional = self.ordered
         self.batch_size = config.batch_size
+        self.transaction_interval = config.transaction_interval
+        self.transaction_bytes = config.transaction_bytes
         self.bootstrap = config.bootstrap_servers
         self.naming = Naming(
             config.topic,
@@ -594,7 +596,6 @@ class KafkaSink:
             raise batch_error(errors, len(records), "records")
 
     def _deliver_transactional(self, events: Sequence[Event]) -> None:
-        ck = self._ck
         if self._needs_reset or self._fatal or self._producer is None:
             self._reset_transactional()
         producer = self._producer
@@ -615,14 +616,27 @@ class KafkaSink:
                 return
         records = self._records(fresh)
         self._ensure_topics({r.topic for r in records})
-        last = fresh[-1]
-        checkpoint = orjson.dumps(
-            {"slot": self.slot, "destination": self.destination, "last_id": last.id}
-        )
-        by_id = {r.event_id: r for r in records}
+        by_id = {e.id: e for e in fresh}
+        start = 0
+        while start < len(records):
+            start = self._transaction(producer, records, start, by_id)
+
+    def _transaction(
+        self,
+        producer: Producer,
+        records: Sequence[_Record],
+        start: int,
+        events: dict[str, Event],
+    ) -> int:
+        """One transaction from ``records[start]`` on, with its checkpoint; it ends
+        at an event boundary once it has taken ``transaction_interval`` or holds
+        ``transaction_bytes``, or at the end. Returns where the next one starts."""
+        ck = self._ck
         failures: list[tuple[KafkaError, _Record]] = []
         committing = False
         current: _Record | None = None
+        by_id = {r.event_id: r for r in records[start:]}
+        end = start
 
         def on_delivery(err: KafkaError | None, msg: Any) -> None:
             if err is not None:
@@ -631,10 +645,26 @@ class KafkaSink:
         try:
             producer.poll(0)
             producer.begin_transaction()
-            for record in records:
-                current = record
+            deadline = time.monotonic() + self.transaction_interval
+            budget = self.transaction_bytes
+            size = 0
+            total = len(records)
+            while end < total:
+                current = record = records[end]
                 self._produce(producer, record, on_delivery)
+                size += len(record.value or b"") + len(record.key or b"")
+                end += 1
+                if (
+                    end < total
+                    and records[end].event_id != record.event_id
+                    and (size >= budget or time.monotonic() >= deadline)
+                ):
+                    break
             current = None
+            last = events[records[end - 1].event_id]
+            checkpoint = orjson.dumps(
+                {"slot": self.slot, "destination": self.destination, "last_id": last.id}
+            )
             producer.produce(
                 self.checkpoint_topic,
                 value=checkpoint,
@@ -665,11 +695,12 @@ class KafkaSink:
             if err.fatal():
                 self._needs_reset = True
             if failures:
-                raise self._combine(failures, len(records) + 1) from None
+                raise self._combine(failures, end - start + 1) from None
             if current is not None:
                 raise self._classify(err, current) from None
             raise self._classify(err, None) from None
         self._mark = (last.commit_lsn, last.seq)
+        return end
 
     def _reset_transactional(self) -> None:
         """New producer: fence the old one, settle its transaction, read the checkpoint."""
