@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from tests.factories import make_event
 from walrelay.pipeline.scheduler import Destination
+from walrelay.pipeline.transforms import ResumeHook
 from walrelay.sinks.memory import MemorySink
 from walrelay.worker.config import parse_worker_config
 from walrelay.worker.offsets import Origin
@@ -75,3 +76,22 @@ async def test_the_same_record_read_again_after_reassignment_is_sent_once_owned(
         await dest.stop()
     assert len(sink.delivered) == 1 and sink.delivered[0] is again
     assert tracker.safe(KEPT) == 8
+
+
+def test_a_destination_with_transforms_retries_failed_steps_before_every_send() -> None:
+    """A transform step that failed on an event must never let the event reach
+    the sink as it is: the worker's destinations get the ResumeHook too."""
+    config = parse_worker_config(
+        {
+            "worker": {"kafka": {"bootstrap": "k:9092", "group": "g", "topics": ["cdc.public.t"]}},
+            "state": {"dsn": "postgresql://localhost/unused"},
+            "destinations": [
+                {"name": "plain", "sink": {"type": "stdout"}},
+                {"name": "shaped", "sink": {"type": "stdout"}, "transforms": [{"exclude": ["x"]}]},
+            ],
+        }
+    )
+    worker = Worker(config, name="test")
+    shaped = worker._hooks_for("shaped")
+    assert [type(h) for h in shaped] == [ResumeHook, PartitionHook]
+    assert [type(h) for h in worker._hooks_for("plain")] == [PartitionHook]

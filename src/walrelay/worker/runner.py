@@ -46,6 +46,7 @@ from walrelay.pipeline.hooks import DeliveryHook
 from walrelay.pipeline.lsn import LsnTracker
 from walrelay.pipeline.parking.writes import ReadRows
 from walrelay.pipeline.router import Router
+from walrelay.pipeline.transforms import ResumeHook, TransformChain, build_chains
 from walrelay.sinks.common import import_extra
 from walrelay.sinks.registry import build_sink
 from walrelay.source.types import TypeRegistry
@@ -130,6 +131,8 @@ class Worker:
         self.origins = OriginMap()
         self.destinations = Destinations()
         self.router: Router | None = None
+        # Transforms (no catalog here: a worker has no source database to check them against).
+        self._chains: dict[str, TransformChain] = build_chains(config.destinations)
         self.progress = asyncio.Event()
         self.started = asyncio.Event()
         self._stop = threading.Event()
@@ -166,6 +169,7 @@ class Worker:
                 self.destinations.by_name,
                 EnvelopeBuilder(TypeRegistry()),
                 LsnTracker(),  # unused: a worker counts per offset (take_counts)
+                chains=self._chains,
             )
             for dest in self.destinations.by_name.values():
                 dest.start()
@@ -220,7 +224,17 @@ class Worker:
             )
 
     def _hooks_for(self, name: str) -> list[DeliveryHook]:
-        return [PartitionHook(name, self)]
+        chain = self._chains.get(name)
+        if chain is None:
+            return [PartitionHook(name, self)]
+        # A transform step that failed on an event: retried from that step
+        # before every send, never sent as it is (walrelay.pipeline.transforms).
+        resume = ResumeHook(chain, finish=lambda e: self._routed().finish(name, e))
+        return [resume, PartitionHook(name, self)]
+
+    def _routed(self) -> Router:
+        assert self.router is not None  # set before any delivery starts
+        return self.router
 
     def _consumer_config(self) -> dict[str, Any]:
         k = self.kafka
