@@ -9,6 +9,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, Self
@@ -204,3 +205,32 @@ def walrelay_process(
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)
+
+
+class RowWriter(threading.Thread):
+    """Inserts ``t``'s rows, one transaction each, until stopped; remembers what committed."""
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__(daemon=True)
+        self.dsn = dsn
+        self.committed: list[int] = []
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with psycopg.connect(self.dsn, autocommit=True) as conn:
+                n = 0
+                while not self.stop.is_set():
+                    n += 1
+                    conn.execute("insert into t values (%s)", (n,))
+                    self.committed.append(n)
+                    self.stop.wait(0.005)  # pacing: ~200 transactions/s
+        except BaseException as e:
+            self.error = e
+
+    async def finish(self) -> list[int]:
+        self.stop.set()
+        await asyncio.to_thread(self.join, 10)
+        assert self.error is None, self.error
+        return self.committed

@@ -10,7 +10,6 @@ PostgreSQL) no duplicate.
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from pydantic import SecretStr
 
 from tests.conftest import StartProxy
 from tests.integration.support import (
+    RowWriter,
     dsn_port,
     dsn_with_port,
     execute,
@@ -29,35 +29,6 @@ from tests.integration.support import (
 )
 from walrelay.testing.checker import Change, Delivery, Report, check
 from walrelay.testing.proxy import TcpProxy
-
-
-class Writer(threading.Thread):
-    """Inserts rows, one transaction each, until stopped; remembers what committed."""
-
-    def __init__(self, dsn: str) -> None:
-        super().__init__(daemon=True)
-        self.dsn = dsn
-        self.committed: list[int] = []
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            with psycopg.connect(self.dsn, autocommit=True) as conn:
-                n = 0
-                while not self.stop.is_set():
-                    n += 1
-                    conn.execute("insert into t values (%s)", (n,))
-                    self.committed.append(n)
-                    self.stop.wait(0.005)  # pacing: ~200 transactions/s
-        except BaseException as e:
-            self.error = e
-
-    async def finish(self) -> list[int]:
-        self.stop.set()
-        await asyncio.to_thread(self.join, 10)
-        assert self.error is None, self.error
-        return self.committed
 
 
 def file_dest(path: Path) -> dict[str, object]:
@@ -80,7 +51,7 @@ async def outage(proxy: TcpProxy, start: Callable[[], None], seconds: float) -> 
     proxy.restore()
 
 
-async def stream_through(writer: Writer, out: Path, fault: Awaitable[None]) -> None:
+async def stream_through(writer: RowWriter, out: Path, fault: Awaitable[None]) -> None:
     """Rows flow, ``fault`` breaks the link and restores it, rows flow again by themselves."""
     before = len(writer.committed)
     await wait_for(lambda: len(file_ids(out)) >= before + 50, what="rows before the fault")
@@ -103,7 +74,7 @@ async def test_source_link_delay_reset_and_blackhole(
     proxy = await tcp_proxy(dsn_port(db))
     out = tmp_path / "events.jsonl"
     config = make_config(dsn_with_port(db, proxy.address[1]), ["public.t"], [file_dest(out)])
-    writer = Writer(db)
+    writer = RowWriter(db)
     async with running_engine(config):
         writer.start()
         await stream_through(writer, out, outage(proxy, lambda: proxy.delay(0.2), 2))
@@ -132,7 +103,7 @@ async def test_state_database_link_cut(db: str, tmp_path: Path, tcp_proxy: Start
             )
         }
     )
-    writer = Writer(db)
+    writer = RowWriter(db)
     async with running_engine(config):
         writer.start()
         # Longer than the HA lock's fence.
@@ -167,7 +138,7 @@ async def test_postgres_sink_link_blackhole_and_reset(db: str, tcp_proxy: StartP
             "sink": {"type": "postgres", "dsn": dsn_with_port(target, proxy.address[1])},
         }
         config = make_config(db, ["public.t"], [dest])
-        writer = Writer(db)
+        writer = RowWriter(db)
 
         def applied() -> list[tuple[int, str]]:
             with psycopg.connect(target) as conn:

@@ -9,7 +9,6 @@ while another holds the slot.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 
 from tests.conftest import StartProxy
 from tests.integration.support import (
+    RowWriter,
     dsn_port,
     dsn_with_port,
     execute,
@@ -33,29 +33,6 @@ from walrelay.testing.checker import Change, Delivery, check
 
 def file_dest(path: Path) -> dict[str, object]:
     return {"name": "file", "sink": {"type": "file", "path": str(path)}, "snapshot": "never"}
-
-
-class Writer(threading.Thread):
-    """Inserts rows, one transaction each, until stopped; remembers what committed."""
-
-    def __init__(self, dsn: str) -> None:
-        super().__init__(daemon=True)
-        self.dsn = dsn
-        self.committed: list[int] = []
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            with psycopg.connect(self.dsn, autocommit=True) as conn:
-                n = 0
-                while not self.stop.is_set():
-                    n += 1
-                    conn.execute("insert into t values (%s)", (n,))
-                    self.committed.append(n)
-                    self.stop.wait(0.005)  # pacing: ~200 transactions/s
-        except BaseException as e:
-            self.error = e
 
 
 async def slot_pid(dsn: str) -> int | None:
@@ -81,7 +58,7 @@ async def test_standby_takes_over_a_cut_off_active(
     active = make_config(dsn_with_port(db, proxy.address[1]), ["public.t"], [file_dest(out_a)])
     standby = make_config(db, ["public.t"], [file_dest(out_b)])
     standby = standby.model_copy(update={"ha": "standby"})
-    writer = Writer(db)
+    writer = RowWriter(db)
     async with running_engine(active) as engine_a:
         engine_b = Engine(standby)
         task_b = asyncio.create_task(engine_b.run())

@@ -12,9 +12,9 @@ import pytest
 from tests.integration.broker_workloads import retry_fast, unique_prefix
 from tests.integration.support import execute, make_config, running_engine
 from tests.integration.test_sink_kafka import Reader
-from tests.unit.murmur2 import java_partition
 from walrelay.model import parse_event_id
 from walrelay.testing.servers import KafkaServer
+from walrelay.worker.partitioner import partition_for
 
 pytestmark = pytest.mark.servers
 
@@ -74,7 +74,7 @@ async def test_route_and_key_pick_the_java_clients_topic_and_partition(
             assert topic == f"{prefix}.{record['region']}"
             key = orjson.dumps({"customer_id": record["customer_id"]})
             assert s.envelope["key"] == {"customer_id": record["customer_id"]}
-            assert partition == java_partition(key, PARTITIONS), (topic, record)
+            assert partition == partition_for(key, PARTITIONS), (topic, record)
             partitions_used.add(partition)
         # Each key's (customer's) events keep commit order inside its partition.
         by_key: dict[int, list[tuple[int, int]]] = {}
