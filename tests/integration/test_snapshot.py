@@ -23,6 +23,7 @@ from tests.integration.support import (
 from walrelay.engine import Engine
 from walrelay.errors import SlotLost
 from walrelay.model import parse_event_id
+from walrelay.sinks.memory import MemorySink
 from walrelay.testing.pgcluster import PgCluster, start_cluster
 
 
@@ -277,3 +278,64 @@ async def test_lost_slot_stop_and_resnapshot(tiny_wal_cluster: PgCluster, tmp_pa
     ids = [parse_event_id(e["id"]) for e in events]
     assert ids == sorted(ids)
     assert [e["op"] for e in events].count("truncate") == 1  # the reset before the reload
+
+
+def lock_holders(dsn: str, table: str) -> list[tuple[int, str, bool]]:
+    """(pid, mode, granted) of every session's lock on ``table`` but this one's."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "select pid, mode, granted from pg_locks"
+            " where relation = %s::regclass and pid <> pg_backend_pid()",
+            (table,),
+        ).fetchall()
+    return [(int(r[0]), str(r[1]), bool(r[2])) for r in rows]
+
+
+async def test_ddl_waiting_for_the_snapshot_locks_never_deadlocks_it(
+    db: str, tmp_path: Path
+) -> None:
+    """A TRUNCATE queued behind the snapshot's ACCESS SHARE lock on a table not
+    read yet must wait for the copy, not stop it: before the fix the reader
+    that came to that table queued behind the TRUNCATE, which waited for the
+    snapshot transaction, which waited for that reader."""
+    execute(
+        db,
+        "create table a_big (id int primary key, v text)",
+        "create table b_big (id int primary key, v text)",
+        "create table c_small (id int primary key, v text)",
+        "insert into a_big select g, repeat('a', 40) from generate_series(1, 15000) g",
+        "insert into b_big select g, repeat('b', 40) from generate_series(1, 15000) g",
+        "insert into c_small values (1, 'one'), (2, 'two'), (3, 'three')",
+    )
+    gate = asyncio.Event()
+
+    async def held(_batch: object) -> None:
+        await gate.wait()
+
+    sink = MemorySink(delay=held)
+    dest = {"name": "mem", "sink": {"type": "file", "path": str(tmp_path / "unused")}}
+    # Small enough that the held sink stops both readers before the big tables
+    # are read (the snapshot queue holds 16,000 rows; the buffer ~1,800 events).
+    dest.update(buffer_bytes="1MiB")
+    tables = ["public.a_big", "public.b_big", "public.c_small"]
+    config = make_config(db, tables, [dest], snapshot_workers=2)
+    async with running_engine(config, sink_factory=lambda _d: sink):
+        await wait_for(
+            lambda: any(granted for _, _, granted in lock_holders(db, "c_small")),
+            what="the snapshot's lock on c_small",
+        )
+        truncate = asyncio.create_task(asyncio.to_thread(execute, db, "truncate c_small"))
+        await wait_for(
+            lambda: any(not granted for _, _, granted in lock_holders(db, "c_small")),
+            what="the TRUNCATE waiting for the snapshot",
+        )
+        gate.set()
+
+        def done() -> bool:
+            return any(e.op == "truncate" for e in sink.delivered)
+
+        await wait_for(done, within=60, what="the snapshot and then the TRUNCATE delivered")
+        await truncate
+    small = [e.op for e in sink.delivered if e.op == "truncate" or e.table == "public.c_small"]
+    assert small == ["read", "read", "read", "truncate"]
+    assert sum(e.op == "read" for e in sink.delivered) == 30003

@@ -83,7 +83,8 @@ async def run_initial_snapshot(
     plans: list[TablePlan] = []
     dests_by_table: dict[str, list[Destination]] = {}
     # This transaction holds ACCESS SHARE locks on the tables until the copy is
-    # read (as pg_dump does), so DDL waits instead of breaking the readers.
+    # read (as pg_dump does), so DDL waits instead of breaking the readers; it
+    # reads too (see read_tables for why the other readers may step back).
     conn = await connect_reader(src.dsn_value)
     try:
         await import_snapshot(conn, exported.snapshot_name)
@@ -130,7 +131,9 @@ async def run_initial_snapshot(
         maxsize=max(4, src.snapshot_workers * 4)
     )
     reader = asyncio.create_task(
-        read_tables(src.dsn_value, exported.snapshot_name, plans, queue, src.snapshot_workers),
+        read_tables(
+            src.dsn_value, exported.snapshot_name, plans, queue, src.snapshot_workers, conn
+        ),
         name="walrelay-snapshot-read",
     )
     last_log = time.monotonic()

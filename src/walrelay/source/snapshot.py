@@ -267,31 +267,55 @@ async def read_tables(
     plans: Sequence[TablePlan],
     out: asyncio.Queue[tuple[str, list[RawTuple]]],
     workers: int,
+    lead: Conn,
 ) -> None:
-    """Read every range of every table with ``workers`` connections in the snapshot."""
+    """Read every range of every table in the snapshot, with ``workers`` connections.
+
+    ``lead`` is the connection that imported the snapshot and holds ACCESS
+    SHARE on every table; it reads too. A helper connection joins only if it
+    gets the same locks at once: a DDL statement queued behind the lead's
+    locks would otherwise queue each helper's first read behind itself, and
+    the lead's transaction, which waits for the helpers, would never end — a
+    deadlock PostgreSQL cannot see.
+    """
     work: asyncio.Queue[tuple[TablePlan, _Range]] = asyncio.Queue()
     for plan in plans:
         for rng in plan.ranges:
             work.put_nowait((plan, rng))
+    tables = sql.SQL(", ").join(table_ident(p.rel) for p in plans)
 
-    async def worker() -> None:
+    async def drain(conn: Conn) -> None:
+        while True:
+            try:
+                plan, rng = work.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            await _read_range(conn, plan, rng, out)
+
+    async def helper() -> None:
         conn = await connect_reader(dsn)
         try:
             await import_snapshot(conn, snapshot_name)
-            while True:
-                try:
-                    plan, rng = work.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                await _read_range(conn, plan, rng, out)
+            try:
+                await conn.execute(
+                    sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE NOWAIT").format(tables)
+                )
+            except psycopg.errors.LockNotAvailable:
+                log.info(
+                    "a snapshot reader steps back: another session waits for a lock on "
+                    "one of the tables (DDL?); the copy goes on with fewer connections"
+                )
+                return
+            await drain(conn)
         finally:
             with contextlib.suppress(psycopg.Error):
                 await conn.close()
 
     n = max(1, min(workers, work.qsize()))
     async with asyncio.TaskGroup() as tg:
-        for _ in range(n):
-            tg.create_task(worker())
+        tg.create_task(drain(lead))
+        for _ in range(n - 1):
+            tg.create_task(helper())
 
 
 # -- the slot of a snapshot that did not finish ------------------------------------------
