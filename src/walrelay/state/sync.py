@@ -8,6 +8,14 @@ for a deleted row can be told apart: deleted *after* the update was made
 (``update_deleted``) or before (``update_missing``). Its commit time and
 origin come from ``pg_xact_commit_timestamp_origin(xid)``.
 
+``sync_note_previous`` is the ``BEFORE UPDATE OR DELETE`` trigger function on
+every synced table: for a local write (not walrelay's own apply, which sets
+``walrelay.sync_applying``) it logs, in the same transaction, a logical
+message (prefix :data:`OVERWRITTEN_PREFIX`) naming the origin and commit time
+of the row version being replaced, so that the node applying the change can
+tell whether the writer had seen its version (see
+:func:`walrelay.sync.conflicts.overrides_unseen`).
+
 ``conflicts`` is the log of every conflict and how it was resolved
 (``walrelay sync conflicts`` reads it).
 """
@@ -23,9 +31,12 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 __all__ = [
+    "APPLYING_SETTING",
+    "OVERWRITTEN_PREFIX",
     "ConflictRecord",
     "insert_conflict",
     "migration_statements",
+    "note_previous_function",
     "read_conflicts",
     "record_tombstone",
     "tombstone_of",
@@ -33,6 +44,40 @@ __all__ = [
 ]
 
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
+
+OVERWRITTEN_PREFIX = "walrelay_sync_prev"
+"""Logical message before each local update/delete: ``<origin name> <epoch seconds>``
+(empty origin name: a local write)."""
+APPLYING_SETTING = "walrelay.sync_applying"
+"""Set (transaction-local) by the applier, so that its writes log nothing."""
+
+
+def note_previous_function(s: sql.Identifier) -> sql.Composed:
+    """The trigger function (TG_ARGV: the key columns). SECURITY DEFINER: the
+    commit-timestamp and origin catalogs are not readable by every writer.
+    The message is ``{"o": origin name or "", "t": "<epoch seconds>", "k": [key as text]}``."""
+    return sql.SQL(
+        "create or replace function {}.sync_note_previous() returns trigger "
+        "language plpgsql security definer set search_path = pg_catalog as $fn$ "
+        "declare x xid; ts timestamptz; ro oid; k text[]; "
+        "begin "
+        "if coalesce(current_setting({}, true), '') <> 'on' then "
+        "execute format('select xmin, array[%s]::text[] from %s where %s', "
+        "(select string_agg(format('($1).%I::text', a), ', ') from unnest(TG_ARGV) a), "
+        "TG_RELID::regclass, "
+        "(select string_agg(format('%I is not distinct from ($1).%I', a, a), ' and ') "
+        "from unnest(TG_ARGV) a)) into x, k using OLD; "
+        "if x is not null and x::text <> (pg_current_xact_id()::xid)::text then "
+        "select c.timestamp, c.roident into ts, ro from pg_xact_commit_timestamp_origin(x) c; "
+        "if ts is not null then "
+        "perform pg_logical_emit_message(true, {}, json_build_object("
+        "'o', coalesce((select roname from pg_replication_origin where roident = ro), ''), "
+        "'t', extract(epoch from ts)::text, 'k', k)::text); "
+        "end if; end if; end if; "
+        "if TG_OP = 'DELETE' then return OLD; end if; "
+        "return NEW; "
+        "end $fn$"
+    ).format(s, sql.Literal(APPLYING_SETTING), sql.Literal(OVERWRITTEN_PREFIX))
 
 
 def migration_statements(s: sql.Identifier) -> list[sql.Composed]:
