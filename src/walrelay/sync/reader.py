@@ -69,6 +69,8 @@ class NodeReader:
         self.transactions = 0
         self.echoes_dropped = 0
         self.connected = False
+        self.wal_end: Lsn = 0
+        """The node's WAL position as last heard (a commit's end, a keepalive)."""
 
     @property
     def epoch(self) -> int:
@@ -162,6 +164,7 @@ class NodeReader:
                             elif isinstance(item, Commit):
                                 assert begin is not None
                                 last_end = item.end_lsn
+                                self.wal_end = max(self.wal_end, item.end_lsn)
                                 if begin.origin is not None and begin.origin in origins:
                                     self.echoes_dropped += 1
                                     self._mark(Marker(item.end_lsn, item.committed_at))
@@ -182,6 +185,7 @@ class NodeReader:
                                 changes = []
                     elif kind == KEEPALIVE:
                         wal_end, reply = parse_keepalive(frame)
+                        self.wal_end = max(self.wal_end, wal_end)
                         if begin is None and wal_end > last_end:
                             last_end = wal_end
                             self._mark(Marker(wal_end, datetime.now(UTC)))
