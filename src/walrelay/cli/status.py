@@ -39,7 +39,9 @@ def _sync_status(config_path: str, as_json: bool, timeout: float) -> None:
         click.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
     else:
         click.echo(render_sync_status(doc))
-    sys.exit(0 if doc.get("state") == "streaming" else 1)
+    # 0: running and every direction connected (a node down: 1, as a page).
+    connected = all(d["connected"] for d in doc["sync"]["directions"])
+    sys.exit(0 if doc.get("state") == "streaming" and connected else 1)
 
 
 def _status(config_path: str, as_json: bool, timeout: float) -> None:
