@@ -70,6 +70,12 @@ async def test_sync_serves_lag_and_conflicts_to_status_metrics_and_dashboard(
             assert resp.status == 401  # the token rules of walrelay run
         async with client.get(f"{base}/healthz") as resp:
             assert resp.status == 200 and (await resp.json())["state"] == "running"
+
+        async def counted() -> bool:  # the counters move when each applier resumes
+            dirs = await status()
+            return all(dirs[d]["conflicts"] for d in ("a->b", "b->a"))
+
+        await wait_for(counted, what="both directions counted their conflict")
         dirs = await status()
         assert dirs["a->b"]["conflicts"] == {"insert_exists": 1}
         assert dirs["b->a"]["conflicts"] == {"insert_exists": 1}

@@ -15,7 +15,7 @@ Per change, the target row is read ``for update`` first; conflicts
 (:mod:`walrelay.sync.conflicts`) are resolved by the table's policy and
 logged in the state schema's ``conflicts`` table in the same transaction.
 A source update or delete comes after a logical message from the source's
-``sync_note_previous`` trigger naming the version it replaced; the change
+``walrelay_sync_previous`` trigger naming the version it replaced; the change
 conflicts when that is not the target's version
 (:func:`~walrelay.sync.conflicts.overrides_unseen`). The applier's own writes
 set ``walrelay.sync_applying`` so that the trigger stays silent for them.

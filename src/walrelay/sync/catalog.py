@@ -152,7 +152,6 @@ async def prepare_node(
     (with ``export_snapshot``, a new slot's snapshot stays open in the result)."""
     schema = settings.state_schema
     await migrate(conn, schema)
-    await conn.execute(note_previous_function(sql.Identifier(schema)))
     for meta in tables.values():
         keys = sql.SQL(", ").join(sql.Literal(c) for c in meta.key)
         try:
@@ -162,12 +161,15 @@ async def prepare_node(
                     "for each row execute function {}.sync_record_delete({})"
                 ).format(meta.ident, sql.Identifier(schema), keys)
             )
+            create, function = note_previous_function(
+                sql.Identifier(schema), meta.name, meta.ident, list(meta.key)
+            )
+            await conn.execute(create)
             await conn.execute(
                 sql.SQL(
                     "create or replace trigger walrelay_sync_previous "
-                    "before update or delete on {} "
-                    "for each row execute function {}.sync_note_previous({})"
-                ).format(meta.ident, sql.Identifier(schema), keys)
+                    "before update or delete on {} for each row execute function {}()"
+                ).format(meta.ident, function)
             )
         except psycopg.errors.InsufficientPrivilege:
             raise ConfigError(

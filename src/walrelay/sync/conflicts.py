@@ -60,7 +60,7 @@ class Version:
 @dataclass(frozen=True, slots=True)
 class Overwritten:
     """The version a source change replaced on its own node: its writer and
-    commit time, as the source's ``sync_note_previous`` trigger logged them."""
+    commit time, as the source's ``walrelay_sync_previous`` trigger logged them."""
 
     node: str
     committed_at: datetime

@@ -43,7 +43,7 @@ STATUS_INTERVAL = 1.0  # seconds between standby status updates
 
 def replication_options(publication: str, server_version: int) -> dict[str, str]:
     """pgoutput's options for a node's slot. ``messages``: the transactional
-    messages of the ``sync_note_previous`` trigger travel with their changes.
+    messages of the ``walrelay_sync_previous`` trigger travel with their changes.
     ``origin = none`` (PostgreSQL 16+) has the server drop every transaction
     that carries a replication origin; before 16 the option does not exist
     and the reader drops ours by the Origin message."""
