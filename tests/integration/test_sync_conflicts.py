@@ -77,12 +77,19 @@ async def test_each_conflict_kind_under_last_write_wins(sync_env: SyncEnv) -> No
         4: ("update_missing", "apply_remote"),
         5: ("delete_missing", "skip"),
     }
+    # a's update of 2 and delete of 3 replaced the base version, not b's newer
+    # one: concurrent writes, detected on b too (a's are newer: applied).
     assert conflicts(env, "b") == {
         1: ("insert_exists", "keep_local"),
+        2: ("update_origin_differs", "apply_remote"),
+        3: ("delete_origin_differs", "apply_remote"),
         4: ("delete_origin_differs", "keep_local"),
         5: ("delete_missing", "skip"),
     }
     counts = runner.directions[("b", "a")].stats.conflicts
+    # The counters move when the applier resumes after its commit, which the
+    # rows above may be read before.
+    await wait_for(lambda: counts.total() == 5, what="b->a counted its conflicts")
     assert counts == {
         "insert_exists": 1,
         "update_origin_differs": 1,
@@ -236,3 +243,35 @@ async def test_a_tie_in_commit_time_goes_to_the_lower_priority_number(sync_env: 
     assert env.rows("a") == env.rows("b") == [(1, "a", 0)]
     assert conflicts(env, "b") == {1: ("insert_exists", "apply_remote")}
     assert conflicts(env, "a") == {1: ("insert_exists", "keep_local")}
+
+
+async def test_priority_converges_when_the_lower_priority_write_is_newer(
+    sync_env: SyncEnv,
+) -> None:
+    env = sync_env
+    settings = env.settings(conflicts={"default": "priority"})
+    runner = await env.start(settings)
+    env.execute(
+        "a", "insert into items (id, v, n) select g, 'base', 0 from generate_series(1, 3) g"
+    )
+    await wait_for(lambda: len(env.rows("b")) == 3, what="base rows on b")
+    env.execute("a", "update items set v = 'a' where id = 3")  # b sees it, then writes:
+    await wait_for(lambda: (3, "a", 0) in env.rows("b"), what="a's update of 3 on b")
+    await env.stop(runner)
+    # Concurrent, b (priority 2) always the later writer: a (priority 1) wins both.
+    env.execute("a", "update items set v = 'a' where id = 1")
+    env.execute("b", "update items set v = 'b' where id = 1")
+    env.execute("a", "update items set v = 'a' where id = 2")
+    env.execute("b", "delete from items where id = 2")
+    # Not concurrent: b's write replaced a's version, so it is an ordinary update.
+    env.execute("b", "update items set v = 'b' where id = 3")
+    await settle(env, conflicts={"default": "priority"})
+    assert env.rows("a") == env.rows("b") == [(1, "a", 0), (2, "a", 0), (3, "b", 0)]
+    assert conflicts(env, "a") == {
+        1: ("update_origin_differs", "keep_local"),
+        2: ("delete_origin_differs", "keep_local"),
+    }
+    assert conflicts(env, "b") == {
+        1: ("update_origin_differs", "apply_remote"),
+        2: ("update_deleted", "apply_remote"),
+    }

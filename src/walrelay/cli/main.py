@@ -108,7 +108,7 @@ class LazyGroup(click.Group):
     cls=LazyGroup,
     lazy_commands={
         "backfill": "walrelay.cli.backfill:backfill_command",
-        "doctor": "walrelay.monitor.doctor:doctor_command",
+        "doctor": "walrelay.cli.doctor:doctor_command",  # + --sync-config
         "failed": "walrelay.cli.parking:failed_alias",  # hidden, deprecated
         "outbox": "walrelay.cli.outbox:outbox_command",
         "parking": "walrelay.cli.parking:parking_command",

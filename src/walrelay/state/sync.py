@@ -8,12 +8,21 @@ for a deleted row can be told apart: deleted *after* the update was made
 (``update_deleted``) or before (``update_missing``). Its commit time and
 origin come from ``pg_xact_commit_timestamp_origin(xid)``.
 
+``sync_prev_<hash of the table name>`` is the ``BEFORE UPDATE OR DELETE``
+trigger function of each synced table: for a local write (not walrelay's own apply, which sets
+``walrelay.sync_applying``) it logs, in the same transaction, a logical
+message (prefix :data:`OVERWRITTEN_PREFIX`) naming the origin and commit time
+of the row version being replaced, so that the node applying the change can
+tell whether the writer had seen its version (see
+:func:`walrelay.sync.conflicts.overrides_unseen`).
+
 ``conflicts`` is the log of every conflict and how it was resolved
 (``walrelay sync conflicts`` reads it).
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -23,9 +32,12 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 __all__ = [
+    "APPLYING_SETTING",
+    "OVERWRITTEN_PREFIX",
     "ConflictRecord",
     "insert_conflict",
     "migration_statements",
+    "note_previous_function",
     "read_conflicts",
     "record_tombstone",
     "tombstone_of",
@@ -33,6 +45,56 @@ __all__ = [
 ]
 
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
+
+OVERWRITTEN_PREFIX = "walrelay_sync_prev"
+"""Logical message before each local update/delete: ``<origin name> <epoch seconds>``
+(empty origin name: a local write)."""
+APPLYING_SETTING = "walrelay.sync_applying"
+"""Set (transaction-local) by the applier, so that its writes log nothing."""
+
+
+def note_previous_function(
+    s: sql.Identifier, table: str, table_ident: sql.Composable, keys: list[str]
+) -> tuple[sql.Composed, sql.Composed]:
+    """``(create statement, qualified name)`` of the trigger function of one
+    synced table. One function per table, with static SQL (a plan cached by
+    PL/pgSQL: a dynamic lookup made the trigger several times dearer).
+    SECURITY DEFINER: the commit-timestamp and origin catalogs are not
+    readable by every writer. The message is ``{"o": origin name or "",
+    "t": "<epoch seconds>", "k": [key as text]}``."""
+    function = sql.SQL("{}.{}").format(
+        s, sql.Identifier(f"sync_prev_{hashlib.md5(table.encode()).hexdigest()[:16]}")
+    )
+    old_key = sql.SQL(", ").join(sql.SQL("OLD.{}::text").format(sql.Identifier(k)) for k in keys)
+    where = sql.SQL(" and ").join(
+        sql.SQL("t.{} = OLD.{}").format(sql.Identifier(k), sql.Identifier(k)) for k in keys
+    )
+    create = sql.SQL(
+        "create or replace function {}() returns trigger "
+        "language plpgsql security definer set search_path = pg_catalog as $fn$ "
+        "declare x xid; ts timestamptz; ro oid; "
+        "begin "
+        "if coalesce(current_setting({}, true), '') <> 'on' then "
+        "select t.xmin into x from {} t where {}; "
+        "if x is not null and x::text <> (pg_current_xact_id()::xid)::text then "
+        "select c.timestamp, c.roident into ts, ro from pg_xact_commit_timestamp_origin(x) c; "
+        "if ts is not null then "
+        "perform pg_logical_emit_message(true, {}, json_build_object("
+        "'o', coalesce((select roname from pg_replication_origin where roident = ro), ''), "
+        "'t', extract(epoch from ts)::text, 'k', array[{}])::text); "
+        "end if; end if; end if; "
+        "if TG_OP = 'DELETE' then return OLD; end if; "
+        "return NEW; "
+        "end $fn$"
+    ).format(
+        function,
+        sql.Literal(APPLYING_SETTING),
+        table_ident,
+        where,
+        sql.Literal(OVERWRITTEN_PREFIX),
+        old_key,
+    )
+    return create, function
 
 
 def migration_statements(s: sql.Identifier) -> list[sql.Composed]:

@@ -14,6 +14,11 @@ nothing.
 Per change, the target row is read ``for update`` first; conflicts
 (:mod:`walrelay.sync.conflicts`) are resolved by the table's policy and
 logged in the state schema's ``conflicts`` table in the same transaction.
+A source update or delete comes after a logical message from the source's
+``walrelay_sync_previous`` trigger naming the version it replaced; the change
+conflicts when that is not the target's version
+(:func:`~walrelay.sync.conflicts.overrides_unseen`). The applier's own writes
+set ``walrelay.sync_applying`` so that the trigger stays silent for them.
 """
 
 from __future__ import annotations
@@ -24,18 +29,35 @@ import logging
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
+import orjson
 import psycopg
 from psycopg import sql
 
 from walrelay.errors import WalrelayError
 from walrelay.model import UNCHANGED_TOAST, Change, Lsn, format_lsn, parse_lsn
-from walrelay.state.sync import ConflictRecord, insert_conflict, record_tombstone, tombstone_of
+from walrelay.state.sync import (
+    APPLYING_SETTING,
+    OVERWRITTEN_PREFIX,
+    ConflictRecord,
+    insert_conflict,
+    record_tombstone,
+    tombstone_of,
+)
 from walrelay.sync.catalog import NodeTables, TableMeta, inspect_node
 from walrelay.sync.config import SyncSettings
-from walrelay.sync.conflicts import Conflict, ConflictKind, Decision, Resolver, Version
+from walrelay.sync.conflicts import (
+    Conflict,
+    ConflictKind,
+    Decision,
+    Overwritten,
+    Resolver,
+    Version,
+    overrides_unseen,
+)
 from walrelay.sync.transactions import Marker, SourceTx
 
 __all__ = ["Direction", "DirectionStats", "ReaderHandle"]
@@ -73,6 +95,17 @@ class DirectionStats:
     last_commit_time: datetime | None = None  # source commit time of the last applied tx
     last_applied_at: float = 0.0  # loop time of that apply
     connected: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Note:
+    """An overwritten version and the key of the change it comes before."""
+
+    key: list[str | None]
+    version: Overwritten
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass
@@ -242,11 +275,17 @@ class Direction:
                 async with conn.transaction():
                     await conn.execute(
                         "select pg_replication_origin_xact_setup(%s::pg_lsn, %s), "
-                        "pg_current_xact_id()",  # an xid, so that the commit moves the origin
-                        (format_lsn(tx.end_lsn), tx.committed_at),
+                        "pg_current_xact_id(), "  # an xid, so that the commit moves the origin
+                        "set_config(%s, 'on', true)",  # our writes log no overwritten version
+                        (format_lsn(tx.end_lsn), tx.committed_at, APPLYING_SETTING),
                     )
+                    overwritten: _Note | None = None
                     for change in tx.changes:
-                        await self._apply_change(conn, tx, change, conflicts)
+                        if change.relation is None and change.prefix == OVERWRITTEN_PREFIX:
+                            overwritten = self._overwritten(change.content)
+                            continue
+                        await self._apply_change(conn, tx, change, conflicts, overwritten)
+                        overwritten = None
                 break
             except _RETRYABLE as e:
                 log.info(
@@ -276,8 +315,29 @@ class Direction:
                 c.resolution,
             )
 
+    def _overwritten(self, content: bytes | None) -> _Note | None:
+        """The version a source change replaced, from the source trigger's message."""
+        try:
+            note = orjson.loads(content or b"")
+            seconds = Decimal(note["t"])
+            key = [None if k is None else str(k) for k in note["k"]]
+            origin = str(note["o"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, InvalidOperation):
+            log.warning("sync %s: unreadable %s message ignored", self.name, OVERWRITTEN_PREFIX)
+            return None
+        # An origin that is not this sync's (another replication tool) counts as
+        # the source node's own write, as in _version.
+        node = self.settings.node_of_origin(origin) if origin else None
+        at = _EPOCH + timedelta(microseconds=int(seconds * 1_000_000))
+        return _Note(key, Overwritten(node or self.source, at))
+
     async def _apply_change(
-        self, conn: Conn, tx: SourceTx, change: Change, conflicts: list[ConflictRecord]
+        self,
+        conn: Conn,
+        tx: SourceTx,
+        change: Change,
+        conflicts: list[ConflictRecord],
+        note: _Note | None = None,
     ) -> None:
         rel = change.relation
         if change.op == "truncate":
@@ -302,6 +362,7 @@ class Direction:
             assert new is not None
             key = [new[k] for k in meta.key]
         local = await self._read_local(conn, meta, key)
+        overwritten = note.version if note is not None and note.key == key else None
         remote = Version(
             row=new if change.op != "delete" else None,
             node=self.source,
@@ -338,7 +399,7 @@ class Direction:
                     else "update_missing"
                 )
                 local_version = deleted or Version(None, None, None, _UNKNOWN_PRIORITY)
-            elif own or not self._newer_elsewhere(local_version, tx.committed_at):
+            elif own or not self._conflicts(local_version, tx.committed_at, overwritten):
                 await self._update(conn, meta, key, _present(new))
                 return
             else:
@@ -346,7 +407,7 @@ class Direction:
         else:  # delete
             if local is None:
                 kind = "delete_missing"
-            elif own or not self._newer_elsewhere(local_version, tx.committed_at):
+            elif own or not self._conflicts(local_version, tx.committed_at, overwritten):
                 await self._delete(conn, meta, key)
                 return
             else:
@@ -379,15 +440,10 @@ class Direction:
         await insert_conflict(conn, self._schema, self.settings.name, record)
         conflicts.append(record)
 
-    def _newer_elsewhere(self, local: Version | None, remote_time: datetime) -> bool:
-        """The local row was last written by another origin at or after the remote
-        change was made (rows without a commit time never conflict)."""
-        return (
-            local is not None
-            and local.node != self.source
-            and local.committed_at is not None
-            and local.committed_at >= remote_time
-        )
+    def _conflicts(
+        self, local: Version | None, remote_time: datetime, overwritten: Overwritten | None
+    ) -> bool:
+        return overrides_unseen(local, self.source, remote_time, overwritten)
 
     async def _carry_out(
         self,

@@ -22,6 +22,7 @@ from walrelay.config import SourceConfig
 from walrelay.errors import ConfigError, WalrelayError
 from walrelay.source.slot import SourceInfo, prepare_source, split_table
 from walrelay.state.migrations import migrate
+from walrelay.state.sync import note_previous_function
 from walrelay.sync.config import SyncSettings
 
 __all__ = [
@@ -152,16 +153,23 @@ async def prepare_node(
     schema = settings.state_schema
     await migrate(conn, schema)
     for meta in tables.values():
+        keys = sql.SQL(", ").join(sql.Literal(c) for c in meta.key)
         try:
             await conn.execute(
                 sql.SQL(
                     "create or replace trigger walrelay_sync_tombstone after delete on {} "
                     "for each row execute function {}.sync_record_delete({})"
-                ).format(
-                    meta.ident,
-                    sql.Identifier(schema),
-                    sql.SQL(", ").join(sql.Literal(c) for c in meta.key),
-                )
+                ).format(meta.ident, sql.Identifier(schema), keys)
+            )
+            create, function = note_previous_function(
+                sql.Identifier(schema), meta.name, meta.ident, list(meta.key)
+            )
+            await conn.execute(create)
+            await conn.execute(
+                sql.SQL(
+                    "create or replace trigger walrelay_sync_previous "
+                    "before update or delete on {} for each row execute function {}()"
+                ).format(meta.ident, function)
             )
         except psycopg.errors.InsufficientPrivilege:
             raise ConfigError(
@@ -195,10 +203,13 @@ class SequenceRange:
     increment: int
     minimum: int
     maximum: int
+    identity: bool = False  # an identity column (else serial or a DEFAULT nextval)
+    last_value: int | None = None  # None: never used (or not readable)
 
 
 _SEQUENCES = """
-select a.attname, s.seqrelid::regclass::text, s.seqstart, s.seqincrement, s.seqmin, s.seqmax
+select a.attname, s.seqrelid::regclass::text, s.seqstart, s.seqincrement, s.seqmin, s.seqmax,
+       a.attidentity <> '', pg_sequence_last_value(s.seqrelid)
 from pg_attribute a
 join pg_sequence s on s.seqrelid = pg_get_serial_sequence(%s, a.attname)::regclass
 where a.attrelid = %s::regclass and a.attnum > 0 and not a.attisdropped
@@ -213,8 +224,10 @@ def read_sequences(
     cur = conn.cursor(row_factory=tuple_row)
     for table in tables:
         q = sqltext.qualified(table)
-        for col, seq, start, inc, lo, hi in cur.execute(_SEQUENCES, (q, q)).fetchall():
-            out.append(SequenceRange(node, table, str(col), str(seq), start, inc, lo, hi))
+        for col, seq, start, inc, lo, hi, ident, last in cur.execute(_SEQUENCES, (q, q)).fetchall():
+            out.append(
+                SequenceRange(node, table, str(col), str(seq), start, inc, lo, hi, ident, last)
+            )
     return out
 
 

@@ -31,7 +31,7 @@ from pydantic import (
     model_validator,
 )
 
-from walrelay.config import BackoffConfig, Seconds, masked_dsn, qualify
+from walrelay.config import BackoffConfig, HttpConfig, Seconds, masked_dsn, qualify
 from walrelay.errors import ConfigError
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "NodeConfig",
     "SyncConfig",
     "SyncSettings",
+    "is_sync_file",
     "load_sync_config",
     "parse_sync_config",
 ]
@@ -111,6 +112,9 @@ class SyncSettings(_Model):
     queue_transactions: int = Field(default=256, ge=1)
     # How often status is logged and tombstones trimmed.
     status_interval: Seconds = 10.0
+    # /healthz, /metrics, /api/status and the dashboard, as for walrelay run
+    # (off unless set; the token file is keyed sync-<name>).
+    http: HttpConfig = HttpConfig(enabled=False)
 
     @field_validator("name")
     @classmethod
@@ -143,6 +147,11 @@ class SyncSettings(_Model):
                 f"conflicts.tables names {unknown[0]!r}, which is not in tables; add it there"
             )
         return self
+
+    @property
+    def token_key(self) -> str:
+        """What the API token file is named after (``walrelay.web.auth``)."""
+        return f"sync-{self.name}"
 
     def slot(self, node: str) -> str:
         return f"walrelay_sync_{self.name}_{node}"
@@ -192,6 +201,16 @@ def parse_sync_config(data: Any, where: str = "") -> SyncSettings:
         raise ConfigError(
             _format(e, where), fix="see the two-way sync section of README.md"
         ) from None
+
+
+def is_sync_file(path: str | os.PathLike[str]) -> bool:
+    """True for a sync's file (a ``sync:`` mapping and no ``source:``); False for
+    anything else, including an unreadable file (its reader reports that)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and "sync" in data and "source" not in data
 
 
 def load_sync_config(path: str | os.PathLike[str]) -> SyncSettings:

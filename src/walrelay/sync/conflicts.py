@@ -20,9 +20,11 @@ __all__ = [
     "Conflict",
     "ConflictKind",
     "Decision",
+    "Overwritten",
     "Resolver",
     "Version",
     "load_resolver",
+    "overrides_unseen",
 ]
 
 ConflictKind = Literal[
@@ -53,6 +55,39 @@ class Version:
     node: str | None  # None: unknown writer (written before the sync, or no commit time)
     committed_at: datetime | None
     priority: int
+
+
+@dataclass(frozen=True, slots=True)
+class Overwritten:
+    """The version a source change replaced on its own node: its writer and
+    commit time, as the source's ``walrelay_sync_previous`` trigger logged them."""
+
+    node: str
+    committed_at: datetime
+
+
+def overrides_unseen(
+    local: Version | None,
+    source: str,
+    remote_time: datetime,
+    overwritten: Overwritten | None,
+) -> bool:
+    """Whether a remote update or delete conflicts with the local row.
+
+    It does when the local row was written by another node and the source had
+    not seen that version when it made its change: the source replaced some
+    other version (concurrent writes, whichever is newer), or -- when the
+    source did not say what it replaced (a row written before walrelay's
+    trigger, or by the same transaction) -- the local version is at least as
+    new as the change. The rule only looks at what both sides of a direction
+    know, so the directions A->B and B->A reach the same verdict, and a policy
+    that orders versions the same way on both sides (``last_write_wins``,
+    ``priority``) converges whichever change arrives first."""
+    if local is None or local.node == source or local.committed_at is None:
+        return False
+    if overwritten is not None:
+        return (overwritten.node, overwritten.committed_at) != (local.node, local.committed_at)
+    return local.committed_at >= remote_time
 
 
 @dataclass(frozen=True, slots=True)

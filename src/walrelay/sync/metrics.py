@@ -6,9 +6,11 @@
 ``walrelay_sync_applied_changes_total{direction}``              their changes
 ``walrelay_sync_replays_skipped_total{direction}``              already applied (after a restart)
 ``walrelay_sync_conflicts_total{direction,conflict}``           conflicts detected, by kind
-``walrelay_sync_lag_seconds{direction}``                        now - commit time of the last
-                                                                applied transaction while more
-                                                                wait; 0 when caught up
+``walrelay_sync_lag_seconds{direction}``                        now - the source commit time the
+                                                                direction has passed, while it
+                                                                is behind; 0 when caught up
+``walrelay_sync_lag_bytes{direction}``                          source WAL not yet applied or
+                                                                passed (once the source is heard)
 ``walrelay_sync_queued_transactions{direction}``                read, not yet applied
 ``walrelay_sync_echoes_dropped_total{node}``                    transactions of our origins dropped
 ==============================================================  ===============================
@@ -17,13 +19,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
+
+from walrelay.sync.view import SyncView, direction_lag
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
-
-    from walrelay.sync.runner import SyncRunner
 
 __all__ = ["SyncCollector", "serve_metrics"]
 
@@ -31,7 +32,7 @@ __all__ = ["SyncCollector", "serve_metrics"]
 class SyncCollector:
     """A prometheus-client collector over a :class:`SyncRunner`'s counters."""
 
-    def __init__(self, runner: SyncRunner) -> None:
+    def __init__(self, runner: SyncView) -> None:
         self.runner = runner
 
     def collect(self) -> Iterator[Metric]:
@@ -50,11 +51,13 @@ class SyncCollector:
             "walrelay_sync_conflicts", "conflicts detected", labels=["direction", "conflict"]
         )
         lag = GaugeMetricFamily("walrelay_sync_lag_seconds", "apply lag", labels=d)
+        lag_bytes = GaugeMetricFamily(
+            "walrelay_sync_lag_bytes", "source WAL not yet applied", labels=d
+        )
         queued = GaugeMetricFamily(
             "walrelay_sync_queued_transactions", "read, not yet applied", labels=d
         )
-        now = datetime.now(UTC)
-        for direction in self.runner.directions.values():
+        for (src, _), direction in self.runner.directions.items():
             name = [direction.name]
             st = direction.stats
             connected.add_metric(name, 1.0 if st.connected else 0.0)
@@ -63,21 +66,20 @@ class SyncCollector:
             replays.add_metric(name, st.replays_skipped)
             for kind, n in st.conflicts.items():
                 conflicts.add_metric([direction.name, kind], n)
-            waiting = direction.queue.qsize()
-            queued.add_metric(name, waiting)
-            behind = 0.0
-            if waiting and st.last_commit_time is not None:
-                behind = max(0.0, (now - st.last_commit_time).total_seconds())
+            queued.add_metric(name, direction.queue.qsize())
+            behind_bytes, behind = direction_lag(direction, self.runner.readers.get(src))
             lag.add_metric(name, behind)
+            if behind_bytes is not None:
+                lag_bytes.add_metric(name, behind_bytes)
         echoes = CounterMetricFamily(
             "walrelay_sync_echoes_dropped", "our own applied transactions dropped", labels=["node"]
         )
         for node, reader in self.runner.readers.items():
             echoes.add_metric([node], reader.echoes_dropped)
-        yield from (connected, txs, changes, replays, conflicts, lag, queued, echoes)
+        yield from (connected, txs, changes, replays, conflicts, lag, lag_bytes, queued, echoes)
 
 
-def serve_metrics(runner: SyncRunner, host: str, port: int) -> None:
+def serve_metrics(runner: SyncView, host: str, port: int) -> None:
     """``/metrics`` on ``host:port`` (prometheus-client's own HTTP server thread)."""
     try:
         from prometheus_client import CollectorRegistry, start_http_server

@@ -34,11 +34,23 @@ from walrelay.sync.applier import Direction
 from walrelay.sync.config import SyncSettings
 from walrelay.sync.transactions import Marker, SourceTx
 
-__all__ = ["NodeReader"]
+__all__ = ["NodeReader", "replication_options"]
 
 log = logging.getLogger("walrelay.sync")
 
 STATUS_INTERVAL = 1.0  # seconds between standby status updates
+
+
+def replication_options(publication: str, server_version: int) -> dict[str, str]:
+    """pgoutput's options for a node's slot. ``messages``: the transactional
+    messages of the ``walrelay_sync_previous`` trigger travel with their changes.
+    ``origin = none`` (PostgreSQL 16+) has the server drop every transaction
+    that carries a replication origin; before 16 the option does not exist
+    and the reader drops ours by the Origin message."""
+    options = {"proto_version": "1", "publication_names": publication, "messages": "true"}
+    if server_version >= 160000:
+        options["origin"] = "none"
+    return options
 
 
 class NodeReader:
@@ -57,6 +69,8 @@ class NodeReader:
         self.transactions = 0
         self.echoes_dropped = 0
         self.connected = False
+        self.wal_end: Lsn = 0
+        """The node's WAL position as last heard (a commit's end, a keepalive)."""
 
     @property
     def epoch(self) -> int:
@@ -98,9 +112,7 @@ class NodeReader:
         stream = PsycopgReplicationStream(
             s.nodes[self.node].dsn_value, application_name=f"walrelay-sync-{s.name}-{self.node}"
         )
-        options = {"proto_version": "1", "publication_names": s.publication}
-        if self.server_version >= 160000:
-            options["origin"] = "none"
+        options = replication_options(s.publication, self.server_version)
         self._epoch += 1
         self._rewind = False
         epoch = self._epoch
@@ -152,6 +164,7 @@ class NodeReader:
                             elif isinstance(item, Commit):
                                 assert begin is not None
                                 last_end = item.end_lsn
+                                self.wal_end = max(self.wal_end, item.end_lsn)
                                 if begin.origin is not None and begin.origin in origins:
                                     self.echoes_dropped += 1
                                     self._mark(Marker(item.end_lsn, item.committed_at))
@@ -172,6 +185,7 @@ class NodeReader:
                                 changes = []
                     elif kind == KEEPALIVE:
                         wal_end, reply = parse_keepalive(frame)
+                        self.wal_end = max(self.wal_end, wal_end)
                         if begin is None and wal_end > last_end:
                             last_end = wal_end
                             self._mark(Marker(wal_end, datetime.now(UTC)))

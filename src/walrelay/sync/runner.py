@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -24,6 +24,9 @@ from walrelay.sync.catalog import NodeTables, check_nodes, inspect_node, prepare
 from walrelay.sync.config import SyncSettings
 from walrelay.sync.conflicts import Resolver, load_resolver
 from walrelay.sync.reader import NodeReader
+
+if TYPE_CHECKING:
+    from walrelay.web.server import HttpServer
 
 __all__ = ["SyncRunner"]
 
@@ -43,9 +46,14 @@ class SyncRunner:
         self.directions: dict[tuple[str, str], Direction] = {}
         self.readers: dict[str, NodeReader] = {}
         self.ready = asyncio.Event()
+        self.http: HttpServer | None = None
 
     def stop(self) -> None:
         self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
 
     async def prepare(self, initial_from: str | None = None) -> dict[str, int]:
         """Check every node, then set each up; returns server versions by node."""
@@ -124,6 +132,7 @@ class SyncRunner:
             ", ".join(s.tables),
         )
         self.ready.set()
+        await self._start_http()
         stopped = asyncio.create_task(self._stop.wait())
         try:
             done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -135,6 +144,37 @@ class SyncRunner:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if self.http is not None:
+                await self.http.stop()
+                self.http = None
+
+    async def _start_http(self) -> None:
+        """/healthz, /metrics, /api/status and the dashboard (:mod:`walrelay.sync.status`)."""
+        cfg = self.settings.http
+        if not cfg.enabled:
+            return
+        from walrelay.sync.status import SyncStatus
+        from walrelay.web.auth import resolve_token
+        from walrelay.web.server import HttpServer
+
+        token, where = resolve_token(cfg, self.settings.token_key, create=True)
+        server = HttpServer(
+            SyncStatus(self),
+            host=cfg.listen,
+            port=cfg.port,
+            token=token,
+            ssl_context=cfg.server_ssl_context(),
+        )
+        try:
+            await server.start()
+        except OSError as e:
+            raise ConfigError(
+                f"sync {self.settings.name}: http cannot listen on {cfg.listen}:{cfg.port}: "
+                f"{e.strerror or e}",
+                fix="set sync.http.port to a free port (or sync.http.enabled: false)",
+            ) from None
+        self.http = server
+        log.info("sync %s: http on %s (API token from %s)", self.settings.name, server.url, where)
 
     async def _upkeep(self) -> None:
         while True:

@@ -203,6 +203,24 @@
     renderDestinations(s.destinations);
     renderSlots(s.slots);
     renderServer(s);
+    renderSync(s.sync);
+  }
+
+  // walrelay sync: each direction's lag and conflicts by kind.
+  function renderSync(sync) {
+    const section = $("sync-section");
+    section.hidden = !sync;
+    if (!sync) return;
+    const body = $("sync").tBodies[0];
+    body.replaceChildren();
+    for (const d of sync.directions) {
+      const conflicts = Object.entries(d.conflicts).map(([k, n]) => k + " " + n).join(", ") || "none";
+      const tr = row([d.direction, d.connected ? "connected" : "waiting", fmtNum(d.applied_transactions),
+        fmtNum(d.applied_changes), d.lag_bytes == null ? "?" : fmtBytes(d.lag_bytes), fmtSeconds(d.lag_seconds),
+        fmtNum(d.queued), conflicts]);
+      tr.setAttribute("data-direction", d.direction);
+      body.appendChild(tr);
+    }
   }
 
   function levelOf(alerts, rule, object) {
