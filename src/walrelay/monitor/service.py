@@ -56,6 +56,7 @@ from walrelay.monitor.rules import (
     evaluate_engine,
     evaluate_snapshot,
 )
+from walrelay.monitor.sampling import SlotSampler
 from walrelay.monitor.thresholds import DEFAULT_THRESHOLDS, Severity, Thresholds
 from walrelay.monitor.view import EngineView
 from walrelay.pipeline.hooks import DeliveryHook
@@ -100,12 +101,20 @@ def instance_name(config: Config) -> str:
 class Monitor:
     """The check loop. :meth:`check` is one check; :meth:`run` loops until cancelled."""
 
-    def __init__(self, services: Services, config: MonitorConfig, dsn: str) -> None:
+    def __init__(
+        self,
+        services: Services,
+        config: MonitorConfig,
+        dsn: str,
+        sampler: SlotSampler | None = None,
+    ) -> None:
         self.services = services
         self.config = config
         self.interval = config.interval
         self.thresholds = thresholds_from_config(config)
         self.probe = Probe(dsn)
+        # Records the snapshots in the state schema for the doctor (monitor.samples).
+        self.sampler = sampler
         self.rule_state = RuleState()
         self.snapshot: Snapshot | None = None
         self.last_error: str | None = None
@@ -148,6 +157,8 @@ class Monitor:
             self.snapshot = snap
             self.last_error = None
             self._failures = 0
+            if self.sampler is not None:
+                self.sampler.offer(snap.server.current_lsn, snap.slots)
             rules |= DB_RULES | {"monitor_unavailable"}
             state = svc.state()
             detail = (
@@ -199,6 +210,8 @@ class Monitor:
             await asyncio.sleep(self.interval)  # the check timer
 
     async def close(self) -> None:
+        if self.sampler is not None:
+            await self.sampler.close()
         await self.probe.close()
 
 
@@ -273,7 +286,13 @@ class Services:
                 if config.monitor.dsn is not None
                 else config.source.dsn_value
             )
-            self.monitor = Monitor(self, config.monitor, dsn)
+            samples = config.monitor.samples
+            sampler = (
+                SlotSampler(config.source.dsn_value, config.state.schema, samples)
+                if samples.enabled
+                else None
+            )
+            self.monitor = Monitor(self, config.monitor, dsn, sampler)
             self._monitor_task = asyncio.get_running_loop().create_task(
                 self.monitor.run(), name="walrelay-monitor"
             )
@@ -529,6 +548,7 @@ class Services:
                 "error": monitor.last_error if monitor is not None else None,
                 "checks": monitor.checks_total if monitor is not None else 0,
                 "notes": snap.notes if snap is not None else [],
+                "samples": _samples_status(monitor.sampler if monitor is not None else None),
             },
             "alerts": [a.to_dict() for a in self.open_alerts()],
             # Replication paused: the parked-event cap, or delivery blocked (the
@@ -559,6 +579,20 @@ def slot_rows(snap: Snapshot, own_slot: str, state: RuleState | None) -> list[di
         rows.append(row)
     rows.sort(key=lambda r: (not r["owned"], r["name"]))
     return rows
+
+
+def _samples_status(sampler: SlotSampler | None) -> dict[str, Any] | None:
+    """The engine's slot samples (monitor.samples), for the status document."""
+    if sampler is None:
+        return None
+    return {
+        "interval": sampler.interval,
+        "retention": sampler.retention,
+        "recorded": sampler.samples_total,
+        "pruned": sampler.pruned_total,
+        "failures": sampler.failures_total,
+        "error": sampler.last_error,
+    }
 
 
 def server_dict(snap: Snapshot | None) -> dict[str, Any] | None:
