@@ -1,0 +1,175 @@
+"""The slot as the database sees it, for Prometheus when walrelay is dead.
+
+``deploy/prometheus/postgres_exporter-queries.yml`` runs against a real
+PostgreSQL (its columns are exactly the metrics it declares, labels as text,
+values as numbers), then in a real community postgres_exporter (Debian's
+``prometheus-postgres-exporter``) whose scrape must carry every series the
+rules in ``walrelay-postgres-rules.yml`` read; ``promtool`` checks those rules
+and runs their unit tests.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import subprocess
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+from psycopg.conninfo import conninfo_to_dict
+
+from tests.integration.support import execute, wait_for_sync
+from tests.integration.test_alerting_prometheus import _process
+from walrelay.testing.pgcluster import free_port
+
+RULES_DIR = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
+QUERIES = RULES_DIR / "postgres_exporter-queries.yml"
+RULES = RULES_DIR / "walrelay-postgres-rules.yml"
+
+# What the exporter turns into a label (text) and into a value (a number it can parse).
+TEXT = {"text", "name", "varchar"}
+NUMBER = {"float8", "float4", "int8", "int4", "int2", "numeric", "bool"}
+
+
+def _queries() -> dict[str, Any]:
+    loaded = yaml.safe_load(QUERIES.read_text())
+    assert isinstance(loaded, dict) and loaded
+    return loaded
+
+
+def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool missing: bash scripts/servers/install.sh prometheus"
+    return subprocess.run(
+        [promtool, *args], cwd=RULES_DIR, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_postgres_rules_are_valid_and_their_unit_tests_pass() -> None:
+    for args in (
+        ("check", "rules", RULES.name),
+        ("test", "rules", "walrelay-postgres-rules.test.yml"),
+    ):
+        result = _promtool(*args)
+        assert result.returncode == 0 and "SUCCESS" in result.stdout + result.stderr, (
+            result.stdout + result.stderr
+        )
+
+
+def _stuck_slots(db: str) -> None:
+    execute(
+        db,
+        "create table filler (v text)",
+        "select pg_create_logical_replication_slot('exp_stuck', 'pgoutput')",
+        "select pg_create_physical_replication_slot('exp_physical', true)",
+        "insert into filler select repeat('x', 1000) from generate_series(1, 3000)",
+    )
+
+
+def test_each_query_returns_the_declared_columns_with_the_types_the_exporter_reads(
+    db: str,
+) -> None:
+    _stuck_slots(db)
+    try:
+        with psycopg.connect(db, autocommit=True) as conn:
+            for name, spec in _queries().items():
+                assert spec.get("master") is True, f"{name}: cluster-wide, must run once"
+                declared = {k: v["usage"] for m in spec["metrics"] for k, v in m.items()}
+                cur = conn.execute(spec["query"])
+                assert cur.description is not None
+                types = {
+                    c.name: conn.execute(
+                        "select typname::text from pg_type where oid = %s", (c.type_code,)
+                    ).fetchone()[0]  # type: ignore[index]
+                    for c in cur.description
+                }
+                assert set(types) == set(declared), name
+                for column, usage in declared.items():
+                    expected = TEXT if usage == "LABEL" else NUMBER
+                    assert types[column] in expected, (name, column, types[column])
+                rows = {r[0]: dict(zip(types, r, strict=True)) for r in cur.fetchall()}
+                stuck, physical = rows["exp_stuck"], rows["exp_physical"]
+                # Labels are never NULL (the exporter would print an empty label).
+                assert stuck["database"] == db.rsplit("dbname=", 1)[1].split()[0]
+                assert (stuck["slot_type"], physical["slot_type"]) == ("logical", "physical")
+                assert physical["database"] == ""
+                assert stuck["active"] is False and stuck["wal_status_code"] == 0
+                assert stuck["retained_bytes"] >= 3_000_000
+                assert stuck["confirmed_flush_lag_bytes"] >= 3_000_000
+                assert physical["confirmed_flush_lag_bytes"] is None  # NaN in Prometheus
+                # The test cluster caps slots at 4 GB: safe_wal_size is what is left
+                # (PostgreSQL counts in whole 16 MB segments).
+                left = 4 * 1024**3 - stuck["retained_bytes"]
+                assert abs(stuck["safe_wal_size_bytes"] - left) < 32 * 1024**2
+    finally:
+        execute(db, "select pg_drop_replication_slot('exp_physical')")
+
+
+def _scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return str(response.read().decode())
+
+
+def test_the_exporter_serves_every_series_the_rules_read(
+    db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exporter = shutil.which("prometheus-postgres-exporter")
+    assert exporter, "postgres_exporter missing: bash scripts/servers/install.sh prometheus"
+    _stuck_slots(db)
+    params = conninfo_to_dict(db)
+    url = (
+        f"postgresql://{params['user']}@{params['host']}:{params['port']}/{params['dbname']}"
+        "?sslmode=disable"
+    )
+    monkeypatch.setenv("DATA_SOURCE_NAME", url)
+    port = free_port()
+    metrics_url = f"http://127.0.0.1:{port}/metrics"
+    log = tmp_path / "exporter.log"
+    try:
+        args = [
+            exporter,
+            f"--extend.query-path={QUERIES}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--disable-default-metrics",
+            "--disable-settings-metrics",
+            "--no-collector.database",
+            "--no-collector.bgwriter",
+        ]
+        with _process(args, log) as proc:
+            text = ""
+
+            def scraped() -> bool:
+                nonlocal text
+                assert proc.poll() is None, log.read_text()
+                try:
+                    text = _scrape(metrics_url)
+                except OSError:
+                    return False
+                return 'slot_name="exp_stuck"' in text
+
+            wait_for_sync(scraped, within=60, what="the exporter's slot metrics")
+        samples = {
+            (s.name, s.labels.get("slot_name")): s
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+        read_by_rules = set(re.findall(r"\bpg_walrelay_[a-z_]+", RULES.read_text()))
+        assert read_by_rules, "the rules read no pg_walrelay_* series"
+        for metric in read_by_rules:
+            assert (metric, "exp_stuck") in samples, f"{metric} not exported: {log.read_text()}"
+        stuck = {name: s for (name, slot), s in samples.items() if slot == "exp_stuck"}
+        assert stuck["pg_walrelay_slot_active"].value == 0
+        assert stuck["pg_walrelay_slot_retained_bytes"].value >= 3_000_000
+        assert stuck["pg_walrelay_slot_wal_status_code"].value == 0
+        assert stuck["pg_walrelay_slot_active"].labels["slot_type"] == "logical"
+        lag = samples[("pg_walrelay_slot_confirmed_flush_lag_bytes", "exp_physical")]
+        assert math.isnan(lag.value)
+        assert "error" not in log.read_text().lower(), log.read_text()
+    finally:
+        execute(db, "select pg_drop_replication_slot('exp_physical')")
