@@ -10,11 +10,14 @@ and runs their unit tests.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import re
 import shutil
 import subprocess
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +27,14 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg.conninfo import conninfo_to_dict
 
-from tests.integration.support import execute, wait_for_sync
-from tests.integration.test_alerting_prometheus import _process
+from tests.integration.support import execute, running_engine, wait_for, wait_for_sync
+from tests.integration.test_alerting_prometheus import (
+    AlertReceiver,
+    _process,
+    alerting_stack,
+    short_rules,
+)
+from walrelay.config import parse_config
 from walrelay.testing.pgcluster import free_port
 
 RULES_DIR = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
@@ -116,39 +125,47 @@ def _scrape(url: str) -> str:
         return str(response.read().decode())
 
 
+@contextlib.contextmanager
+def postgres_exporter(
+    db: str, log: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """The community postgres_exporter on a free port, loaded with the queries."""
+    exporter = shutil.which("prometheus-postgres-exporter")
+    assert exporter, "postgres_exporter missing: bash scripts/servers/install.sh prometheus"
+    params = conninfo_to_dict(db)
+    monkeypatch.setenv(
+        "DATA_SOURCE_NAME",
+        f"postgresql://{params['user']}@{params['host']}:{params['port']}/{params['dbname']}"
+        "?sslmode=disable",
+    )
+    port = free_port()
+    args = [
+        exporter,
+        f"--extend.query-path={QUERIES}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--disable-default-metrics",
+        "--disable-settings-metrics",
+        "--no-collector.database",
+        "--no-collector.bgwriter",
+    ]
+    with _process(args, log) as proc:
+        yield port, proc
+
+
 def test_the_exporter_serves_every_series_the_rules_read(
     db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    exporter = shutil.which("prometheus-postgres-exporter")
-    assert exporter, "postgres_exporter missing: bash scripts/servers/install.sh prometheus"
     _stuck_slots(db)
-    params = conninfo_to_dict(db)
-    url = (
-        f"postgresql://{params['user']}@{params['host']}:{params['port']}/{params['dbname']}"
-        "?sslmode=disable"
-    )
-    monkeypatch.setenv("DATA_SOURCE_NAME", url)
-    port = free_port()
-    metrics_url = f"http://127.0.0.1:{port}/metrics"
     log = tmp_path / "exporter.log"
     try:
-        args = [
-            exporter,
-            f"--extend.query-path={QUERIES}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--disable-default-metrics",
-            "--disable-settings-metrics",
-            "--no-collector.database",
-            "--no-collector.bgwriter",
-        ]
-        with _process(args, log) as proc:
+        with postgres_exporter(db, log, monkeypatch) as (port, proc):
             text = ""
 
             def scraped() -> bool:
                 nonlocal text
                 assert proc.poll() is None, log.read_text()
                 try:
-                    text = _scrape(metrics_url)
+                    text = _scrape(f"http://127.0.0.1:{port}/metrics")
                 except OSError:
                     return False
                 return 'slot_name="exp_stuck"' in text
@@ -173,3 +190,79 @@ def test_the_exporter_serves_every_series_the_rules_read(
         assert "error" not in log.read_text().lower(), log.read_text()
     finally:
         execute(db, "select pg_drop_replication_slot('exp_physical')")
+
+
+def short_postgres_rules() -> str:
+    text = short_rules(RULES.read_text())
+    text = re.sub(r"for: 2m\b", "for: 2s", text)
+    return re.sub(r"for: 10m\b", "for: 10s", text)
+
+
+async def test_walrelay_stopped_its_growing_slot_pages_through_prometheus_and_resolves(
+    db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """walrelay stops; only postgres_exporter sees its slot; writes go on:
+    WalrelayGoneSlotGrowing reaches Alertmanager's receiver, and resolves
+    once walrelay runs again."""
+    execute(db, "create table items (id serial primary key, v text)")
+    http_port, am_port = free_port(), free_port()
+    config = parse_config(
+        {
+            "source": {
+                "dsn": db,
+                "slot": "e2e_gone",
+                "publication": "e2e_gone_pub",
+                "tables": ["public.items"],
+                "status_interval": 1,
+            },
+            "destinations": [
+                {"name": "file", "sink": {"type": "file", "path": str(tmp_path / "out.jsonl")}}
+            ],
+            "shutdown_timeout": 5,
+            "http": {"port": http_port, "token_env": "WALRELAY_TEST_EXPORTER_TOKEN"},
+            "monitor": {"enabled": False},
+        }
+    )
+    monkeypatch.setenv("WALRELAY_TEST_EXPORTER_TOKEN", "t0ken-for-the-exporter-test")
+    async with running_engine(config):
+        pass  # creates the slot, then stops: the slot is left without consumer
+
+    async def keep_writing() -> None:
+        while True:
+            await asyncio.to_thread(execute, db, "insert into items (v) values ('x')")
+            await asyncio.sleep(0.2)  # a steady trickle of WAL, not synchronisation
+
+    with postgres_exporter(db, tmp_path / "exporter.log", monkeypatch) as (exporter_port, _):
+        async with (
+            AlertReceiver() as receiver,
+            alerting_stack(
+                tmp_path,
+                http_port,
+                receiver.port,
+                am_port,
+                extra_rules=short_postgres_rules(),
+                extra_jobs={"postgres": exporter_port},
+            ),
+        ):
+            writer = asyncio.create_task(keep_writing())
+            try:
+                await wait_for(
+                    lambda: receiver.seen(
+                        "WalrelayGoneSlotGrowing", "firing", severity="page", slot="e2e_gone"
+                    ),
+                    within=40,
+                    what="WalrelayGoneSlotGrowing at the receiver",
+                )
+                assert receiver.seen("WalrelayPgSlotInactive", "firing", slot="e2e_gone")
+                async with running_engine(config):
+                    await wait_for(
+                        lambda: receiver.seen(
+                            "WalrelayGoneSlotGrowing", "resolved", slot="e2e_gone"
+                        ),
+                        within=40,
+                        what="WalrelayGoneSlotGrowing to resolve once walrelay runs",
+                    )
+            finally:
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writer

@@ -98,3 +98,12 @@ def test_quiet_publication_measured_from_the_start_of_the_quiet_samples() -> Non
     written = _point(500.0, 0, published_writes=4)
     facts.history = {"walrelay": [quiet_start, written, latest]}
     assert "quiet_publication" not in by_code(diagnose(facts))
+
+
+def test_engine_samples_every_minute_for_a_week_by_default() -> None:
+    from walrelay.config import MonitorConfig
+
+    samples = MonitorConfig().samples
+    assert (samples.enabled, samples.interval, samples.retention) == (True, 60.0, 7 * 86400.0)
+    custom = MonitorConfig.model_validate({"samples": {"interval": "5s", "retention": "2h"}})
+    assert (custom.samples.interval, custom.samples.retention) == (5.0, 7200.0)

@@ -181,9 +181,6 @@ class SlotSampler:
         """One sample of every (non-temporary) slot, and the pruning; ``current_lsn``
         is the WAL position read with the slots."""
         async with await self._connect() as conn:
-            if not self._migrated:
-                await migrate(conn, self.schema)
-                self._migrated = True
             cur = await conn.execute(_PUBLISHED_WRITES)
             row = await cur.fetchone()
             assert row is not None
@@ -193,6 +190,9 @@ class SlotSampler:
                     log.info("monitor: the source is a standby; slot samples are not recorded")
                     self._standby_logged = True
                 return
+            if not self._migrated:
+                await migrate(conn, self.schema)
+                self._migrated = True
             observations = [
                 SlotObservation(
                     slot=s.name,
