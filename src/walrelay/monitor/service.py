@@ -59,6 +59,7 @@ from walrelay.monitor.rules import (
 from walrelay.monitor.sampling import SlotSampler
 from walrelay.monitor.thresholds import DEFAULT_THRESHOLDS, Severity, Thresholds
 from walrelay.monitor.view import EngineView
+from walrelay.monitor.walsender_waits import WalsenderWaits
 from walrelay.pipeline.hooks import DeliveryHook
 
 if TYPE_CHECKING:
@@ -115,6 +116,8 @@ class Monitor:
         self.probe = Probe(dsn)
         # Records the snapshots in the state schema for the doctor (monitor.samples).
         self.sampler = sampler
+        # Walsender wait events, sampled once the source proves to be on another host.
+        self._waits_task: asyncio.Task[None] | None = None
         self.rule_state = RuleState()
         self.snapshot: Snapshot | None = None
         self.last_error: str | None = None
@@ -159,6 +162,12 @@ class Monitor:
             self._failures = 0
             if self.sampler is not None:
                 self.sampler.offer(snap.server.current_lsn, snap.slots)
+            if snap.server.disk is None and self._waits_task is None:
+                waits = WalsenderWaits(self.probe.walsender_waits)
+                svc.engine_health.waits = waits
+                self._waits_task = asyncio.get_running_loop().create_task(
+                    waits.run(), name="walrelay-walsender-waits"
+                )
             rules |= DB_RULES | {"monitor_unavailable"}
             state = svc.state()
             detail = (
@@ -210,6 +219,11 @@ class Monitor:
             await asyncio.sleep(self.interval)  # the check timer
 
     async def close(self) -> None:
+        task, self._waits_task = self._waits_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self.sampler is not None:
             await self.sampler.close()
         await self.probe.close()
