@@ -34,9 +34,20 @@ def test_share_of_samples_on_cpu_once_the_window_is_full() -> None:
 
 def _remote(pid: int) -> Snapshot:
     server = ServerState(150000, "0/0", None, None, None, None)
+    nothing: dict[str, None] = {
+        f: None
+        for f in SlotState.__dataclass_fields__
+        if f not in {"name", "slot_type", "plugin", "database", "active", "active_pid", "temporary"}
+    }
     slot = SlotState(
-        *(["walrelay", "logical", "pgoutput", "app", True, pid, False, "reserved"]),
-        *([None] * 18),
+        name="walrelay",
+        slot_type="logical",
+        plugin="pgoutput",
+        database="app",
+        active=True,
+        active_pid=pid,
+        temporary=False,
+        **nothing,
     )
     return Snapshot(0.0, server, [slot])
 
