@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+import pytest
+
 from tests.waiting import wait_for
 from walrelay.monitor.health import EngineHealth
 from walrelay.monitor.probe import ServerState, SlotState, Snapshot
@@ -74,7 +76,10 @@ def test_remote_walsender_pages_from_its_wait_events() -> None:
     assert [c for c in conds if c.rule == "walsender_cpu"] == []
 
 
-async def test_sampling_loop_reads_until_cancelled_and_survives_errors() -> None:
+async def test_sampling_loop_reads_until_cancelled_and_survives_errors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("walrelay.monitor.walsender_waits._RETRY_SECONDS", 0.001)
     reads = 0
 
     async def read() -> list[tuple[int, bool]]:

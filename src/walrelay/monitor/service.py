@@ -8,6 +8,11 @@ are open and stopped after it shut them down. It owns
   connection, evaluates the :mod:`rules <walrelay.monitor.rules>` and
   hands the conditions to the :class:`~walrelay.monitor.alerts.AlertManager`,
   whose notifications go to the log and the alert webhooks;
+* the :class:`~walrelay.monitor.sampling.SlotSampler`, which records the
+  checks' slots in the state schema every ``monitor.samples.interval`` for
+  ``walrelay doctor``, and, when the source is on another host, the
+  :class:`~walrelay.monitor.walsender_waits.WalsenderWaits` estimating its
+  walsenders' CPU;
 * the commit -> delivered :class:`~walrelay.monitor.metrics.LatencyHistogram`
   (fed by the engine as batches finish);
 * the :class:`~walrelay.web.server.HttpServer` (``/healthz``, ``/metrics``,

@@ -28,6 +28,8 @@ WINDOW_SECONDS = 300.0
 # The window counts as full when its samples span this share of it (a missed
 # sample or two under load does not hold the judgement back).
 _FULL = 0.9
+# After a failed read: no reconnect storm while the source is away.
+_RETRY_SECONDS = 10.0
 
 WALSENDER_WAITS = """
 select pid, wait_event is null as on_cpu
@@ -73,6 +75,7 @@ class WalsenderWaits:
             except Exception as e:  # the probe's own check reports the source unreachable
                 self.errors_total += 1
                 log.debug("monitor: walsender wait events not read: %s", e)
-            else:
-                self.observe(rows, time.monotonic())
+                await asyncio.sleep(max(period, _RETRY_SECONDS))
+                continue
+            self.observe(rows, time.monotonic())
             await asyncio.sleep(period)
