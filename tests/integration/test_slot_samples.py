@@ -170,3 +170,44 @@ async def test_a_sample_that_cannot_be_written_never_stops_replication(
         execute(db, "drop trigger refuse on walrelay.slot_sample_history")
         await _samples_after(sampler, 1)
         assert sampler.last_error is None
+
+
+async def test_inactive_time_of_another_slot_survives_a_restart_through_the_samples(
+    db: str, tmp_path: Path
+) -> None:
+    """Before PostgreSQL 17 the server does not say since when a slot is
+    inactive; the samples remember it across walrelay's restarts, so a slot
+    abandoned ten minutes ago pages at once rather than five minutes later."""
+    execute(
+        db,
+        "create table items (id int primary key, v text)",
+        "select pg_create_logical_replication_slot('samples_abandoned', 'pgoutput')",
+    )
+    config = parse_config(_config(db, tmp_path / "out.jsonl", "samples_restart"))
+    async with running_engine(config) as engine:
+        sampler = _sampler(engine)
+        await _samples_after(sampler, 1)
+    # Recorded by an earlier run of walrelay (or the doctor) ten minutes ago.
+    execute(
+        db,
+        "update walrelay.slot_samples set inactive_since = now() - interval '10 min' "
+        "where slot_name = 'samples_abandoned'",
+    )
+    async with running_engine(config) as engine:
+
+        def paged() -> bool:
+            return any(
+                a.rule == "slot_inactive"
+                and a.object == "slot samples_abandoned"
+                and a.severity is Severity.PAGE
+                for a in engine.services.open_alerts()
+            )
+
+        await wait_for(paged, what="the abandoned slot's page")
+        # The samples keep the time: it is still ten minutes, not restarted.
+        [row] = _rows(
+            db,
+            "select extract(epoch from now() - inactive_since)::float8 "
+            "from walrelay.slot_samples where slot_name = 'samples_abandoned'",
+        )
+        assert row[0] >= 600

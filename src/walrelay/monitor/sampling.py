@@ -145,6 +145,8 @@ class SlotSampler:
         self.pruned_total = 0
         self.failures_total = 0
         self.last_error: str | None = None
+        # Per slot, how long the samples (kept across restarts) have seen it inactive.
+        self.inactive_seconds: dict[str, float] = {}
         self._last_start: float | None = None
         self._migrated = False
         self._task: asyncio.Task[None] | None = None
@@ -209,13 +211,14 @@ class SlotSampler:
                 for s in slots
                 if not s.temporary
             ]
-            pruned = await record_async(
+            pruned, inactive = await record_async(
                 conn,
                 self.schema,
                 observations,
                 recorded_by="engine",
                 retention_seconds=self.retention,
             )
+        self.inactive_seconds = {k: v for k, v in inactive.items() if v is not None}
         self.samples_total += 1
         self.pruned_total += pruned
         self.last_error = None

@@ -167,6 +167,7 @@ class Monitor:
             self._failures = 0
             if self.sampler is not None:
                 self.sampler.offer(snap.server.current_lsn, snap.slots)
+                self._inactive_from_samples(now)
             if snap.server.disk is None and self._waits_task is None:
                 waits = WalsenderWaits(self.probe.walsender_waits)
                 svc.engine_health.waits = waits
@@ -222,6 +223,16 @@ class Monitor:
             except Exception:  # a bug in a rule: log it, keep looking
                 log.exception("monitor: check failed")
             await asyncio.sleep(self.interval)  # the check timer
+
+    def _inactive_from_samples(self, now: float) -> None:
+        """Before PostgreSQL 17 a slot's inactive time is counted from the
+        first check that saw it; the samples in the state schema remember
+        longer (across walrelay's restarts): take the earlier start."""
+        assert self.sampler is not None
+        since = self.rule_state.inactive_since
+        for slot, seconds in self.sampler.inactive_seconds.items():
+            since[slot] = min(since.get(slot, now), now - seconds)
+        self.sampler.inactive_seconds = {}
 
     async def close(self) -> None:
         task, self._waits_task = self._waits_task, None

@@ -226,21 +226,25 @@ async def record_async(
     *,
     recorded_by: str,
     retention_seconds: float,
-) -> int:
+) -> tuple[int, dict[str, float | None]]:
     """What :func:`record` writes, from an engine (nothing is read back), and
     the history older than ``retention_seconds`` pruned, in one short
-    transaction. Returns how many old samples were pruned."""
+    transaction. Returns how many old samples were pruned, and per slot how
+    long the samples have seen it inactive (as :func:`record`)."""
     s = sql.Identifier(schema)
+    inactive: dict[str, float | None] = {}
     async with conn.transaction():
         await conn.execute(sql.SQL(_FORGET).format(s), ([o.slot for o in slots],))
         for o in slots:
-            await conn.execute(sql.SQL(_UPSERT).format(s), _params(o))
+            cur = await conn.execute(sql.SQL(_UPSERT).format(s), _params(o))
+            row = await cur.fetchone()
+            inactive[o.slot] = None if row is None or row[0] is None else float(row[0])
         if slots:
             await conn.cursor().executemany(
                 sql.SQL(_HISTORY_INSERT).format(s), [_params(o, recorded_by) for o in slots]
             )
         cur = await conn.execute(sql.SQL(_PRUNE).format(s), (retention_seconds,))
-        return max(cur.rowcount, 0)
+        return max(cur.rowcount, 0), inactive
 
 
 def read_history(
