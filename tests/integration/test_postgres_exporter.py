@@ -79,6 +79,21 @@ def _stuck_slots(db: str) -> None:
         "select pg_create_physical_replication_slot('exp_physical', true)",
         "insert into filler select repeat('x', 1000) from generate_series(1, 3000)",
     )
+    wait_wal_written(db)
+
+
+def wait_wal_written(db: str) -> None:
+    """Until the WAL inserted so far is written: the test clusters run with
+    synchronous_commit off, and retained WAL is measured from the write position."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        inserted = conn.execute("select pg_current_wal_insert_lsn()::text").fetchone()
+        assert inserted is not None
+
+        def written() -> bool:
+            row = conn.execute("select pg_current_wal_lsn() >= %s::pg_lsn", inserted).fetchone()
+            return bool(row and row[0])
+
+        wait_for_sync(written, what="the inserted WAL to be written")
 
 
 def test_each_query_returns_the_declared_columns_with_the_types_the_exporter_reads(

@@ -19,6 +19,7 @@ import psycopg
 import pytest
 
 from tests.integration.support import count_lines, execute, running_engine, wait_for
+from tests.integration.test_postgres_exporter import wait_wal_written
 from walrelay.config import parse_config
 from walrelay.engine import Engine
 from walrelay.monitor.doctor import run_doctor
@@ -82,6 +83,7 @@ async def test_engine_samples_prunes_and_the_doctor_estimates_from_them(
         for _ in range(5):
             execute(db, "insert into filler select repeat('x', 1000) from generate_series(1, 8000)")
             await _samples_after(sampler, 1)
+        await asyncio.to_thread(wait_wal_written, db)  # synchronous_commit is off here
         await _samples_after(sampler, 1)
         assert sampler.pruned_total >= 1 and sampler.failures_total == 0
         names = {r[0] for r in _rows(db, "select slot_name from walrelay.slot_sample_history")}
