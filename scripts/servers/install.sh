@@ -3,7 +3,9 @@
 # ports (src/walrelay/testing/servers.py): Redis, NATS (JetStream), RabbitMQ
 # from Debian's packages, and Apache Kafka 4.x (KRaft) as jars from Maven Central;
 # Prometheus and Alertmanager (Debian's prometheus, prometheus-alertmanager) for
-# the alerting tests (promtool checks deploy/prometheus/walrelay-rules.yml).
+# the alerting tests (promtool checks deploy/prometheus/walrelay-rules.yml), and
+# the community postgres_exporter (prometheus-postgres-exporter) that runs
+# deploy/prometheus/postgres_exporter-queries.yml in the tests.
 #
 #   bash scripts/servers/install.sh [all|redis|nats|rabbitmq|kafka|prometheus ...]
 #
@@ -62,6 +64,8 @@ if wants prometheus; then
     || { pkgs+=(prometheus); services+=(prometheus); }
   command -v prometheus-alertmanager >/dev/null 2>&1 \
     || { pkgs+=(prometheus-alertmanager); services+=(prometheus-alertmanager); }
+  command -v prometheus-postgres-exporter >/dev/null 2>&1 \
+    || { pkgs+=(prometheus-postgres-exporter); services+=(prometheus-postgres-exporter); }
 fi
 if wants kafka; then
   command -v java >/dev/null 2>&1 || pkgs+=(openjdk-17-jre-headless)

@@ -765,6 +765,16 @@ class ThresholdsConfig(_Model):
     spill_page_fraction_of_free_disk: float | None = Field(default=None, gt=0, le=1)
 
 
+class SlotSamplesConfig(_Model):
+    """``monitor.samples``: the engine records every slot of the source in
+    ``<state schema>.slot_sample_history`` on the source (walrelay.monitor.sampling),
+    so ``walrelay doctor`` has their history without having been run."""
+
+    enabled: bool = True
+    interval: PositiveSeconds = 60.0
+    retention: PositiveSeconds = 7 * 24 * 3600.0
+
+
 class MonitorConfig(_Model):
     """The engine's watch over the source cluster (walrelay.monitor.service)."""
 
@@ -776,6 +786,7 @@ class MonitorConfig(_Model):
     # Spilling warns once the spill counters grew at this many checks in a row.
     spill_sustained_checks: int = Field(default=3, ge=1)
     thresholds: ThresholdsConfig = ThresholdsConfig()
+    samples: SlotSamplesConfig = SlotSamplesConfig()
 
 
 def _secret_of(what: str, value: SecretStr | None, env: str | None, file: str | None) -> str:

@@ -97,9 +97,16 @@ def _process(args: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
 
 @contextlib.asynccontextmanager
 async def alerting_stack(
-    tmp: Path, walrelay_port: int, receiver_port: int, am_port: int
+    tmp: Path,
+    walrelay_port: int,
+    receiver_port: int,
+    am_port: int,
+    *,
+    extra_rules: str | None = None,
+    extra_jobs: dict[str, int] | None = None,
 ) -> AsyncIterator[int]:
-    """Alertmanager -> receiver, and Prometheus scraping walrelay every second."""
+    """Alertmanager -> receiver, and Prometheus scraping walrelay every second
+    (plus ``extra_jobs``: job name -> port, with ``extra_rules`` loaded too)."""
     prometheus = shutil.which("prometheus")
     alertmanager = shutil.which("prometheus-alertmanager")
     assert prometheus and alertmanager, "bash scripts/servers/install.sh prometheus"
@@ -126,19 +133,22 @@ async def alerting_stack(
         )
     )
     (tmp / "rules.yml").write_text(short_rules(RULES.read_text()))
+    rule_files = [str(tmp / "rules.yml")]
+    if extra_rules is not None:
+        (tmp / "extra-rules.yml").write_text(extra_rules)
+        rule_files.append(str(tmp / "extra-rules.yml"))
+    jobs = {"walrelay": walrelay_port, **(extra_jobs or {})}
     (tmp / "prometheus.yml").write_text(
         yaml.safe_dump(
             {
                 "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                "rule_files": [str(tmp / "rules.yml")],
+                "rule_files": rule_files,
                 "alerting": {
                     "alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]
                 },
                 "scrape_configs": [
-                    {
-                        "job_name": "walrelay",
-                        "static_configs": [{"targets": [f"127.0.0.1:{walrelay_port}"]}],
-                    }
+                    {"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}
+                    for job, port in jobs.items()
                 ],
             }
         )

@@ -27,6 +27,10 @@ each run records what it saw in walrelay's state schema
 so the next run knows how long a slot has been inactive, and whether its
 retained WAL grew while its published tables were quiet. That is the one
 write the doctor makes, on a connection of its own (``--no-record``: none).
+A running engine records the same samples every ``monitor.samples.interval``
+and keeps their history; from it the doctor estimates how fast each slot's
+retained WAL grows and when it would be lost or fill the disk
+(:mod:`walrelay.monitor.wal_growth`).
 
 PostgreSQL documentation for what is checked:
 https://www.postgresql.org/docs/15/logical-replication-config.html,
@@ -56,9 +60,11 @@ from walrelay.dsn import dsn_problem
 from walrelay.dsn import scrub as _scrub
 from walrelay.errors import WalrelayError
 from walrelay.model import parse_lsn
-from walrelay.monitor.sampling import Sampling, SlotObservation, record_samples
+from walrelay.monitor.sampling import HistoryPoint, Sampling, SlotObservation, record_samples
 from walrelay.monitor.thresholds import DEFAULT_THRESHOLDS, GiB, MiB, Severity, Thresholds
+from walrelay.monitor.wal_growth import GROWTH_WINDOW_SECONDS, estimate_growth
 from walrelay.sqltext import ident, literal
+from walrelay.state.slot_samples import SlotSample, read_history
 from walrelay.units import format_bytes, format_duration
 
 __all__ = [
@@ -252,6 +258,8 @@ class Facts:
     # per slot, how long the samples have seen it inactive (0: this run was first).
     sampled_inactive_seconds: dict[str, float] = field(default_factory=dict)
     sampling: Sampling | None = None  # None: not recorded
+    # Per slot, its samples of the last day (engine and doctor runs), oldest first.
+    history: dict[str, list[HistoryPoint]] = field(default_factory=dict)
     heartbeat_enabled: bool | None = None  # from --config; None: not known
 
     def setting(self, name: str) -> Setting | None:
@@ -575,6 +583,7 @@ def diagnose(
     findings += check_quiet_publications(facts)
     findings += _check_spills(facts)
     findings += _check_slots(facts, thresholds)
+    findings += check_wal_growth(facts)
     if slot is not None:
         findings += _check_named_slot(facts, slot)
     findings += _check_transactions(facts, long_tx, thresholds)
@@ -1026,12 +1035,13 @@ def check_quiet_publications(facts: Facts) -> list[Finding]:
         return out
     writes = sampling.published_writes
     for slot in facts.slots:
-        prev = sampling.previous.get(slot.name)
+        if slot.slot_type != "logical" or slot.database != facts.database:
+            continue
+        if slot.wal_status == "lost":
+            continue
+        prev = _quiet_since(facts.history.get(slot.name, []), sampling.previous.get(slot.name))
         if (
             prev is None
-            or slot.slot_type != "logical"
-            or slot.database != facts.database
-            or slot.wal_status == "lost"
             or prev.published_writes is None
             or prev.published_writes != writes
             or prev.confirmed_flush_lsn != slot.confirmed_flush_lsn
@@ -1054,6 +1064,98 @@ def check_quiet_publications(facts: Facts) -> list[Finding]:
                 "SELECT pg_logical_emit_message(true, 'heartbeat', '') on a timer) so the "
                 "slot moves while the publication is quiet",
                 {"wal_written": written, "retained_bytes": retained},
+            )
+        )
+    return out
+
+
+def _quiet_since(
+    history: list[HistoryPoint], previous: SlotSample | HistoryPoint | None
+) -> SlotSample | HistoryPoint | None:
+    """The oldest sample of the unbroken run of samples that saw the slot at
+    the newest sample's position and write count (the start of the quiet
+    time); the previous run's sample when there is no history."""
+    if not history:
+        return previous
+    start = history[-1]
+    for point in reversed(history[:-1]):
+        if (
+            point.confirmed_flush_lsn != start.confirmed_flush_lsn
+            or point.published_writes != start.published_writes
+        ):
+            break
+        start = point
+    return start
+
+
+ETA_PAGE_SECONDS = 3600.0
+ETA_WARN_SECONDS = 24 * 3600.0
+"""A slot lost, or pg_wal's disk full, sooner than this at the current growth: page / warn."""
+
+
+def check_wal_growth(facts: Facts) -> list[Finding]:
+    """Per slot, the growth of its retained WAL over the last hour of samples
+    (:mod:`walrelay.monitor.wal_growth`) and when, at that rate, the slot
+    passes ``max_slot_wal_keep_size`` (lost) or pg_wal's disk fills."""
+    out: list[Finding] = []
+    for slot in facts.slots:
+        if slot.retained_bytes is None or slot.temporary or slot.wal_status == "lost":
+            continue
+        points = [
+            (p.age_seconds, p.retained_bytes)
+            for p in facts.history.get(slot.name, [])
+            if p.retained_bytes is not None
+        ]
+        growth = estimate_growth([*points, (0.0, slot.retained_bytes)])
+        if growth is None:
+            continue
+        etas: list[tuple[float, str]] = []
+        if slot.safe_wal_size is not None:
+            etas.append(
+                (
+                    growth.seconds_until(slot.safe_wal_size),
+                    "it passes max_slot_wal_keep_size and is lost",
+                )
+            )
+        if facts.disk is not None:
+            etas.append((growth.seconds_until(facts.disk.free), "the disk under pg_wal fills"))
+        first = min(etas, default=None)
+        severity = (
+            Severity.INFO
+            if first is None
+            else Severity.PAGE
+            if first[0] < ETA_PAGE_SECONDS
+            else Severity.WARN
+            if first[0] < ETA_WARN_SECONDS
+            else Severity.INFO
+        )
+        when = "; ".join(f"{what} in {format_duration(eta)}" for eta, what in sorted(etas))
+        out.append(
+            Finding(
+                "slot_wal_growth",
+                severity,
+                f"slot {slot.name}",
+                f"retained WAL grows {format_bytes(growth.bytes_per_second * 3600)}/h "
+                f"(from {format_bytes(growth.first_bytes)} to "
+                f"{format_bytes(growth.last_bytes)} over {format_duration(growth.span_seconds)}, "
+                f"{growth.samples} samples): "
+                + (
+                    f"at this rate {when}"
+                    if when
+                    else "no cap and no visible disk to measure it against"
+                ),
+                "find why its consumer is behind or stopped; raise max_slot_wal_keep_size only "
+                f"if the disk allows; if abandoned: SELECT pg_drop_replication_slot("
+                f"{literal(slot.name)});",
+                {
+                    "bytes_per_hour": round(growth.bytes_per_second * 3600),
+                    "span_seconds": round(growth.span_seconds, 1),
+                    "samples": growth.samples,
+                    "seconds_until_lost": next((round(e) for e, w in etas if "lost" in w), None),
+                    "seconds_until_disk_full": next(
+                        (round(e) for e, w in etas if "disk" in w), None
+                    ),
+                },
             )
         )
     return out
@@ -1389,9 +1491,11 @@ def run_doctor(
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
     state_schema: str | None = "walrelay",
     heartbeat_enabled: bool | None = None,
+    history_schema: str | None = None,
 ) -> Report:
-    """Connect read-only, gather, record the slot samples (in ``state_schema``;
-    None: not), diagnose. Raises :class:`DoctorError`."""
+    """Connect read-only, gather, read the slot samples' history (in
+    ``history_schema``, default ``state_schema``), record this run's samples
+    (in ``state_schema``; None: not), diagnose. Raises :class:`DoctorError`."""
     with connect(dsn) as conn:
         try:
             facts = gather(conn)
@@ -1399,6 +1503,9 @@ def run_doctor(
             raise DoctorError(
                 f"reading the catalogs of {masked_dsn(dsn)} failed: {_scrub(str(e), dsn).strip()}"
             ) from None
+        history_schema = history_schema or state_schema
+        if history_schema is not None:
+            facts.history = _read_history(conn, history_schema)
     facts.heartbeat_enabled = heartbeat_enabled
     extra: list[Finding] = []
     if state_schema is not None:
@@ -1422,6 +1529,22 @@ def run_doctor(
     return Report(masked_dsn(dsn), facts.server_version, facts.database, findings)
 
 
+HISTORY_SECONDS = 24 * 3600.0
+"""How far back the doctor reads the samples (the quiet-publication check
+looks that far; the growth rate over the last hour)."""
+
+
+def _read_history(conn: Conn, schema: str) -> dict[str, list[HistoryPoint]]:
+    """The samples of the last day; none when there are none to read (no
+    engine or doctor recorded any, or the role may not read them)."""
+    try:
+        return read_history(conn, schema, max(HISTORY_SECONDS, GROWTH_WINDOW_SECONDS))
+    except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
+        return {}
+    except psycopg.errors.InsufficientPrivilege:
+        return {}
+
+
 def _record_samples(dsn: str, schema: str, facts: Facts) -> str | None:
     """Record the slots in walrelay's samples and read the previous run's into
     ``facts``; why not, when it could not."""
@@ -1438,6 +1561,10 @@ def _record_samples(dsn: str, schema: str, facts: Facts) -> str | None:
             confirmed_flush_lsn=slot.confirmed_flush_lsn,
             wal_lsn=facts.current_wal_lsn,
             published_writes=writes if slot.database == facts.database else None,
+            wal_status=slot.wal_status,
+            retained_bytes=slot.retained_bytes,
+            confirmed_lag_bytes=_lag(facts.current_wal_lsn, slot.confirmed_flush_lsn),
+            safe_wal_size=slot.safe_wal_size,
         )
         for slot in facts.slots
         if not slot.temporary
@@ -1448,6 +1575,10 @@ def _record_samples(dsn: str, schema: str, facts: Facts) -> str | None:
     facts.sampling = sampling
     facts.sampled_inactive_seconds = sampling.inactive_seconds
     return None
+
+
+def _lag(current: str, confirmed: str | None) -> int | None:
+    return None if confirmed is None else parse_lsn(current) - parse_lsn(confirmed)
 
 
 @click.command("doctor")
@@ -1525,6 +1656,7 @@ def doctor_command(
             slot=slot,
             state_schema=None if no_record else (state_schema or "walrelay"),
             heartbeat_enabled=heartbeat,
+            history_schema=state_schema or "walrelay",
         )
     except DoctorError as e:
         click.echo(f"walrelay doctor: error: {e}", err=True)

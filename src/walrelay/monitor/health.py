@@ -11,7 +11,10 @@
   walsender serving a slot, with the delivery lag's thresholds;
 * ``walsender_cpu``: the walsender's CPU, from ``/proc/<pid>/stat`` when the
   database runs on this host (warn at 50% of a core, page at 90%, each held
-  for 5 min). Elsewhere it cannot be seen: a note says so;
+  for 5 min). Elsewhere it is estimated from ``pg_stat_activity`` wait
+  events sampled every second over 5 min
+  (:mod:`walrelay.monitor.walsender_waits`); without those samples a note
+  says it cannot be seen;
 * ``pg_wal_size``: when pg_wal's volume is not visible from here (a managed
   service), pg_wal's size (``pg_ls_waldir()``) against the most it should
   hold, ``max_wal_size + max_slot_wal_keep_size``.
@@ -28,6 +31,7 @@ from typing import Any
 from walrelay.monitor.alerts import Condition
 from walrelay.monitor.probe import Snapshot
 from walrelay.monitor.thresholds import Severity, Thresholds
+from walrelay.monitor.walsender_waits import WalsenderWaits
 from walrelay.units import format_bytes, format_duration
 
 __all__ = ["HEALTH_RULES", "EngineHealth", "WalsenderCpu"]
@@ -102,6 +106,8 @@ class EngineHealth:
     cpu: WalsenderCpu = field(default_factory=WalsenderCpu)
     failing_since: dict[str, float] = field(default_factory=dict)
     cpu_ratio: dict[str, float] = field(default_factory=dict)  # slot -> last ratio
+    # Wait-event samples of the walsenders, when the database is on another host.
+    waits: WalsenderWaits | None = None
     _counts: dict[str, _Counts] = field(default_factory=dict)
     _cpu_above: dict[tuple[str, str], float] = field(default_factory=dict)
 
@@ -214,7 +220,14 @@ class EngineHealth:
                         "the consumer confirms slowly: see its delivery lag and destinations",
                     )
                 )
-            if not local or slot.active_pid is None:
+            if slot.active_pid is None:
+                continue
+            if not local:
+                estimate = None if self.waits is None else self.waits.ratio(slot.active_pid)
+                if estimate is not None:
+                    self.cpu_ratio[slot.name] = estimate
+                    # Already the share over the last 5 minutes: no further hold.
+                    out += self._cpu_conditions(slot.name, estimate, now, hold=0.0)
                 continue
             pids.append(slot.active_pid)
             ratio = self.cpu.ratio(slot.active_pid, now)
@@ -223,15 +236,22 @@ class EngineHealth:
             self.cpu_ratio[slot.name] = ratio
             out += self._cpu_conditions(slot.name, ratio, now)
         self.cpu.forget_except(pids)
-        if not local:
+        if not local and self.waits is None:
             notes.append(
                 "walsender CPU unknown: the database is not on this host (it is read from "
                 "/proc); watch it with the host's own monitoring"
             )
+        elif not local:
+            notes.append(
+                "walsender CPU estimated: the database is not on this host, so it is the "
+                "share of 1 s samples of pg_stat_activity without a wait event over 5 min"
+            )
         out += self._pg_wal_size(snap, t, notes)
         return out
 
-    def _cpu_conditions(self, slot: str, ratio: float, now: float) -> list[Condition]:
+    def _cpu_conditions(
+        self, slot: str, ratio: float, now: float, hold: float = WALSENDER_CPU_HOLD_SECONDS
+    ) -> list[Condition]:
         held: dict[str, float] = {}
         for level, limit in (("page", WALSENDER_CPU_PAGE), ("warn", WALSENDER_CPU_WARN)):
             key = (slot, level)
@@ -240,14 +260,19 @@ class EngineHealth:
             else:
                 self._cpu_above.pop(key, None)
         for level, sev in (("page", Severity.PAGE), ("warn", Severity.WARN)):
-            if held.get(level, -1.0) >= WALSENDER_CPU_HOLD_SECONDS:
+            if held.get(level, -1.0) >= hold:
+                how = (
+                    f"for {format_duration(held[level])}"
+                    if hold
+                    else "over the last 5 min (estimated from its wait events)"
+                )
                 return [
                     Condition(
                         "walsender_cpu",
                         f"slot {slot}",
                         sev,
-                        f"the walsender of {slot} uses {ratio:.0%} of a core for "
-                        f"{format_duration(held[level])} (warn 50%, page 90%, for 5 min)",
+                        f"the walsender of {slot} uses {ratio:.0%} of a core {how} "
+                        "(warn 50%, page 90%, for 5 min)",
                         "decoding is CPU-bound: narrow the publication (FOR TABLE), stream "
                         "large transactions (source.streaming), or avoid several slots on "
                         "one database",

@@ -26,7 +26,7 @@ Metric names (the Grafana dashboard in ``grafana/walrelay.json`` uses them):
 ``walrelay_destination_failing_seconds{...}``  every attempt failing for (0: not)
 ``walrelay_parking_cap_used_ratio{...}``    parked events / bytes against the cap
 ``walrelay_replication_paused{reason}``     1 while paused (parked cap, backpressure)
-``walrelay_walsender_cpu_ratio{slot,...}``  walsender CPU, share of a core (local only)
+``walrelay_walsender_cpu_ratio{slot,...}``  walsender CPU, share of a core (/proc, or wait events)
 ``walrelay_walsender_write_lag_seconds``    pg_stat_replication.write_lag, per slot
 ``walrelay_walsender_flush_lag_seconds``    pg_stat_replication.flush_lag, per slot
 ``walrelay_max_slot_wal_keep_size_bytes``   the cap (absent when unlimited)

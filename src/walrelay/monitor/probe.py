@@ -25,6 +25,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from walrelay.monitor.doctor import DiskFacts, Setting, wal_disk
+from walrelay.monitor.walsender_waits import WALSENDER_WAITS
 
 __all__ = ["Probe", "ServerState", "SlotState", "Snapshot", "TransactionState", "read_snapshot"]
 
@@ -242,6 +243,14 @@ class Probe:
         except (psycopg.OperationalError, psycopg.InterfaceError):
             await self.close()
             raise
+
+    async def walsender_waits(self) -> list[tuple[int, bool]]:
+        """Every walsender's pid and whether it is on CPU (no wait event) now
+        (:mod:`walrelay.monitor.walsender_waits`)."""
+        if self._conn is None or self._conn.closed:
+            self._conn = await self._connect()
+        cursor = await self._conn.execute(WALSENDER_WAITS)
+        return [(int(r["pid"]), bool(r["on_cpu"])) for r in await cursor.fetchall()]
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None

@@ -8,6 +8,11 @@ are open and stopped after it shut them down. It owns
   connection, evaluates the :mod:`rules <walrelay.monitor.rules>` and
   hands the conditions to the :class:`~walrelay.monitor.alerts.AlertManager`,
   whose notifications go to the log and the alert webhooks;
+* the :class:`~walrelay.monitor.sampling.SlotSampler`, which records the
+  checks' slots in the state schema every ``monitor.samples.interval`` for
+  ``walrelay doctor``, and, when the source is on another host, the
+  :class:`~walrelay.monitor.walsender_waits.WalsenderWaits` estimating its
+  walsenders' CPU;
 * the commit -> delivered :class:`~walrelay.monitor.metrics.LatencyHistogram`
   (fed by the engine as batches finish);
 * the :class:`~walrelay.web.server.HttpServer` (``/healthz``, ``/metrics``,
@@ -56,8 +61,10 @@ from walrelay.monitor.rules import (
     evaluate_engine,
     evaluate_snapshot,
 )
+from walrelay.monitor.sampling import SlotSampler
 from walrelay.monitor.thresholds import DEFAULT_THRESHOLDS, Severity, Thresholds
 from walrelay.monitor.view import EngineView
+from walrelay.monitor.walsender_waits import WalsenderWaits
 from walrelay.pipeline.hooks import DeliveryHook
 
 if TYPE_CHECKING:
@@ -100,12 +107,22 @@ def instance_name(config: Config) -> str:
 class Monitor:
     """The check loop. :meth:`check` is one check; :meth:`run` loops until cancelled."""
 
-    def __init__(self, services: Services, config: MonitorConfig, dsn: str) -> None:
+    def __init__(
+        self,
+        services: Services,
+        config: MonitorConfig,
+        dsn: str,
+        sampler: SlotSampler | None = None,
+    ) -> None:
         self.services = services
         self.config = config
         self.interval = config.interval
         self.thresholds = thresholds_from_config(config)
         self.probe = Probe(dsn)
+        # Records the snapshots in the state schema for the doctor (monitor.samples).
+        self.sampler = sampler
+        # Walsender wait events, sampled once the source proves to be on another host.
+        self._waits_task: asyncio.Task[None] | None = None
         self.rule_state = RuleState()
         self.snapshot: Snapshot | None = None
         self.last_error: str | None = None
@@ -148,6 +165,15 @@ class Monitor:
             self.snapshot = snap
             self.last_error = None
             self._failures = 0
+            if self.sampler is not None:
+                self.sampler.offer(snap.server.current_lsn, snap.slots)
+                self._inactive_from_samples(now)
+            if snap.server.disk is None and self._waits_task is None:
+                waits = WalsenderWaits(self.probe.walsender_waits)
+                svc.engine_health.waits = waits
+                self._waits_task = asyncio.get_running_loop().create_task(
+                    waits.run(), name="walrelay-walsender-waits"
+                )
             rules |= DB_RULES | {"monitor_unavailable"}
             state = svc.state()
             detail = (
@@ -198,7 +224,24 @@ class Monitor:
                 log.exception("monitor: check failed")
             await asyncio.sleep(self.interval)  # the check timer
 
+    def _inactive_from_samples(self, now: float) -> None:
+        """Before PostgreSQL 17 a slot's inactive time is counted from the
+        first check that saw it; the samples in the state schema remember
+        longer (across walrelay's restarts): take the earlier start."""
+        assert self.sampler is not None
+        since = self.rule_state.inactive_since
+        for slot, seconds in self.sampler.inactive_seconds.items():
+            since[slot] = min(since.get(slot, now), now - seconds)
+        self.sampler.inactive_seconds = {}
+
     async def close(self) -> None:
+        task, self._waits_task = self._waits_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.sampler is not None:
+            await self.sampler.close()
         await self.probe.close()
 
 
@@ -273,7 +316,13 @@ class Services:
                 if config.monitor.dsn is not None
                 else config.source.dsn_value
             )
-            self.monitor = Monitor(self, config.monitor, dsn)
+            samples = config.monitor.samples
+            sampler = (
+                SlotSampler(config.source.dsn_value, config.state.schema, samples)
+                if samples.enabled
+                else None
+            )
+            self.monitor = Monitor(self, config.monitor, dsn, sampler)
             self._monitor_task = asyncio.get_running_loop().create_task(
                 self.monitor.run(), name="walrelay-monitor"
             )
@@ -529,6 +578,7 @@ class Services:
                 "error": monitor.last_error if monitor is not None else None,
                 "checks": monitor.checks_total if monitor is not None else 0,
                 "notes": snap.notes if snap is not None else [],
+                "samples": _samples_status(monitor.sampler if monitor is not None else None),
             },
             "alerts": [a.to_dict() for a in self.open_alerts()],
             # Replication paused: the parked-event cap, or delivery blocked (the
@@ -559,6 +609,20 @@ def slot_rows(snap: Snapshot, own_slot: str, state: RuleState | None) -> list[di
         rows.append(row)
     rows.sort(key=lambda r: (not r["owned"], r["name"]))
     return rows
+
+
+def _samples_status(sampler: SlotSampler | None) -> dict[str, Any] | None:
+    """The engine's slot samples (monitor.samples), for the status document."""
+    if sampler is None:
+        return None
+    return {
+        "interval": sampler.interval,
+        "retention": sampler.retention,
+        "recorded": sampler.samples_total,
+        "pruned": sampler.pruned_total,
+        "failures": sampler.failures_total,
+        "error": sampler.last_error,
+    }
 
 
 def server_dict(snap: Snapshot | None) -> dict[str, Any] | None:

@@ -26,6 +26,7 @@ from walrelay.state.parking import migration_statements as failed_events_stateme
 from walrelay.state.parking import rename_migration_statements as parked_events_rename
 from walrelay.state.parking import revision_migration_statements as failed_revision_statements
 from walrelay.state.parking import route_migration_statements as failed_route_statements
+from walrelay.state.slot_samples import history_migration_statements as slot_history_statements
 from walrelay.state.slot_samples import migration_statements as slot_samples_statements
 from walrelay.state.sync import migration_statements as sync_statements
 
@@ -102,6 +103,7 @@ MIGRATIONS: list[Migration] = [
     Migration(7, "failed_events renamed parked_events", parked_events_rename),
     Migration(8, "two-way sync: tombstones and conflicts", sync_statements),
     Migration(9, "slot samples (doctor)", slot_samples_statements),
+    Migration(10, "slot sample history (engine and doctor)", slot_history_statements),
 ]
 
 
