@@ -9,6 +9,7 @@ import base64
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -50,6 +51,13 @@ from walrelay.worker.status import fetch_worker_status
 pytestmark = pytest.mark.servers
 
 PARTITIONS = 12
+
+
+PROCESS_START = 120.0
+"""Seconds a test allows a `walrelay worker` process to start and join its group.
+Each imports the whole engine first: measured 10-30 s per process (and over 40 s
+for two at once) on this project's 2 shared cores under load (load average 10-15);
+the CI machine is slower still. A deadline, not a pause: waits end when ready."""
 
 
 @pytest.fixture(scope="module")
@@ -258,7 +266,7 @@ async def test_three_workers_through_a_kill_and_a_late_join(
                             # one member dies without a word.
                             await wait_for(
                                 lambda: f"assigned {prefix}" in logs[1].read_text(),
-                                within=30,
+                                within=PROCESS_START,
                                 what="the second worker to get partitions",
                             )
                             goal = len(hook.ids) + 50
@@ -277,7 +285,7 @@ async def test_three_workers_through_a_kill_and_a_late_join(
                             w2 = stack.enter_context(worker_process(worker_cfg, logs[2]))
                             await wait_for(
                                 lambda: f"assigned {prefix}" in logs[2].read_text(),
-                                within=30,
+                                within=PROCESS_START,
                                 what="the late worker to get partitions",
                             )
                         for start in range(1, keys + 1, 10):
@@ -498,7 +506,7 @@ async def test_processes_share_the_group_report_status_and_stop_together(
     admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
     admin.create_topics([NewTopic(topic, num_partitions=4, replication_factor=1)])[topic].result(30)
     produce_envelopes(kafka.bootstrap, topic, [(k, 1) for k in range(1, 41)], 0x100)
-    port = free_port()
+    port = consecutive_free_ports(2)  # process i listens on port + i
     async with WebhookReceiver(secret) as hook:
         config = worker_config(kafka, f"g-{topic}", topic, db, hook.url)
         http = {"port": port, "token_env": "WALRELAY_TEST_TOKEN"}
@@ -508,19 +516,32 @@ async def test_processes_share_the_group_report_status_and_stop_together(
             start_cli, ["worker", "--config", str(path), "--processes", "2"], tmp_path / "w.log"
         )
         try:
-            await wait_for(lambda: len(set(hook.ids)) == 40, within=40, what="every event")
 
-            async def settled() -> bool:
+            async def shared() -> list[dict[str, Any]] | None:
+                """Both members' partitions once each owns some (the group's rebalance
+                is done: one member with all four is the state before the other joins)."""
                 docs, _ = await asyncio.to_thread(fetch_worker_status, file_config)
                 parts = [p for d in docs for p in d["partitions"]]
+                if len(docs) != 2 or not all(d["partitions"] for d in docs):
+                    return None
+                return parts if sorted(p["partition"] for p in parts) == [0, 1, 2, 3] else None
+
+            async def caught_up() -> bool:
+                parts = await shared()
                 return (
-                    len(docs) == 2
-                    and sorted(p["partition"] for p in parts) == [0, 1, 2, 3]
+                    parts is not None
                     and all(p["lag_records"] == 0 for p in parts)
                     and all(p["committed_offset"] == p["safe_offset"] for p in parts)
                 )
 
-            await wait_for(settled, within=30, what="both processes' status, caught up")
+            # Start-up is the slow part (PROCESS_START): the parent, then each child,
+            # before a cooperative rebalance (two rounds, ~2 s) shares the partitions.
+            async def in_group() -> bool:
+                return await shared() is not None
+
+            await wait_for(in_group, within=PROCESS_START, what="both processes in the group")
+            await wait_for(lambda: len(set(hook.ids)) == 40, within=30, what="every event")
+            await wait_for(caught_up, within=30, what="both processes' status, caught up")
             as_json = await asyncio.to_thread(run_cli, "status", "--config", str(path), "--json")
             docs = orjson.loads(as_json)
             assert sum(p["safe_offset"] for d in docs for p in d["partitions"]) == 40
@@ -536,6 +557,27 @@ async def test_processes_share_the_group_report_status_and_stop_together(
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def consecutive_free_ports(count: int) -> int:
+    """The first of ``count`` consecutive free loopback ports. A free first port
+    alone is not enough: the next one may be any socket's (a client's ephemeral
+    port on a busy machine), and then the second process has no HTTP at all."""
+    for _ in range(100):
+        first = free_port()
+        socks: list[socket.socket] = []
+        try:
+            for port in range(first, first + count):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+        return first
+    raise AssertionError(f"no {count} consecutive free ports on 127.0.0.1")
 
 
 def start_cli(args: list[str], log: Path) -> subprocess.Popen[bytes]:

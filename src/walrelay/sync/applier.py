@@ -154,6 +154,9 @@ class Direction:
         self._origin_names: dict[int, str] = {}
         self._sql: dict[tuple[Any, ...], sql.Composed] = {}
         self._warned: set[str] = set()
+        # (source end LSN, conflicts counted) of a transaction whose COMMIT may or
+        # may not have happened (the connection broke during it).
+        self._in_doubt: tuple[Lsn, Counter[str]] | None = None
 
     # -- life cycle -------------------------------------------------------------
 
@@ -214,10 +217,21 @@ class Direction:
         except BaseException:
             await conn.close()
             raise
+        self._settle_in_doubt(progress)
         if progress > self.applied_end:
             self.applied_end = progress
         log.info("sync %s: connected; applied up to %s", self.name, format_lsn(self.applied_end))
         return conn
+
+    def _settle_in_doubt(self, progress: Lsn) -> None:
+        """The origin's ``progress`` says whether the COMMIT in doubt happened; if
+        not, its conflicts are uncounted (the transaction is applied again)."""
+        if self._in_doubt is None:
+            return
+        end, counted = self._in_doubt
+        self._in_doubt = None
+        if progress < end:
+            self.stats.conflicts -= counted
 
     def _attach(self, reader: ReaderHandle) -> None:
         # The reader may be past our position: it must start again from the slot
@@ -269,6 +283,7 @@ class Direction:
     async def _apply_tx(self, conn: Conn, tx: SourceTx) -> None:
         for attempt in range(10):
             conflicts: list[ConflictRecord] = []
+            counted: Counter[str] = Counter()
             try:
                 # Not pipelined: psycopg's async pipeline polls a writable socket
                 # while it waits, which costs the one core all directions share.
@@ -286,12 +301,26 @@ class Direction:
                             continue
                         await self._apply_change(conn, tx, change, conflicts, overwritten)
                         overwritten = None
+                    # Counted before the COMMIT goes out: the logged rows become visible
+                    # at the commit, and the reply reaches this task later still, so
+                    # counting after it would let the metric say fewer conflicts than
+                    # the conflicts table holds.
+                    counted = Counter(c.conflict for c in conflicts)
+                    self.stats.conflicts += counted
                 break
             except _RETRYABLE as e:
+                self.stats.conflicts -= counted  # the commit failed: nothing was logged
                 log.info(
                     "sync %s: retrying transaction %s: %s", self.name, format_lsn(tx.commit_lsn), e
                 )
                 await asyncio.sleep(0.05 * (attempt + 1))
+            except BaseException:
+                if counted:
+                    # The connection broke (or we were cancelled) during the COMMIT:
+                    # whether it happened is known from the origin's progress when
+                    # the direction connects again (_connect).
+                    self._in_doubt = (tx.end_lsn, counted)
+                raise
         else:
             raise psycopg.errors.SerializationFailure(
                 f"transaction {format_lsn(tx.commit_lsn)} failed 10 times"
@@ -305,7 +334,6 @@ class Direction:
         st.last_commit_time = tx.committed_at
         st.last_applied_at = asyncio.get_running_loop().time()
         for c in conflicts:
-            st.conflicts[c.conflict] += 1
             log.info(
                 "sync %s: %s on %s %s resolved %s",
                 self.name,
