@@ -59,7 +59,7 @@ def direction(monkeypatch: pytest.MonkeyPatch) -> Direction:
     d = Direction(settings, "b", "a", {"public.items": load_resolver("last_write_wins")})
 
     async def apply_change(
-        conn: Any, tx: SourceTx, change: Change, conflicts: list[ConflictRecord]
+        conn: Any, tx: SourceTx, change: Change, conflicts: list[ConflictRecord], note: object
     ) -> None:
         conflicts.append(
             ConflictRecord(
@@ -86,7 +86,7 @@ async def _no_sleep(seconds: float) -> None:
 
 
 def tx(end: int) -> SourceTx:
-    return SourceTx("b", end - 1, end, T0, (object(),))  # type: ignore[arg-type]
+    return SourceTx("b", end - 1, end, T0, (Change(op="delete"),))
 
 
 async def test_the_conflicts_are_counted_before_the_commit_makes_them_visible(
