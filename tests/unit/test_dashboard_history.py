@@ -29,3 +29,14 @@ def test_history_keeps_a_bounded_window_of_what_the_charts_draw() -> None:
         "destinations": {"hook": {"events_out": 290, "lag": 2.5}},
         "slots": {"orders": 4096},
     }
+
+
+def test_a_status_without_delivery_counts_still_samples() -> None:
+    """A worker's or a sync's document may lack fields the engine's has: the
+    sample counts what is there and never fails on what is not."""
+    doc = {"time": 1.0, "destinations": [{"name": "hook", "delivered": 3}]}
+    history = History(lambda: doc, interval=5.0)
+    history.sample()
+    assert history.to_dict()["points"] == [
+        {"t": 1.0, "destinations": {"hook": {"events_out": 0, "lag": 0.0}}, "slots": {}}
+    ]

@@ -29,7 +29,7 @@ def _point(status: dict[str, Any]) -> dict[str, Any]:
     return {
         "t": status["time"],
         "destinations": {
-            d["name"]: {"events_out": d["events_out"], "lag": d.get("lag") or 0.0}
+            d["name"]: {"events_out": d.get("events_out") or 0, "lag": d.get("lag") or 0.0}
             for d in status.get("destinations", [])
         },
         "slots": {s["name"]: s.get("retained_bytes") or 0 for s in status.get("slots", [])},

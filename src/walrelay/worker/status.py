@@ -87,6 +87,7 @@ class WorkerStatus:
                 {
                     "name": dest.name,
                     "delivered": dest.delivered_total,
+                    "events_out": dest.delivered_total,  # the key `run` uses (dashboard)
                     "parked": dest.parked_total,
                     "failures": dest.failures_total,
                     "in_flight": dest.in_flight,
