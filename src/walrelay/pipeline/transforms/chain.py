@@ -4,7 +4,11 @@
 that apply to the event's table (cached per table) run on the decoded
 envelope; the result is re-encoded (``body``, ``key_json``, ``keys`` when
 the key changed, ``route`` when ``route`` set a topic). A table no step
-applies to costs one dict lookup: the event passes as it is.
+applies to costs one dict lookup: the event passes as it is. The envelope
+is read by :func:`walrelay.exact_json.loads`: a json column's numbers that a
+double cannot hold (``12345678901234567890123``, ``0.1000000000000000000000001``,
+``1e400``) come back as written (a step sees an int or a
+:class:`~walrelay.exact_json.JsonNumber`; CEL sees a double).
 
 A step that fails on an event (an exception from the python hook, a filter
 that raised, a null ``key`` column...) does not stop anything: the event is
@@ -30,6 +34,7 @@ from typing import Any, Final
 
 import orjson
 
+from walrelay import exact_json
 from walrelay.errors import WalrelayError
 from walrelay.model import Event, Route
 from walrelay.pipeline.envelope import encode_json
@@ -59,7 +64,7 @@ class StepError(Exception):
 
 
 def _message_key(key: Any) -> str | None:
-    return None if key is None else orjson.dumps(key, option=_SORT).decode()
+    return None if key is None else exact_json.dumps(key, option=_SORT).decode()
 
 
 class TransformChain:
@@ -100,7 +105,7 @@ class TransformChain:
         steps = self.steps_for(event.table)
         if not steps:
             return event
-        env = orjson.loads(event.body)
+        env = exact_json.loads(event.body)
         self._check_columns(event, env)
         out = self._run(Draft(event, env), steps, 0)
         if not out:
@@ -143,7 +148,7 @@ class TransformChain:
             if not steps:
                 results.append(event)
                 continue
-            env = orjson.loads(event.body)
+            env = exact_json.loads(event.body)
             self._check_columns(event, env)
             waiting: list[tuple[Draft, int]] = []
             results.append(self._run(Draft(event, env), steps, 0, waiting))
@@ -328,7 +333,7 @@ class TransformChain:
         Returns the event to send, or None (dropped). Raises :class:`StepError`
         when a step fails again (the text is the new traceback).
         """
-        data = orjson.loads(event.body)
+        data = exact_json.loads(event.body)
         marker = data["walrelay_resume"]
         env = data["envelope"]
         draft = Draft(event, env)
