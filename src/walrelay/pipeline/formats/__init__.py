@@ -83,7 +83,7 @@ def build_formatters(
                 db=str(db),
                 version=_version(),
                 relation=relation,
-                transformed=bool(dcfg.transforms),
+                transformed=bool(dcfg.transforms) or dcfg.router is not None,
             )
         elif dcfg.format == "cloudevents":
             out[dcfg.name] = CloudEventsFormatter(dcfg.cloudevents, slot=slot)

@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from walrelay.exact_json import JSON_TYPE_OIDS
 from walrelay.format_config import DebeziumOptions
 from walrelay.model import Event, Relation, Rendering
 from walrelay.pipeline.envelope import encode_json
@@ -45,7 +46,6 @@ __all__ = ["DebeziumFormatter"]
 
 _OPS: Final = {"insert": "c", "update": "u", "delete": "d", "read": "r", "truncate": "t"}
 _BYTEA_OID: Final = 17
-_JSON_OIDS: Final = frozenset({114, 3802, 199, 3807})  # json, jsonb and their arrays
 
 
 class _Table:
@@ -59,7 +59,7 @@ class _Table:
         self.placeholder: dict[str, Any] = {}
         self.dropped = frozenset(c.name for c in relation.columns if c.type_oid in UNSUPPORTED_OIDS)
         # Whether a row can hold a number orjson would not read back as written.
-        self.json = any(c.type_oid in _JSON_OIDS for c in relation.columns)
+        self.json = any(c.type_oid in JSON_TYPE_OIDS for c in relation.columns)
         text = options.unavailable_value_placeholder
         for col in relation.columns:
             if col.type_oid in UNSUPPORTED_OIDS:
