@@ -10,9 +10,9 @@ an error and ``1.5``.
 :func:`loads` reads with orjson first and keeps that result when writing it
 back gives every number token as it was. Telling is cheap in the common
 case: the result written again by orjson equals the text (walrelay's own
-compact bodies), or does once the spaces PostgreSQL prints after ``:`` and
-``,`` (jsonb's text) are left out of both -- deleting spaces changes no
-number token, so equal texts have equal numbers. Otherwise one
+compact bodies), or does once whitespace is deleted from both (jsonb's text
+is spaced) -- deleting whitespace changes no number token, so equal texts
+have equal numbers. Otherwise one
 regular-expression pass finds the number tokens orjson might not give back
 as written (integers of 19 or more digits, tokens with a fraction or an
 exponent; it errs on the side of checking a token-like run inside a string)
@@ -48,6 +48,7 @@ are exact, floats are printed shortest, numerics travel as strings)."""
 
 _INT_MIN: Final = -(2**63)
 _INT_MAX: Final = 2**64 - 1
+_WHITESPACE: Final = b" \t\n\r"
 
 # A number token orjson may not give back as written: after ``:``, ``,`` or
 # ``[`` (and spaces), 19+ digits or a fraction or an exponent, ending where a
@@ -76,14 +77,18 @@ class JsonNumber(Decimal):
         return f"JsonNumber({self.text!r})"
 
 
-def _exact(data: bytes | str, value: Any) -> bool:
+def _exact(data: bytes | str, value: Any, again: bytes | None = None) -> bool:
     """Whether ``value``, orjson's reading of ``data``, gives every number back
-    as written."""
+    as written (``again``: ``value`` written by orjson, when already made)."""
     raw = data.encode() if isinstance(data, str) else data
-    again = orjson.dumps(value)
+    if again is None:
+        again = orjson.dumps(value)
     if again == raw:
         return True
-    if _unspaced(again) == _unspaced(raw):
+    # Without whitespace (jsonb's ", " and ": ", spaces in strings): deleting
+    # it changes no number token, so equal texts have equal numbers.
+    stripped = raw.translate(None, _WHITESPACE)
+    if stripped == again or stripped == again.translate(None, _WHITESPACE):
         return True
     for match in _SUSPECT.finditer(raw):
         token = match.group(1)
@@ -93,10 +98,6 @@ def _exact(data: bytes | str, value: Any) -> bool:
         elif not _INT_MIN <= int(token) <= _INT_MAX:
             return False
     return True
-
-
-def _unspaced(text: bytes) -> bytes:
-    return text.replace(b": ", b":").replace(b", ", b",")
 
 
 def _lossless(data: bytes | str) -> Any:
@@ -127,9 +128,10 @@ def loads(data: bytes | str) -> Any:
         except ValueError:
             raise orjson.JSONDecodeError("not JSON", str(data), 0) from None
     if type(value) is dict or type(value) is list:
-        if type(data) is bytes and orjson.dumps(value) == data:
+        again = orjson.dumps(value)
+        if again == data:
             return value  # walrelay's own compact bodies: the common case
-        return value if _exact(data, value) else _lossless(data)
+        return value if _exact(data, value, again) else _lossless(data)
     if isinstance(value, float | int) and not isinstance(value, bool):
         return _lossless(data)  # a bare number: read it exactly
     return value
