@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hmac
+from decimal import Decimal
 from hashlib import sha256
 
 import orjson
 import pytest
 
+from tests.unit import transform_hooks
 from tests.unit.transforms_support import BEGIN, chain, env, event
 from walrelay.errors import ConfigError
 from walrelay.model import Change, Column, Event, Relation
@@ -271,3 +273,16 @@ def test_cast_to_number_keeps_digits_and_never_nulls_nan() -> None:
         out = c.apply(e)
         assert isinstance(out, Event)
         assert b'"amount":' + token + b"}" in out.body
+
+
+def test_a_python_hook_sees_exact_numbers_and_returns_them_intact() -> None:
+    transform_hooks.SEEN.clear()
+    c = chain(
+        {"python": "tests.unit.transform_hooks:record_doc_types"},
+        catalog={"public.docs": ("id", "doc", "raw", "amount")},
+    )
+    out = c.apply(doc_event(7))
+    assert isinstance(out, Event) and out.failure is None
+    # An int of any size; a Decimal (JsonNumber) where a double would lose digits.
+    assert [("int", "JsonNumber", Decimal("1.000000000000000000000001"))] == transform_hooks.SEEN
+    assert '"doc":' + (BIG_DOC % 7).replace(": ", ":").replace(", ", ",") in out.body.decode()
