@@ -7,12 +7,11 @@ when a change becomes an :class:`Event` (see ``walrelay.pipeline.envelope``).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal
 
-import orjson
+from walrelay import exact_json
 
 Lsn = int
 """A WAL position as an unsigned 64-bit integer."""
@@ -257,13 +256,9 @@ class Event:
 
 
 def parse_body(data: bytes) -> Any:
-    """An event body parsed. orjson reads numbers as 64-bit ints or doubles; a
-    json column's number beyond a double (``1e400``, which the body carries
-    verbatim) makes it refuse, and the standard library reads it instead."""
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return json.loads(data)
+    """An event body parsed, every number exact (a json column's
+    ``12345678901234567890123`` or ``1e400``): :func:`walrelay.exact_json.loads`."""
+    return exact_json.loads(data)
 
 
 EVENT_OVERHEAD_BYTES = 320

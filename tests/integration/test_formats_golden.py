@@ -183,6 +183,12 @@ def walrelay_records(events: list[Event]) -> list[dict[str, Any]]:
     return out
 
 
+def run_workload(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for statement in statements((DATA / "stream.sql").read_text()):
+            conn.execute(statement)
+
+
 async def test_debezium_format_matches_real_debezium(db: str, tmp_path: Path) -> None:
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute((DATA / "setup.sql").read_text())
@@ -202,18 +208,12 @@ async def test_debezium_format_matches_real_debezium(db: str, tmp_path: Path) ->
     for record in expected:  # the golden run's database was called "golden"
         assert record["value"]["source"]["db"] == "golden"
         record["value"]["source"]["db"] = dbname
-
-    def stream_workload() -> None:
-        with psycopg.connect(db, autocommit=True) as conn:
-            for statement in statements((DATA / "stream.sql").read_text()):
-                conn.execute(statement)
-
     async with running_engine(cfg, sink_factory=lambda d: sinks[d.name]) as engine:
         await wait_for(lambda: len(sink.delivered) >= 3, within=30)
         # Its TRUNCATE waits for the snapshot's table locks: once streaming, and
         # from a thread, never blocking the loop the engine runs on.
         await wait_for(lambda: engine.streaming, what="the snapshot read, streaming")
-        await asyncio.to_thread(stream_workload)
+        await asyncio.to_thread(run_workload, db)
         await wait_for(lambda: any(e.table == "public.zz_end" for e in sink.delivered), within=30)
         await wait_for(lambda: sum(e.op == "end" for e in sinks["tx"].delivered) >= 18, within=30)
     got = walrelay_records(sink.delivered)

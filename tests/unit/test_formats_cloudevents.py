@@ -3,7 +3,9 @@ rendered event: ce- headers, record keys by key_format, tombstone keys."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -160,3 +162,33 @@ def test_a_type_template_with_an_unknown_field_is_a_config_error() -> None:
 
     with pytest.raises(ValidationError, match=r"\{schema\}, \{table\} and \{op\}"):
         CloudEventsOptions(type="walrelay.{tabel}")
+
+
+BIG_JSONB = (
+    '{"big": 12345678901234567890123, "dec": 0.1000000000000000000000001, '
+    '"exp": 1' + "0" * 400 + ', "scaled": 1.50}'
+)
+
+
+@pytest.mark.parametrize("mode", ["structured", "binary"])
+def test_json_numbers_reach_the_data_digit_for_digit(mode: str) -> None:
+    rel = Relation(
+        1, "public", "docs", "d", (Column("id", 23, -1, True), Column("doc", 3802, -1, False))
+    )
+    builder = EnvelopeBuilder(TypeRegistry())
+    event = builder.build(
+        BEGIN, Change(op="insert", relation=rel, new=(b"1", BIG_JSONB.encode())), 0
+    )
+    out = CloudEventsFormatter(CloudEventsOptions(mode=mode), slot="main").render(
+        event, SNAPSHOT_NONE
+    )
+    # The envelope is spliced in as it is: the jsonb text PostgreSQL printed.
+    assert BIG_JSONB.encode() in out.body
+    data = json.loads(out.body, parse_float=Decimal)
+    if mode == "structured":
+        data = data["data"]
+    doc = data["record"]["doc"]
+    assert doc["big"] == 12345678901234567890123
+    assert doc["dec"] == Decimal("0.1000000000000000000000001")
+    assert doc["exp"] == 10**400
+    assert str(doc["scaled"]) == "1.50"

@@ -5,6 +5,7 @@ for the same input (tests/data/debezium/golden.jsonl) unless said otherwise."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
@@ -312,3 +313,50 @@ def test_converter_passes_through_what_it_cannot_read() -> None:
     assert value_converter(1231, NUMERIC_6_2, options)("[0:1]={1.50,2}") == "[0:1]={1.50,2}"
     assert value_converter(1114, -1, options)("infinity") == "infinity"
     assert value_converter(1082, -1, options)("5874897-12-31 BC") == "5874897-12-31 BC"
+
+
+# jsonb as PostgreSQL prints it: numbers a double cannot hold, 1e400 as its digits.
+BIG_JSONB = (
+    '{"big": 12345678901234567890123, "dec": 0.1000000000000000000000001, '
+    '"exp": 1' + "0" * 400 + ', "scaled": 1.50, "arr": [18446744073709551616, 2.5]}'
+)
+BIG_JSON = '{"exp": 1e400, "big": 12345678901234567890123, "dec": 0.1000000000000000000000001}'
+
+
+@pytest.mark.parametrize(
+    ("oid", "text", "expected"),
+    [
+        (3802, BIG_JSONB, BIG_JSONB),
+        (114, BIG_JSON, BIG_JSON),
+        (3807, '{"{\\"big\\": 12345678901234567890123}"}', ['{"big": 12345678901234567890123}']),
+    ],
+)
+def test_json_numbers_keep_every_digit(oid: int, text: str, expected: Any) -> None:
+    """Debezium's json string holds the document's numbers digit for digit
+    (orjson alone gives 1.2345678901234568e+22, 0.1 and refuses 1e400)."""
+    assert one_value(oid, -1, text) == expected
+    rel = relation(("id", 23, -1), ("v", oid, -1))
+    builder = EnvelopeBuilder(TypeRegistry())
+    event = builder.build(BEGIN, Change(op="insert", relation=rel, new=(b"1", text.encode())), 3)
+    untransformed = DebeziumFormatter(
+        DebeziumOptions(),
+        name="golden",
+        db="app",
+        version="walrelay-test",
+        relation=builder.relation,
+        clock=lambda: NOW_NS,
+        transformed=False,  # a destination without transforms: checked for json tables only
+    ).render(event, SNAPSHOT_NONE)
+    assert orjson.loads(untransformed.body)["after"]["v"] == expected
+
+
+def test_a_cast_numbers_digits_survive_the_format() -> None:
+    """A transform's exact number (``cast`` numeric -> number) in a table
+    without json columns: read exactly when the destination has transforms."""
+    rel = relation(("id", 23, -1), ("v", 25, -1))
+    builder = EnvelopeBuilder(TypeRegistry())
+    event = builder.build(BEGIN, Change(op="insert", relation=rel, new=(b"1", b"x")), 3)
+    body = event.body.replace(b'"v":"x"', b'"v":12345678901234567890.123456789')
+    event = dataclasses.replace(event, body=body)
+    out = formatter(builder).render(event, SNAPSHOT_NONE)
+    assert b'"v":12345678901234567890.123456789' in out.body

@@ -237,3 +237,21 @@ def test_outbox_ddl() -> None:
     assert texts[5] == (
         'CREATE PUBLICATION "pub" FOR TABLE "app"."events" WITH (publish_via_partition_root = true)'
     )
+
+
+BIG_PAYLOAD = (
+    '{"total": 0.1000000000000000000000001, "id": 12345678901234567890123, '
+    '"exp": 1' + "0" * 400 + ', "scaled": 1.50}'
+)
+
+
+def test_payload_numbers_keep_every_digit_from_a_row_and_a_message() -> None:
+    # A jsonb payload column, spliced into the envelope as PostgreSQL printed it.
+    row = router().route(row_event({**ORDER, "payload": orjson.Fragment(BIG_PAYLOAD)}))
+    content = '{"aggregate_type": "order", "aggregate_id": "42", "payload": ' + BIG_PAYLOAD + "}"
+    message = router().route(message_event(content))
+    compact = BIG_PAYLOAD.replace(": ", ":").replace(", ", ",").encode()
+    for out in (row, message):
+        assert out is not None and out.route is not None
+        assert out.route.value == compact
+        assert b'"payload":' + compact in out.body

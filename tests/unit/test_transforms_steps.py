@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import hmac
+from decimal import Decimal
 from hashlib import sha256
 
 import orjson
 import pytest
 
-from tests.unit.transforms_support import chain, env, event
+from tests.unit import transform_hooks
+from tests.unit.transforms_support import BEGIN, chain, env, event
 from walrelay.errors import ConfigError
-from walrelay.model import Event
-from walrelay.pipeline.envelope import KEY_SEPARATOR
+from walrelay.model import Change, Column, Event, Relation
+from walrelay.pipeline.envelope import KEY_SEPARATOR, EnvelopeBuilder
+from walrelay.source.types import TypeRegistry
 
 
 @pytest.mark.parametrize("op", ["insert", "update", "delete", "read"])
@@ -205,3 +208,81 @@ def test_a_hashed_key_column_leaves_no_raw_value_in_the_grouping_keys(
     assert out.keys == (
         "public.customers" + KEY_SEPARATOR + orjson.dumps(env(out)["key"]).decode(),
     )
+
+
+# A jsonb column as PostgreSQL prints it: a >64-bit integer, a decimal of more
+# than 17 significant digits, 1e400 (jsonb prints its 401 digits), a trailing zero.
+DOCS = Relation(
+    oid=2,
+    schema="public",
+    name="docs",
+    replica_identity="f",
+    columns=(
+        Column("id", 23, -1, True),
+        Column("doc", 3802, -1, False),
+        Column("raw", 114, -1, False),
+        Column("amount", 1700, -1, False),
+    ),
+)
+BIG_DOC = (
+    '{"n": %d, "big": 12345678901234567890123, "dec": 0.1000000000000000000000001, '
+    '"exp": 1' + "0" * 400 + ', "scaled": 1.50}'
+)
+BIG_RAW = '{"exp": 1e400, "dec": 0.1000000000000000000000001}'
+BIG_AMOUNT = "12345678901234567890.123456789012345678901234567890"
+
+
+def doc_event(n: int, op: str = "insert") -> Event:
+    new = (b"1", (BIG_DOC % n).encode(), BIG_RAW.encode(), BIG_AMOUNT.encode())
+    builder = EnvelopeBuilder(TypeRegistry())
+    if op == "update":
+        change = Change(op="update", relation=DOCS, new=new, old=new, old_kind="O")
+    else:
+        change = Change(op="insert", relation=DOCS, new=new)
+    return builder.build(BEGIN, change, 0)
+
+
+def test_json_numbers_keep_every_digit_through_filter_rename_set_and_cast() -> None:
+    c = chain(
+        {"filter": "record.doc.n == 7 && record.doc.big > 1.0e22 && record.doc.exp > 1.0e300"},
+        {"rename": {"columns": {"doc": "document"}}},
+        {"set": {"fields": {"source_system": "billing"}}},
+        {"cast": {"columns": {"amount": "number"}}},
+        catalog={"public.docs": ("id", "doc", "raw", "amount")},
+    )
+    assert c.apply(doc_event(8)) is None  # the filter read the json field
+    # As the Router sets it: the table's columns say it has json values.
+    c.relation = {"public.docs": DOCS}.get
+    for op in ("insert", "update"):
+        out = c.apply(doc_event(7, op))
+        assert isinstance(out, Event) and out.failure is None
+        body = out.body.decode()
+        assert '"document":' + (BIG_DOC % 7).replace(": ", ":").replace(", ", ",") in body
+        assert '"raw":' + BIG_RAW.replace(": ", ":").replace(", ", ",") in body  # 1e400 as written
+        assert '"amount":' + BIG_AMOUNT + "," in body  # a JSON number with every digit
+        assert '"source_system":"billing"' in body
+        if op == "update":  # the old row's json keeps every digit too
+            assert body.count('"big":12345678901234567890123,') == 2
+
+
+def test_cast_to_number_keeps_digits_and_never_nulls_nan() -> None:
+    c = chain({"cast": {"columns": {"amount": "number"}}})
+    for text, token in (("12.50", b"12.50"), ("0.1", b"0.1"), ("NaN", b'"NaN"')):
+        e = event()
+        e.body = e.body.replace(b'"amount":"12.50"', b'"amount":"' + text.encode() + b'"')
+        out = c.apply(e)
+        assert isinstance(out, Event)
+        assert b'"amount":' + token + b"}" in out.body
+
+
+def test_a_python_hook_sees_exact_numbers_and_returns_them_intact() -> None:
+    transform_hooks.SEEN.clear()
+    c = chain(
+        {"python": "tests.unit.transform_hooks:record_doc_types"},
+        catalog={"public.docs": ("id", "doc", "raw", "amount")},
+    )
+    out = c.apply(doc_event(7))
+    assert isinstance(out, Event) and out.failure is None
+    # An int of any size; a Decimal (JsonNumber) where a double would lose digits.
+    assert [("int", "JsonNumber", Decimal("1.000000000000000000000001"))] == transform_hooks.SEEN
+    assert '"doc":' + (BIG_DOC % 7).replace(": ", ":").replace(", ", ",") in out.body.decode()

@@ -67,3 +67,14 @@ def test_truncate_is_a_barrier() -> None:
 def test_other_records_are_refused_with_the_reason(value: bytes | None, why: str) -> None:
     with pytest.raises(NotAnEnvelope, match=why):
         event_from_record(value, b"k", [])
+
+
+def test_a_json_key_keeps_every_digit() -> None:
+    rel = Relation(16385, "public", "docs", "d", (Column("doc", 3802, -1, True),))
+    doc = b'{"big": 12345678901234567890123, "dec": 0.1000000000000000000000001}'
+    event = EnvelopeBuilder(TypeRegistry()).build(BEGIN, Change("insert", rel, new=(doc,)), 0)
+    key = message_key(event, "public.docs")
+    assert key == b'{"doc":{"big":12345678901234567890123,"dec":0.1000000000000000000000001}}'
+    headers = [("id", event.id.encode()), ("op", b"insert"), ("table", b"public.docs")]
+    back = event_from_record(event.body, key, headers)
+    assert back.key_json == key

@@ -75,3 +75,13 @@ def batch_short(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def batch_one_bad(events: list[dict[str, Any]]) -> list[Any]:
     return [7 if _ids([e]) == [2] else e for e in events]
+
+
+SEEN: list[Any] = []
+"""What :func:`record_doc_types` saw: (type of doc.big, type of doc.dec)."""
+
+
+def record_doc_types(event: dict[str, Any]) -> dict[str, Any]:
+    doc = event["record"]["doc"]
+    SEEN.append((type(doc["big"]).__name__, type(doc["dec"]).__name__, doc["dec"] * 10))
+    return event

@@ -28,6 +28,7 @@ import orjson
 import psycopg
 from psycopg.rows import dict_row
 
+from walrelay import exact_json
 from walrelay.config import Config, load_config
 from walrelay.dsn import connect_error, one_line
 from walrelay.errors import WalrelayError
@@ -176,7 +177,7 @@ def _event_json(row: _Row) -> dict[str, Any]:
     if "payload" in row:
         raw = bytes(row["payload"])
         try:
-            out["payload"] = orjson.loads(raw)
+            out["payload"] = exact_json.loads(raw)
         except orjson.JSONDecodeError:
             out["payload_base64"] = base64.b64encode(raw).decode()
     return out
@@ -187,7 +188,7 @@ def _age(seconds: float | None) -> str:
 
 
 def _echo_json(value: Any) -> None:
-    click.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
+    click.echo(exact_json.dumps(value, option=orjson.OPT_INDENT_2).decode())
 
 
 def _change_rows(
@@ -364,7 +365,7 @@ def show_command(config_path: str, destination: str | None, event_id: str, as_js
             click.echo(f"{name + ':':<17} {value}")
         if payload is not None:
             click.echo("payload:")
-            click.echo(orjson.dumps(payload, option=orjson.OPT_INDENT_2).decode())
+            click.echo(exact_json.dumps(payload, option=orjson.OPT_INDENT_2).decode())
         click.echo("")
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import click
 import orjson
 
+from walrelay import exact_json
 from walrelay.errors import ConfigError, WalrelayError
 
 _INDENT = orjson.OPT_INDENT_2
@@ -73,15 +74,15 @@ def preview_command(
     for s in shown:
         if as_json:
             line = {"destination": s.destination, "table": s.table, "before": s.before}
-            click.echo(orjson.dumps({**line, "after": s.after, "note": s.note}).decode())
+            click.echo(exact_json.dumps({**line, "after": s.after, "note": s.note}).decode())
             continue
-        key = orjson.dumps(s.before.get("key")).decode()
+        key = exact_json.dumps(s.before.get("key")).decode()
         click.echo(f"== {s.destination}  {s.table}  key {key}")
         click.echo("-- before")
-        click.echo(orjson.dumps(s.before, option=_INDENT).decode())
+        click.echo(exact_json.dumps(s.before, option=_INDENT).decode())
         click.echo("-- after" + (f"  ({s.note})" if s.note else ""))
         for body in s.after:
-            click.echo(orjson.dumps(body, option=_INDENT).decode())
+            click.echo(exact_json.dumps(body, option=_INDENT).decode())
         click.echo("")
 
 
@@ -152,7 +153,7 @@ def _shown(destination: str, event: Any, chain: Any) -> Shown:
         if e.failure is not None:
             notes.append("failed: " + e.failure.strip().splitlines()[-1])
             continue
-        after.append(orjson.loads(e.body))
+        after.append(exact_json.loads(e.body))
         if e.route is not None:
             notes.append(f"topic {e.route.topic}, message key {e.route.key}")
         elif e.key_json is not None and e.key_json != event.key_json:

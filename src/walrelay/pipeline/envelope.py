@@ -89,6 +89,7 @@ from typing import Any, Final
 import orjson
 
 from walrelay.errors import ConfigError, DecodeError
+from walrelay.exact_json import JsonNumber
 from walrelay.model import (
     UNCHANGED_TOAST,
     Begin,
@@ -124,6 +125,8 @@ _INT_MAX: Final = 2**64 - 1
 
 def _default(value: Any) -> Any:
     """orjson ``default=``: the types orjson does not serialise by itself."""
+    if isinstance(value, JsonNumber):  # a json column's number, read back exactly
+        return orjson.Fragment(value.text)
     if isinstance(value, Decimal):
         return format(value, "f")  # every digit, never exponent notation
     if isinstance(value, bytes | bytearray | memoryview):

@@ -12,7 +12,8 @@ outbox table and every ``pg_logical_emit_message(true, '<message_prefix>',
   scheduler's grouping key: one aggregate's events are delivered in commit
   order, different aggregates in parallel;
 - ``route.value`` is the ``payload`` column as JSON (a jsonb column arrives as
-  the JSON value itself, never as a string), or ``{"payload": ..., <col>:
+  the JSON value itself, never as a string, every number as PostgreSQL printed
+  it: :mod:`walrelay.exact_json`), or ``{"payload": ..., <col>:
   ...}`` with ``envelope_fields``; ``None`` (a tombstone) for a NULL payload
   when ``tombstone_on_empty`` is on;
 - ``route.headers`` are the ``headers`` columns (default ``id`` as
@@ -48,6 +49,7 @@ from typing import Any, Final
 
 import orjson
 
+from walrelay import exact_json
 from walrelay.config import OutboxRouterConfig
 from walrelay.errors import ConfigError
 from walrelay.model import Event, Route
@@ -150,7 +152,7 @@ class OutboxRouter:
             problem = "its content is not UTF-8 text"
         else:
             try:
-                fields = orjson.loads(content)
+                fields = exact_json.loads(content)
             except orjson.JSONDecodeError:
                 problem = "its content is not JSON"
         if not problem and not isinstance(fields, dict):

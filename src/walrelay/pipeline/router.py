@@ -110,6 +110,8 @@ class Router:
         self.chains: dict[str, TransformChain] = dict(
             build_chains(configs) if chains is None else chains
         )
+        for built in self.chains.values():
+            built.relation = builder.relation  # column types: exact json reading where needed
         self._outbox: dict[str, OutboxRouter] = {
             d.name: OutboxRouter(d.router, destination=d.name)
             for d in configs

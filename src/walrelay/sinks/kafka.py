@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
 import logging
 import threading
 import time
@@ -75,7 +74,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
-from walrelay import failpoints
+from walrelay import exact_json, failpoints
 from walrelay.config import env_secret
 from walrelay.errors import ConfigError, PoisonEvent, SinkError, SinkUnavailable
 from walrelay.model import Event, format_event_id, parse_event_id
@@ -111,10 +110,7 @@ _TOMBSTONE_HEADER = "tombstone"
 
 
 def _loads(data: bytes) -> Any:
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return json.loads(data)
+    return exact_json.loads(data)  # a json key column's numbers as written
 
 
 def message_key(event: Event, table: str) -> bytes:
@@ -133,7 +129,7 @@ def message_key(event: Event, table: str) -> bytes:
         else:
             key = _loads(key_json)
         if key is not None:
-            return orjson.dumps(key, option=_SORT)
+            return exact_json.dumps(key, option=_SORT)
     return orjson.dumps({"table": table})
 
 

@@ -12,13 +12,13 @@ destination's output format, :mod:`walrelay.pipeline.formats`).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any, Final
 from urllib.parse import quote
 
 import orjson
 
+from walrelay import exact_json
 from walrelay.model import Event
 
 __all__ = ["RecordKeys", "http_headers", "kafka_headers"]
@@ -49,10 +49,7 @@ def kafka_headers(event: Event) -> list[tuple[str, bytes]]:
 
 
 def _loads(data: bytes) -> Any:
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return json.loads(data)
+    return exact_json.loads(data)  # a json key column's numbers as written
 
 
 def _rows(event: Event) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -82,7 +79,7 @@ def _raw(value: Any) -> bytes | None:
         return None
     if isinstance(value, str):
         return value.encode()
-    return orjson.dumps(value)
+    return exact_json.dumps(value)
 
 
 class RecordKeys:
@@ -106,7 +103,7 @@ class RecordKeys:
         if event.op == "truncate":
             return None
         key = _key_object(event)
-        return None if key is None else orjson.dumps(key)  # column order, as Debezium
+        return None if key is None else exact_json.dumps(key)  # column order, as Debezium
 
     def _column_value(self, event: Event) -> bytes | None:
         name = self._column
@@ -125,7 +122,7 @@ class RecordKeys:
         rendering = event.rendering
         if rendering is not None and rendering.old_key is not None:
             if self.key_format == "walrelay":
-                return orjson.dumps(_loads(rendering.old_key), option=_SORT)
+                return exact_json.dumps(_loads(rendering.old_key), option=_SORT)
             if self.key_format == "debezium":
                 return rendering.old_key
         if (
@@ -151,4 +148,4 @@ class RecordKeys:
         old_key = {k: old[k] for k in key}
         if old_key == key:
             return None
-        return orjson.dumps(old_key, option=_SORT if self.key_format == "walrelay" else 0)
+        return exact_json.dumps(old_key, option=_SORT if self.key_format == "walrelay" else 0)

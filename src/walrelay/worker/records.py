@@ -21,11 +21,14 @@ from typing import Any, cast
 
 import orjson
 
+from walrelay import exact_json
 from walrelay.model import Event, Op, parse_event_id
 
 __all__ = ["NotAnEnvelope", "event_from_record"]
 
 _SEP = "\x1f"
+# Key values orjson reads exactly (an integer beyond 64 bits becomes a float).
+_PLAIN = frozenset({str, int, bool, type(None)})
 _OPS = frozenset({"insert", "update", "delete", "truncate", "message", "read"})
 
 
@@ -75,7 +78,9 @@ def event_from_record(
     except ValueError:
         committed_at = datetime.now(UTC)
     key_value = env.get("key")
-    key_json = orjson.dumps(key_value) if key_value is not None else b"null"
+    if isinstance(key_value, dict) and not all(type(v) in _PLAIN for v in key_value.values()):
+        key_value = exact_json.loads(value).get("key")  # a float or json key column
+    key_json = exact_json.dumps(key_value) if key_value is not None else b"null"
     keys: tuple[str, ...]
     if op == "truncate":
         keys = ()

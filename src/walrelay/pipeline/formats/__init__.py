@@ -78,7 +78,12 @@ def build_formatters(
     for dcfg in configs:
         if dcfg.format == "debezium":
             out[dcfg.name] = DebeziumFormatter(
-                dcfg.debezium, name=slot, db=str(db), version=_version(), relation=relation
+                dcfg.debezium,
+                name=slot,
+                db=str(db),
+                version=_version(),
+                relation=relation,
+                transformed=bool(dcfg.transforms) or dcfg.router is not None,
             )
         elif dcfg.format == "cloudevents":
             out[dcfg.name] = CloudEventsFormatter(dcfg.cloudevents, slot=slot)

@@ -6,7 +6,8 @@ Attributes: ``specversion: "1.0"``, ``id`` = the event id
 logical messages: ``message_type``), ``subject`` = the key as compact JSON
 (a logical message: its prefix; none for a truncate), ``time`` = the commit
 time (RFC 3339), ``datacontenttype: application/json``; ``data`` is
-walrelay's envelope.
+walrelay's envelope, spliced in byte for byte (every number of a json column as
+PostgreSQL printed it).
 
 Structured mode (default): the body is the whole CloudEvent as one JSON
 document. Binary mode: the body is the envelope and the attributes travel as
@@ -22,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from walrelay import exact_json
 from walrelay.format_config import CloudEventsOptions
 from walrelay.model import Event, Rendering
 from walrelay.pipeline.formats.common import decode_envelope, rendered
@@ -65,7 +67,7 @@ class CloudEventsFormatter:
         key_json = event.key_json
         if key_json is None:
             key = decode_envelope(event.body).get("key")
-            key_json = None if key is None else orjson.dumps(key)
+            key_json = None if key is None else exact_json.dumps(key)
         return None if key_json is None or key_json == b"null" else key_json.decode()
 
     def attributes(self, event: Event) -> dict[str, str]:

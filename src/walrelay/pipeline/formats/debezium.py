@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from walrelay.exact_json import JSON_TYPE_OIDS
 from walrelay.format_config import DebeziumOptions
 from walrelay.model import Event, Relation, Rendering
 from walrelay.pipeline.envelope import encode_json
@@ -50,13 +51,15 @@ _BYTEA_OID: Final = 17
 class _Table:
     """Per-relation plan: each column's converter, in column order."""
 
-    __slots__ = ("columns", "dropped", "placeholder", "relation")
+    __slots__ = ("columns", "dropped", "json", "placeholder", "relation")
 
     def __init__(self, relation: Relation, options: DebeziumOptions) -> None:
         self.relation = relation
         self.columns: dict[str, ValueConverter] = {}
         self.placeholder: dict[str, Any] = {}
         self.dropped = frozenset(c.name for c in relation.columns if c.type_oid in UNSUPPORTED_OIDS)
+        # Whether a row can hold a number orjson would not read back as written.
+        self.json = any(c.type_oid in JSON_TYPE_OIDS for c in relation.columns)
         text = options.unavailable_value_placeholder
         for col in relation.columns:
             if col.type_oid in UNSUPPORTED_OIDS:
@@ -85,8 +88,12 @@ class DebeziumFormatter:
         version: str,
         relation: Callable[[str], Relation | None],
         clock: Callable[[], int] = time.time_ns,
+        transformed: bool = True,
     ) -> None:
         self._options = options
+        # Bodies a transform step wrote may hold exact numbers in any column
+        # (a cast to number, a python hook); else only json columns can.
+        self._transformed = transformed
         self._name = options.name or name
         self._db = db
         self._version = version
@@ -110,7 +117,9 @@ class DebeziumFormatter:
         self, event: Event, snapshot: str, transaction: TransactionOrder | None = None
     ) -> Event:
         """``event`` (walrelay's envelope in its body) as Debezium's event."""
-        env = decode_envelope(event.body)
+        first = self._table(event.table) if event.table else None
+        exact = self._transformed or first is None or first.json
+        env = decode_envelope(event.body, exact=exact)
         op = event.op
         if op == "message":
             return self._message(event, env, transaction)

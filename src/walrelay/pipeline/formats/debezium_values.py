@@ -26,6 +26,7 @@ from typing import Any, Final
 
 from psycopg.postgres import types as _pg_types
 
+from walrelay.exact_json import JsonNumber
 from walrelay.format_config import DebeziumOptions
 
 __all__ = [
@@ -346,14 +347,40 @@ def _interval(value: Any) -> Any:
 
 
 def _json_text(value: Any) -> Any:
-    """json/jsonb: the document as a string, spaced as PostgreSQL prints jsonb."""
-    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "), default=_json_number)
+    """json/jsonb: the document as a string, spaced as PostgreSQL prints jsonb,
+    every number as PostgreSQL printed it (integers of any size are Python
+    ints; :class:`JsonNumber` tokens are written back as they were)."""
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(", ", ": "), default=_json_number)
+    except _HasToken:
+        return _json_with_tokens(value)
+
+
+class _HasToken(Exception):
+    """The document holds a JsonNumber (json.dumps cannot write a raw token)."""
 
 
 def _json_number(value: Any) -> Any:
+    if isinstance(value, JsonNumber):
+        raise _HasToken
     if isinstance(value, Decimal):
         return float(value)
     raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def _json_with_tokens(value: Any) -> str:
+    if isinstance(value, JsonNumber):
+        return value.text
+    if isinstance(value, dict):
+        return (
+            "{"
+            + ", ".join(f"{_json_text(str(k))}: {_json_with_tokens(v)}" for k, v in value.items())
+            + "}"
+        )
+    if isinstance(value, list):
+        return "[" + ", ".join(_json_with_tokens(v) for v in value) + "]"
+    text: str = _json_text(value)
+    return text
 
 
 def _point(value: Any) -> Any:

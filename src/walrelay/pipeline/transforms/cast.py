@@ -8,31 +8,53 @@ silently nulled.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import Any
 
+import orjson
+
+from walrelay.exact_json import JsonNumber
 from walrelay.pipeline.envelope import encode_json
 from walrelay.pipeline.transforms.base import Draft, Step, StepFailed, row_dicts
 
 __all__ = ["CastStep"]
 
+_NONFINITE = frozenset({"nan", "inf", "infinity"})
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
+
 
 def _number(value: Any) -> Any:
+    """A JSON number with every digit of the value: an int, a float when the
+        shortest text of the double is the value's text, else a :class:`JsonNumber`
+        (``"12345678901234567890.5"`` -> ``12345678901234567890.5``, ``"12.50"`` ->
+        ``12.50``). NaN and infinities stay the strings walrelay sends them as
+    (JSON has no such number)."""
     if isinstance(value, bool):
         return int(value)
-    if isinstance(value, int | float):
+    if isinstance(value, int | float | JsonNumber):
         return value
-    text = str(value)
+    text = str(value).strip()
     try:
         return int(text)
     except ValueError:
-        return float(text)
+        pass
+    number = float(text)  # ValueError: not a number (the event is parked)
+    if number - number == 0.0:
+        if orjson.dumps(number) == text.encode():
+            return number
+    elif text.lstrip("+-").lower() in _NONFINITE:
+        return value  # JSON has no NaN/Infinity (orjson would write null)
+    if _JSON_NUMBER.fullmatch(text) is None:
+        text = str(Decimal(text))  # ".5", "+1.5", "1_000": the same number, as JSON
+    return JsonNumber(text)
 
 
 def _integer(value: Any) -> int:
-    if isinstance(value, str) and "." in value:
-        return int(float(value))
+    if isinstance(value, str) and ("." in value or "e" in value.lower()):
+        return int(Decimal(value))  # every digit; toward zero, as int(float) did
     return int(value)
 
 
@@ -104,7 +126,7 @@ class CastStep(Step):
                     continue
                 try:
                     row[name] = cast(value)
-                except (ValueError, TypeError, OverflowError):
+                except (ValueError, TypeError, OverflowError, ArithmeticError):
                     raise StepFailed(
                         f"column {name} of {draft.event.table}: cannot cast {value!r} to {target}"
                     ) from None

@@ -4,7 +4,12 @@
 that apply to the event's table (cached per table) run on the decoded
 envelope; the result is re-encoded (``body``, ``key_json``, ``keys`` when
 the key changed, ``route`` when ``route`` set a topic). A table no step
-applies to costs one dict lookup: the event passes as it is.
+applies to costs one dict lookup: the event passes as it is. The envelope
+of a table with json/jsonb columns (or one the Router did not build) is read
+by :func:`walrelay.exact_json.loads`: a json column's numbers that a
+double cannot hold (``12345678901234567890123``, ``0.1000000000000000000000001``,
+``1e400``) come back as written (a step sees an int or a
+:class:`~walrelay.exact_json.JsonNumber`; CEL sees a double).
 
 A step that fails on an event (an exception from the python hook, a filter
 that raised, a null ``key`` column...) does not stop anything: the event is
@@ -25,13 +30,15 @@ from __future__ import annotations
 import logging
 import os
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 import orjson
 
+from walrelay import exact_json
 from walrelay.errors import WalrelayError
-from walrelay.model import Event, Route
+from walrelay.exact_json import JSON_TYPE_OIDS
+from walrelay.model import Event, Relation, Route
 from walrelay.pipeline.envelope import encode_json
 from walrelay.pipeline.transforms.base import ROW_OPS, Draft, Step, StepFailed
 from walrelay.pipeline.transforms.cast import CastStep
@@ -59,7 +66,7 @@ class StepError(Exception):
 
 
 def _message_key(key: Any) -> str | None:
-    return None if key is None else orjson.dumps(key, option=_SORT).decode()
+    return None if key is None else exact_json.dumps(key, option=_SORT).decode()
 
 
 class TransformChain:
@@ -77,6 +84,10 @@ class TransformChain:
         # None: not checked (no catalog).
         self._required = required
         self._by_table: dict[str, tuple[Step, ...]] = {}
+        # The Router's relation of a table (column types), when it built the
+        # events: a table without json columns is read by orjson alone.
+        self.relation: Callable[[str], Relation | None] | None = None
+        self._plain: dict[str, tuple[Relation, bool]] = {}
         self._flatten = {s.index: s for s in steps if isinstance(s, FlattenStep)}
         self.failed_total = 0
         # Whether a python step is a batch function (then apply_many batches).
@@ -100,7 +111,7 @@ class TransformChain:
         steps = self.steps_for(event.table)
         if not steps:
             return event
-        env = orjson.loads(event.body)
+        env = self._read(event)
         self._check_columns(event, env)
         out = self._run(Draft(event, env), steps, 0)
         if not out:
@@ -110,6 +121,21 @@ class TransformChain:
         for i, child in enumerate(out):
             child.seq = event.seq + i
         return out
+
+    def _read(self, event: Event) -> dict[str, Any]:
+        """The envelope, every number exact (a json column's big numbers)."""
+        relation = self.relation
+        rel = relation(event.table) if relation is not None else None
+        if rel is not None:
+            known = self._plain.get(event.table)
+            if known is None or known[0] is not rel:
+                known = (rel, not any(c.type_oid in JSON_TYPE_OIDS for c in rel.columns))
+                self._plain[event.table] = known
+            if known[1]:
+                value: dict[str, Any] = orjson.loads(event.body)
+                return value
+        env: dict[str, Any] = exact_json.loads(event.body)
+        return env
 
     def _check_columns(self, event: Event, env: dict[str, Any]) -> None:
         required = self._required
@@ -143,7 +169,7 @@ class TransformChain:
             if not steps:
                 results.append(event)
                 continue
-            env = orjson.loads(event.body)
+            env = self._read(event)
             self._check_columns(event, env)
             waiting: list[tuple[Draft, int]] = []
             results.append(self._run(Draft(event, env), steps, 0, waiting))
@@ -328,7 +354,7 @@ class TransformChain:
         Returns the event to send, or None (dropped). Raises :class:`StepError`
         when a step fails again (the text is the new traceback).
         """
-        data = orjson.loads(event.body)
+        data = exact_json.loads(event.body)
         marker = data["walrelay_resume"]
         env = data["envelope"]
         draft = Draft(event, env)

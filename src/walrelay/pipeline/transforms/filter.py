@@ -9,10 +9,17 @@ changed, when the old row is known -- REPLICA IDENTITY FULL -- else every
 column of the row). An expression that fails on an event (a missing field:
 use ``has(record.x)``) fails the event, which is parked: never silently
 dropped or sent.
+
+Numbers: a json column's integer beyond 64 bits and a
+:class:`~walrelay.exact_json.JsonNumber` (a decimal a double cannot hold as
+written) are doubles to CEL -- ``record.doc.big > 1e22`` compares on the
+nearest double, an integer or exponent beyond a double's range is infinity --
+while the event sent keeps every digit.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -22,6 +29,7 @@ from walrelay.pipeline.transforms.base import Draft, Step, StepFailed
 
 __all__ = ["FilterStep", "compile_cel"]
 
+_U64 = 2**64
 VARIABLES = frozenset({"op", "table", "record", "old", "key", "committed_at", "changed"})
 # A macro's own variable (``changed.exists(c, c == 'email')``) is listed among
 # the program's variables too.
@@ -86,6 +94,10 @@ class FilterStep(Step):
             context["changed"] = _changed(env)
         try:
             keep = self._program.execute(context)
+        except ValueError as e:
+            if "Conversion Error" not in str(e):
+                raise StepFailed(f"filter {self.expr!r} failed: ValueError: {e}") from None
+            keep = self._execute_as_doubles(context)
         except Exception as e:
             raise StepFailed(f"filter {self.expr!r} failed: {type(e).__name__}: {e}") from None
         if keep is True:
@@ -93,3 +105,25 @@ class FilterStep(Step):
         if keep is False:
             return None
         raise StepFailed(f"filter {self.expr!r} returned {keep!r}, not true or false")
+
+    def _execute_as_doubles(self, context: dict[str, Any]) -> Any:
+        """Run again with integers beyond a double as +-infinity (the CEL
+        binding refuses them: a json column's ``1e400`` is a 401-digit integer
+        in jsonb); only after such a refusal, so the common case pays nothing."""
+        try:
+            return self._program.execute(_as_doubles(context))
+        except Exception as e:
+            raise StepFailed(f"filter {self.expr!r} failed: {type(e).__name__}: {e}") from None
+
+
+def _as_doubles(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _as_doubles(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_doubles(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and not -_U64 <= value <= _U64:
+        try:
+            return float(value)
+        except OverflowError:
+            return math.inf if value > 0 else -math.inf
+    return value
