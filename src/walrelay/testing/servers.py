@@ -859,4 +859,26 @@ class KafkaServer(_Server):
             {"bootstrap.servers": self.bootstrap, "log_level": 0, "socket.timeout.ms": 2000}
         )
         metadata = admin.list_topics(timeout=3.0)
-        return 1 in metadata.brokers
+        if 1 not in metadata.brokers:
+            return False
+        return self._coordinator_ready()
+
+    def _coordinator_ready(self) -> bool:
+        """Can a transactional (or idempotent) producer get its producer id? On a
+        busy machine the broker answers metadata requests a while before its
+        transaction coordinator has loaded, and a test's first producer would
+        fail with "Coordinator load in progress"."""
+        from confluent_kafka import KafkaException, Producer
+
+        producer = Producer(
+            {"bootstrap.servers": self.bootstrap, "transactional.id": "walrelay-server-ready"}
+        )
+        try:
+            producer.init_transactions(5.0)
+        except KafkaException as exc:
+            if exc.args[0].retriable():
+                return False
+            raise
+        finally:
+            producer.flush(1.0)
+        return True
