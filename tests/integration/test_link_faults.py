@@ -199,7 +199,11 @@ async def test_redis_ledger_link_blackhole_and_reset(
                 writer.start()
                 for fault, seconds in ((proxy.blackhole, 4.0), (proxy.cut, 1.0)):
                     before = len(writer.committed)
-                    await wait_for(lambda b=before: len(hook.ids) >= b, what="rows before")
+
+                    def caught_up(before: int = before) -> bool:
+                        return len(hook.ids) >= before
+
+                    await wait_for(caught_up, what="rows before the fault")
                     await outage(proxy, fault, seconds)  # longer than the timeout
                 after = len(writer.committed)
                 await wait_for(lambda: len(hook.ids) >= after + 50, within=60, what="rows after")
