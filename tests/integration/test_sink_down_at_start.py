@@ -28,6 +28,7 @@ from tests.integration.support import (
 from walrelay.config import parse_config
 from walrelay.engine import Engine
 from walrelay.errors import ConfigError
+from walrelay.monitor.status import render_status
 from walrelay.testing.checker import Change, Delivery, check
 from walrelay.testing.servers import RedisServer
 
@@ -59,12 +60,24 @@ def config(db: str, redis_url: str, hook_url: str, out: Path) -> dict[str, Any]:
     }
 
 
-async def healthz(engine: Engine) -> dict[str, Any]:
+async def http_get(engine: Engine, path: str) -> tuple[int, str]:
     http = engine.services.http
     assert http is not None
-    async with aiohttp.ClientSession() as session, session.get(f"{http.url}/healthz") as r:
-        doc: dict[str, Any] = await r.json()
-        return doc
+    async with aiohttp.ClientSession() as session, session.get(f"{http.url}{path}") as r:
+        return r.status, await r.text()
+
+
+async def healthz(engine: Engine) -> dict[str, Any]:
+    """/healthz once streaming: 200, also while a destination waits (no outage)."""
+
+    async def streaming() -> bool:
+        return orjson.loads((await http_get(engine, "/healthz"))[1])["status"] == "streaming"
+
+    await wait_for(streaming, what="streaming")
+    code, text = await http_get(engine, "/healthz")
+    assert code == 200, text
+    doc: dict[str, Any] = orjson.loads(text)
+    return doc
 
 
 def inserted(rows: list[tuple[int, str]]) -> list[Delivery]:
@@ -105,6 +118,12 @@ async def test_destinations_down_at_start_wait_and_deliver(
             assert any(line.startswith("destination redis: not reachable yet") for line in lines)
             assert any(line.startswith("destination hook: not reachable yet") for line in lines)
             assert all(" -- fix: " in line and "\n" not in line for line in lines)
+            # walrelay status shows the same lines; /metrics says it too.
+            shown = render_status(engine.services.status(), "test").splitlines()
+            assert set(lines) <= set(shown)
+            _, metrics = await http_get(engine, "/metrics")
+            assert 'walrelay_destination_ready{destination="redis"} 0.0' in metrics
+            assert 'walrelay_destination_ready{destination="file"} 1.0' in metrics
 
             execute(db, *(f"insert into t values ({n})" for n in range(1, 51)))
             # The reachable destination does not wait for the others.

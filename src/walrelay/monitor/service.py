@@ -436,7 +436,8 @@ class Services:
                     "last_latency": self.latency.last.get(name),
                     "last_error": dest.last_error,
                     # Its server was unreachable at start (walrelay.engine.waiting_sink).
-                    "not_ready": getattr(dest.sink, "not_ready", None),
+                    "not_ready": (not_ready := getattr(dest.sink, "not_ready", None)),
+                    "ready": not_ready is None,
                 }
             )
         return rows
