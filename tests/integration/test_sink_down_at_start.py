@@ -27,9 +27,11 @@ from tests.integration.support import (
 )
 from walrelay.config import parse_config
 from walrelay.engine import Engine
-from walrelay.errors import ConfigError
+from walrelay.errors import ConfigError, SinkUnavailable
 from walrelay.monitor.status import render_status
+from walrelay.sinks.registry import build_sink
 from walrelay.testing.checker import Change, Delivery, check
+from walrelay.testing.pgcluster import free_port
 from walrelay.testing.servers import RedisServer
 
 pytestmark = pytest.mark.servers
@@ -189,3 +191,41 @@ async def test_a_config_problem_still_stops_start_up(db: str, tmp_path: Path) ->
         with pytest.raises(ConfigError, match=r"stream w:public\.t"):
             async with running_engine(cfg):
                 pass
+
+
+@pytest.mark.parametrize(
+    "sink",
+    [
+        {"type": "redis", "url": "redis://127.0.0.1:{port}/0", "timeout": 1},
+        {"type": "nats", "servers": ["nats://127.0.0.1:{port}"], "timeout": 1},
+        {"type": "rabbitmq", "url": "amqp://guest:guest@127.0.0.1:{port}/", "timeout": 1},
+        {"type": "kafka", "bootstrap_servers": "127.0.0.1:{port}", "delivery_timeout": 1},
+        {"type": "webhook", "url": "http://127.0.0.1:{port}/hook", "timeout": 1},
+        {"type": "postgres", "dsn": "host=127.0.0.1 port={port} dbname=x connect_timeout=1"},
+    ],
+    ids=lambda s: str(s["type"]),
+)
+async def test_every_network_sink_says_unavailable_not_misconfigured(sink: dict[str, Any]) -> None:
+    """Nobody listens: SinkUnavailable (the destination waits), never a ConfigError."""
+    port = free_port()
+    filled = {k: _fill(v, port) for k, v in sink.items()}
+    cfg = parse_config(
+        {
+            "source": {"dsn": "host=127.0.0.1 dbname=x", "tables": ["public.t"]},
+            "destinations": [{"name": "d", "sink": filled}],
+        },
+        "(test)",
+    )
+    built = build_sink(cfg.destinations[0].sink, slot="s", destination="d", tables=["public.t"])
+    with pytest.raises(SinkUnavailable) as info:
+        await built.open()
+    assert str(port) in str(info.value)
+    await built.close()
+
+
+def _fill(value: Any, port: int) -> Any:
+    if isinstance(value, str):
+        return value.replace("{port}", str(port))
+    if isinstance(value, list):
+        return [_fill(v, port) for v in value]
+    return value

@@ -44,7 +44,7 @@ class WaitingSink:
         self.ordered = sink.ordered
         self.transactional = sink.transactional
         self._backoff = backoff
-        self._reason: str | None = str(error)
+        self._reason: str | None = _one_line(error)
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -90,7 +90,7 @@ class WaitingSink:
             try:
                 await self.inner.open()
             except SinkUnavailable as e:
-                self._reason = str(e)
+                self._reason = _one_line(e)
                 raise
             self._reason = None
         log.warning("destination %s: its server is reachable now; delivering", self.name)
@@ -121,3 +121,9 @@ class WaitingSink:
         async with self._lock:
             if self._reason is None:
                 await self.inner.close()
+
+
+def _one_line(error: BaseException) -> str:
+    """libpq's messages span lines ("...\\n\\tIs the server running..."): /healthz
+    and ``walrelay status`` show one line per destination."""
+    return " ".join(str(error).split())
