@@ -229,3 +229,25 @@ def _fill(value: Any, port: int) -> Any:
     if isinstance(value, list):
         return [_fill(v, port) for v in value]
     return value
+
+
+@pytest.mark.parametrize("password", ["wrong", None])
+async def test_redis_credentials_refused_are_a_config_error(password: str | None) -> None:
+    """Refused credentials are a configuration problem: start-up stops (exit 2)."""
+    with RedisServer() as server:
+        admin = redis.asyncio.Redis.from_url(server.url)
+        await admin.config_set("requirepass", "right")
+        await admin.aclose()
+        auth = f":{password}@" if password else ""
+        url = server.url.replace("redis://", f"redis://{auth}")
+        cfg = parse_config(
+            {
+                "source": {"dsn": "host=127.0.0.1 dbname=x", "tables": ["public.t"]},
+                "destinations": [{"name": "d", "sink": {"type": "redis", "url": url}}],
+            },
+            "(test)",
+        )
+        sink = build_sink(cfg.destinations[0].sink, destination="d", tables=["public.t"])
+        with pytest.raises(ConfigError) as info:
+            await sink.open()
+        assert "wrong" not in str(info.value)
