@@ -118,3 +118,19 @@ async def test_a_config_error_at_open_still_stops_start_up() -> None:
     with pytest.raises(ConfigError, match="stream is a hash"):
         await open_destinations(config(), lambda d: sinks[d.name], lambda _: [])
     assert sinks["up"].closed
+
+
+async def test_a_config_error_found_once_the_server_answers_is_reported_and_retried() -> None:
+    inner = FlakySink(down=1_000_000)
+    sink = WaitingSink("d", inner, SinkUnavailable("refused"), FAST)
+    inner.error = ConfigError("topic t does not exist and auto_create is off", fix="create t")
+    sink.start()
+    await wait_for(lambda: "auto_create" in (sink.not_ready or ""), what="the config problem")
+    assert (sink.not_ready or "").startswith("destination d: cannot be opened (topic t")
+    assert (sink.not_ready or "").endswith("-- fix: create t")
+    with pytest.raises(SinkUnavailable, match="create t"):
+        await sink.deliver([make_event(1)])
+    inner.error, inner.down = None, 0  # the operator created the topic
+    await wait_for(lambda: sink.not_ready is None, what="opened")
+    await sink.deliver([make_event(2)])
+    await sink.close()

@@ -10,7 +10,9 @@ destination take the same path as during an outage at run time (retried in
 memory, or parked under the destination's parking policy), the slot is not
 confirmed past them, and the other destinations go on. Only a configuration
 problem (:class:`~walrelay.errors.ConfigError`: a missing stream with
-``auto_create`` off, credentials refused) still stops start-up.
+``auto_create`` off, credentials refused) still stops start-up; one found
+only once the server answers (walrelay is running by then) is reported the
+same way, with its own fix, and retried.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import contextlib
 import logging
 from collections.abc import Sequence
 
-from walrelay.errors import SinkUnavailable
+from walrelay.errors import SinkUnavailable, WalrelayError
 from walrelay.model import Event, Lsn
 from walrelay.pipeline.backoff import Backoff
 from walrelay.pipeline.ledger import TrimAware
@@ -45,6 +47,8 @@ class WaitingSink:
         self.transactional = sink.transactional
         self._backoff = backoff
         self._reason: str | None = _one_line(error)
+        self._fix = FIX
+        self._state = "not reachable yet"
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -58,8 +62,8 @@ class WaitingSink:
         if self._reason is None:
             return None
         return (
-            f"destination {self.name}: not reachable yet ({self._reason}); "
-            f"its events wait -- fix: {FIX}"
+            f"destination {self.name}: {self._state} ({self._reason}); "
+            f"its events wait -- fix: {self._fix}"
         )
 
     def start(self) -> None:
@@ -90,8 +94,18 @@ class WaitingSink:
             try:
                 await self.inner.open()
             except SinkUnavailable as e:
-                self._reason = _one_line(e)
+                self._reason, self._fix, self._state = _one_line(e), FIX, "not reachable yet"
                 raise
+            except Exception as e:
+                # Found once the server answered (a topic missing with auto_create
+                # off, ...): walrelay runs on, so it is reported and retried, not fatal.
+                known = isinstance(e, WalrelayError)
+                reason = _one_line(e.message if isinstance(e, WalrelayError) else e)
+                if reason != self._reason:
+                    log.error("destination %s: cannot open: %s", self.name, e, exc_info=not known)
+                self._reason, self._state = reason, "cannot be opened"
+                self._fix = (e.fix if isinstance(e, WalrelayError) else None) or FIX
+                raise SinkUnavailable(f"{reason} -- fix: {self._fix}") from None
             self._reason = None
         log.warning("destination %s: its server is reachable now; delivering", self.name)
 
@@ -103,7 +117,7 @@ class WaitingSink:
             try:
                 await self._ensure_open()
             except SinkUnavailable as e:
-                raise SinkUnavailable(f"not reachable yet: {e}") from None
+                raise SinkUnavailable(f"{self._state}: {e}") from None
         await self.inner.deliver(events)
 
     def trim_below(self, lsn: Lsn) -> None:
@@ -123,7 +137,7 @@ class WaitingSink:
                 await self.inner.close()
 
 
-def _one_line(error: BaseException) -> str:
+def _one_line(error: BaseException | str) -> str:
     """libpq's messages span lines ("...\\n\\tIs the server running..."): /healthz
     and ``walrelay status`` show one line per destination."""
     return " ".join(str(error).split())
