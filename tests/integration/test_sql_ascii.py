@@ -65,7 +65,7 @@ def original_bytes(value: str) -> bytes:
 
 
 async def test_bytes_that_are_not_utf8_are_delivered_in_hex_and_never_stop_the_slot(
-    sql_ascii_db: str, tmp_path: Path
+    sql_ascii_db: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Before: the server refused to send such a value under client_encoding=UTF8
     and the stream reconnected for ever at the same change."""
@@ -83,7 +83,7 @@ async def test_bytes_that_are_not_utf8_are_delivered_in_hex_and_never_stop_the_s
     )
     config = config.model_copy(update={"http": config.http.model_copy(update={"enabled": False})})
     try:
-        async with running_engine(config) as engine:
+        async with running_engine(config):
             execute(
                 dsn,
                 f"insert into t values ({bad} || '2', {bad}, array[{bad}, 'x'], 2)",
@@ -92,7 +92,7 @@ async def test_bytes_that_are_not_utf8_are_delivered_in_hex_and_never_stop_the_s
                 "('plain', convert_from('\\xc3a9'::bytea, 'SQL_ASCII'), array['ok'], 4)",
             )
             await wait_for(lambda: len(read_jsonl(out)) == 4, within=30, what="4 events")
-            assert engine.stats.reconnects == 0
+        assert "invalid byte sequence" not in caplog.text
         events = read_jsonl(out)
         assert [(e["op"], e["record"]["n"]) for e in events] == [
             ("read", 1),
