@@ -1121,8 +1121,9 @@ async def run_all(plan: Plan, workdir: Path, verbose: bool) -> dict[str, Any]:
         exits: list[int] = []
 
         async def supervise() -> None:
-            """Restart=always: walrelay stops by itself when a sink is unreachable
-            at start (a broker being restarted); a supervisor starts it again."""
+            """Restart=always: a supervisor starts walrelay again whenever it stops
+            by itself (a sink unreachable at start no longer stops it: the
+            destination waits, walrelay.engine.waiting_sink)."""
             assert relay is not None
             while True:
                 await asyncio.sleep(1.0)  # the supervisor's restart delay

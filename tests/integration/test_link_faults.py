@@ -2,23 +2,26 @@
 
 Between walrelay and the source (delay, reset, black-hole longer than
 ``wal_sender_timeout``), the state database (where the HA lock lives), and a
-sink (the PostgreSQL target). A writer commits all along; the history
-checker finds nothing lost, and on the transactional sinks used here (file,
-PostgreSQL) no duplicate.
+sink (the PostgreSQL target), and a webhook's Redis ledger. A writer commits
+all along; the history checker finds nothing lost, and on the transactional
+sinks used here (file, PostgreSQL) no duplicate.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import psycopg
+import pytest
 from pydantic import SecretStr
 
 from tests.conftest import StartProxy
 from tests.integration.support import (
     RowWriter,
+    WebhookReceiver,
     dsn_port,
     dsn_with_port,
     execute,
@@ -27,8 +30,10 @@ from tests.integration.support import (
     running_engine,
     wait_for,
 )
+from walrelay.pipeline.ledger import LedgerHook
 from walrelay.testing.checker import Change, Delivery, Report, check
 from walrelay.testing.proxy import TcpProxy
+from walrelay.testing.servers import RedisServer
 
 
 def file_dest(path: Path) -> dict[str, object]:
@@ -164,3 +169,55 @@ async def test_postgres_sink_link_blackhole_and_reset(db: str, tcp_proxy: StartP
         assert report.ok(), report.summary()
     finally:
         execute(db, f"drop database if exists {dbname} with (force)")
+
+
+async def test_redis_ledger_link_blackhole_and_reset(
+    db: str, tcp_proxy: StartProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The webhook's Redis ledger black-holed for longer than the ledger client's
+    timeout, then reset: delivery pauses (nothing sent unchecked) and resumes
+    by itself; nothing lost, and a repeat only ever with its first id."""
+    secret = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+    monkeypatch.setenv("WALRELAY_TEST_SECRET", secret)
+    execute(db, "create table t (id int primary key)")
+    with RedisServer() as server:
+        proxy = await tcp_proxy(server.port)
+        async with WebhookReceiver(secret) as hook:
+            dest = {
+                "name": "hook",
+                "snapshot": "never",
+                "sink": {"type": "webhook", "url": hook.url, "secret_env": "WALRELAY_TEST_SECRET"},
+                "ledger": {
+                    "type": "redis",
+                    "url": f"redis://127.0.0.1:{proxy.address[1]}/0",
+                    "timeout": 1,
+                },
+            }
+            config = make_config(db, ["public.t"], [dest])
+            writer = RowWriter(db)
+            async with running_engine(config) as engine:
+                writer.start()
+                for fault, seconds in ((proxy.blackhole, 4.0), (proxy.cut, 1.0)):
+                    before = len(writer.committed)
+
+                    def caught_up(before: int = before) -> bool:
+                        return len(hook.ids) >= before
+
+                    await wait_for(caught_up, what="rows before the fault")
+                    await outage(proxy, fault, seconds)  # longer than the timeout
+                after = len(writer.committed)
+                await wait_for(lambda: len(hook.ids) >= after + 50, within=60, what="rows after")
+                committed = await writer.finish()
+                await wait_for(
+                    lambda: {e["record"]["id"] for e in hook.received} >= set(committed),
+                    within=60,
+                    what="every row",
+                )
+                ledger = next(
+                    h for h in engine.destinations["hook"].hooks if isinstance(h, LedgerHook)
+                )
+                assert ledger.check_retries + ledger.record_retries > 0  # the fault was met
+                assert ledger.ledger_down_since is None  # and is over
+                assert ledger.sent >= len(committed)  # every send went through the ledger
+    report = judge(committed, [(e["record"]["id"], e["id"]) for e in hook.received])
+    assert report.ok(allow_duplicates=True), report.summary()

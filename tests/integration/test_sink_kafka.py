@@ -32,7 +32,7 @@ from tests.integration.broker_workloads import (
 )
 from tests.integration.support import make_config, running_engine, wait_for
 from walrelay.config import KAFKA_EXACTLY_ONCE_BATCH, KafkaSinkConfig
-from walrelay.errors import ConfigError
+from walrelay.errors import ConfigError, SinkUnavailable
 from walrelay.model import Event, format_event_id
 from walrelay.sinks.base import SinkContext
 from walrelay.sinks.kafka import KafkaSink
@@ -271,8 +271,10 @@ async def test_missing_topic_without_auto_create(kafka: KafkaServer) -> None:
 
 
 async def test_unreachable_cluster_is_a_clear_error() -> None:
+    """Unavailable, not a config error: the destination waits for the cluster
+    (walrelay.engine.waiting_sink)."""
     sink = KafkaSink(KafkaSinkConfig(bootstrap_servers="127.0.0.1:1", delivery_timeout=1))
-    with pytest.raises(ConfigError, match=r"cannot reach the cluster at 127\.0\.0\.1:1"):
+    with pytest.raises(SinkUnavailable, match=r"cannot reach the cluster at 127\.0\.0\.1:1"):
         await sink.open()
 
 

@@ -456,3 +456,22 @@ def test_key_json_of_truncate_and_message_is_null() -> None:
     truncate, _ = build(Change(op="truncate", relations=(a,)))
     message, _ = build(Change(op="message", prefix="p", content=b"x"))
     assert truncate.key_json == b"null" and message.key_json == b"null"
+
+
+def test_a_value_that_is_not_utf8_is_its_bytes_in_hex_and_listed() -> None:
+    """A SQL_ASCII database's bytes (walrelay.source.encoding): lossless, and
+    marked, so that a text which merely looks like ``\\x41ff`` is not taken for it."""
+    t = rel(("k", TEXT, True), ("v", TEXT, False), ("a", 1009, False), ("w", TEXT, False))
+    change = Change(op="insert", relation=t, new=(b"k\xff", b"A\xffB", b"{A\xff,x}", b"\\x41ff"))
+    event, body = build(change)
+    assert body["record"] == {
+        "k": "\\x6bff",
+        "v": "\\x41ff42",
+        "a": "\\x7b41ff2c787d",
+        "w": "\\x41ff",
+    }
+    assert body["key"] == {"k": "\\x6bff"}
+    assert body["not_utf8"] == ["k", "v", "a"]
+    assert event.keys == ("public.users\x1fk\udcff",)
+    _, plain = build(Change(op="insert", relation=t, new=(b"k", b"\xc3\xa9", b"{x}", None)))
+    assert "not_utf8" not in plain and plain["record"]["a"] == ["x"]

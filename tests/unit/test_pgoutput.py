@@ -476,8 +476,9 @@ def test_value_length_past_end(dec: Decoder) -> None:
 
 def test_bad_strings_and_fields() -> None:
     d = Decoder()
-    with pytest.raises(DecodeError, match="malformed"):
+    with pytest.raises(DecodeError, match="malformed") as info:
         d.decode(b"O" + struct.pack("!Q", 1) + b"\xff\xfe\x00")  # invalid UTF-8
+    assert "not valid UTF-8" in str(info.value) and "rename" in str(info.value)
     with pytest.raises(DecodeError, match="malformed"):
         d.decode(b"O" + struct.pack("!Q", 1) + b"unterminated")
     with pytest.raises(DecodeError, match="replica identity"):

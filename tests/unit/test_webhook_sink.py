@@ -241,16 +241,23 @@ async def test_connection_refused_hides_credentials() -> None:
     url = f"https://admin:hunter2pw@127.0.0.1:{port}/hook?token=qsecret123&x=1"
     s = webhook(url, secret="whsec_c2VjcmV0LXNpZ25pbmcta2V5LTEyMzQ1Njc4")
     assert "hunter2pw" not in repr(s) and "qsecret123" not in s.url
-    await s.open()
+    # Refused at open (the start-up probe): the destination waits for its server.
+    with pytest.raises(SinkUnavailable) as at_open:
+        await s.open()
+    # Refused at delivery: the receiver went away after open.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", port))
+        listener.listen()
+        await s.open()
     try:
         with pytest.raises(SinkUnavailable) as info:
             await s.deliver([make_event(7)])
     finally:
         await s.close()
-    text = str(info.value)
-    assert f"127.0.0.1:{port}/hook" in text
-    for secret in ("hunter2pw", "admin", "qsecret123", "token", "c2VjcmV0"):
-        assert secret not in text
+    for text in (str(at_open.value), str(info.value)):
+        assert f"127.0.0.1:{port}/hook" in text
+        for secret in ("hunter2pw", "admin", "qsecret123", "token", "c2VjcmV0"):
+            assert secret not in text
 
 
 async def test_url_credentials_are_used_but_never_shown(receiver: Receiver) -> None:

@@ -21,6 +21,7 @@ from psycopg import sql
 
 from walrelay import failpoints
 from walrelay.model import Begin, Change, Event, Lsn, RawTuple, Relation
+from walrelay.source.encoding import is_sql_ascii
 from walrelay.source.snapshot import (
     Progress,
     connect_reader,
@@ -216,7 +217,7 @@ class BackfillManager:
             # Qualified: a bare name in ORDER BY would mean the ::text output column.
             key_sql = sql.SQL(", ").join(sql.Identifier("_r", k) for k in keys)
             base = sql.SQL("select {cols} from {t} as _r").format(
-                cols=select_list(rel), t=table_ident(rel)
+                cols=select_list(rel, raw=is_sql_ascii(conn)), t=table_ident(rel)
             )
             cursor = req.cursor
             chunks = req.chunks_done

@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from walrelay.config import Config, DestinationConfig
+from walrelay.engine.waiting_sink import WaitingSink
+from walrelay.errors import SinkUnavailable
 from walrelay.model import Event, Lsn
 from walrelay.pipeline.backoff import Backoff
 from walrelay.pipeline.hooks import DeliveryHook, FailpointHook
@@ -120,8 +122,12 @@ async def open_destinations(
     opened: list[Sink | DeliveryHook] = []
     try:
         for dcfg in config.destinations:
-            sink = sink_factory(dcfg)
-            await sink.open()
+            backoff = Backoff(
+                initial=dcfg.retry.initial,
+                multiplier=dcfg.retry.multiplier,
+                maximum=dcfg.retry.max,
+            )
+            sink = await _open_sink(dcfg.name, sink_factory(dcfg), backoff)
             opened.append(sink)
             ledger = ledger_hook(sink, config, dcfg)
             hooks = [
@@ -137,11 +143,7 @@ async def open_destinations(
                 sink,
                 max_in_flight=dcfg.effective_max_in_flight(),
                 max_buffer_bytes=dcfg.buffer_bytes,
-                backoff=Backoff(
-                    initial=dcfg.retry.initial,
-                    multiplier=dcfg.retry.multiplier,
-                    maximum=dcfg.retry.max,
-                ),
+                backoff=backoff,
                 hooks=hooks,
                 parking=_parking_for(config, dcfg, sink, out),
             )
@@ -157,6 +159,19 @@ async def open_destinations(
                 await thing.close()
         raise
     return out
+
+
+async def _open_sink(name: str, sink: Sink, backoff: Backoff) -> Sink:
+    """The sink, open; or, if its server cannot be reached now, a
+    :class:`WaitingSink` that opens it when it can (a config error still raises)."""
+    try:
+        await sink.open()
+    except SinkUnavailable as e:
+        waiting = WaitingSink(name, sink, e, backoff)
+        log.error("%s", waiting.not_ready)
+        waiting.start()
+        return waiting
+    return sink
 
 
 def _parking_for(

@@ -24,6 +24,7 @@ Metric names (the Grafana dashboard in ``grafana/walrelay.json`` uses them):
 ``walrelay_dead_events{...}``               dead now (parking)
 ``walrelay_oldest_parked_age_seconds{...}`` age of the oldest parked event
 ``walrelay_destination_failing_seconds{...}``  every attempt failing for (0: not)
+``walrelay_destination_ready{...}``         0 while its server was not reachable since start
 ``walrelay_parking_cap_used_ratio{...}``    parked events / bytes against the cap
 ``walrelay_replication_paused{reason}``     1 while paused (parked cap, backpressure)
 ``walrelay_walsender_cpu_ratio{slot,...}``  walsender CPU, share of a core (/proc, or wait events)
@@ -233,6 +234,11 @@ class MetricsCollector:
             "failing_seconds": gauge(
                 "walrelay_destination_failing_seconds",
                 "How long every delivery attempt has failed (0: not failing)",
+                d,
+            ),
+            "ready": gauge(
+                "walrelay_destination_ready",
+                "0 while the destination's server has not been reachable since walrelay started",
                 d,
             ),
             "parked_cap_used": gauge(

@@ -484,6 +484,9 @@ class Services:
                     "lag": lags.get(name, 0.0),
                     "last_latency": self.latency.last.get(name),
                     "last_error": dest.last_error,
+                    # Its server was unreachable at start (walrelay.engine.waiting_sink).
+                    "not_ready": (not_ready := getattr(dest.sink, "not_ready", None)),
+                    "ready": not_ready is None,
                 }
             )
         return rows
@@ -531,11 +534,21 @@ class Services:
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         state = self.state()
-        return state == "streaming", {
+        doc: dict[str, Any] = {
             "status": state,
             "slot": self.engine.config.source.slot,
             "confirmed_lsn": format_lsn(self.engine.tracker.confirmed),
         }
+        # Destinations whose server walrelay could not reach yet: named, with
+        # why and the fix. The others deliver, so the status code stays 200.
+        not_ready = [
+            line
+            for dest in self.engine.destinations.values()
+            if (line := getattr(dest.sink, "not_ready", None))
+        ]
+        if not_ready:
+            doc["not_ready"] = not_ready
+        return state == "streaming", doc
 
     def metrics(self) -> tuple[bytes, str]:
         return render_metrics(self)

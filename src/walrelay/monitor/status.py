@@ -208,6 +208,7 @@ def render_status(doc: dict[str, Any], where: str) -> str:
                 for d in dests
             ],
         )
+        out += [d["not_ready"] for d in dests if d.get("not_ready")]
     progress = doc.get("progress") or []
     if progress:
         out.append("")

@@ -20,6 +20,10 @@ snapshot rows)::
   row (``'O'``, REPLICA IDENTITY FULL); otherwise null.
 - ``unchanged``: TOASTed columns an UPDATE did not touch and the server did
   not resend. They are left out of ``record`` (never null: null is a value).
+- ``not_utf8`` (only when not empty): columns whose value's bytes are not
+  valid UTF-8 (a ``SQL_ASCII`` database stores any bytes): the value, in
+  ``record``, ``old`` and ``key``, is ``"\\x<hex of the bytes>"``
+  (:class:`walrelay.source.types.NotUtf8`).
 
 ``truncate`` has ``"tables": ["public.a", ...], "cascade", "restart_identity"``
 and null ``table``/``key``/``record``/``old``. ``message`` (logical decoding
@@ -101,7 +105,7 @@ from walrelay.model import (
     format_event_id,
     format_lsn,
 )
-from walrelay.source.types import Converter, TypeRegistry
+from walrelay.source.types import Converter, NotUtf8, TypeRegistry
 from walrelay.speedups import encode_object as _c_encode_object
 
 __all__ = ["KEY_SEPARATOR", "EnvelopeBuilder", "encode_json"]
@@ -394,6 +398,15 @@ def _convert(
         return _convert_slow(table, names, safe, row)
 
 
+def _not_utf8_columns(*rows: dict[str, Any] | None) -> list[str]:
+    """Columns whose value (in any of ``rows``) is a :class:`NotUtf8` hex string."""
+    names: list[str] = []
+    for row in rows:
+        if row is not None:
+            names.extend(n for n, v in row.items() if type(v) is NotUtf8 and n not in names)
+    return names
+
+
 def _key_part(raw: RawValue) -> str:
     if raw is None:
         return _NULL_PART
@@ -659,6 +672,9 @@ class EnvelopeBuilder:
         }
         if unchanged:
             env["unchanged"] = unchanged
+        escaped = _not_utf8_columns(record, old_obj)
+        if escaped:
+            env["not_utf8"] = escaped
         return encode_json(env), key_json
 
     def _common(self, begin: Begin, op: str, seq: int) -> dict[str, Any]:

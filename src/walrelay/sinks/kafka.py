@@ -341,6 +341,13 @@ class KafkaSink:
         try:
             metadata = self._admin.list_topics(timeout=min(self.delivery_timeout, 30.0))
         except ck.KafkaException as exc:
+            code = exc.args[0].code() if exc.args and hasattr(exc.args[0], "code") else None
+            down = ("_TRANSPORT", "_TIMED_OUT", "_ALL_BROKERS_DOWN", "_RESOLVE")
+            if code in {getattr(ck.KafkaError, name) for name in down}:
+                # The brokers are down or unreachable: the destination waits for them.
+                raise SinkUnavailable(
+                    f"kafka sink: cannot reach the cluster at {self.bootstrap}: {_err(exc)}"
+                ) from None
             raise ConfigError(
                 f"kafka sink: cannot reach the cluster at {self.bootstrap}: {_err(exc)}",
                 fix="check bootstrap_servers, the security settings, and that the brokers run",

@@ -205,7 +205,16 @@ class NatsSink:
                 ),
                 timeout=self.timeout * 2,
             )
-        except (TimeoutError, OSError, nats.errors.Error) as exc:
+        except nats.errors.AuthorizationError as exc:
+            raise ConfigError(
+                f"nats sink: {where} refused the credentials: {exc}",
+                fix="check the credentials (user/password, token, creds file) in the config",
+            ) from None
+        except (TimeoutError, OSError, nats.errors.NoServersError) as exc:
+            raise SinkUnavailable(
+                f"nats sink: cannot connect to {where}: {type(exc).__name__}: {exc}"
+            ) from None
+        except nats.errors.Error as exc:
             raise ConfigError(
                 f"nats sink: cannot connect to {where}: {type(exc).__name__}: {exc}",
                 fix="check servers, the credentials and TLS settings, and that nats-server runs",

@@ -165,12 +165,9 @@ class PostgresSink:
     # -- life cycle -------------------------------------------------------------
 
     async def open(self) -> None:
-        try:
-            conn = await self._connect()
-        except SinkUnavailable as e:
-            log.warning("%s; delivery waits for the target", e)
-            return
-        self._idle.append(conn)
+        # SinkUnavailable: the target is down; the destination waits for it
+        # (walrelay.engine.waiting_sink) and says so in /healthz.
+        self._idle.append(await self._connect())
 
     async def close(self) -> None:
         if self.replays_skipped:

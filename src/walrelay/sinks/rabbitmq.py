@@ -152,9 +152,11 @@ class RabbitMQSink:
         try:
             await self._channel_or_reconnect()
         except SinkUnavailable as exc:
+            if "AuthenticationError" not in str(exc):
+                raise  # the server is down or unreachable: the destination waits for it
             raise ConfigError(
-                f"rabbitmq sink: cannot connect to {self.url}: {exc}",
-                fix="check url, username/password_env and TLS settings, and that RabbitMQ runs",
+                f"rabbitmq sink: {self.url} refused the credentials: {exc}",
+                fix="check url, username/password_env",
             ) from None
         try:
             names = {self.exchanges.for_table(t, op) for t in self.tables for op in ROW_OPS}

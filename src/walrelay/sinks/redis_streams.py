@@ -164,6 +164,16 @@ class RedisStreamsSink:
                             fix=f"create it (XGROUP CREATE {stream} <group> $ MKSTREAM) or set "
                             "auto_create: true",
                         )
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            await client.aclose()
+            if isinstance(exc, redis.exceptions.AuthenticationError):
+                raise ConfigError(
+                    f"redis sink {self.url}: authentication refused: {exc}",
+                    fix="check username and password_env",
+                ) from None
+            raise SinkUnavailable(
+                f"redis sink {self.url}: cannot connect: {type(exc).__name__}: {exc}"
+            ) from None
         except redis.exceptions.RedisError as exc:
             await client.aclose()
             raise ConfigError(

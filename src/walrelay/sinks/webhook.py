@@ -153,6 +153,7 @@ class WebhookSink:
     async def open(self) -> None:
         if self._session is not None:
             return
+        await self._probe()
         if self._key is None:
             log.warning(
                 "webhook sink %s: no secret configured; requests are NOT signed and the "
@@ -166,6 +167,26 @@ class WebhookSink:
             timeout=aiohttp.ClientTimeout(total=self.timeout),
             headers=self._headers,
         )
+
+    async def _probe(self) -> None:
+        """A TCP connection to the receiver, closed at once (no request is
+        sent): a receiver down at start is then reported as not reachable yet
+        (walrelay.engine.waiting_sink) instead of as failing deliveries."""
+        url = self._url
+        host = url.raw_host or ""
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port), timeout=self.timeout
+            )
+        except (OSError, TimeoutError) as exc:
+            raise SinkUnavailable(
+                f"webhook sink {self.url}: cannot connect to {host}:{port}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
 
     async def close(self) -> None:
         session, self._session = self._session, None

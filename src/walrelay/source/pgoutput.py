@@ -307,6 +307,16 @@ class Decoder:
             return self._decode(data, offset, streamed)
         except DecodeError:
             raise
+        except UnicodeDecodeError as e:
+            # Only a SQL_ASCII database sends such bytes (walrelay.source.encoding):
+            # values are delivered in hex, but a name is part of every event.
+            raise DecodeError(
+                f"malformed pgoutput message ({_describe(data, offset)}): a schema, table,"
+                f" column or type name or a logical message prefix is not valid UTF-8: {e}",
+                fix="rename the object to a UTF-8 name (or drop it from the publication);"
+                " a logical message already written can only be skipped with"
+                " pg_replication_slot_advance",
+            ) from e
         except (struct.error, IndexError, ValueError, OverflowError) as e:
             # struct.error / IndexError: truncated; ValueError: unterminated
             # string or invalid UTF-8; OverflowError: absurd numbers.

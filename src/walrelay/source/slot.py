@@ -115,15 +115,15 @@ async def _check_wal_level(conn: psycopg.AsyncConnection[tuple[object, ...]]) ->
 
 async def _check_encoding(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
     """SQL_ASCII: PostgreSQL does not know what the bytes of its text mean. walrelay
-    reads them as UTF-8 (every connection says client_encoding=UTF8), which works
-    as long as they are; say so once, with what happens when they are not."""
+    reads them as stored and decodes them as UTF-8 (walrelay.source.encoding);
+    say so once, with what becomes of bytes that are not UTF-8."""
     row = await _fetchone(conn, "select current_setting('server_encoding'), current_database()")
     if row and str(row[0]) == "SQL_ASCII":
         log.warning(
-            "database %s has encoding SQL_ASCII: walrelay reads its text as UTF-8; a value"
-            " that is not valid UTF-8 is refused by PostgreSQL (invalid byte sequence for"
-            " encoding UTF8) and stops replication until it is corrected. Converting the"
-            " database to UTF8 removes the risk.",
+            "database %s has encoding SQL_ASCII: walrelay reads its text as UTF-8; a"
+            " value whose bytes are not valid UTF-8 is delivered as '\\x' and its bytes in"
+            " hex, its column listed in the event's not_utf8. Converting the database to"
+            " UTF8 avoids it.",
             row[1],
         )
 

@@ -50,6 +50,7 @@ from psycopg import sql
 from psycopg.adapt import Loader
 
 from walrelay.model import Column, RawTuple, Relation
+from walrelay.source.encoding import is_sql_ascii
 from walrelay.source.slot import TableInfo, split_table
 from walrelay.source.types import SESSION_OPTIONS  # values as pgoutput prints them
 from walrelay.units import format_duration
@@ -182,10 +183,11 @@ async def relation_for(conn: Conn, info: TableInfo) -> Relation:
     return Relation(info.oid, schema, name, info.replica_identity, cols)
 
 
-def select_list(rel: Relation) -> sql.Composable:
-    return sql.SQL(", ").join(
-        sql.SQL("{}::text").format(sql.Identifier(c.name)) for c in rel.columns
-    )
+def select_list(rel: Relation, *, raw: bool = False) -> sql.Composable:
+    """Every column as the text PostgreSQL prints; ``raw``: its bytes as
+    stored, as bytea (a ``SQL_ASCII`` database: :mod:`walrelay.source.encoding`)."""
+    form = "convert_to({}::text, 'SQL_ASCII')" if raw else "{}::text"
+    return sql.SQL(", ").join(sql.SQL(form).format(sql.Identifier(c.name)) for c in rel.columns)
 
 
 def table_ident(rel: Relation) -> sql.Identifier:
@@ -245,7 +247,9 @@ async def _read_range(
     conn: Conn, plan: TablePlan, rng: _Range, out: asyncio.Queue[tuple[str, list[RawTuple]]]
 ) -> None:
     rel, info = plan.rel, plan.info
-    query = sql.SQL("select {cols} from {t}").format(cols=select_list(rel), t=table_ident(rel))
+    query = sql.SQL("select {cols} from {t}").format(
+        cols=select_list(rel, raw=is_sql_ascii(conn)), t=table_ident(rel)
+    )
     params: list[Any] = []
     if rng.lo is not None:
         k = sql.Identifier(info.key_columns[0])

@@ -20,6 +20,7 @@ import psycopg
 from psycopg import pq, sql
 
 from walrelay.model import Lsn, format_lsn
+from walrelay.source.encoding import raw_bytes_if_sql_ascii
 from walrelay.source.types import SESSION_OPTIONS
 
 log = logging.getLogger("walrelay.source.stream")
@@ -128,6 +129,7 @@ class PsycopgReplicationStream:
                 options=SESSION_OPTIONS,
             )
             self.backend_pid = self._conn.pgconn.backend_pid
+            await raw_bytes_if_sql_ascii(self._conn)
             opts = sql.SQL(", ").join(
                 sql.SQL("{} {}").format(sql.Identifier(k), sql.Literal(v))
                 for k, v in options.items()

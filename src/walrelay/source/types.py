@@ -54,6 +54,9 @@ BC dates, years after 9999, ``24:00:00`` -- stay the text the server printed
 A value a *known* type's loader rejects (which means the session settings are
 not what we assume, or a bug) raises :class:`walrelay.errors.DecodeError`
 naming the type and OID; it is never turned into text or ``None`` silently.
+The one exception: a value whose bytes are not valid UTF-8 (a ``SQL_ASCII``
+database stores any bytes) is its bytes in hex (:class:`NotUtf8`), whatever
+its type.
 """
 
 from __future__ import annotations
@@ -77,9 +80,11 @@ __all__ = [
     "SESSION_OPTIONS",
     "SESSION_SETTINGS",
     "Converter",
+    "NotUtf8",
     "TypeRegistry",
     "json_depth",
     "json_value",
+    "not_utf8",
 ]
 
 Converter = Callable[[bytes], Any]
@@ -265,13 +270,38 @@ def _keeping_bounds(load: Converter) -> Converter:
     return convert
 
 
+class NotUtf8(str):
+    """A value whose bytes are not valid UTF-8 (only a ``SQL_ASCII`` database
+    holds such), losslessly: ``\\x`` and the bytes in hex, as PostgreSQL
+    prints a bytea (``bytes.fromhex(value[2:])`` gives them back). A string
+    like any other to JSON; the envelope lists such columns in ``not_utf8``,
+    which tells it from a text that merely looks like this."""
+
+    __slots__ = ()
+
+
+def not_utf8(data: Buffer) -> NotUtf8:
+    """``data`` as a :class:`NotUtf8` value."""
+    return NotUtf8("\\x" + bytes(data).hex())
+
+
+def _is_utf8(data: Buffer) -> bool:
+    try:
+        bytes(data).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _guarded(load: Converter, oid: int, name: str) -> Converter:
     def convert(data: bytes) -> Any:
         try:
             return load(data)
-        except DecodeError:
-            raise
         except Exception as exc:
+            if not _is_utf8(data):
+                return not_utf8(data)  # a SQL_ASCII database's bytes
+            if isinstance(exc, DecodeError):
+                raise
             raise DecodeError(
                 f"cannot convert a value of type {name} (oid {oid}) "
                 f"from pgoutput's text format: {type(exc).__name__}: {exc}",
