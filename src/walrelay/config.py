@@ -471,6 +471,10 @@ class RabbitMQSinkConfig(SinkConfigBase):
     prefix: str = "walrelay"
     auto_create: bool = True
     mandatory: bool = True
+    # Right after a (re)connect a restarted broker may not have recovered its
+    # durable bindings yet: an unroutable return is retried for this long, and
+    # is a permanent error (parked, then dead) only on an older connection.
+    unroutable_grace: Seconds = 30.0
     tls: TlsConfig | None = None
     timeout: PositiveSeconds = 10.0
     batch_size: int = Field(default=100, gt=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -193,10 +194,16 @@ async def test_unroutable_is_a_permanent_error(server: RabbitMQServer) -> None:
 
     prefix = unique_prefix("q")
     # The exchange exists, no queue is bound.
-    sink = RabbitMQSink(RabbitMQSinkConfig(url=server.url, prefix=prefix))
+    sink = RabbitMQSink(RabbitMQSinkConfig(url=server.url, prefix=prefix, unroutable_grace=0.5))
     await sink.open()
+    opened = time.monotonic()  # the connection is at least as old as this
     try:
         event = Event(1, 0, "insert", "public.t", ("k",), b"{}", 1, datetime.now(UTC))
+        # On a fresh connection (a restarted broker recovering its bindings) it is retried.
+        with pytest.raises(SinkError, match="unroutable") as exc:
+            await sink.deliver([event])
+        assert not exc.value.permanent and "after connecting" in str(exc.value)
+        await wait_for(lambda: time.monotonic() - opened > 0.5, what="the grace to pass")
         with pytest.raises(SinkError, match="unroutable") as exc:
             await sink.deliver([event])
         assert exc.value.permanent

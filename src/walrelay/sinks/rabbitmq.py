@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -128,6 +129,8 @@ class RabbitMQSink:
         self.mandatory = config.mandatory
         self.tables = context.tables
         self.timeout = config.timeout
+        self.unroutable_grace = config.unroutable_grace
+        self._connected_at: float | None = None  # time.monotonic() of the last connect
         self.batch_size = config.batch_size
         self._options = options
         self._connection: AbstractConnection | None = None
@@ -209,6 +212,7 @@ class RabbitMQSink:
                 await connection.close()
                 raise
             self._connection, self._channel = connection, fresh
+            self._connected_at = time.monotonic()
             return fresh
 
     async def _exchange(self, name: str, *, config_error: bool = False) -> AbstractExchange:
@@ -359,11 +363,18 @@ class RabbitMQSink:
             f"with routing key {routing_key!r}"
         )
         if isinstance(exc, pika.exceptions.PublishError):
-            return SinkError(
-                f"{what}: returned unroutable -- fix: bind a queue to the exchange for this "
-                "routing key, or set mandatory: false to let the broker drop such messages",
-                permanent=True,
+            fix = (
+                "fix: bind a queue to the exchange for this routing key, or set"
+                " mandatory: false to let the broker drop such messages"
             )
+            age = None if self._connected_at is None else time.monotonic() - self._connected_at
+            if age is not None and age < self.unroutable_grace:
+                return SinkError(
+                    f"{what}: returned unroutable {age:.1f}s after connecting (retried for"
+                    f" unroutable_grace {self.unroutable_grace:g}s: a restarted broker may"
+                    f" still be recovering its bindings) -- {fix}"
+                )
+            return SinkError(f"{what}: returned unroutable -- {fix}", permanent=True)
         if isinstance(exc, pika.exceptions.ChannelNotFoundEntity):
             self._checked.discard(exchange)
             self._exchanges.pop(exchange, None)
