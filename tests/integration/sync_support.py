@@ -9,10 +9,12 @@ import itertools
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+import yaml
 
 from walrelay.sync.config import SyncSettings, parse_sync_config
 from walrelay.sync.runner import SyncRunner
@@ -68,6 +70,13 @@ class SyncEnv:
         }
         sync.update(extra)
         return parse_sync_config({"sync": sync})
+
+    def write_config(self, path: Path, **extra: Any) -> Path:
+        """A sync.yaml for nodes a and b, as a user writes it (for the CLI)."""
+        nodes = {n: {"dsn": self.dsns[n], "priority": p} for n, p in (("a", 1), ("b", 2))}
+        sync = {"name": self.name, "nodes": nodes, "tables": ["public.items"], **extra}
+        path.write_text(yaml.safe_dump({"sync": sync}))
+        return path
 
     async def start(self, settings: SyncSettings, initial: str | None = None) -> SyncRunner:
         runner = SyncRunner(settings)

@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 from click.testing import CliRunner
 
 from tests.integration.sync_support import SyncEnv, assert_quiet, sync_clusters, sync_env
@@ -118,20 +117,7 @@ async def test_each_conflict_kind_under_last_write_wins(sync_env: SyncEnv) -> No
 def test_sync_conflicts_and_status_commands(sync_env: SyncEnv, tmp_path: Path) -> None:
     env = sync_env
     asyncio.run(_two_inserts_of_one_key(env))
-    config = tmp_path / "sync.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "sync": {
-                    "name": env.name,
-                    "nodes": {
-                        n: {"dsn": env.dsns[n], "priority": p} for n, p in (("a", 1), ("b", 2))
-                    },
-                    "tables": ["public.items"],
-                }
-            }
-        )
-    )
+    config = env.write_config(tmp_path / "sync.yaml")
     cli = CliRunner()
     out = cli.invoke(
         main, ["sync", "conflicts", "--config", str(config), "--json", "--table", "items"]

@@ -12,7 +12,6 @@ from typing import Any
 
 import aiohttp
 import psycopg
-import yaml
 from click.testing import CliRunner
 
 from tests.integration.sync_support import SyncEnv, sync_clusters, sync_env
@@ -36,21 +35,7 @@ async def test_sync_serves_lag_and_conflicts_to_status_metrics_and_dashboard(
     token_file.write_text(TOKEN + "\n")
     token_file.chmod(0o600)
     http = {"port": free_port(), "token_file": str(token_file)}
-    config = tmp_path / "sync.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "sync": {
-                    "name": env.name,
-                    "nodes": {
-                        n: {"dsn": env.dsns[n], "priority": p} for n, p in (("a", 1), ("b", 2))
-                    },
-                    "tables": ["public.items"],
-                    "http": http,
-                }
-            }
-        )
-    )
+    config = env.write_config(tmp_path / "sync.yaml", http=http)
     await settle(env)  # creates the slots
     env.execute("a", "insert into items values (1, 'a', 1), (2, 'x', 0)")
     env.execute("b", "insert into items values (1, 'b', 1)")  # insert_exists both ways
