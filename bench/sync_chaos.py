@@ -186,6 +186,20 @@ class Walrelay:
             )
         self.starts += 1
 
+    def describe(self) -> str:
+        """Whether the process still runs, and its log's warnings and errors."""
+        proc = self.proc
+        state = (
+            "not running"
+            if proc is None
+            else f"running (pid {proc.pid})"
+            if proc.returncode is None
+            else f"EXITED with code {proc.returncode}"
+        )
+        lines = self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
+        notable = [ln for ln in lines if " WARNING " in ln or " ERROR " in ln or "rror" in ln]
+        return f"walrelay {state}; its last warnings/errors:\n" + "\n".join(notable[-12:])
+
     async def kill(self) -> None:
         proc, self.proc = self.proc, None
         if proc is not None and proc.returncode is None:
@@ -256,7 +270,7 @@ async def slots_created(dsns: dict[str, str], name: str) -> None:
         await asyncio.sleep(0.1)
 
 
-async def converge(dsns: dict[str, str], within: float, log: Log) -> float:
+async def converge(dsns: dict[str, str], within: float, log: Log, relay: Walrelay) -> float:
     start = time.monotonic()
     while time.monotonic() - start < within:
         try:
@@ -283,13 +297,15 @@ async def converge(dsns: dict[str, str], within: float, log: Log) -> float:
         for k in keys
         if len({str(r.get(k, (None,))[0]) for r in rows.values()}) > 1
     ]
-    bad = {int(d.split(":")[0]) for d in diff[:3]}
+    bad = {int(d.split(":")[0]) for d in diff[:1]}
     history = [f"{w.node} {w.op} {w.key} {w.token} xid {w.xid}" for w in log.writes if w.key in bad]
     raise AssertionError(
-        f"nodes did not converge within {within}s: "
-        + "; ".join(diff[:10])
-        + "\nwrites of those keys:\n"
-        + "\n".join(history)
+        f"nodes did not converge within {within}s: {len(diff)} keys differ: "
+        + "; ".join(diff[:5])
+        + "\n"
+        + relay.describe()
+        + f"\nthe last writes of key {min(bad)}:\n"
+        + "\n".join(history[-15:])
     )
 
 
@@ -321,6 +337,22 @@ async def scenario(
         )
     )
     relay = Walrelay(config, workdir / f"walrelay{len(nodes)}.log")
+    try:  # stopped by its pid even when a check fails
+        return await chaos(nodes, clusters, plan, dsns, relay, rnd, say)
+    finally:
+        await relay.stop()
+
+
+async def chaos(
+    nodes: tuple[str, ...],
+    clusters: dict[str, PgCluster],
+    plan: Plan,
+    dsns: dict[str, str],
+    relay: Walrelay,
+    rnd: random.Random,
+    say: Any,
+) -> dict[str, Any]:
+    """Writers, SIGKILLs and a node outage; then the checks."""
     await relay.start()
     # The first run creates the slots: writes start once they exist.
     await slots_created(dsns, f"chaos{len(nodes)}")
@@ -355,7 +387,7 @@ async def scenario(
     stop.set()
     await asyncio.gather(*writers)
     write_seconds = time.monotonic() - started
-    converge_s = await converge(dsns, within=60, log=log)
+    converge_s = await converge(dsns, within=60, log=log, relay=relay)
     # No echo: once converged, no row of the synced table is written anywhere
     # (the audit sees every insert, update and delete) for 2 s without writers.
     # (pg_last_committed_xact would also see walrelay trimming tombstones.)
@@ -474,6 +506,15 @@ async def steady(clusters: dict[str, PgCluster], plan: Plan, workdir: Path) -> d
         )
     )
     relay = Walrelay(config, workdir / "walrelay-steady.log")
+    try:  # stopped by its pid even when a check fails
+        return await steady_load(nodes, plan, dsns, relay)
+    finally:
+        await relay.stop()
+
+
+async def steady_load(
+    nodes: tuple[str, ...], plan: Plan, dsns: dict[str, str], relay: Walrelay
+) -> dict[str, Any]:
     await relay.start()
     await slots_created(dsns, "steady")
     log = Log()
@@ -486,7 +527,7 @@ async def steady(clusters: dict[str, PgCluster], plan: Plan, workdir: Path) -> d
     await asyncio.sleep(plan.seconds)  # the load runs this long
     stop.set()
     await asyncio.gather(*writers)
-    await converge(dsns, within=120, log=log)
+    await converge(dsns, within=120, log=log, relay=relay)
     # Catch-up: a backlog of single-row transactions on each node while walrelay
     # is stopped, then the time both directions take to apply it.
     await relay.stop()
@@ -500,7 +541,7 @@ async def steady(clusters: dict[str, PgCluster], plan: Plan, workdir: Path) -> d
         )
     t0 = time.monotonic()
     await relay.start()
-    await converge(dsns, within=300, log=log)
+    await converge(dsns, within=300, log=log, relay=relay)
     catch_up = time.monotonic() - t0
     await relay.stop()
     out: dict[str, Any] = {

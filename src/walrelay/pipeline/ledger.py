@@ -65,6 +65,7 @@ from walrelay.pipeline.backoff import Backoff
 from walrelay.pipeline.hooks import DeliveryHook
 from walrelay.sinks.base import Sink
 from walrelay.sinks.common import safe_url
+from walrelay.state.durability import require_flushed_commits
 from walrelay.state.ledger import LedgerTable
 
 if TYPE_CHECKING:
@@ -264,6 +265,7 @@ class PostgresLedger:
             from walrelay.state.migrations import migrate
 
             await migrate(conn, self.schema)
+            await require_flushed_commits(conn)  # a lost record would mean a resend
         except psycopg.OperationalError as e:
             await conn.close()
             raise LedgerUnavailable(f"ledger {self.where}: {str(e).strip()}") from None

@@ -83,6 +83,7 @@ from walrelay.errors import PoisonEvent, SinkError, SinkUnavailable
 from walrelay.model import Event, Lsn, format_lsn
 from walrelay.sinks.base import SinkContext
 from walrelay.sinks.common import batch_error
+from walrelay.state.durability import require_flushed_commits
 
 if TYPE_CHECKING:
     from walrelay.config import PostgresSinkConfig
@@ -198,6 +199,11 @@ class PostgresSink:
             raise SinkUnavailable(
                 f"postgres sink {self.where}: cannot connect: {str(e).strip()}"
             ) from None
+        try:
+            await require_flushed_commits(conn)
+        except psycopg.OperationalError as e:
+            await conn.close()
+            raise SinkUnavailable(f"postgres sink {self.where}: {str(e).strip()}") from None
         if not self._ready:
             try:
                 await self._prepare(conn)

@@ -39,6 +39,7 @@ from psycopg import sql
 
 from walrelay.errors import WalrelayError
 from walrelay.model import UNCHANGED_TOAST, Change, Lsn, format_lsn, parse_lsn
+from walrelay.state.durability import require_flushed_commits
 from walrelay.state.sync import (
     APPLYING_SETTING,
     OVERWRITTEN_PREFIX,
@@ -201,6 +202,7 @@ class Direction:
             application_name=f"walrelay-sync-{self.name}"[:63],
         )
         try:
+            await require_flushed_commits(conn)
             self._tables = await inspect_node(conn, self.target, self.settings.tables)
             await conn.execute(
                 "select pg_replication_origin_create(%s) where not exists "

@@ -3,8 +3,9 @@
 Start-up checks every reachable node (:mod:`walrelay.sync.catalog`), then
 runs one :class:`~walrelay.sync.reader.NodeReader` per node and one
 :class:`~walrelay.sync.applier.Direction` per ordered pair of nodes. A node
-that is down at start-up (after a first run prepared it) only waits: its
-directions connect when it is back.
+that is down at start-up, or goes away during it (after a first run prepared
+it), only waits: its directions connect when it is back. With fewer than two
+nodes reachable, start-up itself waits and retries, saying which are missing.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ TOMBSTONE_MARGIN = timedelta(minutes=1)
 them (commit times are not strictly monotonic in commit order, clocks drift)."""
 
 
+class TooFewNodes(ConfigError):
+    """Fewer than two nodes answered at start-up."""
+
+
 class SyncRunner:
     """Runs a sync until :meth:`stop`."""
 
@@ -63,6 +68,7 @@ class SyncRunner:
         }
         self._resolvers = resolvers
         conns: dict[str, psycopg.AsyncConnection[tuple[Any, ...]]] = {}
+        self._lost: list[psycopg.AsyncConnection[tuple[Any, ...]]] = []
         versions: dict[str, int] = {}
         try:
             for node, cfg in s.nodes.items():
@@ -82,14 +88,14 @@ class SyncRunner:
                         node,
                         str(e).strip().splitlines()[-1],
                     )
-            if len(conns) < 2:
-                raise ConfigError(
-                    f"only {len(conns)} of {len(s.nodes)} nodes are reachable",
-                    fix="start the nodes' servers, or check the dsn of each node",
-                )
+            self._enough(conns)
             tables: dict[str, NodeTables] = {}
-            for node, conn in conns.items():
-                tables[node] = await inspect_node(conn, node, s.tables)
+            for node, conn in list(conns.items()):
+                try:
+                    tables[node] = await inspect_node(conn, node, s.tables)
+                except psycopg.OperationalError as e:
+                    self._went_away(conns, node, e, initial_from)
+                    continue
                 versions[node] = conn.info.server_version
             check_nodes(tables)
             if initial_from is not None:
@@ -97,17 +103,70 @@ class SyncRunner:
 
                 await copy_from(s, initial_from, conns, tables)
             else:
-                for node, conn in conns.items():
-                    await prepare_node(conn, s, node, tables[node])
+                for node, conn in list(conns.items()):
+                    try:
+                        await prepare_node(conn, s, node, tables[node])
+                    except psycopg.OperationalError as e:
+                        self._went_away(conns, node, e, initial_from)
+                self._enough(conns)
         finally:
-            for conn in conns.values():
+            for conn in [*conns.values(), *self._lost]:
                 with contextlib.suppress(Exception):
                     await conn.close()
         return versions
 
+    def _went_away(
+        self,
+        conns: dict[str, psycopg.AsyncConnection[tuple[Any, ...]]],
+        node: str,
+        error: psycopg.OperationalError,
+        initial_from: str | None,
+    ) -> None:
+        """A node lost during start-up waits like one down at start-up (a server
+        restart must not end the sync); ``--initial`` needs every node."""
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else "connection lost"
+        if initial_from is not None:
+            raise ConfigError(
+                f"node {node} ({self.settings.nodes[node].masked_dsn}) went away during "
+                f"start-up: {reason}",
+                fix="start it: --initial needs every node",
+            ) from None
+        log.warning(
+            "node %s went away during start-up (%s); its directions wait for it", node, reason
+        )
+        self._lost.append(conns.pop(node))
+
+    def _enough(self, conns: dict[str, psycopg.AsyncConnection[tuple[Any, ...]]]) -> None:
+        if len(conns) < 2:
+            raise TooFewNodes(
+                f"only {len(conns)} of {len(self.settings.nodes)} nodes are reachable",
+                fix="start the nodes' servers, or check the dsn of each node",
+            )
+
+    async def _prepare_when_reachable(self, initial_from: str | None) -> dict[str, int] | None:
+        """:meth:`prepare` once two nodes answer (None: stopped meanwhile); a
+        first run with a wrong dsn says so on every attempt."""
+        backoff = self.settings.reconnect
+        delay = backoff.initial
+        while True:
+            try:
+                return await self.prepare(initial_from)
+            except TooFewNodes as e:
+                if initial_from is not None:
+                    raise
+                log.warning("sync %s: %s; retrying in %.1fs", self.settings.name, e, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+            if self._stop.is_set():
+                return None
+            delay = min(delay * backoff.multiplier, backoff.max)
+
     async def run(self, initial_from: str | None = None) -> None:
         s = self.settings
-        versions = await self.prepare(initial_from)
+        prepared = await self._prepare_when_reachable(initial_from)
+        if prepared is None:
+            return
+        versions = prepared
         for src in s.nodes:
             for dst in s.nodes:
                 if src != dst:

@@ -32,6 +32,7 @@ from walrelay.pipeline.parking.index import Ident
 from walrelay.pipeline.parking.listen import follow_operator_changes
 from walrelay.pipeline.parking.writes import DeleteRow, ParkRows, ReadRows, UpdateRow, Write
 from walrelay.state import parking as T
+from walrelay.state.durability import require_flushed_commits
 from walrelay.state.migrations import migrate
 
 __all__ = ["ParkingStore"]
@@ -54,9 +55,15 @@ class _Connection:
     async def get(self) -> _DbConn:
         conn = self._conn
         if conn is None or conn.closed or conn.broken:
-            self._conn = conn = await psycopg.AsyncConnection.connect(
+            conn = await psycopg.AsyncConnection.connect(
                 self._dsn, autocommit=True, application_name=self._name, connect_timeout=10
             )
+            try:
+                await require_flushed_commits(conn)  # the slot is confirmed past parked events
+            except BaseException:
+                await conn.close()
+                raise
+            self._conn = conn
         return conn
 
     async def reset(self) -> None:
