@@ -306,6 +306,18 @@ async def converge(dsns: dict[str, str], within: float, log: Log, relay: Walrela
         + relay.describe()
         + f"\nthe last writes of key {min(bad)}:\n"
         + "\n".join(history[-15:])
+        + f"\nconflicts logged for key {min(bad)}:\n"
+        + "\n".join(
+            f"{n}: {c}"
+            for n, d in dsns.items()
+            for c in query(
+                d,
+                "select conflict, resolution, local_row->>'v', local_committed_at, "
+                "remote_origin, remote_row->>'v', remote_committed_at from walrelay.conflicts "
+                "where key->>'id' = %s order by id desc limit 4",
+                (str(min(bad)),),
+            )
+        )
     )
 
 

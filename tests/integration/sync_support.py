@@ -152,6 +152,12 @@ async def _make_env(
                     "select slot_name from pg_replication_slots where database = %s", (dbname,)
                 ).fetchall():
                     conn.execute("select pg_drop_replication_slot(%s)", slot)
+                # Origins are cluster-wide, and each one with progress holds one of
+                # max_replication_slots' state slots until it is dropped.
+                prefix = f"walrelay_sync_{env.name}_"
+                for (origin,) in conn.execute("select roname from pg_replication_origin"):
+                    if origin.startswith(prefix):
+                        conn.execute("select pg_replication_origin_drop(%s)", (origin,))
 
 
 @pytest.fixture

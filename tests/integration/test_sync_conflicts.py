@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from click.testing import CliRunner
 
 from tests.integration.sync_support import SyncEnv, assert_quiet, sync_clusters, sync_env
@@ -261,3 +262,36 @@ async def test_priority_converges_when_the_lower_priority_write_is_newer(
         1: ("update_origin_differs", "apply_remote"),
         2: ("update_deleted", "apply_remote"),
     }
+
+
+async def test_a_local_write_the_applier_waited_for_is_judged_by_its_own_commit_time(
+    sync_env: SyncEnv,
+) -> None:
+    """The applier's read of the local row waits for a local transaction that
+    holds the row, and must then judge the version that transaction committed
+    (newer than the change being applied), not the one it replaced."""
+    env = sync_env
+    runner = await env.start(env.settings())
+    env.execute("a", "insert into items (id, v, n) values (1, 'base', 0)")
+    await wait_for(lambda: env.rows("b") == [(1, "base", 0)], what="the base row on b")
+    with psycopg.connect(env.dsns["b"]) as late:  # a local writer on b
+        late.execute("update items set v = 'b, committed last' where id = 1")  # holds the row
+        env.execute("a", "update items set v = 'a' where id = 1")  # commits first
+        await wait_for(
+            lambda: (
+                env.execute(
+                    "b",
+                    "select count(*) from pg_stat_activity "
+                    "where application_name = 'walrelay-sync-a->b' and wait_event_type = 'Lock'",
+                )
+                == [(1,)]
+            ),
+            what="a->b waiting for the local transaction's row lock",
+        )
+        late.commit()  # the newest write: last write wins, on both nodes
+    await wait_for(
+        lambda: env.rows("a") == env.rows("b") == [(1, "b, committed last", 0)],
+        what="both nodes on b's later write",
+    )
+    await assert_quiet(env, runner)
+    assert conflicts(env, "b") == {1: ("update_origin_differs", "keep_local")}

@@ -552,11 +552,15 @@ class Direction:
         cols = list(meta.columns)
         q = self._sql.get(("read", meta.name))
         if q is None:
+            # The commit time and origin are computed in the select list, from the
+            # row FOR UPDATE returns: when it waited for another transaction's
+            # change of the row, that is the new version, and a lateral join
+            # would have kept the old version's time (a newer write would lose).
             q = sql.SQL(
-                "select {}, t.xmin = pg_current_xact_id()::xid, c.timestamp, c.roident::int "
-                "from {} t "
-                "left join lateral pg_xact_commit_timestamp_origin(t.xmin) c on true "
-                "where {} for update of t"
+                "select {}, t.xmin = pg_current_xact_id()::xid, "
+                "(pg_xact_commit_timestamp_origin(t.xmin)).timestamp, "
+                "(pg_xact_commit_timestamp_origin(t.xmin)).roident::int "
+                "from {} t where {} for update"
             ).format(
                 sql.SQL(", ").join(sql.SQL("t.{}::text").format(sql.Identifier(c)) for c in cols),
                 meta.ident,
