@@ -15,6 +15,8 @@ exclude + rename + hash, keeping every row) and a Python hook returning its
 input; the cost per event of each is the time over the run without transforms.
 Each ``--format`` adds a run, from its own
 slot, with the destination's output format set to it (walrelay.pipeline.formats).
+``WALRELAY_BENCH_PROFILE=FILE`` records each walrelay run with py-spy into FILE
+(collapsed stacks; the run is then slower by the sampling).
 """
 
 from __future__ import annotations
@@ -187,8 +189,16 @@ def run_walrelay(
     t0 = time.monotonic()
     # Like pg_recvlogical --endpos: the process exits once it has delivered
     # and confirmed everything up to the target, so both timings are whole runs.
+    profile = os.environ.get("WALRELAY_BENCH_PROFILE")  # collapsed stacks, by py-spy
+    spy = (
+        [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw"]
+        + ["--rate", "200", "--nonblocking", "-o", profile, "--"]
+        if profile
+        else []
+    )
     proc = subprocess.Popen(
         [
+            *spy,
             sys.executable,
             "-m",
             "walrelay",
