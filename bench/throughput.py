@@ -190,12 +190,8 @@ def run_walrelay(
     # Like pg_recvlogical --endpos: the process exits once it has delivered
     # and confirmed everything up to the target, so both timings are whole runs.
     profile = os.environ.get("WALRELAY_BENCH_PROFILE")  # collapsed stacks, by py-spy
-    spy = (
-        [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw"]
-        + ["--rate", "200", "--nonblocking", "-o", profile, "--"]
-        if profile
-        else []
-    )
+    spy_cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw"]
+    spy = [*spy_cmd, "--rate", "200", "--nonblocking", "-o", profile, "--"] if profile else []
     proc = subprocess.Popen(
         [
             *spy,
