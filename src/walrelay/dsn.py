@@ -95,6 +95,24 @@ def connect_error(what: str, dsn: str, error: BaseException, *, fix: str) -> Con
     )
 
 
+_REFUSED_FOR_GOOD = (
+    "authentication failed",
+    "no pg_hba.conf entry",
+    "does not exist",  # the database or the role
+    "permission denied",
+    "invalid connection option",
+    "invalid dsn",
+)
+
+
+def refused_for_good(error: BaseException) -> bool:
+    """Whether a failed connection is the configuration's fault (a password, a
+    database or role name, pg_hba), which no retry will mend; not a server that
+    is down or restarting."""
+    text = str(error).lower()
+    return any(reason in text for reason in _REFUSED_FOR_GOOD)
+
+
 def speaking_utf8(dsn: str) -> str:
     """``dsn`` with ``client_encoding=UTF8`` unless it names an encoding itself.
 

@@ -8,11 +8,13 @@ import logging
 from typing import Any
 
 import pytest
+from psycopg.conninfo import make_conninfo
 from pydantic import SecretStr
 
 from tests.integration.support import dsn_port, dsn_with_port
 from tests.integration.sync_support import SyncEnv, assert_quiet, sync_clusters, sync_env3
 from tests.waiting import wait_for
+from walrelay.errors import ConfigError
 from walrelay.sync.catalog import inspect_node
 from walrelay.sync.config import SyncSettings
 from walrelay.sync.runner import SyncRunner
@@ -93,3 +95,18 @@ async def test_a_sync_with_one_reachable_node_waits_for_a_second(
         proxy.restore()
         await wait_for(lambda: env.rows("a") == env.rows("b") != [], what="b's row on a")
         await env.stop(runner)
+
+
+async def test_a_node_refused_for_good_stops_start_up_with_one_line(sync_env3: SyncEnv) -> None:
+    """A wrong database name (or password, or pg_hba) is no outage: no retrying."""
+    env = sync_env3
+    settings = env.settings(("a", "b"))
+    cfg = settings.nodes["b"]
+    wrong = cfg.model_copy(
+        update={"dsn": SecretStr(make_conninfo(cfg.dsn_value, dbname="no_such_db"))}
+    )
+    runner = SyncRunner(settings.model_copy(update={"nodes": {**settings.nodes, "b": wrong}}))
+    with pytest.raises(ConfigError) as refused:
+        await asyncio.wait_for(runner.run(), 30)
+    assert "node b" in str(refused.value) and "no_such_db" in str(refused.value)
+    assert "correct node b's dsn" in str(refused.value)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from walrelay.dsn import connect_error, refused_for_good
 from walrelay.errors import ConfigError
 from walrelay.state.sync import trim_tombstones
 from walrelay.sync.applier import Direction
@@ -77,6 +78,10 @@ class SyncRunner:
                         cfg.dsn_value, autocommit=True, connect_timeout=5
                     )
                 except psycopg.OperationalError as e:
+                    if refused_for_good(e):
+                        raise connect_error(
+                            f"node {node}", cfg.dsn_value, e, fix=f"correct node {node}'s dsn"
+                        ) from None
                     if initial_from is not None:
                         raise ConfigError(
                             f"node {node} ({cfg.masked_dsn}) is unreachable: "
