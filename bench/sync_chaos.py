@@ -7,15 +7,17 @@ while a writer per node commits random inserts, updates and deletes of
 ``--keys`` hot keys (each insert/update writes a unique token ``node:seq``),
 for ``--seconds``. Meanwhile walrelay is SIGKILLed ``--kills`` times at random
 moments and restarted, and one node's server is stopped and started once (its
-writer waits for it). Then the writers stop, walrelay catches up, and:
+writer waits for it), with one more SIGKILL and restart of walrelay just as
+the node goes down, so that walrelay's start-up meets a node going away.
+Then the writers stop, walrelay catches up, and:
 
 - **identical**: every node's table has the same ordered hash of all rows;
 - **no duplicate apply**: an audit trigger on every node records each token
   written there; no token written by the sync appears twice on a node, and the
   tokens the sync wrote on each node are exactly the other nodes' tokens minus
   those a conflict resolution dropped (``keep_local`` in the conflicts log);
-- **no echo**: once converged, no node commits anything more
-  (``pg_last_committed_xact``) and WAL positions stop moving;
+- **no echo**: once converged, no row of the synced table is written on any
+  node for 2 s (the audit trigger sees every insert, update and delete);
 - **last write wins**: every key holds the version with the greatest (commit
   time, lower priority number) among all writes (a delete: no row), computed
   from the writers' own log and their commit times.
@@ -388,9 +390,14 @@ async def chaos(
             await relay.start()
         if not stopped_node and now >= outage_at:
             stopped_node = True
+            # walrelay restarts as the node goes down: its start-up meets a node
+            # that is going away (or already gone), which it must wait for.
+            await relay.kill()
+            kills += 1
+            await relay.start()
             t0 = time.monotonic()
             await asyncio.to_thread(clusters[outage_node].stop, remove=False)
-            say(f"  node {outage_node} stopped at {now:.1f}s")
+            say(f"  SIGKILL #{kills} and node {outage_node} stopped at {now:.1f}s")
             await asyncio.sleep(min(2.0, plan.seconds / 5))  # the node stays down a while
             await asyncio.to_thread(clusters[outage_node].restart)
             outage = time.monotonic() - t0
