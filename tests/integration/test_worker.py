@@ -14,7 +14,7 @@ import subprocess
 import sys
 import urllib.request
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -135,13 +135,15 @@ async def test_relay_partitions_keys_like_the_java_client(kafka: KafkaServer) ->
 
 
 @contextlib.contextmanager
-def worker_process(config: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def worker_process(
+    config: Path, log: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     out = open(log, "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
         [sys.executable, "-m", "walrelay", "worker", "--config", str(config)],
         stdout=out,
         stderr=subprocess.STDOUT,
-        env={**os.environ},
+        env={**os.environ, **(env or {})},
     )
     out.close()
     try:
@@ -609,3 +611,142 @@ async def test_a_missing_topic_is_one_clear_error(
     with pytest.raises(ConfigError, match=r"topic\(s\) no\.such\.topic do not exist") as info:
         await Worker(config).run()
     assert "relay" in (info.value.fix or "")
+
+
+# --------------------------------------------------------------------------- Kafka -> Kafka
+
+
+class CommittedOutput:
+    """What a read_committed consumer sees of a topic, read incrementally."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"reader-{uuid.uuid4()}",
+                "isolation.level": "read_committed",
+                "enable.auto.commit": False,
+            }
+        )
+        self.consumer.assign(
+            [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)]
+        )
+        self.records: list[tuple[int, int, int, int]] = []  # (partition, offset, key, v)
+
+    def count(self) -> int:
+        for msg in self.consumer.consume(1000, timeout=0.1):
+            value, partition, offset = msg.value(), msg.partition(), msg.offset()
+            if msg.error() is None:
+                assert value is not None and partition is not None and offset is not None
+                body = orjson.loads(value)
+                self.records.append((partition, offset, body["key"]["id"], body["record"]["v"]))
+        return len(self.records)
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def group_caught_up(bootstrap: str, group: str, topic: str, ends: dict[int, int]) -> bool:
+    """The group's committed offsets (stable: no open transaction) are at the ends."""
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": group, "isolation.level": "read_committed"}
+    )
+    try:
+        done = consumer.committed([TopicPartition(topic, p) for p in ends], timeout=10)
+    finally:
+        consumer.close()
+    return {c.partition: c.offset for c in done} == ends
+
+
+async def test_kafka_to_kafka_exactly_once_through_a_crash_and_a_sigkill(
+    kafka: KafkaServer, db: str, tmp_path: Path
+) -> None:
+    """A worker whose destination is a transactional Kafka sink commits the
+    consumed offsets in its transactions. It crashes inside a transaction
+    (records produced, offsets sent, not committed), is restarted, is SIGKILLed
+    mid-run, is restarted again: the output, read with read_committed, holds
+    every input (key, version) exactly once, each key's versions in order."""
+    keys, versions, partitions = 24, 20, 6
+    tag = uuid.uuid4().hex[:6]
+    source, output, group = f"eosin{tag}", f"eosout{tag}", f"g-eos{tag}"
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
+    for name in (source, output):
+        new = NewTopic(name, num_partitions=partitions, replication_factor=1)
+        admin.create_topics([new])[name].result(30)
+    rows = [(k, v) for v in range(1, versions + 1) for k in range(1, keys + 1)]
+    produce_envelopes(kafka.bootstrap, source, rows, 0x100)
+    total = len(rows)
+    path = write_config_file(
+        tmp_path / "worker.yaml",
+        {
+            "worker": {
+                "kafka": {
+                    "bootstrap": kafka.bootstrap,
+                    "group": group,
+                    "topics": [source],
+                    "session_timeout": 2,
+                    "heartbeat_interval": 0.3,
+                    "commit_interval": 0.2,
+                }
+            },
+            "state": {"dsn": db},
+            "shutdown_timeout": 10,
+            "destinations": [
+                {
+                    "name": "out",
+                    "sink": {
+                        "type": "kafka",
+                        "bootstrap_servers": kafka.bootstrap,
+                        "topic": output,
+                        "batch_size": 20,
+                    },
+                }
+            ],
+        },
+    )
+    log = tmp_path / "worker.log"
+    seen = CommittedOutput(kafka.bootstrap, output, partitions)
+    try:
+        # 1. A crash inside the fourth transaction: its offsets were sent, not committed.
+        crash = {"WALRELAY_FAILPOINTS": "kafka.before_commit=crash@4"}
+        with worker_process(path, log, crash) as proc:
+            await wait_for(lambda: proc.poll() is not None, within=PROCESS_START, what="the crash")
+            assert proc.returncode == 137, log.read_text()
+        assert 0 < seen.count() < total
+        # 2. Restarted (slowed down), then SIGKILLed while it delivers.
+        slow = {"WALRELAY_FAILPOINTS": "kafka.after_commit=sleep:0.1"}
+        with worker_process(path, log, slow) as proc:
+            before = seen.count()
+            await wait_for(
+                lambda: seen.count() >= before + 100 or proc.poll() is not None,
+                within=PROCESS_START,
+                what="the restarted worker to deliver",
+            )
+            proc.send_signal(signal.SIGKILL)
+            assert proc.wait(timeout=10) == -signal.SIGKILL
+        assert seen.count() < total, "the worker finished before the kill"
+        # 3. Restarted: it finishes, and commits the group's offsets to the end.
+        ends = {p: 0 for p in range(partitions)}
+        for p in ends:
+            consumer = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": "ends"})
+            ends[p] = consumer.get_watermark_offsets(TopicPartition(source, p), timeout=10)[1]
+            consumer.close()
+        with worker_process(path, log) as proc:
+            await wait_for(lambda: seen.count() >= total, within=PROCESS_START, what="every event")
+            await wait_for(
+                lambda: group_caught_up(kafka.bootstrap, group, source, ends),
+                within=30,
+                what="the group's offsets at the end",
+            )
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0, log.read_text()
+        seen.count()
+    finally:
+        seen.close()
+    delivered = [(key, v) for _p, _o, key, v in seen.records]
+    counts = Counter(delivered)
+    assert len(delivered) == total and set(counts.values()) == {1}, counts.most_common(3)
+    per_key: dict[int, list[int]] = defaultdict(list)
+    for _p, _o, key, v in sorted(seen.records):
+        per_key[key].append(v)
+    assert all(vs == list(range(1, versions + 1)) for vs in per_key.values()), per_key

@@ -35,11 +35,13 @@ import os
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from walrelay.config import DestinationConfig, KafkaSinkConfig
 from walrelay.engine.delivery import Destinations, SinkFactory, open_destinations
-from walrelay.errors import ConfigError
+from walrelay.errors import ConfigError, SinkError
 from walrelay.model import Event
 from walrelay.pipeline.envelope import EnvelopeBuilder
 from walrelay.pipeline.hooks import DeliveryHook
@@ -47,10 +49,12 @@ from walrelay.pipeline.lsn import LsnTracker
 from walrelay.pipeline.parking.writes import ReadRows
 from walrelay.pipeline.router import Router
 from walrelay.pipeline.transforms import ResumeHook, TransformChain, build_chains
+from walrelay.sinks.base import Sink, SinkContext
 from walrelay.sinks.common import import_extra
+from walrelay.sinks.kafka_offsets import KafkaOffsetsSink, Offsets
 from walrelay.sinks.registry import build_sink
 from walrelay.source.types import TypeRegistry
-from walrelay.worker.config import WorkerFileConfig
+from walrelay.worker.config import WorkerFileConfig, is_kafka_exactly_once
 from walrelay.worker.offsets import OffsetTracker, Origin, OriginMap, TopicPartition
 from walrelay.worker.records import NotAnEnvelope, event_from_record
 
@@ -124,9 +128,13 @@ class Worker:
         self.engine_config = config.engine_config()
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.http: HttpServer | None = None
-        self._sink_factory: SinkFactory = sink_factory or (
-            lambda d: build_sink(d.sink, slot=config.worker.slot, destination=d.name, tables=[])
+        self._sink_factory: SinkFactory = sink_factory or self._build_sink
+        # Kafka -> Kafka exactly once: the worker's only destination (see the config).
+        self.eos_destination = next(
+            (d.name for d in config.destinations if is_kafka_exactly_once(d)), None
         )
+        self.eos_sink: KafkaOffsetsSink | None = None
+        self._consumer: Consumer | None = None
         self.tracker = OffsetTracker()
         self.origins = OriginMap()
         self.destinations = Destinations()
@@ -173,7 +181,7 @@ class Worker:
             )
             for dest in self.destinations.by_name.values():
                 dest.start()
-            consumer = ck.Consumer(self._consumer_config())
+            consumer = self._consumer = ck.Consumer(self._consumer_config())
             await asyncio.to_thread(self._check_topics, ck, consumer)
             await self._start_http()
             self.started.set()
@@ -222,6 +230,49 @@ class Worker:
                 fix="check worker.kafka.topics against the relay's kafka sink topic template"
                 " (the relay's kafka sink creates them when it starts)",
             )
+
+    def _build_sink(self, d: DestinationConfig) -> Sink:
+        slot = self.config.worker.slot
+        if d.name == self.eos_destination and isinstance(d.sink, KafkaSinkConfig):
+            # Stable across restarts on this host, unique per host and process: a
+            # restarted worker's init_transactions aborts what its predecessor left open.
+            member = f"{self.kafka.group}.{socket.gethostname()}.{self.index}"
+            self.eos_sink = KafkaOffsetsSink(
+                d.sink, SinkContext(slot=slot, destination=d.name), source=self, member=member
+            )
+            return self.eos_sink
+        return build_sink(d.sink, slot=slot, destination=d.name, tables=[])
+
+    # -- the consumed offsets of the exactly-once Kafka sink (ConsumedOffsets) ------
+
+    def prepare(self, events: Sequence[Event]) -> tuple[Sequence[Event], Offsets, Any]:
+        """On the loop, in one step: the events whose partitions are still ours,
+        the offsets to commit with them, and the group metadata (of a generation
+        in which those partitions are ours: see walrelay.sinks.kafka_offsets)."""
+        name = self.eos_destination
+        assert name is not None and self._consumer is not None
+        tracker = self.tracker
+        origins = self.origins
+        keep: list[Event] = []
+        finishing: Counter[Origin] = Counter()
+        seen: Counter[Ident] = Counter()
+        for event in events:
+            key = ident(event)
+            origin = origins.nth(name, key, seen[key])
+            seen[key] += 1
+            if origin is None:
+                keep.append(event)
+            elif tracker.owns(origin):
+                keep.append(event)
+                finishing[origin] += 1
+        if len(keep) != len(events):
+            self.abandoned += len(events) - len(keep)
+        offsets = [(t, p, o) for (t, p), o in tracker.to_commit_after(finishing)]
+        return keep, offsets, self._consumer.consumer_group_metadata()
+
+    def committed(self, offsets: Offsets) -> None:
+        for t, p, o in offsets:
+            self.tracker.committed((t, p), o)
 
     def _hooks_for(self, name: str) -> list[DeliveryHook]:
         chain = self._chains.get(name)
@@ -339,6 +390,12 @@ class Worker:
     def _commit(self, ck: Any, consumer: Consumer, tps: list[TopicPartition] | None) -> None:
         plan = self._call(self._commit_plan(tps))
         if not plan:
+            return
+        if self.eos_sink is not None:
+            # Through the sink's transactions, behind the one in flight: a plain
+            # commit could land after it and move the offset back.
+            in_txn = [(t, p, o) for (t, p), o in plan]
+            self._call(self._commit_in_transaction(in_txn, consumer.consumer_group_metadata()))
             return
         offsets = [ck.TopicPartition(t, p, o) for (t, p), o in plan]
         try:
@@ -484,6 +541,14 @@ class Worker:
         self, tps: list[TopicPartition] | None
     ) -> list[tuple[TopicPartition, int]]:
         return self.tracker.to_commit(tps)
+
+    async def _commit_in_transaction(self, offsets: Offsets, group: Any) -> None:
+        sink = self.eos_sink
+        assert sink is not None
+        try:
+            self.committed(await sink.commit_offsets(offsets, group))
+        except SinkError as e:
+            log.info("worker %s: committing offsets failed: %s", self.name, e)
 
     async def _committed(self, done: list[tuple[TopicPartition, int]]) -> None:
         for tp, offset in done:
