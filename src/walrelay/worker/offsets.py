@@ -48,6 +48,8 @@ class PartitionOffsets:
     # offset -> the record's timestamp (epoch seconds), for the lag in seconds.
     pending_times: dict[int, float] = field(default_factory=dict)
     consumed_total: int = 0
+    # Being revoked: its events not yet at a sink are dropped (the next owner reads them).
+    revoking: bool = False
 
     @property
     def safe(self) -> int | None:
@@ -86,6 +88,18 @@ class OffsetTracker:
         """True while ``origin``'s partition is assigned in the same epoch."""
         part = self.partitions.get(origin.tp)
         return part is not None and part.epoch == origin.epoch
+
+    def sends(self, origin: Origin) -> bool:
+        """True while an event of ``origin`` may still go to a sink: owned, and
+        its partition not being revoked."""
+        part = self.partitions.get(origin.tp)
+        return part is not None and part.epoch == origin.epoch and not part.revoking
+
+    def start_revoking(self, tps: list[TopicPartition]) -> None:
+        for tp in tps:
+            part = self.partitions.get(tp)
+            if part is not None:
+                part.revoking = True
 
     def consumed(self, origin: Origin, events: int) -> None:
         """A record was read and handed to the destinations as ``events`` events
