@@ -544,13 +544,32 @@ async def test_processes_share_the_group_report_status_and_stop_together(
             await wait_for(in_group, within=PROCESS_START, what="both processes in the group")
             await wait_for(lambda: len(set(hook.ids)) == 40, within=30, what="every event")
             await wait_for(caught_up, within=30, what="both processes' status, caught up")
+
+            async def group_read() -> bool:
+                """Every process has read the whole group's lag from the cluster: 0,
+                each partition owned by one of the two."""
+                docs, _ = await asyncio.to_thread(fetch_worker_status, file_config)
+                names = {d["name"] for d in docs}
+                lags = [d["group_lag"] for d in docs]
+                return len(docs) == 2 and all(
+                    lag is not None
+                    and lag["error"] is None
+                    and lag["lag_records"] == 0
+                    and [p["partition"] for p in lag["partitions"]] == [0, 1, 2, 3]
+                    and {p["owner"] for p in lag["partitions"]} == names
+                    for lag in lags
+                )
+
+            await wait_for(group_read, within=30, what="the group's lag in both statuses")
             as_json = await asyncio.to_thread(run_cli, "status", "--config", str(path), "--json")
             docs = orjson.loads(as_json)
             assert sum(p["safe_offset"] for d in docs for p in d["partitions"]) == 40
             text = await asyncio.to_thread(run_cli, "status", "--config", str(path))
             assert f"group g-{topic}" in text and f"{topic}[0]" in text
+            assert f"group g-{topic}: lag 0 record(s) over 4 partition(s)" in text
             metrics = await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/metrics")
             assert f'walrelay_worker_partition_lag_records{{group="g-{topic}"' in metrics
+            assert f'walrelay_worker_group_lag_records{{group="g-{topic}"' in metrics
             assert 'walrelay_events_out_total{destination="hook"}' in metrics
             pids = [int(d["name"].rsplit("-", 1)[1]) for d in docs]
         finally:

@@ -65,6 +65,7 @@ from walrelay.sinks.kafka_offsets import KafkaOffsetsSink, Offsets
 from walrelay.sinks.registry import build_sink
 from walrelay.source.types import TypeRegistry
 from walrelay.worker.config import WorkerFileConfig, is_kafka_exactly_once
+from walrelay.worker.group_lag import PartitionLag, read_group_lag
 from walrelay.worker.offsets import OffsetTracker, Origin, OriginMap, TopicPartition
 from walrelay.worker.records import NotAnEnvelope, event_from_record
 
@@ -78,6 +79,9 @@ __all__ = ["PartitionHook", "Worker"]
 log = logging.getLogger("walrelay.worker")
 
 T = TypeVar("T")
+
+GROUP_LAG_INTERVAL = 5.0
+"""Seconds between two readings of the group's lag (for status, /metrics, the dashboard)."""
 Ident = tuple[int, int, str]
 
 
@@ -188,6 +192,10 @@ class Worker:
         self.not_envelopes = 0  # records skipped: not a walrelay envelope
         self.rebalances = 0
         self.member_id: str | None = None
+        # The whole group's lag, read from the cluster while http is on (group_lag.py).
+        self.group_lag: list[PartitionLag] | None = None
+        self.group_lag_at: float | None = None
+        self.group_lag_error: str | None = None
 
     # -- control ----------------------------------------------------------------
 
@@ -209,6 +217,7 @@ class Worker:
         self.destinations = await open_destinations(
             self.engine_config, self._sink_factory, self._hooks_for
         )
+        lag_task: asyncio.Task[None] | None = None
         try:
             self.router = Router(
                 self.config.destinations,
@@ -222,9 +231,14 @@ class Worker:
             consumer = self._consumer = ck.Consumer(self._consumer_config())
             await asyncio.to_thread(self._check_topics, ck, consumer)
             await self._start_http()
+            if self.http is not None:
+                lag_task = asyncio.create_task(self._watch_group_lag(ck))
             self.started.set()
             await asyncio.to_thread(self._consume_loop, ck, consumer)
         finally:
+            if lag_task is not None:
+                lag_task.cancel()
+                await asyncio.gather(lag_task, return_exceptions=True)
             if self.http is not None:
                 await self.http.stop()
             await self.destinations.close()
@@ -248,6 +262,41 @@ class Worker:
             return
         self.http = server
         log.info("worker %s: http on %s (API token from %s)", self.name, server.url, where)
+
+    async def _watch_group_lag(self, ck: Any) -> None:
+        k = self.kafka
+        admin = ck.admin.AdminClient(
+            {
+                **k.options,
+                "bootstrap.servers": k.bootstrap,
+                "client.id": f"walrelay-{self.name}-lag",
+                "logger": logging.getLogger("walrelay.worker.librdkafka"),
+            }
+        )
+        timeout = min(30.0, max(5.0, k.session_timeout))
+        while True:
+            try:
+                lag = await asyncio.to_thread(
+                    read_group_lag, ck, admin, k.group, list(k.topics), timeout
+                )
+            except Exception as e:  # the cluster did not answer: status says so
+                self.group_lag_error = str(e)
+                log.debug("worker %s: reading the group's lag failed: %s", self.name, e)
+            else:
+                self.group_lag, self.group_lag_at, self.group_lag_error = lag, time.time(), None
+            await asyncio.sleep(GROUP_LAG_INTERVAL)
+
+    def group_lag_status(self) -> dict[str, Any] | None:
+        """The group's lag per partition (every member's), or None before the first reading."""
+        if self.group_lag is None and self.group_lag_error is None:
+            return None
+        parts = [p.as_dict() for p in self.group_lag or ()]
+        return {
+            "partitions": parts,
+            "lag_records": sum(p["lag_records"] for p in parts),
+            "as_of": self.group_lag_at,
+            "error": self.group_lag_error,
+        }
 
     def _check_topics(self, ck: Any, consumer: Consumer) -> None:
         """The cluster answers and has the topics: else one clear error at start."""
