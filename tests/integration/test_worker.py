@@ -36,7 +36,7 @@ from tests.integration.support import (
     write_config_file,
 )
 from walrelay.cli.main import main
-from walrelay.config import KafkaSinkConfig
+from walrelay.config import HttpConfig, KafkaSinkConfig
 from walrelay.errors import ConfigError
 from walrelay.model import format_event_id, format_lsn
 from walrelay.sinks.base import SinkContext
@@ -782,3 +782,58 @@ async def test_kafka_to_kafka_exactly_once_through_a_crash_and_a_sigkill(
     for _p, _o, key, v in sorted(seen.records):
         per_key[key].append(v)
     assert all(vs == list(range(1, versions + 1)) for vs in per_key.values()), per_key
+
+
+async def test_the_dashboard_of_a_worker_shows_the_groups_lag(
+    kafka: KafkaServer, db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's dashboard (real headless Chromium) renders its document -- no
+    slots, no alerts -- without a page error, and shows the consumer group's
+    partitions with their owner and lag."""
+    from tests.integration.test_dashboard import CHROMIUM, CHROMIUM_ARGS, _need_browser
+
+    _need_browser()
+    from playwright.async_api import async_playwright
+
+    token = "worker-dashboard-token"
+    secret = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+    monkeypatch.setenv("WALRELAY_TEST_SECRET", secret)
+    monkeypatch.setenv("WALRELAY_TEST_TOKEN", token)
+    topic = f"dash{uuid.uuid4().hex[:6]}"
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
+    admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])[topic].result(30)
+    produce_envelopes(kafka.bootstrap, topic, [(k, 1) for k in range(1, 31)], 0x100)
+    async with WebhookReceiver(secret) as hook:
+        config = worker_config(kafka, f"g-{topic}", topic, db, hook.url).model_copy(
+            update={"http": HttpConfig(port=0, token_env="WALRELAY_TEST_TOKEN")}
+        )
+        async with running_worker(config, "dash") as worker, async_playwright() as pw:
+            await wait_for(
+                lambda: (
+                    (lag := worker.group_lag_status()) is not None
+                    and lag["lag_records"] == 0
+                    and len(lag["partitions"]) == 3
+                ),
+                within=30,
+                what="the group's lag read, 0",
+            )
+            assert worker.http is not None
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = await browser.new_page()
+                problems: list[str] = []
+                page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+                await page.goto(worker.http.url)
+                await page.fill("#token", token)
+                await page.click("#login")
+                rows = page.locator("#group tbody tr")
+                await rows.first.wait_for(timeout=20_000)
+                assert await rows.count() == 3
+                cells = await page.locator(f'#group tr[data-partition="{topic}[1]"] td').all()
+                texts = [await c.inner_text() for c in cells]
+                assert texts[1] == "dash" and texts[4] == "0", texts
+                assert "Consumer group g-" in await page.locator("#group-title").inner_text()
+                assert await page.locator("#state").inner_text() == "running"
+                assert problems == []
+            finally:
+                await browser.close()

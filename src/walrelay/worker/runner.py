@@ -265,17 +265,17 @@ class Worker:
 
     async def _watch_group_lag(self, ck: Any) -> None:
         k = self.kafka
-        admin = ck.admin.AdminClient(
-            {
-                **k.options,
-                "bootstrap.servers": k.bootstrap,
-                "client.id": f"walrelay-{self.name}-lag",
-                "logger": logging.getLogger("walrelay.worker.librdkafka"),
-            }
-        )
+        settings = {
+            **k.options,  # security settings; consumer-only ones are ignored (a warning)
+            "bootstrap.servers": k.bootstrap,
+            "client.id": f"walrelay-{self.name}-lag",
+            "logger": logging.getLogger("walrelay.worker.librdkafka"),
+        }
         timeout = min(30.0, max(5.0, k.session_timeout))
+        admin: Any = None
         while True:
             try:
+                admin = admin or ck.admin.AdminClient(settings)
                 lag = await asyncio.to_thread(
                     read_group_lag, ck, admin, k.group, list(k.topics), timeout
                 )
