@@ -12,8 +12,9 @@ topics, whoever owns it, on any host, or nobody -- with an admin client:
 - the owner (``describe_consumer_groups``: the member's client id,
   ``walrelay-<worker name>``).
 
-Lag = end - committed, in records (Kafka counts transaction markers as
-offsets, so a few records of slack per relay transaction are normal).
+Lag = end - committed, in records (Kafka counts a transaction's commit
+marker as an offset: a partition whose last write was a relay transaction
+shows 1 at rest).
 Blocking calls: run it in a thread.
 """
 
