@@ -17,6 +17,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -837,3 +838,83 @@ async def test_the_dashboard_of_a_worker_shows_the_groups_lag(
                 assert problems == []
             finally:
                 await browser.close()
+
+
+async def test_a_commit_whose_answer_is_lost_is_settled_not_sent_twice(
+    kafka: KafkaServer, db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transaction commits, but the producer reports a timeout: the sink
+    cannot know. Before the batch is retried, a new producer settles the
+    transaction and the group's committed offsets say it went through: the
+    batch is not produced again."""
+    import confluent_kafka
+
+    import walrelay.sinks.kafka as kafka_module
+
+    class LostAnswer(confluent_kafka.Producer):
+        commits = 0
+
+        def commit_transaction(self, *args: Any) -> None:
+            super().commit_transaction(*args)
+            LostAnswer.commits += 1
+            if LostAnswer.commits == 2:
+                error = confluent_kafka.KafkaError(
+                    confluent_kafka.KafkaError._TIMED_OUT, "test: the answer was lost"
+                )
+                raise confluent_kafka.KafkaException(error)
+
+    wrapped = SimpleNamespace(**{**vars(confluent_kafka), "Producer": LostAnswer})
+    monkeypatch.setattr(kafka_module, "import_extra", lambda *_: wrapped)
+    tag = uuid.uuid4().hex[:6]
+    source, output, group = f"doubtin{tag}", f"doubtout{tag}", f"g-doubt{tag}"
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
+    for name in (source, output):
+        new = NewTopic(name, num_partitions=3, replication_factor=1)
+        admin.create_topics([new])[name].result(30)
+    rows = [(k, v) for v in range(1, 5) for k in range(1, 16)]
+    produce_envelopes(kafka.bootstrap, source, rows, 0x100)
+    config = parse_worker_config(
+        {
+            "worker": {
+                "kafka": {
+                    "bootstrap": kafka.bootstrap,
+                    "group": group,
+                    "topics": [source],
+                    "session_timeout": 2,
+                    "heartbeat_interval": 0.3,
+                }
+            },
+            "state": {"dsn": db},
+            "destinations": [
+                {
+                    "name": "out",
+                    "retry": {"initial": 0.05, "max": 0.1},
+                    "sink": {
+                        "type": "kafka",
+                        "bootstrap_servers": kafka.bootstrap,
+                        "topic": output,
+                        "batch_size": 10,
+                    },
+                }
+            ],
+        },
+        "(test)",
+    )
+    seen = CommittedOutput(kafka.bootstrap, output, 3)
+    try:
+        async with running_worker(config, "doubt") as worker:
+            await wait_for(lambda: seen.count() >= len(rows), what="every event in the output")
+            ends = {p: 0 for p in range(3)}
+            for tp, part in worker.tracker.partitions.items():
+                ends[tp[1]] = part.next or 0
+            assert sum(ends.values()) == len(rows)
+            await wait_for(
+                lambda: group_caught_up(kafka.bootstrap, group, source, ends),
+                what="the group's offsets at the end",
+            )
+        await wait_for(seen.at_end, what="the whole output read")
+    finally:
+        seen.close()
+    assert LostAnswer.commits >= 3  # the lost answer, and transactions after it
+    counts = Counter((key, v) for _p, _o, key, v in seen.records)
+    assert len(seen.records) == len(rows) and set(counts.values()) == {1}, counts.most_common(3)

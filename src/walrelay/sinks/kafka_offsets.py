@@ -32,6 +32,11 @@ Why this is exact, and what it needs from the worker (:class:`ConsumedOffsets`):
   ``init_transactions`` aborts the transaction its killed predecessor left
   open instead of leaving the partitions blocked until
   ``transaction.timeout.ms``.
+- A commit whose outcome is unknown (it timed out) is settled before its
+  batch is retried: a new producer's ``init_transactions`` finishes or aborts
+  it, then the group's committed offsets (:meth:`ConsumedOffsets.group_offsets`)
+  say whether the batch is in the output already -- the relay's sink reads
+  its checkpoint for the same question.
 - No ledger and no checkpoint: ids are not compared (a worker's events
   interleave partitions, so ids do not increase), and the worker must have
   this as its only destination (the group has one offset per partition).
@@ -81,6 +86,13 @@ class ConsumedOffsets(Protocol):
         """``offsets`` were committed (in a transaction)."""
         ...
 
+    def group_offsets(
+        self, partitions: list[tuple[str, int]], timeout: float
+    ) -> dict[tuple[str, int], int]:
+        """The group's committed offsets of ``partitions`` (stable: no transaction
+        pending), read from the cluster; called on the sink's thread."""
+        ...
+
 
 class KafkaOffsetsSink(KafkaSink):
     """A transactional Kafka sink that commits a consumer group's offsets in
@@ -106,6 +118,8 @@ class KafkaOffsetsSink(KafkaSink):
         self.transaction_interval = math.inf
         self.transaction_bytes = sys.maxsize
         self._sealing: tuple[Offsets, Any] | None = None
+        # The offsets of a transaction whose outcome is unknown (a failed commit).
+        self._in_doubt: Offsets | None = None
         # Per partition, the highest offset this sink has committed (on its thread).
         self._sent: dict[tuple[str, int], int] = {}
 
@@ -147,17 +161,59 @@ class KafkaOffsetsSink(KafkaSink):
     def _deliver_with_offsets(
         self, events: Sequence[Event], offsets: Offsets, group: Any
     ) -> Offsets:
+        if self._in_doubt is not None:
+            settled = self._settled_as_committed(offsets)
+            if settled is not None:
+                # The batch being retried is in the output already (the checkpoint's
+                # job in the relay's sink: the group's offsets say so here).
+                return settled
         fresh = self._fresh(offsets)
         self._sealing = (fresh, group)
         try:
             # Ids do not increase in a worker: nothing is skipped as a replay.
             self._mark = None
             self._deliver_transactional(events)
+        except SinkError:
+            if self._needs_reset and fresh:
+                # Perhaps committed (a commit that timed out): settled before the retry.
+                self._in_doubt = fresh
+            raise
         finally:
             self._sealing = None
             self._mark = None
         self._remember(fresh)
         return fresh
+
+    def _settled_as_committed(self, offsets: Offsets) -> Offsets | None:
+        """The offsets of the transaction in doubt if it committed, else None. A
+        new producer's ``init_transactions`` finishes or aborts it first; then
+        the group's offsets, for the partitions still ours (``offsets``), tell."""
+        doubt = self._in_doubt
+        assert doubt is not None
+        self._reset_transactional()
+        self._in_doubt = None
+        ours = {(t, p) for t, p, _ in offsets}
+        check = {(t, p): o for t, p, o in doubt if (t, p) in ours}
+        if not check:
+            return None
+        try:
+            done = self.source.group_offsets(list(check), self.delivery_timeout)
+        except Exception as exc:
+            self._in_doubt = doubt
+            raise SinkUnavailable(
+                f"kafka sink {self.bootstrap}: cannot read the group's offsets to settle a"
+                f" transaction: {exc}"
+            ) from None
+        if not all(done.get(tp, -1) >= o for tp, o in check.items()):
+            return None
+        settled = [(t, p, o) for (t, p), o in check.items()]
+        self._remember(settled)
+        log.info(
+            "kafka sink %s: the transaction whose commit failed was committed after all;"
+            " not sending its batch again",
+            self.bootstrap,
+        )
+        return settled
 
     def _seal(self, producer: Producer, last: Event, on_delivery: Any) -> None:
         sealing = self._sealing

@@ -361,6 +361,14 @@ class Worker:
         for t, p, o in offsets:
             self.tracker.committed((t, p), o)
 
+    def group_offsets(
+        self, partitions: list[tuple[str, int]], timeout: float
+    ) -> dict[tuple[str, int], int]:
+        ck = import_extra("kafka", "confluent-kafka", "confluent_kafka")
+        assert self._consumer is not None
+        asked = [ck.TopicPartition(t, p) for t, p in partitions]
+        return {(c.topic, c.partition): c.offset for c in self._consumer.committed(asked, timeout)}
+
     def _hooks_for(self, name: str) -> list[DeliveryHook]:
         chain = self._chains.get(name)
         if chain is None:
