@@ -108,8 +108,9 @@ def test_the_whole_groups_lag_in_status_and_metrics() -> None:
     assert doc["group_lag"]["lag_records"] == 12
     text = render_worker_status([doc, doc])
     assert text.count("group billing: lag 12 record(s) over 2 partition(s), read 2") == 1
-    rows = [line.split() for line in text.splitlines() if line.startswith("  cdc.t[")]
-    assert ["cdc.t[4]", "-", "7", "7", "(none)"] in rows
+    rows = [line.split(maxsplit=4) for line in text.splitlines() if line.startswith("  cdc.t[")]
+    # The owner: the local process whose partitions hold it.
+    assert ["cdc.t[4]", "-", "7", "7", "(not on this host)"] in rows
     assert ["cdc.t[3]", "10", "15", "5", "host-42"] in rows
     metrics = WorkerStatus(worker).metrics()[0].decode()
     labels = 'group="billing",partition="4",topic="cdc.t"'

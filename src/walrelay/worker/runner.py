@@ -266,31 +266,39 @@ class Worker:
     async def _watch_group_lag(self, ck: Any) -> None:
         k = self.kafka
         settings = {
-            **k.options,  # security settings; consumer-only ones are ignored (a warning)
-            "bootstrap.servers": k.bootstrap,
-            "client.id": f"walrelay-{self.name}-lag",
-            "logger": logging.getLogger("walrelay.worker.librdkafka"),
+            **self._consumer_config(),
+            "client.id": f"walrelay-{self.name}-lag",  # never subscribes: not a member
         }
         timeout = min(30.0, max(5.0, k.session_timeout))
-        admin: Any = None
-        while True:
-            try:
-                admin = admin or ck.admin.AdminClient(settings)
-                lag = await asyncio.to_thread(
-                    read_group_lag, ck, admin, k.group, list(k.topics), timeout
-                )
-            except Exception as e:  # the cluster did not answer: status says so
-                self.group_lag_error = str(e)
-                log.debug("worker %s: reading the group's lag failed: %s", self.name, e)
-            else:
-                self.group_lag, self.group_lag_at, self.group_lag_error = lag, time.time(), None
-            await asyncio.sleep(GROUP_LAG_INTERVAL)
+        reader: Any = None
+        try:
+            while True:
+                try:
+                    reader = reader or ck.Consumer(settings)
+                    lag = await asyncio.to_thread(
+                        read_group_lag, ck, reader, list(k.topics), timeout
+                    )
+                except Exception as e:  # the cluster did not answer: status says so
+                    self.group_lag_error = str(e)
+                    log.debug("worker %s: reading the group's lag failed: %s", self.name, e)
+                else:
+                    self.group_lag, self.group_lag_at = lag, time.time()
+                    self.group_lag_error = None
+                await asyncio.sleep(GROUP_LAG_INTERVAL)
+        finally:
+            if reader is not None:
+                await asyncio.to_thread(reader.close)
 
     def group_lag_status(self) -> dict[str, Any] | None:
-        """The group's lag per partition (every member's), or None before the first reading."""
+        """The group's lag per partition (every member's), or None before the first
+        reading; ``owner`` is this worker's name for its own partitions."""
         if self.group_lag is None and self.group_lag_error is None:
             return None
-        parts = [p.as_dict() for p in self.group_lag or ()]
+        mine = self.tracker.partitions
+        parts = [
+            {**p.as_dict(), "owner": self.name if (p.topic, p.partition) in mine else None}
+            for p in self.group_lag or ()
+        ]
         return {
             "partitions": parts,
             "lag_records": sum(p["lag_records"] for p in parts),

@@ -257,11 +257,15 @@ def render_worker_status(docs: list[dict[str, Any]]) -> str:
             )
     readings = [d["group_lag"] for d in docs if d.get("group_lag")]
     if readings:
-        out += _render_group_lag(docs[0]["group"], max(readings, key=lambda r: r["as_of"] or 0))
+        owners = {(p["topic"], p["partition"]): d["name"] for d in docs for p in d["partitions"]}
+        lag = max(readings, key=lambda r: r["as_of"] or 0)
+        out += _render_group_lag(docs[0]["group"], lag, owners)
     return "\n".join(out)
 
 
-def _render_group_lag(group: str, lag: dict[str, Any]) -> list[str]:
+def _render_group_lag(
+    group: str, lag: dict[str, Any], owners: dict[tuple[str, int], str]
+) -> list[str]:
     parts = lag["partitions"]
     when = (
         "" if lag["as_of"] is None else f", read {format_duration(time.time() - lag['as_of'])} ago"
@@ -277,7 +281,7 @@ def _render_group_lag(group: str, lag: dict[str, Any]) -> list[str]:
         out.append(
             f"  {p['topic'] + '[' + str(p['partition']) + ']':<40}"
             f" {_n(p['committed']):>10} {p['end']:>10} {p['lag_records']:>8}"
-            f"  {p['owner'] or '(none)'}"
+            f"  {owners.get((p['topic'], p['partition']), '(not on this host)')}"
         )
     return out
 

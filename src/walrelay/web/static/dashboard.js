@@ -220,7 +220,7 @@
     const body = $("group").tBodies[0];
     body.replaceChildren();
     for (const p of lag.partitions) {
-      const tr = row([p.topic + "[" + p.partition + "]", p.owner || "(none)",
+      const tr = row([p.topic + "[" + p.partition + "]", p.owner || "another member (or none)",
         p.committed == null ? "-" : fmtNum(p.committed), fmtNum(p.end), fmtNum(p.lag_records)]);
       tr.setAttribute("data-partition", p.topic + "[" + p.partition + "]");
       body.appendChild(tr);
