@@ -14,9 +14,10 @@ import subprocess
 import sys
 import urllib.request
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -36,7 +37,7 @@ from tests.integration.support import (
     write_config_file,
 )
 from walrelay.cli.main import main
-from walrelay.config import KafkaSinkConfig
+from walrelay.config import HttpConfig, KafkaSinkConfig
 from walrelay.errors import ConfigError
 from walrelay.model import format_event_id, format_lsn
 from walrelay.sinks.base import SinkContext
@@ -135,13 +136,15 @@ async def test_relay_partitions_keys_like_the_java_client(kafka: KafkaServer) ->
 
 
 @contextlib.contextmanager
-def worker_process(config: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def worker_process(
+    config: Path, log: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     out = open(log, "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
         [sys.executable, "-m", "walrelay", "worker", "--config", str(config)],
         stdout=out,
         stderr=subprocess.STDOUT,
-        env={**os.environ},
+        env={**os.environ, **(env or {})},
     )
     out.close()
     try:
@@ -542,13 +545,36 @@ async def test_processes_share_the_group_report_status_and_stop_together(
             await wait_for(in_group, within=PROCESS_START, what="both processes in the group")
             await wait_for(lambda: len(set(hook.ids)) == 40, within=30, what="every event")
             await wait_for(caught_up, within=30, what="both processes' status, caught up")
+
+            async def group_read() -> bool:
+                """Every process has read the whole group's lag from the cluster: 0
+                for all four partitions (each names itself the owner of its own)."""
+                docs, _ = await asyncio.to_thread(fetch_worker_status, file_config)
+                names = {d["name"] for d in docs}
+                lags = [d["group_lag"] for d in docs]
+                owners = {p["owner"] for lag in lags if lag for p in lag["partitions"]}
+                return (
+                    len(docs) == 2
+                    and owners - {None} == names
+                    and all(
+                        lag is not None
+                        and lag["error"] is None
+                        and lag["lag_records"] == 0
+                        and [p["partition"] for p in lag["partitions"]] == [0, 1, 2, 3]
+                        for lag in lags
+                    )
+                )
+
+            await wait_for(group_read, within=30, what="the group's lag in both statuses")
             as_json = await asyncio.to_thread(run_cli, "status", "--config", str(path), "--json")
             docs = orjson.loads(as_json)
             assert sum(p["safe_offset"] for d in docs for p in d["partitions"]) == 40
             text = await asyncio.to_thread(run_cli, "status", "--config", str(path))
             assert f"group g-{topic}" in text and f"{topic}[0]" in text
+            assert f"group g-{topic}: lag 0 record(s) over 4 partition(s)" in text
             metrics = await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/metrics")
             assert f'walrelay_worker_partition_lag_records{{group="g-{topic}"' in metrics
+            assert f'walrelay_worker_group_lag_records{{group="g-{topic}"' in metrics
             assert 'walrelay_events_out_total{destination="hook"}' in metrics
             pids = [int(d["name"].rsplit("-", 1)[1]) for d in docs]
         finally:
@@ -609,3 +635,290 @@ async def test_a_missing_topic_is_one_clear_error(
     with pytest.raises(ConfigError, match=r"topic\(s\) no\.such\.topic do not exist") as info:
         await Worker(config).run()
     assert "relay" in (info.value.fix or "")
+
+
+# --------------------------------------------------------------------------- Kafka -> Kafka
+
+
+class CommittedOutput:
+    """What a read_committed consumer sees of a topic, read incrementally."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"reader-{uuid.uuid4()}",
+                "isolation.level": "read_committed",
+                "enable.auto.commit": False,
+            }
+        )
+        self.consumer.assign(
+            [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)]
+        )
+        self.records: list[tuple[int, int, int, int]] = []  # (partition, offset, key, v)
+
+    def count(self) -> int:
+        for msg in self.consumer.consume(1000, timeout=0.1):
+            value, partition, offset = msg.value(), msg.partition(), msg.offset()
+            if msg.error() is None:
+                assert value is not None and partition is not None and offset is not None
+                body = orjson.loads(value)
+                self.records.append((partition, offset, body["key"]["id"], body["record"]["v"]))
+        return len(self.records)
+
+    def at_end(self) -> bool:
+        """Everything is read, once no transaction is open (read_committed
+        positions move past the transaction markers, up to the high watermarks)."""
+        self.count()
+        positions = self.consumer.position(self.consumer.assignment())
+        for tp in positions:
+            high = self.consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1]
+            if tp.offset < high:
+                return False
+        return True
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def group_caught_up(bootstrap: str, group: str, topic: str, ends: dict[int, int]) -> bool:
+    """The group's committed offsets (stable: no open transaction) are at the ends."""
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": group, "isolation.level": "read_committed"}
+    )
+    try:
+        done = consumer.committed([TopicPartition(topic, p) for p in ends], timeout=10)
+    finally:
+        consumer.close()
+    return {c.partition: c.offset for c in done} == ends
+
+
+async def test_kafka_to_kafka_exactly_once_through_a_crash_and_a_sigkill(
+    kafka: KafkaServer, db: str, tmp_path: Path
+) -> None:
+    """A worker whose destination is a transactional Kafka sink commits the
+    consumed offsets in its transactions. It crashes inside a transaction
+    (records produced, offsets sent, not committed), is restarted, is SIGKILLed
+    mid-run, is restarted again: the output, read with read_committed, holds
+    every input (key, version) exactly once, each key's versions in order."""
+    keys, versions, partitions = 24, 20, 6
+    tag = uuid.uuid4().hex[:6]
+    source, output, group = f"eosin{tag}", f"eosout{tag}", f"g-eos{tag}"
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
+    for name in (source, output):
+        new = NewTopic(name, num_partitions=partitions, replication_factor=1)
+        admin.create_topics([new])[name].result(30)
+    rows = [(k, v) for v in range(1, versions + 1) for k in range(1, keys + 1)]
+    produce_envelopes(kafka.bootstrap, source, rows, 0x100)
+    total = len(rows)
+    path = write_config_file(
+        tmp_path / "worker.yaml",
+        {
+            "worker": {
+                "kafka": {
+                    "bootstrap": kafka.bootstrap,
+                    "group": group,
+                    "topics": [source],
+                    "session_timeout": 2,
+                    "heartbeat_interval": 0.3,
+                    "commit_interval": 0.2,
+                }
+            },
+            "state": {"dsn": db},
+            "shutdown_timeout": 10,
+            "destinations": [
+                {
+                    "name": "out",
+                    "sink": {
+                        "type": "kafka",
+                        "bootstrap_servers": kafka.bootstrap,
+                        "topic": output,
+                        "batch_size": 20,
+                    },
+                }
+            ],
+        },
+    )
+    log = tmp_path / "worker.log"
+    seen = CommittedOutput(kafka.bootstrap, output, partitions)
+    try:
+        # 1. A crash inside the fourth transaction: its offsets were sent, not committed.
+        crash = {"WALRELAY_FAILPOINTS": "kafka.before_commit=crash@4"}
+        with worker_process(path, log, crash) as proc:
+            await wait_for(lambda: proc.poll() is not None, within=PROCESS_START, what="the crash")
+            assert proc.returncode == 137, log.read_text()
+        # (Its open transaction holds the last stable offset back until a restart.)
+        await wait_for(lambda: seen.count() > 0, what="the transactions committed before it")
+        assert seen.count() < total
+        # 2. Restarted (slowed down), then SIGKILLed while it delivers.
+        slow = {"WALRELAY_FAILPOINTS": "kafka.after_commit=sleep:0.1"}
+        with worker_process(path, log, slow) as proc:
+            before = seen.count()
+            await wait_for(
+                lambda: seen.count() >= before + 100 or proc.poll() is not None,
+                within=PROCESS_START,
+                what="the restarted worker to deliver",
+            )
+            proc.send_signal(signal.SIGKILL)
+            assert proc.wait(timeout=10) == -signal.SIGKILL
+        assert seen.count() < total, "the worker finished before the kill"
+        # 3. Restarted: it finishes, and commits the group's offsets to the end.
+        ends = {p: 0 for p in range(partitions)}
+        for p in ends:
+            consumer = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": "ends"})
+            ends[p] = consumer.get_watermark_offsets(TopicPartition(source, p), timeout=10)[1]
+            consumer.close()
+        with worker_process(path, log) as proc:
+            await wait_for(lambda: seen.count() >= total, within=PROCESS_START, what="every event")
+            await wait_for(
+                lambda: group_caught_up(kafka.bootstrap, group, source, ends),
+                within=30,
+                what="the group's offsets at the end",
+            )
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0, log.read_text()
+        await wait_for(seen.at_end, what="the whole output read")
+    finally:
+        seen.close()
+    delivered = [(key, v) for _p, _o, key, v in seen.records]
+    counts = Counter(delivered)
+    assert len(delivered) == total and set(counts.values()) == {1}, counts.most_common(3)
+    per_key: dict[int, list[int]] = defaultdict(list)
+    for _p, _o, key, v in sorted(seen.records):
+        per_key[key].append(v)
+    assert all(vs == list(range(1, versions + 1)) for vs in per_key.values()), per_key
+
+
+async def test_the_dashboard_of_a_worker_shows_the_groups_lag(
+    kafka: KafkaServer, db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's dashboard (real headless Chromium) renders its document -- no
+    slots, no alerts -- without a page error, and shows the consumer group's
+    partitions with their owner and lag."""
+    from tests.integration.test_dashboard import CHROMIUM, CHROMIUM_ARGS, _need_browser
+
+    _need_browser()
+    from playwright.async_api import async_playwright
+
+    token = "worker-dashboard-token"
+    secret = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+    monkeypatch.setenv("WALRELAY_TEST_SECRET", secret)
+    monkeypatch.setenv("WALRELAY_TEST_TOKEN", token)
+    topic = f"dash{uuid.uuid4().hex[:6]}"
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
+    admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])[topic].result(30)
+    produce_envelopes(kafka.bootstrap, topic, [(k, 1) for k in range(1, 31)], 0x100)
+    async with WebhookReceiver(secret) as hook:
+        config = worker_config(kafka, f"g-{topic}", topic, db, hook.url).model_copy(
+            update={"http": HttpConfig(port=0, token_env="WALRELAY_TEST_TOKEN")}
+        )
+        async with running_worker(config, "dash") as worker, async_playwright() as pw:
+            await wait_for(
+                lambda: (
+                    (lag := worker.group_lag_status()) is not None
+                    and lag["lag_records"] == 0
+                    and len(lag["partitions"]) == 3
+                ),
+                within=30,
+                what="the group's lag read, 0",
+            )
+            assert worker.http is not None
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = await browser.new_page()
+                problems: list[str] = []
+                page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+                await page.goto(worker.http.url)
+                await page.fill("#token", token)
+                await page.click("#login")
+                rows = page.locator("#group tbody tr")
+                await rows.first.wait_for(timeout=20_000)
+                assert await rows.count() == 3
+                cells = await page.locator(f'#group tr[data-partition="{topic}[1]"] td').all()
+                texts = [await c.inner_text() for c in cells]
+                assert texts[1] == "dash" and texts[4] == "0", texts
+                assert "Consumer group g-" in await page.locator("#group-title").inner_text()
+                assert await page.locator("#state").inner_text() == "running"
+                assert problems == []
+            finally:
+                await browser.close()
+
+
+async def test_a_commit_whose_answer_is_lost_is_settled_not_sent_twice(
+    kafka: KafkaServer, db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transaction commits, but the producer reports a timeout: the sink
+    cannot know. Before the batch is retried, a new producer settles the
+    transaction and the group's committed offsets say it went through: the
+    batch is not produced again."""
+    import confluent_kafka
+
+    import walrelay.sinks.kafka as kafka_module
+
+    class LostAnswer(confluent_kafka.Producer):
+        commits = 0
+
+        def commit_transaction(self, *args: Any) -> None:
+            super().commit_transaction(*args)
+            LostAnswer.commits += 1
+            if LostAnswer.commits == 2:
+                error = confluent_kafka.KafkaError(
+                    confluent_kafka.KafkaError._TIMED_OUT, "test: the answer was lost"
+                )
+                raise confluent_kafka.KafkaException(error)
+
+    wrapped = SimpleNamespace(**{**vars(confluent_kafka), "Producer": LostAnswer})
+    monkeypatch.setattr(kafka_module, "import_extra", lambda *_: wrapped)
+    tag = uuid.uuid4().hex[:6]
+    source, output, group = f"doubtin{tag}", f"doubtout{tag}", f"g-doubt{tag}"
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
+    for name in (source, output):
+        new = NewTopic(name, num_partitions=3, replication_factor=1)
+        admin.create_topics([new])[name].result(30)
+    rows = [(k, v) for v in range(1, 5) for k in range(1, 16)]
+    produce_envelopes(kafka.bootstrap, source, rows, 0x100)
+    config = parse_worker_config(
+        {
+            "worker": {
+                "kafka": {
+                    "bootstrap": kafka.bootstrap,
+                    "group": group,
+                    "topics": [source],
+                    "session_timeout": 2,
+                    "heartbeat_interval": 0.3,
+                }
+            },
+            "state": {"dsn": db},
+            "destinations": [
+                {
+                    "name": "out",
+                    "retry": {"initial": 0.05, "max": 0.1},
+                    "sink": {
+                        "type": "kafka",
+                        "bootstrap_servers": kafka.bootstrap,
+                        "topic": output,
+                        "batch_size": 10,
+                    },
+                }
+            ],
+        },
+        "(test)",
+    )
+    seen = CommittedOutput(kafka.bootstrap, output, 3)
+    try:
+        async with running_worker(config, "doubt") as worker:
+            await wait_for(lambda: seen.count() >= len(rows), what="every event in the output")
+            ends = {p: 0 for p in range(3)}
+            for tp, part in worker.tracker.partitions.items():
+                ends[tp[1]] = part.next or 0
+            assert sum(ends.values()) == len(rows)
+            await wait_for(
+                lambda: group_caught_up(kafka.bootstrap, group, source, ends),
+                what="the group's offsets at the end",
+            )
+        await wait_for(seen.at_end, what="the whole output read")
+    finally:
+        seen.close()
+    assert LostAnswer.commits >= 3  # the lost answer, and transactions after it
+    counts = Counter((key, v) for _p, _o, key, v in seen.records)
+    assert len(seen.records) == len(rows) and set(counts.values()) == {1}, counts.most_common(3)

@@ -103,7 +103,6 @@ def test_cli_reports_a_bad_config_in_one_line_with_exit_2(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("sink", "expected"),
     [
-        ({"type": "kafka", "bootstrap_servers": "k:9092"}, "exactly_once"),
         ({"type": "redis", "url": "redis://r/0"}, "stream entry ids"),
         ({"type": "file", "path": "/tmp/x.jsonl"}, "file sink"),
     ],
@@ -114,6 +113,17 @@ def test_sinks_that_need_id_order_are_refused(sink: dict[str, Any], expected: st
     with pytest.raises(ConfigError, match=expected) as info:
         parse_worker_config(worker_file(destinations=[{"name": "d", "sink": sink}]), "w.yaml")
     assert "destination 'd'" in str(info.value)
+
+
+def test_kafka_exactly_once_is_the_only_destination_of_its_worker() -> None:
+    """It commits the group's offsets in its transactions: alone it is fine;
+    beside another destination it is refused (one offset per partition)."""
+    eos = {"name": "out", "sink": {"type": "kafka", "bootstrap_servers": "k:9092"}}
+    parse_worker_config(worker_file(destinations=[eos]), "w.yaml")
+    other = {"name": "hook", "sink": {"type": "webhook", "url": "http://h/x"}}
+    with pytest.raises(ConfigError, match="only destination") as info:
+        parse_worker_config(worker_file(destinations=[eos, other]), "w.yaml")
+    assert "destination 'out'" in str(info.value) and "\n" not in str(info.value)
 
 
 def test_kafka_at_least_once_is_fine_in_a_worker() -> None:

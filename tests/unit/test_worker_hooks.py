@@ -3,7 +3,12 @@ finished events move their partition's safe offset (walrelay.worker.runner)."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+
 from tests.factories import make_event
+from tests.waiting import wait_for
+from walrelay.model import Event
 from walrelay.pipeline.scheduler import Destination
 from walrelay.pipeline.transforms import ResumeHook
 from walrelay.sinks.memory import MemorySink
@@ -95,3 +100,43 @@ def test_a_destination_with_transforms_retries_failed_steps_before_every_send() 
     shaped = worker._hooks_for("shaped")
     assert [type(h) for h in shaped] == [ResumeHook, PartitionHook]
     assert [type(h) for h in worker._hooks_for("plain")] == [PartitionHook]
+
+
+async def test_a_revoke_waits_only_for_events_at_the_sink_and_drops_the_rest() -> None:
+    """On revoke, the partition's events already at the sink are awaited; its
+    buffered ones are dropped, not finished: the safe offset to commit stays
+    at the first of them, so the next owner reads them (and nothing is sent
+    after the commit). The kept partition flows on."""
+    worker = make_worker()
+    tracker = worker.tracker
+    epochs = {tp: tracker.assign(tp, 0) for tp in (KEPT, REVOKED)}
+    release = asyncio.Event()
+
+    async def slow(batch: Sequence[Event]) -> None:
+        await release.wait()
+
+    sink = MemorySink(batch_size=1, delay=slow)
+    dest = Destination("mem", sink, max_in_flight=1, hooks=[PartitionHook("mem", worker)])
+    offsets = {KEPT: 0, REVOKED: 0}
+    for n, tp in enumerate([REVOKED, REVOKED, KEPT, REVOKED, KEPT]):
+        event = make_event(0x100 + n, 0, keys=(f"k{n}",))
+        origin = Origin(tp, epochs[tp], offsets[tp])
+        offsets[tp] += 1
+        worker.origins.add("mem", ident(event), origin)
+        tracker.consumed(origin, 1)
+        dest.try_put(event)
+    dest.start()
+    try:
+        await wait_for(lambda: sink.calls == 1, what="the first event at the sink")
+        revoke = asyncio.create_task(worker._drain_revoking([REVOKED], timeout=5))
+        await asyncio.sleep(0)
+        assert not revoke.done()  # waits for the event at the sink
+        release.set()
+        assert await revoke
+        assert tracker.safe(REVOKED) == 1  # past the delivered one, not past the dropped
+        assert await dest.drain(timeout=5)
+    finally:
+        await dest.stop()
+    assert [e.commit_lsn - 0x100 for e in sink.delivered] == [0, 2, 4]
+    assert tracker.safe(REVOKED) == 1 and tracker.safe(KEPT) == 2
+    assert worker.abandoned == 2

@@ -105,3 +105,24 @@ def test_origin_map_is_a_fifo_per_destination_and_event() -> None:
     assert origins.pop("hook", ident) is None
     assert origins.pop("pg", ident) == first
     assert origins.pop("other", ident) is None
+
+
+def test_offsets_to_commit_with_a_transaction_count_its_events_as_finished() -> None:
+    """What a Kafka exactly-once transaction commits with its batch: each
+    partition's safe offset as if the batch were delivered -- never past a
+    record outside the batch, never for a revoked partition's epoch."""
+    tracker = OffsetTracker()
+    other = ("cdc.public.t", 4)
+    epoch = tracker.assign(TP)
+    o2 = tracker.assign(other)
+    for offset in range(5):
+        tracker.consumed(Origin(TP, epoch, offset), 1)
+    tracker.consumed(Origin(other, o2, 7), 0)  # no event: finished at once
+    batch = {Origin(TP, epoch, 0): 1, Origin(TP, epoch, 1): 1, Origin(TP, epoch, 3): 1}
+    assert tracker.to_commit_after(batch) == [(TP, 2), (other, 8)]
+    assert tracker.safe(TP) == 0  # nothing finished yet
+    tracker.committed(other, 8)
+    stale = {Origin(TP, epoch - 1, 0): 1}  # an earlier assignment's record
+    assert tracker.to_commit_after(stale) == [(TP, 0)]  # ignored: offset 0 still pending
+    everything = {Origin(TP, epoch, o): 1 for o in range(5)}
+    assert tracker.to_commit_after(everything) == [(TP, 5)]

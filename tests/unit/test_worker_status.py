@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from walrelay.engine.delivery import Destinations
@@ -51,6 +52,32 @@ class FakeWorker:
             }
         ]
 
+    def group_lag_status(self) -> dict[str, Any] | None:
+        """Two partitions: this member's, and one nobody owns yet."""
+        return {
+            "partitions": [
+                {
+                    "topic": "cdc.t",
+                    "partition": 3,
+                    "committed": 10,
+                    "end": 15,
+                    "lag_records": 5,
+                    "owner": "host-42",
+                },
+                {
+                    "topic": "cdc.t",
+                    "partition": 4,
+                    "committed": None,
+                    "end": 7,
+                    "lag_records": 7,
+                    "owner": None,
+                },
+            ],
+            "lag_records": 12,
+            "as_of": time.time() - 2,
+            "error": None,
+        }
+
 
 def test_status_names_group_partitions_and_safe_offsets() -> None:
     doc = WorkerStatus(FakeWorker()).status()
@@ -71,3 +98,20 @@ def test_metrics_per_partition() -> None:
     assert f"walrelay_worker_partition_safe_offset{{{labels}}} 11.0" in text
     assert f"walrelay_worker_partition_lag_seconds{{{labels}}} 1.5" in text
     assert 'walrelay_worker_assigned_partitions{group="billing"} 1.0' in text
+
+
+def test_the_whole_groups_lag_in_status_and_metrics() -> None:
+    """Every partition of the group's topics, whoever owns it: in the status
+    document, in `walrelay status` (once, after the processes) and in /metrics."""
+    worker = FakeWorker()
+    doc = WorkerStatus(worker).status()
+    assert doc["group_lag"]["lag_records"] == 12
+    text = render_worker_status([doc, doc])
+    assert text.count("group billing: lag 12 record(s) over 2 partition(s), read 2") == 1
+    rows = [line.split(maxsplit=4) for line in text.splitlines() if line.startswith("  cdc.t[")]
+    # The owner: the local process whose partitions hold it.
+    assert ["cdc.t[4]", "-", "7", "7", "(not on this host)"] in rows
+    assert ["cdc.t[3]", "10", "15", "5", "host-42"] in rows
+    metrics = WorkerStatus(worker).metrics()[0].decode()
+    labels = 'group="billing",partition="4",topic="cdc.t"'
+    assert f"walrelay_worker_group_lag_records{{{labels}}} 7.0" in metrics

@@ -210,6 +210,9 @@ class _Reports:
 class KafkaSink:
     """Produces events to Kafka; see the module docstring."""
 
+    # exactly_once: a checkpoint record in each transaction (see _seal).
+    uses_checkpoint = True
+
     def __init__(self, config: KafkaSinkConfig, context: SinkContext | None = None) -> None:
         self._ck = import_extra("kafka", "confluent-kafka", *_MODULES)
         context = context or SinkContext()
@@ -366,7 +369,7 @@ class KafkaSink:
                 )
             self._create_topics(missing, config_error=True)
         if self.ordered:
-            if self.checkpoint_topic not in existing:
+            if self.checkpoint_topic not in existing and self.uses_checkpoint:
                 if not self.auto_create:
                     raise ConfigError(
                         f"kafka sink: checkpoint topic {self.checkpoint_topic} does not exist "
@@ -665,15 +668,7 @@ class KafkaSink:
                     break
             current = None
             last = events[records[end - 1].event_id]
-            checkpoint = orjson.dumps(
-                {"slot": self.slot, "destination": self.destination, "last_id": last.id}
-            )
-            producer.produce(
-                self.checkpoint_topic,
-                value=checkpoint,
-                key=self._checkpoint_key,
-                on_delivery=on_delivery,
-            )
+            self._seal(producer, last, on_delivery)
             failpoints.hit(failpoints.KAFKA_BEFORE_COMMIT)
             committing = True
             producer.commit_transaction(self.delivery_timeout)
@@ -704,6 +699,20 @@ class KafkaSink:
             raise self._classify(err, None) from None
         self._mark = (last.commit_lsn, last.seq)
         return end
+
+    def _seal(self, producer: Producer, last: Event, on_delivery: Any) -> None:
+        """What makes the open transaction's progress durable with it: the
+        checkpoint record (a worker's sink commits consumed offsets instead:
+        :mod:`walrelay.sinks.kafka_offsets`)."""
+        checkpoint = orjson.dumps(
+            {"slot": self.slot, "destination": self.destination, "last_id": last.id}
+        )
+        producer.produce(
+            self.checkpoint_topic,
+            value=checkpoint,
+            key=self._checkpoint_key,
+            on_delivery=on_delivery,
+        )
 
     def _reset_transactional(self) -> None:
         """New producer: fence the old one, settle its transaction, read the checkpoint."""

@@ -36,6 +36,7 @@ __all__ = [
     "WorkerFileConfig",
     "WorkerKafkaConfig",
     "WorkerSection",
+    "is_kafka_exactly_once",
     "is_worker_file",
     "load_worker_config",
 ]
@@ -152,6 +153,13 @@ class WorkerFileConfig(_Model):
                     f"destination {d.name!r}: {why}; a worker's events are not in id order"
                     " (partitions interleave), so it would skip events as replays"
                 )
+            if is_kafka_exactly_once(d) and len(v) > 1:
+                raise ValueError(
+                    f"destination {d.name!r}: a kafka sink in exactly_once mode commits the"
+                    " group's offsets in its transactions, so it must be the worker's only"
+                    " destination (run another worker group for the others, or use mode:"
+                    " at_least_once)"
+                )
         return v
 
     def engine_config(self) -> Config:
@@ -177,17 +185,17 @@ class WorkerFileConfig(_Model):
         )
 
 
+def is_kafka_exactly_once(d: DestinationConfig) -> bool:
+    """A Kafka sink in ``exactly_once`` mode: in a worker, the consume-transform-produce
+    transaction (:mod:`walrelay.sinks.kafka_offsets`)."""
+    return d.sink.type == "kafka" and getattr(d.sink, "mode", None) == "exactly_once"
+
+
 def _needs_id_order(d: DestinationConfig) -> str | None:
     """Why the destination's sink cannot run in a worker, or None: sinks that
     drop replays by comparing ids with the last one written need events in
     global id order."""
-    sink = d.sink
-    kind = sink.type
-    if kind == "kafka" and getattr(sink, "mode", None) == "exactly_once":
-        return (
-            "a kafka sink in exactly_once mode skips ids at or below its checkpoint"
-            " (use mode: at_least_once, deduplicated by the ledger)"
-        )
+    kind = d.sink.type
     if kind == "redis":
         return "a redis sink uses event ids as stream entry ids, which must increase"
     if kind == "file":

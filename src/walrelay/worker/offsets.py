@@ -16,6 +16,7 @@ abandoned deliveries) carry the old epoch and are ignored.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 __all__ = ["OffsetTracker", "Origin", "OriginMap", "PartitionOffsets", "TopicPartition"]
@@ -47,6 +48,8 @@ class PartitionOffsets:
     # offset -> the record's timestamp (epoch seconds), for the lag in seconds.
     pending_times: dict[int, float] = field(default_factory=dict)
     consumed_total: int = 0
+    # Being revoked: its events not yet at a sink are dropped (the next owner reads them).
+    revoking: bool = False
 
     @property
     def safe(self) -> int | None:
@@ -85,6 +88,18 @@ class OffsetTracker:
         """True while ``origin``'s partition is assigned in the same epoch."""
         part = self.partitions.get(origin.tp)
         return part is not None and part.epoch == origin.epoch
+
+    def sends(self, origin: Origin) -> bool:
+        """True while an event of ``origin`` may still go to a sink: owned, and
+        its partition not being revoked."""
+        part = self.partitions.get(origin.tp)
+        return part is not None and part.epoch == origin.epoch and not part.revoking
+
+    def start_revoking(self, tps: list[TopicPartition]) -> None:
+        for tp in tps:
+            part = self.partitions.get(tp)
+            if part is not None:
+                part.revoking = True
 
     def consumed(self, origin: Origin, events: int) -> None:
         """A record was read and handed to the destinations as ``events`` events
@@ -139,6 +154,28 @@ class OffsetTracker:
                 out.append((tp, safe))
         return out
 
+    def to_commit_after(self, finishing: Mapping[Origin, int]) -> list[tuple[TopicPartition, int]]:
+        """Like :meth:`to_commit`, for every partition, as if the ``finishing``
+        events (origin -> events of that record) were finished already: the
+        offsets a transaction that delivers them may commit with them."""
+        done: dict[TopicPartition, dict[int, int]] = {}
+        for origin, n in finishing.items():
+            part = self.partitions.get(origin.tp)
+            if part is not None and part.epoch == origin.epoch:
+                by_offset = done.setdefault(origin.tp, {})
+                by_offset[origin.offset] = by_offset.get(origin.offset, 0) + n
+        out = []
+        for tp, part in self.partitions.items():
+            finished = done.get(tp, {})
+            safe = part.next
+            for offset, left in part.pending.items():
+                if left > finished.get(offset, 0):
+                    safe = offset
+                    break
+            if safe is not None and (part.committed is None or safe > part.committed):
+                out.append((tp, safe))
+        return out
+
     def committed(self, tp: TopicPartition, offset: int) -> None:
         part = self.partitions.get(tp)
         if part is not None and (part.committed is None or offset > part.committed):
@@ -181,6 +218,12 @@ class OriginMap:
         if not queue:
             del by_id[ident]
         return origin
+
+    def nth(self, destination: str, ident: tuple[int, int, str], n: int) -> Origin | None:
+        """The ``n``-th (from 0) record still unfinished that carried ``ident``."""
+        by_id = self._by_dest.get(destination)
+        queue = None if by_id is None else by_id.get(ident)
+        return queue[n] if queue is not None and n < len(queue) else None
 
     def peek(self, destination: str, ident: tuple[int, int, str]) -> Origin | None:
         by_id = self._by_dest.get(destination)

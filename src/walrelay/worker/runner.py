@@ -17,14 +17,24 @@ callback can wait for deliveries to finish.
 
 Rebalance (``partition.assignment.strategy=cooperative-sticky``, so only
 the partitions that move stop): on revoke the thread stops reading them (it
-is inside the callback), waits up to ``revoke_timeout`` for their pending
-events to finish, commits their safe offsets, and forgets them; events of
-theirs still waiting afterwards are abandoned -- :class:`PartitionHook`
-drops them before the sink -- and the next owner reads them again from the
-committed offset. On assign the worker re-reads every destination's parked
-events (another member may have parked keys of these partitions) before
-their first record is taken. On loss (the session expired) nothing is
-committed.
+is inside the callback); from then on :class:`PartitionHook` drops their
+events that have not reached a sink yet (not finished: the safe offset stays
+below them), the thread waits up to ``revoke_timeout`` for those already at
+a sink, commits the safe offsets -- synchronously, inside the callback,
+while the member still holds the partitions in the group's generation --
+and forgets them; the next owner reads the rest from the committed offset.
+Nothing of theirs reaches a sink after that commit (what did would be
+delivered twice). Waiting for the partition's whole backlog instead made
+revokes run into ``revoke_timeout`` under load, and the deliveries still
+running then were repeated by the next owner. Stopping is the same for every
+partition, and the final commit is made before ``close()``: close's own
+revoke callback runs while the member leaves the group, where a commit fails
+(``Unknown member``, ``Broker handle destroyed``). A periodic commit that
+races the member's rejoin after a callback is refused
+(``ILLEGAL_GENERATION``): harmless, the next one carries the offsets. On
+assign the worker re-reads every destination's parked events (another
+member may have parked keys of these partitions) before their first record
+is taken. On loss (the session expired) nothing is committed.
 """
 
 from __future__ import annotations
@@ -35,11 +45,13 @@ import os
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from walrelay.config import DestinationConfig, KafkaSinkConfig
 from walrelay.engine.delivery import Destinations, SinkFactory, open_destinations
-from walrelay.errors import ConfigError
+from walrelay.errors import ConfigError, SinkError
 from walrelay.model import Event
 from walrelay.pipeline.envelope import EnvelopeBuilder
 from walrelay.pipeline.hooks import DeliveryHook
@@ -47,10 +59,13 @@ from walrelay.pipeline.lsn import LsnTracker
 from walrelay.pipeline.parking.writes import ReadRows
 from walrelay.pipeline.router import Router
 from walrelay.pipeline.transforms import ResumeHook, TransformChain, build_chains
+from walrelay.sinks.base import Sink, SinkContext
 from walrelay.sinks.common import import_extra
+from walrelay.sinks.kafka_offsets import KafkaOffsetsSink, Offsets
 from walrelay.sinks.registry import build_sink
 from walrelay.source.types import TypeRegistry
-from walrelay.worker.config import WorkerFileConfig
+from walrelay.worker.config import WorkerFileConfig, is_kafka_exactly_once
+from walrelay.worker.group_lag import PartitionLag, read_group_lag
 from walrelay.worker.offsets import OffsetTracker, Origin, OriginMap, TopicPartition
 from walrelay.worker.records import NotAnEnvelope, event_from_record
 
@@ -64,6 +79,9 @@ __all__ = ["PartitionHook", "Worker"]
 log = logging.getLogger("walrelay.worker")
 
 T = TypeVar("T")
+
+GROUP_LAG_INTERVAL = 5.0
+"""Seconds between two readings of the group's lag (for status, /metrics, the dashboard)."""
 Ident = tuple[int, int, str]
 
 
@@ -74,24 +92,40 @@ def ident(event: Event) -> Ident:
 
 class PartitionHook(DeliveryHook):
     """A destination's link to the partitions: events of a partition no longer
-    assigned (in the epoch they were read) are dropped before the sink, and
-    every finished event counts into the offset tracker."""
+    assigned (in the epoch they were read), or being revoked, are dropped
+    before the sink -- a dropped event is not finished, so the safe offset
+    stays below it and the next owner reads it again -- and every finished
+    event counts into the offset tracker. It knows which events are at the
+    sink, per partition (what a revoke waits for)."""
 
     def __init__(self, destination: str, worker: Worker) -> None:
         self.destination = destination
         self.worker = worker
+        # id(event) -> its partition, for events handed to the sink and not finished.
+        self.sending: dict[int, TopicPartition] = {}
+        # id(event) of events dropped before the sink (their finish is not counted).
+        self._dropped: set[int] = set()
+        worker.partition_hooks.append(self)
 
     async def before_send(self, events: Sequence[Event]) -> Sequence[Event]:
         origins = self.worker.origins
         tracker = self.worker.tracker
         name = self.destination
+        sending = self.sending
         keep = []
         for event in events:
             origin = origins.peek(name, ident(event))
-            if origin is None or tracker.owns(origin):
+            if origin is None:
                 keep.append(event)
+            elif tracker.sends(origin):
+                keep.append(event)
+                sending[id(event)] = origin.tp
+            else:
+                sending.pop(id(event), None)
+                self._dropped.add(id(event))
         if len(keep) != len(events):
             self.worker.abandoned += len(events) - len(keep)
+            self.worker.progress.set()
             return keep
         return events
 
@@ -99,11 +133,20 @@ class PartitionHook(DeliveryHook):
         origins = self.worker.origins
         tracker = self.worker.tracker
         name = self.destination
+        dropped = self._dropped
         for event in events:
             origin = origins.pop(name, ident(event))
-            if origin is not None:
+            key = id(event)
+            self.sending.pop(key, None)
+            if key in dropped:
+                dropped.discard(key)
+            elif origin is not None:
                 tracker.finish(origin)
         self.worker.progress.set()
+
+    def at_sink(self, tps: list[TopicPartition]) -> int:
+        """Events of ``tps`` handed to the sink and not finished."""
+        return sum(1 for tp in self.sending.values() if tp in tps)
 
 
 class Worker:
@@ -124,9 +167,16 @@ class Worker:
         self.engine_config = config.engine_config()
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.http: HttpServer | None = None
-        self._sink_factory: SinkFactory = sink_factory or (
-            lambda d: build_sink(d.sink, slot=config.worker.slot, destination=d.name, tables=[])
+        self._sink_factory: SinkFactory = sink_factory or self._build_sink
+        # Kafka -> Kafka exactly once: the worker's only destination (see the config).
+        self.eos_destination = next(
+            (d.name for d in config.destinations if is_kafka_exactly_once(d)), None
         )
+        self.eos_sink: KafkaOffsetsSink | None = None
+        self._consumer: Consumer | None = None
+        self.partition_hooks: list[PartitionHook] = []
+        # Set once the final commit is made: close()'s revoke callback does nothing more.
+        self._closing = False
         self.tracker = OffsetTracker()
         self.origins = OriginMap()
         self.destinations = Destinations()
@@ -142,6 +192,10 @@ class Worker:
         self.not_envelopes = 0  # records skipped: not a walrelay envelope
         self.rebalances = 0
         self.member_id: str | None = None
+        # The whole group's lag, read from the cluster while http is on (group_lag.py).
+        self.group_lag: list[PartitionLag] | None = None
+        self.group_lag_at: float | None = None
+        self.group_lag_error: str | None = None
 
     # -- control ----------------------------------------------------------------
 
@@ -163,6 +217,7 @@ class Worker:
         self.destinations = await open_destinations(
             self.engine_config, self._sink_factory, self._hooks_for
         )
+        lag_task: asyncio.Task[None] | None = None
         try:
             self.router = Router(
                 self.config.destinations,
@@ -173,12 +228,17 @@ class Worker:
             )
             for dest in self.destinations.by_name.values():
                 dest.start()
-            consumer = ck.Consumer(self._consumer_config())
+            consumer = self._consumer = ck.Consumer(self._consumer_config())
             await asyncio.to_thread(self._check_topics, ck, consumer)
             await self._start_http()
+            if self.http is not None:
+                lag_task = asyncio.create_task(self._watch_group_lag(ck))
             self.started.set()
             await asyncio.to_thread(self._consume_loop, ck, consumer)
         finally:
+            if lag_task is not None:
+                lag_task.cancel()
+                await asyncio.gather(lag_task, return_exceptions=True)
             if self.http is not None:
                 await self.http.stop()
             await self.destinations.close()
@@ -203,6 +263,49 @@ class Worker:
         self.http = server
         log.info("worker %s: http on %s (API token from %s)", self.name, server.url, where)
 
+    async def _watch_group_lag(self, ck: Any) -> None:
+        k = self.kafka
+        settings = {
+            **self._consumer_config(),
+            "client.id": f"walrelay-{self.name}-lag",  # never subscribes: not a member
+        }
+        timeout = min(30.0, max(5.0, k.session_timeout))
+        reader: Any = None
+        try:
+            while True:
+                try:
+                    reader = reader or ck.Consumer(settings)
+                    lag = await asyncio.to_thread(
+                        read_group_lag, ck, reader, list(k.topics), timeout
+                    )
+                except Exception as e:  # the cluster did not answer: status says so
+                    self.group_lag_error = str(e)
+                    log.debug("worker %s: reading the group's lag failed: %s", self.name, e)
+                else:
+                    self.group_lag, self.group_lag_at = lag, time.time()
+                    self.group_lag_error = None
+                await asyncio.sleep(GROUP_LAG_INTERVAL)
+        finally:
+            if reader is not None:
+                await asyncio.to_thread(reader.close)
+
+    def group_lag_status(self) -> dict[str, Any] | None:
+        """The group's lag per partition (every member's), or None before the first
+        reading; ``owner`` is this worker's name for its own partitions."""
+        if self.group_lag is None and self.group_lag_error is None:
+            return None
+        mine = self.tracker.partitions
+        parts = [
+            {**p.as_dict(), "owner": self.name if (p.topic, p.partition) in mine else None}
+            for p in self.group_lag or ()
+        ]
+        return {
+            "partitions": parts,
+            "lag_records": sum(p["lag_records"] for p in parts),
+            "as_of": self.group_lag_at,
+            "error": self.group_lag_error,
+        }
+
     def _check_topics(self, ck: Any, consumer: Consumer) -> None:
         """The cluster answers and has the topics: else one clear error at start."""
         k = self.kafka
@@ -222,6 +325,57 @@ class Worker:
                 fix="check worker.kafka.topics against the relay's kafka sink topic template"
                 " (the relay's kafka sink creates them when it starts)",
             )
+
+    def _build_sink(self, d: DestinationConfig) -> Sink:
+        slot = self.config.worker.slot
+        if d.name == self.eos_destination and isinstance(d.sink, KafkaSinkConfig):
+            # Stable across restarts on this host, unique per host and process: a
+            # restarted worker's init_transactions aborts what its predecessor left open.
+            member = f"{self.kafka.group}.{socket.gethostname()}.{self.index}"
+            self.eos_sink = KafkaOffsetsSink(
+                d.sink, SinkContext(slot=slot, destination=d.name), source=self, member=member
+            )
+            return self.eos_sink
+        return build_sink(d.sink, slot=slot, destination=d.name, tables=[])
+
+    # -- the consumed offsets of the exactly-once Kafka sink (ConsumedOffsets) ------
+
+    def prepare(self, events: Sequence[Event]) -> tuple[Sequence[Event], Offsets, Any]:
+        """On the loop, in one step: the events whose partitions are still ours,
+        the offsets to commit with them, and the group metadata (of a generation
+        in which those partitions are ours: see walrelay.sinks.kafka_offsets)."""
+        name = self.eos_destination
+        assert name is not None and self._consumer is not None
+        tracker = self.tracker
+        origins = self.origins
+        keep: list[Event] = []
+        finishing: Counter[Origin] = Counter()
+        seen: Counter[Ident] = Counter()
+        for event in events:
+            key = ident(event)
+            origin = origins.nth(name, key, seen[key])
+            seen[key] += 1
+            if origin is None:
+                keep.append(event)
+            elif tracker.owns(origin):
+                keep.append(event)
+                finishing[origin] += 1
+        if len(keep) != len(events):
+            self.abandoned += len(events) - len(keep)
+        offsets = [(t, p, o) for (t, p), o in tracker.to_commit_after(finishing)]
+        return keep, offsets, self._consumer.consumer_group_metadata()
+
+    def committed(self, offsets: Offsets) -> None:
+        for t, p, o in offsets:
+            self.tracker.committed((t, p), o)
+
+    def group_offsets(
+        self, partitions: list[tuple[str, int]], timeout: float
+    ) -> dict[tuple[str, int], int]:
+        ck = import_extra("kafka", "confluent-kafka", "confluent_kafka")
+        assert self._consumer is not None
+        asked = [ck.TopicPartition(t, p) for t, p in partitions]
+        return {(c.topic, c.partition): c.offset for c in self._consumer.committed(asked, timeout)}
 
     def _hooks_for(self, name: str) -> list[DeliveryHook]:
         chain = self._chains.get(name)
@@ -284,16 +438,22 @@ class Worker:
                     self._note_watermarks(ck, consumer)
                     self._commit(ck, consumer, None)
                     next_commit = time.monotonic() + interval
-            drained = self._call(self._drain(None, self.config.shutdown_timeout))
+            # As on revoke: what is at a sink finishes, the rest is the next owner's.
+            owned = list(self.tracker.partitions)
+            drained = self._call(self._drain_revoking(owned, self.config.shutdown_timeout))
             if not drained:
                 log.warning(
                     "worker %s: shutdown_timeout reached with deliveries in flight; their"
                     " records are read again by the next owner",
                     self.name,
                 )
-            self._commit(ck, consumer, None)
+            self._final_commit(ck, consumer, owned, "on stop")
+            # Nothing of these partitions is sent after their final commit (it would be
+            # sent again by the next owner), and close()'s revoke callback, which runs
+            # while the member leaves the group, commits nothing (it would fail).
+            self._closing = True
+            self._call(self._revoked(list(self.tracker.partitions)))
         finally:
-            # close() revokes what is left (the callback commits it) and leaves the group.
             consumer.close()
 
     def _on_assign(self, consumer: Consumer, partitions: list[Any]) -> None:
@@ -316,6 +476,9 @@ class Worker:
     def _on_revoke(self, ck: Any, consumer: Consumer, partitions: list[Any], *, lost: bool) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
         self.rebalances += 1
+        if self._closing:
+            self._call(self._revoked(tps))
+            return
         if lost:
             log.warning(
                 "worker %s: lost %s (session expired): their pending events are abandoned"
@@ -325,7 +488,10 @@ class Worker:
             )
         else:
             log.info("worker %s: revoking %s", self.name, _show(tps))
-            drained = self._call(self._drain(tps, self.kafka.revoke_timeout))
+            # Events of tps not yet at a sink are dropped from now on; wait for those
+            # that are, then commit -- here, inside the callback, while this member
+            # still holds the partitions in the group's current generation.
+            drained = self._call(self._drain_revoking(tps, self.kafka.revoke_timeout))
             if not drained:
                 log.warning(
                     "worker %s: revoke_timeout reached: abandoning the in-flight events of %s"
@@ -333,13 +499,34 @@ class Worker:
                     self.name,
                     _show(tps),
                 )
-            self._commit(ck, consumer, tps)
+            self._final_commit(ck, consumer, tps, "on revoke")
         self._call(self._revoked(tps))
 
-    def _commit(self, ck: Any, consumer: Consumer, tps: list[TopicPartition] | None) -> None:
+    def _final_commit(
+        self, ck: Any, consumer: Consumer, tps: list[TopicPartition], when: str
+    ) -> None:
+        """The last commit of ``tps`` by this member; a failure is a warning (the
+        next owner repeats what this member delivered since its last commit)."""
+        if not self._commit(ck, consumer, tps):
+            log.warning(
+                "worker %s: the final offset commit %s of %s failed (see above): the next"
+                " owner delivers their events since the last commit again, with the same ids",
+                self.name,
+                when,
+                _show(tps),
+            )
+
+    def _commit(self, ck: Any, consumer: Consumer, tps: list[TopicPartition] | None) -> bool:
+        """Commit the safe offsets of ``tps`` (all: None); False if that failed."""
         plan = self._call(self._commit_plan(tps))
         if not plan:
-            return
+            return True
+        if self.eos_sink is not None:
+            # Through the sink's transactions, behind the one in flight: a plain
+            # commit could land after it and move the offset back.
+            in_txn = [(t, p, o) for (t, p), o in plan]
+            group = consumer.consumer_group_metadata()
+            return self._call(self._commit_in_transaction(in_txn, group))
         offsets = [ck.TopicPartition(t, p, o) for (t, p), o in plan]
         try:
             result = consumer.commit(offsets=offsets, asynchronous=False)
@@ -351,12 +538,15 @@ class Worker:
                 ck.KafkaError.REBALANCE_IN_PROGRESS,
                 ck.KafkaError._NO_OFFSET,
             )
-            (log.info if rebalancing else log.warning)(
+            # A periodic commit racing a rebalance (the member rejoining after a
+            # callback) is refused; the next one, or the revoke callback, carries it.
+            (log.debug if rebalancing and tps is None else log.warning)(
                 "worker %s: committing offsets failed: %s", self.name, err.str()
             )
-            return
+            return False
         done = [((r.topic, r.partition), r.offset) for r in result or () if r.error is None]
         self._call(self._committed(done))
+        return len(done) == len(plan)
 
     def _note_watermarks(self, ck: Any, consumer: Consumer) -> None:
         marks: list[tuple[TopicPartition, int]] = []
@@ -465,10 +655,13 @@ class Worker:
             waits.append(fut)
         await asyncio.gather(*waits)
 
-    async def _drain(self, tps: list[TopicPartition] | None, timeout: float) -> bool:  # noqa: ASYNC109
-        """Wait until no event of ``tps`` (all: None) is pending; False on timeout."""
+    async def _drain_revoking(self, tps: list[TopicPartition], timeout: float) -> bool:  # noqa: ASYNC109
+        """Stop sending events of ``tps`` and wait until none is at a sink; False
+        on timeout. (Their events still buffered are dropped when taken.)"""
+        self.tracker.start_revoking(tps)
+        hooks = self.partition_hooks
         deadline = time.monotonic() + timeout
-        while self.tracker.pending_events(tps):
+        while any(h.at_sink(tps) for h in hooks):
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
@@ -477,13 +670,23 @@ class Worker:
                 async with asyncio.timeout(left):
                     await self.progress.wait()
             except TimeoutError:
-                return not self.tracker.pending_events(tps)
+                return not any(h.at_sink(tps) for h in hooks)
         return True
 
     async def _commit_plan(
         self, tps: list[TopicPartition] | None
     ) -> list[tuple[TopicPartition, int]]:
         return self.tracker.to_commit(tps)
+
+    async def _commit_in_transaction(self, offsets: Offsets, group: Any) -> bool:
+        sink = self.eos_sink
+        assert sink is not None
+        try:
+            self.committed(await sink.commit_offsets(offsets, group))
+        except SinkError as e:
+            log.info("worker %s: committing offsets failed: %s", self.name, e)
+            return False
+        return True
 
     async def _committed(self, done: list[tuple[TopicPartition, int]]) -> None:
         for tp, offset in done:

@@ -15,6 +15,7 @@ Metrics (per partition: ``group``, ``topic``, ``partition``):
 ``walrelay_worker_partition_safe_offset{...}``     offset that is safe to commit
 ``walrelay_worker_partition_committed_offset{...}``  last committed offset
 ``walrelay_worker_partition_records_total{...}``   records read in this assignment
+``walrelay_worker_group_lag_records{...}``         the group's lag, every partition (any owner)
 ``walrelay_worker_rebalances_total{group}``        assignments and revocations seen
 ``walrelay_worker_abandoned_events_total{group}``  revoked partitions' events dropped
 ``walrelay_events_out_total{destination}``         events delivered (as ``walrelay run``)
@@ -65,6 +66,8 @@ class WorkerView(Protocol):
 
     def partitions_status(self) -> list[dict[str, Any]]: ...
 
+    def group_lag_status(self) -> dict[str, Any] | None: ...
+
 
 class WorkerStatus:
     """What the HTTP server shows for one worker (a ``StatusSource``)."""
@@ -105,6 +108,8 @@ class WorkerStatus:
             "member_id": worker.member_id,
             "topics": list(kafka.topics),
             "partitions": worker.partitions_status(),
+            # The whole group (every member, every partition), read from the cluster.
+            "group_lag": worker.group_lag_status(),
             "rebalances": worker.rebalances,
             "abandoned_events": worker.abandoned,
             "skipped_records": worker.not_envelopes,
@@ -151,6 +156,16 @@ def _collector(worker: WorkerView) -> Collector:
             for p in parts:
                 records.add_metric([group, p["topic"], str(p["partition"])], p["consumed_total"])
             yield records
+            group_lag = worker.group_lag_status()
+            if group_lag is not None and group_lag["partitions"]:
+                whole = GaugeMetricFamily(
+                    "walrelay_worker_group_lag_records",
+                    "the group's end - committed offset, every partition",
+                    labels=labels,
+                )
+                for p in group_lag["partitions"]:
+                    whole.add_metric([group, p["topic"], str(p["partition"])], p["lag_records"])
+                yield whole
             for name, doc, value in (
                 ("walrelay_worker_rebalances", "rebalances seen", worker.rebalances),
                 ("walrelay_worker_abandoned_events", "revoked events dropped", worker.abandoned),
@@ -216,7 +231,8 @@ def fetch_worker_status(
 
 
 def render_worker_status(docs: list[dict[str, Any]]) -> str:
-    """The table ``walrelay status`` prints for a worker's file."""
+    """The table ``walrelay status`` prints for a worker's file: each local
+    process, then the whole group's lag (the latest reading any of them has)."""
     out: list[str] = []
     for doc in docs:
         out.append(
@@ -239,7 +255,35 @@ def render_worker_status(docs: list[dict[str, Any]]) -> str:
                 f" {d['in_flight']} in flight, {d['buffered']} buffered"
                 + (f"; last error: {d['last_error']}" if d["last_error"] else "")
             )
+    readings = [d["group_lag"] for d in docs if d.get("group_lag")]
+    if readings:
+        owners = {(p["topic"], p["partition"]): d["name"] for d in docs for p in d["partitions"]}
+        lag = max(readings, key=lambda r: r["as_of"] or 0)
+        out += _render_group_lag(docs[0]["group"], lag, owners)
     return "\n".join(out)
+
+
+def _render_group_lag(
+    group: str, lag: dict[str, Any], owners: dict[tuple[str, int], str]
+) -> list[str]:
+    parts = lag["partitions"]
+    when = (
+        "" if lag["as_of"] is None else f", read {format_duration(time.time() - lag['as_of'])} ago"
+    )
+    out = [
+        f"group {group}: lag {lag['lag_records']} record(s) over {len(parts)} partition(s){when}"
+    ]
+    if lag["error"]:
+        out.append(f"  last reading failed: {lag['error']}")
+    if parts:
+        out.append(f"  {'partition':<40} {'committed':>10} {'end':>10} {'lag':>8}  owner")
+    for p in parts:
+        out.append(
+            f"  {p['topic'] + '[' + str(p['partition']) + ']':<40}"
+            f" {_n(p['committed']):>10} {p['end']:>10} {p['lag_records']:>8}"
+            f"  {owners.get((p['topic'], p['partition']), '(not on this host)')}"
+        )
+    return out
 
 
 def _n(value: int | None) -> str:

@@ -143,10 +143,13 @@
   }
 
   function render(s) {
+    // A `walrelay worker` answers with its own document: no slots, alerts or server.
+    s.slots = s.slots || [];
+    s.alerts = s.alerts || [];
     const state = $("state");
     state.textContent = s.state;
     state.className = "badge " + s.state;
-    $("instance").textContent = s.instance || "";
+    $("instance").textContent = s.instance || s.name || "";
     $("updated").textContent = "updated " + new Date(s.time * 1000).toLocaleTimeString();
     const paused = s.paused || {};
     const banner = $("banner");
@@ -194,7 +197,7 @@
     setValue("dead", fmtNum(dead), dead > 0 ? "page" : null);
     const worst = s.alerts.some((a) => a.severity === "page") ? "page" : (s.alerts.length ? "warn" : null);
     setValue("alert-count", String(s.alerts.length), worst);
-    setValue("confirmed", s.confirmed_lsn);
+    setValue("confirmed", s.confirmed_lsn || "-");
 
     drawChart("chart-throughput", "legend-throughput", series.throughput, fmtNum);
     drawChart("chart-lag", "legend-lag", series.lag, fmtSeconds);
@@ -202,8 +205,40 @@
     renderAlerts(s.alerts, s.time);
     renderDestinations(s.destinations);
     renderSlots(s.slots);
-    renderServer(s);
+    if (s.source === "worker") renderWorker(s); else renderServer(s);
     renderSync(s.sync);
+    renderGroup(s.group, s.group_lag);
+  }
+
+  // walrelay worker: the whole consumer group's lag, partition by partition.
+  function renderGroup(group, lag) {
+    const section = $("group-section");
+    section.hidden = !lag;
+    if (!lag) return;
+    $("group-title").textContent = "Consumer group " + group + ": lag " + fmtNum(lag.lag_records) + " records" +
+      (lag.error ? " (last reading failed: " + lag.error + ")" : "");
+    const body = $("group").tBodies[0];
+    body.replaceChildren();
+    for (const p of lag.partitions) {
+      const tr = row([p.topic + "[" + p.partition + "]", p.owner || "another member (or none)",
+        p.committed == null ? "-" : fmtNum(p.committed), fmtNum(p.end), fmtNum(p.lag_records)]);
+      tr.setAttribute("data-partition", p.topic + "[" + p.partition + "]");
+      body.appendChild(tr);
+    }
+  }
+
+  function renderWorker(s) {
+    const dl = $("server");
+    dl.replaceChildren();
+    const items = [
+      ["worker", s.name],
+      ["group / member", s.group + " / " + (s.member_id || "-")],
+      ["topics", s.topics.join(", ")],
+      ["partitions owned", s.partitions.map((p) => p.topic + "[" + p.partition + "]").join(", ") || "none"],
+      ["rebalances", fmtNum(s.rebalances)],
+      ["abandoned events", fmtNum(s.abandoned_events)],
+    ];
+    for (const [k, v] of items) { dl.appendChild(el("dt", k)); dl.appendChild(el("dd", v)); }
   }
 
   // walrelay sync: each direction's lag and conflicts by kind.
