@@ -248,6 +248,18 @@ def streaming_seconds(log_path: Path) -> float | None:
     return (marks["stop"] - marks["start"]).total_seconds()
 
 
+PROFILE = {"on": False}
+
+
+def profiler(workdir: Path) -> list[str]:
+    """``--py-spy``: walrelay runs under py-spy, its folded stacks in the workdir."""
+    if not PROFILE["on"]:
+        return []
+    spy = Path(sys.executable).with_name("py-spy")
+    out = workdir / "profile.folded"
+    return [str(spy), "record", "-r", "250", "--threads", "-f", "raw", "-o", str(out), "--"]
+
+
 @contextlib.contextmanager
 def maybe_server(factory: Callable[[], Any] | None) -> Iterator[Any]:
     if factory is None:
@@ -289,6 +301,7 @@ def run_case(
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
                 [
+                    *profiler(workdir),
                     sys.executable,
                     "-m",
                     "walrelay",
@@ -347,7 +360,13 @@ def main() -> int:
     ap.add_argument("--only", default="", help="comma-separated substrings of sink names")
     ap.add_argument("--json", default="bench/results/brokers.json")
     ap.add_argument("--keep", help="keep each run's config and log under this directory")
+    ap.add_argument(
+        "--py-spy",
+        action="store_true",
+        help="run walrelay under py-spy (pip install py-spy); folded stacks in each --keep dir",
+    )
     args = ap.parse_args()
+    PROFILE["on"] = args.py_spy
     wanted = [w.strip() for w in args.only.split(",") if w.strip()]
     # The file case always runs first: its output is the payload of every reference.
     cases = [c for c in CASES if c.name == "file" or any(w in c.name for w in wanted or [""])]

@@ -65,10 +65,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
+import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -107,6 +109,12 @@ _RESERVED = (
 _MODULES = ("confluent_kafka", "confluent_kafka.admin")
 _SORT = orjson.OPT_SORT_KEYS
 _TOMBSTONE_HEADER = "tombstone"
+# A one-member key object that canonical JSON (exact_json, sorted keys) writes
+# back byte for byte: a plain ASCII name, and an int64 without sign games or a
+# plain ASCII string. Such a key_json is the record key as it is.
+_CANONICAL_KEY = re.compile(
+    rb'\{"[^"\\\x00-\x1f\x7f-\xff]+":(?:-?[1-9][0-9]{0,17}|0|"[^"\\\x00-\x1f\x7f-\xff]*")\}'
+)
 
 
 def _loads(data: bytes) -> Any:
@@ -122,6 +130,8 @@ def message_key(event: Event, table: str) -> bytes:
         return orjson.dumps({"prefix": _loads(event.body).get("prefix")})
     if event.op != "truncate":
         key_json = event.key_json
+        if key_json is not None and _CANONICAL_KEY.fullmatch(key_json):
+            return key_json  # what parsing and writing it again gives
         if key_json is None:
             key = _loads(event.body).get("key")
         elif key_json == b"null":
@@ -179,32 +189,47 @@ class _Record:
 
 
 class _Reports:
-    """Delivery reports of one batch, filled in by librdkafka's callback thread."""
+    """Delivery reports of one at_least_once batch, counted on whichever thread
+    serves them (the poll thread, or the producing thread while the local queue
+    is full); ``done`` resolves on the event loop once every record produced
+    has its report."""
 
-    def __init__(self, expected: int) -> None:
+    __slots__ = ("_acked", "_expected", "_lock", "_loop", "done", "failures", "produced")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._lock = threading.Lock()
-        self.pending = expected
-        self.done = threading.Event()
-        self.failures: list[tuple[KafkaError, _Record]] = []
-        if expected == 0:
-            self.done.set()
+        self._loop = loop
+        self._acked = 0
+        self._expected: int | None = None  # known once producing is over
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.failures: list[tuple[KafkaError, Any]] = []  # (error, message)
+        self.produced = 0
 
-    def callback(self, record: _Record) -> Callable[[Any, Any], None]:
-        def on_delivery(err: KafkaError | None, _msg: Any) -> None:
-            with self._lock:
-                if err is not None:
-                    self.failures.append((err, record))
-                self.pending -= 1
-                if self.pending <= 0:
-                    self.done.set()
-
-        return on_delivery
-
-    def cancel_one(self) -> None:
+    def on_delivery(self, err: KafkaError | None, msg: Any) -> None:
         with self._lock:
-            self.pending -= 1
-            if self.pending <= 0:
-                self.done.set()
+            if err is not None:
+                self.failures.append((err, msg))
+            self._acked += 1
+            finished = self._acked == self._expected
+        if finished:
+            self._resolve()
+
+    def expect(self, produced: int) -> None:
+        """Producing is over: ``produced`` records await their reports."""
+        with self._lock:
+            self.produced = self._expected = produced
+            finished = self._acked == produced
+        if finished:
+            self._resolve()
+
+    def _resolve(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+            self._loop.call_soon_threadsafe(_set_done, self.done)
+
+
+def _set_done(future: asyncio.Future[None]) -> None:
+    if not future.done():  # the waiter may have given up (cancelled, timed out)
+        future.set_result(None)
 
 
 class KafkaSink:
@@ -269,6 +294,9 @@ class KafkaSink:
             self._producer_config["transaction.timeout.ms"] = int(
                 max(60.0, 2 * config.delivery_timeout) * 1000
             )
+            # A failed record fails the commit anyway; reports of the others
+            # would only cost a Python call each.
+            self._producer_config["delivery.report.only.error"] = True
         self._checkpoint_key = f"{slot}/{destination}".encode()
         self.keys = RecordKeys(config.key_format, message_key)
         self.tombstones = config.tombstones
@@ -276,7 +304,9 @@ class KafkaSink:
         self._producer: Producer | None = None
         self._admin: AdminClient | None = None
         self._topics_lock = threading.Lock()
-        self._producer_lock = threading.Lock()
+        self._poller: threading.Thread | None = None  # at_least_once: _poll_loop
+        self._stop_polling = threading.Event()
+        self._retired: list[Producer] = []  # replaced producers, for the poll thread
         self._known_topics: set[str] = set()
         self._needs_reset = True
         self._fatal = False
@@ -301,14 +331,22 @@ class KafkaSink:
     async def open(self) -> None:
         if self._executor is not None:
             return
+        # One thread produces (librdkafka's produce() does not block); in
+        # at_least_once mode a second one serves delivery reports (_poll_loop).
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1 if self.ordered else 4, thread_name_prefix="walrelay-kafka"
+            max_workers=1, thread_name_prefix="walrelay-kafka"
         )
         try:
-            await self._run(self._open_sync)
+            await self._call(self._open_sync)
         except BaseException:
             await self.close()
             raise
+        if not self.ordered:
+            self._stop_polling.clear()
+            self._poller = threading.Thread(
+                target=self._poll_loop, name="walrelay-kafka-poll", daemon=True
+            )
+            self._poller.start()
 
     async def close(self) -> None:
         executor, self._executor = self._executor, None
@@ -323,15 +361,31 @@ class KafkaSink:
         if not events:
             return
         if self.ordered:
-            await self._run(self._deliver_transactional, events)
+            await self._call(self._deliver_transactional, events)
         else:
-            await self._run(self._deliver_idempotent, events)
+            await self._deliver_idempotent(events)
 
-    async def _run(self, fn: Callable[..., None], *args: Any) -> None:
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        """``fn(*args)`` on the sink's thread."""
         executor = self._executor
         if executor is None:
             raise SinkError(f"kafka sink {self.bootstrap}: used before open() or after close()")
-        await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+
+    def _poll_loop(self) -> None:
+        """at_least_once: serve delivery reports as they come (the batches waiting
+        for them wait on the event loop, see :class:`_Reports`). Producers
+        replaced after a fatal error are disposed of here, between two polls."""
+        stop = self._stop_polling
+        while not stop.is_set():
+            retired, self._retired = self._retired, []
+            for old in retired:
+                _dispose_later(old)
+            producer = self._producer
+            if producer is None:
+                stop.wait(0.05)
+            else:
+                producer.poll(0.05)
 
     # -- worker-thread code: start and stop ----------------------------------------
 
@@ -405,6 +459,13 @@ class KafkaSink:
             self._needs_reset = False
 
     def _close_sync(self) -> None:
+        poller, self._poller = self._poller, None
+        if poller is not None:
+            self._stop_polling.set()
+            poller.join()
+        retired, self._retired = self._retired, []
+        for old in retired:
+            _dispose(old)
         producer, self._producer = self._producer, None
         if producer is not None:
             remaining = producer.flush(min(self.delivery_timeout, 10.0))
@@ -499,48 +560,69 @@ class KafkaSink:
         self._known_topics.update(names)
 
     # -- worker-thread code: delivery -------------------------------------------------
+    #
+    # Per event, not per batch: an event's records are built, produced and dropped
+    # at once (no list of every record of a 50,000-event batch alive at the same
+    # time, which made the garbage collector a third of the sink's cost).
 
-    def _records(self, events: Sequence[Event]) -> list[_Record]:
-        names = self.naming.names
+    def _records(self, event: Event) -> list[_Record]:
+        """The records of one event: one per topic, each followed by its tombstone."""
+        eid = event.id
+        id_header = ("id", eid.encode())
+        op_header = ("op", event.op.encode())
+        route = event.route
+        if route is not None:  # set by the outbox router: send as routed
+            headers: list[tuple[str, str | bytes | None]] = [
+                id_header,
+                op_header,
+                ("table", event.table.encode()),
+            ]
+            headers += [(k, v.encode()) for k, v in route.headers]
+            key = None if route.key is None else route.key.encode()
+            return [_Record(route.topic, key, route.value, headers, eid)]
         out: list[_Record] = []
-        for event in events:
-            eid = event.id
-            id_header = ("id", eid.encode())
-            op_header = ("op", event.op.encode())
-            route = event.route
-            if route is not None:  # set by the outbox router: send as routed
-                headers: list[tuple[str, str | bytes | None]] = [
-                    id_header,
-                    op_header,
-                    ("table", event.table.encode()),
-                ]
-                headers += [(k, v.encode()) for k, v in route.headers]
-                key = None if route.key is None else route.key.encode()
-                out.append(_Record(route.topic, key, route.value, headers, eid))
-                continue
-            extra = kafka_headers(event) if event.rendering is not None else []
-            for topic, table in names(event):
-                table_header = ("table", table.encode())
-                key = self.keys.key(event, table)
-                sent: list[tuple[str, str | bytes | None]] = [
-                    id_header,
-                    op_header,
-                    table_header,
-                    *extra,
-                ]
-                out.append(_Record(topic, key, event.body, sent, eid))
-                if self.tombstones:
-                    # A null value after a delete (and for the old key of an update
-                    # that changed it), in the same batch, so the same transaction.
-                    dead = key if event.op == "delete" else self.keys.old_key(event)
-                    if dead is not None:
-                        marks: list[tuple[str, str | bytes | None]] = [
-                            id_header,
-                            (_TOMBSTONE_HEADER, b"1"),
-                            table_header,
-                        ]
-                        out.append(_Record(topic, dead, None, marks, eid))
+        extra = kafka_headers(event) if event.rendering is not None else []
+        for topic, table in self.naming.names(event):
+            table_header = ("table", table.encode())
+            key = self.keys.key(event, table)
+            sent: list[tuple[str, str | bytes | None]] = [
+                id_header,
+                op_header,
+                table_header,
+                *extra,
+            ]
+            out.append(_Record(topic, key, event.body, sent, eid))
+            if self.tombstones:
+                # A null value after a delete (and for the old key of an update
+                # that changed it), in the same batch, so the same transaction.
+                dead = key if event.op == "delete" else self.keys.old_key(event)
+                if dead is not None:
+                    marks: list[tuple[str, str | bytes | None]] = [
+                        id_header,
+                        (_TOMBSTONE_HEADER, b"1"),
+                        table_header,
+                    ]
+                    out.append(_Record(topic, dead, None, marks, eid))
         return out
+
+    def _topics(self, events: Sequence[Event]) -> set[str]:
+        """Every topic ``events`` go to (one lookup per table and op)."""
+        names = self.naming.names
+        topics: set[str] = set()
+        seen: set[tuple[str, str]] = set()
+        for event in events:
+            route = event.route
+            if route is not None:
+                topics.add(route.topic)
+                continue
+            op = event.op
+            if op != "truncate":
+                pair = (event.table, op)
+                if pair in seen:
+                    continue
+                seen.add(pair)
+            topics.update(topic for topic, _ in names(event))
+        return topics
 
     def _produce(self, producer: Producer, record: _Record, on_delivery: Any) -> None:
         while True:
@@ -556,47 +638,57 @@ class KafkaSink:
             except BufferError:  # the local queue is full: serve reports, then retry
                 producer.poll(0.05)
 
-    def _deliver_idempotent(self, events: Sequence[Event]) -> None:
-        ck = self._ck
-        if self._fatal or self._producer is None:
-            with self._producer_lock:
-                if self._fatal or self._producer is None:
-                    old, self._producer = self._producer, None
-                    self._fatal = False
-                    if old is not None:
-                        _dispose_later(old)
-                    self._producer = ck.Producer(self._producer_config)
-        producer = self._producer
-        assert producer is not None
-        records = self._records(events)
-        self._ensure_topics({r.topic for r in records})
-        reports = _Reports(len(records))
-        refused: list[SinkError] = []  # records produce() itself rejected
-        stop = False
-        for record in records:
-            if stop:
-                reports.cancel_one()
-                continue
-            try:
-                self._produce(producer, record, reports.callback(record))
-            except ck.KafkaException as exc:
-                error = self._classify(exc.args[0], record)
-                refused.append(error)
-                reports.cancel_one()
-                # A record refused for good does not hold back the others (their keys
-                # differ); after a transient refusal the batch is retried anyway.
-                stop = not error.permanent
-        deadline = time.monotonic() + self.delivery_timeout + 30.0
-        while not reports.done.is_set():
-            producer.poll(0.05)
-            if time.monotonic() > deadline:  # librdkafka reports within message.timeout.ms
-                raise SinkUnavailable(
-                    f"kafka sink {self.bootstrap}: no delivery report within "
-                    f"{self.delivery_timeout:g} s for a batch from {events[0].id}"
-                )
-        errors = refused + [self._classify(err, record) for err, record in reports.failures]
+    async def _deliver_idempotent(self, events: Sequence[Event]) -> None:
+        """Produce on the sink's thread, then wait here (not on a thread) for the
+        delivery reports, which the poll thread counts: any number of batches
+        are in flight at once, each costing no thread while it waits."""
+        loop = asyncio.get_running_loop()
+        reports = _Reports(loop)
+        refused: list[SinkError] = await self._call(self._produce_batch, events, reports)
+        try:
+            await asyncio.wait_for(reports.done, self.delivery_timeout + 30.0)
+        except TimeoutError:  # librdkafka reports within message.timeout.ms
+            raise SinkUnavailable(
+                f"kafka sink {self.bootstrap}: no delivery report within "
+                f"{self.delivery_timeout:g} s for a batch from {events[0].id}"
+            ) from None
+        errors = refused + [self._classify(err, _record_of(msg)) for err, msg in reports.failures]
         if errors:
-            raise batch_error(errors, len(records), "records")
+            raise batch_error(errors, reports.produced + len(refused), "records")
+
+    def _produce_batch(self, events: Sequence[Event], reports: _Reports) -> list[SinkError]:
+        """at_least_once, on the sink's thread: every record of ``events``
+        produced (not acknowledged); returns the records produce() refused."""
+        ck = self._ck
+        producer = self._producer
+        if self._fatal or producer is None:
+            old, self._producer = producer, ck.Producer(self._producer_config)
+            producer = self._producer
+            self._fatal = False
+            if old is not None:
+                self._retired.append(old)  # the poll thread may be polling it
+        self._ensure_topics(self._topics(events))
+        refused: list[SinkError] = []  # records produce() itself rejected
+        on_delivery = reports.on_delivery
+        produced = 0
+        try:
+            for event in events:
+                for record in self._records(event):
+                    try:
+                        self._produce(producer, record, on_delivery)
+                    except ck.KafkaException as exc:
+                        error = self._classify(exc.args[0], record)
+                        refused.append(error)
+                        # A record refused for good does not hold back the others
+                        # (their keys differ); after a transient refusal the batch is
+                        # retried anyway.
+                        if not error.permanent:
+                            return refused
+                    else:
+                        produced += 1
+            return refused
+        finally:
+            reports.expect(produced)
 
     def _deliver_transactional(self, events: Sequence[Event]) -> None:
         if self._needs_reset or self._fatal or self._producer is None:
@@ -617,63 +709,46 @@ class KafkaSink:
             )
             if not fresh:
                 return
-        records = self._records(fresh)
-        self._ensure_topics({r.topic for r in records})
-        by_id = {e.id: e for e in fresh}
+        self._ensure_topics(self._topics(fresh))
         start = 0
-        while start < len(records):
-            start = self._transaction(producer, records, start, by_id)
+        while start < len(fresh):
+            start = self._transaction(producer, fresh, start)
 
-    def _transaction(
-        self,
-        producer: Producer,
-        records: Sequence[_Record],
-        start: int,
-        events: dict[str, Event],
-    ) -> int:
-        """One transaction from ``records[start]`` on, with its checkpoint; it ends
-        at an event boundary once it has taken ``transaction_interval`` or holds
-        ``transaction_bytes``, or at the end. Returns where the next one starts."""
+    def _transaction(self, producer: Producer, events: Sequence[Event], start: int) -> int:
+        """One transaction from ``events[start]`` on, with its checkpoint; it ends
+        (after an event's last record) once it has taken ``transaction_interval``
+        or holds ``transaction_bytes``, or at the end. Returns where the next one
+        starts."""
         ck = self._ck
-        failures: list[tuple[KafkaError, _Record]] = []
+        failures: list[tuple[KafkaError, Any]] = []
         committing = False
         current: _Record | None = None
-        by_id = {r.event_id: r for r in records[start:]}
         end = start
 
+        # Called only for failed records (delivery.report.only.error).
         def on_delivery(err: KafkaError | None, msg: Any) -> None:
             if err is not None:
-                failures.append((err, _record_of(msg, by_id)))
+                failures.append((err, msg))
 
         try:
             producer.poll(0)
             producer.begin_transaction()
-            deadline = time.monotonic() + self.transaction_interval
+            clock = time.monotonic
+            deadline = clock() + self.transaction_interval
             budget = self.transaction_bytes
             size = 0
-            total = len(records)
+            total = len(events)
+            records, produce = self._records, self._produce
             while end < total:
-                current = record = records[end]
-                self._produce(producer, record, on_delivery)
-                size += len(record.value or b"") + len(record.key or b"")
+                for current in records(events[end]):
+                    produce(producer, current, on_delivery)
+                    size += len(current.value or b"") + len(current.key or b"")
                 end += 1
-                if (
-                    end < total
-                    and records[end].event_id != record.event_id
-                    and (size >= budget or time.monotonic() >= deadline)
-                ):
+                if size >= budget or clock() >= deadline:
                     break
             current = None
-            last = events[records[end - 1].event_id]
-            checkpoint = orjson.dumps(
-                {"slot": self.slot, "destination": self.destination, "last_id": last.id}
-            )
-            producer.produce(
-                self.checkpoint_topic,
-                value=checkpoint,
-                key=self._checkpoint_key,
-                on_delivery=on_delivery,
-            )
+            last = events[end - 1]
+            self._seal(producer, last, on_delivery)
             failpoints.hit(failpoints.KAFKA_BEFORE_COMMIT)
             committing = True
             producer.commit_transaction(self.delivery_timeout)
@@ -698,12 +773,27 @@ class KafkaSink:
             if err.fatal():
                 self._needs_reset = True
             if failures:
-                raise self._combine(failures, end - start + 1) from None
+                failed = [(e, _record_of(msg)) for e, msg in failures]
+                raise self._combine(failed, end - start + 1) from None
             if current is not None:
                 raise self._classify(err, current) from None
             raise self._classify(err, None) from None
         self._mark = (last.commit_lsn, last.seq)
         return end
+
+    def _seal(self, producer: Producer, last: Event, on_delivery: Any) -> None:
+        """What makes the open transaction's progress durable with it: the
+        checkpoint record (a worker's sink commits consumed offsets instead:
+        :mod:`walrelay.sinks.kafka_offsets`)."""
+        checkpoint = orjson.dumps(
+            {"slot": self.slot, "destination": self.destination, "last_id": last.id}
+        )
+        producer.produce(
+            self.checkpoint_topic,
+            value=checkpoint,
+            key=self._checkpoint_key,
+            on_delivery=on_delivery,
+        )
 
     def _reset_transactional(self) -> None:
         """New producer: fence the old one, settle its transaction, read the checkpoint."""
@@ -860,13 +950,14 @@ class KafkaSink:
         return batch_error(errors, total, "records")
 
 
-def _record_of(msg: Any, records: dict[str, _Record]) -> _Record:
+def _record_of(msg: Any) -> _Record:
+    """The record a delivery report is about (for the error message)."""
+    event_id = "(checkpoint)"
     for name, value in msg.headers() or ():
         if name == "id" and value is not None:
-            found = records.get(value.decode())
-            if found is not None:
-                return found
-    return _Record(msg.topic() or "?", b"", msg.value() or b"", [], "(checkpoint)")
+            event_id = value.decode()
+            break
+    return _Record(msg.topic() or "?", msg.key(), msg.value(), [], event_id)
 
 
 def _err(exc: BaseException) -> str:
