@@ -28,6 +28,7 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -178,6 +179,7 @@ CASES = [
         KafkaServer,
         lambda s, w: {"type": "kafka", "bootstrap_servers": s.bootstrap, "prefix": PREFIX},
         count_kafka,
+        prepare=refs.kafka_warm_up,
         notes="transaction + checkpoint per 100 ms / 4 MiB, ordered",
         reference=lambda s, p: refs.kafka_transactional(s, p, 0.1, 4 * 2**20),
         reference_notes="transactional producer, a transaction per 100 ms / 4 MiB",
@@ -193,6 +195,7 @@ CASES = [
             "mode": "at_least_once",
         },
         count_kafka,
+        prepare=refs.kafka_warm_up,
         notes="idempotent producer, acks=all; dedup ledger (postgres) in front",
         reference=refs.kafka_idempotent,
         reference_notes="idempotent producer, acks=all, produce all then flush",
@@ -257,7 +260,9 @@ def profiler(workdir: Path) -> list[str]:
         return []
     spy = Path(sys.executable).with_name("py-spy")
     out = workdir / "profile.folded"
-    return [str(spy), "record", "-r", "250", "--threads", "-f", "raw", "-o", str(out), "--"]
+    # --gil: samples of the thread holding the GIL, i.e. where the CPU goes.
+    args = ["record", "-r", "250", "--gil", "--threads", "-f", "raw", "-o", str(out), "--"]
+    return [str(spy), *args]
 
 
 @contextlib.contextmanager
@@ -297,6 +302,7 @@ def run_case(
         cfg_path = workdir / "walrelay.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg))
         log_path = workdir / "walrelay.log"
+        children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.monotonic()
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
@@ -326,6 +332,8 @@ def run_case(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=60)
+        children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (children1.ru_utime - children0.ru_utime) + (children1.ru_stime - children0.ru_stime)
         if proc.returncode != 0:
             raise RuntimeError(
                 f"{case.name}: walrelay exited with {proc.returncode}: "
@@ -339,15 +347,22 @@ def run_case(
         delivered = case.count(server, workdir)
         if case.name == "file":
             payloads[:] = refs.load_payloads(workdir / "events.jsonl")
-        ref_s = None
+        ref_s = ref_cpu = None
         if case.reference is not None and payloads:
             print(f"running {case.name} reference ...", flush=True)
+            cpu0 = time.process_time()
             ref_s = case.reference(server, payloads)
+            ref_cpu = time.process_time() - cpu0
     case.result = {
         "seconds": round(elapsed, 3),
         "streaming_seconds": streaming_seconds(log_path),
         "delivered": delivered,
         "peak_rss_mb": round(peak / 2**20, 1),
+        # CPU seconds of the whole walrelay process (start-up included) and of the
+        # reference (in this process, its set-up included): less at the mercy
+        # of other load on the machine than the wall clock.
+        "cpu_s": round(cpu, 2),
+        "reference_cpu_s": None if ref_cpu is None else round(ref_cpu, 2),
         "notes": case.notes,
         "reference_seconds": None if ref_s is None else round(ref_s, 3),
         "reference_notes": case.reference_notes,
@@ -395,7 +410,8 @@ def main() -> int:
     print(f"{n:,} changes in {txs:,} transactions (half single-row, half 100-row)")
     print(
         f"{'sink':<22}{'seconds':>9}{'changes/s':>12}{'vs file':>9}{'delivered':>11}"
-        f"{'reference/s':>13}{'ratio':>7}{'streaming/s':>13}{'ratio':>7}  notes"
+        f"{'reference/s':>13}{'ratio':>7}{'streaming/s':>13}{'ratio':>7}{'cpu s':>7}"
+        f"{'ref cpu':>8}  notes"
     )
     ok = True
     for case in cases:
@@ -420,7 +436,8 @@ def main() -> int:
         stream_ratio = f"{r['streaming_ratio']:.2f}" if r["streaming_ratio"] else "-"
         print(
             f"{case.name:<22}{r['seconds']:>9.2f}{rate:>12,.0f}{vs:>9}{r['delivered']:>11,}"
-            f"{ref_col:>13}{ratio:>7}{stream_col:>13}{stream_ratio:>7}  {case.notes}"
+            f"{ref_col:>13}{ratio:>7}{stream_col:>13}{stream_ratio:>7}{r['cpu_s']:>7.2f}"
+            f"{r['reference_cpu_s'] or 0:>8.2f}  {case.notes}"
         )
         if ref_rate:
             print(f"{'':<22}reference: {case.reference_notes}")

@@ -71,7 +71,7 @@ import re
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
@@ -109,6 +109,8 @@ _RESERVED = (
 _MODULES = ("confluent_kafka", "confluent_kafka.admin")
 _SORT = orjson.OPT_SORT_KEYS
 _TOMBSTONE_HEADER = "tombstone"
+# exactly_once produces on the event loop: it yields to the loop this often (s).
+_PRODUCE_SLICE = 0.005
 # A one-member key object that canonical JSON (exact_json, sorted keys) writes
 # back byte for byte: a plain ASCII name, and an int64 without sign games or a
 # plain ASCII string. Such a key_json is the record key as it is.
@@ -227,6 +229,41 @@ class _Reports:
             self._loop.call_soon_threadsafe(_set_done, self.done)
 
 
+@dataclass(slots=True)
+class _Txn:
+    """One exactly_once transaction as its error handling needs it."""
+
+    start: int  # index of its first event in the batch
+    end: int = -1  # index after its last event
+    failures: list[tuple[KafkaError, Any]] = field(default_factory=list)  # (error, message)
+    current: _Record | None = None  # being produced
+    committing: bool = False
+
+    def __post_init__(self) -> None:
+        self.end = self.start
+
+    def on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        # Called only for failed records (delivery.report.only.error).
+        if err is not None:
+            self.failures.append((err, msg))
+
+
+def _try_produce(producer: Producer, record: _Record, on_delivery: Any) -> bool:
+    """Produce ``record``; False when the local queue is full (nothing done)."""
+    try:
+        producer.produce(
+            record.topic,
+            value=record.value,
+            key=record.key,
+            headers=record.headers,
+            on_delivery=on_delivery,
+        )
+    except BufferError:
+        producer.poll(0)
+        return False
+    return True
+
+
 def _set_done(future: asyncio.Future[None]) -> None:
     if not future.done():  # the waiter may have given up (cancelled, timed out)
         future.set_result(None)
@@ -307,6 +344,7 @@ class KafkaSink:
         self._poller: threading.Thread | None = None  # at_least_once: _poll_loop
         self._stop_polling = threading.Event()
         self._retired: list[Producer] = []  # replaced producers, for the poll thread
+        self._left_open = False  # a cancelled delivery may have left a transaction open
         self._known_topics: set[str] = set()
         self._needs_reset = True
         self._fatal = False
@@ -361,7 +399,7 @@ class KafkaSink:
         if not events:
             return
         if self.ordered:
-            await self._call(self._deliver_transactional, events)
+            await self._deliver_ordered(events)
         else:
             await self._deliver_idempotent(events)
 
@@ -467,6 +505,11 @@ class KafkaSink:
         for old in retired:
             _dispose(old)
         producer, self._producer = self._producer, None
+        if producer is not None and self._left_open:
+            # A delivery cancelled mid-transaction: abort it now rather than leave
+            # read_committed consumers waiting for transaction.timeout.ms.
+            with contextlib.suppress(Exception):
+                producer.abort_transaction(min(self.delivery_timeout, 10.0))
         if producer is not None:
             remaining = producer.flush(min(self.delivery_timeout, 10.0))
             if remaining:
@@ -639,12 +682,52 @@ class KafkaSink:
                 producer.poll(0.05)
 
     async def _deliver_idempotent(self, events: Sequence[Event]) -> None:
-        """Produce on the sink's thread, then wait here (not on a thread) for the
-        delivery reports, which the poll thread counts: any number of batches
-        are in flight at once, each costing no thread while it waits."""
-        loop = asyncio.get_running_loop()
-        reports = _Reports(loop)
-        refused: list[SinkError] = await self._call(self._produce_batch, events, reports)
+        """at_least_once: produce here on the event loop (a few milliseconds at a
+        time), then wait here for the delivery reports, which the poll thread
+        counts: any number of batches are in flight at once, none holding a
+        thread, none fighting the event loop for the GIL."""
+        ck = self._ck
+        topics = self._topics(events)
+        if self._fatal or self._producer is None or not topics <= self._known_topics:
+            await self._call(self._prepare_idempotent, topics)
+        producer = self._producer
+        assert producer is not None
+        reports = _Reports(asyncio.get_running_loop())
+        on_delivery = reports.on_delivery
+        refused: list[SinkError] = []  # records produce() itself rejected
+        produced = 0
+        clock = time.monotonic
+        pause = clock() + _PRODUCE_SLICE
+        stop = False
+        try:
+            for event in events:
+                if stop:
+                    break
+                if self._producer is not producer:  # replaced after a fatal error meanwhile
+                    raise SinkUnavailable(
+                        f"kafka sink {self.bootstrap}: the producer was replaced after a fatal "
+                        "error; the batch is sent again"
+                    )
+                for record in self._records(event):
+                    try:
+                        if not _try_produce(producer, record, on_delivery):
+                            await self._produce_when_room(producer, record, on_delivery)
+                    except ck.KafkaException as exc:
+                        error = self._classify(exc.args[0], record)
+                        refused.append(error)
+                        # A record refused for good does not hold back the others
+                        # (their keys differ); after a transient refusal the batch is
+                        # retried anyway.
+                        if not error.permanent:
+                            stop = True
+                            break
+                    else:
+                        produced += 1
+                if clock() >= pause:
+                    await asyncio.sleep(0)  # let the loop read the slot meanwhile
+                    pause = clock() + _PRODUCE_SLICE
+        finally:
+            reports.expect(produced)
         try:
             await asyncio.wait_for(reports.done, self.delivery_timeout + 30.0)
         except TimeoutError:  # librdkafka reports within message.timeout.ms
@@ -654,47 +737,33 @@ class KafkaSink:
             ) from None
         errors = refused + [self._classify(err, _record_of(msg)) for err, msg in reports.failures]
         if errors:
-            raise batch_error(errors, reports.produced + len(refused), "records")
+            raise batch_error(errors, produced + len(refused), "records")
 
-    def _produce_batch(self, events: Sequence[Event], reports: _Reports) -> list[SinkError]:
-        """at_least_once, on the sink's thread: every record of ``events``
-        produced (not acknowledged); returns the records produce() refused."""
+    def _prepare_idempotent(self, topics: set[str]) -> None:
+        """On the sink's thread: a producer (a new one after a fatal error) and
+        ``topics`` known to exist (created if allowed)."""
         ck = self._ck
-        producer = self._producer
-        if self._fatal or producer is None:
-            old, self._producer = producer, ck.Producer(self._producer_config)
-            producer = self._producer
+        if self._fatal or self._producer is None:
+            old, self._producer = self._producer, ck.Producer(self._producer_config)
             self._fatal = False
             if old is not None:
                 self._retired.append(old)  # the poll thread may be polling it
-        self._ensure_topics(self._topics(events))
-        refused: list[SinkError] = []  # records produce() itself rejected
-        on_delivery = reports.on_delivery
-        produced = 0
-        try:
-            for event in events:
-                for record in self._records(event):
-                    try:
-                        self._produce(producer, record, on_delivery)
-                    except ck.KafkaException as exc:
-                        error = self._classify(exc.args[0], record)
-                        refused.append(error)
-                        # A record refused for good does not hold back the others
-                        # (their keys differ); after a transient refusal the batch is
-                        # retried anyway.
-                        if not error.permanent:
-                            return refused
-                    else:
-                        produced += 1
-            return refused
-        finally:
-            reports.expect(produced)
+        self._ensure_topics(topics)
 
     def _deliver_transactional(self, events: Sequence[Event]) -> None:
+        """exactly_once, all of it on the sink's thread (see :meth:`_deliver_ordered`
+        for the sink's own path)."""
+        fresh = self._prepare_transactional(events)
+        start = 0
+        while start < len(fresh):
+            start = self._transaction(fresh, start)
+
+    def _prepare_transactional(self, events: Sequence[Event]) -> Sequence[Event]:
+        """On the sink's thread: a settled producer (fenced and reset after a
+        failure), the events past the checkpoint, and their topics created."""
         if self._needs_reset or self._fatal or self._producer is None:
             self._reset_transactional()
-        producer = self._producer
-        assert producer is not None
+            self._left_open = False
         mark = self._mark
         fresh: Sequence[Event] = events
         if mark is not None and (events[0].commit_lsn, events[0].seq) <= mark:
@@ -707,79 +776,143 @@ class KafkaSink:
                 skipped,
                 self.checkpoint,
             )
-            if not fresh:
-                return
-        self._ensure_topics(self._topics(fresh))
+        if fresh:
+            self._ensure_topics(self._topics(fresh))
+        return fresh
+
+    async def _deliver_ordered(self, events: Sequence[Event]) -> None:
+        """exactly_once: begin and commit (which block) run on the sink's thread,
+        the records are produced here on the event loop, a few milliseconds at a
+        time. Producing on a thread made it fight the event loop, which reads
+        the slot, for the GIL on every event."""
+        fresh = await self._call(self._prepare_transactional, events)
         start = 0
         while start < len(fresh):
-            start = self._transaction(producer, fresh, start)
+            start = await self._transaction_on_loop(fresh, start)
 
-    def _transaction(self, producer: Producer, events: Sequence[Event], start: int) -> int:
+    async def _transaction_on_loop(self, events: Sequence[Event], start: int) -> int:
+        """:meth:`_transaction`, producing on the event loop."""
+        ck = self._ck
+        producer = self._producer
+        assert producer is not None
+        txn = _Txn(start)
+        try:
+            try:
+                await self._call(self._begin, producer)
+                clock = time.monotonic
+                now = clock()
+                deadline = now + self.transaction_interval
+                pause = now + _PRODUCE_SLICE
+                budget = self.transaction_bytes
+                size = 0
+                total = len(events)
+                records, on_delivery = self._records, txn.on_delivery
+                while txn.end < total:
+                    for record in records(events[txn.end]):
+                        txn.current = record
+                        if not _try_produce(producer, record, on_delivery):
+                            await self._produce_when_room(producer, record, on_delivery)
+                        size += len(record.value or b"") + len(record.key or b"")
+                    txn.end += 1
+                    now = clock()
+                    if size >= budget or now >= deadline:
+                        break
+                    if now >= pause:
+                        await asyncio.sleep(0)  # let the loop read the slot meanwhile
+                        pause = clock() + _PRODUCE_SLICE
+                txn.current = None
+                await self._call(self._commit, producer, events[txn.end - 1], txn)
+            except (ck.KafkaException, RuntimeError) as exc:
+                error = await self._call(self._failed, producer, exc, txn)
+                raise error from None
+        except asyncio.CancelledError:
+            # Left open (or committing on the thread): the next delivery starts a
+            # new producer, whose init_transactions settles it; close() aborts it.
+            self._needs_reset = True
+            self._left_open = True
+            raise
+        last = events[txn.end - 1]
+        self._mark = (last.commit_lsn, last.seq)
+        return txn.end
+
+    @staticmethod
+    async def _produce_when_room(producer: Producer, record: _Record, on_delivery: Any) -> None:
+        """The local queue is full: retry as acknowledgements make room."""
+        while True:
+            await asyncio.sleep(0.005)  # no event tells when librdkafka frees space
+            if _try_produce(producer, record, on_delivery):
+                return
+
+    def _transaction(self, events: Sequence[Event], start: int) -> int:
         """One transaction from ``events[start]`` on, with its checkpoint; it ends
         (after an event's last record) once it has taken ``transaction_interval``
         or holds ``transaction_bytes``, or at the end. Returns where the next one
         starts."""
         ck = self._ck
-        failures: list[tuple[KafkaError, Any]] = []
-        committing = False
-        current: _Record | None = None
-        end = start
-
-        # Called only for failed records (delivery.report.only.error).
-        def on_delivery(err: KafkaError | None, msg: Any) -> None:
-            if err is not None:
-                failures.append((err, msg))
-
+        producer = self._producer
+        assert producer is not None
+        txn = _Txn(start)
         try:
-            producer.poll(0)
-            producer.begin_transaction()
+            self._begin(producer)
             clock = time.monotonic
             deadline = clock() + self.transaction_interval
             budget = self.transaction_bytes
             size = 0
             total = len(events)
-            records, produce = self._records, self._produce
-            while end < total:
-                for current in records(events[end]):
-                    produce(producer, current, on_delivery)
-                    size += len(current.value or b"") + len(current.key or b"")
-                end += 1
+            records, produce, on_delivery = self._records, self._produce, txn.on_delivery
+            while txn.end < total:
+                for record in records(events[txn.end]):
+                    txn.current = record
+                    produce(producer, record, on_delivery)
+                    size += len(record.value or b"") + len(record.key or b"")
+                txn.end += 1
                 if size >= budget or clock() >= deadline:
                     break
-            current = None
-            last = events[end - 1]
-            self._seal(producer, last, on_delivery)
-            failpoints.hit(failpoints.KAFKA_BEFORE_COMMIT)
-            committing = True
-            producer.commit_transaction(self.delivery_timeout)
-            failpoints.hit(failpoints.KAFKA_AFTER_COMMIT)
+            txn.current = None
+            self._commit(producer, events[txn.end - 1], txn)
         except (ck.KafkaException, RuntimeError) as exc:
-            err = exc.args[0] if isinstance(exc, ck.KafkaException) and exc.args else None
-            if err is None or not hasattr(err, "txn_requires_abort"):
-                # IllegalStateException and the like: start over with a new producer.
-                self._needs_reset = True
-                raise SinkUnavailable(
-                    f"kafka sink {self.bootstrap}: transaction failed: {exc}"
-                ) from None
-            if not committing or err.txn_requires_abort():
-                try:
-                    producer.abort_transaction(self.delivery_timeout)
-                except Exception:
-                    self._needs_reset = True
-            else:
-                # The commit's outcome is unknown (timeout, lost coordinator): a new
-                # producer's init_transactions settles it, the checkpoint tells which.
-                self._needs_reset = True
-            if err.fatal():
-                self._needs_reset = True
-            if failures:
-                failed = [(e, _record_of(msg)) for e, msg in failures]
-                raise self._combine(failed, end - start + 1) from None
-            if current is not None:
-                raise self._classify(err, current) from None
-            raise self._classify(err, None) from None
+            raise self._failed(producer, exc, txn) from None
+        last = events[txn.end - 1]
         self._mark = (last.commit_lsn, last.seq)
-        return end
+        return txn.end
+
+    def _begin(self, producer: Producer) -> None:
+        producer.poll(0)
+        producer.begin_transaction()
+
+    def _commit(self, producer: Producer, last: Event, txn: _Txn) -> None:
+        self._seal(producer, last, txn.on_delivery)
+        failpoints.hit(failpoints.KAFKA_BEFORE_COMMIT)
+        txn.committing = True
+        producer.commit_transaction(self.delivery_timeout)
+        failpoints.hit(failpoints.KAFKA_AFTER_COMMIT)
+
+    def _failed(self, producer: Producer, exc: Exception, txn: _Txn) -> SinkError:
+        """After a transaction raised ``exc``: abort it (or leave it to the next
+        producer when its outcome is unknown); the error to raise."""
+        ck = self._ck
+        err = exc.args[0] if isinstance(exc, ck.KafkaException) and exc.args else None
+        if err is None or not hasattr(err, "txn_requires_abort"):
+            # IllegalStateException and the like: start over with a new producer.
+            self._needs_reset = True
+            return SinkUnavailable(f"kafka sink {self.bootstrap}: transaction failed: {exc}")
+        if not txn.committing or err.txn_requires_abort():
+            try:
+                producer.abort_transaction(self.delivery_timeout)
+            except Exception:
+                self._needs_reset = True
+        else:
+            # The commit's outcome is unknown (timeout, lost coordinator): a new
+            # producer's init_transactions settles it, the checkpoint tells which.
+            self._needs_reset = True
+        if err.fatal():
+            self._needs_reset = True
+        if txn.failures:
+            failed = [(e, _record_of(msg)) for e, msg in txn.failures]
+            return self._combine(failed, txn.end - txn.start + 1)
+        if txn.current is not None:
+            return self._classify(err, txn.current)
+        return self._classify(err, None)
 
     def _seal(self, producer: Producer, last: Event, on_delivery: Any) -> None:
         """What makes the open transaction's progress durable with it: the
