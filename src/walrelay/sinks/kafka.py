@@ -181,6 +181,9 @@ def _client_config(cfg: KafkaSinkConfig, client_id: str) -> dict[str, Any]:
     return client
 
 
+_Header = tuple[str, bytes]
+
+
 @dataclass(slots=True)
 class _Record:
     topic: str
@@ -345,6 +348,8 @@ class KafkaSink:
         self._stop_polling = threading.Event()
         self._retired: list[Producer] = []  # replaced producers, for the poll thread
         self._left_open = False  # a cancelled delivery may have left a transaction open
+        # (table, op) -> topic, table, the op and table headers: see _records.
+        self._targets: dict[tuple[str, str], tuple[str, str, tuple[_Header, _Header]]] = {}
         self._known_topics: set[str] = set()
         self._needs_reset = True
         self._fatal = False
@@ -612,17 +617,32 @@ class KafkaSink:
         """The records of one event: one per topic, each followed by its tombstone."""
         eid = event.id
         id_header = ("id", eid.encode())
-        op_header = ("op", event.op.encode())
         route = event.route
         if route is not None:  # set by the outbox router: send as routed
             headers: list[tuple[str, str | bytes | None]] = [
                 id_header,
-                op_header,
+                ("op", event.op.encode()),
                 ("table", event.table.encode()),
             ]
             headers += [(k, v.encode()) for k, v in route.headers]
             key = None if route.key is None else route.key.encode()
             return [_Record(route.topic, key, route.value, headers, eid)]
+        if event.rendering is None and not self.tombstones:
+            # The common case: one topic, known from (table, op) alone.
+            pair = (event.table, event.op)
+            target = self._targets.get(pair)
+            if target is None and event.op != "truncate":
+                names = self.naming.names(event)
+                if len(names) == 1:
+                    topic, table = names[0]
+                    tail = (("op", event.op.encode()), ("table", table.encode()))
+                    target = (topic, table, tail)
+                    self._targets[pair] = target
+            if target is not None:
+                topic, table, tail = target
+                key = self.keys.key(event, table)
+                return [_Record(topic, key, event.body, [id_header, *tail], eid)]
+        op_header = ("op", event.op.encode())
         out: list[_Record] = []
         extra = kafka_headers(event) if event.rendering is not None else []
         for topic, table in self.naming.names(event):
