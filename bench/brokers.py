@@ -251,6 +251,25 @@ def streaming_seconds(log_path: Path) -> float | None:
     return (marks["stop"] - marks["start"]).total_seconds()
 
 
+def broker_cpu(server: Any) -> float:
+    """CPU seconds the broker process has used so far (0 without a broker)."""
+    if server is None:
+        return 0.0
+    try:
+        times = psutil.Process(server.pid).cpu_times()
+    except psutil.Error:
+        return 0.0
+    return float(times.user + times.system)
+
+
+def machine_busy(before: Any) -> float:
+    """The share of the machine's CPU time that was not idle since ``before``."""
+    after = psutil.cpu_times()
+    total = sum(after) - sum(before)
+    idle = (after.idle + after.iowait) - (before.idle + before.iowait)
+    return 1.0 - idle / total if total > 0 else 0.0
+
+
 PROFILE = {"on": False}
 
 
@@ -303,6 +322,7 @@ def run_case(
         cfg_path.write_text(yaml.safe_dump(cfg))
         log_path = workdir / "walrelay.log"
         children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        broker0, machine0 = broker_cpu(server), psutil.cpu_times()
         t0 = time.monotonic()
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
@@ -333,6 +353,7 @@ def run_case(
                 proc.kill()
                 proc.wait(timeout=60)
         children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        broker_s, busy = broker_cpu(server) - broker0, machine_busy(machine0)
         cpu = (children1.ru_utime - children0.ru_utime) + (children1.ru_stime - children0.ru_stime)
         if proc.returncode != 0:
             raise RuntimeError(
@@ -347,12 +368,13 @@ def run_case(
         delivered = case.count(server, workdir)
         if case.name == "file":
             payloads[:] = refs.load_payloads(workdir / "events.jsonl")
-        ref_s = ref_cpu = None
+        ref_s = ref_cpu = ref_broker_s = ref_busy = None
         if case.reference is not None and payloads:
             print(f"running {case.name} reference ...", flush=True)
-            cpu0 = time.process_time()
+            cpu0, broker0, machine0 = time.process_time(), broker_cpu(server), psutil.cpu_times()
             ref_s = case.reference(server, payloads)
             ref_cpu = time.process_time() - cpu0
+            ref_broker_s, ref_busy = broker_cpu(server) - broker0, machine_busy(machine0)
     case.result = {
         "seconds": round(elapsed, 3),
         "streaming_seconds": streaming_seconds(log_path),
@@ -363,6 +385,12 @@ def run_case(
         # of other load on the machine than the wall clock.
         "cpu_s": round(cpu, 2),
         "reference_cpu_s": None if ref_cpu is None else round(ref_cpu, 2),
+        # The broker's CPU seconds and how busy the machine's cores were (all of
+        # them, other load included) during walrelay's run and the reference's.
+        "broker_cpu_s": round(broker_s, 2),
+        "machine_busy": round(busy, 2),
+        "reference_broker_cpu_s": None if ref_broker_s is None else round(ref_broker_s, 2),
+        "reference_machine_busy": None if ref_busy is None else round(ref_busy, 2),
         "notes": case.notes,
         "reference_seconds": None if ref_s is None else round(ref_s, 3),
         "reference_notes": case.reference_notes,
@@ -441,6 +469,12 @@ def main() -> int:
         )
         if ref_rate:
             print(f"{'':<22}reference: {case.reference_notes}")
+        if r["broker_cpu_s"] or ref_rate:
+            print(
+                f"{'':<22}broker cpu s {r['broker_cpu_s']:.2f} (reference "
+                f"{r['reference_broker_cpu_s'] or 0:.2f}), cores busy {r['machine_busy']:.0%} "
+                f"(reference {r['reference_machine_busy'] or 0:.0%})"
+            )
     result = {
         "benchmark": "brokers",
         "changes": n,
