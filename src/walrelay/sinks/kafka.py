@@ -48,10 +48,15 @@ Two modes:
     flight). A batch the pipeline retries after an error can be written twice;
     consumers dedupe by the ``id`` header. For clusters without transactions.
 
-librdkafka calls block, so they run in a thread pool owned by the sink
-(one thread in ``exactly_once`` mode). ``deliver`` returns once every record
-of the batch is acknowledged (``acks=all``) and, in ``exactly_once`` mode,
-the transaction is committed. Errors: an unreachable cluster or a timeout
+Records are produced on the event loop, a few milliseconds at a time
+(``produce`` does not block; on a thread it fought the loop, which reads the
+slot, for the GIL on every event); the calls that block (start-up, topic
+creation, ``begin_transaction``, ``commit_transaction``, aborts) run on the
+sink's one thread, and in ``at_least_once`` mode a poll thread serves the
+delivery reports while each batch waits for its own on the loop, so many
+batches are in flight at once. ``deliver`` returns once every record of the
+batch is acknowledged (``acks=all``) and, in ``exactly_once`` mode, the
+transaction is committed. Errors: an unreachable cluster or a timeout
 raises :class:`~walrelay.errors.SinkUnavailable` (retried); a record too large
 for the broker raises :class:`~walrelay.errors.PoisonEvent`; a missing topic
 (with ``auto_create`` off) or an authorization failure raises a permanent
