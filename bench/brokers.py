@@ -278,6 +278,8 @@ def profiler(workdir: Path) -> list[str]:
     if not PROFILE["on"]:
         return []
     spy = Path(sys.executable).with_name("py-spy")
+    if not spy.exists():
+        sys.exit(f"--py-spy needs {spy}: pip install 'walrelay[bench]'")
     out = workdir / "profile.folded"
     # --gil: samples of the thread holding the GIL, i.e. where the CPU goes.
     args = ["record", "-r", "250", "--gil", "--threads", "-f", "raw", "-o", str(out), "--"]
