@@ -521,7 +521,11 @@ class KafkaSink:
             with contextlib.suppress(Exception):
                 producer.abort_transaction(min(self.delivery_timeout, 10.0))
         if producer is not None:
-            remaining = producer.flush(min(self.delivery_timeout, 10.0))
+            try:
+                remaining = producer.flush(min(self.delivery_timeout, 10.0))
+            except self._ck.KafkaException as exc:  # a fatal error: nothing more to send
+                log.warning("kafka sink %s: closing: %s", self.bootstrap, _err(exc))
+                remaining = 0
             if remaining:
                 log.warning(
                     "kafka sink %s: %d record(s) not acknowledged at close; they are "
