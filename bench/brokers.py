@@ -28,6 +28,7 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -178,6 +179,7 @@ CASES = [
         KafkaServer,
         lambda s, w: {"type": "kafka", "bootstrap_servers": s.bootstrap, "prefix": PREFIX},
         count_kafka,
+        prepare=refs.kafka_warm_up,
         notes="transaction + checkpoint per 100 ms / 4 MiB, ordered",
         reference=lambda s, p: refs.kafka_transactional(s, p, 0.1, 4 * 2**20),
         reference_notes="transactional producer, a transaction per 100 ms / 4 MiB",
@@ -193,6 +195,7 @@ CASES = [
             "mode": "at_least_once",
         },
         count_kafka,
+        prepare=refs.kafka_warm_up,
         notes="idempotent producer, acks=all; dedup ledger (postgres) in front",
         reference=refs.kafka_idempotent,
         reference_notes="idempotent producer, acks=all, produce all then flush",
@@ -248,6 +251,41 @@ def streaming_seconds(log_path: Path) -> float | None:
     return (marks["stop"] - marks["start"]).total_seconds()
 
 
+def broker_cpu(server: Any) -> float:
+    """CPU seconds the broker process has used so far (0 without a broker)."""
+    if server is None:
+        return 0.0
+    try:
+        times = psutil.Process(server.pid).cpu_times()
+    except psutil.Error:
+        return 0.0
+    return float(times.user + times.system)
+
+
+def machine_busy(before: Any) -> float:
+    """The share of the machine's CPU time that was not idle since ``before``."""
+    after = psutil.cpu_times()
+    total = sum(after) - sum(before)
+    idle = (after.idle + after.iowait) - (before.idle + before.iowait)
+    return 1.0 - idle / total if total > 0 else 0.0
+
+
+PROFILE = {"on": False}
+
+
+def profiler(workdir: Path) -> list[str]:
+    """``--py-spy``: walrelay runs under py-spy, its folded stacks in the workdir."""
+    if not PROFILE["on"]:
+        return []
+    spy = Path(sys.executable).with_name("py-spy")
+    if not spy.exists():
+        sys.exit(f"--py-spy needs {spy}: pip install 'walrelay[bench]'")
+    out = workdir / "profile.folded"
+    # --gil: samples of the thread holding the GIL, i.e. where the CPU goes.
+    args = ["record", "-r", "250", "--gil", "--threads", "-f", "raw", "-o", str(out), "--"]
+    return [str(spy), *args]
+
+
 @contextlib.contextmanager
 def maybe_server(factory: Callable[[], Any] | None) -> Iterator[Any]:
     if factory is None:
@@ -285,10 +323,13 @@ def run_case(
         cfg_path = workdir / "walrelay.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg))
         log_path = workdir / "walrelay.log"
+        children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        broker0, machine0 = broker_cpu(server), psutil.cpu_times()
         t0 = time.monotonic()
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
                 [
+                    *profiler(workdir),
                     sys.executable,
                     "-m",
                     "walrelay",
@@ -313,6 +354,9 @@ def run_case(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=60)
+        children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        broker_s, busy = broker_cpu(server) - broker0, machine_busy(machine0)
+        cpu = (children1.ru_utime - children0.ru_utime) + (children1.ru_stime - children0.ru_stime)
         if proc.returncode != 0:
             raise RuntimeError(
                 f"{case.name}: walrelay exited with {proc.returncode}: "
@@ -326,15 +370,29 @@ def run_case(
         delivered = case.count(server, workdir)
         if case.name == "file":
             payloads[:] = refs.load_payloads(workdir / "events.jsonl")
-        ref_s = None
+        ref_s = ref_cpu = ref_broker_s = ref_busy = None
         if case.reference is not None and payloads:
             print(f"running {case.name} reference ...", flush=True)
+            cpu0, broker0, machine0 = time.process_time(), broker_cpu(server), psutil.cpu_times()
             ref_s = case.reference(server, payloads)
+            ref_cpu = time.process_time() - cpu0
+            ref_broker_s, ref_busy = broker_cpu(server) - broker0, machine_busy(machine0)
     case.result = {
         "seconds": round(elapsed, 3),
         "streaming_seconds": streaming_seconds(log_path),
         "delivered": delivered,
         "peak_rss_mb": round(peak / 2**20, 1),
+        # CPU seconds of the whole walrelay process (start-up included) and of the
+        # reference (in this process, its set-up included): less at the mercy
+        # of other load on the machine than the wall clock.
+        "cpu_s": round(cpu, 2),
+        "reference_cpu_s": None if ref_cpu is None else round(ref_cpu, 2),
+        # The broker's CPU seconds and how busy the machine's cores were (all of
+        # them, other load included) during walrelay's run and the reference's.
+        "broker_cpu_s": round(broker_s, 2),
+        "machine_busy": round(busy, 2),
+        "reference_broker_cpu_s": None if ref_broker_s is None else round(ref_broker_s, 2),
+        "reference_machine_busy": None if ref_busy is None else round(ref_busy, 2),
         "notes": case.notes,
         "reference_seconds": None if ref_s is None else round(ref_s, 3),
         "reference_notes": case.reference_notes,
@@ -347,7 +405,13 @@ def main() -> int:
     ap.add_argument("--only", default="", help="comma-separated substrings of sink names")
     ap.add_argument("--json", default="bench/results/brokers.json")
     ap.add_argument("--keep", help="keep each run's config and log under this directory")
+    ap.add_argument(
+        "--py-spy",
+        action="store_true",
+        help="run walrelay under py-spy (pip install py-spy); folded stacks in each --keep dir",
+    )
     args = ap.parse_args()
+    PROFILE["on"] = args.py_spy
     wanted = [w.strip() for w in args.only.split(",") if w.strip()]
     # The file case always runs first: its output is the payload of every reference.
     cases = [c for c in CASES if c.name == "file" or any(w in c.name for w in wanted or [""])]
@@ -376,7 +440,8 @@ def main() -> int:
     print(f"{n:,} changes in {txs:,} transactions (half single-row, half 100-row)")
     print(
         f"{'sink':<22}{'seconds':>9}{'changes/s':>12}{'vs file':>9}{'delivered':>11}"
-        f"{'reference/s':>13}{'ratio':>7}{'streaming/s':>13}{'ratio':>7}  notes"
+        f"{'reference/s':>13}{'ratio':>7}{'streaming/s':>13}{'ratio':>7}{'cpu s':>7}"
+        f"{'ref cpu':>8}  notes"
     )
     ok = True
     for case in cases:
@@ -401,10 +466,17 @@ def main() -> int:
         stream_ratio = f"{r['streaming_ratio']:.2f}" if r["streaming_ratio"] else "-"
         print(
             f"{case.name:<22}{r['seconds']:>9.2f}{rate:>12,.0f}{vs:>9}{r['delivered']:>11,}"
-            f"{ref_col:>13}{ratio:>7}{stream_col:>13}{stream_ratio:>7}  {case.notes}"
+            f"{ref_col:>13}{ratio:>7}{stream_col:>13}{stream_ratio:>7}{r['cpu_s']:>7.2f}"
+            f"{r['reference_cpu_s'] or 0:>8.2f}  {case.notes}"
         )
         if ref_rate:
             print(f"{'':<22}reference: {case.reference_notes}")
+        if r["broker_cpu_s"] or ref_rate:
+            print(
+                f"{'':<22}broker cpu s {r['broker_cpu_s']:.2f} (reference "
+                f"{r['reference_broker_cpu_s'] or 0:.2f}), cores busy {r['machine_busy']:.0%} "
+                f"(reference {r['reference_machine_busy'] or 0:.0%})"
+            )
     result = {
         "benchmark": "brokers",
         "changes": n,

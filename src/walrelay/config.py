@@ -406,6 +406,12 @@ class KafkaSinkConfig(SinkConfigBase):
             return {**data, "batch_size": KAFKA_EXACTLY_ONCE_BATCH}
         return data
 
+    def default_max_in_flight(self) -> int:
+        # at_least_once: batches wait for acks (and the ledger) on the event loop,
+        # not on a thread; eight in flight keep the producer busy meanwhile.
+        # exactly_once is ordered: one batch at a time whatever this says.
+        return self.batch_size * 8 if self.mode == "at_least_once" else self.batch_size
+
     # After a delete, a null-value record with the same key (compacted topics).
     tombstones: bool = False
     # Record key: walrelay (the key object, sorted), debezium (the format's key

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -103,6 +104,38 @@ async def test_postgres_ledger_check_record_trim(db: str) -> None:
         assert 3 in versions
         count = conn.execute("select count(*) from walrelay.ledger").fetchone()
         assert count == (2,)
+
+
+async def test_postgres_ledger_check_reads_only_the_batch_lsn_range(db: str) -> None:
+    """A check looks up its ids by commit LSN range: on a never-analyzed ledger
+    of many rows, ``event_id = any(..)`` alone made the planner read every row
+    of the destination (0.9 s a check at 60,000 rows)."""
+    ledger = PostgresLedger(db, schema="walrelay")
+    await ledger.open()
+    try:
+        older = [ev(0x1000 + i) for i in range(20_000)]
+        await ledger.record("d", older)
+        batch = [ev(0x9000 + i) for i in range(200)]
+        await ledger.record("d", batch[:100])
+        assert await ledger.delivered("d", batch) == {e.id for e in batch[:100]}
+    finally:
+        await ledger.close()
+    with psycopg.connect(db, autocommit=True) as conn:
+        from walrelay.state.ledger import LedgerTable
+
+        query = LedgerTable("walrelay")._delivered.as_string(conn)
+        lsns = [f"0/{0x9000:X}", f"0/{0x9000 + 199:X}"]
+        ids = [e.id for e in batch]
+        plan = conn.execute("explain (analyze, format json) " + query, ("d", *lsns, ids)).fetchone()
+        assert plan is not None
+        read = _rows_read(plan[0][0]["Plan"])
+        assert read <= 1_000, f"the check read {read} rows for a batch of 200"
+
+
+def _rows_read(node: dict[str, Any]) -> int:
+    """Rows a plan produced or removed by a filter, over all its nodes."""
+    own = int(node.get("Actual Rows", 0)) + int(node.get("Rows Removed by Filter", 0))
+    return own + sum(_rows_read(child) for child in node.get("Plans", []))
 
 
 async def test_postgres_ledger_unreachable() -> None:

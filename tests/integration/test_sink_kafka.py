@@ -33,7 +33,7 @@ from tests.integration.broker_workloads import (
 from tests.integration.support import make_config, running_engine, wait_for
 from walrelay.config import KAFKA_EXACTLY_ONCE_BATCH, KafkaSinkConfig
 from walrelay.errors import ConfigError, SinkUnavailable
-from walrelay.model import Event, format_event_id
+from walrelay.model import Event, format_event_id, parse_event_id
 from walrelay.sinks.base import SinkContext
 from walrelay.sinks.kafka import KafkaSink
 from walrelay.testing.checker import check
@@ -399,3 +399,71 @@ def test_exactly_once_batch_size_set_by_the_user_is_kept() -> None:
     assert KafkaSink(config, SinkContext(slot="s", destination="d")).batch_size == 200
     alo = KafkaSinkConfig(bootstrap_servers="localhost:1", mode="at_least_once")
     assert KafkaSink(alo, SinkContext(slot="s", destination="d")).batch_size == 500
+
+
+def _read_committed_to_end(bootstrap: str, topic: str, within: float) -> tuple[int, bool]:
+    """(records a read_committed reader sees, whether it got to the partition's
+    end): an open transaction holds it at the last stable offset."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"test-{uuid.uuid4()}",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    try:
+        tp = TopicPartition(topic, 0, OFFSET_BEGINNING)
+        consumer.assign([tp])
+        _, high = consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+        seen, deadline = 0, time.monotonic() + within
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is None:
+                continue
+            if msg.error() is None:
+                seen += 1
+            elif consumer.position([TopicPartition(topic, 0)])[0].offset >= high:
+                return seen, True
+        return seen, False
+    finally:
+        consumer.close()
+
+
+async def test_delivery_cancelled_mid_transaction_is_aborted_at_close(kafka: KafkaServer) -> None:
+    """A delivery cancelled while it produces (at shutdown) leaves its Kafka
+    transaction open; close() aborts it, so read_committed readers are not held
+    at the last stable offset until transaction.timeout.ms (60 s)."""
+    prefix = unique_prefix("k")
+    config = KafkaSinkConfig(
+        bootstrap_servers=kafka.bootstrap,
+        prefix=prefix,
+        checkpoint_topic=f"{prefix}.checkpoints",
+        delivery_timeout=10,
+        transaction_bytes=2**20,
+        transaction_interval=60,
+    )
+    sink = KafkaSink(config, SinkContext(slot="s", destination="cancel", tables=("public.t",)))
+    await sink.open()
+    try:
+        task = asyncio.create_task(sink.deliver([_event(0x3000, i) for i in range(40_000)]))
+        producer = sink._producer
+        assert producer is not None
+        # The first transaction committed and the second one's records are out.
+        await wait_for(
+            lambda: sink.checkpoint is not None and len(producer) > 0,
+            within=60,
+            what="a second transaction producing",
+        )
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        committed = parse_event_id(sink.checkpoint or "")[1] + 1
+    finally:
+        await sink.close()
+    seen, at_end = await asyncio.to_thread(
+        _read_committed_to_end, kafka.bootstrap, f"{prefix}.public.t", 30.0
+    )
+    assert at_end, "an open transaction holds read_committed readers back"
+    assert seen == committed < 40_000

@@ -6,9 +6,10 @@ from datetime import UTC, datetime
 
 import orjson
 
+from walrelay import exact_json
 from walrelay.model import Begin, Change, Column, Event, Relation
 from walrelay.pipeline.envelope import EnvelopeBuilder
-from walrelay.sinks.kafka import message_key
+from walrelay.sinks.kafka import _CANONICAL_KEY, message_key
 from walrelay.source.types import TypeRegistry
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -40,3 +41,44 @@ def test_events_without_key_json_read_the_body() -> None:
     body = orjson.dumps({"key": {"z": 1, "a": {"y": 2, "b": 3}}})
     event = Event(1, 0, "update", "public.t", ("k",), body, 1, T0)
     assert message_key(event, "public.t") == b'{"a":{"b":3,"y":2},"z":1}'
+
+
+def _slow_key(key_json: bytes) -> bytes:
+    """The record key by parsing and writing again: what the fast path must equal."""
+    return exact_json.dumps(exact_json.loads(key_json), option=orjson.OPT_SORT_KEYS)
+
+
+def test_plain_one_column_keys_are_used_as_they_are() -> None:
+    fast = [
+        b'{"id":7}',
+        b'{"id":0}',
+        b'{"id":-42}',
+        b'{"id":922337203685477580}',  # 18 digits: an int64
+        b'{"order_id":"a-b c/d:e"}',
+        b'{"k":""}',
+    ]
+    for key_json in fast:
+        assert _CANONICAL_KEY.fullmatch(key_json), key_json
+        event = Event(1, 0, "insert", "public.t", ("k",), b"not json", 1, T0, key_json=key_json)
+        assert message_key(event, "public.t") == key_json == _slow_key(key_json)
+
+
+def test_keys_that_could_be_written_differently_take_the_slow_path() -> None:
+    slow = [
+        b'{"b":1,"a":2}',  # two members: sorted
+        b'{"id":-0}',
+        b'{"id":007}',
+        b'{"id":1.50}',
+        b'{"id":1e400}',
+        b'{"id":99999999999999999999}',  # beyond int64
+        b'{"id":"caf\\u00e9"}',  # an escape orjson writes as UTF-8
+        b'{"id":"x\xc3\xa9"}',
+        b'{"id": 1}',
+        b'{"id":true}',
+        b'{"id":null}',
+    ]
+    for key_json in slow:
+        assert not _CANONICAL_KEY.fullmatch(key_json), key_json
+    for key_json in (b'{"b":1,"a":2}', b'{"id":"caf\\u00e9"}', b'{"id": 1}'):
+        event = Event(1, 0, "insert", "public.t", ("k",), b"not json", 1, T0, key_json=key_json)
+        assert message_key(event, "public.t") == _slow_key(key_json) != key_json

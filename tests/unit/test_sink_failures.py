@@ -10,6 +10,7 @@ receiver in test_webhook_sink.py).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from types import SimpleNamespace
@@ -107,13 +108,33 @@ class _Producer:
                 confluent_kafka.KafkaError(confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE)
             )
         self.produced.append(key)
+        msg = _Message(topic, key, value, headers)
         if key == self.slow_key:
-            on_delivery(confluent_kafka.KafkaError(confluent_kafka.KafkaError._MSG_TIMED_OUT), None)
+            on_delivery(confluent_kafka.KafkaError(confluent_kafka.KafkaError._MSG_TIMED_OUT), msg)
         else:
-            on_delivery(None, None)
+            on_delivery(None, msg)
 
     def poll(self, timeout: float) -> int:
         return 0
+
+
+class _Message:
+    """Stands in for confluent_kafka.Message in a delivery report."""
+
+    def __init__(self, topic: str, key: bytes, value: bytes, headers: Any) -> None:
+        self._topic, self._key, self._value, self._headers = topic, key, value, headers
+
+    def topic(self) -> str:
+        return self._topic
+
+    def key(self) -> bytes:
+        return self._key
+
+    def value(self) -> bytes:
+        return self._value
+
+    def headers(self) -> Any:
+        return self._headers
 
 
 def _kafka_event(seq: int, key: bytes, size: int = 10) -> Event:
@@ -121,10 +142,11 @@ def _kafka_event(seq: int, key: bytes, size: int = 10) -> Event:
     return Event(e.commit_lsn, e.seq, e.op, e.table, e.keys, b"x" * size, 1, T0, key_json=key)
 
 
-def test_kafka_record_refused_at_produce_does_not_hold_back_the_batch() -> None:
+async def test_kafka_record_refused_at_produce_does_not_hold_back_the_batch() -> None:
     sink = KafkaSink(KafkaSinkConfig(bootstrap_servers="127.0.0.1:1", mode="at_least_once"))
     producer = _Producer(too_large=100)
     sink._producer = producer  # type: ignore[assignment]
+    sink._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     sink._known_topics.add("walrelay.public.t")
     batch = [
         _kafka_event(0, b'"1"'),
@@ -133,11 +155,12 @@ def test_kafka_record_refused_at_produce_does_not_hold_back_the_batch() -> None:
         _kafka_event(3, b'"4"'),
     ]
     with pytest.raises(SinkUnavailable, match="2 of 4 records failed") as info:
-        sink._deliver_idempotent(batch)
+        await sink._deliver_idempotent(batch)
     assert not info.value.permanent
     assert producer.produced == [b'"1"', b'"slow"', b'"4"']  # the rest were still sent
     with pytest.raises(PoisonEvent):  # only the refused record fails: permanent
-        sink._deliver_idempotent([batch[0], batch[1], batch[3]])
+        await sink._deliver_idempotent([batch[0], batch[1], batch[3]])
+    sink._executor.shutdown()
 
 
 # -- NATS -------------------------------------------------------------------------------

@@ -286,9 +286,11 @@ class PostgresLedger:
         if not events:
             return set()
         ids = [e.id for e in events]
+        lsns = [e.commit_lsn for e in events]
+        low, high = format_lsn(min(lsns)), format_lsn(max(lsns))
 
         async def q(conn: psycopg.AsyncConnection[tuple[Any, ...]]) -> set[str]:
-            return await self._table.delivered(conn, destination, ids)
+            return await self._table.delivered(conn, destination, ids, low, high)
 
         result: set[str] = await self._run(q)
         return result

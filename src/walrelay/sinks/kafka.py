@@ -48,10 +48,15 @@ Two modes:
     flight). A batch the pipeline retries after an error can be written twice;
     consumers dedupe by the ``id`` header. For clusters without transactions.
 
-librdkafka calls block, so they run in a thread pool owned by the sink
-(one thread in ``exactly_once`` mode). ``deliver`` returns once every record
-of the batch is acknowledged (``acks=all``) and, in ``exactly_once`` mode,
-the transaction is committed. Errors: an unreachable cluster or a timeout
+Records are produced on the event loop, a few milliseconds at a time
+(``produce`` does not block; on a thread it fought the loop, which reads the
+slot, for the GIL on every event); the calls that block (start-up, topic
+creation, ``begin_transaction``, ``commit_transaction``, aborts) run on the
+sink's one thread, and in ``at_least_once`` mode a poll thread serves the
+delivery reports while each batch waits for its own on the loop, so many
+batches are in flight at once. ``deliver`` returns once every record of the
+batch is acknowledged (``acks=all``) and, in ``exactly_once`` mode, the
+transaction is committed. Errors: an unreachable cluster or a timeout
 raises :class:`~walrelay.errors.SinkUnavailable` (retried); a record too large
 for the broker raises :class:`~walrelay.errors.PoisonEvent`; a missing topic
 (with ``auto_create`` off) or an authorization failure raises a permanent
@@ -65,11 +70,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
+import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
@@ -107,6 +114,14 @@ _RESERVED = (
 _MODULES = ("confluent_kafka", "confluent_kafka.admin")
 _SORT = orjson.OPT_SORT_KEYS
 _TOMBSTONE_HEADER = "tombstone"
+# exactly_once produces on the event loop: it yields to the loop this often (s).
+_PRODUCE_SLICE = 0.005
+# A one-member key object that canonical JSON (exact_json, sorted keys) writes
+# back byte for byte: a plain ASCII name, and an int64 without sign games or a
+# plain ASCII string. Such a key_json is the record key as it is.
+_CANONICAL_KEY = re.compile(
+    rb'\{"[^"\\\x00-\x1f\x7f-\xff]+":(?:-?[1-9][0-9]{0,17}|0|"[^"\\\x00-\x1f\x7f-\xff]*")\}'
+)
 
 
 def _loads(data: bytes) -> Any:
@@ -122,6 +137,8 @@ def message_key(event: Event, table: str) -> bytes:
         return orjson.dumps({"prefix": _loads(event.body).get("prefix")})
     if event.op != "truncate":
         key_json = event.key_json
+        if key_json is not None and _CANONICAL_KEY.fullmatch(key_json):
+            return key_json  # what parsing and writing it again gives
         if key_json is None:
             key = _loads(event.body).get("key")
         elif key_json == b"null":
@@ -169,6 +186,9 @@ def _client_config(cfg: KafkaSinkConfig, client_id: str) -> dict[str, Any]:
     return client
 
 
+_Header = tuple[str, bytes]
+
+
 @dataclass(slots=True)
 class _Record:
     topic: str
@@ -179,32 +199,82 @@ class _Record:
 
 
 class _Reports:
-    """Delivery reports of one batch, filled in by librdkafka's callback thread."""
+    """Delivery reports of one at_least_once batch, counted on whichever thread
+    serves them (the poll thread, or the producing thread while the local queue
+    is full); ``done`` resolves on the event loop once every record produced
+    has its report."""
 
-    def __init__(self, expected: int) -> None:
+    __slots__ = ("_acked", "_expected", "_lock", "_loop", "done", "failures", "produced")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._lock = threading.Lock()
-        self.pending = expected
-        self.done = threading.Event()
-        self.failures: list[tuple[KafkaError, _Record]] = []
-        if expected == 0:
-            self.done.set()
+        self._loop = loop
+        self._acked = 0
+        self._expected: int | None = None  # known once producing is over
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.failures: list[tuple[KafkaError, Any]] = []  # (error, message)
+        self.produced = 0
 
-    def callback(self, record: _Record) -> Callable[[Any, Any], None]:
-        def on_delivery(err: KafkaError | None, _msg: Any) -> None:
-            with self._lock:
-                if err is not None:
-                    self.failures.append((err, record))
-                self.pending -= 1
-                if self.pending <= 0:
-                    self.done.set()
-
-        return on_delivery
-
-    def cancel_one(self) -> None:
+    def on_delivery(self, err: KafkaError | None, msg: Any) -> None:
         with self._lock:
-            self.pending -= 1
-            if self.pending <= 0:
-                self.done.set()
+            if err is not None:
+                self.failures.append((err, msg))
+            self._acked += 1
+            finished = self._acked == self._expected
+        if finished:
+            self._resolve()
+
+    def expect(self, produced: int) -> None:
+        """Producing is over: ``produced`` records await their reports."""
+        with self._lock:
+            self.produced = self._expected = produced
+            finished = self._acked == produced
+        if finished:
+            self._resolve()
+
+    def _resolve(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+            self._loop.call_soon_threadsafe(_set_done, self.done)
+
+
+@dataclass(slots=True)
+class _Txn:
+    """One exactly_once transaction as its error handling needs it."""
+
+    start: int  # index of its first event in the batch
+    end: int = -1  # index after its last event
+    failures: list[tuple[KafkaError, Any]] = field(default_factory=list)  # (error, message)
+    current: _Record | None = None  # being produced
+    committing: bool = False
+
+    def __post_init__(self) -> None:
+        self.end = self.start
+
+    def on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        # Called only for failed records (delivery.report.only.error).
+        if err is not None:
+            self.failures.append((err, msg))
+
+
+def _try_produce(producer: Producer, record: _Record, on_delivery: Any) -> bool:
+    """Produce ``record``; False when the local queue is full (nothing done)."""
+    try:
+        producer.produce(
+            record.topic,
+            value=record.value,
+            key=record.key,
+            headers=record.headers,
+            on_delivery=on_delivery,
+        )
+    except BufferError:
+        producer.poll(0)
+        return False
+    return True
+
+
+def _set_done(future: asyncio.Future[None]) -> None:
+    if not future.done():  # the waiter may have given up (cancelled, timed out)
+        future.set_result(None)
 
 
 class KafkaSink:
@@ -272,6 +342,9 @@ class KafkaSink:
             self._producer_config["transaction.timeout.ms"] = int(
                 max(60.0, 2 * config.delivery_timeout) * 1000
             )
+            # A failed record fails the commit anyway; reports of the others
+            # would only cost a Python call each.
+            self._producer_config["delivery.report.only.error"] = True
         self._checkpoint_key = f"{slot}/{destination}".encode()
         self.keys = RecordKeys(config.key_format, message_key)
         self.tombstones = config.tombstones
@@ -279,7 +352,12 @@ class KafkaSink:
         self._producer: Producer | None = None
         self._admin: AdminClient | None = None
         self._topics_lock = threading.Lock()
-        self._producer_lock = threading.Lock()
+        self._poller: threading.Thread | None = None  # at_least_once: _poll_loop
+        self._stop_polling = threading.Event()
+        self._retired: list[Producer] = []  # replaced producers, for the poll thread
+        self._left_open = False  # a cancelled delivery may have left a transaction open
+        # (table, op) -> topic, table, the op and table headers: see _records.
+        self._targets: dict[tuple[str, str], tuple[str, str, tuple[_Header, _Header]]] = {}
         self._known_topics: set[str] = set()
         self._needs_reset = True
         self._fatal = False
@@ -304,14 +382,22 @@ class KafkaSink:
     async def open(self) -> None:
         if self._executor is not None:
             return
+        # One thread produces (librdkafka's produce() does not block); in
+        # at_least_once mode a second one serves delivery reports (_poll_loop).
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1 if self.ordered else 4, thread_name_prefix="walrelay-kafka"
+            max_workers=1, thread_name_prefix="walrelay-kafka"
         )
         try:
-            await self._run(self._open_sync)
+            await self._call(self._open_sync)
         except BaseException:
             await self.close()
             raise
+        if not self.ordered:
+            self._stop_polling.clear()
+            self._poller = threading.Thread(
+                target=self._poll_loop, name="walrelay-kafka-poll", daemon=True
+            )
+            self._poller.start()
 
     async def close(self) -> None:
         executor, self._executor = self._executor, None
@@ -326,15 +412,31 @@ class KafkaSink:
         if not events:
             return
         if self.ordered:
-            await self._run(self._deliver_transactional, events)
+            await self._deliver_ordered(events)
         else:
-            await self._run(self._deliver_idempotent, events)
+            await self._deliver_idempotent(events)
 
-    async def _run(self, fn: Callable[..., None], *args: Any) -> None:
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        """``fn(*args)`` on the sink's thread."""
         executor = self._executor
         if executor is None:
             raise SinkError(f"kafka sink {self.bootstrap}: used before open() or after close()")
-        await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+
+    def _poll_loop(self) -> None:
+        """at_least_once: serve delivery reports as they come (the batches waiting
+        for them wait on the event loop, see :class:`_Reports`). Producers
+        replaced after a fatal error are disposed of here, between two polls."""
+        stop = self._stop_polling
+        while not stop.is_set():
+            retired, self._retired = self._retired, []
+            for old in retired:
+                _dispose_later(old)
+            producer = self._producer
+            if producer is None:
+                stop.wait(0.05)
+            else:
+                producer.poll(0.05)
 
     # -- worker-thread code: start and stop ----------------------------------------
 
@@ -408,9 +510,25 @@ class KafkaSink:
             self._needs_reset = False
 
     def _close_sync(self) -> None:
+        poller, self._poller = self._poller, None
+        if poller is not None:
+            self._stop_polling.set()
+            poller.join()
+        retired, self._retired = self._retired, []
+        for old in retired:
+            _dispose(old)
         producer, self._producer = self._producer, None
+        if producer is not None and self._left_open:
+            # A delivery cancelled mid-transaction: abort it now rather than leave
+            # read_committed consumers waiting for transaction.timeout.ms.
+            with contextlib.suppress(Exception):
+                producer.abort_transaction(min(self.delivery_timeout, 10.0))
         if producer is not None:
-            remaining = producer.flush(min(self.delivery_timeout, 10.0))
+            try:
+                remaining = producer.flush(min(self.delivery_timeout, 10.0))
+            except self._ck.KafkaException as exc:  # a fatal error: nothing more to send
+                log.warning("kafka sink %s: closing: %s", self.bootstrap, _err(exc))
+                remaining = 0
             if remaining:
                 log.warning(
                     "kafka sink %s: %d record(s) not acknowledged at close; they are "
@@ -502,48 +620,84 @@ class KafkaSink:
         self._known_topics.update(names)
 
     # -- worker-thread code: delivery -------------------------------------------------
+    #
+    # Per event, not per batch: an event's records are built, produced and dropped
+    # at once (no list of every record of a 50,000-event batch alive at the same
+    # time, which made the garbage collector a third of the sink's cost).
 
-    def _records(self, events: Sequence[Event]) -> list[_Record]:
-        names = self.naming.names
-        out: list[_Record] = []
-        for event in events:
-            eid = event.id
-            id_header = ("id", eid.encode())
-            op_header = ("op", event.op.encode())
-            route = event.route
-            if route is not None:  # set by the outbox router: send as routed
-                headers: list[tuple[str, str | bytes | None]] = [
-                    id_header,
-                    op_header,
-                    ("table", event.table.encode()),
-                ]
-                headers += [(k, v.encode()) for k, v in route.headers]
-                key = None if route.key is None else route.key.encode()
-                out.append(_Record(route.topic, key, route.value, headers, eid))
-                continue
-            extra = kafka_headers(event) if event.rendering is not None else []
-            for topic, table in names(event):
-                table_header = ("table", table.encode())
+    def _records(self, event: Event) -> list[_Record]:
+        """The records of one event: one per topic, each followed by its tombstone."""
+        eid = event.id
+        id_header = ("id", eid.encode())
+        route = event.route
+        if route is not None:  # set by the outbox router: send as routed
+            headers: list[tuple[str, str | bytes | None]] = [
+                id_header,
+                ("op", event.op.encode()),
+                ("table", event.table.encode()),
+            ]
+            headers += [(k, v.encode()) for k, v in route.headers]
+            key = None if route.key is None else route.key.encode()
+            return [_Record(route.topic, key, route.value, headers, eid)]
+        if event.rendering is None and not self.tombstones:
+            # The common case: one topic, known from (table, op) alone.
+            pair = (event.table, event.op)
+            target = self._targets.get(pair)
+            if target is None and event.op != "truncate":
+                names = self.naming.names(event)
+                if len(names) == 1:
+                    topic, table = names[0]
+                    tail = (("op", event.op.encode()), ("table", table.encode()))
+                    target = (topic, table, tail)
+                    self._targets[pair] = target
+            if target is not None:
+                topic, table, tail = target
                 key = self.keys.key(event, table)
-                sent: list[tuple[str, str | bytes | None]] = [
-                    id_header,
-                    op_header,
-                    table_header,
-                    *extra,
-                ]
-                out.append(_Record(topic, key, event.body, sent, eid))
-                if self.tombstones:
-                    # A null value after a delete (and for the old key of an update
-                    # that changed it), in the same batch, so the same transaction.
-                    dead = key if event.op == "delete" else self.keys.old_key(event)
-                    if dead is not None:
-                        marks: list[tuple[str, str | bytes | None]] = [
-                            id_header,
-                            (_TOMBSTONE_HEADER, b"1"),
-                            table_header,
-                        ]
-                        out.append(_Record(topic, dead, None, marks, eid))
+                return [_Record(topic, key, event.body, [id_header, *tail], eid)]
+        op_header = ("op", event.op.encode())
+        out: list[_Record] = []
+        extra = kafka_headers(event) if event.rendering is not None else []
+        for topic, table in self.naming.names(event):
+            table_header = ("table", table.encode())
+            key = self.keys.key(event, table)
+            sent: list[tuple[str, str | bytes | None]] = [
+                id_header,
+                op_header,
+                table_header,
+                *extra,
+            ]
+            out.append(_Record(topic, key, event.body, sent, eid))
+            if self.tombstones:
+                # A null value after a delete (and for the old key of an update
+                # that changed it), in the same batch, so the same transaction.
+                dead = key if event.op == "delete" else self.keys.old_key(event)
+                if dead is not None:
+                    marks: list[tuple[str, str | bytes | None]] = [
+                        id_header,
+                        (_TOMBSTONE_HEADER, b"1"),
+                        table_header,
+                    ]
+                    out.append(_Record(topic, dead, None, marks, eid))
         return out
+
+    def _topics(self, events: Sequence[Event]) -> set[str]:
+        """Every topic ``events`` go to (one lookup per table and op)."""
+        names = self.naming.names
+        topics: set[str] = set()
+        seen: set[tuple[str, str]] = set()
+        for event in events:
+            route = event.route
+            if route is not None:
+                topics.add(route.topic)
+                continue
+            op = event.op
+            if op != "truncate":
+                pair = (event.table, op)
+                if pair in seen:
+                    continue
+                seen.add(pair)
+            topics.update(topic for topic, _ in names(event))
+        return topics
 
     def _produce(self, producer: Producer, record: _Record, on_delivery: Any) -> None:
         while True:
@@ -559,53 +713,89 @@ class KafkaSink:
             except BufferError:  # the local queue is full: serve reports, then retry
                 producer.poll(0.05)
 
-    def _deliver_idempotent(self, events: Sequence[Event]) -> None:
+    async def _deliver_idempotent(self, events: Sequence[Event]) -> None:
+        """at_least_once: produce here on the event loop (a few milliseconds at a
+        time), then wait here for the delivery reports, which the poll thread
+        counts: any number of batches are in flight at once, none holding a
+        thread, none fighting the event loop for the GIL."""
+        ck = self._ck
+        topics = self._topics(events)
+        if self._fatal or self._producer is None or not topics <= self._known_topics:
+            await self._call(self._prepare_idempotent, topics)
+        producer = self._producer
+        assert producer is not None
+        reports = _Reports(asyncio.get_running_loop())
+        on_delivery = reports.on_delivery
+        refused: list[SinkError] = []  # records produce() itself rejected
+        produced = 0
+        clock = time.monotonic
+        pause = clock() + _PRODUCE_SLICE
+        stop = False
+        try:
+            for event in events:
+                if stop:
+                    break
+                if self._producer is not producer:  # replaced after a fatal error meanwhile
+                    raise SinkUnavailable(
+                        f"kafka sink {self.bootstrap}: the producer was replaced after a fatal "
+                        "error; the batch is sent again"
+                    )
+                for record in self._records(event):
+                    try:
+                        if not _try_produce(producer, record, on_delivery):
+                            await self._produce_when_room(producer, record, on_delivery)
+                    except ck.KafkaException as exc:
+                        error = self._classify(exc.args[0], record)
+                        refused.append(error)
+                        # A record refused for good does not hold back the others
+                        # (their keys differ); after a transient refusal the batch is
+                        # retried anyway.
+                        if not error.permanent:
+                            stop = True
+                            break
+                    else:
+                        produced += 1
+                if clock() >= pause:
+                    await asyncio.sleep(0)  # let the loop read the slot meanwhile
+                    pause = clock() + _PRODUCE_SLICE
+        finally:
+            reports.expect(produced)
+        try:
+            await asyncio.wait_for(reports.done, self.delivery_timeout + 30.0)
+        except TimeoutError:  # librdkafka reports within message.timeout.ms
+            raise SinkUnavailable(
+                f"kafka sink {self.bootstrap}: no delivery report within "
+                f"{self.delivery_timeout:g} s for a batch from {events[0].id}"
+            ) from None
+        errors = refused + [self._classify(err, _record_of(msg)) for err, msg in reports.failures]
+        if errors:
+            raise batch_error(errors, produced + len(refused), "records")
+
+    def _prepare_idempotent(self, topics: set[str]) -> None:
+        """On the sink's thread: a producer (a new one after a fatal error) and
+        ``topics`` known to exist (created if allowed)."""
         ck = self._ck
         if self._fatal or self._producer is None:
-            with self._producer_lock:
-                if self._fatal or self._producer is None:
-                    old, self._producer = self._producer, None
-                    self._fatal = False
-                    if old is not None:
-                        _dispose_later(old)
-                    self._producer = ck.Producer(self._producer_config)
-        producer = self._producer
-        assert producer is not None
-        records = self._records(events)
-        self._ensure_topics({r.topic for r in records})
-        reports = _Reports(len(records))
-        refused: list[SinkError] = []  # records produce() itself rejected
-        stop = False
-        for record in records:
-            if stop:
-                reports.cancel_one()
-                continue
-            try:
-                self._produce(producer, record, reports.callback(record))
-            except ck.KafkaException as exc:
-                error = self._classify(exc.args[0], record)
-                refused.append(error)
-                reports.cancel_one()
-                # A record refused for good does not hold back the others (their keys
-                # differ); after a transient refusal the batch is retried anyway.
-                stop = not error.permanent
-        deadline = time.monotonic() + self.delivery_timeout + 30.0
-        while not reports.done.is_set():
-            producer.poll(0.05)
-            if time.monotonic() > deadline:  # librdkafka reports within message.timeout.ms
-                raise SinkUnavailable(
-                    f"kafka sink {self.bootstrap}: no delivery report within "
-                    f"{self.delivery_timeout:g} s for a batch from {events[0].id}"
-                )
-        errors = refused + [self._classify(err, record) for err, record in reports.failures]
-        if errors:
-            raise batch_error(errors, len(records), "records")
+            old, self._producer = self._producer, ck.Producer(self._producer_config)
+            self._fatal = False
+            if old is not None:
+                self._retired.append(old)  # the poll thread may be polling it
+        self._ensure_topics(topics)
 
     def _deliver_transactional(self, events: Sequence[Event]) -> None:
+        """exactly_once, all of it on the sink's thread (see :meth:`_deliver_ordered`
+        for the sink's own path)."""
+        fresh = self._prepare_transactional(events)
+        start = 0
+        while start < len(fresh):
+            start = self._transaction(fresh, start)
+
+    def _prepare_transactional(self, events: Sequence[Event]) -> Sequence[Event]:
+        """On the sink's thread: a settled producer (fenced and reset after a
+        failure), the events past the checkpoint, and their topics created."""
         if self._needs_reset or self._fatal or self._producer is None:
             self._reset_transactional()
-        producer = self._producer
-        assert producer is not None
+            self._left_open = False
         mark = self._mark
         fresh: Sequence[Event] = events
         if mark is not None and (events[0].commit_lsn, events[0].seq) <= mark:
@@ -618,87 +808,143 @@ class KafkaSink:
                 skipped,
                 self.checkpoint,
             )
-            if not fresh:
-                return
-        records = self._records(fresh)
-        self._ensure_topics({r.topic for r in records})
-        by_id = {e.id: e for e in fresh}
+        if fresh:
+            self._ensure_topics(self._topics(fresh))
+        return fresh
+
+    async def _deliver_ordered(self, events: Sequence[Event]) -> None:
+        """exactly_once: begin and commit (which block) run on the sink's thread,
+        the records are produced here on the event loop, a few milliseconds at a
+        time. Producing on a thread made it fight the event loop, which reads
+        the slot, for the GIL on every event."""
+        fresh = await self._call(self._prepare_transactional, events)
         start = 0
-        while start < len(records):
-            start = self._transaction(producer, records, start, by_id)
+        while start < len(fresh):
+            start = await self._transaction_on_loop(fresh, start)
 
-    def _transaction(
-        self,
-        producer: Producer,
-        records: Sequence[_Record],
-        start: int,
-        events: dict[str, Event],
-    ) -> int:
-        """One transaction from ``records[start]`` on, with its checkpoint; it ends
-        at an event boundary once it has taken ``transaction_interval`` or holds
-        ``transaction_bytes``, or at the end. Returns where the next one starts."""
+    async def _transaction_on_loop(self, events: Sequence[Event], start: int) -> int:
+        """:meth:`_transaction`, producing on the event loop."""
         ck = self._ck
-        failures: list[tuple[KafkaError, _Record]] = []
-        committing = False
-        current: _Record | None = None
-        by_id = {r.event_id: r for r in records[start:]}
-        end = start
-
-        def on_delivery(err: KafkaError | None, msg: Any) -> None:
-            if err is not None:
-                failures.append((err, _record_of(msg, by_id)))
-
+        producer = self._producer
+        assert producer is not None
+        txn = _Txn(start)
         try:
-            producer.poll(0)
-            producer.begin_transaction()
-            deadline = time.monotonic() + self.transaction_interval
+            try:
+                await self._call(self._begin, producer)
+                clock = time.monotonic
+                now = clock()
+                deadline = now + self.transaction_interval
+                pause = now + _PRODUCE_SLICE
+                budget = self.transaction_bytes
+                size = 0
+                total = len(events)
+                records, on_delivery = self._records, txn.on_delivery
+                while txn.end < total:
+                    for record in records(events[txn.end]):
+                        txn.current = record
+                        if not _try_produce(producer, record, on_delivery):
+                            await self._produce_when_room(producer, record, on_delivery)
+                        size += len(record.value or b"") + len(record.key or b"")
+                    txn.end += 1
+                    now = clock()
+                    if size >= budget or now >= deadline:
+                        break
+                    if now >= pause:
+                        await asyncio.sleep(0)  # let the loop read the slot meanwhile
+                        pause = clock() + _PRODUCE_SLICE
+                txn.current = None
+                await self._call(self._commit, producer, events[txn.end - 1], txn)
+            except (ck.KafkaException, RuntimeError) as exc:
+                error = await self._call(self._failed, producer, exc, txn)
+                raise error from None
+        except asyncio.CancelledError:
+            # Left open (or committing on the thread): the next delivery starts a
+            # new producer, whose init_transactions settles it; close() aborts it.
+            self._needs_reset = True
+            self._left_open = True
+            raise
+        last = events[txn.end - 1]
+        self._mark = (last.commit_lsn, last.seq)
+        return txn.end
+
+    @staticmethod
+    async def _produce_when_room(producer: Producer, record: _Record, on_delivery: Any) -> None:
+        """The local queue is full: retry as acknowledgements make room."""
+        while True:
+            await asyncio.sleep(0.005)  # no event tells when librdkafka frees space
+            if _try_produce(producer, record, on_delivery):
+                return
+
+    def _transaction(self, events: Sequence[Event], start: int) -> int:
+        """One transaction from ``events[start]`` on, with its checkpoint; it ends
+        (after an event's last record) once it has taken ``transaction_interval``
+        or holds ``transaction_bytes``, or at the end. Returns where the next one
+        starts."""
+        ck = self._ck
+        producer = self._producer
+        assert producer is not None
+        txn = _Txn(start)
+        try:
+            self._begin(producer)
+            clock = time.monotonic
+            deadline = clock() + self.transaction_interval
             budget = self.transaction_bytes
             size = 0
-            total = len(records)
-            while end < total:
-                current = record = records[end]
-                self._produce(producer, record, on_delivery)
-                size += len(record.value or b"") + len(record.key or b"")
-                end += 1
-                if (
-                    end < total
-                    and records[end].event_id != record.event_id
-                    and (size >= budget or time.monotonic() >= deadline)
-                ):
+            total = len(events)
+            records, produce, on_delivery = self._records, self._produce, txn.on_delivery
+            while txn.end < total:
+                for record in records(events[txn.end]):
+                    txn.current = record
+                    produce(producer, record, on_delivery)
+                    size += len(record.value or b"") + len(record.key or b"")
+                txn.end += 1
+                if size >= budget or clock() >= deadline:
                     break
-            current = None
-            last = events[records[end - 1].event_id]
-            self._seal(producer, last, on_delivery)
-            failpoints.hit(failpoints.KAFKA_BEFORE_COMMIT)
-            committing = True
-            producer.commit_transaction(self.delivery_timeout)
-            failpoints.hit(failpoints.KAFKA_AFTER_COMMIT)
+            txn.current = None
+            self._commit(producer, events[txn.end - 1], txn)
         except (ck.KafkaException, RuntimeError) as exc:
-            err = exc.args[0] if isinstance(exc, ck.KafkaException) and exc.args else None
-            if err is None or not hasattr(err, "txn_requires_abort"):
-                # IllegalStateException and the like: start over with a new producer.
-                self._needs_reset = True
-                raise SinkUnavailable(
-                    f"kafka sink {self.bootstrap}: transaction failed: {exc}"
-                ) from None
-            if not committing or err.txn_requires_abort():
-                try:
-                    producer.abort_transaction(self.delivery_timeout)
-                except Exception:
-                    self._needs_reset = True
-            else:
-                # The commit's outcome is unknown (timeout, lost coordinator): a new
-                # producer's init_transactions settles it, the checkpoint tells which.
-                self._needs_reset = True
-            if err.fatal():
-                self._needs_reset = True
-            if failures:
-                raise self._combine(failures, end - start + 1) from None
-            if current is not None:
-                raise self._classify(err, current) from None
-            raise self._classify(err, None) from None
+            raise self._failed(producer, exc, txn) from None
+        last = events[txn.end - 1]
         self._mark = (last.commit_lsn, last.seq)
-        return end
+        return txn.end
+
+    def _begin(self, producer: Producer) -> None:
+        producer.poll(0)
+        producer.begin_transaction()
+
+    def _commit(self, producer: Producer, last: Event, txn: _Txn) -> None:
+        self._seal(producer, last, txn.on_delivery)
+        failpoints.hit(failpoints.KAFKA_BEFORE_COMMIT)
+        txn.committing = True
+        producer.commit_transaction(self.delivery_timeout)
+        failpoints.hit(failpoints.KAFKA_AFTER_COMMIT)
+
+    def _failed(self, producer: Producer, exc: Exception, txn: _Txn) -> SinkError:
+        """After a transaction raised ``exc``: abort it (or leave it to the next
+        producer when its outcome is unknown); the error to raise."""
+        ck = self._ck
+        err = exc.args[0] if isinstance(exc, ck.KafkaException) and exc.args else None
+        if err is None or not hasattr(err, "txn_requires_abort"):
+            # IllegalStateException and the like: start over with a new producer.
+            self._needs_reset = True
+            return SinkUnavailable(f"kafka sink {self.bootstrap}: transaction failed: {exc}")
+        if not txn.committing or err.txn_requires_abort():
+            try:
+                producer.abort_transaction(self.delivery_timeout)
+            except Exception:
+                self._needs_reset = True
+        else:
+            # The commit's outcome is unknown (timeout, lost coordinator): a new
+            # producer's init_transactions settles it, the checkpoint tells which.
+            self._needs_reset = True
+        if err.fatal():
+            self._needs_reset = True
+        if txn.failures:
+            failed = [(e, _record_of(msg)) for e, msg in txn.failures]
+            return self._combine(failed, txn.end - txn.start + 1)
+        if txn.current is not None:
+            return self._classify(err, txn.current)
+        return self._classify(err, None)
 
     def _seal(self, producer: Producer, last: Event, on_delivery: Any) -> None:
         """What makes the open transaction's progress durable with it: the
@@ -869,13 +1115,14 @@ class KafkaSink:
         return batch_error(errors, total, "records")
 
 
-def _record_of(msg: Any, records: dict[str, _Record]) -> _Record:
+def _record_of(msg: Any) -> _Record:
+    """The record a delivery report is about (for the error message)."""
+    event_id = "(checkpoint)"
     for name, value in msg.headers() or ():
         if name == "id" and value is not None:
-            found = records.get(value.decode())
-            if found is not None:
-                return found
-    return _Record(msg.topic() or "?", b"", msg.value() or b"", [], "(checkpoint)")
+            event_id = value.decode()
+            break
+    return _Record(msg.topic() or "?", msg.key(), msg.value(), [], event_id)
 
 
 def _err(exc: BaseException) -> str:

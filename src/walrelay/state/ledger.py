@@ -24,8 +24,14 @@ class LedgerTable:
 
     def __init__(self, schema: str) -> None:
         t = sql.Identifier(schema, "ledger")
+        # The commit LSN range is implied by the ids (an id starts with its commit
+        # LSN) and keeps the lookup on the (destination, commit_lsn) index: with
+        # ``event_id = any(..)`` alone the planner, before the table was first
+        # analyzed, read every row of the destination (measured: 0.9 s a check
+        # at 60,000 rows, against 2 ms).
         self._delivered = sql.SQL(
-            "select event_id from {} where destination = %s and event_id = any(%s)"
+            "select event_id from {} where destination = %s "
+            "and commit_lsn between %s::pg_lsn and %s::pg_lsn and event_id = any(%s)"
         ).format(t)
         self._record = sql.SQL(
             "insert into {} (destination, event_id, commit_lsn) "
@@ -36,9 +42,12 @@ class LedgerTable:
             "delete from {} where destination = %s and commit_lsn < %s::pg_lsn"
         ).format(t)
 
-    async def delivered(self, conn: Conn, destination: str, ids: list[str]) -> set[str]:
-        """The ids among ``ids`` recorded for ``destination``."""
-        cur = await conn.execute(self._delivered, (destination, ids))
+    async def delivered(
+        self, conn: Conn, destination: str, ids: list[str], low: str, high: str
+    ) -> set[str]:
+        """The ids among ``ids`` recorded for ``destination``; ``low`` and ``high``
+        (text LSNs) are the lowest and highest commit LSN of those ids."""
+        cur = await conn.execute(self._delivered, (destination, low, high, ids))
         return {str(r[0]) for r in await cur.fetchall()}
 
     async def record(
