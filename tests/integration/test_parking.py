@@ -253,6 +253,17 @@ async def test_cap_pauses_replication_then_resumes_and_loses_nothing(
             execute(db, "insert into accounts select g, 0 from generate_series(31, 80) g")
             # The reader takes the second transaction's first event and stops there.
             await wait_for(lambda: engine.stats.events_in == 31, what="the reader to stop")
+            feedback = engine.slot.feedback
+            # What the engine had confirmed before the pause (earlier transactions,
+            # the parked events) reaches the server at the next status update.
+            await wait_for(
+                lambda: (
+                    max(engine.tracker.confirmed, feedback.slot_floor)
+                    == feedback.last_sent
+                    == slot_state(db, "walrelay")["confirmed"]
+                ),
+                what="the server to have every confirmation the engine made",
+            )
             confirmed = slot_state(db, "walrelay")["confirmed"]
             for _ in range(5):  # several status intervals: nothing more is read
                 await asyncio.sleep(0.3)
