@@ -700,18 +700,8 @@ class KafkaSink:
         return topics
 
     def _produce(self, producer: Producer, record: _Record, on_delivery: Any) -> None:
-        while True:
-            try:
-                producer.produce(
-                    record.topic,
-                    value=record.value,
-                    key=record.key,
-                    headers=record.headers,
-                    on_delivery=on_delivery,
-                )
-                return
-            except BufferError:  # the local queue is full: serve reports, then retry
-                producer.poll(0.05)
+        while not _try_produce(producer, record, on_delivery):
+            producer.poll(0.05)  # the local queue is full: serve reports, then retry
 
     async def _deliver_idempotent(self, events: Sequence[Event]) -> None:
         """at_least_once: produce here on the event loop (a few milliseconds at a
