@@ -130,6 +130,7 @@ class SyncRunner:
         """A node lost during start-up waits like one down at start-up (a server
         restart must not end the sync); ``--initial`` needs every node."""
         reason = str(error).strip().splitlines()[-1] if str(error).strip() else "connection lost"
+        self._lost.append(conns.pop(node))  # closed with the others
         if initial_from is not None:
             raise ConfigError(
                 f"node {node} ({self.settings.nodes[node].masked_dsn}) went away during "
@@ -139,7 +140,6 @@ class SyncRunner:
         log.warning(
             "node %s went away during start-up (%s); its directions wait for it", node, reason
         )
-        self._lost.append(conns.pop(node))
 
     def _enough(self, conns: dict[str, psycopg.AsyncConnection[tuple[Any, ...]]]) -> None:
         if len(conns) < 2:
