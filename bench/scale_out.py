@@ -52,8 +52,9 @@ import orjson
 import yaml
 from aiohttp import web
 
-from walrelay.model import Event, format_event_id, format_lsn
+from walrelay.model import Event
 from walrelay.testing.pgcluster import free_port
+from walrelay.testing.relay_records import relay_update
 from walrelay.testing.servers import KafkaServer
 
 
@@ -94,24 +95,10 @@ def produce(bootstrap: str, topic: str, events: int, keys: int) -> None:
     for i in range(events):
         lsn = 0x1000 + i
         key = i % keys
-        ident = format_event_id(lsn, 0)
-        body = {
-            "id": ident,
-            "op": "update",
-            "table": "public.bench",
-            "key": {"id": key},
-            "record": {"id": key, "n": i},
-            "old": None,
-            "commit_lsn": format_lsn(lsn),
-            "xid": lsn,
-            "committed_at": "2024-01-01T00:00:00+00:00",
-        }
-        producer.produce(
-            topic,
-            value=orjson.dumps(body),
-            key=orjson.dumps({"id": key}),
-            headers=[("id", ident.encode()), ("op", b"update"), ("table", b"public.bench")],
+        value, record_key, headers = relay_update(
+            "public.bench", key, {"id": key, "n": i}, lsn, "2024-01-01T00:00:00+00:00"
         )
+        producer.produce(topic, value=value, key=record_key, headers=headers)
         if i % 1000 == 0:
             producer.poll(0)
     producer.flush(60)

@@ -27,14 +27,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import orjson
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from walrelay.config import DestinationConfig
-from walrelay.model import format_event_id, format_lsn
 from walrelay.sinks.base import Sink
 from walrelay.sinks.memory import MemorySink
+from walrelay.testing.relay_records import relay_update
 from walrelay.testing.servers import KafkaServer
 from walrelay.worker.config import parse_worker_config
 from walrelay.worker.runner import Worker
@@ -67,24 +66,8 @@ def feed(bootstrap: str, topic: str, stop: threading.Event, produced: list[int])
     while not stop.is_set():
         for key in range(1, 200):
             lsn += 1
-            ident = format_event_id(lsn, 0)
-            body = {
-                "id": ident,
-                "op": "update",
-                "table": "public.t",
-                "key": {"id": key},
-                "record": {"id": key, "v": lsn},
-                "old": None,
-                "commit_lsn": format_lsn(lsn),
-                "xid": lsn,
-                "committed_at": "2024-01-02T03:04:05+00:00",
-            }
-            producer.produce(
-                topic,
-                value=orjson.dumps(body),
-                key=orjson.dumps({"id": key}),
-                headers=[("id", ident.encode()), ("op", b"update"), ("table", b"public.t")],
-            )
+            value, record_key, headers = relay_update("public.t", key, {"id": key, "v": lsn}, lsn)
+            producer.produce(topic, value=value, key=record_key, headers=headers)
         producer.flush(30)
         produced[0] += 199
         time.sleep(0.4)

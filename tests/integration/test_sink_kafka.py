@@ -324,9 +324,9 @@ def test_broker_sinks_from_config_and_missing_extras(
         build_sink(dest.sink, destination="d")
 
 
-def _committed_checkpoints(bootstrap: str, topic: str) -> list[str]:
-    """The last_id of every committed checkpoint record in ``topic``, in order."""
-    consumer = Consumer(
+def _read_committed_consumer(bootstrap: str) -> Consumer:
+    """A consumer of a group of its own that sees committed transactions only."""
+    return Consumer(
         {
             "bootstrap.servers": bootstrap,
             "group.id": f"test-{uuid.uuid4()}",
@@ -335,6 +335,11 @@ def _committed_checkpoints(bootstrap: str, topic: str) -> list[str]:
             "enable.partition.eof": True,
         }
     )
+
+
+def _committed_checkpoints(bootstrap: str, topic: str) -> list[str]:
+    """The last_id of every committed checkpoint record in ``topic``, in order."""
+    consumer = _read_committed_consumer(bootstrap)
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
@@ -404,15 +409,7 @@ def test_exactly_once_batch_size_set_by_the_user_is_kept() -> None:
 def _read_committed_to_end(bootstrap: str, topic: str, within: float) -> tuple[int, bool]:
     """(records a read_committed reader sees, whether it got to the partition's
     end): an open transaction holds it at the last stable offset."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"test-{uuid.uuid4()}",
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
-    )
+    consumer = _read_committed_consumer(bootstrap)
     try:
         tp = TopicPartition(topic, 0, OFFSET_BEGINNING)
         consumer.assign([tp])

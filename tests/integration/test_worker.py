@@ -39,10 +39,10 @@ from tests.integration.support import (
 from walrelay.cli.main import main
 from walrelay.config import HttpConfig, KafkaSinkConfig
 from walrelay.errors import ConfigError
-from walrelay.model import format_event_id, format_lsn
 from walrelay.sinks.base import SinkContext
 from walrelay.sinks.kafka import KafkaSink, message_key
 from walrelay.testing.pgcluster import PgCluster, free_port
+from walrelay.testing.relay_records import relay_update
 from walrelay.testing.servers import KafkaServer
 from walrelay.worker.config import load_worker_config, parse_worker_config
 from walrelay.worker.partitioner import partition_for
@@ -345,24 +345,8 @@ def produce_envelopes(bootstrap: str, topic: str, rows: list[tuple[int, int]], l
     producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random"})
     for key, version in rows:
         lsn += 1
-        ident = format_event_id(lsn, 0)
-        body = {
-            "id": ident,
-            "op": "update",
-            "table": "public.t",
-            "key": {"id": key},
-            "record": {"id": key, "v": version},
-            "old": None,
-            "commit_lsn": format_lsn(lsn),
-            "xid": lsn,
-            "committed_at": "2024-01-02T03:04:05+00:00",
-        }
-        producer.produce(
-            topic,
-            value=orjson.dumps(body),
-            key=orjson.dumps({"id": key}),
-            headers=[("id", ident.encode()), ("op", b"update"), ("table", b"public.t")],
-        )
+        value, record_key, headers = relay_update("public.t", key, {"id": key, "v": version}, lsn)
+        producer.produce(topic, value=value, key=record_key, headers=headers)
     assert producer.flush(30) == 0
     return lsn
 
