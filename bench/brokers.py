@@ -43,6 +43,7 @@ import psutil
 import yaml
 
 from walrelay.model import format_lsn
+from walrelay.testing.kafka_reading import reading_consumer
 from walrelay.testing.pgcluster import PgCluster, start_cluster
 from walrelay.testing.servers import KafkaServer, NatsServer, RabbitMQServer, RedisServer
 
@@ -77,17 +78,9 @@ def count_file(_: Any, workdir: Path) -> int:
 
 
 def count_kafka(server: KafkaServer, _: Path) -> int:
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+    from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
-    consumer = Consumer(
-        {
-            "bootstrap.servers": server.bootstrap,
-            "group.id": "bench-count",
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
-    )
+    consumer = reading_consumer(server.bootstrap, "bench-count", eof=True)
     try:
         topic = f"{PREFIX}.public.bench"
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions

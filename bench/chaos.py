@@ -70,6 +70,7 @@ from aiohttp import web
 
 from walrelay.model import format_lsn, parse_lsn
 from walrelay.testing.checker import Change, Delivery, check
+from walrelay.testing.kafka_reading import reading_consumer
 from walrelay.testing.pgcluster import PgCluster, free_port, start_cluster
 from walrelay.testing.servers import KafkaServer, RedisServer
 
@@ -482,16 +483,10 @@ def read_topic(
     watermark (for read_committed: up to the last stable offset, which is the
     high watermark once every transaction is committed or aborted).
     """
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+    from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"chaos-judge-{isolation}-{os.getpid()}",
-            "isolation.level": isolation,
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
+    consumer = reading_consumer(
+        bootstrap, f"chaos-judge-{isolation}-{os.getpid()}", isolation=isolation, eof=True
     )
     try:
         metadata = consumer.list_topics(topic, timeout=30)

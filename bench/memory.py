@@ -42,6 +42,7 @@ import yaml
 
 import walrelay
 from walrelay.model import format_lsn
+from walrelay.testing.kafka_reading import reading_consumer
 from walrelay.testing.pgcluster import PgCluster, start_cluster
 from walrelay.testing.servers import KafkaServer
 
@@ -81,17 +82,9 @@ def count_file(path: Path) -> int:
 
 
 def count_kafka(bootstrap: str, topic: str) -> int:
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+    from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": "memory-count",
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
-    )
+    consumer = reading_consumer(bootstrap, "memory-count", eof=True)
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])

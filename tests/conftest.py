@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 import psycopg
 import pytest
 
-from walrelay.testing.pgcluster import PgCluster, start_cluster
+from walrelay.testing.pgcluster import PgCluster, drop_database, start_cluster
 from walrelay.testing.proxy import TcpProxy
 
 StartProxy = Callable[[int], Awaitable[TcpProxy]]
@@ -33,23 +33,7 @@ def db(pg: PgCluster) -> Iterator[str]:
     try:
         yield pg.dsn(name)
     finally:
-        with psycopg.connect(pg.dsn(), autocommit=True) as conn:
-            conn.execute(
-                "select pg_terminate_backend(active_pid) from pg_replication_slots "
-                "where database = %s and active_pid is not null",
-                (name,),
-            )
-            for _ in range(100):
-                rows = conn.execute(
-                    "select slot_name, active from pg_replication_slots where database = %s",
-                    (name,),
-                ).fetchall()
-                if not any(active for _, active in rows):
-                    break
-                conn.execute("select pg_sleep(0.05)")
-            for slot, _ in rows:
-                conn.execute("select pg_drop_replication_slot(%s)", (slot,))
-            conn.execute(f"drop database {name} with (force)")
+        drop_database(pg.dsn(), name)
 
 
 @pytest.fixture

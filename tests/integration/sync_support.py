@@ -19,7 +19,7 @@ from psycopg import sql
 
 from walrelay.sync.config import SyncSettings, parse_sync_config
 from walrelay.sync.runner import SyncRunner
-from walrelay.testing.pgcluster import PgCluster, start_cluster
+from walrelay.testing.pgcluster import PgCluster, drop_database, start_cluster
 
 SYNC_SETTINGS = {"track_commit_timestamp": "on", "wal_sender_timeout": "20s"}
 NODES = ("a", "b", "c")
@@ -146,12 +146,8 @@ async def _make_env(
             cluster = clusters[node]
             if not cluster.running():
                 continue
+            await asyncio.to_thread(drop_database, cluster.dsn(), dbname)
             with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
-                conn.execute(f"drop database {dbname} with (force)")
-                for slot in conn.execute(
-                    "select slot_name from pg_replication_slots where database = %s", (dbname,)
-                ).fetchall():
-                    conn.execute("select pg_drop_replication_slot(%s)", slot)
                 # Origins are cluster-wide, and each one with progress holds one of
                 # max_replication_slots' state slots until it is dropped.
                 prefix = f"walrelay_sync_{env.name}_"

@@ -54,7 +54,7 @@ from tests.integration.support import (
 from walrelay import failpoints
 from walrelay.model import format_lsn
 from walrelay.testing.checker import Change, Delivery, check
-from walrelay.testing.pgcluster import PgCluster
+from walrelay.testing.pgcluster import PgCluster, drop_database
 from walrelay.testing.servers import KafkaServer, NatsServer, RedisServer
 
 SECRET = "whsec_" + base64.b64encode(b"failpoint-test-secret-0123456789").decode()
@@ -72,8 +72,7 @@ def target(pg: PgCluster) -> Iterator[str]:
     try:
         yield pg.dsn(name)
     finally:
-        with psycopg.connect(pg.dsn(), autocommit=True) as conn:
-            conn.execute(f"drop database {name} with (force)")
+        drop_database(pg.dsn(), name)
 
 
 @pytest.fixture(scope="module")
@@ -305,6 +304,13 @@ async def test_webhook_crash(
         # Sent, not recorded: that one event comes again, with the id it had.
         assert report.ok(allow_duplicates=True), report.summary(allow_duplicates=True)
         assert report.duplicates == 1, report.summary()
+    elif point == "lsn.after_confirm":
+        # The status update is sent by its own task, which runs while the delivery
+        # task awaits the receiver's answer or the ledger write: the one event in
+        # flight (max_in_flight: 1) may be between its 2xx and its record, and
+        # then comes again with its id. Nothing confirmed may be missing.
+        assert report.ok(allow_duplicates=True), report.summary(allow_duplicates=True)
+        assert report.duplicates <= 1, report.summary()
     else:
         assert report.ok(), report.summary()
 

@@ -20,7 +20,6 @@ from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.formats.json import JSONFormat
 from confluent_kafka import (
     OFFSET_BEGINNING,
-    Consumer,
     KafkaError,
     KafkaException,
     Producer,
@@ -37,6 +36,7 @@ from tests.integration.support import (
     wait_for_sync,
 )
 from walrelay.sinks.memory import MemorySink
+from walrelay.testing.kafka_reading import reading_consumer
 from walrelay.testing.pgcluster import free_port
 from walrelay.testing.servers import KafkaServer
 
@@ -94,14 +94,7 @@ class RawReader:
 
     def __init__(self, bootstrap: str, prefix: str) -> None:
         self.prefix = prefix + "."
-        self.consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": f"test-{uuid.uuid4()}",
-                "isolation.level": "read_committed",
-                "enable.auto.commit": False,
-            }
-        )
+        self.consumer = reading_consumer(bootstrap)
         self.assigned: set[tuple[str, int]] = set()
         self.records: list[Record] = []
 

@@ -14,11 +14,12 @@ import aio_pika
 import nats
 import pytest
 import redis.asyncio as aioredis
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from tests.integration.support import stream_entries
+from walrelay.testing.kafka_reading import reading_consumer
 from walrelay.testing.servers import (
     KafkaServer,
     NatsServer,
@@ -184,15 +185,7 @@ async def test_rabbitmq_confirmed_publish_consume_survives_kill_and_restart() ->
 
 
 def _read_committed(bootstrap: str, topic: str, group: str) -> list[bytes]:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": group,
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
-    )
+    consumer = reading_consumer(bootstrap, group, eof=True)
     try:
         consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
         values: list[bytes] = []

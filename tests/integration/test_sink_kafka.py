@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
 from tests.integration.broker_workloads import (
     EVERY_OP_COPIES,
@@ -37,6 +36,7 @@ from walrelay.model import Event, format_event_id, parse_event_id
 from walrelay.sinks.base import SinkContext
 from walrelay.sinks.kafka import KafkaSink
 from walrelay.testing.checker import check
+from walrelay.testing.kafka_reading import reading_consumer
 from walrelay.testing.servers import KafkaServer
 
 pytestmark = pytest.mark.servers
@@ -53,15 +53,7 @@ class Reader:
 
     def __init__(self, bootstrap: str, prefix: str) -> None:
         self.prefix = prefix + "."
-        self.consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": f"test-{uuid.uuid4()}",
-                "isolation.level": "read_committed",
-                "enable.auto.commit": False,
-                "enable.partition.eof": False,
-            }
-        )
+        self.consumer = reading_consumer(bootstrap)
         self.assigned: set[tuple[str, int]] = set()
         self.seen: list[Seen] = []
         self.by_partition: dict[tuple[str, int], list[Seen]] = {}
@@ -324,22 +316,9 @@ def test_broker_sinks_from_config_and_missing_extras(
         build_sink(dest.sink, destination="d")
 
 
-def _read_committed_consumer(bootstrap: str) -> Consumer:
-    """A consumer of a group of its own that sees committed transactions only."""
-    return Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"test-{uuid.uuid4()}",
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
-    )
-
-
 def _committed_checkpoints(bootstrap: str, topic: str) -> list[str]:
     """The last_id of every committed checkpoint record in ``topic``, in order."""
-    consumer = _read_committed_consumer(bootstrap)
+    consumer = reading_consumer(bootstrap, eof=True)
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
@@ -409,7 +388,7 @@ def test_exactly_once_batch_size_set_by_the_user_is_kept() -> None:
 def _read_committed_to_end(bootstrap: str, topic: str, within: float) -> tuple[int, bool]:
     """(records a read_committed reader sees, whether it got to the partition's
     end): an open transaction holds it at the last stable offset."""
-    consumer = _read_committed_consumer(bootstrap)
+    consumer = reading_consumer(bootstrap, eof=True)
     try:
         tp = TopicPartition(topic, 0, OFFSET_BEGINNING)
         consumer.assign([tp])

@@ -18,7 +18,7 @@ from walrelay.errors import PoisonEvent, SinkError
 from walrelay.model import Event, format_event_id, format_lsn
 from walrelay.sinks.base import SinkContext
 from walrelay.sinks.postgres import PostgresSink
-from walrelay.testing.pgcluster import PgCluster
+from walrelay.testing.pgcluster import PgCluster, drop_database
 
 _target_counter = itertools.count(1)
 
@@ -35,8 +35,7 @@ def target(pg: PgCluster) -> Iterator[str]:
     try:
         yield pg.dsn(name)
     finally:
-        with psycopg.connect(pg.dsn(), autocommit=True) as conn:
-            conn.execute(f"drop database {name} with (force)")
+        drop_database(pg.dsn(), name)
 
 
 def rows(dsn: str, query: str) -> list[tuple[Any, ...]]:

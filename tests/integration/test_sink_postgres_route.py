@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from tests.integration.support import execute, make_config, running_engine, wait_for
-from walrelay.testing.pgcluster import PgCluster
+from walrelay.testing.pgcluster import PgCluster, drop_database
 
 _counter = itertools.count(1)
 
@@ -41,8 +41,7 @@ def target(pg: PgCluster) -> Iterator[str]:
     try:
         yield pg.dsn(name)
     finally:
-        with psycopg.connect(pg.dsn(), autocommit=True) as conn:
-            conn.execute(f"drop database {name} with (force)")
+        drop_database(pg.dsn(), name)
 
 
 def rows(dsn: str, query: str) -> list[tuple[Any, ...]]:

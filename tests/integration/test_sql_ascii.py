@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from tests.integration.support import execute, make_config, read_jsonl, running_engine, wait_for
-from walrelay.testing.pgcluster import PgCluster
+from walrelay.testing.pgcluster import PgCluster, drop_database
 
 
 @pytest.fixture
@@ -50,12 +50,7 @@ async def test_a_sql_ascii_database_streams_its_utf8_text(
         assert values == {1: "\u00e9t\u00e9", 2: "\u2603 "}
         assert "has encoding SQL_ASCII" in caplog.text
     finally:
-        with psycopg.connect(dsn.replace("sql_ascii_t", "postgres"), autocommit=True) as conn:
-            for (slot,) in conn.execute(
-                "select slot_name from pg_replication_slots where database = 'sql_ascii_t'"
-            ).fetchall():
-                conn.execute("select pg_drop_replication_slot(%s)", (slot,))
-            conn.execute("drop database sql_ascii_t with (force)")
+        drop_database(dsn.replace("sql_ascii_t", "postgres"), "sql_ascii_t")
 
 
 def original_bytes(value: str) -> bytes:

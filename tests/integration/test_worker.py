@@ -41,7 +41,8 @@ from walrelay.config import HttpConfig, KafkaSinkConfig
 from walrelay.errors import ConfigError
 from walrelay.sinks.base import SinkContext
 from walrelay.sinks.kafka import KafkaSink, message_key
-from walrelay.testing.pgcluster import PgCluster, free_port
+from walrelay.testing.kafka_reading import reading_consumer
+from walrelay.testing.pgcluster import PgCluster, drop_database, free_port
 from walrelay.testing.relay_records import relay_update
 from walrelay.testing.servers import KafkaServer
 from walrelay.worker.config import load_worker_config, parse_worker_config
@@ -76,19 +77,11 @@ def target_db(pg: PgCluster) -> Iterator[str]:
     try:
         yield pg.dsn(name)
     finally:
-        with psycopg.connect(pg.dsn(), autocommit=True) as conn:
-            conn.execute(f"drop database {name} with (force)")
+        drop_database(pg.dsn(), name)
 
 
 def _read_all(bootstrap: str, topic: str, expected: int) -> list[Any]:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"test-{uuid.uuid4()}",
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
-        }
-    )
+    consumer = reading_consumer(bootstrap)
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
     out: list[Any] = []
     try:
@@ -628,14 +621,7 @@ class CommittedOutput:
     """What a read_committed consumer sees of a topic, read incrementally."""
 
     def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
-        self.consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": f"reader-{uuid.uuid4()}",
-                "isolation.level": "read_committed",
-                "enable.auto.commit": False,
-            }
-        )
+        self.consumer = reading_consumer(bootstrap)
         self.consumer.assign(
             [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)]
         )

@@ -222,3 +222,37 @@ def start_cluster(
     cluster = PgCluster(root=root, port=port, process=process, log_path=log_path)
     _wait_ready(cluster, timeout=60)
     return cluster
+
+
+def drop_database(dsn: str, name: str, *, within: float = 30.0) -> None:
+    """Drop database ``name`` (if it exists) and its replication slots, through
+    ``dsn`` (a connection to another database of the same cluster).
+
+    ``DROP DATABASE ... WITH (FORCE)`` refuses while a slot of the database is
+    active, and a walsender whose client just went away releases its slot a
+    moment later: the walsenders are terminated and the slots awaited first."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        deadline = time.monotonic() + within
+        while True:
+            conn.execute(
+                "select pg_terminate_backend(active_pid) from pg_replication_slots "
+                "where database = %s and active_pid is not null",
+                (name,),
+            )
+            rows = conn.execute(
+                "select slot_name, active from pg_replication_slots where database = %s",
+                (name,),
+            ).fetchall()
+            if not any(active for _, active in rows):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"database {name}: slots still active after {within:g} s")
+            conn.execute("select pg_sleep(0.05)")
+        for slot, _ in rows:
+            conn.execute("select pg_drop_replication_slot(%s)", (slot,))
+        conn.execute(
+            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+        )
