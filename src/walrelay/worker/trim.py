@@ -1,0 +1,285 @@
+"""Trimming a worker's dedup state: ledger rows and ``applied_events`` rows.
+
+What a worker writes per delivered event: a non-transactional sink
+(webhook, RabbitMQ, Kafka ``at_least_once``, ...) one ledger row (key
+``<worker.slot>/<destination>``, in the state database or Redis), the
+PostgreSQL sink one ``applied_events`` row (``destination``, event id,
+commit LSN) in the target's transaction. Both are shared by the whole group
+(a replay is dropped whoever replays it), so any member may trim them, and
+both are trimmed by commit LSN (``commit_lsn < floor``) through the
+destinations' :class:`~walrelay.pipeline.ledger.TrimAware` ``trim_below``:
+the delete rides along the next record or batch, at most once a second, as
+in ``walrelay run``.
+
+**The rule.** In a worker, an id comes again from three places:
+
+1. *Kafka*: any partition of the group's topics is re-read from the group's
+   committed offset (after a rebalance, by another member, or a restart).
+   Each commit a worker makes carries a mark in the offset's metadata
+   (``walrelay.lsn=<lsn>``): the lowest commit LSN of the records it read at
+   or past that offset, or, when it read none, of the last record it read --
+   with the relay in ``exactly_once`` mode (one transaction at a time, ids
+   increasing) every later record of a partition has a commit LSN at least
+   that. The *replay floor* is the lowest mark over the partitions that have
+   records past their committed offset; a partition that has records and no
+   committed offset (or one without a mark) may be replayed from anywhere, so
+   it stops trimming. When no partition has a backlog, the highest mark (new
+   records are new events). Read from the cluster like the group's lag
+   (:mod:`walrelay.worker.group_lag`), for every partition whoever owns it.
+2. *Parking*: parked events are retried below any offset; the oldest parked
+   commit LSN of the worker's destinations holds the floor (as in ``walrelay
+   run``).
+3. *The relay*: in ``at_least_once`` mode it writes an event again after a
+   crash (with its old id, as a new record) and may write a partition's
+   records slightly out of id order. No offset shows that, so the floor
+   applied is the lowest replay floor read over the last
+   ``worker.dedup_retention`` (default 10 minutes), starting from a reading
+   at least that old: rows are kept at least that long after the whole group
+   has committed past them. With the relay in ``exactly_once`` mode, 0 is
+   safe.
+
+Pure logic (:func:`replay_floor`, :class:`FloorHold`, :class:`ReadLsns`) is
+kept apart from the loop that reads the cluster (:class:`GroupTrim`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from walrelay.model import Lsn, format_lsn, parse_lsn
+from walrelay.pipeline.ledger import TrimAware
+from walrelay.worker.offsets import Origin, TopicPartition
+
+__all__ = [
+    "MARK_PREFIX",
+    "FloorHold",
+    "GroupTrim",
+    "PartitionMark",
+    "ReadLsns",
+    "commit_mark",
+    "parse_mark",
+    "read_group_marks",
+    "replay_floor",
+]
+
+log = logging.getLogger("walrelay.worker.trim")
+
+READ_INTERVAL = 5.0
+"""Seconds between two readings of the group's committed offsets and marks."""
+
+MARK_PREFIX = "walrelay.lsn="
+
+
+def commit_mark(lsn: Lsn) -> str:
+    """The metadata committed with an offset: a lower bound of the commit LSNs
+    of the partition's records at and past it."""
+    return MARK_PREFIX + format_lsn(lsn)
+
+
+def parse_mark(metadata: str | bytes | None) -> Lsn | None:
+    """The LSN of a commit's metadata, or None (no mark: another client's commit)."""
+    if isinstance(metadata, bytes):
+        metadata = metadata.decode("utf-8", "replace")
+    if not metadata or not metadata.startswith(MARK_PREFIX):
+        return None
+    try:
+        return parse_lsn(metadata[len(MARK_PREFIX) :])
+    except ValueError:
+        return None
+
+
+class ReadLsns:
+    """Per assigned partition, the commit LSNs of the records read in this
+    assignment: the lowest one at or past an offset (a sliding-window minimum;
+    the window's start, the safe offset, only moves forward)."""
+
+    def __init__(self) -> None:
+        # tp -> (epoch, (offset, lsn) with increasing lsns, the last record's lsn)
+        self._parts: dict[TopicPartition, tuple[int, collections.deque[tuple[int, Lsn]], Lsn]] = {}
+
+    def read(self, origin: Origin, lsn: Lsn) -> None:
+        """A record of ``origin`` carrying an event of commit LSN ``lsn`` was read."""
+        part = self._parts.get(origin.tp)
+        if part is None or part[0] != origin.epoch:
+            window: collections.deque[tuple[int, Lsn]] = collections.deque()
+        else:
+            window = part[1]
+            while window and window[-1][1] >= lsn:
+                window.pop()
+        window.append((origin.offset, lsn))
+        self._parts[origin.tp] = (origin.epoch, window, lsn)
+
+    def mark(self, tp: TopicPartition, offset: int) -> Lsn | None:
+        """A lower bound of the commit LSNs of ``tp``'s records at ``offset`` and
+        later (None: no record read in this assignment). Forgets what lies below."""
+        part = self._parts.get(tp)
+        if part is None:
+            return None
+        _epoch, window, last = part
+        while window and window[0][0] < offset:
+            window.popleft()
+        return window[0][1] if window else last
+
+    def retain(self, tps: Iterable[TopicPartition]) -> None:
+        """Forget partitions no longer assigned."""
+        keep = set(tps)
+        for tp in [tp for tp in self._parts if tp not in keep]:
+            del self._parts[tp]
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionMark:
+    """One partition of the group's topics, as the cluster has it."""
+
+    topic: str
+    partition: int
+    committed: int | None  # the group's committed offset (None: never committed)
+    mark: Lsn | None  # the commit's mark (None: no walrelay mark)
+    low: int  # the first offset still in the log
+    end: int  # the last stable offset
+
+
+def replay_floor(parts: Sequence[PartitionMark]) -> Lsn | None:
+    """Below this commit LSN no record the group may still re-read carries an
+    event (see the module docstring); None when nothing can be trimmed."""
+    backlog: list[Lsn] = []
+    marks: list[Lsn] = []
+    for p in parts:
+        if p.mark is not None:
+            marks.append(p.mark)
+        if p.committed is None:
+            if p.end > p.low:
+                return None  # read from its first record on: anything may come again
+            continue
+        if p.committed >= p.end:
+            continue  # nothing past the committed offset
+        if p.mark is None:
+            return None  # its backlog's LSNs are unknown
+        backlog.append(p.mark)
+    if backlog:
+        return min(backlog)
+    return max(marks) if marks else None
+
+
+class FloorHold:
+    """Replay floors over time: the lowest one read over the last ``retention``
+    seconds, starting from one read at least that long ago (None until then,
+    and while a reading in that window found no floor)."""
+
+    def __init__(self, retention: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.retention = retention
+        self._clock = clock
+        self._readings: collections.deque[tuple[float, Lsn | None]] = collections.deque()
+
+    def add(self, floor: Lsn | None) -> None:
+        self._readings.append((self._clock(), floor))
+
+    def floor(self) -> Lsn | None:
+        readings = self._readings
+        cutoff = self._clock() - self.retention
+        while len(readings) > 1 and readings[1][0] <= cutoff:
+            readings.popleft()
+        if not readings or readings[0][0] > cutoff:
+            return None
+        floors = [f for _t, f in readings]
+        if any(f is None for f in floors):
+            return None
+        return min(f for f in floors if f is not None)
+
+
+def read_group_marks(
+    ck: Any, consumer: Any, topics: list[str], timeout: float
+) -> list[PartitionMark]:
+    """Every partition of ``topics``: the group's committed offset and its mark,
+    and the log's bounds. ``consumer``: a read_committed consumer of the group
+    that is not subscribed. Raises ``KafkaException`` when the cluster does not
+    answer. Blocking: run it in a thread."""
+    metadata = consumer.list_topics(timeout=timeout)
+    tps = [
+        ck.TopicPartition(topic, p)
+        for topic in topics
+        if topic in metadata.topics and metadata.topics[topic].error is None
+        for p in sorted(metadata.topics[topic].partitions)
+    ]
+    if not tps:
+        return []
+    committed: dict[TopicPartition, tuple[int, Lsn | None]] = {}
+    for tp in consumer.committed(tps, timeout=timeout):
+        if tp.error is not None:
+            raise ck.KafkaException(tp.error)
+        if tp.offset >= 0:
+            committed[(tp.topic, tp.partition)] = (tp.offset, parse_mark(tp.metadata))
+    out = []
+    for tp in tps:
+        low, end = consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
+        offset, mark = committed.get((tp.topic, tp.partition), (None, None))
+        out.append(PartitionMark(tp.topic, tp.partition, offset, mark, low, end))
+    return out
+
+
+class GroupTrim:
+    """Sets the destinations' trim floor from the group's committed offsets,
+    every :data:`READ_INTERVAL` seconds (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        targets: Callable[[], Iterable[TrimAware]],
+        oldest_parked: Callable[[], Lsn | None],
+        retention: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._targets = targets
+        self._oldest_parked = oldest_parked
+        self.hold = FloorHold(retention, clock)
+        self.replay_floor: Lsn | None = None  # the last reading's
+        self.floor: Lsn | None = None  # the last one handed to the targets
+        self.error: str | None = None
+
+    def step(self, parts: Sequence[PartitionMark]) -> Lsn | None:
+        """Take one reading of the group; hand the floor to the targets (and return it)."""
+        self.replay_floor = replay_floor(parts)
+        self.hold.add(self.replay_floor)
+        floor = self.hold.floor()
+        oldest = self._oldest_parked()
+        if floor is not None and oldest is not None and oldest < floor:
+            floor = oldest
+        if floor is None:
+            return None
+        if floor != self.floor:
+            log.debug("trim floor %s", format_lsn(floor))
+        self.floor = floor
+        for target in self._targets():
+            target.trim_below(floor)
+        return floor
+
+    async def run(
+        self, ck: Any, settings: dict[str, Any], topics: list[str], call_timeout: float
+    ) -> None:
+        """Read the group (a consumer with ``settings`` that never joins it) and
+        trim, until cancelled; ``call_timeout`` bounds each call to the cluster.
+        A cluster that does not answer trims nothing."""
+        reader: Any = None
+        try:
+            while True:
+                try:
+                    reader = reader or ck.Consumer(settings)
+                    parts = await asyncio.to_thread(
+                        read_group_marks, ck, reader, topics, call_timeout
+                    )
+                except Exception as e:
+                    self.error = str(e)
+                    log.debug("reading the group's committed offsets failed: %s", e)
+                else:
+                    self.error = None
+                    self.step(parts)
+                await asyncio.sleep(READ_INTERVAL)  # a timer, not synchronisation
+        finally:
+            if reader is not None:
+                await asyncio.to_thread(reader.close)
