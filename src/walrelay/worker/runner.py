@@ -273,8 +273,8 @@ class Worker:
     def _start_trim(self, ck: Any) -> asyncio.Task[None] | None:
         """Trim the destinations' ledger / applied-events rows below the group's
         replay floor (walrelay.worker.trim), if any destination keeps such rows."""
-        if not self.destinations.trim_targets():
-            return None
+        if self.eos_destination is not None or not self.destinations.trim_targets():
+            return None  # Kafka -> Kafka exactly once (the only destination) keeps no rows
         k = self.kafka
         self.trim = GroupTrim(
             targets=self.destinations.trim_targets,

@@ -70,7 +70,7 @@ __all__ = [
 
 log = logging.getLogger("walrelay.worker.trim")
 
-READ_INTERVAL = 5.0
+READ_INTERVAL = 10.0
 """Seconds between two readings of the group's committed offsets and marks."""
 
 MARK_PREFIX = "walrelay.lsn="
