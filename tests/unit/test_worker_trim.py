@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
+from walrelay.errors import ConfigError
 from walrelay.model import Lsn
 from walrelay.worker.config import parse_worker_config
 from walrelay.worker.offsets import Origin
@@ -17,6 +20,7 @@ from walrelay.worker.trim import (
     commit_mark,
     parse_mark,
     replay_floor,
+    why_no_floor,
 )
 
 TP = ("cdc.public.t", 0)
@@ -112,6 +116,16 @@ def test_a_backlog_without_a_mark_stops_trimming() -> None:
 
 def test_no_partitions_no_floor() -> None:
     assert replay_floor([]) is None
+    assert why_no_floor([]) == "no partition has a committed offset yet"
+
+
+def test_the_log_says_which_partition_stops_trimming() -> None:
+    assert "cdc.public.t[1] has records and no committed offset" in why_no_floor(
+        [part(0, 10, 500, 20), part(1, None, None, end=5)]
+    )
+    assert "cdc.public.t[1]'s committed offset carries no walrelay LSN mark" in why_no_floor(
+        [part(0, 10, 500, 20), part(1, 3, None, 9)]
+    )
 
 
 # --------------------------------------------------------------------------- the hold
@@ -174,15 +188,30 @@ def test_the_oldest_parked_event_holds_the_floor_and_no_floor_trims_nothing() ->
 # --------------------------------------------------------------------------- the worker's commits
 
 
-def _worker() -> Worker:
-    config: Any = parse_worker_config(
+def _config(**worker: Any) -> Any:
+    return parse_worker_config(
         {
-            "worker": {"kafka": {"bootstrap": "127.0.0.1:9", "group": "g", "topics": [TP[0]]}},
+            "worker": {
+                "kafka": {"bootstrap": "127.0.0.1:9", "group": "g", "topics": [TP[0]]},
+                **worker,
+            },
             "state": {"dsn": "postgresql://u@127.0.0.1:9/db"},
             "destinations": [{"name": "hook", "sink": {"type": "stdout"}}],
-        }
+        },
+        "worker.yaml",
     )
-    return Worker(config, name="w")
+
+
+def _worker() -> Worker:
+    return Worker(_config(), name="w")
+
+
+def test_the_retention_is_a_duration_and_a_bad_one_is_one_clear_line() -> None:
+    assert _config(dedup_retention="5m").worker.dedup_retention == 300.0
+    assert _config(dedup_retention=0).worker.dedup_retention == 0.0
+    with pytest.raises(ConfigError) as e:
+        _config(dedup_retention="-1s")
+    assert "worker.dedup_retention" in str(e.value) and "\n" not in str(e.value)
 
 
 async def test_each_offset_the_worker_commits_carries_its_mark() -> None:

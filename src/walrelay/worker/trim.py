@@ -66,6 +66,7 @@ __all__ = [
     "parse_mark",
     "read_group_marks",
     "replay_floor",
+    "why_no_floor",
 ]
 
 log = logging.getLogger("walrelay.worker.trim")
@@ -167,6 +168,20 @@ def replay_floor(parts: Sequence[PartitionMark]) -> Lsn | None:
     return max(marks) if marks else None
 
 
+def why_no_floor(parts: Sequence[PartitionMark]) -> str:
+    """Why :func:`replay_floor` found none (for the log)."""
+    for p in parts:
+        where = f"{p.topic}[{p.partition}]"
+        if p.committed is None and p.end > p.low:
+            return f"{where} has records and no committed offset (the group may read it all)"
+        if p.committed is not None and p.committed < p.end and p.mark is None:
+            return (
+                f"{where}'s committed offset carries no walrelay LSN mark"
+                " (committed by another client or an older walrelay)"
+            )
+    return "no partition has a committed offset yet"
+
+
 class FloorHold:
     """Replay floors over time: the lowest one read over the last ``retention``
     seconds, starting from one read at least that long ago (None until then,
@@ -241,11 +256,16 @@ class GroupTrim:
         self.replay_floor: Lsn | None = None  # the last reading's
         self.floor: Lsn | None = None  # the last one handed to the targets
         self.error: str | None = None
+        self._blocked: str | None = None  # why the last reading found no floor (logged once)
 
     def step(self, parts: Sequence[PartitionMark]) -> Lsn | None:
         """Take one reading of the group; hand the floor to the targets (and return it)."""
         self.replay_floor = replay_floor(parts)
         self.hold.add(self.replay_floor)
+        blocked = None if self.replay_floor is not None else why_no_floor(parts)
+        if blocked is not None and blocked != self._blocked:
+            log.info("dedup rows are not trimmed for now: %s", blocked)
+        self._blocked = blocked
         floor = self.hold.floor()
         oldest = self._oldest_parked()
         if floor is not None and oldest is not None and oldest < floor:
