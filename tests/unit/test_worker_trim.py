@@ -9,6 +9,7 @@ import pytest
 
 from walrelay.errors import ConfigError
 from walrelay.model import Lsn
+from walrelay.worker import trim as trim_module
 from walrelay.worker.config import parse_worker_config
 from walrelay.worker.offsets import Origin
 from walrelay.worker.runner import Worker
@@ -71,6 +72,21 @@ def test_the_mark_is_the_lowest_lsn_read_at_or_past_the_offset() -> None:
     # Nothing read past the offset: the last record read (later ones are newer).
     assert lsns.mark(TP, 6) == 150
     assert lsns.mark(("other", 0), 0) is None
+
+
+def test_a_long_window_is_merged_into_lower_marks_never_higher(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(trim_module, "WINDOW_ENTRIES", 4)
+    lsns = ReadLsns()
+    # Offset 0 is stuck at a sink while the rest are read and delivered.
+    for offset in range(100):
+        lsns.read(Origin(TP, 1, offset), 1000 + offset)
+    assert lsns.mark(TP, 0) == 1000
+    # Once offset 0 is done, the mark at 1 may be lower than exact (1001), never higher.
+    assert lsns.mark(TP, 1) == 1000
+    assert lsns.mark(TP, 97) == 1097  # past the merged entries: exact again
+    assert lsns.mark(TP, 100) == 1099
 
 
 def test_a_new_assignment_starts_the_marks_over_and_revoked_partitions_are_forgotten() -> None:

@@ -76,6 +76,11 @@ READ_INTERVAL = 10.0
 
 MARK_PREFIX = "walrelay.lsn="
 
+WINDOW_ENTRIES = 2048
+"""Commit LSNs kept per partition for the marks. Past it the two oldest merge
+(into the later offset with the lower LSN): marks may come out lower than
+exact, never higher, and a record stuck at a sink keeps memory bounded."""
+
 
 def commit_mark(lsn: Lsn) -> str:
     """The metadata committed with an offset: a lower bound of the commit LSNs
@@ -95,37 +100,48 @@ def parse_mark(metadata: str | bytes | None) -> Lsn | None:
         return None
 
 
+class _Window:
+    __slots__ = ("epoch", "last", "lsns")
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.last: Lsn = 0  # the last record's commit LSN
+        # (offset, lsn) in offset order, with increasing lsns: the front is the minimum.
+        self.lsns: collections.deque[tuple[int, Lsn]] = collections.deque()
+
+
 class ReadLsns:
     """Per assigned partition, the commit LSNs of the records read in this
     assignment: the lowest one at or past an offset (a sliding-window minimum;
     the window's start, the safe offset, only moves forward)."""
 
     def __init__(self) -> None:
-        # tp -> (epoch, (offset, lsn) with increasing lsns, the last record's lsn)
-        self._parts: dict[TopicPartition, tuple[int, collections.deque[tuple[int, Lsn]], Lsn]] = {}
+        self._parts: dict[TopicPartition, _Window] = {}
 
     def read(self, origin: Origin, lsn: Lsn) -> None:
         """A record of ``origin`` carrying an event of commit LSN ``lsn`` was read."""
-        part = self._parts.get(origin.tp)
-        if part is None or part[0] != origin.epoch:
-            window: collections.deque[tuple[int, Lsn]] = collections.deque()
-        else:
-            window = part[1]
-            while window and window[-1][1] >= lsn:
-                window.pop()
-        window.append((origin.offset, lsn))
-        self._parts[origin.tp] = (origin.epoch, window, lsn)
+        window = self._parts.get(origin.tp)
+        if window is None or window.epoch != origin.epoch:
+            window = self._parts[origin.tp] = _Window(origin.epoch)
+        lsns = window.lsns
+        while lsns and lsns[-1][1] >= lsn:
+            lsns.pop()
+        lsns.append((origin.offset, lsn))
+        window.last = lsn
+        if len(lsns) > WINDOW_ENTRIES:
+            _offset, lowest = lsns.popleft()
+            lsns[0] = (lsns[0][0], lowest)
 
     def mark(self, tp: TopicPartition, offset: int) -> Lsn | None:
         """A lower bound of the commit LSNs of ``tp``'s records at ``offset`` and
         later (None: no record read in this assignment). Forgets what lies below."""
-        part = self._parts.get(tp)
-        if part is None:
+        window = self._parts.get(tp)
+        if window is None:
             return None
-        _epoch, window, last = part
-        while window and window[0][0] < offset:
-            window.popleft()
-        return window[0][1] if window else last
+        lsns = window.lsns
+        while lsns and lsns[0][0] < offset:
+            lsns.popleft()
+        return lsns[0][1] if lsns else window.last
 
     def retain(self, tps: Iterable[TopicPartition]) -> None:
         """Forget partitions no longer assigned."""
