@@ -328,6 +328,10 @@ class Worker:
             "error": self.group_lag_error,
         }
 
+    def trim_status(self) -> dict[str, Any] | None:
+        """The dedup rows' trim floor (walrelay.worker.trim), or None when not trimming."""
+        return None if self.trim is None else self.trim.status()
+
     def _check_topics(self, ck: Any, consumer: Consumer) -> None:
         """The cluster answers and has the topics: else one clear error at start."""
         k = self.kafka

@@ -295,6 +295,17 @@ class GroupTrim:
             target.trim_below(floor)
         return floor
 
+    def status(self) -> dict[str, Any]:
+        """For the worker's status: the floor handed to the sinks and why not."""
+        return {
+            "floor": None if self.floor is None else format_lsn(self.floor),
+            "floor_lsn": self.floor,
+            "replay_floor": None if self.replay_floor is None else format_lsn(self.replay_floor),
+            "retention": self.hold.retention,
+            "blocked": self._blocked,
+            "error": self.error,
+        }
+
     async def run(
         self, ck: Any, settings: dict[str, Any], topics: list[str], call_timeout: float
     ) -> None:
