@@ -190,6 +190,23 @@ def test_a_reading_without_floor_blocks_trimming_for_the_retention() -> None:
     assert hold.floor() == 400
 
 
+def test_a_long_retention_keeps_few_readings_and_never_a_higher_floor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(trim_module, "HOLD_READINGS", 3)
+    clock = Clock()
+    hold = FloorHold(100.0, clock)
+    for floor in (100, 100, 100, 150, 120, 200, 300):  # one reading a second
+        hold.add(floor)
+        clock.now += 1
+    assert len(hold._readings) == 3
+    # 100 s after the first reading: the lowest since then, 100 (merged, not lost).
+    clock.now = 1000.0 + 100
+    assert hold.floor() == 100
+    clock.now = 1000.0 + 106
+    assert hold.floor() == 300
+
+
 def test_the_oldest_parked_event_holds_the_floor_and_no_floor_trims_nothing() -> None:
     target = Target()
     parked: list[Lsn | None] = [None]

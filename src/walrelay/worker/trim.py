@@ -74,6 +74,10 @@ log = logging.getLogger("walrelay.worker.trim")
 READ_INTERVAL = 10.0
 """Seconds between two readings of the group's committed offsets and marks."""
 
+HOLD_READINGS = 4096
+"""Readings a :class:`FloorHold` keeps (10 s apart: 11 hours); a longer retention
+merges the oldest ones."""
+
 MARK_PREFIX = "walrelay.lsn="
 
 WINDOW_ENTRIES = 2048
@@ -209,7 +213,17 @@ class FloorHold:
         self._readings: collections.deque[tuple[float, Lsn | None]] = collections.deque()
 
     def add(self, floor: Lsn | None) -> None:
-        self._readings.append((self._clock(), floor))
+        readings = self._readings
+        if readings and readings[-1][1] == floor:
+            return  # the earlier reading of the same floor answers for both
+        readings.append((self._clock(), floor))
+        if len(readings) > HOLD_READINGS:
+            # A long retention: the two oldest merge into the older time and the
+            # lower floor (None is lowest), so the floor can only come out lower.
+            t, first = readings.popleft()
+            second = readings[0][1]
+            lower = None if first is None or second is None else min(first, second)
+            readings[0] = (t, lower)
 
     def floor(self) -> Lsn | None:
         readings = self._readings
