@@ -29,6 +29,7 @@ from walrelay.worker import trim as trim_module
 from walrelay.worker.config import parse_worker_config
 from walrelay.worker.partitioner import partition_for
 from walrelay.worker.runner import Worker
+from walrelay.worker.trim import GroupParked
 
 pytestmark = pytest.mark.servers
 
@@ -189,6 +190,20 @@ async def test_rows_below_the_groups_replay_floor_are_trimmed_and_a_backlogs_row
             kept = {eid(lsn) for lsn in (0x104, 0x105, 0x106)}
             assert await ids(db, ledger, "walrelay/hook") == kept
             assert await ids(target_db, applied, "pg") == kept | {eid(0x103)}
+        # Another member's parked event holds the floor: it is read from the state database.
+        parked = GroupParked(db, "walrelay", ["hook", "other"])
+        try:
+            assert await parked.oldest() is None
+            execute(
+                db,
+                "insert into walrelay.parked_events (destination, commit_lsn, seq, event_id,"
+                " keys, op, table_name, xid, committed_at, payload, size)"
+                " values ('other', 258, 0, '0000000000000102/0', '{k}', 'update', 'public.t',"
+                " 1, now(), '{}', 2)",
+            )
+            assert await parked.oldest() == 0x102
+        finally:
+            await parked.close()
         # The held key's partition goes back to its committed offset (the held
         # record): a rebalance replay. Mark the target rows a replay would overwrite.
         execute(target_db, f"update t set v = 99 where id in ({held}, {behind})")

@@ -215,7 +215,9 @@ def test_the_oldest_parked_event_holds_the_floor_and_no_floor_trims_nothing() ->
     parked[0] = 250
     assert trim.step([part(0, 12, 600, 20)]) == 250
     assert trim.step([part(0, 12, 600, 20), part(1, None, None, 3)]) is None
-    assert target.floors == [500, 250]
+    # Parked by another member (read from the state database): it holds the floor too.
+    assert trim.step([part(0, 12, 600, 20)], parked=200) == 200
+    assert target.floors == [500, 250, 200]
 
 
 # --------------------------------------------------------------------------- the worker's commits

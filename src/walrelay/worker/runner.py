@@ -68,7 +68,7 @@ from walrelay.worker.config import WorkerFileConfig, is_kafka_exactly_once
 from walrelay.worker.group_lag import PartitionLag, read_group_lag
 from walrelay.worker.offsets import OffsetTracker, Origin, OriginMap, TopicPartition
 from walrelay.worker.records import NotAnEnvelope, event_from_record
-from walrelay.worker.trim import GroupTrim, ReadLsns, commit_mark
+from walrelay.worker.trim import GroupParked, GroupTrim, ReadLsns, commit_mark
 
 if TYPE_CHECKING:
     from confluent_kafka import Consumer, Message
@@ -276,10 +276,16 @@ class Worker:
         if self.eos_destination is not None or not self.destinations.trim_targets():
             return None  # Kafka -> Kafka exactly once (the only destination) keeps no rows
         k = self.kafka
+        store = self.destinations.parking
+        parked = None
+        if store is not None and store.destinations:
+            cfg = self.engine_config
+            parked = GroupParked(cfg.state_dsn, cfg.state.schema, sorted(store.destinations))
         self.trim = GroupTrim(
             targets=self.destinations.trim_targets,
             oldest_parked=self.destinations.oldest_parked,
             retention=self.config.worker.dedup_retention,
+            group_parked=parked,
         )
         settings = {**self._consumer_config(), "client.id": f"walrelay-{self.name}-trim"}
         timeout = min(30.0, max(5.0, k.session_timeout))

@@ -26,9 +26,10 @@ in ``walrelay run``.
    it stops trimming. When no partition has a backlog, the highest mark (new
    records are new events). Read from the cluster like the group's lag
    (:mod:`walrelay.worker.group_lag`), for every partition whoever owns it.
-2. *Parking*: parked events are retried below any offset; the oldest parked
-   commit LSN of the worker's destinations holds the floor (as in ``walrelay
-   run``).
+2. *Parking*: parked events are retried below any offset, by any member; the
+   oldest parked commit LSN of the worker's destinations -- in the state
+   database, whoever parked it, and in the local index -- holds the floor (as
+   in ``walrelay run``).
 3. *The relay*: in ``at_least_once`` mode it writes an event again after a
    crash (with its old id, as a new record) and may write a partition's
    records slightly out of id order. No offset shows that, so the floor
@@ -52,13 +53,18 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
+
+from walrelay.dsn import masked_dsn, scrub
 from walrelay.model import Lsn, format_lsn, parse_lsn
 from walrelay.pipeline.ledger import TrimAware
+from walrelay.state.parking import ParkedEventsTable
 from walrelay.worker.offsets import Origin, TopicPartition
 
 __all__ = [
     "MARK_PREFIX",
     "FloorHold",
+    "GroupParked",
     "GroupTrim",
     "PartitionMark",
     "ReadLsns",
@@ -268,6 +274,37 @@ def read_group_marks(
     return out
 
 
+class GroupParked:
+    """The oldest parked event of the worker's destinations in the state
+    database, whoever parked it (the local parking index knows only the rows it
+    read at its last assignment): one indexed query per reading."""
+
+    def __init__(self, dsn: str, schema: str, destinations: list[str]) -> None:
+        self._dsn = dsn
+        self._table = ParkedEventsTable(schema)
+        self.destinations = destinations
+        self._conn: psycopg.AsyncConnection[tuple[Any, ...]] | None = None
+
+    async def oldest(self) -> Lsn | None:
+        """Raises ``OSError`` (a clean one-line message) when the database does not answer."""
+        try:
+            conn = self._conn
+            if conn is None or conn.closed:
+                conn = self._conn = await psycopg.AsyncConnection.connect(
+                    self._dsn, autocommit=True, application_name="walrelay-trim", connect_timeout=10
+                )
+            return await self._table.oldest_commit_lsn(conn, self.destinations)
+        except psycopg.Error as e:
+            await self.close()
+            text = scrub(str(e).strip(), self._dsn)
+            raise OSError(f"state database {masked_dsn(self._dsn)}: {text}") from None
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close()
+
+
 class GroupTrim:
     """Sets the destinations' trim floor from the group's committed offsets,
     every :data:`READ_INTERVAL` seconds (see the module docstring)."""
@@ -278,18 +315,21 @@ class GroupTrim:
         targets: Callable[[], Iterable[TrimAware]],
         oldest_parked: Callable[[], Lsn | None],
         retention: float,
+        group_parked: GroupParked | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._targets = targets
         self._oldest_parked = oldest_parked
+        self._group_parked = group_parked
         self.hold = FloorHold(retention, clock)
         self.replay_floor: Lsn | None = None  # the last reading's
         self.floor: Lsn | None = None  # the last one handed to the targets
         self.error: str | None = None
         self._blocked: str | None = None  # why the last reading found no floor (logged once)
 
-    def step(self, parts: Sequence[PartitionMark]) -> Lsn | None:
-        """Take one reading of the group; hand the floor to the targets (and return it)."""
+    def step(self, parts: Sequence[PartitionMark], parked: Lsn | None = None) -> Lsn | None:
+        """Take one reading of the group (``parked``: the group's oldest parked
+        commit LSN); hand the floor to the targets (and return it)."""
         self.replay_floor = replay_floor(parts)
         self.hold.add(self.replay_floor)
         blocked = None if self.replay_floor is not None else why_no_floor(parts)
@@ -297,9 +337,9 @@ class GroupTrim:
             log.info("dedup rows are not trimmed for now: %s", blocked)
         self._blocked = blocked
         floor = self.hold.floor()
-        oldest = self._oldest_parked()
-        if floor is not None and oldest is not None and oldest < floor:
-            floor = oldest
+        for oldest in (self._oldest_parked(), parked):
+            if floor is not None and oldest is not None and oldest < floor:
+                floor = oldest
         if floor is None:
             return None
         if floor != self.floor:
@@ -325,7 +365,7 @@ class GroupTrim:
     ) -> None:
         """Read the group (a consumer with ``settings`` that never joins it) and
         trim, until cancelled; ``call_timeout`` bounds each call to the cluster.
-        A cluster that does not answer trims nothing."""
+        A cluster or state database that does not answer trims nothing."""
         reader: Any = None
         try:
             while True:
@@ -334,13 +374,17 @@ class GroupTrim:
                     parts = await asyncio.to_thread(
                         read_group_marks, ck, reader, topics, call_timeout
                     )
+                    group = self._group_parked
+                    parked = None if group is None else await group.oldest()
                 except Exception as e:
                     self.error = str(e)
                     log.debug("reading the group's committed offsets failed: %s", e)
                 else:
                     self.error = None
-                    self.step(parts)
+                    self.step(parts, parked)
                 await asyncio.sleep(READ_INTERVAL)  # a timer, not synchronisation
         finally:
             if reader is not None:
                 await asyncio.to_thread(reader.close)
+            if self._group_parked is not None:
+                await self._group_parked.close()
