@@ -892,3 +892,102 @@ async def test_a_commit_whose_answer_is_lost_is_settled_not_sent_twice(
     assert LostAnswer.commits >= 3  # the lost answer, and transactions after it
     counts = Counter((key, v) for _p, _o, key, v in seen.records)
     assert len(seen.records) == len(rows) and set(counts.values()) == {1}, counts.most_common(3)
+
+
+async def test_an_offsets_commit_after_a_commit_in_doubt_never_takes_the_group_back(
+    kafka: KafkaServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transaction commits but its answer is lost; before its batch is retried,
+    an offsets-only commit comes (a revoke's, from offsets that do not count the
+    batch): the sink settles the doubt first, so the group's offset stays past
+    the batch, and the retried batch is not produced again."""
+    import confluent_kafka
+
+    import walrelay.sinks.kafka as kafka_module
+    from walrelay.errors import SinkError
+    from walrelay.sinks.kafka_offsets import KafkaOffsetsSink, Offsets
+
+    class LostAnswer(confluent_kafka.Producer):
+        lose = False
+
+        def commit_transaction(self, *args: Any) -> None:
+            super().commit_transaction(*args)
+            if LostAnswer.lose:
+                LostAnswer.lose = False
+                error = confluent_kafka.KafkaError(
+                    confluent_kafka.KafkaError._TIMED_OUT, "test: the answer was lost"
+                )
+                raise confluent_kafka.KafkaException(error)
+
+    wrapped = SimpleNamespace(**{**vars(confluent_kafka), "Producer": LostAnswer})
+    monkeypatch.setattr(kafka_module, "import_extra", lambda *_: wrapped)
+    tag = uuid.uuid4().hex[:6]
+    source, output, group = f"settlein{tag}", f"settleout{tag}", f"g-settle{tag}"
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
+    for name in (source, output):
+        admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)])[name].result(
+            30
+        )
+    consumer = reading_consumer(kafka.bootstrap, group)
+
+    class Source:
+        """The worker as the sink sees it: the offsets each batch commits."""
+
+        offsets: Offsets = []
+
+        def prepare(self, events: Any) -> tuple[Any, Offsets, Any]:
+            return events, self.offsets, consumer.consumer_group_metadata()
+
+        def committed(self, offsets: Offsets) -> None:
+            pass
+
+        def group_offsets(
+            self, partitions: list[tuple[str, int]], timeout: float
+        ) -> dict[tuple[str, int], int]:
+            asked = [TopicPartition(t, p) for t, p in partitions]
+            return {(c.topic, c.partition): c.offset for c in consumer.committed(asked, timeout)}
+
+    def batch(ids: range) -> list[Any]:
+        return [
+            make_event(
+                0x100,
+                i,
+                keys=(f"public.t\x1f{i}",),
+                body=orjson.dumps({"key": {"id": i}, "record": {"v": 1}}),
+            )
+            for i in ids
+        ]
+
+    src = Source()
+    sink = KafkaOffsetsSink(
+        KafkaSinkConfig(
+            bootstrap_servers=kafka.bootstrap,
+            mode="exactly_once",
+            topic=output,
+            delivery_timeout=10,
+        ),
+        SinkContext(slot="s", destination="settle", tables=("public.t",)),
+        source=src,
+        member="m",
+    )
+    seen = CommittedOutput(kafka.bootstrap, output, 1)
+    await sink.open()
+    try:
+        src.offsets = [(source, 0, 5)]
+        await sink.deliver(batch(range(5)))
+        LostAnswer.lose = True
+        src.offsets = [(source, 0, 10)]
+        with pytest.raises(SinkError):
+            await sink.deliver(batch(range(5, 10)))
+        # A revoke's commit, from offsets that do not count the batch in doubt.
+        metadata = consumer.consumer_group_metadata()
+        assert await sink.commit_offsets([(source, 0, 7)], metadata) == []
+        await sink.deliver(batch(range(5, 10)))  # the retry
+        done = await asyncio.to_thread(consumer.committed, [TopicPartition(source, 0)], 10)
+        assert done[0].offset == 10
+        await wait_for(seen.at_end, what="the whole output read")
+    finally:
+        await sink.close()
+        seen.close()
+        consumer.close()
+    assert sorted(key for _p, _o, key, _v in seen.records) == list(range(10))

@@ -32,11 +32,14 @@ Why this is exact, and what it needs from the worker (:class:`ConsumedOffsets`):
   ``init_transactions`` aborts the transaction its killed predecessor left
   open instead of leaving the partitions blocked until
   ``transaction.timeout.ms``.
-- A commit whose outcome is unknown (it timed out) is settled before its
-  batch is retried: a new producer's ``init_transactions`` finishes or aborts
-  it, then the group's committed offsets (:meth:`ConsumedOffsets.group_offsets`)
-  say whether the batch is in the output already -- the relay's sink reads
-  its checkpoint for the same question.
+- A commit whose outcome is unknown (it timed out) is settled before
+  anything else is committed -- its batch retried, or an offsets-only commit
+  (which could otherwise take the group's offsets back below it): a new
+  producer's ``init_transactions`` finishes or aborts it, then the group's
+  committed offsets (:meth:`ConsumedOffsets.group_offsets`) say whether it
+  committed; if so its events (by id and key) are not sent again -- the
+  relay's sink reads its checkpoint for the same question. A transaction
+  that moved no offset cannot be told this way: its batch is sent again.
 - No ledger and no checkpoint: ids are not compared (a worker's events
   interleave partitions, so ids do not increase), and the worker must have
   this as its only destination (the group has one offset per partition).
@@ -54,6 +57,7 @@ import logging
 import math
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from walrelay.errors import SinkError, SinkUnavailable
@@ -72,6 +76,19 @@ log = logging.getLogger("walrelay.sinks.kafka")
 
 Offsets = list[tuple[str, int, int]]
 """(topic, partition, offset to commit: the next record to read)."""
+
+
+@dataclass(frozen=True)
+class _Doubt:
+    """A transaction whose commit failed with an unknown outcome: the offsets it
+    committed and which events (id and grouping key) it held."""
+
+    offsets: Offsets
+    events: frozenset[tuple[str, tuple[str, ...]]]
+
+
+def _identities(events: Sequence[Event]) -> frozenset[tuple[str, tuple[str, ...]]]:
+    return frozenset((e.id, tuple(e.keys)) for e in events)
 
 
 class ConsumedOffsets(Protocol):
@@ -118,8 +135,10 @@ class KafkaOffsetsSink(KafkaSink):
         self.transaction_interval = math.inf
         self.transaction_bytes = sys.maxsize
         self._sealing: tuple[Offsets, Any] | None = None
-        # The offsets of a transaction whose outcome is unknown (a failed commit).
-        self._in_doubt: Offsets | None = None
+        # A transaction whose outcome is unknown (a failed commit), until settled.
+        self._in_doubt: _Doubt | None = None
+        # One settled as committed: its batch, when retried, is not sent again.
+        self._committed_doubt: _Doubt | None = None
         # Per partition, the highest offset this sink has committed (on its thread).
         self._sent: dict[tuple[str, int], int] = {}
 
@@ -162,11 +181,15 @@ class KafkaOffsetsSink(KafkaSink):
         self, events: Sequence[Event], offsets: Offsets, group: Any
     ) -> Offsets:
         if self._in_doubt is not None:
-            settled = self._settled_as_committed(offsets)
-            if settled is not None:
-                # The batch being retried is in the output already (the checkpoint's
-                # job in the relay's sink: the group's offsets say so here).
-                return settled
+            self._settle()
+        done, self._committed_doubt = self._committed_doubt, None
+        if done is not None:
+            # The batch being retried is in the output already (the checkpoint's
+            # job in the relay's sink: the group's offsets said so here).
+            left = [e for e in events if (e.id, tuple(e.keys)) not in done.events]
+            if not left:
+                return done.offsets
+            events = left
         fresh = self._fresh(offsets)
         self._sealing = (fresh, group)
         try:
@@ -175,8 +198,9 @@ class KafkaOffsetsSink(KafkaSink):
             self._deliver_transactional(events)
         except SinkError:
             if self._needs_reset and fresh:
-                # Perhaps committed (a commit that timed out): settled before the retry.
-                self._in_doubt = fresh
+                # Perhaps committed (a commit that timed out): settled before
+                # anything else is committed (_settle).
+                self._in_doubt = _Doubt(fresh, _identities(events))
             raise
         finally:
             self._sealing = None
@@ -184,36 +208,34 @@ class KafkaOffsetsSink(KafkaSink):
         self._remember(fresh)
         return fresh
 
-    def _settled_as_committed(self, offsets: Offsets) -> Offsets | None:
-        """The offsets of the transaction in doubt if it committed, else None. A
-        new producer's ``init_transactions`` finishes or aborts it first; then
-        the group's offsets, for the partitions still ours (``offsets``), tell."""
+    def _settle(self) -> None:
+        """Finish the transaction in doubt and learn whether it committed: a new
+        producer's ``init_transactions`` commits or aborts it, then the group's
+        offsets tell. Committed: its offsets count as sent (an offsets-only
+        commit must not take the group back below them) and its batch, when
+        retried, is not sent again. Done before anything else is committed."""
         doubt = self._in_doubt
         assert doubt is not None
         self._reset_transactional()
-        self._in_doubt = None
-        ours = {(t, p) for t, p, _ in offsets}
-        check = {(t, p): o for t, p, o in doubt if (t, p) in ours}
-        if not check:
-            return None
         try:
-            done = self.source.group_offsets(list(check), self.delivery_timeout)
+            done = self.source.group_offsets(
+                [(t, p) for t, p, _ in doubt.offsets], self.delivery_timeout
+            )
         except Exception as exc:
-            self._in_doubt = doubt
             raise SinkUnavailable(
                 f"kafka sink {self.bootstrap}: cannot read the group's offsets to settle a"
                 f" transaction: {exc}"
             ) from None
-        if not all(done.get(tp, -1) >= o for tp, o in check.items()):
-            return None
-        settled = [(t, p, o) for (t, p), o in check.items()]
-        self._remember(settled)
+        self._in_doubt = None
+        if not all(done.get((t, p), -1) >= o for t, p, o in doubt.offsets):
+            return
+        self._remember(doubt.offsets)
+        self._committed_doubt = doubt
         log.info(
             "kafka sink %s: the transaction whose commit failed was committed after all;"
-            " not sending its batch again",
+            " its batch is not sent again",
             self.bootstrap,
         )
-        return settled
 
     def _seal(self, producer: Producer, last: Event, on_delivery: Any) -> None:
         sealing = self._sealing
@@ -229,6 +251,8 @@ class KafkaOffsetsSink(KafkaSink):
         )
 
     def _offsets_only(self, offsets: Offsets, group: Any) -> Offsets:
+        if self._in_doubt is not None:
+            self._settle()
         fresh = self._fresh(offsets)
         if not fresh:
             return []
