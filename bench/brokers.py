@@ -71,6 +71,8 @@ class Case:
     # A bare client of the same library on the same broker (bench/broker_references.py).
     reference: refs.Reference | None = None
     reference_notes: str = ""
+    # More keys of the destination's config (e.g. its ledger).
+    destination: dict[str, Any] = field(default_factory=dict)
     # More references beside the main one: (label, reference).
     more_references: tuple[tuple[str, refs.Reference], ...] = ()
     result: dict[str, Any] = field(default_factory=dict)
@@ -241,6 +243,17 @@ CASES = [
         reference=webhook_ref.reference,
         reference_notes="aiohttp, the same signed POSTs, 32 in flight",
     ),
+    Case(
+        "webhook, no ledger",
+        "b_webhook_nl",
+        webhook_ref.WebhookReceiver,
+        webhook_ref.sink,
+        webhook_ref.count,
+        notes="as webhook, ledger: {type: none} (what the ledger costs)",
+        destination={"ledger": {"type": "none"}},
+        reference=webhook_ref.reference,
+        reference_notes="aiohttp, the same signed POSTs, 32 in flight",
+    ),
     *(
         Case(
             f"postgres {mode}",
@@ -347,7 +360,13 @@ def run_case(
             },
             # One destination name per case: the dedup ledger (in front of the
             # non-transactional sinks) is keyed by destination name.
-            "destinations": [{"name": f"bench-{case.slot}", "sink": case.sink(server, workdir)}],
+            "destinations": [
+                {
+                    "name": f"bench-{case.slot}",
+                    "sink": case.sink(server, workdir),
+                    **case.destination,
+                }
+            ],
             "http": {"enabled": False},
             "monitor": {"enabled": False},
             "log_level": "info",
