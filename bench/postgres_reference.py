@@ -81,8 +81,14 @@ def sink(ordered: bool) -> Callable[[Target, Path], dict[str, Any]]:
 def count(server: Target, _: Path) -> int:
     with psycopg.connect(server.dsn(), autocommit=True) as conn:
         row = conn.execute("select count(*) from bench").fetchone()
-        assert row is not None
-        return int(row[0])
+        # Every transaction of the database so far: the sink's, a few of its set-up,
+        # this count's (the statistics lag by up to a second).
+        commits = conn.execute(
+            "select xact_commit from pg_stat_database where datname = current_database()"
+        ).fetchone()
+    assert row is not None and commits is not None
+    print(f"  the target has {row[0]:,} rows and ~{commits[0]:,} transactions", flush=True)
+    return int(row[0])
 
 
 def _rows(payloads: Sequence[Payload]) -> list[tuple[Any, ...]]:
