@@ -25,3 +25,9 @@ def test_runs_keep_order_and_split_where_a_row_repeats() -> None:
         (delete, [({"d": 1}, {"d": 2})]),
         (up, [([{"a": 4}],)]),
     ]
+
+
+def test_a_run_of_upserts_is_cut_at_the_size_limit() -> None:
+    statements = [(b"upsert", (f'{{"a":{i}}}',), (str(i),)) for i in range(5)]
+    sizes = [len(json.loads(p[0][0])) for _, p in _runs(statements, max_chars=14)]
+    assert sizes == [2, 2, 1]  # each body is 7 characters

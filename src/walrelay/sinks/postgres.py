@@ -102,6 +102,8 @@ TRIM_INTERVAL = 1.0  # seconds between deletions of old applied-event records
 # event bodies -- the target key of its row: consecutive upserts of distinct rows go
 # as one statement (one upsert may not touch a row twice).
 _Statement = tuple[bytes, tuple[Any, ...], tuple[Any, ...] | None]
+# Bodies in one upsert's JSON array at most (a PostgreSQL value is at most 1 GB).
+MAX_ARRAY_CHARS = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -523,25 +525,34 @@ class PostgresSink:
         return [(q.as_bytes(conn), (), None)]
 
 
-def _runs(statements: Sequence[_Statement]) -> Iterator[tuple[bytes, list[tuple[Any, ...]]]]:
+def _runs(
+    statements: Sequence[_Statement], max_chars: int = MAX_ARRAY_CHARS
+) -> Iterator[tuple[bytes, list[tuple[Any, ...]]]]:
     """The statements as (query, parameter sets) in their order: a run of upserts
-    of one query and distinct rows as one statement with the JSON array of
-    their bodies; a run of another query as one parameter set each."""
+    of one query and distinct rows (up to ``max_chars`` of bodies) as one
+    statement with the JSON array of their bodies; a run of another query as
+    one parameter set each."""
     query: bytes | None = None
     params: list[tuple[Any, ...]] = []
     bodies: list[str] = []
+    chars = 0
     rows: set[tuple[Any, ...]] | None = None  # of the current run of upserts
     for q, p, row in statements:
-        if q != query or (row is None) != (rows is None) or (rows is not None and row in rows):
+        if (
+            q != query
+            or (row is None) != (rows is None)
+            or (rows is not None and (row in rows or chars + len(p[0]) > max_chars))
+        ):
             if query is not None:
                 yield query, params if rows is None else [(_json_array(bodies),)]
-            query, params, bodies = q, [], []
+            query, params, bodies, chars = q, [], [], 0
             rows = None if row is None else set()
         if rows is None or row is None:
             params.append(p)
         else:
             rows.add(row)
             bodies.append(p[0])
+            chars += len(p[0])
     if query is not None:
         yield query, params if rows is None else [(_json_array(bodies),)]
 
