@@ -13,8 +13,11 @@ counted and the broker stopped.
 Sinks: file (fsync per batch), Kafka exactly_once (transactions + checkpoint)
 and at_least_once (idempotent producer, dedup ledger in front), NATS
 JetStream, Redis Streams, RabbitMQ (publisher confirms, dedup ledger in
-front). Brokers run with their test defaults from walrelay.testing.servers
-(Redis: ``appendfsync everysec``).
+front), webhook (signed POSTs to a receiver process, dedup ledger in front:
+bench/webhook_reference.py) and the PostgreSQL sink, ordered and unordered,
+into a second cluster (bench/postgres_reference.py). Brokers run with their
+test defaults from walrelay.testing.servers (Redis: ``appendfsync
+everysec``), the target cluster with those of walrelay.testing.pgcluster.
 
     .venv/bin/python bench/brokers.py [--changes 200000] [--only kafka,redis]
         [--json bench/results/brokers.json]
@@ -49,6 +52,8 @@ from walrelay.testing.servers import KafkaServer, NatsServer, RabbitMQServer, Re
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import broker_references as refs
+import postgres_reference as pg_ref
+import webhook_reference as webhook_ref
 from throughput import confirmed, end_lsn, setup, workload
 
 PREFIX = "bench"
@@ -66,6 +71,10 @@ class Case:
     # A bare client of the same library on the same broker (bench/broker_references.py).
     reference: refs.Reference | None = None
     reference_notes: str = ""
+    # More keys of the destination's config (e.g. its ledger).
+    destination: dict[str, Any] = field(default_factory=dict)
+    # More references beside the main one: (label, reference).
+    more_references: tuple[tuple[str, refs.Reference], ...] = ()
     result: dict[str, Any] = field(default_factory=dict)
 
 
@@ -224,6 +233,42 @@ CASES = [
         reference=lambda s, p: refs.rabbitmq_confirms(s, p, 100),
         reference_notes="aio-pika, persistent, confirms awaited per 100",
     ),
+    Case(
+        "webhook",
+        "b_webhook",
+        webhook_ref.WebhookReceiver,
+        webhook_ref.sink,
+        webhook_ref.count,
+        notes="signed POST per event, 32 in flight; dedup ledger (postgres) in front",
+        reference=webhook_ref.reference,
+        reference_notes="aiohttp, the same signed POSTs, 32 in flight",
+    ),
+    Case(
+        "webhook, no ledger",
+        "b_webhook_nl",
+        webhook_ref.WebhookReceiver,
+        webhook_ref.sink,
+        webhook_ref.count,
+        notes="as webhook, ledger: {type: none} (what the ledger costs)",
+        destination={"ledger": {"type": "none"}},
+        reference=webhook_ref.reference,
+        reference_notes="aiohttp, the same signed POSTs, 32 in flight",
+    ),
+    *(
+        Case(
+            f"postgres {mode}",
+            f"b_pg_{mode}",
+            pg_ref.Target,
+            pg_ref.sink(mode == "ordered"),
+            pg_ref.count,
+            notes=f"{mode}, 500 per transaction{'' if mode == 'ordered' else ', 4 connections'}",
+            reference=pg_ref.executemany(mode == "ordered"),
+            reference_notes="psycopg executemany upserts, pipelined, 500 per transaction"
+            + ("" if mode == "ordered" else ", 4 connections"),
+            more_references=(("copy", pg_ref.copy(mode == "ordered")),),
+        )
+        for mode in ("ordered", "unordered")
+    ),
 ]
 
 
@@ -245,14 +290,21 @@ def streaming_seconds(log_path: Path) -> float | None:
 
 
 def broker_cpu(server: Any) -> float:
-    """CPU seconds the broker process has used so far (0 without a broker)."""
+    """CPU seconds the broker process and its children (a PostgreSQL target's
+    backends, running or ended) have used so far (0 without a broker)."""
     if server is None:
         return 0.0
     try:
-        times = psutil.Process(server.pid).cpu_times()
+        process = psutil.Process(server.pid)
+        times = process.cpu_times()
+        total = times.user + times.system + times.children_user + times.children_system
+        for child in process.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                child_times = child.cpu_times()
+                total += child_times.user + child_times.system
     except psutil.Error:
         return 0.0
-    return float(times.user + times.system)
+    return float(total)
 
 
 def machine_busy(before: Any) -> float:
@@ -308,7 +360,13 @@ def run_case(
             },
             # One destination name per case: the dedup ledger (in front of the
             # non-transactional sinks) is keyed by destination name.
-            "destinations": [{"name": f"bench-{case.slot}", "sink": case.sink(server, workdir)}],
+            "destinations": [
+                {
+                    "name": f"bench-{case.slot}",
+                    "sink": case.sink(server, workdir),
+                    **case.destination,
+                }
+            ],
             "http": {"enabled": False},
             "monitor": {"enabled": False},
             "log_level": "info",
@@ -370,6 +428,15 @@ def run_case(
             ref_s = case.reference(server, payloads)
             ref_cpu = time.process_time() - cpu0
             ref_broker_s, ref_busy = broker_cpu(server) - broker0, machine_busy(machine0)
+        more: dict[str, dict[str, Any]] = {}
+        for label, reference in case.more_references if payloads else ():
+            print(f"running {case.name} reference {label} ...", flush=True)
+            cpu0 = time.process_time()
+            seconds = reference(server, payloads)
+            more[label] = {
+                "seconds": round(seconds, 3),
+                "cpu_s": round(time.process_time() - cpu0, 2),
+            }
     case.result = {
         "seconds": round(elapsed, 3),
         "streaming_seconds": streaming_seconds(log_path),
@@ -389,6 +456,7 @@ def run_case(
         "notes": case.notes,
         "reference_seconds": None if ref_s is None else round(ref_s, 3),
         "reference_notes": case.reference_notes,
+        "more_references": more,
     }
 
 
@@ -464,6 +532,15 @@ def main() -> int:
         )
         if ref_rate:
             print(f"{'':<22}reference: {case.reference_notes}")
+        for label, more in r["more_references"].items():
+            more_rate = n / more["seconds"]
+            more["changes_per_s"] = round(more_rate)
+            more["ratio"] = round(rate / more_rate, 3)
+            more["streaming_ratio"] = round(stream_rate / more_rate, 3) if stream_rate else None
+            print(
+                f"{'':<22}reference {label}: {more_rate:,.0f}/s, ratio {rate / more_rate:.2f}"
+                f" (streaming {more['streaming_ratio'] or 0:.2f}), cpu s {more['cpu_s']:.2f}"
+            )
         if r["broker_cpu_s"] or ref_rate:
             print(
                 f"{'':<22}broker cpu s {r['broker_cpu_s']:.2f} (reference "

@@ -178,6 +178,39 @@ async def test_replayed_batch_is_applied_once(target: str) -> None:
     assert rows(target, "select count(*) from walrelay.applied_events") == [(6,)]
 
 
+async def test_one_batch_applies_in_event_order_across_statement_kinds(target: str) -> None:
+    # Runs of the same statement go out as one executemany: the runs must keep
+    # the events' order (upserts of key 1 around its delete, a key change).
+    execute(target, AUDIT, "create table t (id int primary key, v int)")
+    add_audit(target, "t")
+    sink = pg_sink(target)
+    await sink.open()
+    try:
+        await sink.deliver(
+            [
+                _event(100, 0, "insert", "public.t", {"id": 1, "v": 1}),
+                _event(100, 1, "insert", "public.t", {"id": 2, "v": 2}),
+                _event(100, 2, "delete", "public.t", None, {"id": 1}),
+                _event(100, 3, "insert", "public.t", {"id": 1, "v": 3}),
+                _event(100, 4, "update", "public.t", {"id": 5, "v": 4}, {"id": 2}),
+                _event(100, 5, "update", "public.t", {"id": 1, "v": 6}),
+            ]
+        )
+    finally:
+        await sink.close()
+    assert rows(target, "select id, v from t order by id") == [(1, 6), (5, 4)]
+    ops = rows(target, "select op, row_data->>'id' from audit order by n")
+    assert ops == [
+        ("INSERT", "1"),
+        ("INSERT", "2"),
+        ("DELETE", "1"),
+        ("INSERT", "1"),
+        ("DELETE", "2"),
+        ("INSERT", "5"),
+        ("UPDATE", "1"),
+    ]
+
+
 async def test_bad_event_is_poison_and_earlier_ones_apply(target: str) -> None:
     execute(target, "create table t (id int primary key, v int check (v >= 0))")
     sink = pg_sink(target)
