@@ -24,6 +24,7 @@ class FakeWorker:
         self.rebalances = 2
         self.abandoned = 1
         self.not_envelopes = 0
+        self.tombstones = 0
         self.destinations = Destinations()
         self.tracker = OffsetTracker()
         epoch = self.tracker.assign(("cdc.t", 3), 10)

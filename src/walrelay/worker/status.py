@@ -59,6 +59,7 @@ class WorkerView(Protocol):
     rebalances: int
     abandoned: int
     not_envelopes: int
+    tombstones: int
     destinations: Destinations
 
     @property
@@ -113,6 +114,7 @@ class WorkerStatus:
             "rebalances": worker.rebalances,
             "abandoned_events": worker.abandoned,
             "skipped_records": worker.not_envelopes,
+            "tombstones": worker.tombstones,
             "destinations": dests,
         }
 
