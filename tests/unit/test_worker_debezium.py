@@ -17,9 +17,13 @@ import orjson
 import pytest
 
 from walrelay.errors import ConfigError
+from walrelay.format_config import DebeziumOptions
 from walrelay.model import Event, format_event_id
+from walrelay.pipeline.formats.debezium_schema import column_schema
+from walrelay.pipeline.formats.debezium_values import value_converter as encoder
 from walrelay.worker.config import parse_worker_config
 from walrelay.worker.debezium_records import derive_id, event_from_debezium
+from walrelay.worker.debezium_values import value_converter as decoder
 from walrelay.worker.records import NotAnEnvelope
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "debezium"
@@ -227,3 +231,45 @@ def test_config_takes_the_debezium_format() -> None:
     base["worker"]["kafka"]["format"] = "avro"  # type: ignore[index]
     with pytest.raises(ConfigError, match="format"):
         parse_worker_config(base)
+
+
+# (type oid, typmod, envelope value, what comes back when the text differs)
+_ROUND_TRIP: list[tuple[int, int, Any, Any]] = [
+    (1700, (12 << 16 | 3) + 4, "-123456789.125", None),
+    (1700, -1, "12345678901234567890.0000000001", None),
+    (1700, -1, "-0.5", None),
+    (1700, (6 << 16 | 2) + 4, "0.00", None),
+    (1184, -1, "2024-01-02T03:04:05.123456+00:00", None),
+    (1184, 3, "1969-12-31T23:59:59.999000+00:00", None),
+    (1184, -1, "2024-01-02T03:04:05+00:00", None),
+    (1082, -1, "2024-02-29", None),
+    (1082, -1, "1900-01-01", None),
+    (1114, -1, "1969-12-31T23:59:59.999999", None),
+    (1114, 3, "2024-01-02T03:04:05.123000", None),
+    (1083, -1, "13:14:15.123456", None),
+    (1083, 3, "13:14:15.123000", None),
+    (17, -1, "\\x00ff10", None),
+    (17, -1, "\\x", None),
+    (3802, -1, {"big": 12345678901234567890123, "x": [1.5, None]}, None),
+    (1009, -1, ["a b", None, 'c"d'], None),
+    (1231, (6 << 16 | 2) + 4, ["1.50", None], None),
+    (1186, -1, "P3DT4H5M6.5S", "PT273906.5S"),
+    (1560, 10, "1010000011", None),
+    (600, -1, "(1.5,-2)", None),
+    (790, -1, "$1,234.56", "1234.56"),
+    (2950, -1, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", None),
+    (20, -1, -9223372036854775808, None),
+]
+
+
+@pytest.mark.parametrize(("oid", "typmod", "value", "back"), _ROUND_TRIP)
+def test_walrelays_debezium_values_come_back_by_their_schema(
+    oid: int, typmod: int, value: Any, back: Any
+) -> None:
+    """format: debezium with schemas.enable writes a value and its schema; the
+    worker reads the value back as walrelay's envelope had it."""
+    options = DebeziumOptions()
+    written = encoder(oid, typmod, options)(value)
+    schema = column_schema(oid, typmod, options)
+    wire = orjson.loads(orjson.dumps({"v": written}))["v"]  # through JSON, as on Kafka
+    assert decoder(schema)(wire) == (value if back is None else back)
