@@ -130,6 +130,16 @@ def _last_commit(sequence: Any) -> int | None:
     return None
 
 
+def _loads(data: bytes) -> Any:
+    """JsonConverter's JSON. orjson reads it exactly: Connect's numbers are 64-bit
+    integers and doubles, and a json column's document is a string (read by
+    :mod:`walrelay.worker.debezium_values` with :mod:`walrelay.exact_json`)."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return exact_json.loads(data)  # a number beyond a double, if anyone wrote one
+
+
 def _relay_id(headers: Headers) -> tuple[int, int] | None:
     """The id in walrelay's ``id`` header (exactly as walrelay writes it), or None."""
     text = header(headers, "id")
@@ -146,7 +156,7 @@ def _unwrap(doc: Any) -> tuple[Any, Mapping[str, Any] | None]:
     """(payload, schema) of JsonConverter output, with or without ``schemas.enable``."""
     if isinstance(doc, dict) and "payload" in doc and "schema" in doc and len(doc) == 2:
         schema = doc["schema"]
-        return doc["payload"], schema if isinstance(schema, Mapping) else None
+        return doc["payload"], schema if isinstance(schema, dict) else None
     return doc, None
 
 
@@ -154,7 +164,7 @@ def _field(struct: Mapping[str, Any] | None, name: str) -> Mapping[str, Any] | N
     if struct is None:
         return None
     for field in struct.get("fields") or ():
-        if isinstance(field, Mapping) and field.get("field") == name:
+        if isinstance(field, dict) and field.get("field") == name:
             return field
     return None
 
@@ -182,7 +192,7 @@ def event_from_debezium(
     if value is None:
         return None
     try:
-        doc = exact_json.loads(value)
+        doc = _loads(value)
     except ValueError as e:
         raise NotAnEnvelope(f"the value is not JSON ({e}; {_FIX})") from None
     payload, schema = _unwrap(doc)
@@ -197,7 +207,7 @@ def event_from_debezium(
     if op is None:
         raise NotAnEnvelope(f"unknown op {code!r} (Debezium ops: c, u, d, r, t, m)")
     source = payload.get("source")
-    if not isinstance(source, Mapping):
+    if not isinstance(source, dict):
         raise NotAnEnvelope(f"no source block ({_FIX})")
     schema_name, table_name = source.get("schema"), source.get("table")
     table = f"{schema_name}.{table_name}" if schema_name and table_name else ""
@@ -266,7 +276,7 @@ def event_from_debezium(
 
 
 def _row(values: Any, struct: Mapping[str, Any] | None) -> tuple[dict[str, Any] | None, list[str]]:
-    if not isinstance(values, Mapping):
+    if not isinstance(values, dict):
         return None, []
     return row_converter(struct)(values)
 
@@ -276,12 +286,12 @@ def _key(key: bytes | None) -> tuple[dict[str, Any] | None, str | None]:
     if key is None:
         return None, None
     try:
-        doc = exact_json.loads(key)
+        doc = _loads(key)
     except ValueError:
         text = key.decode("utf-8", "replace")
         return None, text  # not JSON (a custom key converter): group by its bytes
     payload, schema = _unwrap(doc)
-    if not isinstance(payload, Mapping):
+    if not isinstance(payload, dict):
         return None, exact_json.dumps(payload).decode()
     group = exact_json.dumps(payload, orjson.OPT_SORT_KEYS).decode()
     converted, _ = row_converter(schema)(payload)
@@ -289,7 +299,7 @@ def _key(key: bytes | None) -> tuple[dict[str, Any] | None, str | None]:
 
 
 def _message(message: Any) -> tuple[str, bytes]:
-    if not isinstance(message, Mapping):
+    if not isinstance(message, dict):
         raise NotAnEnvelope(f"an op m event without its message block ({_FIX})")
     prefix = message.get("prefix")
     content = message.get("content")

@@ -97,7 +97,7 @@ def _decimal(scale: int) -> Converter:
 
 
 def _variable_decimal(value: Any) -> Any:
-    if not isinstance(value, Mapping) or not isinstance(value.get("value"), str):
+    if not isinstance(value, dict) or not isinstance(value.get("value"), str):
         return value
     try:
         return _decimal_text(_unscaled(value["value"]), int(value.get("scale") or 0))
@@ -211,7 +211,7 @@ def _number_text(x: Any) -> str:
 
 
 def _point(value: Any) -> Any:
-    if not isinstance(value, Mapping) or "x" not in value or "y" not in value:
+    if not isinstance(value, dict) or "x" not in value or "y" not in value:
         return value
     return f"({_number_text(value['x'])},{_number_text(value['y'])})"
 
@@ -238,7 +238,7 @@ _BY_NAME: Final[dict[str, Converter]] = {
 
 def value_converter(schema: Schema | None) -> Converter:
     """The converter of one field's Connect schema (``None``: no schema, values as they are)."""
-    if not isinstance(schema, Mapping):
+    if not isinstance(schema, dict):
         return _identity
     name = schema.get("name")
     kind = schema.get("type")
@@ -275,7 +275,7 @@ def is_unavailable(value: Any, schema: Schema | None) -> bool:
         return True
     return (
         value == _UNAVAILABLE_B64
-        and isinstance(schema, Mapping)
+        and isinstance(schema, dict)
         and schema.get("type") == "bytes"
         and schema.get("name") is None
     )
@@ -289,9 +289,9 @@ def row_converter(struct: Schema | None) -> RowConverter:
 
     ``struct`` is the row's Connect struct schema, or None (no schema)."""
     fields: dict[str, tuple[Converter, Schema | None]] = {}
-    if isinstance(struct, Mapping):
+    if isinstance(struct, dict):
         for field in struct.get("fields") or ():
-            if isinstance(field, Mapping) and isinstance(field.get("field"), str):
+            if isinstance(field, dict) and isinstance(field.get("field"), str):
                 fields[field["field"]] = (value_converter(field), field)
 
     def convert(row: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
