@@ -177,6 +177,15 @@ def test_walrelay_id_header_wins() -> None:
     assert other is not None and other.id != ident
 
 
+def test_a_truncate_from_walrelay_names_its_topics_table() -> None:
+    record = next(r for r in _records("golden.jsonl") if r["value"] and r["value"]["op"] == "t")
+    value = json.dumps(record["value"]).encode()
+    headers = [("id", format_event_id(0x100, 0).encode()), ("table", b"public.other")]
+    event = event_from_debezium(value, None, headers, partition=0, offset=0)
+    assert event is not None and event.table == "public.other"
+    assert _body(event)["tables"] == ["public.other"]
+
+
 def test_derive_id_regions() -> None:
     seq = '["1000","1040"]'
     near = derive_id("u", {"lsn": 1040, "sequence": seq}, 0, 0, "public.t")

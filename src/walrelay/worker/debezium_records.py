@@ -243,6 +243,9 @@ def event_from_debezium(
         keys = ("message" + _SEP + prefix,)
         table = ""
     elif op == "truncate":
+        # walrelay sends a TRUNCATE of several tables to each table's topic, with
+        # the first in source.table and the topic's own in the table header.
+        table = header(headers, "table") or table
         env["tables"] = [table]
         env["cascade"] = False
         env["restart_identity"] = False
