@@ -99,6 +99,8 @@ def test_metrics_per_partition() -> None:
     assert f"walrelay_worker_partition_safe_offset{{{labels}}} 11.0" in text
     assert f"walrelay_worker_partition_lag_seconds{{{labels}}} 1.5" in text
     assert 'walrelay_worker_assigned_partitions{group="billing"} 1.0' in text
+    assert 'walrelay_worker_tombstones_total{group="billing"} 0.0' in text
+    assert 'walrelay_worker_skipped_records_total{group="billing"} 0.0' in text
 
 
 def test_the_whole_groups_lag_in_status_and_metrics() -> None:
