@@ -9,6 +9,7 @@ JsonConverter: ``golden.jsonl`` with ``schemas.enable=false``,
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from walrelay.pipeline.formats.debezium_schema import column_schema
 from walrelay.pipeline.formats.debezium_values import value_converter as encoder
 from walrelay.worker.config import parse_worker_config
 from walrelay.worker.debezium_records import derive_id, event_from_debezium
+from walrelay.worker.debezium_values import UNAVAILABLE, row_converter
 from walrelay.worker.debezium_values import value_converter as decoder
 from walrelay.worker.records import NotAnEnvelope
 
@@ -282,3 +284,24 @@ def test_walrelays_debezium_values_come_back_by_their_schema(
     schema = column_schema(oid, typmod, options)
     wire = orjson.loads(orjson.dumps({"v": written}))["v"]  # through JSON, as on Kafka
     assert decoder(schema)(wire) == (value if back is None else back)
+
+
+def test_debeziums_toast_placeholders_become_unchanged_columns() -> None:
+    struct = {
+        "fields": [
+            {"type": "bytes", "field": "b"},
+            {"type": "array", "items": {"type": "string"}, "field": "tags"},
+            {"type": "array", "items": {"type": "int32"}, "field": "ints"},
+            {"type": "string", "field": "t"},
+            {"type": "int32", "field": "id"},
+        ]
+    }
+    row = {
+        "b": base64.b64encode(UNAVAILABLE.encode()).decode(),
+        "tags": [UNAVAILABLE],
+        "ints": list(UNAVAILABLE.encode()),
+        "t": UNAVAILABLE,
+        "id": 1,
+    }
+    assert row_converter(struct)(row) == ({"id": 1}, ["b", "tags", "ints", "t"])
+    assert row_converter(None)({"t": UNAVAILABLE, "id": 1}) == ({"id": 1}, ["t"])

@@ -57,6 +57,8 @@ UNAVAILABLE: Final = "__debezium_unavailable_value"
 """Debezium's default ``unavailable.value.placeholder``: a TOASTed column an
 UPDATE did not change (bytea: these bytes, base64)."""
 _UNAVAILABLE_B64: Final = base64.b64encode(UNAVAILABLE.encode()).decode()
+_UNAVAILABLE_LIST: Final = [UNAVAILABLE]
+_UNAVAILABLE_INTS: Final = list(UNAVAILABLE.encode())
 
 _EPOCH_DATE: Final = date(1970, 1, 1)
 _EPOCH: Final = datetime(1970, 1, 1)
@@ -270,8 +272,10 @@ def _map_array(value: Any, inner: Converter) -> Any:
 
 
 def is_unavailable(value: Any, schema: Schema | None) -> bool:
-    """Whether ``value`` is Debezium's placeholder for an unchanged TOASTed column."""
-    if value == UNAVAILABLE:
+    """Whether ``value`` is Debezium's placeholder for an unchanged TOASTed column
+    (an array's: the text in a list; an integer array's: its bytes, as Debezium
+    up to 2.x writes it)."""
+    if value in (UNAVAILABLE, _UNAVAILABLE_LIST, _UNAVAILABLE_INTS):
         return True
     return (
         value == _UNAVAILABLE_B64
