@@ -27,6 +27,7 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -117,7 +118,14 @@ def confirmed(dsn: str, slot: str) -> int:
         return parse_lsn(row[0])
 
 
-def run_reference(cluster: PgCluster, target: int) -> float:
+def children_cpu() -> float:
+    """CPU seconds (user + system) of every child process waited for so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_reference(cluster: PgCluster, target: int) -> tuple[float, float]:
+    """Returns (seconds, client CPU seconds)."""
     lsn_text = f"{target >> 32:X}/{target & 0xFFFFFFFF:X}"
     cmd = [
         str(pg_bindir() / "pg_recvlogical"),
@@ -135,9 +143,9 @@ def run_reference(cluster: PgCluster, target: int) -> float:
     ]
     for k, v in OPTIONS.items():
         cmd += ["-o", f"{k}={v}"]
-    t0 = time.monotonic()
+    cpu0, t0 = children_cpu(), time.monotonic()
     subprocess.run(cmd, check=True, capture_output=True)
-    return time.monotonic() - t0
+    return time.monotonic() - t0, children_cpu() - cpu0
 
 
 TYPICAL_CHAIN = [
@@ -157,8 +165,8 @@ def run_walrelay(
     pure_python: bool = False,
     transforms: list[dict[str, object]] | None = None,
     fmt: str = "walrelay",
-) -> tuple[float, int, int]:
-    """Returns (seconds, lines written, peak RSS bytes)."""
+) -> tuple[float, int, int, float]:
+    """Returns (seconds, lines written, peak RSS bytes, CPU seconds of the process)."""
     out = workdir / "events.jsonl"
     env = {**os.environ, "BENCH_HASH_KEY": "bench-secret"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(workdir), env.get("PYTHONPATH")]))
@@ -186,7 +194,7 @@ def run_walrelay(
     cfg_path = workdir / "walrelay.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     lsn_text = f"{target >> 32:X}/{target & 0xFFFFFFFF:X}"
-    t0 = time.monotonic()
+    cpu0, t0 = children_cpu(), time.monotonic()
     # Like pg_recvlogical --endpos: the process exits once it has delivered
     # and confirmed everything up to the target, so both timings are whole runs.
     profile = os.environ.get("WALRELAY_BENCH_PROFILE")  # collapsed stacks, by py-spy
@@ -215,6 +223,7 @@ def run_walrelay(
                 peak = max(peak, ps.memory_info().rss)
             time.sleep(0.05)  # sampling memory while it runs
         elapsed = time.monotonic() - t0
+        cpu = children_cpu() - cpu0  # with py-spy, py-spy's own CPU too
         if proc.returncode != 0:
             raise RuntimeError(
                 f"walrelay exited with {proc.returncode}: "
@@ -231,7 +240,7 @@ def run_walrelay(
         time.sleep(0.05)  # the walsender applies the last status update after we exit
     with open(out, "rb") as f:
         lines = sum(1 for _ in f)
-    return elapsed, lines, peak
+    return elapsed, lines, peak, cpu
 
 
 def main() -> int:
@@ -278,14 +287,14 @@ def main() -> int:
         dsn = setup(cluster, slots)
         n, txs, gen_s = workload(dsn, args.changes, args.rows_per_tx)
         target = end_lsn(dsn)
-        ref_s = run_reference(cluster, target)
+        ref_s, ref_cpu = run_reference(cluster, target)
         with tempfile.TemporaryDirectory(prefix="walrelay-bench-") as tmp:
-            wr_s, lines, peak = run_walrelay(cluster, target, Path(tmp), "walrelay_slot")
-        py: tuple[float, int, int] | None = None
+            wr_s, lines, peak, wr_cpu = run_walrelay(cluster, target, Path(tmp), "walrelay_slot")
+        py: tuple[float, int, int, float] | None = None
         if args.pure_python:
             with tempfile.TemporaryDirectory(prefix="walrelay-bench-") as tmp:
                 py = run_walrelay(cluster, target, Path(tmp), "walrelay_py_slot", pure_python=True)
-        shaped: dict[str, tuple[float, int, int]] = {}
+        shaped: dict[str, tuple[float, int, int, float]] = {}
         if args.transforms:
             for name, slot, chain in (
                 ("typical_chain", "walrelay_chain_slot", TYPICAL_CHAIN),
@@ -293,7 +302,7 @@ def main() -> int:
             ):
                 with tempfile.TemporaryDirectory(prefix="walrelay-bench-") as tmp:
                     shaped[name] = run_walrelay(cluster, target, Path(tmp), slot, transforms=chain)
-        formats: dict[str, tuple[float, int, int]] = {}
+        formats: dict[str, tuple[float, int, int, float]] = {}
         for fmt in args.format:
             with tempfile.TemporaryDirectory(prefix="walrelay-bench-") as tmp:
                 formats[fmt] = run_walrelay(
@@ -320,12 +329,17 @@ def main() -> int:
             else f"{args.rows_per_tx}-row transactions"
         ),
         "workload_generation_s": round(gen_s, 2),
-        "pg_recvlogical": {"seconds": round(ref_s, 3), "changes_per_s": round(ref_rate)},
+        "pg_recvlogical": {
+            "seconds": round(ref_s, 3),
+            "changes_per_s": round(ref_rate),
+            "cpu_s_per_million": round(ref_cpu / n * 1e6, 2),
+        },
         "walrelay_file_sink": {
             "seconds": round(wr_s, 3),
             "changes_per_s": round(wr_rate),
             "events_written": lines,
             "peak_rss_mb": round(peak / 2**20, 1),
+            "cpu_s_per_million": round(wr_cpu / n * 1e6, 2),
         },
         "ratio": round(wr_rate / ref_rate, 3),
         "walrelay_pure_python": None
@@ -335,6 +349,7 @@ def main() -> int:
             "changes_per_s": round(n / py[0]),
             "events_written": py[1],
             "peak_rss_mb": round(py[2] / 2**20, 1),
+            "cpu_s_per_million": round(py[3] / n * 1e6, 2),
             "ratio": round(ref_s / py[0], 3),
         },
         "transforms": {
@@ -343,6 +358,7 @@ def main() -> int:
                 "changes_per_s": round(n / r[0]),
                 "events_written": r[1],
                 "peak_rss_mb": round(r[2] / 2**20, 1),
+                "cpu_s_per_million": round(r[3] / n * 1e6, 2),
                 "extra_us_per_event": round((r[0] - wr_s) / n * 1e6, 2),
             }
             for name, r in shaped.items()
@@ -353,6 +369,7 @@ def main() -> int:
                 "changes_per_s": round(n / f[0]),
                 "events_written": f[1],
                 "peak_rss_mb": round(f[2] / 2**20, 1),
+                "cpu_s_per_million": round(f[3] / n * 1e6, 2),
                 "ratio": round(ref_s / f[0], 3),
             }
             for fmt, f in formats.items()
@@ -360,9 +377,9 @@ def main() -> int:
         "c_speedups": speedups.ENABLED,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
     }
-    print(f"{'consumer':<24}{'seconds':>10}{'changes/s':>14}")
-    print(f"{'pg_recvlogical':<24}{ref_s:>10.2f}{ref_rate:>14,.0f}")
-    print(f"{'walrelay (file sink)':<24}{wr_s:>10.2f}{wr_rate:>14,.0f}")
+    print(f"{'consumer':<24}{'seconds':>10}{'changes/s':>14}{'CPU s / 1M':>12}")
+    print(f"{'pg_recvlogical':<24}{ref_s:>10.2f}{ref_rate:>14,.0f}{ref_cpu / n * 1e6:>12.2f}")
+    print(f"{'walrelay (file sink)':<24}{wr_s:>10.2f}{wr_rate:>14,.0f}{wr_cpu / n * 1e6:>12.2f}")
     if py is not None:
         print(f"{'walrelay, pure Python':<24}{py[0]:>10.2f}{n / py[0]:>14,.0f}")
     for name, r in shaped.items():

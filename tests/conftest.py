@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import itertools
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from types import FrameType
 
 import psycopg
 import pytest
@@ -12,6 +14,18 @@ from walrelay.testing.proxy import TcpProxy
 StartProxy = Callable[[int], Awaitable[TcpProxy]]
 
 _db_counter = itertools.count(1)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # SIGTERM (a CI timeout, `timeout`, `kill`) would end pytest without any
+    # fixture's teardown, leaving the servers it started running; as an
+    # interrupt, pytest stops and tears every fixture down (each stops its
+    # servers by pid).
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 @pytest.fixture(scope="session")

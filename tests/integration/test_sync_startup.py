@@ -110,3 +110,32 @@ async def test_a_node_refused_for_good_stops_start_up_with_one_line(sync_env3: S
         await asyncio.wait_for(runner.run(), 30)
     assert "node b" in str(refused.value) and "no_such_db" in str(refused.value)
     assert "correct node b's dsn" in str(refused.value)
+
+
+async def test_a_node_never_set_up_is_set_up_when_it_comes(sync_env3: SyncEnv) -> None:
+    """A node down since before the first run gets its slot when it answers; then
+    it takes part like the others (what it wrote before that is not synced)."""
+    env = sync_env3
+    async with TcpProxy(dsn_port(env.dsns["c"])) as proxy:
+        proxy.cut()
+        runner = SyncRunner(through(env.settings(("a", "b", "c")), "c", proxy))
+        task = asyncio.create_task(runner.run())
+        env.runners.append((runner, task))
+        await wait_for(lambda: runner.ready.is_set() or task.done(), what="start-up")
+        assert not task.done(), task.exception() if task.done() else None
+        env.execute("a", "insert into items (id, v, n) values (1, 'a', 1)")
+        await wait_for(lambda: [r[0] for r in env.rows("b")] == [1], what="a's row on b")
+        assert not runner.prepared["c"].is_set()
+        assert env.execute(
+            "c", "select count(*) from pg_replication_slots where database = current_database()"
+        ) == [(0,)]
+        proxy.restore()
+        await wait_for(lambda: runner.prepared["c"].is_set(), within=60, what="c set up")
+        env.execute("c", "insert into items (id, v, n) values (2, 'c', 1)")
+        await wait_for(
+            lambda: env.rows("a") == env.rows("b") == env.rows("c") and len(env.rows("a")) == 2,
+            within=60,
+            what="a's row on c and c's row on a and b",
+        )
+        await assert_quiet(env, runner)
+        await env.stop(runner)

@@ -3,6 +3,8 @@ everything else is orjson's own reading (the fast path)."""
 
 from __future__ import annotations
 
+import json
+
 import cel
 import orjson
 import pytest
@@ -76,3 +78,24 @@ def test_cel_compares_big_numbers_as_doubles() -> None:
     doc = exact_json.loads(JSONB_TEXT.encode())
     program = cel.compile("doc.big > 1.0e22 && doc.dec < 0.2 && doc.scaled == 1.5")
     assert program.execute({"doc": {k: doc[k] for k in ("big", "dec", "scaled")}}) is True
+
+
+def test_a_key_given_twice_is_kept_with_every_pair_in_order() -> None:
+    text = b'{"r":{"a":1,"b":[{"c":1,"c":1.50}],"a":"x"},"n":true}'
+    value = exact_json.loads(text)
+    inner = value["r"]
+    assert isinstance(inner, exact_json.JsonObject)
+    assert inner["a"] == "x"  # as a dict: the last value, as ::jsonb keeps
+    assert [k for k, _ in inner.items()] == ["a", "b", "a"]
+    assert exact_json.dumps(value) == text
+    assert encode_json(value) == text
+    twice = exact_json.loads(b'{"a":1,"a":2}')
+    assert json.dumps(twice, separators=(",", ":")) == '{"a":1,"a":2}'  # the Debezium format
+    # Not only compact text: jsonb-spaced and json-with-whitespace too.
+    spaced = b'{"a": 1, "a": 2}'
+    assert exact_json.dumps(exact_json.loads(spaced)) == b'{"a":1,"a":2}'
+
+
+def test_an_object_without_a_repeated_key_is_a_plain_dict() -> None:
+    value = exact_json.loads(b'{"a": 1.50, "b": {"c": 2}}')
+    assert type(value) is dict and type(value["b"]) is dict

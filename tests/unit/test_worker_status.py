@@ -53,6 +53,16 @@ class FakeWorker:
             }
         ]
 
+    def trim_status(self) -> dict[str, Any] | None:
+        return {
+            "floor": "0/103",
+            "floor_lsn": 0x103,
+            "replay_floor": "0/180",
+            "retention": 600.0,
+            "blocked": None,
+            "error": None,
+        }
+
     def group_lag_status(self) -> dict[str, Any] | None:
         """Two partitions: this member's, and one nobody owns yet."""
         return {
@@ -118,3 +128,15 @@ def test_the_whole_groups_lag_in_status_and_metrics() -> None:
     metrics = WorkerStatus(worker).metrics()[0].decode()
     labels = 'group="billing",partition="4",topic="cdc.t"'
     assert f"walrelay_worker_group_lag_records{{{labels}}} 7.0" in metrics
+
+
+def test_the_dedup_rows_trim_floor_in_status_and_metrics() -> None:
+    worker = FakeWorker()
+    doc = WorkerStatus(worker).status()
+    assert doc["trim"]["floor"] == "0/103"
+    text = render_worker_status([doc])
+    assert "dedup rows: trimmed below 0/103 (the group's replay floor 0/180, held 10.0min)" in text
+    metrics = WorkerStatus(worker).metrics()[0].decode()
+    assert 'walrelay_worker_trim_floor_lsn{group="billing"} 259.0' in metrics
+    doc["trim"] = {**doc["trim"], "floor": None, "blocked": "cdc.t[4] has records and no"}
+    assert "dedup rows: not trimmed yet: cdc.t[4] has records and no" in render_worker_status([doc])

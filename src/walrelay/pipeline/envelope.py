@@ -93,7 +93,7 @@ from typing import Any, Final
 import orjson
 
 from walrelay.errors import ConfigError, DecodeError
-from walrelay.exact_json import JsonNumber
+from walrelay.exact_json import JsonNumber, JsonObject, as_base_type, object_text
 from walrelay.model import (
     UNCHANGED_TOAST,
     Begin,
@@ -127,15 +127,22 @@ _INT_MAX: Final = 2**64 - 1
 # -- JSON encoding ------------------------------------------------------------
 
 
+# Subclasses of str, int, dict and list go to _default: a JsonObject must not be
+# written as the plain dict it also is.
+_SUBCLASSES: Final = orjson.OPT_PASSTHROUGH_SUBCLASS
+
+
 def _default(value: Any) -> Any:
     """orjson ``default=``: the types orjson does not serialise by itself."""
     if isinstance(value, JsonNumber):  # a json column's number, read back exactly
         return orjson.Fragment(value.text)
+    if isinstance(value, JsonObject):  # a json column's object with a key twice
+        return orjson.Fragment(object_text(value, _default))
     if isinstance(value, Decimal):
         return format(value, "f")  # every digit, never exponent notation
     if isinstance(value, bytes | bytearray | memoryview):
         return "\\x" + bytes(value).hex()
-    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+    return as_base_type(value)  # another subclass (OPT_PASSTHROUGH_SUBCLASS)
 
 
 def _nonfinite(value: float) -> float | str:
@@ -148,6 +155,8 @@ def _nonfinite(value: float) -> float | str:
 
 def _sanitize(value: Any) -> Any:
     """Make what orjson refuses encodable without losing it (rare values only)."""
+    if isinstance(value, JsonObject):
+        return JsonObject([(k, _sanitize(v)) for k, v in value.pairs])
     if isinstance(value, dict):
         return {k: _sanitize(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -179,11 +188,13 @@ def encode_json(value: Any) -> bytes:
     0.1 µs) instead of holding ~4 KiB per buffered event.
     """
     try:
-        return memoryview(orjson.dumps(value, default=_default)).tobytes()
+        return memoryview(orjson.dumps(value, default=_default, option=_SUBCLASSES)).tobytes()
     except orjson.JSONEncodeError:
         pass
     try:
-        return memoryview(orjson.dumps(_sanitize(value), default=_default)).tobytes()
+        return memoryview(
+            orjson.dumps(_sanitize(value), default=_default, option=_SUBCLASSES)
+        ).tobytes()
     except orjson.JSONEncodeError as exc:
         raise DecodeError(f"cannot encode a change as JSON: {exc}") from exc
 

@@ -170,6 +170,12 @@ class ParkedEventsTable:
             " extract(epoch from now() - min(first_failed_at) filter (where not dead)) as age"
             " from {} group by destination order by destination"
         ).format(t)
+        # Per destination, its first row by the primary key's order.
+        self._oldest = sql.SQL(
+            "select min(first.commit_lsn) from unnest(%s::text[]) as d(name),"
+            " lateral (select commit_lsn from {} where destination = d.name"
+            " order by commit_lsn limit 1) as first"
+        ).format(t)
         self._revive = sql.SQL(
             "update {} set dead = false, skipped = false, next_attempt_at = now(),"
             " revision = revision + 1 " + _BY_ID
@@ -183,6 +189,13 @@ class ParkedEventsTable:
         next_attempt_at and first_failed_at as epoch seconds, revision)."""
         cur = await conn.execute(self._index_rows, (destination,))
         return await cur.fetchall()
+
+    async def oldest_commit_lsn(self, conn: Conn, destinations: list[str]) -> int | None:
+        """The lowest commit LSN of any row of ``destinations`` (None: no row),
+        whichever process parked it (a scale-out worker's trim floor)."""
+        cur = await conn.execute(self._oldest, (destinations,))
+        row = await cur.fetchone()
+        return None if row is None or row[0] is None else int(row[0])
 
     async def park(self, cur: Cursor, rows: list[tuple[Any, ...]]) -> None:
         """Insert parked events, or overwrite their attempt columns when already

@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Coroutine
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from walrelay.dsn import connect_error, refused_for_good
-from walrelay.errors import ConfigError
+from walrelay.errors import ConfigError, WalrelayError
 from walrelay.state.sync import trim_tombstones
 from walrelay.sync.applier import Direction
 from walrelay.sync.catalog import NodeTables, check_nodes, inspect_node, prepare_node
@@ -53,6 +54,10 @@ class SyncRunner:
         self.readers: dict[str, NodeReader] = {}
         self.ready = asyncio.Event()
         self.http: HttpServer | None = None
+        # Nodes set up (slot, publication, triggers, state schema) in this run; the
+        # others are set up when they answer (_prepare_late) before they take part.
+        self.prepared: dict[str, asyncio.Event] = {n: asyncio.Event() for n in settings.nodes}
+        self._tables: dict[str, NodeTables] = {}
 
     def stop(self) -> None:
         self._stop.set()
@@ -114,6 +119,9 @@ class SyncRunner:
                     except psycopg.OperationalError as e:
                         self._went_away(conns, node, e, initial_from)
                 self._enough(conns)
+            self._tables = {n: tables[n] for n in conns}
+            for node in conns:
+                self.prepared[node].set()
         finally:
             for conn in [*conns.values(), *self._lost]:
                 with contextlib.suppress(Exception):
@@ -180,13 +188,24 @@ class SyncRunner:
             outgoing = [d for (src, _), d in self.directions.items() if src == node]
             self.readers[node] = NodeReader(s, node, outgoing, versions.get(node, 150000))
         tasks = [
-            asyncio.create_task(d.run(self.readers[src], self._stop), name=f"sync {d.name}")
-            for (src, _), d in self.directions.items()
+            asyncio.create_task(
+                self._once_prepared((src, dst), d.run(self.readers[src], self._stop)),
+                name=f"sync {d.name}",
+            )
+            for (src, dst), d in self.directions.items()
         ]
         tasks += [
-            asyncio.create_task(r.run(self._stop), name=f"sync reader {n}")
+            asyncio.create_task(
+                self._once_prepared((n,), r.run(self._stop)), name=f"sync reader {n}"
+            )
             for n, r in self.readers.items()
         ]
+        # These end when their node is set up; the others run until the sync stops.
+        preparing = {
+            asyncio.create_task(self._prepare_late(n), name=f"sync prepare {n}")
+            for n, ready in self.prepared.items()
+            if not ready.is_set()
+        }
         tasks.append(asyncio.create_task(self._upkeep(), name="sync upkeep"))
         log.info(
             "sync %s: %d nodes, %d directions, tables %s",
@@ -198,19 +217,86 @@ class SyncRunner:
         self.ready.set()
         await self._start_http()
         stopped = asyncio.create_task(self._stop.wait())
+        pending: set[asyncio.Task[Any]] = {stopped, *tasks, *preparing}
         try:
-            done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
-            for t in done:
-                if t is not stopped and not t.cancelled() and t.exception() is not None:
-                    raise t.exception()  # type: ignore[misc]
+            while True:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    if t is not stopped and not t.cancelled() and t.exception() is not None:
+                        raise t.exception()  # type: ignore[misc]
+                if not done <= preparing:
+                    break
         finally:
             stopped.cancel()
-            for t in tasks:
+            for t in [*tasks, *preparing]:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, *preparing, return_exceptions=True)
             if self.http is not None:
                 await self.http.stop()
                 self.http = None
+
+    async def _once_prepared(self, nodes: tuple[str, ...], work: Coroutine[Any, Any, None]) -> None:
+        """``work`` once every one of ``nodes`` is set up."""
+        try:
+            waiting = [self.prepared[n] for n in nodes if not self.prepared[n].is_set()]
+            if waiting:
+                # A direction into a node not set up yet counts as tried (as one whose
+                # node is down), so that its source's reader streams for the others.
+                for direction in self.directions.values():
+                    if (direction.source, direction.target) == nodes:
+                        direction.ever_tried.set()
+                await asyncio.gather(*(e.wait() for e in waiting))
+        except BaseException:
+            work.close()
+            raise
+        await work
+
+    async def _prepare_late(self, node: str) -> None:
+        """Set up ``node``, unreachable at start-up, once it answers; its reader and
+        the directions into it start then. A node never set up before gets its
+        slot now: what was written on it before this moment is not synced."""
+        s = self.settings
+        cfg = s.nodes[node]
+        backoff = s.reconnect
+        delay = backoff.initial
+        while not self._stop.is_set():
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    cfg.dsn_value, autocommit=True, connect_timeout=5
+                )
+            except psycopg.OperationalError as e:
+                if refused_for_good(e):
+                    refusal = connect_error(
+                        f"node {node}", cfg.dsn_value, e, fix=f"correct node {node}'s dsn"
+                    )
+                    log.error("%s; retrying in %.1fs", refusal, delay)
+            else:
+                try:
+                    tables = await inspect_node(conn, node, s.tables)
+                    check_nodes({**self._tables, node: tables})
+                    await prepare_node(conn, s, node, tables)
+                    self.readers[node].server_version = conn.info.server_version
+                    self._tables[node] = tables
+                    log.info(
+                        "sync %s: node %s is back and set up (slot %s); its changes are "
+                        "synced from here on",
+                        s.name,
+                        node,
+                        s.slot(node),
+                    )
+                    self.prepared[node].set()
+                    return
+                except psycopg.OperationalError as e:
+                    reason = (str(e).strip().splitlines() or ["connection lost"])[-1]
+                    log.warning("node %s went away while being set up (%s)", node, reason)
+                except WalrelayError as e:  # e.g. its table differs: fixable meanwhile
+                    log.error("%s; retrying in %.1fs", e, delay)
+                finally:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+            delay = min(delay * backoff.multiplier, backoff.max)
 
     async def _start_http(self) -> None:
         """/healthz, /metrics, /api/status and the dashboard (:mod:`walrelay.sync.status`)."""

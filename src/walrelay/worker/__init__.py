@@ -8,4 +8,6 @@ scheduler, parking, ledger and sinks as ``walrelay run``.
 - :mod:`~walrelay.worker.runner`: the group member (consumer thread, rebalances);
 - :mod:`~walrelay.worker.status`: its status and Prometheus metrics;
 - :mod:`~walrelay.worker.partitioner`: Kafka's key -> partition function.
+- :mod:`~walrelay.worker.trim`: the ledger / applied-events rows a replay can no
+  longer need, trimmed below the group's replay floor.
 """

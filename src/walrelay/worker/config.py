@@ -112,6 +112,10 @@ class WorkerSection(_Model):
     # The relay's slot: event ids are positions in its history, so the ledger
     # namespaces them by it (the relay's destinations use "<slot>/<destination>").
     slot: str = "walrelay"
+    # Ledger / applied_events rows are kept at least this long after the whole
+    # group committed past them (walrelay.worker.trim): covers a relay in
+    # at_least_once mode writing an event again after a crash.
+    dedup_retention: Seconds = 600.0
 
 
 class WorkerFileConfig(_Model):

@@ -69,6 +69,7 @@ from walrelay.worker.debezium_records import event_from_debezium
 from walrelay.worker.group_lag import PartitionLag, read_group_lag
 from walrelay.worker.offsets import OffsetTracker, Origin, OriginMap, TopicPartition
 from walrelay.worker.records import NotAnEnvelope, event_from_record
+from walrelay.worker.trim import GroupParked, GroupTrim, ReadLsns, commit_mark
 
 if TYPE_CHECKING:
     from confluent_kafka import Consumer, Message
@@ -180,6 +181,9 @@ class Worker:
         self._closing = False
         self.tracker = OffsetTracker()
         self.origins = OriginMap()
+        # Dedup state trimming (walrelay.worker.trim): what was read, for commit marks.
+        self.read_lsns = ReadLsns()
+        self.trim: GroupTrim | None = None
         self.destinations = Destinations()
         self.router: Router | None = None
         # Transforms (no catalog here: a worker has no source database to check them against).
@@ -220,6 +224,7 @@ class Worker:
             self.engine_config, self._sink_factory, self._hooks_for
         )
         lag_task: asyncio.Task[None] | None = None
+        trim_task: asyncio.Task[None] | None = None
         try:
             self.router = Router(
                 self.config.destinations,
@@ -235,12 +240,14 @@ class Worker:
             await self._start_http()
             if self.http is not None:
                 lag_task = asyncio.create_task(self._watch_group_lag(ck))
+            trim_task = self._start_trim(ck)
             self.started.set()
             await asyncio.to_thread(self._consume_loop, ck, consumer)
         finally:
-            if lag_task is not None:
-                lag_task.cancel()
-                await asyncio.gather(lag_task, return_exceptions=True)
+            for task in (lag_task, trim_task):
+                if task is not None:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
             if self.http is not None:
                 await self.http.stop()
             await self.destinations.close()
@@ -264,6 +271,27 @@ class Worker:
             return
         self.http = server
         log.info("worker %s: http on %s (API token from %s)", self.name, server.url, where)
+
+    def _start_trim(self, ck: Any) -> asyncio.Task[None] | None:
+        """Trim the destinations' ledger / applied-events rows below the group's
+        replay floor (walrelay.worker.trim), if any destination keeps such rows."""
+        if self.eos_destination is not None or not self.destinations.trim_targets():
+            return None  # Kafka -> Kafka exactly once (the only destination) keeps no rows
+        k = self.kafka
+        store = self.destinations.parking
+        parked = None
+        if store is not None and store.destinations:
+            cfg = self.engine_config
+            parked = GroupParked(cfg.state_dsn, cfg.state.schema, sorted(store.destinations))
+        self.trim = GroupTrim(
+            targets=self.destinations.trim_targets,
+            oldest_parked=self.destinations.oldest_parked,
+            retention=self.config.worker.dedup_retention,
+            group_parked=parked,
+        )
+        settings = {**self._consumer_config(), "client.id": f"walrelay-{self.name}-trim"}
+        timeout = min(30.0, max(5.0, k.session_timeout))
+        return asyncio.create_task(self.trim.run(ck, settings, list(k.topics), timeout))
 
     async def _watch_group_lag(self, ck: Any) -> None:
         k = self.kafka
@@ -307,6 +335,10 @@ class Worker:
             "as_of": self.group_lag_at,
             "error": self.group_lag_error,
         }
+
+    def trim_status(self) -> dict[str, Any] | None:
+        """The dedup rows' trim floor (walrelay.worker.trim), or None when not trimming."""
+        return None if self.trim is None else self.trim.status()
 
     def _check_topics(self, ck: Any, consumer: Consumer) -> None:
         """The cluster answers and has the topics: else one clear error at start."""
@@ -526,10 +558,11 @@ class Worker:
         if self.eos_sink is not None:
             # Through the sink's transactions, behind the one in flight: a plain
             # commit could land after it and move the offset back.
-            in_txn = [(t, p, o) for (t, p), o in plan]
+            in_txn = [(t, p, o) for (t, p), o, _mark in plan]
             group = consumer.consumer_group_metadata()
             return self._call(self._commit_in_transaction(in_txn, group))
-        offsets = [ck.TopicPartition(t, p, o) for (t, p), o in plan]
+        # Each offset carries its LSN mark: the group's trim floor (walrelay.worker.trim).
+        offsets = [ck.TopicPartition(t, p, o, metadata=mark) for (t, p), o, mark in plan]
         try:
             result = consumer.commit(offsets=offsets, asynchronous=False)
         except ck.KafkaException as e:
@@ -625,6 +658,7 @@ class Worker:
                 self.tombstones += 1
                 tracker.consumed(origin, 0)
                 continue
+            self.read_lsns.read(origin, event.commit_lsn)
             blocked = router.dispatch(event, router.routes_for(event.table, event.op))
             counts = router.take_counts()
             total = 0
@@ -689,8 +723,14 @@ class Worker:
 
     async def _commit_plan(
         self, tps: list[TopicPartition] | None
-    ) -> list[tuple[TopicPartition, int]]:
-        return self.tracker.to_commit(tps)
+    ) -> list[tuple[TopicPartition, int, str | None]]:
+        """The offsets to commit, each with its LSN mark (walrelay.worker.trim)."""
+        self.read_lsns.retain(self.tracker.partitions)
+        plan = []
+        for tp, offset in self.tracker.to_commit(tps):
+            lsn = self.read_lsns.mark(tp, offset)
+            plan.append((tp, offset, None if lsn is None else commit_mark(lsn)))
+        return plan
 
     async def _commit_in_transaction(self, offsets: Offsets, group: Any) -> bool:
         sink = self.eos_sink

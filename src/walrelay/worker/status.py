@@ -16,6 +16,7 @@ Metrics (per partition: ``group``, ``topic``, ``partition``):
 ``walrelay_worker_partition_committed_offset{...}``  last committed offset
 ``walrelay_worker_partition_records_total{...}``   records read in this assignment
 ``walrelay_worker_group_lag_records{...}``         the group's lag, every partition (any owner)
+``walrelay_worker_trim_floor_lsn{group}``         dedup rows are trimmed below this commit LSN
 ``walrelay_worker_rebalances_total{group}``        assignments and revocations seen
 ``walrelay_worker_abandoned_events_total{group}``  revoked partitions' events dropped
 ``walrelay_events_out_total{destination}``         events delivered (as ``walrelay run``)
@@ -69,6 +70,8 @@ class WorkerView(Protocol):
 
     def group_lag_status(self) -> dict[str, Any] | None: ...
 
+    def trim_status(self) -> dict[str, Any] | None: ...
+
 
 class WorkerStatus:
     """What the HTTP server shows for one worker (a ``StatusSource``)."""
@@ -111,6 +114,8 @@ class WorkerStatus:
             "partitions": worker.partitions_status(),
             # The whole group (every member, every partition), read from the cluster.
             "group_lag": worker.group_lag_status(),
+            # The ledger / applied_events trim floor (walrelay.worker.trim).
+            "trim": worker.trim_status(),
             "rebalances": worker.rebalances,
             "abandoned_events": worker.abandoned,
             "skipped_records": worker.not_envelopes,
@@ -168,6 +173,15 @@ def _collector(worker: WorkerView) -> Collector:
                 for p in group_lag["partitions"]:
                     whole.add_metric([group, p["topic"], str(p["partition"])], p["lag_records"])
                 yield whole
+            trim = worker.trim_status()
+            if trim is not None and trim["floor_lsn"] is not None:
+                floor = GaugeMetricFamily(
+                    "walrelay_worker_trim_floor_lsn",
+                    "dedup rows are trimmed below this commit LSN",
+                    labels=["group"],
+                )
+                floor.add_metric([group], trim["floor_lsn"])
+                yield floor
             for name, doc, value in (
                 ("walrelay_worker_rebalances", "rebalances seen", worker.rebalances),
                 ("walrelay_worker_abandoned_events", "revoked events dropped", worker.abandoned),
@@ -263,6 +277,9 @@ def render_worker_status(docs: list[dict[str, Any]]) -> str:
                 f" {d['in_flight']} in flight, {d['buffered']} buffered"
                 + (f"; last error: {d['last_error']}" if d["last_error"] else "")
             )
+        trim = doc.get("trim")
+        if trim is not None:
+            out.append(f"  dedup rows: {_trim_line(trim)}")
     readings = [d["group_lag"] for d in docs if d.get("group_lag")]
     if readings:
         owners = {(p["topic"], p["partition"]): d["name"] for d in docs for p in d["partitions"]}
@@ -292,6 +309,17 @@ def _render_group_lag(
             f"  {owners.get((p['topic'], p['partition']), '(not on this host)')}"
         )
     return out
+
+
+def _trim_line(trim: dict[str, Any]) -> str:
+    held = format_duration(trim["retention"])
+    if trim["floor"] is not None:
+        return (
+            f"trimmed below {trim['floor']} (the group's replay floor"
+            f" {trim['replay_floor'] or '?'}, held {held})"
+        )
+    why = trim["blocked"] or trim["error"]
+    return f"not trimmed yet: {why or f'the floor is held {held} after the group commits'}"
 
 
 def _n(value: int | None) -> str:
