@@ -46,6 +46,8 @@ from collections.abc import Callable, Mapping
 from datetime import date, datetime, time, timedelta
 from typing import Any, Final
 
+import orjson
+
 from walrelay import exact_json
 
 __all__ = ["UNAVAILABLE", "Schema", "is_unavailable", "row_converter", "value_converter"]
@@ -275,37 +277,61 @@ def is_unavailable(value: Any, schema: Schema | None) -> bool:
     """Whether ``value`` is Debezium's placeholder for an unchanged TOASTed column
     (an array's: the text in a list; an integer array's: its bytes, as Debezium
     up to 2.x writes it)."""
-    if value in (UNAVAILABLE, _UNAVAILABLE_LIST, _UNAVAILABLE_INTS):
-        return True
-    return (
-        value == _UNAVAILABLE_B64
-        and isinstance(schema, dict)
-        and schema.get("type") == "bytes"
-        and schema.get("name") is None
-    )
+    kind = type(value)
+    if kind is str:
+        return value == UNAVAILABLE or (value == _UNAVAILABLE_B64 and _is_bytea(schema))
+    if kind is list:
+        return value in (_UNAVAILABLE_LIST, _UNAVAILABLE_INTS)
+    return False
+
+
+def _is_bytea(schema: Schema | None) -> bool:
+    return isinstance(schema, dict) and schema.get("type") == "bytes" and not schema.get("name")
 
 
 RowConverter = Callable[[Mapping[str, Any]], tuple[dict[str, Any], list[str]]]
 
 
+_CONVERTERS: dict[bytes, RowConverter] = {}
+_MAX_CONVERTERS: Final = 512
+
+
 def row_converter(struct: Schema | None) -> RowConverter:
     """A row (``before``/``after``/the key) -> (envelope row, unchanged TOAST columns).
 
-    ``struct`` is the row's Connect struct schema, or None (no schema)."""
+    ``struct`` is the row's Connect struct schema, or None (no schema). Every
+    record repeats its schema: converters are kept by the schema's text (a
+    table's schema changes only with its columns)."""
+    if not isinstance(struct, dict):
+        return _build(None)
+    text = orjson.dumps(struct)
+    found = _CONVERTERS.get(text)
+    if found is None:
+        if len(_CONVERTERS) >= _MAX_CONVERTERS:
+            _CONVERTERS.clear()
+        found = _CONVERTERS[text] = _build(struct)
+    return found
+
+
+def _build(struct: Schema | None) -> RowConverter:
     fields: dict[str, tuple[Converter, Schema | None]] = {}
     if isinstance(struct, dict):
         for field in struct.get("fields") or ():
             if isinstance(field, dict) and isinstance(field.get("field"), str):
                 fields[field["field"]] = (value_converter(field), field)
 
+    plain = (_identity, None)
+
     def convert(row: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
         out: dict[str, Any] = {}
         unchanged: list[str] = []
         for column, value in row.items():
-            conv, schema = fields.get(column, (_identity, None))
-            if value is None:
-                out[column] = None
-            elif is_unavailable(value, schema):
+            kind = type(value)
+            if value is None or kind is int or kind is bool or kind is float:
+                out[column] = value if kind is not int else fields.get(column, plain)[0](value)
+                continue
+            conv, schema = fields.get(column, plain)
+            if is_unavailable(value, schema):
                 unchanged.append(column)
             else:
                 out[column] = conv(value)
