@@ -204,7 +204,9 @@ def test_derive_id_regions() -> None:
     assert len(truncates) == 2
     for _, s in truncates:
         assert 3 * 2**29 + 2 <= s < 2**31
-    assert derive_id("r", {"lsn": 7000}, 2, 2**29 + 5, "a.x") == (6998, 5)
+    assert derive_id("r", {"lsn": 70000}, 2, 2**29 + 5, "a.x") == (69998, 5)
+    # Snapshot rows of two topics at the same partition and offset differ.
+    assert derive_id("r", {"lsn": 70000}, 2, 5, "a.x", 1) == (70000 - 1024 - 2, 5)
 
 
 @pytest.mark.parametrize(

@@ -66,10 +66,17 @@ _HALF: Final = 1 << 28
 _FAR: Final = _STREAM + (1 << 30)
 _TRUNCATES: Final = _FAR + 2
 _TRUNCATE_SPAN: Final = (1 << 31) - 1 - _TRUNCATES
+# Snapshot rows: topics and partitions told apart below the snapshot's LSN.
+_PLACES: Final = 1024
 
 
 def derive_id(
-    op: str, source: Mapping[str, Any], partition: int, offset: int, table: str
+    op: str,
+    source: Mapping[str, Any],
+    partition: int,
+    offset: int,
+    table: str,
+    topic_index: int = 0,
 ) -> tuple[int, int]:
     """``(commit_lsn, seq)`` of a Debezium event without walrelay's id header.
 
@@ -86,15 +93,18 @@ def derive_id(
     the ``c`` sorts after. A change more than 256 MB of WAL from its
     transaction's position gets ``commit_lsn`` = its own LSN (unique, in key
     order; not in partition order). Snapshot rows share one LSN and have no
-    position of their own: their id is the LSN (less the partition number)
-    and the record's offset, which a replay reads again. A TRUNCATE of several
-    tables is one event per table at one LSN: the table tells them apart.
+    position of their own: their id is where the record is -- the LSN less
+    ``topic_index * 1024 + partition`` (the topic's place in
+    ``worker.kafka.topics``), and the offset -- which a replay reads again. A
+    TRUNCATE of several tables is one event per table at one LSN: the table
+    tells them apart.
     """
     lsn = _int(source.get("lsn"))
     if lsn is None:
         raise NotAnEnvelope(f"no source.lsn ({_FIX})")
     if op == "r":
-        return max(lsn - partition, 0), offset % _ROWS
+        place = (topic_index % _PLACES) * _PLACES + partition % _PLACES
+        return max(lsn - place, 0), offset % _ROWS
     last_commit = _last_commit(source.get("sequence"))
     major = last_commit if last_commit is not None else lsn
     if op == "t":
@@ -186,9 +196,11 @@ def event_from_debezium(
     *,
     partition: int,
     offset: int,
+    topic_index: int = 0,
 ) -> Event | None:
     """The event a Debezium record carries; None for a tombstone;
-    :class:`NotAnEnvelope` (saying why and what to check) for anything else."""
+    :class:`NotAnEnvelope` (saying why and what to check) for anything else.
+    ``topic_index``: the record's topic's place in ``worker.kafka.topics``."""
     if value is None:
         return None
     try:
@@ -213,7 +225,7 @@ def event_from_debezium(
     table = f"{schema_name}.{table_name}" if schema_name and table_name else ""
     if not table and op != "message":
         raise NotAnEnvelope(f"no source.schema/source.table ({_FIX})")
-    ident = _relay_id(headers) or derive_id(code, source, partition, offset, table)
+    ident = _relay_id(headers) or derive_id(code, source, partition, offset, table, topic_index)
     commit_lsn, seq = ident
     txid = _int(source.get("txId"))
     committed_at = _committed_at(source, payload)

@@ -606,6 +606,7 @@ class Worker:
         tracker = self.tracker
         origins = self.origins
         debezium = self.kafka.format == "debezium"
+        topic_index = {t: i for i, t in enumerate(self.kafka.topics)} if debezium else {}
         for msg in messages:
             error = msg.error()
             if error is not None:
@@ -637,7 +638,12 @@ class Worker:
             try:
                 if debezium:
                     event = event_from_debezium(
-                        msg.value(), msg.key(), msg.headers(), partition=partition, offset=offset
+                        msg.value(),
+                        msg.key(),
+                        msg.headers(),
+                        partition=partition,
+                        offset=offset,
+                        topic_index=topic_index.get(topic, 0),
                     )
                 else:
                     event = event_from_record(msg.value(), msg.key(), msg.headers())
