@@ -14,7 +14,7 @@ import asyncio
 import base64
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -160,17 +160,41 @@ async def test_debezium_topics_reach_a_postgres_target_exactly(
         )
         worker = Worker(config, name="dbz")
         task = asyncio.create_task(worker.run())
+
+        def state() -> str:
+            """What a failed wait reports: where delivery stands."""
+            dests = {
+                d.name: (d.delivered_total, d.parked_total, d.failures_total, d.last_error)
+                for d in worker.destinations.by_name.values()
+            }
+            return (
+                f"hook got {len(hook.ids)} of {expected}; tombstones {worker.tombstones};"
+                f" skipped {worker.not_envelopes}; destinations {dests};"
+                f" partitions {worker.partitions_status()}"
+            )
+
+        async def waiting(predicate: Callable[[], bool | Awaitable[bool]], what: str) -> None:
+            try:
+                await wait_for(predicate, within=60, what=what)
+            except AssertionError as e:
+                raise AssertionError(f"{e}: {state()}") from None
+
         try:
 
-            def target_equals_source() -> bool:
+            def same_rows() -> bool:
                 return all(
                     rows(target, t) == rows(source, t, columns(target, t) or None) for t in TABLES
                 )
 
-            await wait_for(lambda: len(hook.ids) >= expected, what="every event delivered")
-            await wait_for(target_equals_source, what="the target to equal the source")
+            async def target_equals_source() -> bool:
+                # In a thread: a query waiting for the sink's TRUNCATE lock must not
+                # block the event loop the sink needs to commit.
+                return await asyncio.to_thread(same_rows)
+
+            await waiting(lambda: len(hook.ids) >= expected, "every event delivered")
+            await waiting(target_equals_source, "the target to equal the source")
             assert worker.tombstones == sum(1 for r in records if r["value"] is None) == 5
-            await wait_for(lambda: worker.not_envelopes == 1, what="the stray record skipped")
+            await waiting(lambda: worker.not_envelopes == 1, "the stray record skipped")
             assert any(
                 f"{prefix}.public.plain[0] offset" in m
                 and "skipped: not a debezium event: the value is not JSON" in m
@@ -190,9 +214,9 @@ async def test_debezium_topics_reach_a_postgres_target_exactly(
                 }
                 return all(committed.get(tp, 0) >= end for tp, end in ends.items())
 
-            await wait_for(replay_committed, what="the replayed records consumed and committed")
+            await waiting(replay_committed, "the replayed records consumed and committed")
             assert len(hook.ids) == expected
-            assert target_equals_source()
+            assert await target_equals_source()
         finally:
             worker.request_stop()
             await asyncio.wait_for(task, timeout=30)
@@ -285,9 +309,12 @@ async def test_walrelay_debezium_output_round_trips_through_a_worker(
             worker = Worker(worker_config, name="rt")
             task = asyncio.create_task(worker.run())
             try:
+
+                def same_rows() -> bool:
+                    return acct(target) == acct(db) and len(acct(db)) == 38
+
                 await wait_for(
-                    lambda: acct(target) == acct(db) and len(acct(db)) == 38,
-                    what="the target to equal the source",
+                    lambda: asyncio.to_thread(same_rows), what="the target to equal the source"
                 )
                 assert worker.not_envelopes == 0
                 assert worker.tombstones == 4  # 2 deletes, 2 old keys
