@@ -1,7 +1,7 @@
 // Runs Debezium's embedded engine (PostgreSQL connector, JsonConverter with
-// schemas.enable=false) and writes every record as one JSON line
+// schemas.enable=false, or true with a fifth argument "true") and writes every record as one JSON line
 // {"destination", "key", "value"} until a record of public.zz_end arrives.
-// Started by run.py: java -cp <jars> GoldenRunner.java <port> <dbname> <out>
+// Started by run.py: java -cp <jars> GoldenRunner.java <port> <dbname> <out> [<tx metadata> [<schemas>]]
 import io.debezium.engine.ChangeEvent;
 import io.debezium.engine.DebeziumEngine;
 import io.debezium.engine.format.Json;
@@ -32,7 +32,7 @@ public class GoldenRunner {
         p.setProperty("publication.autocreate.mode", "disabled");
         p.setProperty("snapshot.mode", "initial");
         p.setProperty("skipped.operations", "none");
-        p.setProperty("converter.schemas.enable", "false");
+        p.setProperty("converter.schemas.enable", args.length > 4 ? args[4] : "false");
         p.setProperty("provide.transaction.metadata", args.length > 3 ? args[3] : "false");
         CountDownLatch done = new CountDownLatch(1);
         PrintWriter out = new PrintWriter(new FileWriter(args[2]), true);

@@ -71,9 +71,17 @@ def main() -> None:
         action="store_true",
         help="provide.transaction.metadata=true (writes golden-transactions.jsonl)",
     )
+    parser.add_argument(
+        "--schemas",
+        action="store_true",
+        help="JsonConverter schemas.enable=true (writes golden-schemas.jsonl: the worker's"
+        " Debezium input tests read it)",
+    )
     args = parser.parse_args()
     if args.out is None:
         name = "golden-transactions.jsonl" if args.transaction_metadata else "golden.jsonl"
+        if args.schemas:
+            name = "golden-schemas.jsonl"
         args.out = DATA / name
     fetch_jars(args.libs)
     cluster = start_cluster()
@@ -97,6 +105,7 @@ def main() -> None:
                 "golden",
                 str(raw),
                 "true" if args.transaction_metadata else "false",
+                "true" if args.schemas else "false",
             ],
         )
         try:

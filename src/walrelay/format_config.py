@@ -44,6 +44,8 @@ class DebeziumOptions(_Options):
     unavailable_value_placeholder: str = Field(
         default="__debezium_unavailable_value", alias="unavailable.value.placeholder"
     )
+    # JsonConverter's schemas.enable: {"schema", "payload"} around every key and value.
+    schemas_enable: bool = Field(default=False, alias="schemas.enable")
 
 
 class CloudEventsOptions(_Options):

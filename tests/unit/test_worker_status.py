@@ -24,6 +24,7 @@ class FakeWorker:
         self.rebalances = 2
         self.abandoned = 1
         self.not_envelopes = 0
+        self.tombstones = 0
         self.destinations = Destinations()
         self.tracker = OffsetTracker()
         epoch = self.tracker.assign(("cdc.t", 3), 10)
@@ -108,6 +109,8 @@ def test_metrics_per_partition() -> None:
     assert f"walrelay_worker_partition_safe_offset{{{labels}}} 11.0" in text
     assert f"walrelay_worker_partition_lag_seconds{{{labels}}} 1.5" in text
     assert 'walrelay_worker_assigned_partitions{group="billing"} 1.0' in text
+    assert 'walrelay_worker_tombstones_total{group="billing"} 0.0' in text
+    assert 'walrelay_worker_skipped_records_total{group="billing"} 0.0' in text
 
 
 def test_the_whole_groups_lag_in_status_and_metrics() -> None:

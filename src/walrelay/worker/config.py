@@ -69,8 +69,9 @@ class WorkerKafkaConfig(_Model):
     bootstrap: str = Field(alias="bootstrap_servers")
     group: str
     topics: list[str] = Field(min_length=1)
-    # The records' value: the walrelay envelope (what the relay's kafka sink writes).
-    format: Literal["walrelay"] = "walrelay"
+    # The records' value: the walrelay envelope (what the relay's kafka sink writes),
+    # or Debezium's change events (worker/debezium_records.py).
+    format: Literal["walrelay", "debezium"] = "walrelay"
     # A member silent this long loses its partitions to the others.
     session_timeout: Seconds = 10.0
     heartbeat_interval: Seconds = 1.0

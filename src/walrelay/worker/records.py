@@ -24,7 +24,7 @@ import orjson
 from walrelay import exact_json
 from walrelay.model import Event, Op, parse_event_id
 
-__all__ = ["NotAnEnvelope", "event_from_record"]
+__all__ = ["Headers", "NotAnEnvelope", "event_from_record", "header"]
 
 _SEP = "\x1f"
 # Key values orjson reads exactly (an integer beyond 64 bits becomes a float).
@@ -39,7 +39,8 @@ class NotAnEnvelope(ValueError):
 Headers = Sequence[tuple[str, str | bytes | None]] | Mapping[str, str | bytes | None] | None
 
 
-def _header(headers: Headers, name: str) -> str | None:
+def header(headers: Headers, name: str) -> str | None:
+    """The value of the record header ``name`` as text, or None."""
     pairs = headers.items() if isinstance(headers, Mapping) else headers or ()
     for k, v in pairs:
         if k == name and v is not None:
@@ -61,15 +62,15 @@ def event_from_record(
         raise NotAnEnvelope(f"the value is not JSON ({e})") from None
     if not isinstance(env, dict):
         raise NotAnEnvelope("the value is not a JSON object")
-    ident = env.get("id") or _header(headers, "id")
-    op = env.get("op") or _header(headers, "op")
+    ident = env.get("id") or header(headers, "id")
+    op = env.get("op") or header(headers, "op")
     if not isinstance(ident, str) or op not in _OPS:
         raise NotAnEnvelope("no walrelay event id or op (is the topic written by walrelay?)")
     try:
         commit_lsn, seq = parse_event_id(ident)
     except ValueError as e:
         raise NotAnEnvelope(str(e)) from None
-    table = _header(headers, "table") or env.get("table") or ""
+    table = header(headers, "table") or env.get("table") or ""
     committed = env.get("committed_at")
     try:
         committed_at = (

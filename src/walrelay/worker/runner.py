@@ -65,6 +65,7 @@ from walrelay.sinks.kafka_offsets import KafkaOffsetsSink, Offsets
 from walrelay.sinks.registry import build_sink
 from walrelay.source.types import TypeRegistry
 from walrelay.worker.config import WorkerFileConfig, is_kafka_exactly_once
+from walrelay.worker.debezium_records import event_from_debezium
 from walrelay.worker.group_lag import PartitionLag, read_group_lag
 from walrelay.worker.offsets import OffsetTracker, Origin, OriginMap, TopicPartition
 from walrelay.worker.records import NotAnEnvelope, event_from_record
@@ -194,6 +195,7 @@ class Worker:
         # Stats.
         self.abandoned = 0  # events of revoked partitions dropped before the sink
         self.not_envelopes = 0  # records skipped: not a walrelay envelope
+        self.tombstones = 0  # format debezium: null values after deletes (no event)
         self.rebalances = 0
         self.member_id: str | None = None
         # The whole group's lag, read from the cluster while http is on (group_lag.py).
@@ -603,6 +605,8 @@ class Worker:
         assert router is not None
         tracker = self.tracker
         origins = self.origins
+        debezium = self.kafka.format == "debezium"
+        topic_index = {t: i for i, t in enumerate(self.kafka.topics)} if debezium else {}
         for msg in messages:
             error = msg.error()
             if error is not None:
@@ -630,18 +634,34 @@ class Worker:
                 tracker.assign((topic, partition), offset)
                 part = tracker.partitions[(topic, partition)]
             origin = Origin((topic, partition), part.epoch, offset)
+            event: Event | None
             try:
-                event = event_from_record(msg.value(), msg.key(), msg.headers())
+                if debezium:
+                    event = event_from_debezium(
+                        msg.value(),
+                        msg.key(),
+                        msg.headers(),
+                        partition=partition,
+                        offset=offset,
+                        topic_index=topic_index.get(topic, 0),
+                    )
+                else:
+                    event = event_from_record(msg.value(), msg.key(), msg.headers())
             except NotAnEnvelope as e:
                 self.not_envelopes += 1
                 log.error(
-                    "worker %s: %s[%d] offset %d skipped: not a walrelay event: %s",
+                    "worker %s: %s[%d] offset %d skipped: not a %s event: %s",
                     self.name,
                     topic,
                     partition,
                     offset,
+                    self.kafka.format,
                     e,
                 )
+                tracker.consumed(origin, 0)
+                continue
+            if event is None:  # a Debezium tombstone: nothing to deliver
+                self.tombstones += 1
                 tracker.consumed(origin, 0)
                 continue
             self.read_lsns.read(origin, event.commit_lsn)

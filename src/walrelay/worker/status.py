@@ -60,6 +60,7 @@ class WorkerView(Protocol):
     rebalances: int
     abandoned: int
     not_envelopes: int
+    tombstones: int
     destinations: Destinations
 
     @property
@@ -118,6 +119,7 @@ class WorkerStatus:
             "rebalances": worker.rebalances,
             "abandoned_events": worker.abandoned,
             "skipped_records": worker.not_envelopes,
+            "tombstones": worker.tombstones,
             "destinations": dests,
         }
 
@@ -183,6 +185,12 @@ def _collector(worker: WorkerView) -> Collector:
             for name, doc, value in (
                 ("walrelay_worker_rebalances", "rebalances seen", worker.rebalances),
                 ("walrelay_worker_abandoned_events", "revoked events dropped", worker.abandoned),
+                (
+                    "walrelay_worker_skipped_records",
+                    "records that are no event",
+                    worker.not_envelopes,
+                ),
+                ("walrelay_worker_tombstones", "tombstones read (no event)", worker.tombstones),
             ):
                 counter = CounterMetricFamily(name, doc, labels=["group"])
                 counter.add_metric([group], value)

@@ -35,6 +35,7 @@ from walrelay.format_config import DebeziumOptions
 from walrelay.model import Event, Relation, Rendering
 from walrelay.pipeline.envelope import encode_json
 from walrelay.pipeline.formats.common import decode_envelope, rendered
+from walrelay.pipeline.formats.debezium_schema import MESSAGE_KEY, MESSAGE_VALUE, SchemaBook
 from walrelay.pipeline.formats.debezium_values import (
     UNSUPPORTED_OIDS,
     ValueConverter,
@@ -102,6 +103,8 @@ class DebeziumFormatter:
         self._tables: dict[str, _Table] = {}
         self._source_key: tuple[Any, ...] | None = None
         self._source_value: dict[str, Any] = {}
+        # schemas.enable: the Connect schemas (debezium_schema.py).
+        self._schemas = SchemaBook(options, self._name) if options.schemas_enable else None
 
     def _table(self, table: str) -> _Table | None:
         relation = self._relation(table)
@@ -161,6 +164,16 @@ class DebeziumFormatter:
             "ts_us": now // 1_000,
             "ts_ns": now,
         }
+        if self._schemas is not None:
+            relation = plan.relation if plan is not None else None
+            key_columns = tuple(key) if isinstance(key, dict) else None
+            schema = self._schemas.envelope(table, relation, (before, after), key_columns)
+            value = {"schema": schema, "payload": value}
+            if key is not None:
+                key = {"schema": self._schemas.key(table, relation, key), "payload": key}
+            if old_key is not None:
+                key_schema = self._schemas.key(table, relation, old_key)
+                old_key = {"schema": key_schema, "payload": old_key}
         rendering = Rendering(
             key=None if key is None else encode_json(key),
             old_key=None if old_key is None else encode_json(old_key),
@@ -198,7 +211,11 @@ class DebeziumFormatter:
             "transaction": _transaction_block(transaction),
             "message": {"prefix": prefix, "content": base64.b64encode(data).decode()},
         }
-        rendering = Rendering(key=encode_json({"prefix": prefix}))
+        key: dict[str, Any] = {"prefix": prefix}
+        if self._schemas is not None:
+            value = {"schema": MESSAGE_VALUE, "payload": value}
+            key = {"schema": MESSAGE_KEY, "payload": key}
+        rendering = Rendering(key=encode_json(key))
         return rendered(event, encode_json(value), rendering)
 
     def _source(self, event: Event, snapshot: str, schema: str, table: str) -> dict[str, Any]:
