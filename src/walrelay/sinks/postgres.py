@@ -20,7 +20,9 @@ What a batch does, in **one target transaction**:
    become an upsert on the target's primary key (a run of upserts into one
    table that touch distinct rows is one statement over a JSON array of
    their envelopes), ``delete`` deletes by key, an ``update`` that changed
-   the key deletes the old key first, ``truncate`` truncates the mapped
+   the key first moves the old row to the new key (an ``UPDATE``, so columns
+   the event does not carry -- a TOASTed value the server did not resend, a
+   target-only column -- keep their values), ``truncate`` truncates the mapped
    target tables (``restart identity`` when the source asked for it);
    logical messages are only recorded;
 3. ``COMMIT``.
@@ -431,13 +433,19 @@ class PostgresSink:
         record = env.get("record")
         if not isinstance(record, dict):
             return out
+        cols = tuple(c for c in record if c in table.columns)
         if (
             isinstance(old, dict)
             and all(k in old for k in table.key)
             and any(old[k] != record.get(k) for k in table.key)
         ):
-            out.append((self._delete_sql(conn, table), (body,), None))
-        cols = tuple(c for c in record if c in table.columns)
+            # The key changed: the old row is moved (an UPDATE of its key and of
+            # the columns the event carries), so a TOASTed column the server did
+            # not resend, and target-only columns, keep their values; without an
+            # old row, the row is upserted.
+            self._require_key(table, record, event)
+            out.append((self._move_sql(conn, table, cols), (body, body, body), None))
+            return out
         for c in record:
             if c not in table.columns and (table.name, c) not in self._warned:
                 self._warned.add((table.name, c))
@@ -493,6 +501,31 @@ class PostgresSink:
             ).format(t=table.ident, names=names, values=values, conflict=conflict, action=action)
 
         return self._query(conn, ("upsert", table.name, table.key, cols), build)
+
+    def _move_sql(self, conn: Conn, table: _Table, cols: tuple[str, ...]) -> bytes:
+        def build() -> sql.Composable:
+            key = sql.SQL(", ").join(map(sql.Identifier, table.key))
+            names = sql.SQL(", ").join(map(sql.Identifier, cols))
+            values = sql.SQL(", ").join(sql.Identifier("r", c) for c in cols)
+            updates = [c for c in cols if c not in table.key]
+            action: sql.Composable = sql.SQL("do nothing")
+            if updates:
+                action = sql.SQL("do update set {}").format(
+                    sql.SQL(", ").join(
+                        sql.SQL("{0} = excluded.{0}").format(sql.Identifier(c)) for c in updates
+                    )
+                )
+            return sql.SQL(
+                "with moved as (update {t} set ({names}) = (select {names} from "
+                "jsonb_populate_record(null::{t}, %s::jsonb -> 'record')) where ({key}) = "
+                "(select {key} from jsonb_populate_record(null::{t}, %s::jsonb -> 'old')) "
+                "returning 1) "
+                "insert into {t} ({names}) select {values} "
+                "from jsonb_populate_record(null::{t}, %s::jsonb -> 'record') as r "
+                "where not exists (select from moved) on conflict ({key}) {action}"
+            ).format(t=table.ident, key=key, names=names, values=values, action=action)
+
+        return self._query(conn, ("move", table.name, table.key, cols), build)
 
     def _delete_sql(self, conn: Conn, table: _Table) -> bytes:
         def build() -> sql.Composable:
