@@ -5,10 +5,9 @@ import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from types import FrameType
 
-import psycopg
 import pytest
 
-from walrelay.testing.pgcluster import PgCluster, drop_database, start_cluster
+from walrelay.testing.pgcluster import PgCluster, scratch_database, start_cluster
 from walrelay.testing.proxy import TcpProxy
 
 StartProxy = Callable[[int], Awaitable[TcpProxy]]
@@ -41,13 +40,8 @@ def pg() -> Iterator[PgCluster]:
 @pytest.fixture
 def db(pg: PgCluster) -> Iterator[str]:
     """A fresh database; its slots and the database are dropped afterwards."""
-    name = f"t{next(_db_counter)}"
-    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
-        conn.execute(f"create database {name}")
-    try:
-        yield pg.dsn(name)
-    finally:
-        drop_database(pg.dsn(), name)
+    with scratch_database(pg, f"t{next(_db_counter)}") as dsn:
+        yield dsn
 
 
 @pytest.fixture

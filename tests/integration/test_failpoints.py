@@ -54,7 +54,7 @@ from tests.integration.support import (
 from walrelay import failpoints
 from walrelay.model import format_lsn
 from walrelay.testing.checker import Change, Delivery, check
-from walrelay.testing.pgcluster import PgCluster, drop_database
+from walrelay.testing.pgcluster import PgCluster, scratch_database
 from walrelay.testing.servers import KafkaServer, NatsServer, RedisServer
 
 SECRET = "whsec_" + base64.b64encode(b"failpoint-test-secret-0123456789").decode()
@@ -66,13 +66,8 @@ _targets = itertools.count(1)
 
 @pytest.fixture
 def target(pg: PgCluster) -> Iterator[str]:
-    name = f"fptarget{next(_targets)}"
-    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
-        conn.execute(f"create database {name}")
-    try:
-        yield pg.dsn(name)
-    finally:
-        drop_database(pg.dsn(), name)
+    with scratch_database(pg, f"fptarget{next(_targets)}") as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="module")

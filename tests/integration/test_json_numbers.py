@@ -12,7 +12,7 @@ import orjson
 import psycopg
 
 from tests.integration.support import execute, running_engine, wait_for
-from walrelay.config import DestinationConfig, parse_config
+from walrelay.config import Config, parse_config
 from walrelay.model import Event
 from walrelay.sinks.memory import MemorySink
 
@@ -48,6 +48,18 @@ def insert_rows(dsn: str) -> None:
     )
     message = f'{{"aggregate_type": "order", "aggregate_id": "10", "payload": {PAYLOAD}}}'
     execute(dsn, "select pg_logical_emit_message(true, 'walrelay.outbox', %s)", params=(message,))
+
+
+def config_of(db: str, tables: list[str], slot: str, destinations: list[dict[str, Any]]) -> Config:
+    return parse_config(
+        {
+            "source": {"dsn": db, "tables": tables, "slot": slot},
+            "destinations": destinations,
+            "http": {"enabled": False},
+            "shutdown_timeout": 10,
+        },
+        "(test)",
+    )
 
 
 def check(conn: psycopg.Connection[Any], query: str, body: bytes | str, row: int) -> None:
@@ -103,20 +115,8 @@ async def test_json_numbers_keep_every_digit_through_formats_transforms_and_outb
         },
         {"name": "outbox", "sink": {"type": "stdout"}, "router": {"type": "outbox"}},
     ]
-    cfg = parse_config(
-        {
-            "source": {"dsn": db, "tables": ["public.docs", "public.outbox"], "slot": "jsonnum"},
-            "destinations": destinations,
-            "http": {"enabled": False},
-            "shutdown_timeout": 10,
-        },
-        "(test)",
-    )
-
-    def sink_for(dcfg: DestinationConfig) -> MemorySink:
-        return sinks[dcfg.name]
-
-    async with running_engine(cfg, sink_factory=sink_for):
+    cfg = config_of(db, ["public.docs", "public.outbox"], "jsonnum", destinations)
+    async with running_engine(cfg, sink_factory=lambda dcfg: sinks[dcfg.name]):
         insert_rows(db)
         await wait_for(lambda: len(bodies(sinks["dbz"])) == 2, what="debezium rows")
         await wait_for(lambda: len(bodies(sinks["ce"])) == 2, what="cloudevents rows")
@@ -227,20 +227,8 @@ async def test_json_keys_given_twice_stay_through_formats_and_transforms(db: str
             ],
         },
     ]
-    cfg = parse_config(
-        {
-            "source": {"dsn": db, "tables": ["public.notes"], "slot": "jsondup"},
-            "destinations": destinations,
-            "http": {"enabled": False},
-            "shutdown_timeout": 10,
-        },
-        "(test)",
-    )
-
-    def sink_for(dcfg: DestinationConfig) -> MemorySink:
-        return sinks[dcfg.name]
-
-    async with running_engine(cfg, sink_factory=sink_for):
+    cfg = config_of(db, ["public.notes"], "jsondup", destinations)
+    async with running_engine(cfg, sink_factory=lambda dcfg: sinks[dcfg.name]):
         execute(db, "insert into notes values (1, %s::json)", params=(DUPLICATES,))
         for sink in sinks.values():
 

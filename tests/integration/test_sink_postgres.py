@@ -18,7 +18,7 @@ from walrelay.errors import PoisonEvent, SinkError
 from walrelay.model import Event, format_event_id, format_lsn
 from walrelay.sinks.base import SinkContext
 from walrelay.sinks.postgres import PostgresSink
-from walrelay.testing.pgcluster import PgCluster, drop_database
+from walrelay.testing.pgcluster import PgCluster, scratch_database
 
 _target_counter = itertools.count(1)
 
@@ -29,13 +29,8 @@ def pg_sink(dsn: str) -> PostgresSink:
 
 @pytest.fixture
 def target(pg: PgCluster) -> Iterator[str]:
-    name = f"target{next(_target_counter)}"
-    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
-        conn.execute(f"create database {name}")
-    try:
-        yield pg.dsn(name)
-    finally:
-        drop_database(pg.dsn(), name)
+    with scratch_database(pg, f"target{next(_target_counter)}") as dsn:
+        yield dsn
 
 
 def rows(dsn: str, query: str) -> list[tuple[Any, ...]]:

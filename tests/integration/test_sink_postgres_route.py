@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from tests.integration.support import execute, make_config, running_engine, wait_for
-from walrelay.testing.pgcluster import PgCluster, drop_database
+from walrelay.testing.pgcluster import PgCluster, scratch_database
 
 _counter = itertools.count(1)
 
@@ -35,13 +35,8 @@ def stamp(events):
 
 @pytest.fixture
 def target(pg: PgCluster) -> Iterator[str]:
-    name = f"routed{next(_counter)}"
-    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
-        conn.execute(f"create database {name}")
-    try:
-        yield pg.dsn(name)
-    finally:
-        drop_database(pg.dsn(), name)
+    with scratch_database(pg, f"routed{next(_counter)}") as dsn:
+        yield dsn
 
 
 def rows(dsn: str, query: str) -> list[tuple[Any, ...]]:

@@ -15,7 +15,7 @@ import sys
 import urllib.request
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -42,7 +42,7 @@ from walrelay.errors import ConfigError
 from walrelay.sinks.base import SinkContext
 from walrelay.sinks.kafka import KafkaSink, message_key
 from walrelay.testing.kafka_reading import reading_consumer
-from walrelay.testing.pgcluster import PgCluster, drop_database, free_port
+from walrelay.testing.pgcluster import PgCluster, free_port, scratch_database
 from walrelay.testing.relay_records import relay_update
 from walrelay.testing.servers import KafkaServer
 from walrelay.worker.config import load_worker_config, parse_worker_config
@@ -71,13 +71,8 @@ def kafka() -> Iterator[KafkaServer]:
 
 @pytest.fixture
 def target_db(pg: PgCluster) -> Iterator[str]:
-    name = f"tgt_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
-        conn.execute(f"create database {name}")
-    try:
-        yield pg.dsn(name)
-    finally:
-        drop_database(pg.dsn(), name)
+    with scratch_database(pg, f"tgt_{uuid.uuid4().hex[:8]}") as dsn:
+        yield dsn
 
 
 def _read_all(bootstrap: str, topic: str, expected: int) -> list[Any]:
@@ -814,24 +809,17 @@ async def test_the_dashboard_of_a_worker_shows_the_groups_lag(
                 await browser.close()
 
 
-async def test_a_commit_whose_answer_is_lost_is_settled_not_sent_twice(
-    kafka: KafkaServer, db: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A transaction commits, but the producer reports a timeout: the sink
-    cannot know. Before the batch is retried, a new producer settles the
-    transaction and the group's committed offsets say it went through: the
-    batch is not produced again."""
+def lose_commit_answers(monkeypatch: pytest.MonkeyPatch, lose: Callable[[], bool]) -> None:
+    """The Kafka sink's producers report a timeout after a commit that went
+    through, whenever ``lose()`` says so (the broker's answer was lost)."""
     import confluent_kafka
 
     import walrelay.sinks.kafka as kafka_module
 
     class LostAnswer(confluent_kafka.Producer):
-        commits = 0
-
         def commit_transaction(self, *args: Any) -> None:
             super().commit_transaction(*args)
-            LostAnswer.commits += 1
-            if LostAnswer.commits == 2:
+            if lose():
                 error = confluent_kafka.KafkaError(
                     confluent_kafka.KafkaError._TIMED_OUT, "test: the answer was lost"
                 )
@@ -839,6 +827,23 @@ async def test_a_commit_whose_answer_is_lost_is_settled_not_sent_twice(
 
     wrapped = SimpleNamespace(**{**vars(confluent_kafka), "Producer": LostAnswer})
     monkeypatch.setattr(kafka_module, "import_extra", lambda *_: wrapped)
+
+
+async def test_a_commit_whose_answer_is_lost_is_settled_not_sent_twice(
+    kafka: KafkaServer, db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transaction commits, but the producer reports a timeout: the sink
+    cannot know. Before the batch is retried, a new producer settles the
+    transaction and the group's committed offsets say it went through: the
+    batch is not produced again."""
+    commits = 0
+
+    def the_second_commit() -> bool:
+        nonlocal commits
+        commits += 1
+        return commits == 2
+
+    lose_commit_answers(monkeypatch, the_second_commit)
     tag = uuid.uuid4().hex[:6]
     source, output, group = f"doubtin{tag}", f"doubtout{tag}", f"g-doubt{tag}"
     admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
@@ -889,7 +894,7 @@ async def test_a_commit_whose_answer_is_lost_is_settled_not_sent_twice(
         await wait_for(seen.at_end, what="the whole output read")
     finally:
         seen.close()
-    assert LostAnswer.commits >= 3  # the lost answer, and transactions after it
+    assert commits >= 3  # the lost answer, and transactions after it
     counts = Counter((key, v) for _p, _o, key, v in seen.records)
     assert len(seen.records) == len(rows) and set(counts.values()) == {1}, counts.most_common(3)
 
@@ -901,26 +906,17 @@ async def test_an_offsets_commit_after_a_commit_in_doubt_never_takes_the_group_b
     an offsets-only commit comes (a revoke's, from offsets that do not count the
     batch): the sink settles the doubt first, so the group's offset stays past
     the batch, and the retried batch is not produced again."""
-    import confluent_kafka
-
-    import walrelay.sinks.kafka as kafka_module
     from walrelay.errors import SinkError
     from walrelay.sinks.kafka_offsets import KafkaOffsetsSink, Offsets
 
-    class LostAnswer(confluent_kafka.Producer):
-        lose = False
+    losing = False
 
-        def commit_transaction(self, *args: Any) -> None:
-            super().commit_transaction(*args)
-            if LostAnswer.lose:
-                LostAnswer.lose = False
-                error = confluent_kafka.KafkaError(
-                    confluent_kafka.KafkaError._TIMED_OUT, "test: the answer was lost"
-                )
-                raise confluent_kafka.KafkaException(error)
+    def when_asked() -> bool:
+        nonlocal losing
+        lost, losing = losing, False
+        return lost
 
-    wrapped = SimpleNamespace(**{**vars(confluent_kafka), "Producer": LostAnswer})
-    monkeypatch.setattr(kafka_module, "import_extra", lambda *_: wrapped)
+    lose_commit_answers(monkeypatch, when_asked)
     tag = uuid.uuid4().hex[:6]
     source, output, group = f"settlein{tag}", f"settleout{tag}", f"g-settle{tag}"
     admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
@@ -975,7 +971,7 @@ async def test_an_offsets_commit_after_a_commit_in_doubt_never_takes_the_group_b
     try:
         src.offsets = [(source, 0, 5)]
         await sink.deliver(batch(range(5)))
-        LostAnswer.lose = True
+        losing = True
         src.offsets = [(source, 0, 10)]
         with pytest.raises(SinkError):
             await sink.deliver(batch(range(5, 10)))

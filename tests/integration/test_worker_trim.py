@@ -22,7 +22,7 @@ from tests.integration.support import WebhookReceiver, execute, wait_for
 from walrelay.model import format_event_id
 from walrelay.pipeline import ledger as ledger_module
 from walrelay.sinks import postgres as postgres_module
-from walrelay.testing.pgcluster import PgCluster, drop_database
+from walrelay.testing.pgcluster import PgCluster, scratch_database
 from walrelay.testing.relay_records import relay_update
 from walrelay.testing.servers import KafkaServer
 from walrelay.worker import trim as trim_module
@@ -44,13 +44,8 @@ def kafka() -> Iterator[KafkaServer]:
 
 @pytest.fixture
 def target_db(pg: PgCluster) -> Iterator[str]:
-    name = f"tgt_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
-        conn.execute(f"create database {name}")
-    try:
-        yield pg.dsn(name)
-    finally:
-        drop_database(pg.dsn(), name)
+    with scratch_database(pg, f"tgt_{uuid.uuid4().hex[:8]}") as dsn:
+        yield dsn
 
 
 class HoldingReceiver(WebhookReceiver):

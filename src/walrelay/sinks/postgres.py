@@ -482,17 +482,8 @@ class PostgresSink:
         def build() -> sql.Composable:
             names = sql.SQL(", ").join(map(sql.Identifier, cols))
             values = sql.SQL(", ").join(sql.Identifier("r", c) for c in cols)
-            updates = [c for c in cols if c not in table.key]
             conflict = sql.SQL(", ").join(map(sql.Identifier, table.key))
-            action: sql.Composable
-            if updates:
-                action = sql.SQL("do update set {}").format(
-                    sql.SQL(", ").join(
-                        sql.SQL("{0} = excluded.{0}").format(sql.Identifier(c)) for c in updates
-                    )
-                )
-            else:
-                action = sql.SQL("do nothing")
+            action = _on_conflict(table, cols)
             return sql.SQL(
                 "insert into {t} ({names}) select {values} "
                 "from jsonb_array_elements(%s::jsonb) with ordinality as e(body, n) "
@@ -507,14 +498,7 @@ class PostgresSink:
             key = sql.SQL(", ").join(map(sql.Identifier, table.key))
             names = sql.SQL(", ").join(map(sql.Identifier, cols))
             values = sql.SQL(", ").join(sql.Identifier("r", c) for c in cols)
-            updates = [c for c in cols if c not in table.key]
-            action: sql.Composable = sql.SQL("do nothing")
-            if updates:
-                action = sql.SQL("do update set {}").format(
-                    sql.SQL(", ").join(
-                        sql.SQL("{0} = excluded.{0}").format(sql.Identifier(c)) for c in updates
-                    )
-                )
+            action = _on_conflict(table, cols)
             return sql.SQL(
                 "with moved as (update {t} set ({names}) = (select {names} from "
                 "jsonb_populate_record(null::{t}, %s::jsonb -> 'record')) where ({key}) = "
@@ -556,6 +540,16 @@ class PostgresSink:
             sql.SQL(" restart identity") if env.get("restart_identity") else sql.SQL(""),
         )
         return [(q.as_bytes(conn), (), None)]
+
+
+def _on_conflict(table: _Table, cols: tuple[str, ...]) -> sql.Composable:
+    """An upsert's action on its key: set the other columns ``cols`` holds."""
+    updates = [c for c in cols if c not in table.key]
+    if not updates:
+        return sql.SQL("do nothing")
+    return sql.SQL("do update set {}").format(
+        sql.SQL(", ").join(sql.SQL("{0} = excluded.{0}").format(sql.Identifier(c)) for c in updates)
+    )
 
 
 def _runs(

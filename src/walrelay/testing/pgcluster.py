@@ -7,6 +7,7 @@ keeps the pid we stop the server by our own child's pid.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -256,3 +258,18 @@ def drop_database(dsn: str, name: str, *, within: float = 30.0) -> None:
         conn.execute(
             sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
         )
+
+
+@contextlib.contextmanager
+def scratch_database(cluster: PgCluster, name: str) -> Iterator[str]:
+    """A new database ``name`` on ``cluster`` (its dsn), dropped with its slots
+    afterwards (:func:`drop_database`)."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    try:
+        yield cluster.dsn(name)
+    finally:
+        drop_database(cluster.dsn(), name)

@@ -41,17 +41,22 @@ class PartitionLag:
         return asdict(self)
 
 
-def read_group_lag(ck: Any, consumer: Any, topics: list[str], timeout: float) -> list[PartitionLag]:
-    """Every partition of ``topics``: the group's committed offset, the end and
-    the lag. ``consumer``: a read_committed consumer of the group that is not
-    subscribed. Raises ``KafkaException`` when the cluster does not answer."""
+def topic_partitions(ck: Any, consumer: Any, topics: list[str], timeout: float) -> list[Any]:
+    """Every partition (``TopicPartition``) of those of ``topics`` that exist."""
     metadata = consumer.list_topics(timeout=timeout)
-    tps = [
+    return [
         ck.TopicPartition(topic, p)
         for topic in topics
         if topic in metadata.topics and metadata.topics[topic].error is None
         for p in sorted(metadata.topics[topic].partitions)
     ]
+
+
+def read_group_lag(ck: Any, consumer: Any, topics: list[str], timeout: float) -> list[PartitionLag]:
+    """Every partition of ``topics``: the group's committed offset, the end and
+    the lag. ``consumer``: a read_committed consumer of the group that is not
+    subscribed. Raises ``KafkaException`` when the cluster does not answer."""
+    tps = topic_partitions(ck, consumer, topics, timeout)
     if not tps:
         return []
     committed = {

@@ -59,6 +59,7 @@ from walrelay.dsn import masked_dsn, scrub
 from walrelay.model import Lsn, format_lsn, parse_lsn
 from walrelay.pipeline.ledger import TrimAware
 from walrelay.state.parking import ParkedEventsTable
+from walrelay.worker.group_lag import topic_partitions
 from walrelay.worker.offsets import Origin, TopicPartition
 
 __all__ = [
@@ -251,13 +252,7 @@ def read_group_marks(
     and the log's bounds. ``consumer``: a read_committed consumer of the group
     that is not subscribed. Raises ``KafkaException`` when the cluster does not
     answer. Blocking: run it in a thread."""
-    metadata = consumer.list_topics(timeout=timeout)
-    tps = [
-        ck.TopicPartition(topic, p)
-        for topic in topics
-        if topic in metadata.topics and metadata.topics[topic].error is None
-        for p in sorted(metadata.topics[topic].partitions)
-    ]
+    tps = topic_partitions(ck, consumer, topics, timeout)
     if not tps:
         return []
     committed: dict[TopicPartition, tuple[int, Lsn | None]] = {}
