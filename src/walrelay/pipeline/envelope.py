@@ -99,6 +99,7 @@ from walrelay.model import (
     Begin,
     Change,
     Event,
+    Lsn,
     RawTuple,
     RawValue,
     Relation,
@@ -178,6 +179,32 @@ def _sanitize(value: Any) -> Any:
     if isinstance(value, time) and value.tzinfo is not None:
         return value.isoformat()
     return value
+
+
+def envelope_head(
+    commit_lsn: Lsn, seq: int, op: str, xid: int, committed_at: Any
+) -> dict[str, Any]:
+    """The envelope's fields every event has, in their order, the others null."""
+    return {
+        "id": format_event_id(commit_lsn, seq),
+        "op": op,
+        "table": None,
+        "key": None,
+        "record": None,
+        "old": None,
+        "commit_lsn": format_lsn(commit_lsn),
+        "xid": xid,
+        "committed_at": committed_at,
+    }
+
+
+def message_content(content: bytes) -> tuple[str, str]:
+    """A logical message's content and its ``content_encoding``: the text when
+    it is UTF-8, else ``\\x`` and hex."""
+    try:
+        return content.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return "\\x" + content.hex(), "hex"
 
 
 def encode_json(value: Any) -> bytes:
@@ -689,17 +716,7 @@ class EnvelopeBuilder:
         return encode_json(env), key_json
 
     def _common(self, begin: Begin, op: str, seq: int) -> dict[str, Any]:
-        return {
-            "id": format_event_id(begin.commit_lsn, seq),
-            "op": op,
-            "table": None,
-            "key": None,
-            "record": None,
-            "old": None,
-            "commit_lsn": format_lsn(begin.commit_lsn),
-            "xid": begin.xid,
-            "committed_at": self._committed_at,
-        }
+        return envelope_head(begin.commit_lsn, seq, op, begin.xid, self._committed_at)
 
     def _truncate_event(self, begin: Begin, change: Change, seq: int) -> Event:
         env = self._common(begin, "truncate", seq)
@@ -723,12 +740,7 @@ class EnvelopeBuilder:
         content = change.content or b""
         env = self._common(begin, "message", seq)
         env["prefix"] = prefix
-        try:
-            env["content"] = content.decode("utf-8")
-            env["content_encoding"] = "utf-8"
-        except UnicodeDecodeError:
-            env["content"] = "\\x" + content.hex()
-            env["content_encoding"] = "hex"
+        env["content"], env["content_encoding"] = message_content(content)
         return Event(
             commit_lsn=begin.commit_lsn,
             seq=seq,

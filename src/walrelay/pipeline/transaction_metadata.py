@@ -28,8 +28,8 @@ from typing import Any, Final
 
 import orjson
 
-from walrelay.model import Event, Lsn, format_event_id, format_lsn
-from walrelay.pipeline.envelope import encode_json
+from walrelay.model import Event, Lsn
+from walrelay.pipeline.envelope import encode_json, envelope_head
 
 __all__ = ["TRANSACTION_KEY", "TransactionCounts", "TransactionOrder", "transaction_id"]
 
@@ -99,20 +99,10 @@ class TransactionCounts:
         at = self._committed_at
         if at.tzinfo is None:
             at = at.replace(tzinfo=UTC)
-        body = {
-            "id": format_event_id(commit_lsn, seq),
-            "op": op,
-            "table": None,
-            "key": None,
-            "record": None,
-            "old": None,
-            "commit_lsn": format_lsn(commit_lsn),
-            "xid": self._xid,
-            "committed_at": at,
-            "transaction_id": transaction_id(self._xid, commit_lsn),
-            "event_count": count,
-            "data_collections": collections,
-        }
+        body = envelope_head(commit_lsn, seq, op, self._xid, at)
+        body["transaction_id"] = transaction_id(self._xid, commit_lsn)
+        body["event_count"] = count
+        body["data_collections"] = collections
         return Event(
             commit_lsn=commit_lsn,
             seq=seq,

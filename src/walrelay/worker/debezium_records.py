@@ -37,8 +37,8 @@ from typing import Any, Final
 import orjson
 
 from walrelay import exact_json
-from walrelay.model import Event, Op, format_event_id, format_lsn, parse_event_id
-from walrelay.pipeline.envelope import encode_json
+from walrelay.model import Event, Op, format_event_id, parse_event_id
+from walrelay.pipeline.envelope import encode_json, envelope_head, message_content
 from walrelay.worker.debezium_values import row_converter
 from walrelay.worker.records import Headers, NotAnEnvelope, header
 
@@ -229,29 +229,14 @@ def event_from_debezium(
     commit_lsn, seq = ident
     txid = _int(source.get("txId"))
     committed_at = _committed_at(source, payload)
-    env: dict[str, Any] = {
-        "id": format_event_id(commit_lsn, seq),
-        "op": op,
-        "table": None,
-        "key": None,
-        "record": None,
-        "old": None,
-        "commit_lsn": format_lsn(commit_lsn),
-        "xid": txid or 0,
-        "committed_at": committed_at,
-    }
+    env = envelope_head(commit_lsn, seq, op, txid or 0, committed_at)
     keys: tuple[str, ...]
     key_json = b"null"
     if op == "message":
         message = payload.get("message")
         prefix, content = _message(message)
         env["prefix"] = prefix
-        try:
-            env["content"] = content.decode("utf-8")
-            env["content_encoding"] = "utf-8"
-        except UnicodeDecodeError:
-            env["content"] = "\\x" + content.hex()
-            env["content_encoding"] = "hex"
+        env["content"], env["content_encoding"] = message_content(content)
         keys = ("message" + _SEP + prefix,)
         table = ""
     elif op == "truncate":
