@@ -74,7 +74,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -480,9 +480,7 @@ class PostgresSink:
 
     def _upsert_sql(self, conn: Conn, table: _Table, cols: tuple[str, ...]) -> bytes:
         def build() -> sql.Composable:
-            names = sql.SQL(", ").join(map(sql.Identifier, cols))
-            values = sql.SQL(", ").join(sql.Identifier("r", c) for c in cols)
-            conflict = sql.SQL(", ").join(map(sql.Identifier, table.key))
+            names, values, conflict = _names(cols), _names(cols, "r"), _names(table.key)
             action = _on_conflict(table, cols)
             return sql.SQL(
                 "insert into {t} ({names}) select {values} "
@@ -495,9 +493,7 @@ class PostgresSink:
 
     def _move_sql(self, conn: Conn, table: _Table, cols: tuple[str, ...]) -> bytes:
         def build() -> sql.Composable:
-            key = sql.SQL(", ").join(map(sql.Identifier, table.key))
-            names = sql.SQL(", ").join(map(sql.Identifier, cols))
-            values = sql.SQL(", ").join(sql.Identifier("r", c) for c in cols)
+            key, names, values = _names(table.key), _names(cols), _names(cols, "r")
             action = _on_conflict(table, cols)
             return sql.SQL(
                 "with moved as (update {t} set ({names}) = (select {names} from "
@@ -513,7 +509,7 @@ class PostgresSink:
 
     def _delete_sql(self, conn: Conn, table: _Table) -> bytes:
         def build() -> sql.Composable:
-            key = sql.SQL(", ").join(map(sql.Identifier, table.key))
+            key = _names(table.key)
             return sql.SQL(
                 "delete from {t} where ({key}) = "
                 "(select {key} from jsonb_populate_record(null::{t}, %s::jsonb -> 'old'))"
@@ -540,6 +536,13 @@ class PostgresSink:
             sql.SQL(" restart identity") if env.get("restart_identity") else sql.SQL(""),
         )
         return [(q.as_bytes(conn), (), None)]
+
+
+def _names(columns: Iterable[str], qualifier: str | None = None) -> sql.Composable:
+    """``a, b`` (or ``r.a, r.b`` with a qualifier), quoted as identifiers."""
+    if qualifier is None:
+        return sql.SQL(", ").join(map(sql.Identifier, columns))
+    return sql.SQL(", ").join(sql.Identifier(qualifier, c) for c in columns)
 
 
 def _on_conflict(table: _Table, cols: tuple[str, ...]) -> sql.Composable:
