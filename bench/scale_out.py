@@ -56,6 +56,7 @@ from walrelay.model import Event
 from walrelay.testing.pgcluster import free_port
 from walrelay.testing.relay_records import relay_update
 from walrelay.testing.servers import KafkaServer
+from walrelay.testing.worker_group import QUICK_BROKER
 
 
 class Receiver:
@@ -214,7 +215,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     cases = ["webhook", "cpu"] if args.case == "both" else [args.case]
     results: list[dict[str, Any]] = []
     with (
-        KafkaServer(config={"group.min.session.timeout.ms": "1000"}) as kafka,
+        KafkaServer(config=QUICK_BROKER) as kafka,
         tempfile.TemporaryDirectory() as tmp,
     ):
         for case in cases:

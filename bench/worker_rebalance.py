@@ -35,6 +35,7 @@ from walrelay.sinks.base import Sink
 from walrelay.sinks.memory import MemorySink
 from walrelay.testing.relay_records import relay_update
 from walrelay.testing.servers import KafkaServer
+from walrelay.testing.worker_group import QUICK_BROKER, quick_group
 from walrelay.worker.config import parse_worker_config
 from walrelay.worker.runner import Worker
 
@@ -85,7 +86,7 @@ async def run(rounds: int, period: float) -> dict[str, Any]:
     logging.getLogger("walrelay.worker").addHandler(counts)
     logging.getLogger("walrelay.worker").setLevel(logging.DEBUG)
     logging.getLogger("walrelay.worker.librdkafka").setLevel(logging.WARNING)
-    with KafkaServer(config={"group.min.session.timeout.ms": "1000"}) as kafka:
+    with KafkaServer(config=QUICK_BROKER) as kafka:
         topic = f"rebalance{uuid.uuid4().hex[:6]}"
         admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
         new = NewTopic(topic, num_partitions=12, replication_factor=1)
@@ -93,15 +94,13 @@ async def run(rounds: int, period: float) -> dict[str, Any]:
         config = parse_worker_config(
             {
                 "worker": {
-                    "kafka": {
-                        "bootstrap": kafka.bootstrap,
-                        "group": f"g-{topic}",
-                        "topics": [topic],
-                        "session_timeout": 2,
-                        "heartbeat_interval": 0.3,
-                        "commit_interval": 0.05,
-                        "revoke_timeout": 3,
-                    }
+                    "kafka": quick_group(
+                        kafka.bootstrap,
+                        f"g-{topic}",
+                        [topic],
+                        commit_interval=0.05,
+                        revoke_timeout=3,
+                    )
                 },
                 "state": {"dsn": "postgresql://unused@127.0.0.1:1/unused"},
                 "ledger": {"type": "none"},

@@ -36,19 +36,23 @@ from tests.integration.support import (
     wait_for,
     write_config_file,
 )
+from tests.integration.worker_support import kafka, target_db
 from walrelay.cli.main import main
 from walrelay.config import HttpConfig, KafkaSinkConfig
 from walrelay.errors import ConfigError
 from walrelay.sinks.base import SinkContext
 from walrelay.sinks.kafka import KafkaSink, message_key
 from walrelay.testing.kafka_reading import reading_consumer
-from walrelay.testing.pgcluster import PgCluster, free_port, scratch_database
+from walrelay.testing.pgcluster import free_port
 from walrelay.testing.relay_records import relay_update
 from walrelay.testing.servers import KafkaServer
+from walrelay.testing.worker_group import quick_group
 from walrelay.worker.config import load_worker_config, parse_worker_config
 from walrelay.worker.partitioner import partition_for
 from walrelay.worker.runner import Worker
 from walrelay.worker.status import fetch_worker_status
+
+__all__ = ["kafka", "target_db"]  # the fixtures, used here
 
 pytestmark = pytest.mark.servers
 
@@ -60,19 +64,6 @@ PROCESS_START = 120.0
 Each imports the whole engine first: measured 10-30 s per process (and over 40 s
 for two at once) on this project's 2 shared cores under load (load average 10-15);
 the CI machine is slower still. A deadline, not a pause: waits end when ready."""
-
-
-@pytest.fixture(scope="module")
-def kafka() -> Iterator[KafkaServer]:
-    # Short sessions so that a SIGKILLed worker loses its partitions quickly.
-    with KafkaServer(config={"group.min.session.timeout.ms": "1000"}) as server:
-        yield server
-
-
-@pytest.fixture
-def target_db(pg: PgCluster) -> Iterator[str]:
-    with scratch_database(pg, f"tgt_{uuid.uuid4().hex[:8]}") as dsn:
-        yield dsn
 
 
 def _read_all(bootstrap: str, topic: str, expected: int) -> list[Any]:
@@ -197,15 +188,13 @@ async def test_three_workers_through_a_kill_and_a_late_join(
             tmp_path / "worker.yaml",
             {
                 "worker": {
-                    "kafka": {
-                        "bootstrap": kafka.bootstrap,
-                        "group": f"g-{prefix}",
-                        "topics": [topic],
-                        "session_timeout": 2,
-                        "heartbeat_interval": 0.3,
-                        "commit_interval": 0.2,
-                        "revoke_timeout": 5,
-                    },
+                    "kafka": quick_group(
+                        kafka.bootstrap,
+                        f"g-{prefix}",
+                        [topic],
+                        commit_interval=0.2,
+                        revoke_timeout=5,
+                    ),
                     "slot": "walrelay",
                 },
                 "state": {"dsn": target_db},
@@ -343,15 +332,9 @@ def worker_config(kafka: KafkaServer, group: str, topic: str, state: str, url: s
     return parse_worker_config(
         {
             "worker": {
-                "kafka": {
-                    "bootstrap": kafka.bootstrap,
-                    "group": group,
-                    "topics": [topic],
-                    "session_timeout": 2,
-                    "heartbeat_interval": 0.3,
-                    "commit_interval": 0.1,
-                    "revoke_timeout": 2,
-                }
+                "kafka": quick_group(
+                    kafka.bootstrap, group, [topic], commit_interval=0.1, revoke_timeout=2
+                )
             },
             "state": {"dsn": state},
             "shutdown_timeout": 5,
@@ -679,16 +662,7 @@ async def test_kafka_to_kafka_exactly_once_through_a_crash_and_a_sigkill(
     path = write_config_file(
         tmp_path / "worker.yaml",
         {
-            "worker": {
-                "kafka": {
-                    "bootstrap": kafka.bootstrap,
-                    "group": group,
-                    "topics": [source],
-                    "session_timeout": 2,
-                    "heartbeat_interval": 0.3,
-                    "commit_interval": 0.2,
-                }
-            },
+            "worker": {"kafka": quick_group(kafka.bootstrap, group, [source], commit_interval=0.2)},
             "state": {"dsn": db},
             "shutdown_timeout": 10,
             "destinations": [
@@ -854,15 +828,7 @@ async def test_a_commit_whose_answer_is_lost_is_settled_not_sent_twice(
     produce_envelopes(kafka.bootstrap, source, rows, 0x100)
     config = parse_worker_config(
         {
-            "worker": {
-                "kafka": {
-                    "bootstrap": kafka.bootstrap,
-                    "group": group,
-                    "topics": [source],
-                    "session_timeout": 2,
-                    "heartbeat_interval": 0.3,
-                }
-            },
+            "worker": {"kafka": quick_group(kafka.bootstrap, group, [source])},
             "state": {"dsn": db},
             "destinations": [
                 {

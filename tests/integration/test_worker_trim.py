@@ -9,7 +9,7 @@ import asyncio
 import base64
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
@@ -19,33 +19,24 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from tests.integration.support import WebhookReceiver, execute, wait_for
+from tests.integration.worker_support import kafka, target_db
 from walrelay.model import format_event_id
 from walrelay.pipeline import ledger as ledger_module
 from walrelay.sinks import postgres as postgres_module
-from walrelay.testing.pgcluster import PgCluster, scratch_database
 from walrelay.testing.relay_records import relay_update
 from walrelay.testing.servers import KafkaServer
+from walrelay.testing.worker_group import quick_group
 from walrelay.worker import trim as trim_module
 from walrelay.worker.config import parse_worker_config
 from walrelay.worker.partitioner import partition_for
 from walrelay.worker.runner import Worker
 from walrelay.worker.trim import GroupParked
 
+__all__ = ["kafka", "target_db"]  # the fixtures, used here
+
 pytestmark = pytest.mark.servers
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
-
-
-@pytest.fixture(scope="module")
-def kafka() -> Iterator[KafkaServer]:
-    with KafkaServer(config={"group.min.session.timeout.ms": "1000"}) as server:
-        yield server
-
-
-@pytest.fixture
-def target_db(pg: PgCluster) -> Iterator[str]:
-    with scratch_database(pg, f"tgt_{uuid.uuid4().hex[:8]}") as dsn:
-        yield dsn
 
 
 class HoldingReceiver(WebhookReceiver):
@@ -126,15 +117,13 @@ async def test_rows_below_the_groups_replay_floor_are_trimmed_and_a_backlogs_row
         config = parse_worker_config(
             {
                 "worker": {
-                    "kafka": {
-                        "bootstrap": kafka.bootstrap,
-                        "group": f"g-{topic}",
-                        "topics": [topic],
-                        "session_timeout": 2,
-                        "heartbeat_interval": 0.3,
-                        "commit_interval": 0.1,
-                        "revoke_timeout": 1,
-                    },
+                    "kafka": quick_group(
+                        kafka.bootstrap,
+                        f"g-{topic}",
+                        [topic],
+                        commit_interval=0.1,
+                        revoke_timeout=1,
+                    ),
                     "dedup_retention": 0,
                 },
                 "state": {"dsn": db},
