@@ -15,7 +15,7 @@ import sys
 import urllib.request
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -24,7 +24,7 @@ import orjson
 import psycopg
 import pytest
 from click.testing import CliRunner
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from tests.factories import make_event
@@ -36,7 +36,7 @@ from tests.integration.support import (
     wait_for,
     write_config_file,
 )
-from tests.integration.worker_support import kafka, target_db
+from tests.integration.worker_support import kafka, produce, running_worker, target_db
 from walrelay.cli.main import main
 from walrelay.config import HttpConfig, KafkaSinkConfig
 from walrelay.errors import ConfigError
@@ -44,7 +44,6 @@ from walrelay.sinks.base import SinkContext
 from walrelay.sinks.kafka import KafkaSink, message_key
 from walrelay.testing.kafka_reading import reading_consumer
 from walrelay.testing.pgcluster import free_port
-from walrelay.testing.relay_records import relay_update
 from walrelay.testing.servers import KafkaServer
 from walrelay.testing.worker_group import quick_group
 from walrelay.worker.config import load_worker_config, parse_worker_config
@@ -317,15 +316,10 @@ async def test_three_workers_through_a_kill_and_a_late_join(
 
 
 def produce_envelopes(bootstrap: str, topic: str, rows: list[tuple[int, int]], lsn: int) -> int:
-    """Write relay-shaped records (envelope, key, headers) for ``(id, v)`` rows,
-    partitioned like the relay; returns the next LSN."""
-    producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random"})
-    for key, version in rows:
-        lsn += 1
-        value, record_key, headers = relay_update("public.t", key, {"id": key, "v": version}, lsn)
-        producer.produce(topic, value=value, key=record_key, headers=headers)
-    assert producer.flush(30) == 0
-    return lsn
+    """Relay-shaped records for ``(id, v)`` rows, one commit LSN each after
+    ``lsn``; returns the last LSN used."""
+    produce(bootstrap, topic, [(key, v, lsn + i) for i, (key, v) in enumerate(rows, 1)])
+    return lsn + len(rows)
 
 
 def worker_config(kafka: KafkaServer, group: str, topic: str, state: str, url: str) -> Any:
@@ -359,18 +353,6 @@ def worker_file(path: Path, config: Any, state: str, url: str, **extra: Any) -> 
     data["destinations"][0]["sink"]["url"] = url
     data.update(extra)
     return write_config_file(path, data)
-
-
-@contextlib.asynccontextmanager
-async def running_worker(config: Any, name: str) -> AsyncIterator[Worker]:
-    worker = Worker(config, name=name)
-    task = asyncio.create_task(worker.run())
-    try:
-        await wait_for(lambda: worker.started.is_set() or task.done(), what=f"{name} to start")
-        yield worker
-    finally:
-        worker.request_stop()
-        await asyncio.wait_for(task, timeout=30)
 
 
 async def test_a_poison_event_is_parked_under_its_key_and_its_key_moves_with_the_partition(

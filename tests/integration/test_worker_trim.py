@@ -7,29 +7,23 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
 
 import psycopg
 import pytest
 from aiohttp import web
-from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from tests.integration.support import WebhookReceiver, execute, wait_for
-from tests.integration.worker_support import kafka, target_db
+from tests.integration.worker_support import kafka, produce, running_worker, target_db
 from walrelay.model import format_event_id
 from walrelay.pipeline import ledger as ledger_module
 from walrelay.sinks import postgres as postgres_module
-from walrelay.testing.relay_records import relay_update
 from walrelay.testing.servers import KafkaServer
 from walrelay.testing.worker_group import quick_group
 from walrelay.worker import trim as trim_module
 from walrelay.worker.config import parse_worker_config
 from walrelay.worker.partitioner import partition_for
-from walrelay.worker.runner import Worker
 from walrelay.worker.trim import GroupParked
 
 __all__ = ["kafka", "target_db"]  # the fixtures, used here
@@ -58,28 +52,6 @@ class HoldingReceiver(WebhookReceiver):
 
 def keys_on(partition: int, count: int) -> list[int]:
     return [k for k in range(1, 100) if partition_for(b'{"id":%d}' % k, 2) == partition][:count]
-
-
-def produce(bootstrap: str, topic: str, rows: list[tuple[int, int, int]]) -> None:
-    """Relay-shaped records of ``(key, version, commit lsn)``, partitioned like the relay."""
-    producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random"})
-    for key, version, lsn in rows:
-        value, record_key, headers = relay_update("public.t", key, {"id": key, "v": version}, lsn)
-        producer.produce(topic, value=value, key=record_key, headers=headers)
-    assert producer.flush(30) == 0
-
-
-@contextlib.asynccontextmanager
-async def running_worker(config: Any, name: str) -> AsyncIterator[Worker]:
-    worker = Worker(config, name=name)
-    task = asyncio.create_task(worker.run())
-    try:
-        await wait_for(lambda: worker.started.is_set() or task.done(), what=f"{name} to start")
-        assert not task.done(), task.exception()
-        yield worker
-    finally:
-        worker.request_stop()
-        await asyncio.wait_for(task, timeout=30)
 
 
 async def ids(dsn: str, query: str, destination: str) -> set[str]:
