@@ -12,7 +12,10 @@ Limits:
   holds at most ``min(sink.batch_size, max_in_flight)`` events);
 * ordered sinks (``sink.ordered``): exactly one batch in flight, batches cut
   strictly in id order, each up to ``sink.batch_size`` events;
-  ``max_in_flight`` does not apply.
+  ``max_in_flight`` does not apply. A :class:`~walrelay.sinks.base.PipelinedSink`
+  (the file sink) gets the next batch as soon as the previous one is *placed*
+  (``start`` returned: written), while earlier ones wait to be durable
+  (``fsync``): one batch being placed, up to :data:`PIPELINE_DEPTH` in flight.
 
 Failures: a batch whose ``deliver`` raises :class:`~walrelay.errors.SinkError`
 keeps its keys (so nothing later of the same keys overtakes it) and is retried
@@ -63,9 +66,10 @@ from walrelay.model import Event
 from walrelay.pipeline.backoff import Backoff
 from walrelay.pipeline.buffer import EventBuffer, make_buffer
 from walrelay.pipeline.hooks import DeliveryHook, FailureDecision, overriding
-from walrelay.sinks.base import Sink
+from walrelay.sinks.base import PipelinedSink, Sink
 
 __all__ = [
+    "PIPELINE_DEPTH",
     "Destination",
     "FailureDecision",
     "OnFailure",
@@ -74,6 +78,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+PIPELINE_DEPTH = 8
+"""Batches of a pipelined ordered sink in flight at once (placed, not yet durable)."""
 
 OnFailure = Callable[[Sequence[Event], BaseException, int], Awaitable[FailureDecision]]
 _Decider = Callable[[Sequence[Event], BaseException, int], Awaitable[FailureDecision | None]]
@@ -160,6 +167,9 @@ class Destination:
         self._diverting = 0  # diverted, not yet durably parked
         self._external = 0  # slots reserved by parking's retry loop
         self._buffer: EventBuffer = make_buffer(self.ordered, max_buffer_bytes)
+        self._pipelined = sink if self.ordered and isinstance(sink, PipelinedSink) else None
+        self._placing: list[Event] | None = None  # the pipelined batch not yet placed
+        self._batches = 0  # pipelined batches in flight
         self._wake = asyncio.Event()
         # True from a try_put's wake until the scheduler clears it: later
         # try_puts skip the redundant (and comparatively costly) wake.set().
@@ -314,7 +324,14 @@ class Destination:
     def _dispatch(self) -> None:
         buffer = self._buffer
         if self.ordered:
-            if not buffer.in_flight:
+            if self._pipelined is not None:
+                if self._placing is None and self._batches < PIPELINE_DEPTH:
+                    batch = buffer.take(self._batch_size)
+                    if batch:
+                        self._placing = batch
+                        self._batches += 1
+                        self._spawn(batch)
+            elif not buffer.in_flight:
                 batch = buffer.take(self._batch_size)
                 if batch:
                     self._spawn(batch)
@@ -375,14 +392,29 @@ class Destination:
         await self.send(events)
 
     async def send(self, batch: Sequence[Event]) -> None:
-        """``sink.deliver`` between the hooks' ``before_send`` and ``after_send``."""
+        """``sink.deliver`` between the hooks' ``before_send`` and ``after_send``;
+        for a pipelined sink, ``start`` then its awaitable, the batch counting as
+        placed in between."""
         todo = batch
         for hook in self._before_send:
             todo = await hook.before_send(todo)
-        if todo:
-            await self.sink.deliver(todo)
+        pipelined = self._pipelined
+        if pipelined is None:
+            if todo:
+                await self.sink.deliver(todo)
+        else:
+            durable = await pipelined.start(todo) if todo else None
+            self._placed(batch)
+            if durable is not None:
+                await durable
         for hook in self._after_send:
             await hook.after_send(todo)
+
+    def _placed(self, batch: Sequence[Event]) -> None:
+        """A pipelined batch is in place: the next one may start."""
+        if self._placing is batch:
+            self._placing = None
+            self._wake.set()
 
     def reserve(self, n: int) -> int:
         """Take up to ``n`` of the ``max_in_flight`` slots for parking's retry
@@ -492,6 +524,9 @@ class Destination:
     def _complete(self, batch: list[Event], *, parked: bool) -> None:
         if self._parking is not None:
             self._parking.wake()  # the store gets the first go at the freed slot
+        if self._pipelined is not None:
+            self._placed(batch)
+            self._batches -= 1
         self._buffer.done(batch)
         if parked:
             self.parked_total += len(batch)

@@ -27,13 +27,13 @@ rejection is reported as such as soon as it is the only thing in the way.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from walrelay.model import Event
 
-__all__ = ["Sink", "SinkClass", "SinkContext"]
+__all__ = ["PipelinedSink", "Sink", "SinkClass", "SinkContext"]
 
 
 @runtime_checkable
@@ -47,7 +47,7 @@ class Sink(Protocol):
 
     ``batch_size`` caps how many events one ``deliver`` call gets.
     ``ordered`` asks the scheduler for one batch in flight at a time, so the
-    sink sees events in exact id order (the file sink relies on it).
+    sink sees events in exact id order (unless it is a :class:`PipelinedSink`).
     ``transactional`` says that no event can ever show up twice downstream,
     however often it is delivered again (after a retry, a crash, a replay
     from the slot): the destination itself drops a repeated id (Kafka
@@ -66,6 +66,25 @@ class Sink(Protocol):
     async def deliver(self, events: Sequence[Event]) -> None: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class PipelinedSink(Sink, Protocol):
+    """An ordered sink whose delivery has an ordered part and a slow part.
+
+    ``start(events)`` returns once the batch's place in the destination is
+    fixed (the file sink: written), with an awaitable that completes when
+    the batch is delivered (the file sink: an ``fsync`` that began after the
+    write succeeded) or raises :class:`walrelay.errors.SinkError`. The
+    scheduler hands over the next batch as soon as ``start`` returns, so the
+    next write overlaps this one's ``fsync``, and counts a batch as delivered
+    only when its awaitable completes. A ``start`` that raises has placed
+    nothing: no later batch is started until it is retried and succeeds. A
+    batch retried after its awaitable failed may already be in place; the
+    sink must then skip it and still wait for durability.
+    """
+
+    async def start(self, events: Sequence[Event]) -> Awaitable[None]: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,14 +1,18 @@
 """JSON-lines file sink: one event body per line, exactly once on its own.
 
-The scheduler hands this sink one batch at a time in exact id order
-(``ordered = True``). Each batch becomes one ``write`` of the joined bodies,
-followed by an ``fsync`` according to the policy:
+The scheduler hands this sink batches in exact id order (``ordered =
+True``). Each batch becomes one ``write`` of the joined bodies, followed by
+an ``fsync`` according to the policy:
 
 ``"batch"`` / ``"always"``
-    fsync after every batch, before ``deliver`` returns: a delivered event
-    survives an OS crash or power loss. (The sink writes whole batches, so
-    the two names mean the same; ``"always"`` is kept for configs that say
-    it.)
+    a batch counts as delivered only after an fsync that began after its
+    write: a delivered event survives an OS crash or power loss. The sink is
+    a :class:`~walrelay.sinks.base.PipelinedSink`: the next batch is written
+    while the previous one's fsync runs, and one fsync covers every batch
+    written before it began, so a reader of the file sees each batch as soon
+    as it is written, not one fsync later. (The sink writes whole batches,
+    so the two names mean the same; ``"always"`` is kept for configs that
+    say it.)
 ``"interval"``
     a background task fsyncs written data at most every ``fsync_interval``
     seconds; an OS crash can lose up to that much acknowledged data.
@@ -41,7 +45,8 @@ import fcntl
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Literal
 
 import orjson
@@ -92,6 +97,20 @@ class FileSink:
         self._dirty = False
         self._skipped = 0  # skipped since last logged
         self._flusher: asyncio.Task[None] | None = None
+        # fsync per batch: the file size known durable, the batches waiting for an
+        # fsync that has not begun yet, and the task running fsyncs for them.
+        self._synced = 0
+        self._synced_mark: _Mark | None = None
+        self._waiting: list[asyncio.Future[None]] = []
+        self._syncer: asyncio.Task[None] | None = None
+        # After a failed fsync the file is cut back to _synced; the batches cut
+        # off (first ids, in file order) must be written again in that order
+        # before anything else, and what was written before counts for nothing
+        # (_generation). _unsynced: (end size, first id) of each batch since the
+        # last good fsync.
+        self._unsynced: list[tuple[int, _Mark]] = []
+        self._redo: deque[_Mark] = deque()
+        self._generation = 0
 
     @classmethod
     def from_config(cls, config: FileSinkConfig, context: SinkContext) -> FileSink:
@@ -123,6 +142,10 @@ class FileSink:
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
+        syncer = self._syncer
+        if syncer is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await syncer  # the fd stays open until the fsync it runs is over
         if self._fd is None:
             return
         await asyncio.to_thread(self._close_sync)
@@ -131,11 +154,62 @@ class FileSink:
     # -- delivery ----------------------------------------------------------
 
     async def deliver(self, events: Sequence[Event]) -> None:
-        if not events:
-            return
-        written = await asyncio.to_thread(self._write_batch, events)
-        if written and self._skipped:
-            self._log_skipped()
+        await (await self.start(events))
+
+    async def start(self, events: Sequence[Event]) -> Awaitable[None]:
+        """Write what is new in ``events``; the awaitable completes once it is
+        durable as the policy says (see the module docstring)."""
+        generation = self._generation
+        if events:
+            written, generation = await asyncio.to_thread(self._write_batch, events)
+            if written and self._skipped:
+                self._log_skipped()
+        return self._durable(generation)
+
+    def _durable(self, generation: int) -> asyncio.Future[None]:
+        """Done once everything written so far has been fsynced (at once unless
+        the policy fsyncs every batch); failed if what was written in
+        ``generation`` was cut off after a failed fsync."""
+        fut = asyncio.get_running_loop().create_future()
+        if generation != self._generation:
+            fut.set_exception(self._cut_off())
+        elif not self._sync_each_batch or self._synced >= self._size:
+            fut.set_result(None)
+        else:
+            self._waiting.append(fut)
+            if self._syncer is None:
+                self._syncer = asyncio.create_task(
+                    self._sync_waiting(), name=f"walrelay-file-fsync:{self.path}"
+                )
+        return fut
+
+    async def _sync_waiting(self) -> None:
+        """One fsync at a time, each for every batch written before it began.
+        A failed one fails every batch waiting, also those queued for the next:
+        it cut them all off the file (:meth:`_fsync_written`)."""
+        try:
+            while self._waiting:
+                waiting, self._waiting = self._waiting, []
+                try:
+                    await asyncio.to_thread(self._fsync_written)
+                except SinkError as exc:
+                    waiting += self._waiting
+                    self._waiting = []
+                    for fut in waiting:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                else:
+                    for fut in waiting:
+                        if not fut.done():
+                            fut.set_result(None)
+        finally:
+            self._syncer = None
+
+    def _cut_off(self) -> SinkUnavailable:
+        return SinkUnavailable(
+            f"file sink {self.path}: a batch written before a failed fsync was cut off"
+            " the file; it is written again"
+        )
 
     # -- worker-thread code --------------------------------------------------
 
@@ -164,14 +238,17 @@ class FileSink:
             try:
                 self._lock_file(fd)
                 size, mark = self._recover(fd)
-                if not existed and self.fsync != "never":
-                    _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+                if self.fsync != "never":
+                    # What an earlier run wrote is durable before it is skipped as a replay.
+                    os.fsync(fd)
+                    if not existed:
+                        _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
             except BaseException:
                 os.close(fd)
                 raise
             self._fd = fd
-            self._size = size
-            self._mark = mark
+            self._size = self._synced = size
+            self._mark = self._synced_mark = mark
             self._dirty = False
             self._skipped = 0
         if mark is not None:
@@ -229,23 +306,33 @@ class FileSink:
             ) from None
         return good_end, mark
 
-    def _write_batch(self, events: Sequence[Event]) -> int:
-        """Write what is new in ``events``; return how many were written."""
+    def _write_batch(self, events: Sequence[Event]) -> tuple[int, int]:
+        """Write what is new in ``events``; return how many were written, and
+        in which generation."""
         with self._lock:
             fd = self._fd
             if fd is None:
                 raise SinkError(f"file sink {self.path}: deliver() before open() or after close()")
+            generation = self._generation
             mark = self._mark
             if mark is not None:
                 last = events[-1]
                 if (last.commit_lsn, last.seq) <= mark:
                     self._skipped += len(events)
-                    return 0
+                    return 0, generation
                 first = events[0]
                 if (first.commit_lsn, first.seq) <= mark:
                     fresh = [e for e in events if (e.commit_lsn, e.seq) > mark]
                     self._skipped += len(events) - len(fresh)
                     events = fresh
+            first_mark = (events[0].commit_lsn, events[0].seq)
+            redo = self._redo
+            if redo and first_mark != redo[0]:
+                raise SinkUnavailable(
+                    f"file sink {self.path}: the batch from {format_event_id(*first_mark)}"
+                    f" waits until the batches cut off after a failed fsync are written"
+                    f" again (next: {format_event_id(*redo[0])})"
+                )
             bodies = [e.body for e in events]
             bodies.append(b"")
             data = b"\n".join(bodies)
@@ -254,8 +341,6 @@ class FileSink:
             before = self._size
             try:
                 _write_all(fd, data)
-                if self._sync_each_batch:
-                    os.fsync(fd)
             except OSError as exc:
                 # Leave no partial batch behind: the pipeline retries it whole.
                 with contextlib.suppress(OSError):
@@ -268,9 +353,41 @@ class FileSink:
             last = events[-1]
             self._mark = (last.commit_lsn, last.seq)
             self._dirty = not self._sync_each_batch
+            if redo:
+                redo.popleft()
             if self._sync_each_batch:
-                failpoints.hit(failpoints.FILE_AFTER_FSYNC)
-            return len(events)
+                self._unsynced.append((self._size, first_mark))
+            return len(events), generation
+
+    def _fsync_written(self) -> None:
+        """fsync what is written (on a thread; writes go on meanwhile). When it
+        fails, cut the file back to the last good fsync: pages whose write-back
+        failed may be dropped by the kernel while a later fsync succeeds, so the
+        batches since are written again rather than trusted."""
+        with self._lock:
+            fd, size, mark = self._fd, self._size, self._mark
+        if fd is None:
+            raise SinkError(f"file sink {self.path}: deliver() before open() or after close()")
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            with self._lock:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, self._synced)
+                self._size = self._synced
+                self._mark = self._synced_mark
+                self._redo = deque(first for _, first in self._unsynced)
+                self._unsynced = []
+                self._generation += 1
+            raise SinkUnavailable(
+                f"file sink {self.path}: fsync failed ({exc.strerror or exc}); the batches"
+                " written since the last good fsync are written again"
+            ) from None
+        with self._lock:
+            if size > self._synced:
+                self._synced, self._synced_mark = size, mark
+                self._unsynced = [u for u in self._unsynced if u[0] > size]
+        failpoints.hit(failpoints.FILE_AFTER_FSYNC)
 
     def _sync_if_dirty(self) -> None:
         with self._lock:
