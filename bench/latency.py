@@ -21,6 +21,7 @@ measured).
 
     .venv/bin/python bench/latency.py [--rates 1000,10000,50000] [--seconds 10]
         [--sinks file,kafka,nats,webhook,postgres] [--json bench/results/latency.json]
+        [--set kafka.transaction_spacing=0.005 ...]
 """
 
 from __future__ import annotations
@@ -397,7 +398,22 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--sinks", default="file,kafka,nats,webhook,postgres")
     ap.add_argument("--json", default="bench/results/latency.json")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SINK.KEY=VALUE",
+        help="a sink setting for this run, e.g. kafka.transaction_spacing=0.005 (YAML value)",
+    )
     args = ap.parse_args()
+    settings: dict[str, dict[str, Any]] = {}
+    for item in args.set:
+        target, _, value = item.partition("=")
+        sink_name, _, key = target.partition(".")
+        if sink_name not in SINKS or not key or not value:
+            print(f"error: --set {item!r}: use SINK.KEY=VALUE with SINK one of {', '.join(SINKS)}")
+            return 2
+        settings.setdefault(sink_name, {})[key] = yaml.safe_load(value)
     rates = [int(r) for r in args.rates.split(",")]
     sinks = args.sinks.split(",")
     unknown = set(sinks) - set(SINKS)
@@ -429,7 +445,12 @@ def main() -> int:
                 results["file"] = run_sink(
                     cluster,
                     "file",
-                    {"type": "file", "path": str(out), "fsync": "batch"},
+                    {
+                        "type": "file",
+                        "path": str(out),
+                        "fsync": "batch",
+                        **settings.get("file", {}),
+                    },
                     lambda s, stop: tail_file(out, s, stop),
                     rates,
                     args.seconds,
@@ -440,7 +461,12 @@ def main() -> int:
                     results["kafka exactly_once"] = run_sink(
                         cluster,
                         "kafka",
-                        {"type": "kafka", "bootstrap_servers": kafka.bootstrap, "prefix": PREFIX},
+                        {
+                            "type": "kafka",
+                            "bootstrap_servers": kafka.bootstrap,
+                            "prefix": PREFIX,
+                            **settings.get("kafka", {}),
+                        },
                         lambda s, stop: read_kafka(kafka.bootstrap, s, stop),
                         rates,
                         args.seconds,
@@ -456,6 +482,7 @@ def main() -> int:
                             "servers": nats_server.url,
                             "prefix": PREFIX,
                             "stream": "LAT",
+                            **settings.get("nats", {}),
                         },
                         lambda s, stop: read_nats(nats_server.url, s, stop),
                         rates,
@@ -467,7 +494,11 @@ def main() -> int:
                 results["webhook"] = run_sink(
                     cluster,
                     "webhook",
-                    {"type": "webhook", "url": f"http://127.0.0.1:{port}/hook"},
+                    {
+                        "type": "webhook",
+                        "url": f"http://127.0.0.1:{port}/hook",
+                        **settings.get("webhook", {}),
+                    },
                     lambda s, stop: serve_webhook(port, s, stop),
                     rates,
                     args.seconds,
@@ -478,7 +509,7 @@ def main() -> int:
                 results["postgres (ordered)"] = run_sink(
                     cluster,
                     "postgres",
-                    {"type": "postgres", "dsn": target},
+                    {"type": "postgres", "dsn": target, **settings.get("postgres", {})},
                     lambda s, stop: poll_target(target, s, stop),
                     rates,
                     args.seconds,
@@ -512,6 +543,7 @@ def main() -> int:
         "benchmark": "latency",
         "seconds_per_rate": args.seconds,
         "settings": {"synchronous_commit": "on", "fsync": "on", "transaction_every_ms": 10},
+        "sink_settings": settings,
         "results": results,
         "machine": {
             "cpus": os.cpu_count(),

@@ -306,6 +306,8 @@ class KafkaSink:
         self.batch_size = config.batch_size
         self.transaction_interval = config.transaction_interval
         self.transaction_bytes = config.transaction_bytes
+        self.transaction_spacing = config.transaction_spacing
+        self._committed_at = 0.0  # time.monotonic() of the last commit's answer
         self.bootstrap = config.bootstrap_servers
         self.naming = Naming(
             config.topic,
@@ -811,6 +813,15 @@ class KafkaSink:
         start = 0
         while start < len(fresh):
             start = await self._transaction_on_loop(fresh, start)
+        # Here rather than before the next begin: what arrives meanwhile goes
+        # into the next batch, whose transaction then begins without a refusal.
+        await self._spaced()
+
+    async def _spaced(self) -> None:
+        """Wait until ``transaction_spacing`` has passed since the last commit."""
+        wait = self._committed_at + self.transaction_spacing - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
 
     async def _transaction_on_loop(self, events: Sequence[Event], start: int) -> int:
         """:meth:`_transaction`, producing on the event loop."""
@@ -818,6 +829,7 @@ class KafkaSink:
         producer = self._producer
         assert producer is not None
         txn = _Txn(start)
+        await self._spaced()
         try:
             try:
                 await self._call(self._begin, producer)
@@ -844,6 +856,7 @@ class KafkaSink:
                         pause = clock() + _PRODUCE_SLICE
                 txn.current = None
                 await self._call(self._commit, producer, events[txn.end - 1], txn)
+                self._committed_at = time.monotonic()
             except (ck.KafkaException, RuntimeError) as exc:
                 error = await self._call(self._failed, producer, exc, txn)
                 raise error from None
