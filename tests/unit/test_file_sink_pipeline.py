@@ -15,11 +15,12 @@ import pytest
 from tests.unit.test_file_sink import events, file_sink, ids_in
 from tests.unit.test_scheduler import Recorder
 from tests.waiting import wait_for
+from walrelay.engine.waiting_sink import WaitingSink
 from walrelay.errors import SinkUnavailable
 from walrelay.model import Event
 from walrelay.pipeline.backoff import Backoff
 from walrelay.pipeline.scheduler import Destination
-from walrelay.sinks.base import PipelinedSink
+from walrelay.sinks.base import is_pipelined
 
 FAST = Backoff(initial=0.001, multiplier=2.0, maximum=0.005)
 
@@ -70,7 +71,7 @@ async def wait_written(path: Path, batch: list[Event]) -> None:
 
 
 def test_the_file_sink_is_pipelined(tmp_path: Path) -> None:
-    assert isinstance(file_sink(tmp_path / "f.jsonl"), PipelinedSink)
+    assert is_pipelined(file_sink(tmp_path / "f.jsonl"))
 
 
 async def test_the_next_batch_is_written_while_the_previous_fsync_runs(
@@ -109,9 +110,9 @@ async def test_a_failed_fsync_writes_every_batch_since_again_in_file_order(
     before, a, b, c = events(1, 2), events(2, 2), events(3, 2), events(4, 2)
     await sink.deliver(before)
     held.armed = True
-    durable_a = await sink.start(a)
+    durable_a = await sink.place(a)
     await wait_for(held.entered.is_set, within=5, interval=0.001, what="a's fsync")
-    durable_b = await sink.start(b)  # written while a's fsync runs
+    durable_b = await sink.place(b)  # written while a's fsync runs
     assert ids_in(path) == ids(before + a + b)
     held.release(fail=True)
     for durable in (durable_a, durable_b):
@@ -122,9 +123,9 @@ async def test_a_failed_fsync_writes_every_batch_since_again_in_file_order(
     # Retried out of order, b and a new batch wait until a is written again.
     for batch in (b, c):
         with pytest.raises(SinkUnavailable, match=f"next: {a[0].id}"):
-            await sink.start(batch)
+            await sink.place(batch)
     for batch in (a, b, c):
-        await (await sink.start(batch))
+        await (await sink.place(batch))
     await sink.close()
     assert ids_in(path) == ids(before + a + b + c)
 
@@ -153,3 +154,23 @@ async def test_a_failed_fsync_under_the_scheduler_loses_and_repeats_nothing(
     assert dest.failures_total >= 1
     assert ids_in(path) == ids(sent)
     recorder.assert_once(sent)
+
+
+async def test_an_ordered_sink_behind_a_wrapper_is_delivered_to_one_batch_at_a_time(
+    tmp_path: Path,
+) -> None:
+    # The engine's WaitingSink (a sink whose open failed) has a start() of its
+    # own and no place(): only a sink that says pipelined = True is pipelined.
+    path = tmp_path / "f.jsonl"
+    waiting = WaitingSink("d", file_sink(path), SinkUnavailable("not there yet"), FAST)
+    assert not is_pipelined(waiting)
+    dest = Destination("d", waiting, backoff=FAST)
+    dest.start()
+    sent = events(1, 5)
+    for e in sent:
+        await dest.put(e)
+    assert await dest.drain(timeout=5)
+    await dest.stop()
+    await waiting.close()
+    assert dest.failures_total == 0
+    assert ids_in(path) == ids(sent)

@@ -14,7 +14,7 @@ Limits:
   strictly in id order, each up to ``sink.batch_size`` events;
   ``max_in_flight`` does not apply. A :class:`~walrelay.sinks.base.PipelinedSink`
   (the file sink) gets the next batch as soon as the previous one is *placed*
-  (``start`` returned: written), while earlier ones wait to be durable
+  (``place`` returned: written), while earlier ones wait to be durable
   (``fsync``): one batch being placed, up to :data:`PIPELINE_DEPTH` in flight.
 
 Failures: a batch whose ``deliver`` raises :class:`~walrelay.errors.SinkError`
@@ -66,7 +66,7 @@ from walrelay.model import Event
 from walrelay.pipeline.backoff import Backoff
 from walrelay.pipeline.buffer import EventBuffer, make_buffer
 from walrelay.pipeline.hooks import DeliveryHook, FailureDecision, overriding
-from walrelay.sinks.base import PipelinedSink, Sink
+from walrelay.sinks.base import Sink, is_pipelined
 
 __all__ = [
     "PIPELINE_DEPTH",
@@ -167,7 +167,7 @@ class Destination:
         self._diverting = 0  # diverted, not yet durably parked
         self._external = 0  # slots reserved by parking's retry loop
         self._buffer: EventBuffer = make_buffer(self.ordered, max_buffer_bytes)
-        self._pipelined = sink if self.ordered and isinstance(sink, PipelinedSink) else None
+        self._pipelined = sink if self.ordered and is_pipelined(sink) else None
         self._placing: list[Event] | None = None  # the pipelined batch not yet placed
         self._batches = 0  # pipelined batches in flight
         self._wake = asyncio.Event()
@@ -393,7 +393,7 @@ class Destination:
 
     async def send(self, batch: Sequence[Event]) -> None:
         """``sink.deliver`` between the hooks' ``before_send`` and ``after_send``;
-        for a pipelined sink, ``start`` then its awaitable, the batch counting as
+        for a pipelined sink, ``place`` then its awaitable, the batch counting as
         placed in between."""
         todo = batch
         for hook in self._before_send:
@@ -403,7 +403,7 @@ class Destination:
             if todo:
                 await self.sink.deliver(todo)
         else:
-            durable = await pipelined.start(todo) if todo else None
+            durable = await pipelined.place(todo) if todo else None
             self._placed(batch)
             if durable is not None:
                 await durable

@@ -29,11 +29,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, TypeGuard, runtime_checkable
 
 from walrelay.model import Event
 
-__all__ = ["PipelinedSink", "Sink", "SinkClass", "SinkContext"]
+__all__ = ["PipelinedSink", "Sink", "SinkClass", "SinkContext", "is_pipelined"]
 
 
 @runtime_checkable
@@ -47,7 +47,8 @@ class Sink(Protocol):
 
     ``batch_size`` caps how many events one ``deliver`` call gets.
     ``ordered`` asks the scheduler for one batch in flight at a time, so the
-    sink sees events in exact id order (unless it is a :class:`PipelinedSink`).
+    sink sees events in exact id order (a :class:`PipelinedSink` gets the next
+    batch once the last one is placed).
     ``transactional`` says that no event can ever show up twice downstream,
     however often it is delivered again (after a retry, a crash, a replay
     from the slot): the destination itself drops a repeated id (Kafka
@@ -68,23 +69,31 @@ class Sink(Protocol):
     async def close(self) -> None: ...
 
 
-@runtime_checkable
 class PipelinedSink(Sink, Protocol):
-    """An ordered sink whose delivery has an ordered part and a slow part.
+    """An ordered sink whose delivery has an ordered part and a slow part
+    (``pipelined = True`` says so; a wrapper such as the engine's WaitingSink
+    does not).
 
-    ``start(events)`` returns once the batch's place in the destination is
+    ``place(events)`` returns once the batch's place in the destination is
     fixed (the file sink: written), with an awaitable that completes when
     the batch is delivered (the file sink: an ``fsync`` that began after the
     write succeeded) or raises :class:`walrelay.errors.SinkError`. The
-    scheduler hands over the next batch as soon as ``start`` returns, so the
+    scheduler hands over the next batch as soon as ``place`` returns, so the
     next write overlaps this one's ``fsync``, and counts a batch as delivered
-    only when its awaitable completes. A ``start`` that raises has placed
-    nothing: no later batch is started until it is retried and succeeds. A
+    only when its awaitable completes. A ``place`` that raises has placed
+    nothing: no later batch is placed until it is retried and succeeds. A
     batch retried after its awaitable failed may already be in place; the
     sink must then skip it and still wait for durability.
     """
 
-    async def start(self, events: Sequence[Event]) -> Awaitable[None]: ...
+    pipelined: Literal[True]
+
+    async def place(self, events: Sequence[Event]) -> Awaitable[None]: ...
+
+
+def is_pipelined(sink: Sink) -> TypeGuard[PipelinedSink]:
+    """Whether ``sink`` declares itself a :class:`PipelinedSink`."""
+    return getattr(sink, "pipelined", False) is True
 
 
 @dataclass(frozen=True, slots=True)

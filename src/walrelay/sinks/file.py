@@ -75,6 +75,7 @@ class FileSink:
     """Appends event bodies as JSON lines to ``path``; see the module docstring."""
 
     ordered = True
+    pipelined: Literal[True] = True  # see walrelay.sinks.base.PipelinedSink
     # Exactly-once on its own (the high-water mark): no dedup ledger in front.
     transactional = True
 
@@ -154,9 +155,9 @@ class FileSink:
     # -- delivery ----------------------------------------------------------
 
     async def deliver(self, events: Sequence[Event]) -> None:
-        await (await self.start(events))
+        await (await self.place(events))
 
-    async def start(self, events: Sequence[Event]) -> Awaitable[None]:
+    async def place(self, events: Sequence[Event]) -> Awaitable[None]:
         """Write what is new in ``events``; the awaitable completes once it is
         durable as the policy says (see the module docstring)."""
         generation = self._generation
