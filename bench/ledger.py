@@ -67,7 +67,12 @@ async def run(
 ) -> dict[str, float]:
     batch_size, in_flight = SHAPES[shape]
     sink = WaitingSink(batch_size, delay)
-    hook = LedgerHook(ledger, f"bench-{shape}-{base}") if ledger is not None else None
+    # As the relay has it (sole writer of its ledger keys).
+    hook = (
+        LedgerHook(ledger, f"bench-{shape}-{base}", sole_writer=True)
+        if ledger is not None
+        else None
+    )
     dest = Destination(
         "bench", sink, max_in_flight=in_flight, hooks=[hook] if hook is not None else []
     )

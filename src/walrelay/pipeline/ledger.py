@@ -65,7 +65,7 @@ import psycopg
 from walrelay import failpoints
 from walrelay.config import masked_dsn
 from walrelay.errors import ConfigError, SinkUnavailable
-from walrelay.model import Event, Lsn, format_lsn
+from walrelay.model import Event, Lsn, format_lsn, parse_lsn
 from walrelay.pipeline.backoff import Backoff
 from walrelay.pipeline.hooks import DeliveryHook
 from walrelay.pipeline.ledger_exchange import LedgerExchange
@@ -134,6 +134,11 @@ class ExchangingLedger(Ledger, Protocol):
     ) -> set[str]:
         """Record ``record`` (and trim, as :meth:`Ledger.record`), then return the
         ids among ``check`` recorded before; one round trip. Raises
+        :class:`LedgerUnavailable`."""
+        ...
+
+    async def highest(self, destination: str) -> Lsn | None:
+        """At least the highest commit LSN recorded (None: nothing is). Raises
         :class:`LedgerUnavailable`."""
         ...
 
@@ -289,6 +294,18 @@ class RedisLedger:
             raise LedgerUnavailable(f"ledger {self.where}: {type(e).__name__}: {e}") from None
         return {i.decode() if isinstance(i, bytes) else str(i) for i in found}
 
+    async def highest(self, destination: str) -> Lsn | None:
+        try:
+            top = await self._client.zrange(self.key(destination), -1, -1, withscores=True)
+        except self._errors as e:
+            raise LedgerUnavailable(f"ledger {self.where}: {type(e).__name__}: {e}") from None
+        if not top:
+            return None
+        # A double: above 2^53 it may be below the LSN by up to half a spacing
+        # (at most 2^10 below 2^64): round up past it.
+        score = int(top[0][1])
+        return score if score < 2**53 else score + 2**11
+
     def __repr__(self) -> str:
         return f"RedisLedger({self.where!r})"
 
@@ -406,6 +423,13 @@ class PostgresLedger:
         result: set[str] = await self._run(q)
         return result
 
+    async def highest(self, destination: str) -> Lsn | None:
+        async def q(conn: psycopg.AsyncConnection[tuple[Any, ...]]) -> str | None:
+            return await self._table.highest(conn, destination)
+
+        top: str | None = await self._run(q)
+        return None if top is None else parse_lsn(top)
+
     def __repr__(self) -> str:
         return f"PostgresLedger({self.where!r})"
 
@@ -414,6 +438,8 @@ class PostgresLedger:
 
 
 _T = TypeVar("_T")
+
+_ANY_SEQ = 2**63
 
 
 class LedgerHook(DeliveryHook):
@@ -425,6 +451,19 @@ class LedgerHook(DeliveryHook):
     round trips (see :class:`~walrelay.pipeline.ledger_exchange.LedgerExchange`):
     one round trip records the ids of the batches just sent and checks those
     of the batches about to be sent.
+
+    ``sole_writer``: this process is the only one that records under
+    ``ledger_key`` (the relay: its slot admits one walrelay at a time; not a
+    Kafka worker, whose group shares the key). Then a batch needs no check
+    when every event in it is above both the highest commit LSN the ledger
+    held at :meth:`open` and every event this hook has let through since:
+    no one can have recorded it. The stream is such batches; only a replay
+    (after a restart or a reconnect) and events that waited behind their key
+    are checked. Such a batch still goes out only once the ledger answered
+    a round trip ending after it came (the one in flight, usually recording
+    other batches, or a new one), so nothing is sent while the ledger is
+    down. While the ledger's highest LSN is unknown (it was down at open, or
+    the backend cannot tell) every batch is checked.
     """
 
     def __init__(
@@ -434,8 +473,10 @@ class LedgerHook(DeliveryHook):
         *,
         ledger_key: str | None = None,
         ledger_backoff: Backoff | None = None,
+        sole_writer: bool = False,
     ) -> None:
         self.ledger = ledger
+        self.sole_writer = sole_writer
         self.destination = destination
         # Event ids are positions in one slot's history: the ledger entries of
         # a destination are namespaced by slot so that two walrelays (two
@@ -448,7 +489,11 @@ class LedgerHook(DeliveryHook):
         self._exchange = LedgerExchange(self._round_trip)
         self._exchanging = ledger if isinstance(ledger, ExchangingLedger) else None
         self._calls = 0  # backend calls (one per round trip when the ledger exchanges)
+        # sole_writer: every id the ledger can hold is at or below this (commit
+        # LSN, seq); None while unknown (then every batch is checked).
+        self._high: tuple[Lsn, int] | None = None
         # Stats.
+        self.unchecked = 0  # events sent without a check (above everything recorded)
         self.replays_dropped = 0  # events the ledger already had
         self.sent = 0
         self.check_retries = 0  # checks retried while the ledger was down
@@ -461,6 +506,14 @@ class LedgerHook(DeliveryHook):
 
     async def open(self) -> None:
         await self.ledger.open()
+        if self.sole_writer and self._exchanging is not None:
+            try:
+                lsn = await self._exchanging.highest(self.ledger_key)
+            except LedgerUnavailable as e:
+                log.info("destination %s: %s; every batch is checked", self.destination, e)
+                return
+            # Any seq of the highest commit LSN may be recorded.
+            self._high = (-1, 0) if lsn is None else (lsn, _ANY_SEQ)
 
     async def close(self) -> None:
         if self.replays_dropped:
@@ -519,7 +572,21 @@ class LedgerHook(DeliveryHook):
     async def before_send(self, events: Sequence[Event]) -> Sequence[Event]:
         if not events:
             return events
+        high = self._high
+        if high is not None:
+            keys = [(e.commit_lsn, e.seq) for e in events]
+            top = max(keys)
+            if min(keys) > high:  # no one can have recorded any of them
+                # Still only while the ledger answers (one round trip ending
+                # after now, usually another batch's record).
+                await self._until_ledger(self._ready, events, "check")
+                self._high = max(self._high or top, top)
+                self.unchecked += len(events)
+                return events
         done = await self._until_ledger(self._exchange.check, events, "check")
+        if self._high is not None:
+            # Let through now (the replays too: harmless, they are recorded).
+            self._high = max(self._high, max((e.commit_lsn, e.seq) for e in events))
         if not done:
             return events
         todo = [e for e in events if e.id not in done]
@@ -530,6 +597,9 @@ class LedgerHook(DeliveryHook):
             len(events) - len(todo),
         )
         return todo
+
+    async def _ready(self, _: Sequence[Event]) -> None:
+        await self._exchange.ready()
 
     async def after_send(self, events: Sequence[Event]) -> None:
         if not events:
@@ -606,14 +676,20 @@ def build_ledger(config: Config, destination: DestinationConfig) -> Ledger | Non
     return PostgresLedger(dsn, schema=schema)
 
 
-def ledger_hook(sink: Sink, config: Config, destination: DestinationConfig) -> LedgerHook | None:
+def ledger_hook(
+    sink: Sink, config: Config, destination: DestinationConfig, *, sole_writer: bool = False
+) -> LedgerHook | None:
     """The hook that puts ``sink`` behind its destination's ledger; None when
-    the sink is transactional or the ledger is off (``ledger: {type: none}``)."""
+    the sink is transactional or the ledger is off (``ledger: {type: none}``).
+    ``sole_writer``: see :class:`LedgerHook` (the relay, not a Kafka worker)."""
     if is_transactional(sink):
         return None
     ledger = build_ledger(config, destination)
     if ledger is None:
         return None
     return LedgerHook(
-        ledger, destination.name, ledger_key=f"{config.source.slot}/{destination.name}"
+        ledger,
+        destination.name,
+        ledger_key=f"{config.source.slot}/{destination.name}",
+        sole_writer=sole_writer,
     )

@@ -41,6 +41,8 @@ class LedgerExchange:
         # (is a record, events, the caller's future), in arrival order.
         self._queue: list[tuple[bool, Sequence[Event], asyncio.Future[set[str]]]] = []
         self._task: asyncio.Task[None] | None = None
+        # While a round trip is in flight: the callers of ready() waiting for it.
+        self._riders: list[asyncio.Future[None]] | None = None
         self.round_trips = 0
         self.ids = 0  # ids carried (checks and records), over all round trips
 
@@ -52,6 +54,19 @@ class LedgerExchange:
     async def record(self, events: Sequence[Event]) -> None:
         """Record ``events`` (already sent) as delivered."""
         await self._enqueue(True, events)
+
+    async def ready(self) -> None:
+        """Return once the ledger has answered a round trip that ends after this
+        call -- the one in flight, or else the next (with no ids of its own) --
+        so that nothing goes out while the ledger is unreachable. Raises what
+        that round trip raised."""
+        riders = self._riders
+        if riders is None:
+            await self._enqueue(False, ())
+            return
+        fut = asyncio.get_running_loop().create_future()
+        riders.append(fut)
+        await fut
 
     async def _enqueue(self, is_record: bool, events: Sequence[Event]) -> set[str]:
         loop = asyncio.get_running_loop()
@@ -71,20 +86,27 @@ class LedgerExchange:
             checks = [e for is_record, evs, _ in group if not is_record for e in evs]
             self.round_trips += 1
             self.ids += len(records) + len(checks)
+            riders: list[asyncio.Future[None]] = []
+            self._riders = riders
             try:
                 found = await self._call(records, checks)
             except asyncio.CancelledError:
-                for _, _, fut in group:
+                for fut in [f for _, _, f in group] + riders:
                     fut.cancel()
                 raise
             except Exception as e:
-                for _, _, fut in group:
+                for fut in [f for _, _, f in group] + riders:
                     if not fut.done():
                         fut.set_exception(e)
                 continue
+            finally:
+                self._riders = None
             for _, _, fut in group:
                 if not fut.done():
                     fut.set_result(found)
+            for rider in riders:
+                if not rider.done():
+                    rider.set_result(None)
 
     def cancel(self) -> None:
         if self._task is not None:

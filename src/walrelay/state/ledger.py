@@ -47,6 +47,10 @@ class LedgerTable:
         self._trim = sql.SQL(
             "delete from {} where destination = %s and commit_lsn < %s::pg_lsn"
         ).format(t)
+        self._highest = sql.SQL(
+            "select commit_lsn::text from {} where destination = %s"
+            " order by commit_lsn desc limit 1"
+        ).format(t)
         # Data-modifying CTEs run whether or not the select reads them; the
         # select sees the table as it was before them, which is right because
         # a round trip never checks an id it records (see
@@ -89,6 +93,12 @@ class LedgerTable:
                 await conn.execute(self._record, (destination, ids, lsns))
             if trim_below is not None:
                 await conn.execute(self._trim, (destination, trim_below))
+
+    async def highest(self, conn: Conn, destination: str) -> str | None:
+        """The highest commit LSN recorded for ``destination`` (text), or None."""
+        cur = await conn.execute(self._highest, (destination,))
+        row = await cur.fetchone()
+        return None if row is None else str(row[0])
 
     async def exchange(
         self,
