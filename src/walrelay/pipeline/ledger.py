@@ -577,10 +577,10 @@ class LedgerHook(DeliveryHook):
             keys = [(e.commit_lsn, e.seq) for e in events]
             top = max(keys)
             if min(keys) > high:  # no one can have recorded any of them
+                self._high = top  # let through: from now on, the same ids are checked
                 # Still only while the ledger answers (one round trip ending
                 # after now, usually another batch's record).
                 await self._until_ledger(self._ready, events, "check")
-                self._high = max(self._high or top, top)
                 self.unchecked += len(events)
                 return events
         done = await self._until_ledger(self._exchange.check, events, "check")
