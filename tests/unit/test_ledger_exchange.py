@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import pytest
 
 from tests.factories import make_event as ev
 from tests.waiting import wait_for
-from walrelay.model import Event
-from walrelay.pipeline.ledger import LedgerUnavailable
+from walrelay.model import Event, Lsn
+from walrelay.pipeline.ledger import ExchangingLedger, LedgerHook, LedgerUnavailable
 from walrelay.pipeline.ledger_exchange import LedgerExchange
+from walrelay.pipeline.scheduler import Destination
+from walrelay.sinks.memory import MemorySink
 
 
 class Store:
@@ -92,3 +95,60 @@ async def test_a_cancelled_caller_is_left_out() -> None:
     store.release.set()
     await asyncio.gather(first, kept)
     assert store.calls[1] == ([ev(3).id], [])
+
+
+class ExchangingStore:
+    """An in-memory ledger that exchanges (and can be down at open)."""
+
+    def __init__(self, have: dict[str, int]) -> None:
+        self.have = dict(have)
+        self.down = False
+        self.checked: list[str] = []
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def delivered(self, destination: str, events: Sequence[Event]) -> set[str]:
+        return await self.exchange(destination, [], events)
+
+    async def record(
+        self, destination: str, events: Sequence[Event], trim_below: Lsn | None = None
+    ) -> None:
+        await self.exchange(destination, events, [], trim_below)
+
+    async def exchange(
+        self,
+        destination: str,
+        record: Sequence[Event],
+        check: Sequence[Event],
+        trim_below: Lsn | None = None,
+    ) -> set[str]:
+        if self.down:
+            raise LedgerUnavailable("down")
+        self.have.update({e.id: e.commit_lsn for e in record})
+        self.checked += [e.id for e in check]
+        return {e.id for e in check if e.id in self.have}
+
+    async def highest(self, destination: str) -> Lsn | None:
+        if self.down:
+            raise LedgerUnavailable("down")
+        return max(self.have.values(), default=None)
+
+
+@pytest.mark.parametrize("down_at_open", [False, True])
+async def test_the_sole_writer_checks_everything_while_the_highest_is_unknown(
+    down_at_open: bool,
+) -> None:
+    store = ExchangingStore({ev(100).id: 100})
+    assert isinstance(store, ExchangingLedger)
+    hook = LedgerHook(store, "d", sole_writer=True)
+    store.down = down_at_open
+    await hook.open()
+    store.down = False
+    dest = Destination("d", MemorySink(batch_size=10), hooks=[hook])
+    await dest.send([ev(100), ev(100, 1)])  # at the highest LSN: checked
+    await dest.send([ev(200)])  # above: checked only when the highest is known
+    expected = [ev(100).id, ev(100, 1).id] + ([ev(200).id] if down_at_open else [])
+    assert store.checked == expected
+    assert hook.unchecked == (0 if down_at_open else 1) and hook.replays_dropped == 1
