@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
 from walrelay.model import Event
@@ -103,12 +103,9 @@ def main() -> int:
     args = ap.parse_args()
     wanted = [w for w in args.only.split(",") if w]
 
-    def want(name: str) -> bool:
-        return (
-            not wanted
-            or name in wanted
-            or not any(w in wanted for w in (("postgres", "redis") if name in SHAPES else SHAPES))
-        )
+    def want(name: str, among: Iterable[str]) -> bool:
+        """Named in --only, or none of its kind is."""
+        return name in wanted or not any(other in wanted for other in among)
 
     cluster = start_cluster()
     try:
@@ -123,11 +120,11 @@ def main() -> int:
             )
             base = 1 << 32
             for shape in SHAPES:
-                if not want(shape):
+                if not want(shape, SHAPES):
                     continue
                 bare = asyncio.run(run(None, shape, args.events, args.send_ms / 1000, base))
                 for name, make in backends.items():
-                    if not want(name):
+                    if not want(name, backends):
                         continue
                     base += 1 << 32
                     r = asyncio.run(run(make(), shape, args.events, args.send_ms / 1000, base))
