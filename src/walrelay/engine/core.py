@@ -513,7 +513,10 @@ class Engine:
             )
             return [*resume, completion, services.delivery_hook(name)]
 
-        slot.destinations = await open_destinations(self.config, self._sink_factory, hooks_for)
+        # The slot admits one walrelay at a time: it alone records in its ledger keys.
+        slot.destinations = await open_destinations(
+            self.config, self._sink_factory, hooks_for, ledger_sole_writer=True
+        )
         slot.router = Router(
             self.config.destinations,
             slot.destinations.by_name,

@@ -115,9 +115,13 @@ async def open_destinations(
     config: Config,
     sink_factory: SinkFactory,
     hooks_for: Callable[[str], list[DeliveryHook]],
+    *,
+    ledger_sole_writer: bool = False,
 ) -> Destinations:
     """Open every configured destination (not started). ``hooks_for(name)``
-    gives the hooks that follow the ledger and failpoint hooks."""
+    gives the hooks that follow the ledger and failpoint hooks.
+    ``ledger_sole_writer``: no other process records under these destinations'
+    ledger keys (the relay; see :class:`walrelay.pipeline.ledger.LedgerHook`)."""
     out = Destinations()
     opened: list[Sink | DeliveryHook] = []
     try:
@@ -129,7 +133,7 @@ async def open_destinations(
             )
             sink = await _open_sink(dcfg.name, sink_factory(dcfg), backoff)
             opened.append(sink)
-            ledger = ledger_hook(sink, config, dcfg)
+            ledger = ledger_hook(sink, config, dcfg, sole_writer=ledger_sole_writer)
             hooks = [
                 *([ledger] if ledger is not None else []),
                 FailpointHook(),

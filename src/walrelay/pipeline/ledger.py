@@ -12,8 +12,10 @@ hook, see :mod:`walrelay.pipeline.hooks`), which for every batch
 
 so a replay is dropped, and a resend can only happen when walrelay dies
 between 2 and 3 (then the same ids are sent again: the webhook ``webhook-id``
-lets the receiver drop them). Checks and records of batches in flight at the
-same time are merged into one ledger call each (group commit).
+lets the receiver drop them). The checks and records of batches in flight
+at the same time go together: at most one ledger round trip is in flight,
+carrying every record and check that waited for it
+(:mod:`walrelay.pipeline.ledger_exchange`, group commit).
 
 If the ledger cannot be reached (the backends raise
 :class:`LedgerUnavailable`), ``deliver`` waits, retrying the ledger with
@@ -27,8 +29,11 @@ Backends (``ledger:`` in the config):
 
 :class:`RedisLedger` (``{type: redis, url: redis://...}``)
     one sorted set per destination (``<key_prefix><destination>``), member =
-    event id, score = commit LSN. Check is one ``ZMSCORE``; record is one
-    ``ZADD`` pipelined with the trim ``ZREMRANGEBYSCORE -inf (<floor>``.
+    event id, score = commit LSN. A round trip is one Lua script
+    (:data:`REDIS_EXCHANGE`): ``ZADD`` the ids to record, the trim
+    ``ZREMRANGEBYSCORE -inf (<floor>``, then ``ZMSCORE`` the ids to check,
+    answering only the ids found; the ids go as one comma-separated
+    argument each way.
     Scores are doubles: exact for LSNs below 2^53 (8 PiB of WAL).
     Durability is Redis's: with ``appendfsync everysec`` a crash *of Redis*
     can forget the last second of records (those events may be sent once
@@ -36,9 +41,9 @@ Backends (``ledger:`` in the config):
 :class:`PostgresLedger` (``{type: postgres}``, the default)
     the table ``<schema>.ledger`` in the state database (state migration 3;
     its statements are in :mod:`walrelay.state.ledger`),
-    primary key ``(destination, event_id)``. Check is one ``select``; record
-    is one ``insert .. on conflict do nothing`` (plus the trim, at most once
-    a second, in the same pipeline).
+    primary key ``(destination, event_id)``. A round trip is one statement:
+    ``insert .. on conflict do nothing`` of the ids to record and the trim
+    (at most once a second) as CTEs, and the ``select`` of the ids to check.
 
 Trimming: ids of transactions below the *trim floor* can never be replayed
 (the slot's confirmed LSN is past them), so they are removed. The engine
@@ -53,16 +58,17 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 import psycopg
 
 from walrelay import failpoints
 from walrelay.config import masked_dsn
 from walrelay.errors import ConfigError, SinkUnavailable
-from walrelay.model import Event, Lsn, format_lsn
+from walrelay.model import Event, Lsn, format_lsn, parse_lsn
 from walrelay.pipeline.backoff import Backoff
 from walrelay.pipeline.hooks import DeliveryHook
+from walrelay.pipeline.ledger_exchange import LedgerExchange
 from walrelay.sinks.base import Sink
 from walrelay.sinks.common import safe_url
 from walrelay.state.durability import require_flushed_commits
@@ -72,6 +78,7 @@ if TYPE_CHECKING:
     from walrelay.config import Config, DestinationConfig
 
 __all__ = [
+    "ExchangingLedger",
     "Ledger",
     "LedgerHook",
     "LedgerUnavailable",
@@ -115,6 +122,28 @@ class Ledger(Protocol):
 
 
 @runtime_checkable
+class ExchangingLedger(Ledger, Protocol):
+    """A ledger that records and checks in one round trip (both backends here)."""
+
+    async def exchange(
+        self,
+        destination: str,
+        record: Sequence[Event],
+        check: Sequence[Event],
+        trim_below: Lsn | None = None,
+    ) -> set[str]:
+        """Record ``record`` (and trim, as :meth:`Ledger.record`), then return the
+        ids among ``check`` recorded before; one round trip. Raises
+        :class:`LedgerUnavailable`."""
+        ...
+
+    async def highest(self, destination: str) -> Lsn | None:
+        """At least the highest commit LSN recorded (None: nothing is). Raises
+        :class:`LedgerUnavailable`."""
+        ...
+
+
+@runtime_checkable
 class TrimAware(Protocol):
     """Keeps per-id records and wants to forget old ones: a :class:`LedgerHook`,
     or a sink that dedups by itself (the PostgreSQL sink's applied ids)."""
@@ -131,6 +160,40 @@ def is_transactional(sink: Sink) -> bool:
 
 
 # --------------------------------------------------------------------------- Redis
+
+REDIS_EXCHANGE = """
+local key = KEYS[1]
+local args, n = {}, 0
+for id in string.gmatch(ARGV[1], '[^,]+') do
+  -- the score is the commit LSN, the id's first 16 hex digits (format_event_id)
+  args[n + 1] = tonumber(string.sub(id, 1, 16), 16)
+  args[n + 2] = id
+  n = n + 2
+  if n == 1000 then
+    redis.call('ZADD', key, unpack(args, 1, n))
+    n = 0
+  end
+end
+if n > 0 then redis.call('ZADD', key, unpack(args, 1, n)) end
+if ARGV[2] ~= '' then redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. ARGV[2]) end
+local found, ids = {}, {}
+local function lookup(m)
+  local scores = redis.call('ZMSCORE', key, unpack(ids, 1, m))
+  for j = 1, m do
+    if scores[j] then found[#found + 1] = ids[j] end
+  end
+end
+n = 0
+for id in string.gmatch(ARGV[3], '[^,]+') do
+  n = n + 1
+  ids[n] = id
+  if n == 500 then lookup(n); n = 0 end
+end
+if n > 0 then lookup(n) end
+return found
+"""
+"""Record (ARGV[1], comma-separated ids), trim (ARGV[2], a decimal LSN or ''),
+check (ARGV[3]): the ids of ARGV[3] found, in one round trip."""
 
 
 class RedisLedger:
@@ -171,6 +234,7 @@ class RedisLedger:
         from redis.exceptions import RedisError
 
         self._errors: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+        self._exchange = self._client.register_script(REDIS_EXCHANGE)
 
     @property
     def where(self) -> str:
@@ -211,6 +275,36 @@ class RedisLedger:
                 await pipe.execute()
         except self._errors as e:
             raise LedgerUnavailable(f"ledger {self.where}: {type(e).__name__}: {e}") from None
+
+    async def exchange(
+        self,
+        destination: str,
+        record: Sequence[Event],
+        check: Sequence[Event],
+        trim_below: Lsn | None = None,
+    ) -> set[str]:
+        args = (
+            ",".join([e.id for e in record]),
+            "" if trim_below is None else str(trim_below),
+            ",".join([e.id for e in check]),
+        )
+        try:
+            found = await self._exchange(keys=[self.key(destination)], args=args)
+        except self._errors as e:
+            raise LedgerUnavailable(f"ledger {self.where}: {type(e).__name__}: {e}") from None
+        return {i.decode() if isinstance(i, bytes) else str(i) for i in found}
+
+    async def highest(self, destination: str) -> Lsn | None:
+        try:
+            top = await self._client.zrange(self.key(destination), -1, -1, withscores=True)
+        except self._errors as e:
+            raise LedgerUnavailable(f"ledger {self.where}: {type(e).__name__}: {e}") from None
+        if not top:
+            return None
+        # A double: above 2^53 it may be below the LSN by up to half a spacing
+        # (at most 2^10 below 2^64): round up past it.
+        score = int(top[0][1])
+        return score if score < 2**53 else score + 2**11
 
     def __repr__(self) -> str:
         return f"RedisLedger({self.where!r})"
@@ -308,6 +402,34 @@ class PostgresLedger:
 
         await self._run(q)
 
+    async def exchange(
+        self,
+        destination: str,
+        record: Sequence[Event],
+        check: Sequence[Event],
+        trim_below: Lsn | None = None,
+    ) -> set[str]:
+        recorded = ",".join([e.id for e in record]) if record else None
+        trim = None if trim_below is None else format_lsn(trim_below)
+        checked = low = high = None
+        if check:
+            checked = ",".join([e.id for e in check])
+            lsns = [e.commit_lsn for e in check]
+            low, high = format_lsn(min(lsns)), format_lsn(max(lsns))
+
+        async def q(conn: psycopg.AsyncConnection[tuple[Any, ...]]) -> set[str]:
+            return await self._table.exchange(conn, destination, recorded, trim, checked, low, high)
+
+        result: set[str] = await self._run(q)
+        return result
+
+    async def highest(self, destination: str) -> Lsn | None:
+        async def q(conn: psycopg.AsyncConnection[tuple[Any, ...]]) -> str | None:
+            return await self._table.highest(conn, destination)
+
+        top: str | None = await self._run(q)
+        return None if top is None else parse_lsn(top)
+
     def __repr__(self) -> str:
         return f"PostgresLedger({self.where!r})"
 
@@ -317,55 +439,7 @@ class PostgresLedger:
 
 _T = TypeVar("_T")
 
-
-class _Coalescer(Generic[_T]):
-    """Group commit for ledger calls: while one call is in flight, the calls
-    that arrive meanwhile queue up and go together as the next one.
-
-    With many small batches in flight (webhooks: one event per batch, 32 in
-    flight) this turns 32 round trips into one or two, without adding any
-    latency when calls come one at a time. Every caller gets the result (or
-    the error) of the call its events went in."""
-
-    def __init__(self, call: Callable[[list[Event]], Awaitable[_T]]) -> None:
-        self._call = call
-        self._queue: list[tuple[Sequence[Event], asyncio.Future[_T]]] = []
-        self._task: asyncio.Task[None] | None = None
-        self.calls = 0  # backend calls made
-
-    async def __call__(self, events: Sequence[Event]) -> _T:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[_T] = loop.create_future()
-        self._queue.append((events, fut))
-        if self._task is None or self._task.done():
-            self._task = loop.create_task(self._drain())
-        return await fut
-
-    async def _drain(self) -> None:
-        while self._queue:
-            group, self._queue = self._queue, []
-            group = [(evs, f) for evs, f in group if not f.done()]  # callers cancelled
-            if not group:
-                continue
-            self.calls += 1
-            try:
-                result = await self._call([e for evs, _ in group for e in evs])
-            except asyncio.CancelledError:
-                for _, f in group:
-                    f.cancel()
-                raise
-            except Exception as e:
-                for _, f in group:
-                    if not f.done():
-                        f.set_exception(e)
-                continue
-            for _, f in group:
-                if not f.done():
-                    f.set_result(result)
-
-    def cancel(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+_ANY_SEQ = 2**63
 
 
 class LedgerHook(DeliveryHook):
@@ -373,8 +447,23 @@ class LedgerHook(DeliveryHook):
     hook (:mod:`walrelay.pipeline.hooks`): ``before_send`` drops the ids the
     ledger holds, ``after_send`` records the ids sent.
 
-    Checks and records of batches in flight at the same time are merged into
-    one ledger call each (see :class:`_Coalescer`).
+    Checks and records of batches in flight at the same time share ledger
+    round trips (see :class:`~walrelay.pipeline.ledger_exchange.LedgerExchange`):
+    one round trip records the ids of the batches just sent and checks those
+    of the batches about to be sent.
+
+    ``sole_writer``: this process is the only one that records under
+    ``ledger_key`` (the relay: its slot admits one walrelay at a time; not a
+    Kafka worker, whose group shares the key). Then a batch needs no check
+    when every event in it is above both the highest commit LSN the ledger
+    held at :meth:`open` and every event this hook has let through since:
+    no one can have recorded it. The stream is such batches; only a replay
+    (after a restart or a reconnect) and events that waited behind their key
+    are checked. Such a batch still goes out only once the ledger answered
+    a round trip ending after it came (the one in flight, usually recording
+    other batches, or a new one), so nothing is sent while the ledger is
+    down. While the ledger's highest LSN is unknown (it was down at open, or
+    the backend cannot tell) every batch is checked.
     """
 
     def __init__(
@@ -384,8 +473,10 @@ class LedgerHook(DeliveryHook):
         *,
         ledger_key: str | None = None,
         ledger_backoff: Backoff | None = None,
+        sole_writer: bool = False,
     ) -> None:
         self.ledger = ledger
+        self.sole_writer = sole_writer
         self.destination = destination
         # Event ids are positions in one slot's history: the ledger entries of
         # a destination are namespaced by slot so that two walrelays (two
@@ -395,9 +486,14 @@ class LedgerHook(DeliveryHook):
         self._trim_floor: Lsn | None = None
         self._trimmed_floor: Lsn | None = None
         self._last_trim = 0.0
-        self._check = _Coalescer(self._check_call)
-        self._record_call = _Coalescer(self._record_once)
+        self._exchange = LedgerExchange(self._round_trip)
+        self._exchanging = ledger if isinstance(ledger, ExchangingLedger) else None
+        self._calls = 0  # backend calls (one per round trip when the ledger exchanges)
+        # sole_writer: every id the ledger can hold is at or below this (commit
+        # LSN, seq); None while unknown (then every batch is checked).
+        self._high: tuple[Lsn, int] | None = None
         # Stats.
+        self.unchecked = 0  # events sent without a check (above everything recorded)
         self.replays_dropped = 0  # events the ledger already had
         self.sent = 0
         self.check_retries = 0  # checks retried while the ledger was down
@@ -410,6 +506,14 @@ class LedgerHook(DeliveryHook):
 
     async def open(self) -> None:
         await self.ledger.open()
+        if self.sole_writer and self._exchanging is not None:
+            try:
+                lsn = await self._exchanging.highest(self.ledger_key)
+            except LedgerUnavailable as e:
+                log.info("destination %s: %s; every batch is checked", self.destination, e)
+                return
+            # Any seq of the highest commit LSN may be recorded.
+            self._high = (-1, 0) if lsn is None else (lsn, _ANY_SEQ)
 
     async def close(self) -> None:
         if self.replays_dropped:
@@ -418,23 +522,38 @@ class LedgerHook(DeliveryHook):
                 self.destination,
                 self.replays_dropped,
             )
-        self._check.cancel()
-        self._record_call.cancel()
+        self._exchange.cancel()
         await self.ledger.close()
 
     @property
     def ledger_calls(self) -> int:
-        """Checks and records sent to the ledger (fewer than batches when merged)."""
-        return self._check.calls + self._record_call.calls
+        """Calls made to the ledger: one per round trip for a ledger that
+        exchanges (both backends), else one per check and one per record."""
+        return self._calls
 
-    async def _check_call(self, events: list[Event]) -> set[str]:
-        return await self.ledger.delivered(self.ledger_key, events)
+    @property
+    def ledger_ids(self) -> int:
+        """Ids sent to the ledger, checks and records (``/ ledger_calls``: ids per call)."""
+        return self._exchange.ids
 
-    async def _record_once(self, events: list[Event]) -> None:
-        trim = self._take_trim()
-        await self.ledger.record(self.ledger_key, events, trim_below=trim)
+    async def _round_trip(self, records: list[Event], checks: list[Event]) -> set[str]:
+        """Record ``records`` (with the trim when due), then check ``checks``."""
+        ledger, key = self.ledger, self.ledger_key
+        trim = self._take_trim() if records else None
+        if self._exchanging is not None:
+            self._calls += 1
+            found = await self._exchanging.exchange(key, records, checks, trim_below=trim)
+        else:
+            found = set()
+            if records:
+                self._calls += 1
+                await ledger.record(key, records, trim_below=trim)
+            if checks:
+                self._calls += 1
+                found = await ledger.delivered(key, checks)
         if trim is not None:
             self._trimmed_floor = trim
+        return found
 
     def trim_below(self, lsn: Lsn) -> None:
         if self._trim_floor is None or lsn > self._trim_floor:
@@ -453,7 +572,21 @@ class LedgerHook(DeliveryHook):
     async def before_send(self, events: Sequence[Event]) -> Sequence[Event]:
         if not events:
             return events
-        done = await self._until_ledger(self._check, events, "check")
+        high = self._high
+        if high is not None:
+            keys = [(e.commit_lsn, e.seq) for e in events]
+            top = max(keys)
+            if min(keys) > high:  # no one can have recorded any of them
+                self._high = top  # let through: from now on, the same ids are checked
+                # Still only while the ledger answers (one round trip ending
+                # after now, usually another batch's record).
+                await self._until_ledger(self._ready, events, "check")
+                self.unchecked += len(events)
+                return events
+        done = await self._until_ledger(self._exchange.check, events, "check")
+        if self._high is not None:
+            # Let through now (the replays too: harmless, they are recorded).
+            self._high = max(self._high, max((e.commit_lsn, e.seq) for e in events))
         if not done:
             return events
         todo = [e for e in events if e.id not in done]
@@ -465,13 +598,16 @@ class LedgerHook(DeliveryHook):
         )
         return todo
 
+    async def _ready(self, _: Sequence[Event]) -> None:
+        await self._exchange.ready()
+
     async def after_send(self, events: Sequence[Event]) -> None:
         if not events:
             return
         self.sent += len(events)
         # Record until the ledger takes it: the batch was sent, and sending it
         # again because the ledger is down would be a duplicate we can avoid.
-        await self._until_ledger(self._record_call, events, "record")
+        await self._until_ledger(self._exchange.record, events, "record")
         failpoints.hit(failpoints.LEDGER_AFTER_RECORD)
 
     async def _until_ledger(
@@ -540,14 +676,20 @@ def build_ledger(config: Config, destination: DestinationConfig) -> Ledger | Non
     return PostgresLedger(dsn, schema=schema)
 
 
-def ledger_hook(sink: Sink, config: Config, destination: DestinationConfig) -> LedgerHook | None:
+def ledger_hook(
+    sink: Sink, config: Config, destination: DestinationConfig, *, sole_writer: bool = False
+) -> LedgerHook | None:
     """The hook that puts ``sink`` behind its destination's ledger; None when
-    the sink is transactional or the ledger is off (``ledger: {type: none}``)."""
+    the sink is transactional or the ledger is off (``ledger: {type: none}``).
+    ``sole_writer``: see :class:`LedgerHook` (the relay, not a Kafka worker)."""
     if is_transactional(sink):
         return None
     ledger = build_ledger(config, destination)
     if ledger is None:
         return None
     return LedgerHook(
-        ledger, destination.name, ledger_key=f"{config.source.slot}/{destination.name}"
+        ledger,
+        destination.name,
+        ledger_key=f"{config.source.slot}/{destination.name}",
+        sole_writer=sole_writer,
     )

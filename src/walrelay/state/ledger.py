@@ -5,6 +5,12 @@ delivered event id and ledger key (``destination``), with the event's
 ``commit_lsn`` so that ids below the trim floor can be deleted. The
 statements are composed once per schema (:class:`LedgerTable`); each call is
 one round trip.
+
+:meth:`LedgerTable.exchange` records, trims and checks in one statement, its
+ids passed as one comma-separated text each (one parameter instead of an
+array element per id: building and sending it costs the client far less)
+and each recorded id's commit LSN read from the id itself
+(:func:`walrelay.model.format_event_id`: 16 hex digits, then ``/<seq>``).
 """
 
 from __future__ import annotations
@@ -41,6 +47,28 @@ class LedgerTable:
         self._trim = sql.SQL(
             "delete from {} where destination = %s and commit_lsn < %s::pg_lsn"
         ).format(t)
+        self._highest = sql.SQL(
+            "select commit_lsn::text from {} where destination = %s"
+            " order by commit_lsn desc limit 1"
+        ).format(t)
+        # Data-modifying CTEs run whether or not the select reads them; the
+        # select sees the table as it was before them, which is right because
+        # a round trip never checks an id it records (see
+        # walrelay.pipeline.ledger_exchange). A null parameter makes its part
+        # a no-op.
+        self._exchange = sql.SQL(
+            "with recorded as ("
+            " insert into {t} (destination, event_id, commit_lsn)"
+            " select %(d)s, i, (left(i, 8) || '/' || substr(i, 9, 8))::pg_lsn"
+            " from unnest(string_to_array(%(record)s, ',')) as u(i)"
+            " on conflict do nothing"
+            "), trimmed as ("
+            " delete from {t} where destination = %(d)s and commit_lsn < %(trim)s::pg_lsn"
+            ") "
+            "select event_id from {t} where destination = %(d)s"
+            " and commit_lsn between %(low)s::pg_lsn and %(high)s::pg_lsn"
+            " and event_id = any(string_to_array(%(check)s, ','))"
+        ).format(t=t)
 
     async def delivered(
         self, conn: Conn, destination: str, ids: list[str], low: str, high: str
@@ -65,3 +93,35 @@ class LedgerTable:
                 await conn.execute(self._record, (destination, ids, lsns))
             if trim_below is not None:
                 await conn.execute(self._trim, (destination, trim_below))
+
+    async def highest(self, conn: Conn, destination: str) -> str | None:
+        """The highest commit LSN recorded for ``destination`` (text), or None."""
+        cur = await conn.execute(self._highest, (destination,))
+        row = await cur.fetchone()
+        return None if row is None else str(row[0])
+
+    async def exchange(
+        self,
+        conn: Conn,
+        destination: str,
+        record: str | None,
+        trim_below: str | None,
+        check: str | None,
+        low: str | None,
+        high: str | None,
+    ) -> set[str]:
+        """Record the ids in ``record`` (comma-separated), delete the ids of
+        commit LSNs below ``trim_below``, and return the ids among ``check``
+        (comma-separated; ``low`` and ``high`` are the lowest and highest of
+        their commit LSNs) recorded before; one statement, one round trip.
+        None for a part leaves it out."""
+        params = {
+            "d": destination,
+            "record": record,
+            "trim": trim_below,
+            "check": check,
+            "low": low,
+            "high": high,
+        }
+        cur = await conn.execute(self._exchange, params)
+        return {str(r[0]) for r in await cur.fetchall()}
