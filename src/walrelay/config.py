@@ -397,8 +397,8 @@ class KafkaSinkConfig(SinkConfigBase):
     # exactly_once: the least time from one commit to the next transaction's
     # first record. The broker writes the commit's markers after it answers; a
     # transaction begun before that is refused (CONCURRENT_TRANSACTIONS) and
-    # librdkafka tries again only 20 ms later.
-    transaction_spacing: Seconds = 0.0
+    # librdkafka tries again only 20 ms later (bench/latency.py --set).
+    transaction_spacing: Seconds = 0.01
 
     @model_validator(mode="before")
     @classmethod

@@ -378,6 +378,37 @@ async def test_exactly_once_transactions_cut_by_bytes(
         reader.close()
 
 
+async def test_exactly_once_transactions_are_spaced(kafka: KafkaServer) -> None:
+    # A transaction begins transaction_spacing after the last commit at the
+    # earliest, and a delivery returns only then, so what comes meanwhile goes
+    # into the next transaction (one per event here: a 1-byte budget).
+    prefix = unique_prefix("k")
+    config = KafkaSinkConfig(
+        bootstrap_servers=kafka.bootstrap,
+        prefix=prefix,
+        checkpoint_topic=f"{prefix}.checkpoints",
+        delivery_timeout=10,
+        transaction_bytes=1,
+        transaction_spacing=0.5,
+    )
+    sink = KafkaSink(config, SinkContext(slot="s", destination="spaced", tables=("public.t",)))
+    await sink.open()
+    try:
+        await sink.deliver([_event(0x3000, 0)])  # the producer's set-up, not timed
+        started = time.monotonic()
+        await sink.deliver([_event(0x3000, i) for i in range(1, 4)])
+        elapsed = time.monotonic() - started
+    finally:
+        await sink.close()
+    marks = await asyncio.to_thread(
+        _committed_checkpoints, kafka.bootstrap, f"{prefix}.checkpoints"
+    )
+    assert marks == [format_event_id(0x3000, i) for i in range(4)]
+    # Two spacings between the three transactions, one after the last; three
+    # unspaced transactions take a small fraction of that.
+    assert elapsed >= 3 * 0.5
+
+
 def test_exactly_once_batch_size_set_by_the_user_is_kept() -> None:
     config = KafkaSinkConfig(bootstrap_servers="localhost:1", batch_size=200)
     assert KafkaSink(config, SinkContext(slot="s", destination="d")).batch_size == 200
