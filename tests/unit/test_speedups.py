@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import string
+from dataclasses import fields
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -347,6 +348,41 @@ def bodies(change: Change, key_columns: dict[str, list[str]] | None = None) -> t
 )
 def test_envelopes_are_identical(change: Change) -> None:
     fast, slow = bodies(change)
+    assert fast == slow
+
+
+def events(change: Change, key_columns: dict[str, list[str]] | None = None) -> tuple[Any, Any]:
+    """The whole event (every field, not only the body) from both paths."""
+    fast = EnvelopeBuilder(TypeRegistry(), key_columns).build(BEGIN, change, 7)
+    with mock.patch.object(envelope, "_c_encode_object", None):
+        slow = EnvelopeBuilder(TypeRegistry(), key_columns).build(BEGIN, change, 7)
+    return [getattr(fast, f.name) for f in fields(fast)], [
+        getattr(slow, f.name) for f in fields(slow)
+    ]
+
+
+def keyless() -> Relation:
+    return Relation(16385, "public", "no key", "n", (Column("v", 25, -1, False),))
+
+
+@pytest.mark.parametrize(
+    ("change", "key_columns"),
+    [
+        (Change("insert", table(), ROW), None),
+        # the key separator in a key value, escaped
+        (Change("insert", table(), (*ROW[:4], b"a\x1fb", *ROW[5:])), {"public.all types": ["s"]}),
+        (Change("insert", table(), ROW), {"public.all types": ["s", "d"]}),  # composite key
+        (Change("insert", keyless(), (b"x",)), None),
+        (Change("insert", table("f"), ROW), None),  # every column flagged as key
+    ],
+    ids=["insert", "separator", "composite", "keyless", "identity-full"],
+)
+def test_insert_events_are_identical_field_by_field(
+    change: Change, key_columns: dict[str, list[str]] | None
+) -> None:
+    """The insert fast path (EnvelopeBuilder._insert_event_c) makes the event the
+    general path makes: keys, key JSON, op, table... not only the body."""
+    fast, slow = events(change, key_columns)
     assert fast == slow
 
 
