@@ -23,7 +23,15 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from walrelay import speedups
-from walrelay.model import UNCHANGED_TOAST, Begin, Change, Column, RawTuple, Relation
+from walrelay.model import (
+    UNCHANGED_TOAST,
+    Begin,
+    Change,
+    Column,
+    RawTuple,
+    Relation,
+    format_event_id,
+)
 from walrelay.pipeline import envelope
 from walrelay.pipeline.envelope import _C_KINDS, EnvelopeBuilder, _default
 from walrelay.source import pgoutput
@@ -384,6 +392,19 @@ def test_insert_events_are_identical_field_by_field(
     general path makes: keys, key JSON, op, table... not only the body."""
     fast, slow = events(change, key_columns)
     assert fast == slow
+
+
+@pytest.mark.parametrize("seq", [0, 4095, 4096, 1234567])
+@pytest.mark.parametrize("op", ["insert", "update"])
+def test_event_ids_are_padded_alike_inside_and_past_the_table(seq: int, op: str) -> None:
+    """The C paths take a transaction's first sequences from a table
+    (envelope._PADDED_SEQS) and format the rest: the id is format_event_id's."""
+    change = Change(op, table(), ROW)  # type: ignore[arg-type]
+    fast = EnvelopeBuilder(TypeRegistry()).build(BEGIN, change, seq)
+    with mock.patch.object(envelope, "_c_encode_object", None):
+        slow = EnvelopeBuilder(TypeRegistry()).build(BEGIN, change, seq)
+    assert fast.body == slow.body
+    assert fast.body.startswith(b'{"id":"%s"' % format_event_id(BEGIN.commit_lsn, seq).encode())
 
 
 def test_key_columns_outside_the_old_key_take_the_python_path() -> None:

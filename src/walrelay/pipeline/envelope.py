@@ -116,6 +116,10 @@ _NULL_PART: Final = "\x00"
 _UNKNOWN_PART: Final = "\x00?"
 _ESCAPED_SEPARATOR: Final = "\x00E"
 _NULL_JSON: Final = b"null"
+# An event id's sequence as format_event_id pads it (SEQ_DIGITS), made once for
+# the first ones: bytes %-formatting costs ~0.25 us per change on the hot path.
+_PADDED_SEQ_LIMIT: Final = 4096
+_PADDED_SEQS: Final = tuple(b"%010d" % i for i in range(_PADDED_SEQ_LIMIT))
 
 _FLOAT_OIDS: Final = frozenset({700, 701})
 _FLOAT_ARRAY_OIDS: Final = frozenset({1021, 1022})
@@ -619,7 +623,7 @@ class EnvelopeBuilder:
         body = b"".join(
             (
                 self._head,
-                b"%010d" % seq,  # format_event_id's padding (SEQ_DIGITS)
+                _PADDED_SEQS[seq] if 0 <= seq < _PADDED_SEQ_LIMIT else b"%010d" % seq,
                 plan.c_ops["insert"],
                 key_json,
                 b',"record":',
@@ -712,7 +716,7 @@ class EnvelopeBuilder:
         body = b"".join(
             (
                 self._head,
-                b"%010d" % seq,  # format_event_id's padding (SEQ_DIGITS)
+                _PADDED_SEQS[seq] if 0 <= seq < _PADDED_SEQ_LIMIT else b"%010d" % seq,
                 plan.c_ops[change.op],
                 key_json,
                 b',"record":',
