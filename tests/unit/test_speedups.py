@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import string
+from dataclasses import fields
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -22,7 +23,15 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from walrelay import speedups
-from walrelay.model import UNCHANGED_TOAST, Begin, Change, Column, RawTuple, Relation
+from walrelay.model import (
+    UNCHANGED_TOAST,
+    Begin,
+    Change,
+    Column,
+    RawTuple,
+    Relation,
+    format_event_id,
+)
 from walrelay.pipeline import envelope
 from walrelay.pipeline.envelope import _C_KINDS, EnvelopeBuilder, _default
 from walrelay.source import pgoutput
@@ -348,6 +357,54 @@ def bodies(change: Change, key_columns: dict[str, list[str]] | None = None) -> t
 def test_envelopes_are_identical(change: Change) -> None:
     fast, slow = bodies(change)
     assert fast == slow
+
+
+def events(change: Change, key_columns: dict[str, list[str]] | None = None) -> tuple[Any, Any]:
+    """The whole event (every field, not only the body) from both paths."""
+    fast = EnvelopeBuilder(TypeRegistry(), key_columns).build(BEGIN, change, 7)
+    with mock.patch.object(envelope, "_c_encode_object", None):
+        slow = EnvelopeBuilder(TypeRegistry(), key_columns).build(BEGIN, change, 7)
+    return [getattr(fast, f.name) for f in fields(fast)], [
+        getattr(slow, f.name) for f in fields(slow)
+    ]
+
+
+def keyless() -> Relation:
+    return Relation(16385, "public", "no key", "n", (Column("v", 25, -1, False),))
+
+
+@pytest.mark.parametrize(
+    ("change", "key_columns"),
+    [
+        (Change("insert", table(), ROW), None),
+        # the key separator in a key value, escaped
+        (Change("insert", table(), (*ROW[:4], b"a\x1fb", *ROW[5:])), {"public.all types": ["s"]}),
+        (Change("insert", table(), ROW), {"public.all types": ["s", "d"]}),  # composite key
+        (Change("insert", keyless(), (b"x",)), None),
+        (Change("insert", table("f"), ROW), None),  # every column flagged as key
+    ],
+    ids=["insert", "separator", "composite", "keyless", "identity-full"],
+)
+def test_insert_events_are_identical_field_by_field(
+    change: Change, key_columns: dict[str, list[str]] | None
+) -> None:
+    """The insert fast path (EnvelopeBuilder._insert_event_c) makes the event the
+    general path makes: keys, key JSON, op, table... not only the body."""
+    fast, slow = events(change, key_columns)
+    assert fast == slow
+
+
+@pytest.mark.parametrize("seq", [0, 4095, 4096, 1234567])
+@pytest.mark.parametrize("op", ["insert", "update"])
+def test_event_ids_are_padded_alike_inside_and_past_the_table(seq: int, op: str) -> None:
+    """The C paths take a transaction's first sequences from a table
+    (envelope._PADDED_SEQS) and format the rest: the id is format_event_id's."""
+    change = Change(op, table(), ROW)  # type: ignore[arg-type]
+    fast = EnvelopeBuilder(TypeRegistry()).build(BEGIN, change, seq)
+    with mock.patch.object(envelope, "_c_encode_object", None):
+        slow = EnvelopeBuilder(TypeRegistry()).build(BEGIN, change, seq)
+    assert fast.body == slow.body
+    assert fast.body.startswith(b'{"id":"%s"' % format_event_id(BEGIN.commit_lsn, seq).encode())
 
 
 def test_key_columns_outside_the_old_key_take_the_python_path() -> None:

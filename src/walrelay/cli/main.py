@@ -154,6 +154,7 @@ def run(config_path: str, log_level: str | None, until_lsn: str | None, standby:
         sys.exit(e.exit_code)
     from walrelay.config import load_config
     from walrelay.engine import Engine
+    from walrelay.engine.gc_tuning import tune_gc_for_streaming
     from walrelay.model import parse_lsn
 
     try:
@@ -171,6 +172,7 @@ def run(config_path: str, log_level: str | None, until_lsn: str | None, standby:
     if standby:
         config = config.model_copy(update={"ha": "standby"})
     engine = Engine(config, until_lsn=stop_at)
+    tune_gc_for_streaming()
     run_until_signalled(engine.run, engine.request_stop)
 
 

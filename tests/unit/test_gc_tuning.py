@@ -1,0 +1,20 @@
+"""walrelay run's collector pace (walrelay.engine.gc_tuning)."""
+
+from __future__ import annotations
+
+import gc
+
+from walrelay.engine.gc_tuning import STREAMING_GC_THRESHOLD, tune_gc_for_streaming
+
+
+def test_raises_only_the_first_threshold() -> None:
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        tune_gc_for_streaming()
+        assert gc.get_threshold() == (STREAMING_GC_THRESHOLD, 10, 10)
+        tune_gc_for_streaming()  # idempotent
+        assert gc.get_threshold() == (STREAMING_GC_THRESHOLD, 10, 10)
+        assert gc.isenabled()
+    finally:
+        gc.set_threshold(*before)
