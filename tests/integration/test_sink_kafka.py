@@ -342,20 +342,28 @@ def _committed_checkpoints(bootstrap: str, topic: str) -> list[str]:
         consumer.close()
 
 
-@pytest.mark.parametrize(("transaction_bytes", "transactions"), [(1, 10), (4 * 2**20, 1)])
-async def test_exactly_once_transactions_cut_by_bytes(
-    kafka: KafkaServer, transaction_bytes: int, transactions: int
-) -> None:
-    prefix = unique_prefix("k")
+def _exactly_once_sink(
+    kafka: KafkaServer, prefix: str, destination: str, **settings: Any
+) -> KafkaSink:
+    """An exactly_once sink on topics of ``prefix``, its checkpoints in their own topic."""
     config = KafkaSinkConfig(
         bootstrap_servers=kafka.bootstrap,
         prefix=prefix,
         checkpoint_topic=f"{prefix}.checkpoints",
         delivery_timeout=10,
-        transaction_bytes=transaction_bytes,
-        transaction_interval=60,
+        **settings,
     )
-    sink = KafkaSink(config, SinkContext(slot="s", destination="cut", tables=("public.t",)))
+    return KafkaSink(config, SinkContext(slot="s", destination=destination, tables=("public.t",)))
+
+
+@pytest.mark.parametrize(("transaction_bytes", "transactions"), [(1, 10), (4 * 2**20, 1)])
+async def test_exactly_once_transactions_cut_by_bytes(
+    kafka: KafkaServer, transaction_bytes: int, transactions: int
+) -> None:
+    prefix = unique_prefix("k")
+    sink = _exactly_once_sink(
+        kafka, prefix, "cut", transaction_bytes=transaction_bytes, transaction_interval=60
+    )
     assert sink.batch_size == KAFKA_EXACTLY_ONCE_BATCH  # cut by bytes and time, not a count
     await sink.open()
     try:
@@ -383,15 +391,7 @@ async def test_exactly_once_transactions_are_spaced(kafka: KafkaServer) -> None:
     # earliest, and a delivery returns only then, so what comes meanwhile goes
     # into the next transaction (one per event here: a 1-byte budget).
     prefix = unique_prefix("k")
-    config = KafkaSinkConfig(
-        bootstrap_servers=kafka.bootstrap,
-        prefix=prefix,
-        checkpoint_topic=f"{prefix}.checkpoints",
-        delivery_timeout=10,
-        transaction_bytes=1,
-        transaction_spacing=0.5,
-    )
-    sink = KafkaSink(config, SinkContext(slot="s", destination="spaced", tables=("public.t",)))
+    sink = _exactly_once_sink(kafka, prefix, "spaced", transaction_bytes=1, transaction_spacing=0.5)
     await sink.open()
     try:
         await sink.deliver([_event(0x3000, 0)])  # the producer's set-up, not timed

@@ -21,6 +21,7 @@ from walrelay.model import Event
 from walrelay.pipeline.backoff import Backoff
 from walrelay.pipeline.scheduler import Destination
 from walrelay.sinks.base import is_pipelined
+from walrelay.sinks.file import FileSink
 
 FAST = Backoff(initial=0.001, multiplier=2.0, maximum=0.005)
 
@@ -70,6 +71,27 @@ async def wait_written(path: Path, batch: list[Event]) -> None:
     await wait_for(lambda: want <= set(ids_in(path)), within=5, interval=0.001, what="a write")
 
 
+async def written_during_a_held_fsync(
+    path: Path, held: HeldFsync, first: list[Event], then: list[Event], batch_size: int
+) -> tuple[FileSink, Destination, Recorder]:
+    """A file sink under a running scheduler: ``first`` put, its fsync held,
+    then ``then`` put and seen in the file (readable while the fsync is held:
+    not one fsync later)."""
+    sink = file_sink(path, batch_size=batch_size)
+    await sink.open()
+    recorder = Recorder()
+    dest = Destination("d", sink, hooks=[recorder], backoff=FAST)
+    dest.start()
+    held.armed = True
+    for e in first:
+        await dest.put(e)
+    await wait_for(held.entered.is_set, within=5, interval=0.001, what="the first fsync")
+    for e in then:
+        await dest.put(e)
+    await wait_written(path, then)
+    return sink, dest, recorder
+
+
 def test_the_file_sink_is_pipelined(tmp_path: Path) -> None:
     assert is_pipelined(file_sink(tmp_path / "f.jsonl"))
 
@@ -78,20 +100,8 @@ async def test_the_next_batch_is_written_while_the_previous_fsync_runs(
     tmp_path: Path, held: HeldFsync
 ) -> None:
     path = tmp_path / "f.jsonl"
-    sink = file_sink(path, batch_size=3)
-    await sink.open()
-    recorder = Recorder()
-    dest = Destination("d", sink, hooks=[recorder], backoff=FAST)
-    dest.start()
     first, second = events(1, 3), events(2, 3)
-    held.armed = True
-    for e in first:
-        await dest.put(e)
-    await wait_for(held.entered.is_set, within=5, interval=0.001, what="the first fsync")
-    for e in second:
-        await dest.put(e)
-    # Readable while the first batch's fsync is still held: not one fsync later.
-    await wait_written(path, second)
+    sink, dest, recorder = await written_during_a_held_fsync(path, held, first, second, 3)
     assert recorder.batches == 0  # nothing is finished before an fsync covers it
     held.release(fail=False)
     assert await dest.drain(timeout=5)
@@ -134,19 +144,8 @@ async def test_a_failed_fsync_under_the_scheduler_loses_and_repeats_nothing(
     tmp_path: Path, held: HeldFsync
 ) -> None:
     path = tmp_path / "f.jsonl"
-    sink = file_sink(path, batch_size=4)
-    await sink.open()
-    recorder = Recorder()
-    dest = Destination("d", sink, hooks=[recorder], backoff=FAST)
-    dest.start()
     sent = [e for lsn in range(1, 9) for e in events(lsn, 3)]
-    held.armed = True
-    for e in sent[:12]:
-        await dest.put(e)
-    await wait_for(held.entered.is_set, within=5, interval=0.001, what="the first fsync")
-    for e in sent[12:]:
-        await dest.put(e)
-    await wait_written(path, sent[12:])
+    sink, dest, recorder = await written_during_a_held_fsync(path, held, sent[:12], sent[12:], 4)
     held.release(fail=True)
     assert await dest.drain(timeout=10)
     await dest.stop()
