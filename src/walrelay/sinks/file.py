@@ -208,7 +208,7 @@ class FileSink:
 
     def _cut_off(self) -> SinkUnavailable:
         return SinkUnavailable(
-            f"file sink {self.path}: a batch written before a failed fsync was cut off"
+            f"file sink {self.path}: a batch written before a failed fsync was cut from"
             " the file; it is written again"
         )
 
