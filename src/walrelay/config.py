@@ -395,9 +395,10 @@ class KafkaSinkConfig(SinkConfigBase):
     transaction_interval: PositiveSeconds = 0.1
     transaction_bytes: int = Field(default=4 * 2**20, gt=0)
     # exactly_once (the relay's sink, not a worker's): the least time from one
-    # commit to the next transaction's first record. The broker writes the commit's markers after it answers; a
-    # transaction begun before that is refused (CONCURRENT_TRANSACTIONS) and
-    # librdkafka tries again only 20 ms later (bench/latency.py --set).
+    # commit to the next transaction's first record. The broker writes the
+    # commit's markers after it answers; a transaction begun before that is
+    # refused (CONCURRENT_TRANSACTIONS) and librdkafka tries again only 20 ms
+    # later (bench/latency.py --set).
     transaction_spacing: Seconds = 0.01
 
     @model_validator(mode="before")

@@ -76,6 +76,7 @@ def test_c_and_pure_python_write_identical_events(db: str, tmp_path: Path) -> No
     ):
         wait_for_sync(
             lambda: all(slot_state(db, s).get("active_pid") for s in ("c_slot", "py_slot")),
+            within=90,  # two processes starting on a busy machine
             what="both slots streaming",
         )
         execute(db, *WORKLOAD)

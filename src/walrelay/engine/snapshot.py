@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
@@ -189,16 +191,31 @@ async def run_initial_snapshot(
 async def mark_done_when_confirmed(engine: Host, point: Lsn) -> None:
     """Record the snapshot as finished once the slot may be confirmed past it."""
     cfg = engine.config
+    record = functools.partial(
+        record_snapshot, cfg.state_dsn, cfg.state.schema, cfg.source.slot, point, "done"
+    )
     try:
         await engine.tracker.wait_confirmed(point)
     except asyncio.CancelledError:
         # Stopping (after the drain): record it if the snapshot got delivered.
         if engine.tracker.confirmed >= point:
-            await record_snapshot(cfg.state_dsn, cfg.state.schema, cfg.source.slot, point, "done")
+            await record()
         raise
-    await record_snapshot(cfg.state_dsn, cfg.state.schema, cfg.source.slot, point, "done")
+    await _not_cut_short(record())
     log.info(
         "initial snapshot delivered: slot %s may now move past %s",
         cfg.source.slot,
         format_lsn(point),
     )
+
+
+async def _not_cut_short(write: Awaitable[None]) -> None:
+    """Await ``write``; a stop that comes meanwhile waits for it to end, then
+    goes on. A snapshot delivered but not recorded would be read again after
+    a restart."""
+    task = asyncio.ensure_future(write)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
