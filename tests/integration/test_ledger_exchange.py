@@ -16,6 +16,7 @@ import pytest
 from psycopg.pq import Trace
 
 from tests.factories import make_event as ev
+from tests.integration.test_ledger import _rows_read
 from walrelay.model import Event
 from walrelay.pipeline.ledger import LedgerHook, PostgresLedger, RedisLedger
 from walrelay.pipeline.ledger_exchange import LedgerExchange
@@ -236,11 +237,6 @@ async def test_exchange_check_reads_only_the_batch_lsn_range(db: str) -> None:
         assert plan is not None
         read = _rows_read(plan[0][0]["Plan"])
         assert read <= 1_000, f"the check read {read} rows for a batch of 200"
-
-
-def _rows_read(node: dict[str, Any]) -> int:
-    own = int(node.get("Actual Rows", 0)) + int(node.get("Rows Removed by Filter", 0))
-    return own + sum(_rows_read(child) for child in node.get("Plans", []))
 
 
 def _ids(events: Sequence[Event]) -> list[str]:
