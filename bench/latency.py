@@ -14,6 +14,11 @@ with that destination, and in the same run ``pg_recvlogical`` (plugin
 walsender itself takes to send a committed change. Each rate runs for
 ``--seconds`` after a warm-up row has been seen by both readers.
 
+For Kafka, a second floor after walrelay's run, on the same broker:
+``bench/kafka_floor.py``, a bare transactional producer offered the same rate,
+committing continuously with the same ``transaction_spacing`` (what any
+exactly-once Python producer pays here before reading a slot).
+
 Readers: the file sink's file is tailed (polled every 1 ms: up to ~1 ms of the
 figure is the reader's); Kafka exactly_once is read by a ``read_committed``
 consumer (``fetch.wait.max.ms`` 5, so the consumer's fetch wait is not what is
@@ -47,6 +52,7 @@ from typing import Any
 import psycopg
 import yaml
 
+import kafka_floor
 import walrelay
 from walrelay.testing.pgcluster import PgCluster, pg_bindir, start_cluster
 from walrelay.testing.servers import KafkaServer, NatsServer, free_ports
@@ -472,6 +478,16 @@ def main() -> int:
                         args.seconds,
                         workdir,
                     )
+                    spacing = float(settings.get("kafka", {}).get("transaction_spacing", 0.01))
+                    for rate in rates:
+                        samples = Samples()
+                        sent = kafka_floor.measure(
+                            kafka.bootstrap, rate, args.seconds, spacing, samples
+                        )
+                        row = results["kafka exactly_once"][str(rate)]
+                        row["bare producer"] = percentiles(samples.by_rate[rate])
+                        row["rows_seen"]["bare producer"] = samples.count(rate)
+                        row["complete"] = row["complete"] and samples.count(rate) >= sent
             if "nats" in sinks:
                 with NatsServer() as nats_server:
                     results["nats jetstream"] = run_sink(
@@ -523,8 +539,8 @@ def main() -> int:
     )
     for sink, by_rate in results.items():
         for rate, r in by_rate.items():
-            for who in ("walrelay", "pg_recvlogical"):
-                p = r[who]
+            for who in ("walrelay", "pg_recvlogical", "bare producer"):
+                p = r.get(who)
                 if not p:
                     continue
                 print(
