@@ -8,6 +8,13 @@
 # deploy/prometheus/postgres_exporter-queries.yml in the tests.
 #
 #   bash scripts/servers/install.sh [all|redis|nats|rabbitmq|kafka|prometheus ...]
+#   bash scripts/servers/install.sh perftools   # not in "all": bench/broker_tools.py only
+#
+# perftools: the brokers' own load generators, for bench/broker_tools.py --
+# Kafka's ProducerPerformance and RabbitMQ's PerfTest (jars from Maven Central
+# into $WALRELAY_CACHE/perftools/libs), the NATS CLI (`nats bench`, built with
+# `go install` into $WALRELAY_CACHE/perftools/bin); redis-benchmark comes with
+# the redis package.
 #
 # Idempotent and quiet: it only checks files when everything is in place.
 # The Debian packages' own system services are never started (a policy-rc.d
@@ -27,6 +34,9 @@ LOG4J_VERSION="${WALRELAY_LOG4J_VERSION:-2.25.5}"
 SLF4J_VERSION="${WALRELAY_SLF4J_VERSION:-2.0.17}"
 CACHE="${WALRELAY_CACHE:-${HOME}/.cache/walrelay}"
 KAFKA_LIBS="$CACHE/kafka-$KAFKA_VERSION/libs"
+PERFTOOLS="$CACHE/perftools"
+PERFTEST_VERSION="${WALRELAY_PERFTEST_VERSION:-2.22.1}"
+NATSCLI_VERSION="${WALRELAY_NATSCLI_VERSION:-v0.5.0}"
 RABBITMQ_SERVER=/usr/lib/rabbitmq/bin/rabbitmq-server
 
 say() { echo "servers/install: $*" >&2; }
@@ -42,8 +52,8 @@ wants() {
 }
 for w in "${want[@]}"; do
   case "$w" in
-    all | redis | nats | rabbitmq | kafka | prometheus) ;;
-    *) say "unknown server '$w' (all, redis, nats, rabbitmq, kafka, prometheus)"; exit 2 ;;
+    all | redis | nats | rabbitmq | kafka | prometheus | perftools) ;;
+    *) say "unknown server '$w' (all, redis, nats, rabbitmq, kafka, prometheus, perftools)"; exit 2 ;;
   esac
 done
 
@@ -66,6 +76,16 @@ if wants prometheus; then
     || { pkgs+=(prometheus-alertmanager); services+=(prometheus-alertmanager); }
   command -v prometheus-postgres-exporter >/dev/null 2>&1 \
     || { pkgs+=(prometheus-postgres-exporter); services+=(prometheus-postgres-exporter); }
+fi
+wants_perftools() {
+  local w
+  for w in "${want[@]}"; do [ "$w" = perftools ] && return 0; done
+  return 1
+}
+if wants_perftools; then
+  command -v java >/dev/null 2>&1 || pkgs+=(openjdk-17-jre-headless)
+  command -v mvn >/dev/null 2>&1 || pkgs+=(maven)
+  command -v redis-benchmark >/dev/null 2>&1 || pkgs+=(redis-tools)
 fi
 if wants kafka; then
   command -v java >/dev/null 2>&1 || pkgs+=(openjdk-17-jre-headless)
@@ -134,5 +154,45 @@ if wants kafka && [ ! -f "$KAFKA_LIBS/.complete" ]; then
   echo "kafka=$KAFKA_VERSION log4j=$LOG4J_VERSION slf4j=$SLF4J_VERSION" >"$tmp/.complete"
   rm -rf "$KAFKA_LIBS"
   mv "$tmp" "$KAFKA_LIBS"
+fi
+
+# --- perftools (only when named) ----------------------------------------------
+perftools_mark="kafka=$KAFKA_VERSION perftest=$PERFTEST_VERSION slf4j=$SLF4J_VERSION"
+if wants_perftools && [ "$(cat "$PERFTOOLS/libs/.complete" 2>/dev/null)" != "$perftools_mark" ]; then
+  say "fetching kafka-tools $KAFKA_VERSION and PerfTest $PERFTEST_VERSION into $PERFTOOLS/libs"
+  tmp="$PERFTOOLS/libs.tmp.$$"
+  rm -rf "$tmp"
+  mkdir -p "$tmp"
+  log="$(mktemp)"
+  if ! mvn -B -q -f "$HERE/perftools/pom.xml" dependency:copy-dependencies \
+    -Dkafka.version="$KAFKA_VERSION" -Dperftest.version="$PERFTEST_VERSION" \
+    -Dslf4j.version="$SLF4J_VERSION" \
+    -DincludeScope=runtime -DoutputDirectory="$tmp" >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    rm -rf "$tmp"
+    say "Maven could not fetch kafka-tools $KAFKA_VERSION / perf-test $PERFTEST_VERSION"
+    exit 1
+  fi
+  rm -f "$log"
+  echo "$perftools_mark" >"$tmp/.complete"
+  rm -rf "$PERFTOOLS/libs"
+  mv "$tmp" "$PERFTOOLS/libs"
+fi
+if wants_perftools && [ "$("$PERFTOOLS/bin/nats" --version 2>/dev/null)" != "$NATSCLI_VERSION" ]; then
+  if ! command -v go >/dev/null 2>&1; then
+    say "the NATS CLI is built with Go, which is missing: install Go (https://go.dev/dl/)"
+    exit 1
+  fi
+  say "building the NATS CLI $NATSCLI_VERSION into $PERFTOOLS/bin (go install)"
+  mkdir -p "$PERFTOOLS/bin"
+  log="$(mktemp)"
+  if ! GOBIN="$PERFTOOLS/bin" go install "github.com/nats-io/natscli/nats@$NATSCLI_VERSION" >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    say "go install github.com/nats-io/natscli/nats@$NATSCLI_VERSION failed"
+    exit 1
+  fi
+  rm -f "$log"
 fi
 exit 0
