@@ -291,6 +291,12 @@ class KafkaSink:
                 "kafka sink: delivery_timeout must be > 0",
                 fix="set delivery_timeout to e.g. 30",
             )
+        if config.effective_linger() >= config.delivery_timeout:
+            raise ConfigError(
+                f"kafka sink: linger ({config.effective_linger():g}s) must be below "
+                f"delivery_timeout ({config.delivery_timeout:g}s)",
+                fix="lower linger (records wait at most that long to be sent)",
+            )
         reserved = sorted(k for k in config.options if k in _RESERVED)
         if reserved:
             raise ConfigError(
@@ -330,7 +336,7 @@ class KafkaSink:
         self._producer_config: dict[str, Any] = {
             **self._client,
             "compression.type": config.compression,
-            "linger.ms": round(config.linger * 1000, 3),
+            "linger.ms": round(config.effective_linger() * 1000, 3),
             "partitioner": "murmur2_random",  # Java's default: a key lands where Java puts it
             **config.options,
             "acks": "all",
