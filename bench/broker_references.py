@@ -111,7 +111,10 @@ def kafka_transactional(
 
     topic = f"{REF}.eo.public.bench"
     _kafka_topic(server, topic)
-    producer = Producer({**_kafka_common(server), "transactional.id": f"{REF}-eo"})
+    # walrelay's exactly_once default: linger for the transaction interval.
+    producer = Producer(
+        {**_kafka_common(server), "linger.ms": interval * 1000, "transactional.id": f"{REF}-eo"}
+    )
     producer.init_transactions(30)
     t0 = time.monotonic()
     producer.begin_transaction()
