@@ -46,6 +46,21 @@ def _offer(
     done.set()
 
 
+def kafka_arrivals(consumer: Any) -> list[tuple[Any, float]]:
+    """The records readable now, each with the time it was taken (waits up to
+    50 ms for the first). ``consume(n, timeout)`` is not used to wait: it
+    returns only once it has ``n`` records or the timeout has passed
+    (librdkafka's ``rd_kafka_q_serve_rkmessages``), which would stamp a
+    record up to the whole timeout late."""
+    first = consumer.poll(0.05)
+    if first is None:
+        return []
+    arrived = time.time()
+    rest = consumer.consume(10_000, 0)  # what is already queued, without waiting
+    now = time.time()
+    return [(first, arrived), *((msg, now) for msg in rest)]
+
+
 class _TransactionalProducer:
     """A bare transactional producer with acks=all and idempotence, as
     walrelay's exactly_once sink configures it."""
@@ -118,8 +133,7 @@ def measure(bootstrap: str, rate: int, seconds: float, spacing: float, samples: 
 
     def read() -> None:
         while not stop.is_set():
-            for msg in consumer.consume(10_000, 0.05):
-                arrived = time.time()
+            for msg, arrived in kafka_arrivals(consumer):
                 if msg.error() is None:
                     samples.add_json(msg.value() or b"", arrived)
 

@@ -22,7 +22,9 @@ exactly-once Python producer pays here before reading a slot).
 Readers: the file sink's file is tailed (polled every 1 ms: up to ~1 ms of the
 figure is the reader's); Kafka exactly_once is read by a ``read_committed``
 consumer (``fetch.wait.max.ms`` 5, so the consumer's fetch wait is not what is
-measured).
+measured), polled so that a record is stamped as soon as the client has it
+(``consume(n, timeout)`` waits for all ``n`` or the timeout: until session 10
+that put up to 50 ms of the reader's own wait into every Kafka figure).
 
     .venv/bin/python bench/latency.py [--rates 1000,10000,50000] [--seconds 10]
         [--sinks file,kafka,nats,webhook,postgres] [--json bench/results/latency.json]
@@ -172,8 +174,7 @@ def read_kafka(bootstrap: str, samples: Samples, stop: threading.Event) -> None:
     try:
         consumer.subscribe([f"{PREFIX}.public.lat"])
         while not stop.is_set():
-            for msg in consumer.consume(10_000, 0.05):
-                arrived = time.time()
+            for msg, arrived in kafka_floor.kafka_arrivals(consumer):
                 if msg.error() is None:
                     samples.add_json(msg.value() or b"", arrived)
     finally:
