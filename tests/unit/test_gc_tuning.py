@@ -6,6 +6,7 @@ import gc
 
 from walrelay.engine.gc_tuning import (
     STREAMING_GC_THRESHOLD,
+    skip_collections_at_exit,
     tune_gc_for_streaming,
 )
 
@@ -36,3 +37,12 @@ def test_start_up_objects_are_frozen_and_collections_resume() -> None:
         gc.unfreeze()
         gc.enable()
         gc.set_threshold(*before)
+
+
+def test_exit_leaves_the_objects_of_the_run_out_of_collections() -> None:
+    run_objects = [[i] for i in range(100)]
+    try:
+        skip_collections_at_exit()
+        assert gc.get_freeze_count() >= len(run_objects)
+    finally:
+        gc.unfreeze()
