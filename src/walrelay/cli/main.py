@@ -158,6 +158,7 @@ def run(config_path: str, log_level: str | None, until_lsn: str | None, standby:
     from walrelay.config import load_config
     from walrelay.engine import Engine
     from walrelay.engine.gc_tuning import skip_collections_at_exit, tune_gc_for_streaming
+    from walrelay.engine.preload import preload
     from walrelay.model import parse_lsn
 
     try:
@@ -176,6 +177,8 @@ def run(config_path: str, log_level: str | None, until_lsn: str | None, standby:
         config = config.model_copy(update={"ha": "standby"})
     engine = Engine(config, until_lsn=stop_at)
     tune_gc_for_streaming()
+    if config.http.enabled:
+        preload(["walrelay.web.server"])  # while start-up waits on the database
     run_until_signalled(engine.run, engine.request_stop)
     skip_collections_at_exit()
 
