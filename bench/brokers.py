@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import compileall
 import contextlib
 import json
 import os
@@ -45,6 +46,7 @@ from typing import Any
 import psutil
 import yaml
 
+import walrelay
 from walrelay.model import format_lsn
 from walrelay.testing.kafka_reading import reading_consumer
 from walrelay.testing.pgcluster import PgCluster, start_cluster
@@ -473,6 +475,9 @@ def main() -> int:
     )
     args = ap.parse_args()
     PROFILE["on"] = args.py_spy
+    # Time the runs, not compiling walrelay's modules (PYTHONDONTWRITEBYTECODE
+    # would otherwise make every start compile them again), as bench/throughput.py.
+    compileall.compile_dir(Path(walrelay.__file__).parent, quiet=1)
     wanted = [w.strip() for w in args.only.split(",") if w.strip()]
     # The file case always runs first: its output is the payload of every reference.
     cases = [c for c in CASES if c.name == "file" or any(w in c.name for w in wanted or [""])]

@@ -37,8 +37,9 @@ a module constant (``SINK_BEFORE_SEND`` for ``sink.before_send``, ...):
 ``lsn.after_confirm``
     a standby status update with the new confirmed LSN was sent.
 ``postgres.before_commit``
-    the PostgreSQL sink applied a batch and recorded its ids, inside the
-    target transaction, and is about to COMMIT.
+    the PostgreSQL sink sent a batch's claim of its ids and its changes,
+    inside the target transaction, and is about to queue COMMIT (in the same
+    pipeline; their results are read after it).
 ``retry.after_park``
     failed (or diverted) events are committed to the parked-events table;
     the pipeline has not counted them as finished yet.

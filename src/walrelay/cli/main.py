@@ -147,6 +147,9 @@ def main() -> None:
 )
 def run(config_path: str, log_level: str | None, until_lsn: str | None, standby: bool) -> None:
     """Stream the configured slot to its destinations until SIGTERM/SIGINT."""
+    import gc
+
+    gc.disable()  # start-up makes next to no garbage (walrelay.engine.gc_tuning)
     try:
         from walrelay import failpoints  # parses WALRELAY_FAILPOINTS at import
     except WalrelayError as e:
@@ -154,7 +157,8 @@ def run(config_path: str, log_level: str | None, until_lsn: str | None, standby:
         sys.exit(e.exit_code)
     from walrelay.config import load_config
     from walrelay.engine import Engine
-    from walrelay.engine.gc_tuning import tune_gc_for_streaming
+    from walrelay.engine.gc_tuning import skip_collections_at_exit, tune_gc_for_streaming
+    from walrelay.engine.preload import preload
     from walrelay.model import parse_lsn
 
     try:
@@ -173,7 +177,10 @@ def run(config_path: str, log_level: str | None, until_lsn: str | None, standby:
         config = config.model_copy(update={"ha": "standby"})
     engine = Engine(config, until_lsn=stop_at)
     tune_gc_for_streaming()
+    if config.http.enabled:
+        preload(["walrelay.web.server"])  # while start-up waits on the database
     run_until_signalled(engine.run, engine.request_stop)
+    skip_collections_at_exit()
 
 
 @main.command()

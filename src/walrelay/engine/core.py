@@ -35,7 +35,6 @@ from walrelay.errors import PublicationLost, SlotLost, SourceSetupError, Walrela
 from walrelay.model import Lsn, format_lsn
 from walrelay.monitor.service import Services
 from walrelay.monitor.thresholds import Severity
-from walrelay.outbox.partitions import upkeep_loop
 from walrelay.pipeline.backoff import Backoff
 from walrelay.pipeline.envelope import EnvelopeBuilder
 from walrelay.pipeline.hooks import DeliveryHook
@@ -540,6 +539,8 @@ class Engine:
             )
         ob = self.config.outbox
         if ob is not None and ob.maintain:
+            from walrelay.outbox.partitions import upkeep_loop  # only with an outbox
+
             self._background.append(
                 asyncio.create_task(
                     upkeep_loop(

@@ -19,13 +19,15 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg.rows import dict_row
 
-from walrelay.monitor.doctor import DiskFacts, Setting, wal_disk
 from walrelay.monitor.walsender_waits import WALSENDER_WAITS
+
+if TYPE_CHECKING:
+    from walrelay.monitor.doctor import DiskFacts
 
 __all__ = ["Probe", "ServerState", "SlotState", "Snapshot", "TransactionState", "read_snapshot"]
 
@@ -183,6 +185,9 @@ async def read_snapshot(conn: AsyncConn) -> Snapshot:
         pg_wal_bytes = None
         notes.append("pg_wal size unknown: pg_ls_waldir() needs pg_monitor (or superuser)")
     data_dir = row["data_directory"]
+    # The doctor's module only when the monitor first probes (not at start-up).
+    from walrelay.monitor.doctor import Setting, wal_disk
+
     disk, why = await asyncio.to_thread(
         wal_disk,
         Setting(str(data_dir)) if data_dir is not None else None,

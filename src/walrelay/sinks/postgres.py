@@ -13,10 +13,9 @@ Config::
 
 What a batch does, in **one target transaction**:
 
-1. ``insert into <state_schema>.applied_events (destination, event_id, ...)
-   ... on conflict do nothing returning event_id`` -- the ids that come back
-   are the ones never applied before; the others are replays and skipped;
-2. the new events' statements, in order, pipelined: ``insert`` / ``update``
+1. ``insert into <state_schema>.applied_events (destination, event_id, ...)``
+   -- the batch's ids, claimed;
+2. the events' statements, in order, pipelined: ``insert`` / ``update``
    become an upsert on the target's primary key (a run of upserts into one
    table that touch distinct rows is one statement over a JSON array of
    their envelopes), ``delete`` deletes by key, an ``update`` that changed
@@ -26,6 +25,13 @@ What a batch does, in **one target transaction**:
    target tables (``restart identity`` when the source asked for it);
    logical messages are only recorded;
 3. ``COMMIT``.
+
+``BEGIN``, steps 1 and 2 and ``COMMIT`` go in one pipeline: one round trip
+per batch. A replayed batch (some ids already recorded: a replay after a
+crash, a retried batch whose COMMIT answer was lost) fails that claim on the
+key of ``applied_events``, the transaction rolls back, and the batch is applied
+again with a claim that returns the new ids (``on conflict do nothing returning
+event_id``): only those events' statements run, the others are skipped.
 
 Because the ids are recorded in the transaction that applies the changes,
 a change is applied and recorded, or neither: a replay after a crash, a
@@ -149,6 +155,9 @@ class PostgresSink:
         self._idle: list[Conn] = []
         self._ready = False
         self._meta: dict[tuple[str, str], _Table] = {}  # (schema, table) -> the target
+        # (source table, routed table, the record's column names) -> the target
+        # and the upsert of a row of that shape (cleared with _meta).
+        self._shapes: dict[tuple[str, str | None, tuple[str, ...]], tuple[_Table, bytes]] = {}
         self._warned: set[tuple[str, str]] = set()
         # Statements as the bytes psycopg sends: composing one is ~40 us of
         # Python, once per statement kind instead of once per event. Every
@@ -158,11 +167,14 @@ class PostgresSink:
         self._trimmed_floor: Lsn | None = None
         self._last_trim = 0.0
         s = sql.Identifier(state_schema)
-        self._q_claim = sql.SQL(
+        claim = (
             "insert into {}.applied_events (destination, event_id, commit_lsn) "
-            "select %s, i, l::pg_lsn from unnest(%s::text[], %s::text[]) as u(i, l) "
-            "on conflict do nothing returning event_id"
-        ).format(s)
+            "select %s, i, l::pg_lsn from unnest(%s::text[], %s::text[]) as u(i, l)"
+        )
+        # All ids new (the batch's first try): fails on any id already recorded.
+        self._q_claim_all = sql.SQL(claim).format(s)
+        # After that failed: the ids that come back are the new ones.
+        self._q_claim = sql.SQL(claim + " on conflict do nothing returning event_id").format(s)
         self._q_trim = sql.SQL(
             "delete from {}.applied_events where destination = %s and commit_lsn < %s::pg_lsn"
         ).format(s)
@@ -303,9 +315,87 @@ class PostgresSink:
         return failures
 
     async def _apply(self, conn: Conn, events: Sequence[Event]) -> None:
-        """Claim, apply and commit ``events`` in one transaction."""
-        ids = [e.id for e in events]
-        lsns = [format_lsn(e.commit_lsn) for e in events]
+        """Claim, apply and commit ``events`` in one transaction: in two round
+        trips when none of them was applied before, else in a second try that
+        skips those that were."""
+        # Array literals made here: ids and LSNs never need quoting, and psycopg's
+        # list dumper costs more per element.
+        ids = "{" + ",".join([e.id for e in events]) + "}"
+        lsns = "{" + ",".join([format_lsn(e.commit_lsn) for e in events]) + "}"
+        try:
+            statements = await self._statements_of(conn, events)
+        except (SinkError, psycopg.Error) as e:
+            if isinstance(e, psycopg.OperationalError):
+                raise
+            statements = None  # a replayed event may not be appliable any more
+        if statements is not None and await self._apply_all_new(
+            conn, events, ids, lsns, statements
+        ):
+            return
+        await self._apply_claiming(conn, events, ids, lsns)
+
+    async def _statements_of(self, conn: Conn, events: Sequence[Event]) -> list[_Statement]:
+        statements: list[_Statement] = []
+        for event in events:
+            statements.extend(await self._statements(conn, event))
+        return statements
+
+    async def _apply_all_new(
+        self,
+        conn: Conn,
+        events: Sequence[Event],
+        ids: str,
+        lsns: str,
+        statements: list[_Statement],
+    ) -> bool:
+        """``BEGIN``, the claim of every id, the statements (and a trim) and
+        ``COMMIT`` in one pipeline: one round trip. False, with nothing applied,
+        when an id was already recorded (a replay)."""
+        trim = self._take_trim()
+        claim = self._query(conn, ("claim_all",), lambda: self._q_claim_all)
+        try:
+            try:
+                async with conn.pipeline(), conn.transaction():
+                    cur = conn.cursor()
+                    await cur.execute(claim, (self.destination, ids, lsns))
+                    # In the events' order: a run of upserts of distinct rows is
+                    # one statement, a run of other same statements one executemany.
+                    for query, params_seq in _runs(statements):
+                        await cur.executemany(query, params_seq)
+                    if trim is not None:
+                        q_trim = self._query(conn, ("trim",), lambda: self._q_trim)
+                        await cur.execute(q_trim, (self.destination, format_lsn(trim)))
+                    failpoints.hit(failpoints.POSTGRES_BEFORE_COMMIT)
+                # The transaction's exit queued COMMIT, the pipeline's sent it all
+                # and read every result: the first error is raised there.
+            except psycopg.Error as e:
+                if not isinstance(e, psycopg.OperationalError):
+                    # The server skipped the rest, COMMIT too: the transaction
+                    # is left failed, and the connection is used again.
+                    await conn.rollback()
+                raise
+        except psycopg.errors.UniqueViolation as e:
+            if e.diag.table_name == "applied_events" and e.diag.schema_name == self.state_schema:
+                self._last_trim = 0.0  # the trim was rolled back: the second try trims
+                return False
+            raise _BadEvent(events[0], self._classify(e, events)) from None
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error as e:
+            if isinstance(e, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedColumn):
+                self._meta.clear()
+                self._shapes.clear()
+            raise _BadEvent(events[0], self._classify(e, events)) from None
+        if trim is not None:
+            self._trimmed_floor = trim
+        self.applied += len(events)
+        return True
+
+    async def _apply_claiming(
+        self, conn: Conn, events: Sequence[Event], ids: str, lsns: str
+    ) -> None:
+        """Claim, apply and commit the events not applied before (the others are
+        skipped), in one transaction."""
         trim = self._take_trim()
         try:
             async with conn.transaction():
@@ -334,6 +424,7 @@ class PostgresSink:
         except psycopg.Error as e:
             if isinstance(e, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedColumn):
                 self._meta.clear()
+                self._shapes.clear()
             raise _BadEvent(events[0], self._classify(e, events)) from None
         if trim is not None:
             self._trimmed_floor = trim
@@ -412,6 +503,14 @@ class PostgresSink:
             return await self._truncate(conn, event, env)
         # A row envelope's route names its table (an outbox-routed body is no row).
         routed = event.route.topic if event.route is not None and "record" in env else None
+        record = env.get("record")
+        shape_key = None
+        if op != "delete" and type(record) is dict:
+            # A row of a shape seen before: its target, checks and statement are known.
+            shape_key = (event.table, routed, tuple(record))
+            shape = self._shapes.get(shape_key)
+            if shape is not None and not _key_changed(shape[0], env.get("old"), record):
+                return [(shape[1], (body,), tuple([str(record[k]) for k in shape[0].key]))]
         table = await self._table(conn, event.table, routed)
         if table is None:
             schema, name = self._target_name(event.table, routed)
@@ -430,15 +529,10 @@ class PostgresSink:
             self._require_key(table, old, event)
             out.append((self._delete_sql(conn, table), (body,), None))
             return out
-        record = env.get("record")
         if not isinstance(record, dict):
             return out
         cols = tuple(c for c in record if c in table.columns)
-        if (
-            isinstance(old, dict)
-            and all(k in old for k in table.key)
-            and any(old[k] != record.get(k) for k in table.key)
-        ):
+        if _key_changed(table, old, record):
             # The key changed: the old row is moved (an UPDATE of its key and of
             # the columns the event carries), so a TOASTed column the server did
             # not resend, and target-only columns, keep their values; without an
@@ -458,7 +552,10 @@ class PostgresSink:
                 )
         self._require_key(table, record, event)
         row = tuple(str(record[k]) for k in table.key)
-        out.append((self._upsert_sql(conn, table, cols), (body,), row))
+        upsert = self._upsert_sql(conn, table, cols)
+        if shape_key is not None:
+            self._shapes[shape_key] = (table, upsert)
+        out.append((upsert, (body,), row))
         return out
 
     def _require_key(self, table: _Table, values: Any, event: Event) -> None:
@@ -536,6 +633,15 @@ class PostgresSink:
             sql.SQL(" restart identity") if env.get("restart_identity") else sql.SQL(""),
         )
         return [(q.as_bytes(conn), (), None)]
+
+
+def _key_changed(table: _Table, old: Any, record: dict[str, Any]) -> bool:
+    """An update whose old row (all of it key) has another target key."""
+    return (
+        isinstance(old, dict)
+        and all(k in old for k in table.key)
+        and any(old[k] != record.get(k) for k in table.key)
+    )
 
 
 def _names(columns: Iterable[str], qualifier: str | None = None) -> sql.Composable:
