@@ -1,5 +1,5 @@
 /*
- * walrelay._speedups: the two innermost loops of the hot path, in C.
+ * walrelay._speedups: the innermost loops of the hot path, in C.
  *
  * The pure-Python code stays the reference: every function here returns None
  * for anything outside its narrow fast case, and the caller then takes the
@@ -15,6 +15,10 @@
  *     The JSON object {name: value, ...} for row[indexes[i]] (or row[i]),
  *     each raw text value written according to its kind byte (see below),
  *     exactly as orjson writes the value psycopg's loader returns for it.
+ *
+ * encode_insert(buf, pos, spec, head, seq, tail) -> (body, key_json, key) | None
+ *     decode_tuple, encode_object for the key and the row, and the scheduling
+ *     key, in one call: an Insert's envelope straight from the wire.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -338,6 +342,36 @@ static int write_value(Out *o, char kind, PyObject *raw, PyObject *encoder) {
 
 /* ------------------------------------------------------------ encode_object */
 
+/* The JSON object of row[indexes[i]] (or row[i]) into o: 0 done, 1 the slow
+ * path must do it, -1 a Python error is set. The caller checked the types. */
+static int encode_into(Out *o, PyObject *names, PyObject *kinds, PyObject *encoders,
+                       PyObject *row, PyObject *indexes) {
+    Py_ssize_t m = PyTuple_GET_SIZE(names);
+    Py_ssize_t nrow = PyTuple_GET_SIZE(row);
+    if (PyBytes_GET_SIZE(kinds) != m || PyTuple_GET_SIZE(encoders) != m ||
+        (indexes != Py_None && PyTuple_GET_SIZE(indexes) != m) ||
+        (indexes == Py_None && nrow != m))
+        return 1;
+    const char *kind = PyBytes_AS_STRING(kinds);
+    int rc = out_ch(o, '{');
+    for (Py_ssize_t i = 0; i < m && rc == 0; i++) {
+        Py_ssize_t at = i;
+        if (indexes != Py_None) {
+            at = PyLong_AsSsize_t(PyTuple_GET_ITEM(indexes, i));
+            if (at == -1 && PyErr_Occurred()) return -1;
+            if (at < 0 || at >= nrow) return 1;
+        }
+        PyObject *name = PyTuple_GET_ITEM(names, i);
+        if (!PyBytes_CheckExact(name)) return 1;
+        if (i > 0) rc = out_ch(o, ',');
+        if (rc == 0) rc = out_put(o, PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name));
+        if (rc == 0)
+            rc = write_value(o, kind[i], PyTuple_GET_ITEM(row, at), PyTuple_GET_ITEM(encoders, i));
+    }
+    if (rc == 0) rc = out_ch(o, '}');
+    return rc;
+}
+
 static PyObject *encode_object(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 5) {
         PyErr_SetString(PyExc_TypeError, "encode_object() takes 5 arguments");
@@ -353,41 +387,9 @@ static PyObject *encode_object(PyObject *self, PyObject *const *args, Py_ssize_t
                         "indexes: tuple | None)");
         return NULL;
     }
-    Py_ssize_t m = PyTuple_GET_SIZE(names);
-    Py_ssize_t nrow = PyTuple_GET_SIZE(row);
-    if (PyBytes_GET_SIZE(kinds) != m || PyTuple_GET_SIZE(encoders) != m ||
-        (indexes != Py_None && PyTuple_GET_SIZE(indexes) != m) ||
-        (indexes == Py_None && nrow != m))
-        Py_RETURN_NONE;
-    const char *kind = PyBytes_AS_STRING(kinds);
     Out o;
     out_init(&o);
-    int rc = out_ch(&o, '{');
-    for (Py_ssize_t i = 0; i < m && rc == 0; i++) {
-        Py_ssize_t at = i;
-        if (indexes != Py_None) {
-            at = PyLong_AsSsize_t(PyTuple_GET_ITEM(indexes, i));
-            if (at == -1 && PyErr_Occurred()) {
-                rc = -1;
-                break;
-            }
-            if (at < 0 || at >= nrow) {
-                rc = 1;
-                break;
-            }
-        }
-        PyObject *name = PyTuple_GET_ITEM(names, i);
-        if (!PyBytes_CheckExact(name)) {
-            rc = 1;
-            break;
-        }
-        if (i > 0) rc = out_ch(&o, ',');
-        if (rc == 0) rc = out_put(&o, PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name));
-        if (rc == 0)
-            rc = write_value(&o, kind[i], PyTuple_GET_ITEM(row, at),
-                             PyTuple_GET_ITEM(encoders, i));
-    }
-    if (rc == 0) rc = out_ch(&o, '}');
+    int rc = encode_into(&o, names, kinds, encoders, row, indexes);
     PyObject *result = NULL;
     if (rc == 0) {
         result = PyBytes_FromStringAndSize(o.data, o.len);
@@ -404,20 +406,15 @@ static uint32_t be32(const unsigned char *p) {
     return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
 }
 
-static PyObject *decode_tuple(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3 || !PyBytes_CheckExact(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "decode_tuple(buf: bytes, pos: int, ncols: int)");
-        return NULL;
-    }
-    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(args[0]);
-    Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
-    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
-    if (pos == -1 && PyErr_Occurred()) return NULL;
-    Py_ssize_t ncols = PyLong_AsSsize_t(args[2]);
-    if (ncols == -1 && PyErr_Occurred()) return NULL;
-    if (pos < 0 || pos + 2 > size) Py_RETURN_NONE;
+/* TupleData of ncols columns at buf[*pos]: a new tuple of values, *pos moved
+ * past it; NULL with no error set when malformed (the slow path says what is
+ * wrong), NULL with an error set on a Python error. */
+static PyObject *parse_tuple(const unsigned char *buf, Py_ssize_t size, Py_ssize_t *at,
+                             Py_ssize_t ncols) {
+    Py_ssize_t pos = *at;
+    if (pos < 0 || pos + 2 > size) return NULL;
     Py_ssize_t n = ((Py_ssize_t)buf[pos] << 8) | buf[pos + 1];
-    if (n != ncols) Py_RETURN_NONE;
+    if (n != ncols) return NULL;
     pos += 2;
     PyObject *values = PyTuple_New(n);
     if (values == NULL) return NULL;
@@ -446,6 +443,29 @@ static PyObject *decode_tuple(PyObject *self, PyObject *const *args, Py_ssize_t 
         }
         PyTuple_SET_ITEM(values, i, v);
     }
+    *at = pos;
+    return values;
+fallback:
+    Py_DECREF(values);
+    return NULL;
+}
+
+static PyObject *decode_tuple(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "decode_tuple(buf: bytes, pos: int, ncols: int)");
+        return NULL;
+    }
+    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
+    if (pos == -1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t ncols = PyLong_AsSsize_t(args[2]);
+    if (ncols == -1 && PyErr_Occurred()) return NULL;
+    PyObject *values = parse_tuple(buf, size, &pos, ncols);
+    if (values == NULL) {
+        if (PyErr_Occurred()) return NULL;
+        Py_RETURN_NONE;
+    }
     PyObject *next = PyLong_FromSsize_t(pos);
     if (next == NULL) {
         Py_DECREF(values);
@@ -455,9 +475,149 @@ static PyObject *decode_tuple(PyObject *self, PyObject *const *args, Py_ssize_t 
     Py_DECREF(values);
     Py_DECREF(next);
     return result;
-fallback:
-    Py_DECREF(values);
-    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------ encode_insert */
+
+/* The scheduling key of a row (walrelay.pipeline.envelope._group_key for a
+ * tuple without unchanged values): prefix, then each key column's text joined
+ * by 0x1f (NULL: 0x00, a 0x1f inside a value: 0x00 'E'), read as UTF-8 with
+ * surrogateescape. No key columns: the prefix alone (the table). */
+static PyObject *group_key(PyObject *prefix, PyObject *indexes, PyObject *row) {
+    Py_ssize_t m = PyTuple_GET_SIZE(indexes);
+    if (m == 0) return Py_NewRef(prefix);
+    Out k;
+    out_init(&k);
+    PyObject *result = NULL;
+    for (Py_ssize_t i = 0; i < m; i++) {
+        Py_ssize_t at = PyLong_AsSsize_t(PyTuple_GET_ITEM(indexes, i));
+        if (at == -1 && PyErr_Occurred()) goto done;
+        if (at < 0 || at >= PyTuple_GET_SIZE(row)) {
+            result = Py_NewRef(Py_None);
+            goto done;
+        }
+        if (i > 0 && out_ch(&k, '\x1f') < 0) goto done;
+        PyObject *raw = PyTuple_GET_ITEM(row, at);
+        if (raw == Py_None) {
+            if (out_ch(&k, '\0') < 0) goto done;
+            continue;
+        }
+        if (!PyBytes_CheckExact(raw)) {
+            result = Py_NewRef(Py_None); /* unchanged TOAST: the Python path */
+            goto done;
+        }
+        const char *s = PyBytes_AS_STRING(raw);
+        Py_ssize_t n = PyBytes_GET_SIZE(raw);
+        for (Py_ssize_t j = 0; j < n; j++) {
+            int rc = s[j] == '\x1f' ? out_put(&k, "\0E", 2) : out_ch(&k, s[j]);
+            if (rc < 0) goto done;
+        }
+    }
+    PyObject *text = PyUnicode_DecodeUTF8(k.data, k.len, "surrogateescape");
+    if (text != NULL) {
+        result = PyUnicode_Concat(prefix, text);
+        Py_DECREF(text);
+    }
+done:
+    out_free(&k);
+    return result;
+}
+
+static int put_bytes(Out *o, PyObject *b) {
+    return out_put(o, PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b));
+}
+
+/* encode_insert(buf, pos, spec, head, seq, tail) -> (body, key_json, group_key) | None
+ *
+ * An Insert's new tuple at buf[pos] (which must end the message) straight to
+ * its envelope: head, the seq as 10 digits, then spec's op bytes, the key's
+ * JSON, ',"record":', the row's JSON and tail -- what EnvelopeBuilder makes of
+ * the decoded change. spec (per relation, walrelay.pipeline.envelope._Plan):
+ * (ncols, row names, row kinds, row encoders, key names | None, key kinds,
+ *  key encoders, key indexes, op bytes, group key prefix, group key indexes).
+ */
+static PyObject *encode_insert(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6 || !PyBytes_CheckExact(args[0]) || !PyTuple_CheckExact(args[2]) ||
+        PyTuple_GET_SIZE(args[2]) != 11 || !PyBytes_CheckExact(args[3]) ||
+        !PyBytes_CheckExact(args[5])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "encode_insert(buf: bytes, pos: int, spec: tuple, head: bytes, seq: int, "
+                        "tail: bytes)");
+        return NULL;
+    }
+    PyObject *spec = args[2];
+    PyObject *const *sp = &PyTuple_GET_ITEM(spec, 0);
+    PyObject *row_names = sp[0], *row_kinds = sp[1], *row_enc = sp[2], *key_names = sp[3],
+             *key_kinds = sp[4], *key_enc = sp[5], *key_idx = sp[6], *op = sp[7],
+             *gprefix = sp[8], *gidx = sp[9];
+    if (!PyTuple_CheckExact(row_names) || !PyBytes_CheckExact(row_kinds) ||
+        !PyTuple_CheckExact(row_enc) ||
+        (key_names != Py_None &&
+         (!PyTuple_CheckExact(key_names) || !PyBytes_CheckExact(key_kinds) ||
+          !PyTuple_CheckExact(key_enc) || !PyTuple_CheckExact(key_idx))) ||
+        !PyBytes_CheckExact(op) || !PyUnicode_CheckExact(gprefix) || !PyTuple_CheckExact(gidx)) {
+        PyErr_SetString(PyExc_TypeError, "encode_insert: malformed spec");
+        return NULL;
+    }
+    (void)sp[10];
+    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
+    if (pos == -1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t ncols = PyLong_AsSsize_t(PyTuple_GET_ITEM(spec, 10));
+    if (ncols == -1 && PyErr_Occurred()) return NULL;
+    long long seq = PyLong_AsLongLong(args[4]);
+    if (seq == -1 && PyErr_Occurred()) return NULL;
+    if (seq < 0 || seq > 9999999999LL) Py_RETURN_NONE;
+    PyObject *row = parse_tuple(buf, size, &pos, ncols);
+    if (row == NULL) {
+        if (PyErr_Occurred()) return NULL;
+        Py_RETURN_NONE;
+    }
+    PyObject *result = NULL, *key_json = NULL, *body = NULL, *gkey = NULL;
+    Out o, k;
+    out_init(&o);
+    out_init(&k);
+    int rc = pos == size ? 0 : 1; /* trailing bytes: the decoder reports them */
+    if (rc == 0) {
+        if (key_names == Py_None)
+            rc = out_put(&k, "null", 4);
+        else
+            rc = encode_into(&k, key_names, key_kinds, key_enc, row, key_idx);
+    }
+    if (rc == 0) {
+        char digits[16];
+        snprintf(digits, sizeof(digits), "%010lld", seq);
+        rc = put_bytes(&o, args[3]);
+        if (rc == 0) rc = out_put(&o, digits, 10);
+        if (rc == 0) rc = put_bytes(&o, op);
+        if (rc == 0) rc = out_put(&o, k.data, k.len);
+        if (rc == 0) rc = out_put(&o, ",\"record\":", 10);
+        if (rc == 0) rc = encode_into(&o, row_names, row_kinds, row_enc, row, Py_None);
+        if (rc == 0) rc = put_bytes(&o, args[5]);
+    }
+    if (rc == 0) {
+        gkey = group_key(gprefix, gidx, row);
+        if (gkey == NULL) {
+            rc = -1;
+        } else if (gkey == Py_None) {
+            rc = 1;
+        }
+    }
+    if (rc == 0) {
+        key_json = PyBytes_FromStringAndSize(k.data, k.len);
+        body = key_json == NULL ? NULL : PyBytes_FromStringAndSize(o.data, o.len);
+        if (body != NULL) result = PyTuple_Pack(3, body, key_json, gkey);
+    } else if (rc == 1) {
+        result = Py_NewRef(Py_None);
+    }
+    Py_XDECREF(body);
+    Py_XDECREF(key_json);
+    Py_XDECREF(gkey);
+    Py_DECREF(row);
+    out_free(&o);
+    out_free(&k);
+    return result;
 }
 
 /* --------------------------------------------------------------- configure */
@@ -472,6 +632,8 @@ static PyMethodDef methods[] = {
      "JSON object of a row's raw text values, or None for the slow path."},
     {"decode_tuple", (PyCFunction)(void (*)(void))decode_tuple, METH_FASTCALL,
      "pgoutput TupleData -> (values, next position), or None for the slow path."},
+    {"encode_insert", (PyCFunction)(void (*)(void))encode_insert, METH_FASTCALL,
+     "An Insert message's tuple -> (envelope, key JSON, group key), or None."},
     {"configure", configure, METH_O, "Set the marker object for unchanged TOAST values."},
     {NULL, NULL, 0, NULL},
 };

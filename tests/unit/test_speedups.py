@@ -429,3 +429,117 @@ def test_speedups_declines_for_every_row_it_cannot_write_exactly() -> None:
     change = Change("insert", t, (pg_timestamp_text(old, True),))
     fast, slow = bodies(change)
     assert fast == slow
+
+
+# -- inserts straight from the wire (EnvelopeBuilder.insert_from_wire) ------------
+
+
+def insert_message(relation: Relation, row: list[Any] | RawTuple) -> bytes:
+    """A frame's pgoutput Insert: 'I', the relation OID, 'N', the new tuple."""
+    cells = [v if v is None or v is UNCHANGED_TOAST else ("t", v) for v in row]
+    return b"I" + relation.oid.to_bytes(4, "big") + b"N" + tuple_data(cells)
+
+
+def fields_of(event: Any) -> list[Any]:
+    return [getattr(event, f.name) for f in fields(event)]
+
+
+def wire_and_reference(
+    relation: Relation,
+    row: RawTuple,
+    key_columns: dict[str, list[str]] | None = None,
+    seq: int = 7,
+    trailer: bytes = b"",
+) -> tuple[Any, Any]:
+    """The event insert_from_wire makes of the message (None: declined) and the
+    pure-Python reference's event of the decoded change, field by field."""
+    buf = insert_message(relation, row) + trailer
+    wire = EnvelopeBuilder(TypeRegistry(), key_columns).insert_from_wire(
+        BEGIN, relation, buf, 6, seq
+    )
+    with mock.patch.object(envelope, "_c_encode_object", None):
+        slow = EnvelopeBuilder(TypeRegistry(), key_columns).build(
+            BEGIN, Change("insert", relation, row), seq
+        )
+    return None if wire is None else fields_of(wire), fields_of(slow)
+
+
+@pytest.mark.parametrize(
+    ("relation", "row", "key_columns"),
+    [
+        (table(), (*ROW[:12], b"[]"), None),
+        (table(), (*ROW[:4], b"a\x1fb", *ROW[5:12], b"[]"), {"public.all types": ["s"]}),
+        (table(), (*ROW[:12], b"[]"), {"public.all types": ["s", "d"]}),
+        (table(), (*ROW[:4], None, *ROW[5:12], None), {"public.all types": ["s", "id"]}),
+        (keyless(), (b"x",), None),
+        (table("f"), (*ROW[:12], b"[]"), None),
+        (Relation(3, "public", "empty", "d", ()), (), None),
+    ],
+    ids=["insert", "separator", "composite", "null-key-part", "keyless", "full", "no-columns"],
+)
+def test_inserts_from_the_wire_are_identical_field_by_field(
+    relation: Relation, row: RawTuple, key_columns: dict[str, list[str]] | None
+) -> None:
+    wire, slow = wire_and_reference(relation, row, key_columns)
+    assert wire is not None, "the common case must take the wire path"
+    assert wire == slow
+
+
+@pytest.mark.parametrize("seq", [0, 4095, 4096, 1234567, 9999999999])
+def test_inserts_from_the_wire_pad_the_id_alike(seq: int) -> None:
+    wire, slow = wire_and_reference(keyless(), (b"x",), seq=seq)
+    assert wire == slow
+
+
+key_bytes = st.one_of(
+    st.binary(max_size=12),
+    st.text(max_size=12).map(lambda s: s.encode("utf-8", "surrogatepass")),
+    st.sampled_from([b"\x1f", b"a\x1f\x1fb", b"\xff\x1f\xc3", b"\xe2\x82", ("é" * 300).encode()]),
+)
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([*sorted(_C_KINDS), 701, 1000, 17]), st.none() | key_bytes),
+        max_size=6,
+    ),
+    st.lists(st.booleans(), min_size=6, max_size=6),
+    st.sampled_from([b"", b"\x00", b"junk"]),
+)
+def test_inserts_from_the_wire_never_disagree(
+    cols: list[tuple[int, bytes | None]], keys: list[bool], trailer: bytes
+) -> None:
+    """Any column types, values (NULL, invalid UTF-8, the key separator, long,
+    non-ASCII) and key columns: the wire path declines (None) or makes exactly
+    the reference's event; a message with bytes after its tuple is declined
+    (the decoder reports it)."""
+    relation = Relation(
+        5,
+        "public",
+        "t",
+        "d",
+        tuple(Column(f"c{i}", oid, -1, keys[i]) for i, (oid, _) in enumerate(cols)),
+    )
+    row = tuple(v for _, v in cols)
+    try:
+        wire, slow = wire_and_reference(relation, row, trailer=trailer)
+    except Exception:
+        # The reference raises (a value it cannot convert): the wire path must decline.
+        buf = insert_message(relation, row) + trailer
+        assert EnvelopeBuilder(TypeRegistry()).insert_from_wire(BEGIN, relation, buf, 6, 7) is None
+        return
+    if trailer:
+        assert wire is None
+    elif wire is not None:
+        assert wire == slow
+
+
+def test_inserts_from_the_wire_decline_unchanged_values_and_short_tuples() -> None:
+    t = table()
+    row = (b"42", UNCHANGED_TOAST, *ROW[2:12], b"[]")
+    assert wire_and_reference(t, row)[0] is None
+    short = insert_message(t, (*ROW[:12], b"[]"))[:-3]  # the last value cut
+    assert EnvelopeBuilder(TypeRegistry()).insert_from_wire(BEGIN, t, short, 6, 7) is None
+    other = insert_message(keyless(), (b"x", b"y"))  # more columns than the relation
+    assert EnvelopeBuilder(TypeRegistry()).insert_from_wire(BEGIN, keyless(), other, 6, 7) is None

@@ -26,6 +26,7 @@ from walrelay.pipeline.router import Blocked, Router
 from walrelay.pipeline.stats import EngineStats
 from walrelay.source.backfill import WATERMARK_PREFIX
 from walrelay.source.heartbeat import Heartbeat
+from walrelay.source.pgoutput import INSERT
 from walrelay.source.stream import (
     KEEPALIVE,
     XLOGDATA,
@@ -57,6 +58,11 @@ class Resume:
 async def _put_all(blocked: Blocked) -> None:
     for dest, event in blocked:
         await dest.put(event)
+
+
+# Where an Insert message's new tuple starts in its frame: after the message
+# type, the relation OID and 'N'.
+_INSERT_TUPLE_AT = XLOGDATA_HEADER + 6
 
 
 def _at_lsn(error: DecodeError, frame: bytes) -> DecodeError:
@@ -135,6 +141,11 @@ class ReplicationSession:
         self._router.discard_counts()
         feed = assembler.feed
         route = self._route
+        # Inserts go from the message to the buffers in one step where they can
+        # (Router.route_insert); the rest is decoded, then routed.
+        insert_start = assembler.insert_start
+        route_insert = self._router.route_insert
+        bf_watch = self._bf_watch  # backfill windows: their changes take _route
         tx_metadata = self._router.has_transaction_metadata
         stream = self.stream
         stop = self._stop
@@ -147,6 +158,27 @@ class ReplicationSession:
                 for frame in frames:
                     kind = frame[0]
                     if kind == XLOGDATA:
+                        if len(frame) > XLOGDATA_HEADER and frame[XLOGDATA_HEADER] == INSERT:
+                            started = insert_start(frame, XLOGDATA_HEADER)
+                            if started is not None:
+                                if started[0] is not None:
+                                    self._on_begin(started[0])
+                                begin = self._begin
+                                if (
+                                    begin is not None
+                                    and not self._skip_tx
+                                    and self._resume_commit_lsn is None
+                                    and not bf_watch
+                                ):
+                                    blocked = route_insert(
+                                        begin, started[1], frame, _INSERT_TUPLE_AT, self._seq
+                                    )
+                                    if blocked is not False:
+                                        self._seq += 1
+                                        if blocked is not None:
+                                            self._flush_adds()
+                                            await self._wait_for_room(blocked)
+                                        continue
                         try:
                             items = feed(frame, 0, offset=XLOGDATA_HEADER)
                         except DecodeError as e:

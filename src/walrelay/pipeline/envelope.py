@@ -107,6 +107,7 @@ from walrelay.model import (
     format_lsn,
 )
 from walrelay.source.types import Converter, NotUtf8, TypeRegistry
+from walrelay.speedups import encode_insert as _c_encode_insert
 from walrelay.speedups import encode_object as _c_encode_object
 
 __all__ = ["KEY_SEPARATOR", "EnvelopeBuilder", "encode_json"]
@@ -323,6 +324,7 @@ class _CColumns:
 
 class _Plan:
     __slots__ = (
+        "c_insert",
         "c_key",
         "c_ops",
         "c_ri",
@@ -396,6 +398,20 @@ class _Plan:
             op: b'","op":"' + op.encode() + b'","table":' + table_json + b',"key":'
             for op in ("insert", "update", "delete", "read")
         }
+        # What speedups.encode_insert needs to make an insert's event from the wire.
+        self.c_insert = (
+            self.c_row.names,
+            self.c_row.kinds,
+            self.c_row.encoders,
+            self.c_key.names if self.key_names else None,
+            self.c_key.kinds,
+            self.c_key.encoders,
+            self.key_idx,
+            self.c_ops["insert"],
+            self.key_prefix if self.key_idx else self.table,
+            self.key_idx,
+            len(cols),
+        )
 
 
 def _convert_slow(
@@ -599,6 +615,39 @@ class EnvelopeBuilder:
             orjson.dumps(at),
         )
         self._insert_tail = b',"old":null' + self._tail
+
+    def insert_from_wire(
+        self, begin: Begin, relation: Relation, buf: bytes, pos: int, seq: int
+    ) -> Event | None:
+        """The event of the Insert message in ``buf`` whose new tuple starts at
+        ``pos``, made without decoding it into a :class:`~walrelay.model.Change`:
+        what :meth:`build` makes of the decoded change, byte for byte
+        (tests/unit/test_speedups.py). None: decode it and build it (no C
+        speedups, a value or a malformed message the general path handles)."""
+        encode = _c_encode_insert
+        if encode is None:
+            return None
+        if begin is not self._begin:
+            self._start(begin)
+        plan = self._plans.get(relation.oid)
+        if plan is None or plan.relation is not relation or plan.version != self._types.version:
+            plan = self._plan(relation)
+        built = encode(buf, pos, plan.c_insert, self._head, seq, self._insert_tail)
+        if built is None:
+            return None
+        body, key_json, key = built
+        return Event(
+            begin.commit_lsn,
+            seq,
+            "insert",
+            plan.table,
+            (key,),
+            body,
+            begin.xid,
+            begin.committed_at,
+            None,
+            key_json,
+        )
 
     def _insert_event_c(self, begin: Begin, change: Change, seq: int, plan: _Plan) -> Event | None:
         """An insert, the most common change, through the C encoder in one step:

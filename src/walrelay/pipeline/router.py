@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Final
+from typing import Final, Literal
 
 from walrelay.config import DestinationConfig, SourceConfig
 from walrelay.model import Begin, Change, Event, Lsn, Relation
@@ -91,6 +91,9 @@ class Router:
         # The envelope, built once per event (a bound method: no wrapper call
         # on the hot path).
         self.build: Callable[[Begin, Change, int], Event] = builder.build
+        self._build_insert = builder.insert_from_wire
+        # Per table OID: (the Relation, the destinations of route_insert).
+        self._plain_inserts: dict[int, tuple[Relation, list[Destination]]] = {}
         self.tracker = tracker
         # A table whose rows are never delivered (the heartbeat table).
         self._ignore_table = ignore_table
@@ -404,6 +407,51 @@ class Router:
                     blocked = []
                 blocked.append((dest, out))
         return blocked
+
+    def route_insert(
+        self, begin: Begin, relation: Relation, buf: bytes, pos: int, seq: int
+    ) -> Blocked | Literal[False] | None:
+        """:meth:`dispatch` of a streamed Insert straight from its message (the
+        new tuple at ``buf[pos]``), when every destination of its table takes
+        the event as built (no transform, outbox router, output format or
+        transaction metadata): one call instead of decode, build and dispatch.
+
+        False: not that case (or a value the C encoder leaves to Python):
+        decode the message and route the change as usual.
+        """
+        cached = self._plain_inserts.get(relation.oid)
+        if cached is None or cached[0] is not relation:
+            cached = self._plain_inserts[relation.oid] = (relation, self._plain_routes(relation))
+        dests = cached[1]
+        if not dests:
+            return False
+        event = self._build_insert(begin, relation, buf, pos, seq)
+        if event is None:
+            return False
+        self.events_in += 1
+        counts = self._counts
+        blocked: Blocked | None = None
+        for dest in dests:
+            counts[dest.name] = counts.get(dest.name, 0) + 1
+            if not dest.try_put(event):
+                if blocked is None:
+                    blocked = []
+                blocked.append((dest, event))
+        return blocked
+
+    def _plain_routes(self, relation: Relation) -> list[Destination]:
+        """The destinations of ``relation``'s inserts if they all take the event
+        as built; else none (:meth:`route_insert`)."""
+        dests = self._stream_routes.get((relation.oid, "insert"))
+        if dests is None:
+            dests = self._stream_routes[relation.oid, "insert"] = self.routes_for(
+                self.configured_name(relation), "insert"
+            )
+        for dest in dests:
+            name = dest.name
+            if name in self._steps or name in self._formats or name in self._tx:
+                return []
+        return dests
 
     def _put_many(
         self, dest: Destination, events: list[Event] | _Held, blocked: Blocked | None
