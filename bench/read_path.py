@@ -169,7 +169,7 @@ def main() -> None:
     args = ap.parse_args()
     reads = frames(args.changes, args.rows_per_tx, args.op)
     n = (args.changes // args.rows_per_tx) * args.rows_per_tx
-    best = float("inf")
+    best = float("inf") if args.repeat else 0.0
     for _ in range(args.repeat):
         t0 = time.process_time()
         if args.profile:

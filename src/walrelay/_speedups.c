@@ -309,11 +309,10 @@ static int write_json(Out *o, const char *s, Py_ssize_t n) {
 #define K_JSON 'j'
 #define K_CALL 'c' /* encoders[i](raw) -> bytes: the JSON text of the value */
 
-static int write_value(Out *o, char kind, PyObject *raw, PyObject *encoder) {
-    if (raw == Py_None) return out_put(o, "null", 4);
-    if (!PyBytes_CheckExact(raw)) return 1; /* the UNCHANGED marker, or a bug */
-    const char *s = PyBytes_AS_STRING(raw);
-    Py_ssize_t n = PyBytes_GET_SIZE(raw);
+/* One non-NULL raw text value s[0:n] as JSON; 0 done, 1 the slow path must do
+ * it, -1 a Python error is set. */
+static int write_raw(Out *o, char kind, const char *s, Py_ssize_t n, PyObject *raw,
+                     PyObject *encoder) {
     switch (kind) {
         case K_INTEGER: return write_integer(o, s, n);
         case K_NUMERIC: return write_numeric(o, s, n);
@@ -325,7 +324,11 @@ static int write_value(Out *o, char kind, PyObject *raw, PyObject *encoder) {
         case K_TIMESTAMPTZ: return write_timestamp(o, s, n, 1);
         case K_JSON: return write_json(o, s, n);
         case K_CALL: {
-            PyObject *r = PyObject_CallOneArg(encoder, raw);
+            /* raw: the value as a bytes object when the caller has one */
+            PyObject *arg = raw != NULL ? Py_NewRef(raw) : PyBytes_FromStringAndSize(s, n);
+            if (arg == NULL) return -1;
+            PyObject *r = PyObject_CallOneArg(encoder, arg);
+            Py_DECREF(arg);
             if (r == NULL) {
                 /* The slow path redoes the row and raises the right error. */
                 if (!PyErr_ExceptionMatches(PyExc_Exception)) return -1;
@@ -338,6 +341,12 @@ static int write_value(Out *o, char kind, PyObject *raw, PyObject *encoder) {
         }
         default: return 1;
     }
+}
+
+static int write_value(Out *o, char kind, PyObject *raw, PyObject *encoder) {
+    if (raw == Py_None) return out_put(o, "null", 4);
+    if (!PyBytes_CheckExact(raw)) return 1; /* the UNCHANGED marker, or a bug */
+    return write_raw(o, kind, PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), raw, encoder);
 }
 
 /* ------------------------------------------------------------ encode_object */
@@ -479,11 +488,80 @@ static PyObject *decode_tuple(PyObject *self, PyObject *const *args, Py_ssize_t 
 
 /* ------------------------------------------------------------ encode_insert */
 
-/* The scheduling key of a row (walrelay.pipeline.envelope._group_key for a
- * tuple without unchanged values): prefix, then each key column's text joined
- * by 0x1f (NULL: 0x00, a 0x1f inside a value: 0x00 'E'), read as UTF-8 with
- * surrogateescape. No key columns: the prefix alone (the table). */
-static PyObject *group_key(PyObject *prefix, PyObject *indexes, PyObject *row) {
+/* One column of a tuple read in place: its text at s[0:n]; n < 0 for NULL. */
+typedef struct {
+    const char *s;
+    Py_ssize_t n;
+} Cell;
+
+/* TupleData of ncols 't'/'n' columns at buf[pos] ending the message into
+ * cells: 0, or 1 for anything else (unchanged TOAST, binary, malformed:
+ * the general path). */
+static int read_cells(const unsigned char *buf, Py_ssize_t size, Py_ssize_t pos,
+                      Py_ssize_t ncols, Cell *cells) {
+    if (pos < 0 || pos + 2 > size) return 1;
+    Py_ssize_t n = ((Py_ssize_t)buf[pos] << 8) | buf[pos + 1];
+    if (n != ncols) return 1;
+    pos += 2;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (pos >= size) return 1;
+        unsigned char kind = buf[pos];
+        if (kind == 't') {
+            if (pos + 5 > size) return 1;
+            Py_ssize_t len = (Py_ssize_t)be32(buf + pos + 1);
+            if (len > size - pos - 5) return 1;
+            cells[i].s = (const char *)buf + pos + 5;
+            cells[i].n = len;
+            pos += 5 + len;
+        } else if (kind == 'n') {
+            cells[i].s = NULL;
+            cells[i].n = -1;
+            pos += 1;
+        } else {
+            return 1;
+        }
+    }
+    return pos == size ? 0 : 1; /* trailing bytes: the decoder reports them */
+}
+
+/* encode_object over cells (indexes: None, or which cell each name takes). */
+static int encode_cells(Out *o, PyObject *names, PyObject *kinds, PyObject *encoders,
+                        const Cell *cells, Py_ssize_t ncells, PyObject *indexes) {
+    Py_ssize_t m = PyTuple_GET_SIZE(names);
+    if (PyBytes_GET_SIZE(kinds) != m || PyTuple_GET_SIZE(encoders) != m ||
+        (indexes != Py_None && PyTuple_GET_SIZE(indexes) != m) ||
+        (indexes == Py_None && ncells != m))
+        return 1;
+    const char *kind = PyBytes_AS_STRING(kinds);
+    int rc = out_ch(o, '{');
+    for (Py_ssize_t i = 0; i < m && rc == 0; i++) {
+        Py_ssize_t at = i;
+        if (indexes != Py_None) {
+            at = PyLong_AsSsize_t(PyTuple_GET_ITEM(indexes, i));
+            if (at == -1 && PyErr_Occurred()) return -1;
+            if (at < 0 || at >= ncells) return 1;
+        }
+        PyObject *name = PyTuple_GET_ITEM(names, i);
+        if (!PyBytes_CheckExact(name)) return 1;
+        if (i > 0) rc = out_ch(o, ',');
+        if (rc == 0) rc = out_put(o, PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name));
+        if (rc != 0) break;
+        const Cell *c = &cells[at];
+        if (c->n < 0)
+            rc = out_put(o, "null", 4);
+        else
+            rc = write_raw(o, kind[i], c->s, c->n, NULL, PyTuple_GET_ITEM(encoders, i));
+    }
+    if (rc == 0) rc = out_ch(o, '}');
+    return rc;
+}
+
+/* The scheduling key of a row (walrelay.pipeline.envelope._group_key):
+ * prefix, then each key column's text joined by 0x1f (NULL: 0x00, a 0x1f
+ * inside a value: 0x00 'E'), read as UTF-8 with surrogateescape. No key
+ * columns: the prefix alone (the table). NULL with no error: decline. */
+static PyObject *group_key(PyObject *prefix, PyObject *indexes, const Cell *cells,
+                           Py_ssize_t ncells) {
     Py_ssize_t m = PyTuple_GET_SIZE(indexes);
     if (m == 0) return Py_NewRef(prefix);
     Out k;
@@ -492,24 +570,20 @@ static PyObject *group_key(PyObject *prefix, PyObject *indexes, PyObject *row) {
     for (Py_ssize_t i = 0; i < m; i++) {
         Py_ssize_t at = PyLong_AsSsize_t(PyTuple_GET_ITEM(indexes, i));
         if (at == -1 && PyErr_Occurred()) goto done;
-        if (at < 0 || at >= PyTuple_GET_SIZE(row)) {
-            result = Py_NewRef(Py_None);
-            goto done;
-        }
+        if (at < 0 || at >= ncells) goto done;
         if (i > 0 && out_ch(&k, '\x1f') < 0) goto done;
-        PyObject *raw = PyTuple_GET_ITEM(row, at);
-        if (raw == Py_None) {
+        const Cell *c = &cells[at];
+        if (c->n < 0) {
             if (out_ch(&k, '\0') < 0) goto done;
             continue;
         }
-        if (!PyBytes_CheckExact(raw)) {
-            result = Py_NewRef(Py_None); /* unchanged TOAST: the Python path */
-            goto done;
+        const char *sep = memchr(c->s, '\x1f', (size_t)c->n);
+        if (sep == NULL) {
+            if (out_put(&k, c->s, c->n) < 0) goto done;
+            continue;
         }
-        const char *s = PyBytes_AS_STRING(raw);
-        Py_ssize_t n = PyBytes_GET_SIZE(raw);
-        for (Py_ssize_t j = 0; j < n; j++) {
-            int rc = s[j] == '\x1f' ? out_put(&k, "\0E", 2) : out_ch(&k, s[j]);
+        for (Py_ssize_t j = 0; j < c->n; j++) {
+            int rc = c->s[j] == '\x1f' ? out_put(&k, "\0E", 2) : out_ch(&k, c->s[j]);
             if (rc < 0) goto done;
         }
     }
@@ -527,14 +601,17 @@ static int put_bytes(Out *o, PyObject *b) {
     return out_put(o, PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b));
 }
 
+#define CELLS_ON_STACK 64
+
 /* encode_insert(buf, pos, spec, head, seq, tail) -> (body, key_json, group_key) | None
  *
  * An Insert's new tuple at buf[pos] (which must end the message) straight to
- * its envelope: head, the seq as 10 digits, then spec's op bytes, the key's
- * JSON, ',"record":', the row's JSON and tail -- what EnvelopeBuilder makes of
- * the decoded change. spec (per relation, walrelay.pipeline.envelope._Plan):
- * (ncols, row names, row kinds, row encoders, key names | None, key kinds,
- *  key encoders, key indexes, op bytes, group key prefix, group key indexes).
+ * its envelope, values read in place: head, the seq as 10 digits, then spec's
+ * op bytes, the key's JSON, ',"record":', the row's JSON and tail -- what
+ * EnvelopeBuilder makes of the decoded change. spec (per relation,
+ * walrelay.pipeline.envelope._Plan): (row names, row kinds, row encoders,
+ * key names | None, key kinds, key encoders, key indexes, op bytes, group key
+ * prefix, group key indexes, ncols).
  */
 static PyObject *encode_insert(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 6 || !PyBytes_CheckExact(args[0]) || !PyTuple_CheckExact(args[2]) ||
@@ -545,8 +622,7 @@ static PyObject *encode_insert(PyObject *self, PyObject *const *args, Py_ssize_t
                         "tail: bytes)");
         return NULL;
     }
-    PyObject *spec = args[2];
-    PyObject *const *sp = &PyTuple_GET_ITEM(spec, 0);
+    PyObject *const *sp = &PyTuple_GET_ITEM(args[2], 0);
     PyObject *row_names = sp[0], *row_kinds = sp[1], *row_enc = sp[2], *key_names = sp[3],
              *key_kinds = sp[4], *key_enc = sp[5], *key_idx = sp[6], *op = sp[7],
              *gprefix = sp[8], *gidx = sp[9];
@@ -559,31 +635,31 @@ static PyObject *encode_insert(PyObject *self, PyObject *const *args, Py_ssize_t
         PyErr_SetString(PyExc_TypeError, "encode_insert: malformed spec");
         return NULL;
     }
-    (void)sp[10];
     const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(args[0]);
     Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
     Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
     if (pos == -1 && PyErr_Occurred()) return NULL;
-    Py_ssize_t ncols = PyLong_AsSsize_t(PyTuple_GET_ITEM(spec, 10));
+    Py_ssize_t ncols = PyLong_AsSsize_t(sp[10]);
     if (ncols == -1 && PyErr_Occurred()) return NULL;
     long long seq = PyLong_AsLongLong(args[4]);
     if (seq == -1 && PyErr_Occurred()) return NULL;
-    if (seq < 0 || seq > 9999999999LL) Py_RETURN_NONE;
-    PyObject *row = parse_tuple(buf, size, &pos, ncols);
-    if (row == NULL) {
-        if (PyErr_Occurred()) return NULL;
-        Py_RETURN_NONE;
+    if (seq < 0 || seq > 9999999999LL || ncols < 0) Py_RETURN_NONE;
+    Cell stack_cells[CELLS_ON_STACK];
+    Cell *cells = stack_cells;
+    if (ncols > CELLS_ON_STACK) {
+        cells = PyMem_Malloc(sizeof(Cell) * (size_t)ncols);
+        if (cells == NULL) return PyErr_NoMemory();
     }
     PyObject *result = NULL, *key_json = NULL, *body = NULL, *gkey = NULL;
     Out o, k;
     out_init(&o);
     out_init(&k);
-    int rc = pos == size ? 0 : 1; /* trailing bytes: the decoder reports them */
+    int rc = read_cells(buf, size, pos, ncols, cells);
     if (rc == 0) {
         if (key_names == Py_None)
             rc = out_put(&k, "null", 4);
         else
-            rc = encode_into(&k, key_names, key_kinds, key_enc, row, key_idx);
+            rc = encode_cells(&k, key_names, key_kinds, key_enc, cells, ncols, key_idx);
     }
     if (rc == 0) {
         char digits[16];
@@ -593,16 +669,12 @@ static PyObject *encode_insert(PyObject *self, PyObject *const *args, Py_ssize_t
         if (rc == 0) rc = put_bytes(&o, op);
         if (rc == 0) rc = out_put(&o, k.data, k.len);
         if (rc == 0) rc = out_put(&o, ",\"record\":", 10);
-        if (rc == 0) rc = encode_into(&o, row_names, row_kinds, row_enc, row, Py_None);
+        if (rc == 0) rc = encode_cells(&o, row_names, row_kinds, row_enc, cells, ncols, Py_None);
         if (rc == 0) rc = put_bytes(&o, args[5]);
     }
     if (rc == 0) {
-        gkey = group_key(gprefix, gidx, row);
-        if (gkey == NULL) {
-            rc = -1;
-        } else if (gkey == Py_None) {
-            rc = 1;
-        }
+        gkey = group_key(gprefix, gidx, cells, ncols);
+        if (gkey == NULL) rc = PyErr_Occurred() ? -1 : 1;
     }
     if (rc == 0) {
         key_json = PyBytes_FromStringAndSize(k.data, k.len);
@@ -614,7 +686,7 @@ static PyObject *encode_insert(PyObject *self, PyObject *const *args, Py_ssize_t
     Py_XDECREF(body);
     Py_XDECREF(key_json);
     Py_XDECREF(gkey);
-    Py_DECREF(row);
+    if (cells != stack_cells) PyMem_Free(cells);
     out_free(&o);
     out_free(&k);
     return result;
