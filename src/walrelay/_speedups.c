@@ -16,9 +16,10 @@
  *     each raw text value written according to its kind byte (see below),
  *     exactly as orjson writes the value psycopg's loader returns for it.
  *
- * encode_insert(buf, pos, spec, head, seq, tail) -> (body, key_json, key) | None
+ * encode_inserts(frames, start, limit, spec, head, seq, tail) -> [(body, key_json, key)]
  *     decode_tuple, encode_object for the key and the row, and the scheduling
- *     key, in one call: an Insert's envelope straight from the wire.
+ *     key of each Insert frame of a run, in one call: envelopes straight from
+ *     the wire.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -486,7 +487,7 @@ static PyObject *decode_tuple(PyObject *self, PyObject *const *args, Py_ssize_t 
     return result;
 }
 
-/* ------------------------------------------------------------ encode_insert */
+/* ----------------------------------------------------------- encode_inserts */
 
 /* One column of a tuple read in place: its text at s[0:n]; n < 0 for NULL. */
 typedef struct {
@@ -601,95 +602,168 @@ static int put_bytes(Out *o, PyObject *b) {
     return out_put(o, PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b));
 }
 
-#define CELLS_ON_STACK 64
+/* A relation's spec (see encode_inserts), its parts borrowed. */
+typedef struct {
+    PyObject *row_names, *row_kinds, *row_enc, *key_names, *key_kinds, *key_enc, *key_idx, *op,
+        *gprefix, *gidx;
+    Py_ssize_t ncols;
+    uint32_t oid;
+} Spec;
 
-/* encode_insert(buf, pos, spec, head, seq, tail) -> (body, key_json, group_key) | None
- *
- * An Insert's new tuple at buf[pos] (which must end the message) straight to
- * its envelope, values read in place: head, the seq as 10 digits, then spec's
- * op bytes, the key's JSON, ',"record":', the row's JSON and tail -- what
- * EnvelopeBuilder makes of the decoded change. spec (per relation,
- * walrelay.pipeline.envelope._Plan): (row names, row kinds, row encoders,
- * key names | None, key kinds, key encoders, key indexes, op bytes, group key
- * prefix, group key indexes, ncols).
- */
-static PyObject *encode_insert(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 6 || !PyBytes_CheckExact(args[0]) || !PyTuple_CheckExact(args[2]) ||
-        PyTuple_GET_SIZE(args[2]) != 11 || !PyBytes_CheckExact(args[3]) ||
-        !PyBytes_CheckExact(args[5])) {
-        PyErr_SetString(PyExc_TypeError,
-                        "encode_insert(buf: bytes, pos: int, spec: tuple, head: bytes, seq: int, "
-                        "tail: bytes)");
-        return NULL;
-    }
-    PyObject *const *sp = &PyTuple_GET_ITEM(args[2], 0);
-    PyObject *row_names = sp[0], *row_kinds = sp[1], *row_enc = sp[2], *key_names = sp[3],
-             *key_kinds = sp[4], *key_enc = sp[5], *key_idx = sp[6], *op = sp[7],
-             *gprefix = sp[8], *gidx = sp[9];
-    if (!PyTuple_CheckExact(row_names) || !PyBytes_CheckExact(row_kinds) ||
-        !PyTuple_CheckExact(row_enc) ||
-        (key_names != Py_None &&
-         (!PyTuple_CheckExact(key_names) || !PyBytes_CheckExact(key_kinds) ||
-          !PyTuple_CheckExact(key_enc) || !PyTuple_CheckExact(key_idx))) ||
-        !PyBytes_CheckExact(op) || !PyUnicode_CheckExact(gprefix) || !PyTuple_CheckExact(gidx)) {
-        PyErr_SetString(PyExc_TypeError, "encode_insert: malformed spec");
-        return NULL;
-    }
-    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(args[0]);
-    Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
-    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
-    if (pos == -1 && PyErr_Occurred()) return NULL;
-    Py_ssize_t ncols = PyLong_AsSsize_t(sp[10]);
-    if (ncols == -1 && PyErr_Occurred()) return NULL;
-    long long seq = PyLong_AsLongLong(args[4]);
-    if (seq == -1 && PyErr_Occurred()) return NULL;
-    if (seq < 0 || seq > 9999999999LL || ncols < 0) Py_RETURN_NONE;
-    Cell stack_cells[CELLS_ON_STACK];
-    Cell *cells = stack_cells;
-    if (ncols > CELLS_ON_STACK) {
-        cells = PyMem_Malloc(sizeof(Cell) * (size_t)ncols);
-        if (cells == NULL) return PyErr_NoMemory();
-    }
+static int read_spec(PyObject *spec, Spec *sp) {
+    if (!PyTuple_CheckExact(spec) || PyTuple_GET_SIZE(spec) != 12) goto bad;
+    PyObject *const *it = &PyTuple_GET_ITEM(spec, 0);
+    sp->row_names = it[0];
+    sp->row_kinds = it[1];
+    sp->row_enc = it[2];
+    sp->key_names = it[3];
+    sp->key_kinds = it[4];
+    sp->key_enc = it[5];
+    sp->key_idx = it[6];
+    sp->op = it[7];
+    sp->gprefix = it[8];
+    sp->gidx = it[9];
+    if (!PyTuple_CheckExact(sp->row_names) || !PyBytes_CheckExact(sp->row_kinds) ||
+        !PyTuple_CheckExact(sp->row_enc) ||
+        (sp->key_names != Py_None &&
+         (!PyTuple_CheckExact(sp->key_names) || !PyBytes_CheckExact(sp->key_kinds) ||
+          !PyTuple_CheckExact(sp->key_enc) || !PyTuple_CheckExact(sp->key_idx))) ||
+        !PyBytes_CheckExact(sp->op) || !PyUnicode_CheckExact(sp->gprefix) ||
+        !PyTuple_CheckExact(sp->gidx))
+        goto bad;
+    sp->ncols = PyLong_AsSsize_t(it[10]);
+    if (sp->ncols == -1 && PyErr_Occurred()) return -1;
+    unsigned long oid = PyLong_AsUnsignedLong(it[11]);
+    if (oid == (unsigned long)-1 && PyErr_Occurred()) return -1;
+    if (sp->ncols < 0 || oid > 0xFFFFFFFFUL) goto bad;
+    sp->oid = (uint32_t)oid;
+    return 0;
+bad:
+    PyErr_SetString(PyExc_TypeError, "encode_inserts: malformed spec");
+    return -1;
+}
+
+/* One Insert's tuple at buf[pos] -> a new (body, key_json, group_key) tuple;
+ * NULL with no error set: decline. cells has room for sp->ncols. */
+static PyObject *encode_one(const Spec *sp, const unsigned char *buf, Py_ssize_t size,
+                            Py_ssize_t pos, Cell *cells, PyObject *head, long long seq,
+                            PyObject *tail) {
     PyObject *result = NULL, *key_json = NULL, *body = NULL, *gkey = NULL;
+    Py_ssize_t ncols = sp->ncols;
     Out o, k;
     out_init(&o);
     out_init(&k);
     int rc = read_cells(buf, size, pos, ncols, cells);
     if (rc == 0) {
-        if (key_names == Py_None)
+        if (sp->key_names == Py_None)
             rc = out_put(&k, "null", 4);
         else
-            rc = encode_cells(&k, key_names, key_kinds, key_enc, cells, ncols, key_idx);
+            rc = encode_cells(&k, sp->key_names, sp->key_kinds, sp->key_enc, cells, ncols,
+                              sp->key_idx);
     }
     if (rc == 0) {
         char digits[16];
         snprintf(digits, sizeof(digits), "%010lld", seq);
-        rc = put_bytes(&o, args[3]);
+        rc = put_bytes(&o, head);
         if (rc == 0) rc = out_put(&o, digits, 10);
-        if (rc == 0) rc = put_bytes(&o, op);
+        if (rc == 0) rc = put_bytes(&o, sp->op);
         if (rc == 0) rc = out_put(&o, k.data, k.len);
         if (rc == 0) rc = out_put(&o, ",\"record\":", 10);
-        if (rc == 0) rc = encode_cells(&o, row_names, row_kinds, row_enc, cells, ncols, Py_None);
-        if (rc == 0) rc = put_bytes(&o, args[5]);
+        if (rc == 0)
+            rc = encode_cells(&o, sp->row_names, sp->row_kinds, sp->row_enc, cells, ncols,
+                              Py_None);
+        if (rc == 0) rc = put_bytes(&o, tail);
     }
     if (rc == 0) {
-        gkey = group_key(gprefix, gidx, cells, ncols);
+        gkey = group_key(sp->gprefix, sp->gidx, cells, ncols);
         if (gkey == NULL) rc = PyErr_Occurred() ? -1 : 1;
     }
     if (rc == 0) {
         key_json = PyBytes_FromStringAndSize(k.data, k.len);
         body = key_json == NULL ? NULL : PyBytes_FromStringAndSize(o.data, o.len);
         if (body != NULL) result = PyTuple_Pack(3, body, key_json, gkey);
-    } else if (rc == 1) {
-        result = Py_NewRef(Py_None);
     }
     Py_XDECREF(body);
     Py_XDECREF(key_json);
     Py_XDECREF(gkey);
-    if (cells != stack_cells) PyMem_Free(cells);
     out_free(&o);
     out_free(&k);
     return result;
+}
+
+#define CELLS_ON_STACK 64
+#define XLOGDATA_HEADER 25
+
+/* encode_inserts(frames, start, limit, spec, head, seq, tail) -> list
+ *
+ * The run of XLogData frames from frames[start] (at most limit) that are
+ * Inserts into spec's relation, each straight to (body, key_json, group_key)
+ * with the values read in place: body is head, the seq (seq, seq + 1, ...) as
+ * 10 digits, spec's op bytes, the key's JSON, ',"record":', the row's JSON
+ * and tail -- what EnvelopeBuilder makes of the decoded change. The run ends
+ * at the first other frame or one the general path must decode (unchanged
+ * TOAST, a value written differently, a malformed message). spec (per
+ * relation, walrelay.pipeline.envelope._Plan.c_insert): (row names, row kinds,
+ * row encoders, key names | None, key kinds, key encoders, key indexes, op
+ * bytes, group key prefix, group key indexes, ncols, relation OID).
+ */
+static PyObject *encode_inserts(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7 || !PyList_CheckExact(args[0]) || !PyBytes_CheckExact(args[4]) ||
+        !PyBytes_CheckExact(args[6])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "encode_inserts(frames: list, start: int, limit: int, spec: tuple, "
+                        "head: bytes, seq: int, tail: bytes)");
+        return NULL;
+    }
+    Spec sp;
+    if (read_spec(args[3], &sp) < 0) return NULL;
+    PyObject *frames = args[0];
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]);
+    if (start == -1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t limit = PyLong_AsSsize_t(args[2]);
+    if (limit == -1 && PyErr_Occurred()) return NULL;
+    long long seq = PyLong_AsLongLong(args[5]);
+    if (seq == -1 && PyErr_Occurred()) return NULL;
+    PyObject *out = PyList_New(0);
+    if (out == NULL) return NULL;
+    Cell stack_cells[CELLS_ON_STACK];
+    Cell *cells = stack_cells;
+    if (sp.ncols > CELLS_ON_STACK) {
+        cells = PyMem_Malloc(sizeof(Cell) * (size_t)sp.ncols);
+        if (cells == NULL) {
+            Py_DECREF(out);
+            return PyErr_NoMemory();
+        }
+    }
+    Py_ssize_t end = PyList_GET_SIZE(frames);
+    if (start < 0) start = end;
+    if (limit < end - start) end = start + (limit > 0 ? limit : 0);
+    for (Py_ssize_t i = start; i < end; i++, seq++) {
+        PyObject *frame = PyList_GET_ITEM(frames, i);
+        if (!PyBytes_CheckExact(frame) || seq < 0 || seq > 9999999999LL) break;
+        const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(frame);
+        Py_ssize_t size = PyBytes_GET_SIZE(frame);
+        const unsigned char *msg = buf + XLOGDATA_HEADER;
+        if (size < XLOGDATA_HEADER + 6 || buf[0] != 'w' || msg[0] != 'I' ||
+            be32(msg + 1) != sp.oid || msg[5] != 'N')
+            break;
+        PyObject *one = encode_one(&sp, buf, size, XLOGDATA_HEADER + 6, cells, args[4], seq,
+                                   args[6]);
+        if (one == NULL) {
+            if (PyErr_Occurred()) {
+                Py_CLEAR(out);
+            }
+            break;
+        }
+        int rc = PyList_Append(out, one);
+        Py_DECREF(one);
+        if (rc < 0) {
+            Py_CLEAR(out);
+            break;
+        }
+    }
+    if (cells != stack_cells) PyMem_Free(cells);
+    return out;
 }
 
 /* --------------------------------------------------------------- configure */
@@ -704,8 +778,8 @@ static PyMethodDef methods[] = {
      "JSON object of a row's raw text values, or None for the slow path."},
     {"decode_tuple", (PyCFunction)(void (*)(void))decode_tuple, METH_FASTCALL,
      "pgoutput TupleData -> (values, next position), or None for the slow path."},
-    {"encode_insert", (PyCFunction)(void (*)(void))encode_insert, METH_FASTCALL,
-     "An Insert message's tuple -> (envelope, key JSON, group key), or None."},
+    {"encode_inserts", (PyCFunction)(void (*)(void))encode_inserts, METH_FASTCALL,
+     "A run of Insert frames -> [(envelope, key JSON, group key), ...]."},
     {"configure", configure, METH_O, "Set the marker object for unchanged TOAST values."},
     {NULL, NULL, 0, NULL},
 };

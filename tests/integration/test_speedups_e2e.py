@@ -42,7 +42,7 @@ WORKLOAD = [
     "delete from typed where id = 3",
     "truncate full_rows",
     # a transaction of many inserts (after the first, straight from the wire:
-    # Router.route_insert), a key with the separator and non-ASCII text
+    # Router.route_inserts), a key with the separator and non-ASCII text
     """insert into typed (id, t, big)
         select 100 + g, 'row ' || g || chr(31), repeat('é', g) from generate_series(1, 40) g""",
     # inserts before and after another change in one transaction

@@ -431,37 +431,47 @@ def test_speedups_declines_for_every_row_it_cannot_write_exactly() -> None:
     assert fast == slow
 
 
-# -- inserts straight from the wire (EnvelopeBuilder.insert_from_wire) ------------
+# -- inserts straight from the wire (EnvelopeBuilder.inserts_from_wire) -----------
+
+XLOG_HEAD = b"w" + bytes(24)  # an XLogData frame's header (start, end, time)
 
 
 def insert_message(relation: Relation, row: list[Any] | RawTuple) -> bytes:
-    """A frame's pgoutput Insert: 'I', the relation OID, 'N', the new tuple."""
+    """An XLogData frame of a pgoutput Insert: 'I', the relation OID, 'N', the new tuple."""
     cells = [v if v is None or v is UNCHANGED_TOAST else ("t", v) for v in row]
-    return b"I" + relation.oid.to_bytes(4, "big") + b"N" + tuple_data(cells)
+    return XLOG_HEAD + b"I" + relation.oid.to_bytes(4, "big") + b"N" + tuple_data(cells)
 
 
 def fields_of(event: Any) -> list[Any]:
     return [getattr(event, f.name) for f in fields(event)]
 
 
-def wire_and_reference(
+def from_wire(
     relation: Relation,
-    row: RawTuple,
+    frames: list[bytes],
     key_columns: dict[str, list[str]] | None = None,
     seq: int = 7,
-    trailer: bytes = b"",
-) -> tuple[Any, Any]:
-    """The event insert_from_wire makes of the message (None: declined) and the
-    pure-Python reference's event of the decoded change, field by field."""
-    buf = insert_message(relation, row) + trailer
-    wire = EnvelopeBuilder(TypeRegistry(), key_columns).insert_from_wire(
-        BEGIN, relation, buf, 6, seq
+    start: int = 0,
+) -> list[list[Any]]:
+    built = EnvelopeBuilder(TypeRegistry(), key_columns).inserts_from_wire(
+        BEGIN, relation, frames, start, seq
     )
+    return [fields_of(e) for e in built]
+
+
+def reference(
+    relation: Relation,
+    rows: list[RawTuple],
+    key_columns: dict[str, list[str]] | None = None,
+    seq: int = 7,
+) -> list[list[Any]]:
+    """The pure-Python envelope builder's events of the decoded changes."""
     with mock.patch.object(envelope, "_c_encode_object", None):
-        slow = EnvelopeBuilder(TypeRegistry(), key_columns).build(
-            BEGIN, Change("insert", relation, row), seq
-        )
-    return None if wire is None else fields_of(wire), fields_of(slow)
+        builder = EnvelopeBuilder(TypeRegistry(), key_columns)
+        return [
+            fields_of(builder.build(BEGIN, Change("insert", relation, row), seq + i))
+            for i, row in enumerate(rows)
+        ]
 
 
 @pytest.mark.parametrize(
@@ -480,15 +490,43 @@ def wire_and_reference(
 def test_inserts_from_the_wire_are_identical_field_by_field(
     relation: Relation, row: RawTuple, key_columns: dict[str, list[str]] | None
 ) -> None:
-    wire, slow = wire_and_reference(relation, row, key_columns)
-    assert wire is not None, "the common case must take the wire path"
-    assert wire == slow
+    wire = from_wire(relation, [insert_message(relation, row)], key_columns)
+    assert wire, "the common case must take the wire path"
+    assert wire == reference(relation, [row], key_columns)
 
 
-@pytest.mark.parametrize("seq", [0, 4095, 4096, 1234567, 9999999999])
+@pytest.mark.parametrize("seq", [0, 4095, 4096, 1234567, 9999999998])
 def test_inserts_from_the_wire_pad_the_id_alike(seq: int) -> None:
-    wire, slow = wire_and_reference(keyless(), (b"x",), seq=seq)
-    assert wire == slow
+    frames = [insert_message(keyless(), (b"x",))] * 2
+    assert from_wire(keyless(), frames, seq=seq) == reference(keyless(), [(b"x",)] * 2, seq=seq)
+
+
+def test_a_run_ends_at_the_first_frame_it_cannot_take() -> None:
+    """A run is the Inserts into the relation from ``start``: it stops at another
+    relation's Insert, another message, a keepalive, an unchanged TOAST value,
+    a value the C encoder leaves to Python and a message with trailing bytes."""
+    t = table()
+    rows = [(str(i).encode(), *ROW[1:12], b"[]") for i in range(3)]
+    run = [insert_message(t, r) for r in rows]
+    stoppers = [
+        insert_message(keyless(), (b"x",)),
+        XLOG_HEAD + b"U" + t.oid.to_bytes(4, "big") + b"N" + tuple_data([None] * 13),
+        b"k" + bytes(17),
+        insert_message(t, (b"42", UNCHANGED_TOAST, *ROW[2:12], b"[]")),
+        insert_message(t, (*ROW[:12], b"[" * 600 + b"]" * 600)),  # too deep: Python's
+        insert_message(t, (*ROW[:12], b"[]")) + b"\x00",
+        insert_message(t, (*ROW[:12], b"[]"))[:-1],
+    ]
+    for stopper in stoppers:
+        frames = [b"other", *run, stopper, *run]
+        assert from_wire(t, frames, start=1) == reference(t, rows)
+        assert from_wire(t, frames, start=4) == []
+    assert from_wire(t, run, start=3) == []
+
+
+def test_a_run_is_at_most_the_limit() -> None:
+    frames = [insert_message(keyless(), (b"x",))] * (envelope._RUN_LIMIT + 5)
+    assert len(from_wire(keyless(), frames)) == envelope._RUN_LIMIT
 
 
 key_bytes = st.one_of(
@@ -505,15 +543,13 @@ key_bytes = st.one_of(
         max_size=6,
     ),
     st.lists(st.booleans(), min_size=6, max_size=6),
-    st.sampled_from([b"", b"\x00", b"junk"]),
 )
 def test_inserts_from_the_wire_never_disagree(
-    cols: list[tuple[int, bytes | None]], keys: list[bool], trailer: bytes
+    cols: list[tuple[int, bytes | None]], keys: list[bool]
 ) -> None:
     """Any column types, values (NULL, invalid UTF-8, the key separator, long,
-    non-ASCII) and key columns: the wire path declines (None) or makes exactly
-    the reference's event; a message with bytes after its tuple is declined
-    (the decoder reports it)."""
+    non-ASCII) and key columns: the wire path declines (an empty run) or makes
+    exactly the reference's event."""
     relation = Relation(
         5,
         "public",
@@ -522,24 +558,10 @@ def test_inserts_from_the_wire_never_disagree(
         tuple(Column(f"c{i}", oid, -1, keys[i]) for i, (oid, _) in enumerate(cols)),
     )
     row = tuple(v for _, v in cols)
+    wire = from_wire(relation, [insert_message(relation, row)])
     try:
-        wire, slow = wire_and_reference(relation, row, trailer=trailer)
+        expected = reference(relation, [row])
     except Exception:
-        # The reference raises (a value it cannot convert): the wire path must decline.
-        buf = insert_message(relation, row) + trailer
-        assert EnvelopeBuilder(TypeRegistry()).insert_from_wire(BEGIN, relation, buf, 6, 7) is None
+        assert wire == []  # the reference raises (a value it cannot convert)
         return
-    if trailer:
-        assert wire is None
-    elif wire is not None:
-        assert wire == slow
-
-
-def test_inserts_from_the_wire_decline_unchanged_values_and_short_tuples() -> None:
-    t = table()
-    row = (b"42", UNCHANGED_TOAST, *ROW[2:12], b"[]")
-    assert wire_and_reference(t, row)[0] is None
-    short = insert_message(t, (*ROW[:12], b"[]"))[:-3]  # the last value cut
-    assert EnvelopeBuilder(TypeRegistry()).insert_from_wire(BEGIN, t, short, 6, 7) is None
-    other = insert_message(keyless(), (b"x", b"y"))  # more columns than the relation
-    assert EnvelopeBuilder(TypeRegistry()).insert_from_wire(BEGIN, keyless(), other, 6, 7) is None
+    assert wire in ([], expected)

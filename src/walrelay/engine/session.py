@@ -60,11 +60,6 @@ async def _put_all(blocked: Blocked) -> None:
         await dest.put(event)
 
 
-# Where an Insert message's new tuple starts in its frame: after the message
-# type, the relation OID and 'N'.
-_INSERT_TUPLE_AT = XLOGDATA_HEADER + 6
-
-
 def _at_lsn(error: DecodeError, frame: bytes) -> DecodeError:
     """The decoder is not told each message's LSN (it costs time per message):
     add it to the error here."""
@@ -141,10 +136,10 @@ class ReplicationSession:
         self._router.discard_counts()
         feed = assembler.feed
         route = self._route
-        # Inserts go from the message to the buffers in one step where they can
-        # (Router.route_insert); the rest is decoded, then routed.
+        # Runs of inserts go from their messages to the buffers in one step
+        # where they can (Router.route_inserts); the rest is decoded, then routed.
         insert_start = assembler.insert_start
-        route_insert = self._router.route_insert
+        route_inserts = self._router.route_inserts
         bf_watch = self._bf_watch  # backfill windows: their changes take _route
         tx_metadata = self._router.has_transaction_metadata
         stream = self.stream
@@ -155,7 +150,10 @@ class ReplicationSession:
                     return
                 self._flush_adds()  # the scheduler may finish events while we wait
                 frames = await stream.read_frames()
-                for frame in frames:
+                i, n = 0, len(frames)
+                while i < n:
+                    frame = frames[i]
+                    i += 1
                     kind = frame[0]
                     if kind == XLOGDATA:
                         if len(frame) > XLOGDATA_HEADER and frame[XLOGDATA_HEADER] == INSERT:
@@ -170,11 +168,12 @@ class ReplicationSession:
                                     and self._resume_commit_lsn is None
                                     and not bf_watch
                                 ):
-                                    blocked = route_insert(
-                                        begin, started[1], frame, _INSERT_TUPLE_AT, self._seq
+                                    routed, blocked = route_inserts(
+                                        begin, started[1], frames, i - 1, self._seq
                                     )
-                                    if blocked is not False:
-                                        self._seq += 1
+                                    if routed:
+                                        self._seq += routed
+                                        i += routed - 1
                                         if blocked is not None:
                                             self._flush_adds()
                                             await self._wait_for_room(blocked)

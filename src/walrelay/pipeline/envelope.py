@@ -107,7 +107,7 @@ from walrelay.model import (
     format_lsn,
 )
 from walrelay.source.types import Converter, NotUtf8, TypeRegistry
-from walrelay.speedups import encode_insert as _c_encode_insert
+from walrelay.speedups import encode_inserts as _c_encode_inserts
 from walrelay.speedups import encode_object as _c_encode_object
 
 __all__ = ["KEY_SEPARATOR", "EnvelopeBuilder", "encode_json"]
@@ -121,6 +121,10 @@ _NULL_JSON: Final = b"null"
 # the first ones: bytes %-formatting costs ~0.25 us per change on the hot path.
 _PADDED_SEQ_LIMIT: Final = 4096
 _PADDED_SEQS: Final = tuple(b"%010d" % i for i in range(_PADDED_SEQ_LIMIT))
+
+# At most this many inserts are built in one step (inserts_from_wire): the
+# events a full buffer receives beyond its bound before the reader waits.
+_RUN_LIMIT: Final = 256
 
 _FLOAT_OIDS: Final = frozenset({700, 701})
 _FLOAT_ARRAY_OIDS: Final = frozenset({1021, 1022})
@@ -398,7 +402,7 @@ class _Plan:
             op: b'","op":"' + op.encode() + b'","table":' + table_json + b',"key":'
             for op in ("insert", "update", "delete", "read")
         }
-        # What speedups.encode_insert needs to make an insert's event from the wire.
+        # What speedups.encode_inserts needs to make inserts' events from the wire.
         self.c_insert = (
             self.c_row.names,
             self.c_row.kinds,
@@ -411,6 +415,7 @@ class _Plan:
             self.key_prefix if self.key_idx else self.table,
             self.key_idx,
             len(cols),
+            relation.oid,
         )
 
 
@@ -616,38 +621,31 @@ class EnvelopeBuilder:
         )
         self._insert_tail = b',"old":null' + self._tail
 
-    def insert_from_wire(
-        self, begin: Begin, relation: Relation, buf: bytes, pos: int, seq: int
-    ) -> Event | None:
-        """The event of the Insert message in ``buf`` whose new tuple starts at
-        ``pos``, made without decoding it into a :class:`~walrelay.model.Change`:
-        what :meth:`build` makes of the decoded change, byte for byte
-        (tests/unit/test_speedups.py). None: decode it and build it (no C
-        speedups, a value or a malformed message the general path handles)."""
-        encode = _c_encode_insert
+    def inserts_from_wire(
+        self, begin: Begin, relation: Relation, frames: list[bytes], start: int, seq: int
+    ) -> list[Event]:
+        """The events of the run of XLogData frames from ``frames[start]`` that
+        are Inserts into ``relation`` (ids ``seq``, ``seq + 1``...), made without
+        decoding them into :class:`~walrelay.model.Change` objects: what
+        :meth:`build` makes of each decoded change, byte for byte
+        (tests/unit/test_speedups.py). The run ends at the first other frame,
+        or one the general path must decode (no C speedups, an unchanged TOAST
+        value, a value the C encoder leaves to Python, a malformed message):
+        empty when that is the first."""
+        encode = _c_encode_inserts
         if encode is None:
-            return None
+            return []
         if begin is not self._begin:
             self._start(begin)
         plan = self._plans.get(relation.oid)
         if plan is None or plan.relation is not relation or plan.version != self._types.version:
             plan = self._plan(relation)
-        built = encode(buf, pos, plan.c_insert, self._head, seq, self._insert_tail)
-        if built is None:
-            return None
-        body, key_json, key = built
-        return Event(
-            begin.commit_lsn,
-            seq,
-            "insert",
-            plan.table,
-            (key,),
-            body,
-            begin.xid,
-            begin.committed_at,
-            None,
-            key_json,
-        )
+        built = encode(frames, start, _RUN_LIMIT, plan.c_insert, self._head, seq, self._insert_tail)
+        commit_lsn, xid, at, table = begin.commit_lsn, begin.xid, begin.committed_at, plan.table
+        return [
+            Event(commit_lsn, seq + i, "insert", table, (key,), body, xid, at, None, key_json)
+            for i, (body, key_json, key) in enumerate(built)
+        ]
 
     def _insert_event_c(self, begin: Begin, change: Change, seq: int, plan: _Plan) -> Event | None:
         """An insert, the most common change, through the C encoder in one step:

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Final, Literal
+from typing import Final
 
 from walrelay.config import DestinationConfig, SourceConfig
 from walrelay.model import Begin, Change, Event, Lsn, Relation
@@ -91,8 +91,8 @@ class Router:
         # The envelope, built once per event (a bound method: no wrapper call
         # on the hot path).
         self.build: Callable[[Begin, Change, int], Event] = builder.build
-        self._build_insert = builder.insert_from_wire
-        # Per table OID: (the Relation, the destinations of route_insert).
+        self._build_inserts = builder.inserts_from_wire
+        # Per table OID: (the Relation, the destinations of route_inserts).
         self._plain_inserts: dict[int, tuple[Relation, list[Destination]]] = {}
         self.tracker = tracker
         # A table whose rows are never delivered (the heartbeat table).
@@ -408,40 +408,47 @@ class Router:
                 blocked.append((dest, out))
         return blocked
 
-    def route_insert(
-        self, begin: Begin, relation: Relation, buf: bytes, pos: int, seq: int
-    ) -> Blocked | Literal[False] | None:
-        """:meth:`dispatch` of a streamed Insert straight from its message (the
-        new tuple at ``buf[pos]``), when every destination of its table takes
-        the event as built (no transform, outbox router, output format or
-        transaction metadata): one call instead of decode, build and dispatch.
+    def route_inserts(
+        self, begin: Begin, relation: Relation, frames: list[bytes], start: int, seq: int
+    ) -> tuple[int, Blocked | None]:
+        """:meth:`dispatch` of the run of streamed Inserts into ``relation`` from
+        ``frames[start]`` straight from their messages, when every destination
+        of the table takes the event as built (no transform, outbox router,
+        output format or transaction metadata): one call for the run instead
+        of decode, build and dispatch per change.
 
-        False: not that case (or a value the C encoder leaves to Python):
-        decode the message and route the change as usual.
+        Returns how many frames it routed (0: decode ``frames[start]`` and
+        route it as usual) and, as :meth:`dispatch`, what did not fit: once a
+        destination's event did not fit, its later events of the run wait
+        behind it, in id order.
         """
         cached = self._plain_inserts.get(relation.oid)
         if cached is None or cached[0] is not relation:
             cached = self._plain_inserts[relation.oid] = (relation, self._plain_routes(relation))
         dests = cached[1]
         if not dests:
-            return False
-        event = self._build_insert(begin, relation, buf, pos, seq)
-        if event is None:
-            return False
-        self.events_in += 1
+            return 0, None
+        events = self._build_inserts(begin, relation, frames, start, seq)
+        n = len(events)
+        if not n:
+            return 0, None
+        self.events_in += n
         counts = self._counts
         blocked: Blocked | None = None
         for dest in dests:
-            counts[dest.name] = counts.get(dest.name, 0) + 1
-            if not dest.try_put(event):
-                if blocked is None:
-                    blocked = []
-                blocked.append((dest, event))
-        return blocked
+            counts[dest.name] = counts.get(dest.name, 0) + n
+            try_put = dest.try_put
+            for i, event in enumerate(events):
+                if not try_put(event):
+                    if blocked is None:
+                        blocked = []
+                    blocked.extend((dest, e) for e in events[i:])
+                    break
+        return n, blocked
 
     def _plain_routes(self, relation: Relation) -> list[Destination]:
         """The destinations of ``relation``'s inserts if they all take the event
-        as built; else none (:meth:`route_insert`)."""
+        as built; else none (:meth:`route_inserts`)."""
         dests = self._stream_routes.get((relation.oid, "insert"))
         if dests is None:
             dests = self._stream_routes[relation.oid, "insert"] = self.routes_for(

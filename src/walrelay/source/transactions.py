@@ -306,8 +306,8 @@ class TransactionAssembler:
         return self._control(msg, wal_start)
 
     def insert_start(self, payload: bytes, offset: int) -> tuple[Begin | None, Relation] | None:
-        """For a caller that turns an Insert into its event straight from the
-        message (``EnvelopeBuilder.insert_from_wire``), what :meth:`feed` would
+        """For a caller that turns Inserts into events straight from their
+        messages (``EnvelopeBuilder.inserts_from_wire``), what :meth:`feed` would
         have returned before the change: the held-back Begin (None: returned
         already) and the Insert's relation -- only for an Insert of the open
         (not streamed) transaction into a known relation, else None (then
