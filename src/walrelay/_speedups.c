@@ -1,5 +1,5 @@
 /*
- * walrelay._speedups: the two innermost loops of the hot path, in C.
+ * walrelay._speedups: the innermost loops of the hot path, in C.
  *
  * The pure-Python code stays the reference: every function here returns None
  * for anything outside its narrow fast case, and the caller then takes the
@@ -15,6 +15,11 @@
  *     The JSON object {name: value, ...} for row[indexes[i]] (or row[i]),
  *     each raw text value written according to its kind byte (see below),
  *     exactly as orjson writes the value psycopg's loader returns for it.
+ *
+ * encode_inserts(frames, start, limit, spec, head, seq, tail) -> [(body, key_json, key)]
+ *     decode_tuple, encode_object for the key and the row, and the scheduling
+ *     key of each Insert frame of a run, in one call: envelopes straight from
+ *     the wire.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -305,11 +310,10 @@ static int write_json(Out *o, const char *s, Py_ssize_t n) {
 #define K_JSON 'j'
 #define K_CALL 'c' /* encoders[i](raw) -> bytes: the JSON text of the value */
 
-static int write_value(Out *o, char kind, PyObject *raw, PyObject *encoder) {
-    if (raw == Py_None) return out_put(o, "null", 4);
-    if (!PyBytes_CheckExact(raw)) return 1; /* the UNCHANGED marker, or a bug */
-    const char *s = PyBytes_AS_STRING(raw);
-    Py_ssize_t n = PyBytes_GET_SIZE(raw);
+/* One non-NULL raw text value s[0:n] as JSON; 0 done, 1 the slow path must do
+ * it, -1 a Python error is set. */
+static int write_raw(Out *o, char kind, const char *s, Py_ssize_t n, PyObject *raw,
+                     PyObject *encoder) {
     switch (kind) {
         case K_INTEGER: return write_integer(o, s, n);
         case K_NUMERIC: return write_numeric(o, s, n);
@@ -321,7 +325,11 @@ static int write_value(Out *o, char kind, PyObject *raw, PyObject *encoder) {
         case K_TIMESTAMPTZ: return write_timestamp(o, s, n, 1);
         case K_JSON: return write_json(o, s, n);
         case K_CALL: {
-            PyObject *r = PyObject_CallOneArg(encoder, raw);
+            /* raw: the value as a bytes object when the caller has one */
+            PyObject *arg = raw != NULL ? Py_NewRef(raw) : PyBytes_FromStringAndSize(s, n);
+            if (arg == NULL) return -1;
+            PyObject *r = PyObject_CallOneArg(encoder, arg);
+            Py_DECREF(arg);
             if (r == NULL) {
                 /* The slow path redoes the row and raises the right error. */
                 if (!PyErr_ExceptionMatches(PyExc_Exception)) return -1;
@@ -336,7 +344,43 @@ static int write_value(Out *o, char kind, PyObject *raw, PyObject *encoder) {
     }
 }
 
+static int write_value(Out *o, char kind, PyObject *raw, PyObject *encoder) {
+    if (raw == Py_None) return out_put(o, "null", 4);
+    if (!PyBytes_CheckExact(raw)) return 1; /* the UNCHANGED marker, or a bug */
+    return write_raw(o, kind, PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), raw, encoder);
+}
+
 /* ------------------------------------------------------------ encode_object */
+
+/* The JSON object of row[indexes[i]] (or row[i]) into o: 0 done, 1 the slow
+ * path must do it, -1 a Python error is set. The caller checked the types. */
+static int encode_into(Out *o, PyObject *names, PyObject *kinds, PyObject *encoders,
+                       PyObject *row, PyObject *indexes) {
+    Py_ssize_t m = PyTuple_GET_SIZE(names);
+    Py_ssize_t nrow = PyTuple_GET_SIZE(row);
+    if (PyBytes_GET_SIZE(kinds) != m || PyTuple_GET_SIZE(encoders) != m ||
+        (indexes != Py_None && PyTuple_GET_SIZE(indexes) != m) ||
+        (indexes == Py_None && nrow != m))
+        return 1;
+    const char *kind = PyBytes_AS_STRING(kinds);
+    int rc = out_ch(o, '{');
+    for (Py_ssize_t i = 0; i < m && rc == 0; i++) {
+        Py_ssize_t at = i;
+        if (indexes != Py_None) {
+            at = PyLong_AsSsize_t(PyTuple_GET_ITEM(indexes, i));
+            if (at == -1 && PyErr_Occurred()) return -1;
+            if (at < 0 || at >= nrow) return 1;
+        }
+        PyObject *name = PyTuple_GET_ITEM(names, i);
+        if (!PyBytes_CheckExact(name)) return 1;
+        if (i > 0) rc = out_ch(o, ',');
+        if (rc == 0) rc = out_put(o, PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name));
+        if (rc == 0)
+            rc = write_value(o, kind[i], PyTuple_GET_ITEM(row, at), PyTuple_GET_ITEM(encoders, i));
+    }
+    if (rc == 0) rc = out_ch(o, '}');
+    return rc;
+}
 
 static PyObject *encode_object(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 5) {
@@ -353,41 +397,9 @@ static PyObject *encode_object(PyObject *self, PyObject *const *args, Py_ssize_t
                         "indexes: tuple | None)");
         return NULL;
     }
-    Py_ssize_t m = PyTuple_GET_SIZE(names);
-    Py_ssize_t nrow = PyTuple_GET_SIZE(row);
-    if (PyBytes_GET_SIZE(kinds) != m || PyTuple_GET_SIZE(encoders) != m ||
-        (indexes != Py_None && PyTuple_GET_SIZE(indexes) != m) ||
-        (indexes == Py_None && nrow != m))
-        Py_RETURN_NONE;
-    const char *kind = PyBytes_AS_STRING(kinds);
     Out o;
     out_init(&o);
-    int rc = out_ch(&o, '{');
-    for (Py_ssize_t i = 0; i < m && rc == 0; i++) {
-        Py_ssize_t at = i;
-        if (indexes != Py_None) {
-            at = PyLong_AsSsize_t(PyTuple_GET_ITEM(indexes, i));
-            if (at == -1 && PyErr_Occurred()) {
-                rc = -1;
-                break;
-            }
-            if (at < 0 || at >= nrow) {
-                rc = 1;
-                break;
-            }
-        }
-        PyObject *name = PyTuple_GET_ITEM(names, i);
-        if (!PyBytes_CheckExact(name)) {
-            rc = 1;
-            break;
-        }
-        if (i > 0) rc = out_ch(&o, ',');
-        if (rc == 0) rc = out_put(&o, PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name));
-        if (rc == 0)
-            rc = write_value(&o, kind[i], PyTuple_GET_ITEM(row, at),
-                             PyTuple_GET_ITEM(encoders, i));
-    }
-    if (rc == 0) rc = out_ch(&o, '}');
+    int rc = encode_into(&o, names, kinds, encoders, row, indexes);
     PyObject *result = NULL;
     if (rc == 0) {
         result = PyBytes_FromStringAndSize(o.data, o.len);
@@ -404,20 +416,15 @@ static uint32_t be32(const unsigned char *p) {
     return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
 }
 
-static PyObject *decode_tuple(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3 || !PyBytes_CheckExact(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "decode_tuple(buf: bytes, pos: int, ncols: int)");
-        return NULL;
-    }
-    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(args[0]);
-    Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
-    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
-    if (pos == -1 && PyErr_Occurred()) return NULL;
-    Py_ssize_t ncols = PyLong_AsSsize_t(args[2]);
-    if (ncols == -1 && PyErr_Occurred()) return NULL;
-    if (pos < 0 || pos + 2 > size) Py_RETURN_NONE;
+/* TupleData of ncols columns at buf[*pos]: a new tuple of values, *pos moved
+ * past it; NULL with no error set when malformed (the slow path says what is
+ * wrong), NULL with an error set on a Python error. */
+static PyObject *parse_tuple(const unsigned char *buf, Py_ssize_t size, Py_ssize_t *at,
+                             Py_ssize_t ncols) {
+    Py_ssize_t pos = *at;
+    if (pos < 0 || pos + 2 > size) return NULL;
     Py_ssize_t n = ((Py_ssize_t)buf[pos] << 8) | buf[pos + 1];
-    if (n != ncols) Py_RETURN_NONE;
+    if (n != ncols) return NULL;
     pos += 2;
     PyObject *values = PyTuple_New(n);
     if (values == NULL) return NULL;
@@ -446,6 +453,29 @@ static PyObject *decode_tuple(PyObject *self, PyObject *const *args, Py_ssize_t 
         }
         PyTuple_SET_ITEM(values, i, v);
     }
+    *at = pos;
+    return values;
+fallback:
+    Py_DECREF(values);
+    return NULL;
+}
+
+static PyObject *decode_tuple(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "decode_tuple(buf: bytes, pos: int, ncols: int)");
+        return NULL;
+    }
+    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
+    if (pos == -1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t ncols = PyLong_AsSsize_t(args[2]);
+    if (ncols == -1 && PyErr_Occurred()) return NULL;
+    PyObject *values = parse_tuple(buf, size, &pos, ncols);
+    if (values == NULL) {
+        if (PyErr_Occurred()) return NULL;
+        Py_RETURN_NONE;
+    }
     PyObject *next = PyLong_FromSsize_t(pos);
     if (next == NULL) {
         Py_DECREF(values);
@@ -455,9 +485,285 @@ static PyObject *decode_tuple(PyObject *self, PyObject *const *args, Py_ssize_t 
     Py_DECREF(values);
     Py_DECREF(next);
     return result;
-fallback:
-    Py_DECREF(values);
-    Py_RETURN_NONE;
+}
+
+/* ----------------------------------------------------------- encode_inserts */
+
+/* One column of a tuple read in place: its text at s[0:n]; n < 0 for NULL. */
+typedef struct {
+    const char *s;
+    Py_ssize_t n;
+} Cell;
+
+/* TupleData of ncols 't'/'n' columns at buf[pos] ending the message into
+ * cells: 0, or 1 for anything else (unchanged TOAST, binary, malformed:
+ * the general path). */
+static int read_cells(const unsigned char *buf, Py_ssize_t size, Py_ssize_t pos,
+                      Py_ssize_t ncols, Cell *cells) {
+    if (pos < 0 || pos + 2 > size) return 1;
+    Py_ssize_t n = ((Py_ssize_t)buf[pos] << 8) | buf[pos + 1];
+    if (n != ncols) return 1;
+    pos += 2;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (pos >= size) return 1;
+        unsigned char kind = buf[pos];
+        if (kind == 't') {
+            if (pos + 5 > size) return 1;
+            Py_ssize_t len = (Py_ssize_t)be32(buf + pos + 1);
+            if (len > size - pos - 5) return 1;
+            cells[i].s = (const char *)buf + pos + 5;
+            cells[i].n = len;
+            pos += 5 + len;
+        } else if (kind == 'n') {
+            cells[i].s = NULL;
+            cells[i].n = -1;
+            pos += 1;
+        } else {
+            return 1;
+        }
+    }
+    return pos == size ? 0 : 1; /* trailing bytes: the decoder reports them */
+}
+
+/* encode_object over cells (indexes: None, or which cell each name takes). */
+static int encode_cells(Out *o, PyObject *names, PyObject *kinds, PyObject *encoders,
+                        const Cell *cells, Py_ssize_t ncells, PyObject *indexes) {
+    Py_ssize_t m = PyTuple_GET_SIZE(names);
+    if (PyBytes_GET_SIZE(kinds) != m || PyTuple_GET_SIZE(encoders) != m ||
+        (indexes != Py_None && PyTuple_GET_SIZE(indexes) != m) ||
+        (indexes == Py_None && ncells != m))
+        return 1;
+    const char *kind = PyBytes_AS_STRING(kinds);
+    int rc = out_ch(o, '{');
+    for (Py_ssize_t i = 0; i < m && rc == 0; i++) {
+        Py_ssize_t at = i;
+        if (indexes != Py_None) {
+            at = PyLong_AsSsize_t(PyTuple_GET_ITEM(indexes, i));
+            if (at == -1 && PyErr_Occurred()) return -1;
+            if (at < 0 || at >= ncells) return 1;
+        }
+        PyObject *name = PyTuple_GET_ITEM(names, i);
+        if (!PyBytes_CheckExact(name)) return 1;
+        if (i > 0) rc = out_ch(o, ',');
+        if (rc == 0) rc = out_put(o, PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name));
+        if (rc != 0) break;
+        const Cell *c = &cells[at];
+        if (c->n < 0)
+            rc = out_put(o, "null", 4);
+        else
+            rc = write_raw(o, kind[i], c->s, c->n, NULL, PyTuple_GET_ITEM(encoders, i));
+    }
+    if (rc == 0) rc = out_ch(o, '}');
+    return rc;
+}
+
+/* The scheduling key of a row (walrelay.pipeline.envelope._group_key):
+ * prefix, then each key column's text joined by 0x1f (NULL: 0x00, a 0x1f
+ * inside a value: 0x00 'E'), read as UTF-8 with surrogateescape. No key
+ * columns: the prefix alone (the table). NULL with no error: decline. */
+static PyObject *group_key(PyObject *prefix, PyObject *indexes, const Cell *cells,
+                           Py_ssize_t ncells) {
+    Py_ssize_t m = PyTuple_GET_SIZE(indexes);
+    if (m == 0) return Py_NewRef(prefix);
+    Out k;
+    out_init(&k);
+    PyObject *result = NULL;
+    for (Py_ssize_t i = 0; i < m; i++) {
+        Py_ssize_t at = PyLong_AsSsize_t(PyTuple_GET_ITEM(indexes, i));
+        if (at == -1 && PyErr_Occurred()) goto done;
+        if (at < 0 || at >= ncells) goto done;
+        if (i > 0 && out_ch(&k, '\x1f') < 0) goto done;
+        const Cell *c = &cells[at];
+        if (c->n < 0) {
+            if (out_ch(&k, '\0') < 0) goto done;
+            continue;
+        }
+        const char *sep = memchr(c->s, '\x1f', (size_t)c->n);
+        if (sep == NULL) {
+            if (out_put(&k, c->s, c->n) < 0) goto done;
+            continue;
+        }
+        for (Py_ssize_t j = 0; j < c->n; j++) {
+            int rc = c->s[j] == '\x1f' ? out_put(&k, "\0E", 2) : out_ch(&k, c->s[j]);
+            if (rc < 0) goto done;
+        }
+    }
+    PyObject *text = PyUnicode_DecodeUTF8(k.data, k.len, "surrogateescape");
+    if (text != NULL) {
+        result = PyUnicode_Concat(prefix, text);
+        Py_DECREF(text);
+    }
+done:
+    out_free(&k);
+    return result;
+}
+
+static int put_bytes(Out *o, PyObject *b) {
+    return out_put(o, PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b));
+}
+
+/* A relation's spec (see encode_inserts), its parts borrowed. */
+typedef struct {
+    PyObject *row_names, *row_kinds, *row_enc, *key_names, *key_kinds, *key_enc, *key_idx, *op,
+        *gprefix, *gidx;
+    Py_ssize_t ncols;
+    uint32_t oid;
+} Spec;
+
+static int read_spec(PyObject *spec, Spec *sp) {
+    if (!PyTuple_CheckExact(spec) || PyTuple_GET_SIZE(spec) != 12) goto bad;
+    PyObject *const *it = &PyTuple_GET_ITEM(spec, 0);
+    sp->row_names = it[0];
+    sp->row_kinds = it[1];
+    sp->row_enc = it[2];
+    sp->key_names = it[3];
+    sp->key_kinds = it[4];
+    sp->key_enc = it[5];
+    sp->key_idx = it[6];
+    sp->op = it[7];
+    sp->gprefix = it[8];
+    sp->gidx = it[9];
+    if (!PyTuple_CheckExact(sp->row_names) || !PyBytes_CheckExact(sp->row_kinds) ||
+        !PyTuple_CheckExact(sp->row_enc) ||
+        (sp->key_names != Py_None &&
+         (!PyTuple_CheckExact(sp->key_names) || !PyBytes_CheckExact(sp->key_kinds) ||
+          !PyTuple_CheckExact(sp->key_enc) || !PyTuple_CheckExact(sp->key_idx))) ||
+        !PyBytes_CheckExact(sp->op) || !PyUnicode_CheckExact(sp->gprefix) ||
+        !PyTuple_CheckExact(sp->gidx))
+        goto bad;
+    sp->ncols = PyLong_AsSsize_t(it[10]);
+    if (sp->ncols == -1 && PyErr_Occurred()) return -1;
+    unsigned long oid = PyLong_AsUnsignedLong(it[11]);
+    if (oid == (unsigned long)-1 && PyErr_Occurred()) return -1;
+    if (sp->ncols < 0 || oid > 0xFFFFFFFFUL) goto bad;
+    sp->oid = (uint32_t)oid;
+    return 0;
+bad:
+    PyErr_SetString(PyExc_TypeError, "encode_inserts: malformed spec");
+    return -1;
+}
+
+/* One Insert's tuple at buf[pos] -> a new (body, key_json, group_key) tuple;
+ * NULL with no error set: decline. cells has room for sp->ncols. */
+static PyObject *encode_one(const Spec *sp, const unsigned char *buf, Py_ssize_t size,
+                            Py_ssize_t pos, Cell *cells, PyObject *head, long long seq,
+                            PyObject *tail) {
+    PyObject *result = NULL, *key_json = NULL, *body = NULL, *gkey = NULL;
+    Py_ssize_t ncols = sp->ncols;
+    Out o, k;
+    out_init(&o);
+    out_init(&k);
+    int rc = read_cells(buf, size, pos, ncols, cells);
+    if (rc == 0) {
+        if (sp->key_names == Py_None)
+            rc = out_put(&k, "null", 4);
+        else
+            rc = encode_cells(&k, sp->key_names, sp->key_kinds, sp->key_enc, cells, ncols,
+                              sp->key_idx);
+    }
+    if (rc == 0) {
+        char digits[16];
+        snprintf(digits, sizeof(digits), "%010lld", seq);
+        rc = put_bytes(&o, head);
+        if (rc == 0) rc = out_put(&o, digits, 10);
+        if (rc == 0) rc = put_bytes(&o, sp->op);
+        if (rc == 0) rc = out_put(&o, k.data, k.len);
+        if (rc == 0) rc = out_put(&o, ",\"record\":", 10);
+        if (rc == 0)
+            rc = encode_cells(&o, sp->row_names, sp->row_kinds, sp->row_enc, cells, ncols,
+                              Py_None);
+        if (rc == 0) rc = put_bytes(&o, tail);
+    }
+    if (rc == 0) {
+        gkey = group_key(sp->gprefix, sp->gidx, cells, ncols);
+        if (gkey == NULL) rc = PyErr_Occurred() ? -1 : 1;
+    }
+    if (rc == 0) {
+        key_json = PyBytes_FromStringAndSize(k.data, k.len);
+        body = key_json == NULL ? NULL : PyBytes_FromStringAndSize(o.data, o.len);
+        if (body != NULL) result = PyTuple_Pack(3, body, key_json, gkey);
+    }
+    Py_XDECREF(body);
+    Py_XDECREF(key_json);
+    Py_XDECREF(gkey);
+    out_free(&o);
+    out_free(&k);
+    return result;
+}
+
+#define CELLS_ON_STACK 64
+#define XLOGDATA_HEADER 25
+
+/* encode_inserts(frames, start, limit, spec, head, seq, tail) -> list
+ *
+ * The run of XLogData frames from frames[start] (at most limit) that are
+ * Inserts into spec's relation, each straight to (body, key_json, group_key)
+ * with the values read in place: body is head, the seq (seq, seq + 1, ...) as
+ * 10 digits, spec's op bytes, the key's JSON, ',"record":', the row's JSON
+ * and tail -- what EnvelopeBuilder makes of the decoded change. The run ends
+ * at the first other frame or one the general path must decode (unchanged
+ * TOAST, a value written differently, a malformed message). spec (per
+ * relation, walrelay.pipeline.envelope._Plan.c_insert): (row names, row kinds,
+ * row encoders, key names | None, key kinds, key encoders, key indexes, op
+ * bytes, group key prefix, group key indexes, ncols, relation OID).
+ */
+static PyObject *encode_inserts(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7 || !PyList_CheckExact(args[0]) || !PyBytes_CheckExact(args[4]) ||
+        !PyBytes_CheckExact(args[6])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "encode_inserts(frames: list, start: int, limit: int, spec: tuple, "
+                        "head: bytes, seq: int, tail: bytes)");
+        return NULL;
+    }
+    Spec sp;
+    if (read_spec(args[3], &sp) < 0) return NULL;
+    PyObject *frames = args[0];
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]);
+    if (start == -1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t limit = PyLong_AsSsize_t(args[2]);
+    if (limit == -1 && PyErr_Occurred()) return NULL;
+    long long seq = PyLong_AsLongLong(args[5]);
+    if (seq == -1 && PyErr_Occurred()) return NULL;
+    PyObject *out = PyList_New(0);
+    if (out == NULL) return NULL;
+    Cell stack_cells[CELLS_ON_STACK];
+    Cell *cells = stack_cells;
+    if (sp.ncols > CELLS_ON_STACK) {
+        cells = PyMem_Malloc(sizeof(Cell) * (size_t)sp.ncols);
+        if (cells == NULL) {
+            Py_DECREF(out);
+            return PyErr_NoMemory();
+        }
+    }
+    Py_ssize_t end = PyList_GET_SIZE(frames);
+    if (start < 0) start = end;
+    if (limit < end - start) end = start + (limit > 0 ? limit : 0);
+    for (Py_ssize_t i = start; i < end; i++, seq++) {
+        PyObject *frame = PyList_GET_ITEM(frames, i);
+        if (!PyBytes_CheckExact(frame) || seq < 0 || seq > 9999999999LL) break;
+        const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(frame);
+        Py_ssize_t size = PyBytes_GET_SIZE(frame);
+        const unsigned char *msg = buf + XLOGDATA_HEADER;
+        if (size < XLOGDATA_HEADER + 6 || buf[0] != 'w' || msg[0] != 'I' ||
+            be32(msg + 1) != sp.oid || msg[5] != 'N')
+            break;
+        PyObject *one = encode_one(&sp, buf, size, XLOGDATA_HEADER + 6, cells, args[4], seq,
+                                   args[6]);
+        if (one == NULL) {
+            if (PyErr_Occurred()) {
+                Py_CLEAR(out);
+            }
+            break;
+        }
+        int rc = PyList_Append(out, one);
+        Py_DECREF(one);
+        if (rc < 0) {
+            Py_CLEAR(out);
+            break;
+        }
+    }
+    if (cells != stack_cells) PyMem_Free(cells);
+    return out;
 }
 
 /* --------------------------------------------------------------- configure */
@@ -472,6 +778,8 @@ static PyMethodDef methods[] = {
      "JSON object of a row's raw text values, or None for the slow path."},
     {"decode_tuple", (PyCFunction)(void (*)(void))decode_tuple, METH_FASTCALL,
      "pgoutput TupleData -> (values, next position), or None for the slow path."},
+    {"encode_inserts", (PyCFunction)(void (*)(void))encode_inserts, METH_FASTCALL,
+     "A run of Insert frames -> [(envelope, key JSON, group key), ...]."},
     {"configure", configure, METH_O, "Set the marker object for unchanged TOAST values."},
     {NULL, NULL, 0, NULL},
 };

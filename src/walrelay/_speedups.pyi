@@ -9,3 +9,12 @@ def encode_object(
     row: tuple[object, ...],
     indexes: tuple[int, ...] | None,
 ) -> bytes | None: ...
+def encode_inserts(
+    frames: list[bytes],
+    start: int,
+    limit: int,
+    spec: tuple[object, ...],
+    head: bytes,
+    seq: int,
+    tail: bytes,
+) -> list[tuple[bytes, bytes, str]]: ...

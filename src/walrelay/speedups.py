@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from walrelay.model import UNCHANGED_TOAST
 
-__all__ = ["ENABLED", "decode_tuple", "encode_object"]
+__all__ = ["ENABLED", "decode_tuple", "encode_inserts", "encode_object"]
 
 DecodeTuple = Callable[[bytes, int, int], "tuple[tuple[object, ...], int] | None"]
 EncodeObject = Callable[
@@ -29,8 +29,14 @@ EncodeObject = Callable[
     "bytes | None",
 ]
 
+EncodeInserts = Callable[
+    [list[bytes], int, int, tuple[object, ...], bytes, int, bytes],
+    "list[tuple[bytes, bytes, str]]",
+]
+
 decode_tuple: DecodeTuple | None
 encode_object: EncodeObject | None
+encode_inserts: EncodeInserts | None
 try:
     if os.environ.get("WALRELAY_NO_SPEEDUPS", "") not in ("", "0"):
         raise ImportError("turned off by WALRELAY_NO_SPEEDUPS")
@@ -39,10 +45,12 @@ try:
     # public API sits above every layer.
     _speedups = importlib.import_module("walrelay._speedups")
 except ImportError:  # built without a C compiler, or turned off
-    decode_tuple = encode_object = None
+    decode_tuple = encode_object = encode_inserts = None
 else:
     _speedups.configure(UNCHANGED_TOAST)
     decode_tuple = _speedups.decode_tuple
     encode_object = _speedups.encode_object
+    # Older builds (a stale extension in a source tree) lack it: the general path then.
+    encode_inserts = getattr(_speedups, "encode_inserts", None)
 
 ENABLED = encode_object is not None

@@ -41,6 +41,13 @@ WORKLOAD = [
     "delete from full_rows where k = 2",
     "delete from typed where id = 3",
     "truncate full_rows",
+    # a transaction of many inserts (after the first, straight from the wire:
+    # Router.route_inserts), a key with the separator and non-ASCII text
+    """insert into typed (id, t, big)
+        select 100 + g, 'row ' || g || chr(31), repeat('é', g) from generate_series(1, 40) g""",
+    # inserts before and after another change in one transaction
+    """begin; insert into full_rows values (10, 'x'); update typed set t = 'again' where id = 1;
+        insert into typed (id, n) values (200, 1e-7); commit""",
 ]
 
 
@@ -80,7 +87,7 @@ def test_c_and_pure_python_write_identical_events(db: str, tmp_path: Path) -> No
             what="both slots streaming",
         )
         execute(db, *WORKLOAD)
-        expected = 10  # one per row changed, one for the truncate
+        expected = 53  # one per row changed, one for the truncate
         wait_for_sync(
             lambda: count_lines(fast_out) >= expected and count_lines(slow_out) >= expected,
             what=f"{expected} events in both files",

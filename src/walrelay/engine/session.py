@@ -26,6 +26,7 @@ from walrelay.pipeline.router import Blocked, Router
 from walrelay.pipeline.stats import EngineStats
 from walrelay.source.backfill import WATERMARK_PREFIX
 from walrelay.source.heartbeat import Heartbeat
+from walrelay.source.pgoutput import INSERT
 from walrelay.source.stream import (
     KEEPALIVE,
     XLOGDATA,
@@ -135,6 +136,11 @@ class ReplicationSession:
         self._router.discard_counts()
         feed = assembler.feed
         route = self._route
+        # Runs of inserts go from their messages to the buffers in one step
+        # where they can (Router.route_inserts); the rest is decoded, then routed.
+        insert_start = assembler.insert_start
+        route_inserts = self._router.route_inserts
+        bf_watch = self._bf_watch  # backfill windows: their changes take _route
         tx_metadata = self._router.has_transaction_metadata
         stream = self.stream
         stop = self._stop
@@ -144,9 +150,34 @@ class ReplicationSession:
                     return
                 self._flush_adds()  # the scheduler may finish events while we wait
                 frames = await stream.read_frames()
-                for frame in frames:
+                i, n = 0, len(frames)
+                while i < n:
+                    frame = frames[i]
+                    i += 1
                     kind = frame[0]
                     if kind == XLOGDATA:
+                        if len(frame) > XLOGDATA_HEADER and frame[XLOGDATA_HEADER] == INSERT:
+                            started = insert_start(frame, XLOGDATA_HEADER)
+                            if started is not None:
+                                if started[0] is not None:
+                                    self._on_begin(started[0])
+                                begin = self._begin
+                                if (
+                                    begin is not None
+                                    and not self._skip_tx
+                                    and self._resume_commit_lsn is None
+                                    and not bf_watch
+                                ):
+                                    routed, blocked = route_inserts(
+                                        begin, started[1], frames, i - 1, self._seq
+                                    )
+                                    if routed:
+                                        self._seq += routed
+                                        i += routed - 1
+                                        if blocked is not None:
+                                            self._flush_adds()
+                                            await self._wait_for_room(blocked)
+                                        continue
                         try:
                             items = feed(frame, 0, offset=XLOGDATA_HEADER)
                         except DecodeError as e:

@@ -107,6 +107,7 @@ from walrelay.model import (
     format_lsn,
 )
 from walrelay.source.types import Converter, NotUtf8, TypeRegistry
+from walrelay.speedups import encode_inserts as _c_encode_inserts
 from walrelay.speedups import encode_object as _c_encode_object
 
 __all__ = ["KEY_SEPARATOR", "EnvelopeBuilder", "encode_json"]
@@ -120,6 +121,10 @@ _NULL_JSON: Final = b"null"
 # the first ones: bytes %-formatting costs ~0.25 us per change on the hot path.
 _PADDED_SEQ_LIMIT: Final = 4096
 _PADDED_SEQS: Final = tuple(b"%010d" % i for i in range(_PADDED_SEQ_LIMIT))
+
+# At most this many inserts are built in one step (inserts_from_wire): the
+# events a full buffer receives beyond its bound before the reader waits.
+_RUN_LIMIT: Final = 256
 
 _FLOAT_OIDS: Final = frozenset({700, 701})
 _FLOAT_ARRAY_OIDS: Final = frozenset({1021, 1022})
@@ -323,6 +328,7 @@ class _CColumns:
 
 class _Plan:
     __slots__ = (
+        "c_insert",
         "c_key",
         "c_ops",
         "c_ri",
@@ -396,6 +402,21 @@ class _Plan:
             op: b'","op":"' + op.encode() + b'","table":' + table_json + b',"key":'
             for op in ("insert", "update", "delete", "read")
         }
+        # What speedups.encode_inserts needs to make inserts' events from the wire.
+        self.c_insert = (
+            self.c_row.names,
+            self.c_row.kinds,
+            self.c_row.encoders,
+            self.c_key.names if self.key_names else None,
+            self.c_key.kinds,
+            self.c_key.encoders,
+            self.key_idx,
+            self.c_ops["insert"],
+            self.key_prefix if self.key_idx else self.table,
+            self.key_idx,
+            len(cols),
+            relation.oid,
+        )
 
 
 def _convert_slow(
@@ -599,6 +620,32 @@ class EnvelopeBuilder:
             orjson.dumps(at),
         )
         self._insert_tail = b',"old":null' + self._tail
+
+    def inserts_from_wire(
+        self, begin: Begin, relation: Relation, frames: list[bytes], start: int, seq: int
+    ) -> list[Event]:
+        """The events of the run of XLogData frames from ``frames[start]`` that
+        are Inserts into ``relation`` (ids ``seq``, ``seq + 1``...), made without
+        decoding them into :class:`~walrelay.model.Change` objects: what
+        :meth:`build` makes of each decoded change, byte for byte
+        (tests/unit/test_speedups.py). The run ends at the first other frame,
+        or one the general path must decode (no C speedups, an unchanged TOAST
+        value, a value the C encoder leaves to Python, a malformed message):
+        empty when that is the first."""
+        encode = _c_encode_inserts
+        if encode is None:
+            return []
+        if begin is not self._begin:
+            self._start(begin)
+        plan = self._plans.get(relation.oid)
+        if plan is None or plan.relation is not relation or plan.version != self._types.version:
+            plan = self._plan(relation)
+        built = encode(frames, start, _RUN_LIMIT, plan.c_insert, self._head, seq, self._insert_tail)
+        commit_lsn, xid, at, table = begin.commit_lsn, begin.xid, begin.committed_at, plan.table
+        return [
+            Event(commit_lsn, seq + i, "insert", table, (key,), body, xid, at, None, key_json)
+            for i, (body, key_json, key) in enumerate(built)
+        ]
 
     def _insert_event_c(self, begin: Begin, change: Change, seq: int, plan: _Plan) -> Event | None:
         """An insert, the most common change, through the C encoder in one step:

@@ -54,6 +54,7 @@ from walrelay.source.pgoutput import (
     _COMMIT,
     BEGIN,
     COMMIT,
+    INSERT,
     ORIGIN,
     STREAM_STOP,
     XID_CARRYING,
@@ -166,6 +167,7 @@ def _subxid(payload: bytes, default: int) -> int:
     return default
 
 
+_NEW_TUPLE: Final = 0x4E  # 'N': an Insert's new tuple follows
 _BEGIN_LEN = 1 + _BEGIN.size
 _COMMIT_LEN = 1 + _COMMIT.size
 
@@ -302,6 +304,32 @@ class TransactionAssembler:
                 return [begin, msg]
             return [msg]
         return self._control(msg, wal_start)
+
+    def insert_start(self, payload: bytes, offset: int) -> tuple[Begin | None, Relation] | None:
+        """For a caller that turns Inserts into events straight from their
+        messages (``EnvelopeBuilder.inserts_from_wire``), what :meth:`feed` would
+        have returned before the change: the held-back Begin (None: returned
+        already) and the Insert's relation -- only for an Insert of the open
+        (not streamed) transaction into a known relation, else None (then
+        :meth:`feed` it). The Begin counts as returned: if the caller falls back
+        to :meth:`feed` after all, feed returns the change alone."""
+        begin = self._begin
+        if (
+            begin is None
+            or self._stream is not None
+            or self._replaying
+            or payload[offset] != INSERT
+            or len(payload) - offset < 8
+            or payload[offset + 5] != _NEW_TUPLE
+        ):
+            return None
+        relation = self._decoder.relations.get(_U32.unpack_from(payload, offset + 1)[0])
+        if relation is None:
+            return None
+        if self._pending_begin:
+            self._pending_begin = False
+            return begin, relation
+        return None, relation
 
     def _control(self, msg: object, wal_start: Lsn) -> Iterable[Item]:
         where = _Where(wal_start)  # formatted only if an error message needs it
