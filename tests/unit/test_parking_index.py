@@ -389,3 +389,26 @@ def test_draining_heads_in_any_order_keeps_key_and_barrier_order(seed: int) -> N
     for b in (r for r in rows if not r.keys):
         assert all(position[r.ident] < position[b.ident] for r in rows if r.ident < b.ident)
         assert all(position[r.ident] > position[b.ident] for r in rows if r.ident > b.ident)
+
+
+# -- the retry loop's wake ------------------------------------------------------------
+
+
+async def test_retry_loop_is_woken_only_while_a_row_is_queued() -> None:
+    """The destination wakes the loop after every finished batch: with nothing
+    queued the pass would find nothing, so the wake is skipped; a queued row
+    still wakes it."""
+    from typing import Any
+
+    from walrelay.pipeline.parking.retry_loop import ParkedRetryLoop
+
+    ix = index()
+    none: Any = None
+    loop = ParkedRetryLoop("d", ix, none, none, none, max_in_flight=4)
+    loop.wake()
+    assert not ix.queued and not loop._wake.is_set()
+    parked = row(1, "a")
+    ix.add(parked)
+    assert ix.consider(parked) and ix.queued
+    loop.wake()
+    assert loop._wake.is_set()

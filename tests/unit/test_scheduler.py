@@ -458,3 +458,71 @@ async def test_hooks_run_in_order_before_and_in_reverse_after_a_send() -> None:
         "after ledger 1",
     ]
     assert sink.delivered == batch[1:]
+
+
+class IdleParking:
+    """Parking with nothing to divert; ``idle`` as the test sets it."""
+
+    def __init__(self, idle: bool) -> None:
+        self.idle = idle
+        self.paused = False
+
+    async def wait_unpaused(self) -> None: ...
+
+    def blocks(self, batch: Sequence[Event]) -> list[Event]:
+        return []
+
+    def divert(self, events: list[Event]) -> bool:
+        return True
+
+    async def on_failure(
+        self, batch: Sequence[Event], error: BaseException, attempts: int
+    ) -> FailureDecision:
+        return "retry"
+
+    def wake(self) -> None: ...
+
+
+async def delivering_tasks(parking: IdleParking | None) -> tuple[set[str], MemorySink]:
+    """Deliver 40 events of distinct keys, one per batch, 4 in flight: the
+    delivery tasks that called the sink, and the sink."""
+    tasks: set[str] = set()
+
+    async def note_task(batch: Sequence[Event]) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.add(task.get_name())  # unique per task (an id() may be reused)
+        await asyncio.sleep(0)
+
+    events = [ev(i, f"k{i}") for i in range(40)]
+    sink = MemorySink(batch_size=1, delay=note_task, track_keys=True)
+    dest = Destination(
+        "d",
+        sink,
+        max_in_flight=4,
+        parking=None if parking is None else (lambda _: parking),
+    )
+    for e in events:
+        await dest.put(e)
+    dest.start()
+    assert await dest.drain(timeout=30)
+    await dest.stop()
+    assert sorted(sink.delivered, key=order_key) == events and sink.key_overlaps == []
+    assert dest.delivered_total == len(events) and dest.in_flight == 0
+    return tasks, sink
+
+
+@pytest.mark.parametrize("parked", [None, IdleParking(idle=True)], ids=["no parking", "idle"])
+async def test_a_finished_delivery_task_takes_the_next_batch_itself(
+    parked: IdleParking | None,
+) -> None:
+    """No task per batch: the 4 tasks started for the 4 slots deliver all 40 events."""
+    tasks, sink = await delivering_tasks(parked)
+    assert len(tasks) <= 4 and sink.max_active == 4
+
+
+async def test_with_events_parked_the_scheduler_hands_out_every_freed_slot() -> None:
+    """While parking is not idle a freed slot goes back to the scheduler (the
+    parked events get the first go at it): a task per batch, as before."""
+    tasks, _ = await delivering_tasks(IdleParking(idle=False))
+    assert len(tasks) == 40

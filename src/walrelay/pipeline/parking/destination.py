@@ -162,6 +162,12 @@ class DestinationParking:
         """The events of ``batch`` that must go behind a parked event."""
         return self.index.blocked(batch)
 
+    @property
+    def idle(self) -> bool:
+        """Nothing parked blocks a key and no parked row waits for a retry."""
+        index = self.index
+        return not index.active and not index.queued
+
     def wake(self) -> None:
         """A delivery slot may be free."""
         self._loop.wake()

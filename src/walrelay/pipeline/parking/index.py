@@ -299,6 +299,11 @@ class ParkingIndex:
                 due.append(row)
         return due
 
+    @property
+    def queued(self) -> bool:
+        """True while any row waits in the due queue (some may turn out stale)."""
+        return bool(self._ready)
+
     def next_due_at(self) -> float | None:
         """When the soonest queued row is due (it may turn out stale), or None."""
         return self._ready[0][0] if self._ready else None

@@ -70,8 +70,13 @@ class ParkedRetryLoop:
         self._attempts: set[asyncio.Task[None]] = set()
 
     def wake(self) -> None:
-        """Look for due rows again (a slot or a row may have become free)."""
-        self._wake.set()
+        """Look for due rows again (a slot or a row may have become free).
+
+        The destination calls this after every finished batch; with nothing
+        queued a pass would find nothing, so it is skipped (a row queued later
+        wakes the loop itself)."""
+        if self._index.queued:
+            self._wake.set()
 
     def start(self) -> None:
         if self._task is None:
