@@ -19,7 +19,7 @@ count and size and the same durability where the tool allows it:
 Install the tools first (not part of the test install):
 
     bash scripts/servers/install.sh perftools
-    .venv/bin/python bench/broker_tools.py [--messages 50000] [--size 400]
+    .venv/bin/python bench/broker_tools.py [--messages 50000] [--size 290]
         [--only kafka,redis,rabbitmq,nats] [--json bench/results/broker_tools.json]
 """
 
@@ -287,7 +287,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--messages", type=int, default=50_000)
     ap.add_argument(
-        "--size", type=int, default=400, help="bytes per message (bench/brokers.py's events: ~400)"
+        "--size", type=int, default=290, help="bytes per message (bench/brokers.py events: ~290)"
     )
     ap.add_argument("--only", default=",".join(TOOLS))
     ap.add_argument("--json", default="bench/results/broker_tools.json")
