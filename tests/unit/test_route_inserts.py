@@ -67,17 +67,29 @@ def test_a_table_routed_nowhere_takes_the_general_path() -> None:
     assert router.route_inserts(BEGIN, ORDERS, run_of(3), 0, 0) == (0, None)
 
 
-def test_a_full_buffer_leaves_the_rest_of_the_run_in_order() -> None:
-    # Room for about two events in "small"; "big" takes the whole run.
-    router, _ = make({"name": "small"}, {"name": "big"}, max_buffer_bytes=1 << 20)
+def test_a_full_buffer_stops_the_run_at_the_event_it_refused() -> None:
+    # Room for about two events in "small"; "big" has room for the whole run.
+    # As on the per-change path, the run stops at the first refused event: it
+    # is what the reader awaits room for; the frames after it are not taken.
+    router, tracker = make({"name": "small"}, {"name": "big"}, max_buffer_bytes=1 << 20)
     small = router.destinations["small"]
     small._buffer.max_bytes = 900
     routed, blocked = router.route_inserts(BEGIN, ORDERS, run_of(6), 0, 0)
-    assert routed == 6
     assert blocked is not None
-    assert {dest.name for dest, _ in blocked} == {"small"}
-    waiting = [e.seq for _, e in blocked]
-    admitted = ids(small._buffer.take(100))
-    assert admitted + waiting == [0, 1, 2, 3, 4, 5]
-    assert admitted and waiting
-    assert ids(router.destinations["big"]._buffer.take(100)) == [0, 1, 2, 3, 4, 5]
+    assert [(dest.name, e.seq) for dest, e in blocked] == [("small", routed - 1)]
+    assert 1 < routed < 6
+    assert ids(small._buffer.take(100)) == list(range(routed - 1))
+    assert ids(router.destinations["big"]._buffer.take(100)) == list(range(routed))
+    assert router.events_in == routed
+    router.flush_counts(BEGIN.commit_lsn)
+    assert tracker.pending_events("small") == tracker.pending_events("big") == routed
+
+
+def test_a_refused_first_event_is_routed_alone() -> None:
+    router, _ = make({"name": "only"}, max_buffer_bytes=1 << 20)
+    only = router.destinations["only"]
+    only._buffer.max_bytes = 1
+    assert only.try_put(router._build_inserts(BEGIN, ORDERS, run_of(1), 0, 0)[0])
+    routed, blocked = router.route_inserts(BEGIN, ORDERS, run_of(4), 0, 1)
+    assert routed == 1
+    assert blocked is not None and [(d.name, e.seq) for d, e in blocked] == [("only", 1)]

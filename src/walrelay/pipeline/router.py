@@ -418,9 +418,10 @@ class Router:
         of decode, build and dispatch per change.
 
         Returns how many frames it routed (0: decode ``frames[start]`` and
-        route it as usual) and, as :meth:`dispatch`, what did not fit: once a
-        destination's event did not fit, its later events of the run wait
-        behind it, in id order.
+        route it as usual) and, as :meth:`dispatch`, what did not fit. As on the
+        per-change path, the run stops at the first event a buffer refuses: the
+        reader awaits room for it before it takes the next frame, so a full
+        buffer (or a paused destination) holds the reader at that event.
         """
         cached = self._plain_inserts.get(relation.oid)
         if cached is None or cached[0] is not relation:
@@ -432,18 +433,34 @@ class Router:
         n = len(events)
         if not n:
             return 0, None
-        self.events_in += n
         counts = self._counts
-        blocked: Blocked | None = None
-        for dest in dests:
-            counts[dest.name] = counts.get(dest.name, 0) + n
+        if len(dests) == 1:
+            dest = dests[0]
             try_put = dest.try_put
             for i, event in enumerate(events):
                 if not try_put(event):
+                    n = i + 1
+                    self.events_in += n
+                    counts[dest.name] = counts.get(dest.name, 0) + n
+                    return n, [(dest, event)]
+            self.events_in += n
+            counts[dest.name] = counts.get(dest.name, 0) + n
+            return n, None
+        for i, event in enumerate(events):
+            blocked: Blocked | None = None
+            for dest in dests:
+                if not dest.try_put(event):
                     if blocked is None:
                         blocked = []
-                    blocked.extend((dest, e) for e in events[i:])
-                    break
+                    blocked.append((dest, event))
+            if blocked is not None:
+                n = i + 1
+                break
+        else:
+            blocked = None
+        self.events_in += n
+        for dest in dests:
+            counts[dest.name] = counts.get(dest.name, 0) + n
         return n, blocked
 
     def _plain_routes(self, relation: Relation) -> list[Destination]:

@@ -382,10 +382,7 @@ class PostgresSink:
         except psycopg.OperationalError:
             raise
         except psycopg.Error as e:
-            if isinstance(e, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedColumn):
-                self._meta.clear()
-                self._shapes.clear()
-            raise _BadEvent(events[0], self._classify(e, events)) from None
+            raise self._failed_batch(e, events) from None
         if trim is not None:
             self._trimmed_floor = trim
         self.applied += len(events)
@@ -422,14 +419,19 @@ class PostgresSink:
         except SinkError as e:
             raise _BadEvent(events[0], e) from None
         except psycopg.Error as e:
-            if isinstance(e, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedColumn):
-                self._meta.clear()
-                self._shapes.clear()
-            raise _BadEvent(events[0], self._classify(e, events)) from None
+            raise self._failed_batch(e, events) from None
         if trim is not None:
             self._trimmed_floor = trim
         self.applied += len(new)
         self.replays_skipped += len(events) - len(new)
+
+    def _failed_batch(self, e: psycopg.Error, events: Sequence[Event]) -> _BadEvent:
+        """The error of a batch the target refused; a missing table or column
+        also forgets what was cached of the targets (they changed)."""
+        if isinstance(e, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedColumn):
+            self._meta.clear()
+            self._shapes.clear()
+        return _BadEvent(events[0], self._classify(e, events))
 
     def _take_trim(self) -> Lsn | None:
         floor = self._trim_floor
