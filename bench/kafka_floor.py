@@ -14,6 +14,7 @@ Used by ``bench/latency.py`` (the "bare producer" line of the Kafka row); on
 its own:
 
     .venv/bin/python bench/kafka_floor.py [--rates 1000,10000] [--seconds 5]
+        [--json bench/results/kafka_floor.json]
 """
 
 from __future__ import annotations
@@ -181,6 +182,7 @@ def main() -> int:
     ap.add_argument("--rates", default="1000,10000")
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--spacing", type=float, default=0.01)
+    ap.add_argument("--json", default="bench/results/kafka_floor.json")
     args = ap.parse_args()
     results: dict[str, Any] = {}
     with KafkaServer() as kafka:
@@ -188,7 +190,20 @@ def main() -> int:
             samples = Samples()
             sent = measure(kafka.bootstrap, rate, args.seconds, args.spacing, samples)
             results[str(rate)] = {"sent": sent, **percentiles(samples.by_rate[rate])}
-            print(rate, json.dumps(results[str(rate)]))
+    print(f"{'rate/s':>8}{'sent':>9}{'p50':>8}{'p99':>8}{'p99.9':>8}{'max':>8}")
+    for rate, r in results.items():
+        print(
+            f"{rate:>8}{r['sent']:>9}{r['p50_ms']:>8.1f}{r['p99_ms']:>8.1f}"
+            f"{r['p99_9_ms']:>8.1f}{r['max_ms']:>8.1f}"
+        )
+    print("(milliseconds, offered -> readable by a read_committed consumer)")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(
+        json.dumps(
+            {"benchmark": "kafka_floor", "spacing": args.spacing, "results": results}, indent=2
+        )
+    )
+    print(f"wrote {args.json}")
     return 0
 
 

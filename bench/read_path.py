@@ -10,6 +10,7 @@ comparisons of the hot path.
 
     .venv/bin/python bench/read_path.py [--changes 200000] [--rows-per-tx 100]
         [--op insert|update|delete|mix] [--repeat 3] [--profile out.prof]
+        [--json bench/results/read_path.json]
 
 Instructions per change, steady on a loaded machine: run it under
 ``valgrind --tool=callgrind`` with ``--repeat 1`` and with ``--repeat 0``
@@ -23,9 +24,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import json
 import struct
 import time
+from pathlib import Path
 
+import walrelay.speedups
 from walrelay.config import DestinationConfig, SourceConfig
 from walrelay.engine.feedback import Feedback
 from walrelay.engine.session import ReplicationSession, Resume
@@ -166,6 +170,7 @@ def main() -> None:
     ap.add_argument("--op", default="insert", choices=["insert", "update", "delete", "mix"])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--profile")
+    ap.add_argument("--json", default="bench/results/read_path.json")
     args = ap.parse_args()
     reads = frames(args.changes, args.rows_per_tx, args.op)
     n = (args.changes // args.rows_per_tx) * args.rows_per_tx
@@ -182,6 +187,23 @@ def main() -> None:
     per_change = best / n * 1e6
     print(f"{args.op} x{n} ({args.rows_per_tx}/tx): {per_change:.2f} CPU us per change", end="")
     print(f" (best of {args.repeat})")
+    if args.repeat:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "benchmark": "read_path",
+                    "op": args.op,
+                    "changes": n,
+                    "rows_per_tx": args.rows_per_tx,
+                    "best_of": args.repeat,
+                    "cpu_us_per_change": round(per_change, 3),
+                    "speedups": walrelay.speedups.ENABLED,
+                },
+                indent=2,
+            )
+        )
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":
