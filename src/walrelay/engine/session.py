@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from walrelay import speedups
 from walrelay.config import SourceConfig
 from walrelay.engine.backfills import BackfillManager
 from walrelay.engine.feedback import Feedback
@@ -138,6 +139,9 @@ class ReplicationSession:
         route = self._route
         # Runs of inserts go from their messages to the buffers in one step
         # where they can (Router.route_inserts); the rest is decoded, then routed.
+        # Without the C encoder no run is ever built: every Insert is fed at once
+        # (-1 matches no message kind).
+        run_kind = INSERT if speedups.encode_inserts is not None else -1
         insert_start = assembler.insert_start
         route_inserts = self._router.route_inserts
         bf_watch = self._bf_watch  # backfill windows: their changes take _route
@@ -156,7 +160,7 @@ class ReplicationSession:
                     i += 1
                     kind = frame[0]
                     if kind == XLOGDATA:
-                        if len(frame) > XLOGDATA_HEADER and frame[XLOGDATA_HEADER] == INSERT:
+                        if len(frame) > XLOGDATA_HEADER and frame[XLOGDATA_HEADER] == run_kind:
                             started = insert_start(frame, XLOGDATA_HEADER)
                             if started is not None:
                                 if started[0] is not None:
