@@ -128,56 +128,51 @@ if [ ${#pkgs[@]} -gt 0 ]; then
   fi
 fi
 
-# --- Kafka jars from Maven Central ------------------------------------------
-if wants kafka && [ ! -f "$KAFKA_LIBS/.complete" ]; then
-  say "fetching Kafka $KAFKA_VERSION jars into $KAFKA_LIBS"
-  tmp="$KAFKA_LIBS.tmp.$$"
+# --- Jars from Maven Central ---------------------------------------------------
+# fetch_jars DEST POM MARK REQUIRED_JAR WHAT -Dprop=value...: the POM's runtime
+# dependencies into DEST (replaced whole), which then holds MARK in .complete.
+fetch_jars() {
+  local dest="$1" pom="$2" mark="$3" required="$4" what="$5"
+  shift 5
+  local tmp="$dest.tmp.$$" log
+  say "fetching $what jars into $dest"
   rm -rf "$tmp"
   mkdir -p "$tmp"
   log="$(mktemp)"
-  if ! mvn -B -q -f "$HERE/kafka/pom.xml" dependency:copy-dependencies \
-    -Dkafka.version="$KAFKA_VERSION" -Dlog4j.version="$LOG4J_VERSION" \
-    -Dslf4j.version="$SLF4J_VERSION" -DincludeScope=runtime \
+  if ! mvn -B -q -f "$pom" dependency:copy-dependencies "$@" -DincludeScope=runtime \
     -DoutputDirectory="$tmp" >"$log" 2>&1; then
     cat "$log" >&2
     rm -f "$log"
     rm -rf "$tmp"
-    say "Maven could not fetch org.apache.kafka:kafka_2.13:$KAFKA_VERSION"
+    say "Maven could not fetch $what"
     exit 1
   fi
   rm -f "$log"
-  if [ ! -f "$tmp/kafka_2.13-$KAFKA_VERSION.jar" ]; then
+  if [ ! -f "$tmp/$required" ]; then
     rm -rf "$tmp"
-    say "kafka_2.13-$KAFKA_VERSION.jar missing after the Maven download"
+    say "$required missing after the Maven download"
     exit 1
   fi
-  echo "kafka=$KAFKA_VERSION log4j=$LOG4J_VERSION slf4j=$SLF4J_VERSION" >"$tmp/.complete"
-  rm -rf "$KAFKA_LIBS"
-  mv "$tmp" "$KAFKA_LIBS"
+  echo "$mark" >"$tmp/.complete"
+  rm -rf "$dest"
+  mv "$tmp" "$dest"
+}
+
+if wants kafka && [ ! -f "$KAFKA_LIBS/.complete" ]; then
+  fetch_jars "$KAFKA_LIBS" "$HERE/kafka/pom.xml" \
+    "kafka=$KAFKA_VERSION log4j=$LOG4J_VERSION slf4j=$SLF4J_VERSION" \
+    "kafka_2.13-$KAFKA_VERSION.jar" "Kafka $KAFKA_VERSION (org.apache.kafka:kafka_2.13)" \
+    -Dkafka.version="$KAFKA_VERSION" -Dlog4j.version="$LOG4J_VERSION" \
+    -Dslf4j.version="$SLF4J_VERSION"
 fi
 
 # --- perftools (only when named) ----------------------------------------------
 perftools_mark="kafka=$KAFKA_VERSION perftest=$PERFTEST_VERSION slf4j=$SLF4J_VERSION"
 if wants_perftools && [ "$(cat "$PERFTOOLS/libs/.complete" 2>/dev/null)" != "$perftools_mark" ]; then
-  say "fetching kafka-tools $KAFKA_VERSION and PerfTest $PERFTEST_VERSION into $PERFTOOLS/libs"
-  tmp="$PERFTOOLS/libs.tmp.$$"
-  rm -rf "$tmp"
-  mkdir -p "$tmp"
-  log="$(mktemp)"
-  if ! mvn -B -q -f "$HERE/perftools/pom.xml" dependency:copy-dependencies \
+  fetch_jars "$PERFTOOLS/libs" "$HERE/perftools/pom.xml" "$perftools_mark" \
+    "perf-test-$PERFTEST_VERSION.jar" "kafka-tools $KAFKA_VERSION and PerfTest $PERFTEST_VERSION" \
     -Dkafka.version="$KAFKA_VERSION" -Dperftest.version="$PERFTEST_VERSION" \
-    -Dslf4j.version="$SLF4J_VERSION" \
-    -DincludeScope=runtime -DoutputDirectory="$tmp" >"$log" 2>&1; then
-    cat "$log" >&2
-    rm -f "$log"
-    rm -rf "$tmp"
-    say "Maven could not fetch kafka-tools $KAFKA_VERSION / perf-test $PERFTEST_VERSION"
-    exit 1
-  fi
-  rm -f "$log"
-  echo "$perftools_mark" >"$tmp/.complete"
-  rm -rf "$PERFTOOLS/libs"
-  mv "$tmp" "$PERFTOOLS/libs"
+    -Dslf4j.version="$SLF4J_VERSION"
 fi
 if wants_perftools && [ "$("$PERFTOOLS/bin/nats" --version 2>/dev/null)" != "$NATSCLI_VERSION" ]; then
   if ! command -v go >/dev/null 2>&1; then
