@@ -32,16 +32,21 @@ WARMUP_RATE = 0  # as bench/latency.py: the warm-up, not measured
 
 
 def _offer(
-    rate: int, seconds: float, pending: collections.deque[bytes], done: threading.Event
+    rate: int,
+    seconds: float,
+    pending: collections.deque[bytes],
+    done: threading.Event,
+    tag: int | None = None,
 ) -> None:
     per_tick = max(1, rate // 100)
+    tag = rate if tag is None else tag
     t0 = next_tick = time.monotonic()
     while time.monotonic() - t0 < seconds:
         now = time.monotonic()
         if now < next_tick:
             time.sleep(next_tick - now)  # pacing the offered rate
         stamp = time.time()
-        value = json.dumps({"lat_rate": rate, "lat_t": stamp}).encode()
+        value = json.dumps({"lat_rate": tag, "lat_t": stamp}).encode()
         pending.extend(value for _ in range(per_tick))
         next_tick += TICK
     done.set()
@@ -110,11 +115,19 @@ class SampleSink(Protocol):
     def count(self, rate: int) -> int: ...
 
 
-def measure(bootstrap: str, rate: int, seconds: float, spacing: float, samples: SampleSink) -> int:
-    """Offer ``rate`` records/s for ``seconds`` through a bare transactional
-    producer into a fresh topic read by a ``read_committed`` consumer, whose
-    arrivals go to ``samples``. Returns the records sent, once the reader has
-    seen them all (or 30 s passed without progress)."""
+def measure(
+    bootstrap: str,
+    rate: int,
+    seconds: float,
+    spacing: float,
+    samples: SampleSink,
+    warmup: float = 0.0,
+) -> int:
+    """Offer ``rate`` records/s for ``seconds`` (after ``warmup`` seconds at
+    that rate, not measured) through a bare transactional producer into a
+    fresh topic read by a ``read_committed`` consumer, whose arrivals go to
+    ``samples``. Returns the records sent, once the reader has seen them all
+    (or 30 s passed without progress)."""
     from confluent_kafka import Consumer
 
     topic = f"floor-{uuid.uuid4().hex[:8]}"
@@ -151,12 +164,18 @@ def measure(bootstrap: str, rate: int, seconds: float, spacing: float, samples: 
             producer.send_one(warm)
             time.sleep(0.5)  # one warm-up record per half second until the reader has one
 
-        pending: collections.deque[bytes] = collections.deque()
-        done = threading.Event()
-        offering = threading.Thread(target=_offer, args=(rate, seconds, pending, done), daemon=True)
-        offering.start()
-        sent = producer.commit_continuously(spacing, pending, done)
-        offering.join()
+        sent = 0
+        for tag, span in ((WARMUP_RATE, warmup), (rate, seconds)):
+            if span <= 0:
+                continue
+            pending: collections.deque[bytes] = collections.deque()
+            done = threading.Event()
+            offering = threading.Thread(
+                target=_offer, args=(rate, span, pending, done, tag), daemon=True
+            )
+            offering.start()
+            sent = producer.commit_continuously(spacing, pending, done)
+            offering.join()
         last, still = -1, time.monotonic()
         while (seen := samples.count(rate)) < sent and time.monotonic() - still < 30:
             if seen != last:
@@ -182,18 +201,19 @@ def main() -> int:
     ap.add_argument("--rates", default="1000,10000")
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--spacing", type=float, default=0.01)
+    ap.add_argument("--warmup", type=float, default=3.0)
     ap.add_argument("--json", default="bench/results/kafka_floor.json")
     args = ap.parse_args()
     results: dict[str, Any] = {}
     with KafkaServer() as kafka:
         for rate in (int(r) for r in args.rates.split(",")):
             samples = Samples()
-            sent = measure(kafka.bootstrap, rate, args.seconds, args.spacing, samples)
+            sent = measure(kafka.bootstrap, rate, args.seconds, args.spacing, samples, args.warmup)
             results[str(rate)] = {"sent": sent, **percentiles(samples.by_rate[rate])}
     print(f"{'rate/s':>8}{'sent':>9}{'p50':>8}{'p99':>8}{'p99.9':>8}{'max':>8}")
-    for rate, r in results.items():
+    for shown, r in results.items():
         print(
-            f"{rate:>8}{r['sent']:>9}{r['p50_ms']:>8.1f}{r['p99_ms']:>8.1f}"
+            f"{shown:>8}{r['sent']:>9}{r['p50_ms']:>8.1f}{r['p99_ms']:>8.1f}"
             f"{r['p99_9_ms']:>8.1f}{r['max_ms']:>8.1f}"
         )
     print("(milliseconds, offered -> readable by a read_committed consumer)")

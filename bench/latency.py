@@ -12,7 +12,10 @@ For each sink, one after the other, with its own fresh slot: ``walrelay run``
 with that destination, and in the same run ``pg_recvlogical`` (plugin
 ``test_decoding``, to stdout; its own slot) as the floor -- what the
 walsender itself takes to send a committed change. Each rate runs for
-``--seconds`` after a warm-up row has been seen by both readers.
+``--seconds`` after a warm-up row has been seen by both readers and
+``--warmup`` seconds (default 3) at that rate, not measured, have passed
+through both: a JVM broker reaches its steady state (JIT) before anything
+counts, as it has in production; the Kafka floor is warmed the same way.
 
 For Kafka, a second floor after walrelay's run, on the same broker:
 ``bench/kafka_floor.py``, a bare transactional producer offered the same rate,
@@ -48,6 +51,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -103,8 +107,9 @@ class Samples:
 # -- writer -----------------------------------------------------------------------------
 
 
-def writer(dsn: str, rate: int, seconds: float, done: Any) -> None:
-    """Offers ``rate`` changes/s for ``seconds``; puts (rows, elapsed) in ``done``."""
+def writer(dsn: str, rate: int, seconds: float, done: Any, tag: int) -> None:
+    """Offers ``rate`` changes/s for ``seconds``, each row tagged ``tag`` (the
+    rate, or WARMUP_RATE); puts (rows, elapsed) in ``done``."""
     per_tx = max(1, rate // 100)
     rows = 0
     with psycopg.connect(dsn) as conn:
@@ -119,7 +124,7 @@ def writer(dsn: str, rate: int, seconds: float, done: Any) -> None:
             conn.execute(
                 "insert into lat (lat_rate, lat_t) "
                 "select %s, extract(epoch from clock_timestamp()) from generate_series(1, %s)",
-                (rate, per_tx),
+                (tag, per_tx),
             )
             conn.commit()
             rows += per_tx
@@ -127,10 +132,11 @@ def writer(dsn: str, rate: int, seconds: float, done: Any) -> None:
         done.put((rows, time.monotonic() - t0))
 
 
-def offer(dsn: str, rate: int, seconds: float) -> tuple[int, float]:
+def offer(dsn: str, rate: int, seconds: float, tag: int | None = None) -> tuple[int, float]:
     ctx = mp.get_context("spawn")
     done = ctx.Queue()
-    proc = ctx.Process(target=writer, args=(dsn, rate, seconds, done))
+    args = (dsn, rate, seconds, done, rate if tag is None else tag)
+    proc = ctx.Process(target=writer, args=args)
     proc.start()
     rows, elapsed = done.get(timeout=seconds + 60)
     proc.join(timeout=30)
@@ -308,6 +314,7 @@ def run_sink(
     rates: list[int],
     seconds: float,
     workdir: Path,
+    warmup: float,
 ) -> dict[str, Any]:
     dsn = cluster.dsn()
     slot, ref_slot = f"lat_{name}", f"lat_{name}_ref"
@@ -344,6 +351,13 @@ def run_sink(
     for t in threads:
         t.start()
     result: dict[str, Any] = {}
+
+    def seen_by_both(tag: int) -> int:
+        return min(wr_samples.count(tag), ref_samples.count(tag))
+
+    def warmed_since(before: int) -> int:
+        return seen_by_both(WARMUP_RATE) - before
+
     try:
         # Warm-up: both readers have seen a row before anything is measured.
         def warm() -> bool:
@@ -363,12 +377,15 @@ def run_sink(
 
         wait_for(warm, f"{name}: the first row through walrelay", timeout=120)
         for rate in rates:
+            if warmup > 0:
+                # The same rate, not measured: a JVM broker and walrelay alike
+                # reach their steady state before anything counts.
+                before = seen_by_both(WARMUP_RATE)
+                warm_rows, _ = offer(dsn, rate, warmup, tag=WARMUP_RATE)
+                wait_progress(partial(warmed_since, before), warm_rows)
             rows, elapsed = offer(dsn, rate, seconds)
 
-            def seen(rate: int = rate) -> int:
-                return min(wr_samples.count(rate), ref_samples.count(rate))
-
-            complete = wait_progress(seen, rows)
+            complete = wait_progress(partial(seen_by_both, rate), rows)
             result[str(rate)] = {
                 "offered_per_s": rate,
                 "achieved_per_s": round(rows / elapsed),
@@ -403,6 +420,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rates", default="1000,10000,50000")
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument(
+        "--warmup",
+        type=float,
+        default=3.0,
+        help="seconds at each rate before it is measured (not counted); 0: none",
+    )
     ap.add_argument("--sinks", default="file,kafka,nats,webhook,postgres")
     ap.add_argument("--json", default="bench/results/latency.json")
     ap.add_argument(
@@ -462,6 +485,7 @@ def main() -> int:
                     rates,
                     args.seconds,
                     workdir,
+                    args.warmup,
                 )
             if "kafka" in sinks:
                 with KafkaServer() as kafka:
@@ -478,12 +502,13 @@ def main() -> int:
                         rates,
                         args.seconds,
                         workdir,
+                        args.warmup,
                     )
                     spacing = float(settings.get("kafka", {}).get("transaction_spacing", 0.01))
                     for rate in rates:
                         samples = Samples()
                         sent = kafka_floor.measure(
-                            kafka.bootstrap, rate, args.seconds, spacing, samples
+                            kafka.bootstrap, rate, args.seconds, spacing, samples, args.warmup
                         )
                         row = results["kafka exactly_once"][str(rate)]
                         row["bare producer"] = percentiles(samples.by_rate[rate])
@@ -505,6 +530,7 @@ def main() -> int:
                         rates,
                         args.seconds,
                         workdir,
+                        args.warmup,
                     )
             if "webhook" in sinks:
                 port = free_ports()[0]
@@ -520,6 +546,7 @@ def main() -> int:
                     rates,
                     args.seconds,
                     workdir,
+                    args.warmup,
                 )
             if "postgres" in sinks:
                 target = cluster.dsn("lat_target")
@@ -531,6 +558,7 @@ def main() -> int:
                     rates,
                     args.seconds,
                     workdir,
+                    args.warmup,
                 )
     finally:
         cluster.stop()
@@ -559,6 +587,7 @@ def main() -> int:
     out_json = {
         "benchmark": "latency",
         "seconds_per_rate": args.seconds,
+        "warmup_seconds_per_rate": args.warmup,
         "settings": {"synchronous_commit": "on", "fsync": "on", "transaction_every_ms": 10},
         "sink_settings": settings,
         "results": results,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import re
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -31,7 +33,7 @@ from tests.integration.broker_workloads import (
 )
 from tests.integration.support import make_config, running_engine, wait_for
 from walrelay.config import KAFKA_EXACTLY_ONCE_BATCH, KafkaSinkConfig
-from walrelay.errors import ConfigError, SinkUnavailable
+from walrelay.errors import ConfigError, PoisonEvent, SinkUnavailable
 from walrelay.model import Event, format_event_id, parse_event_id
 from walrelay.sinks.base import SinkContext
 from walrelay.sinks.kafka import KafkaSink
@@ -474,3 +476,81 @@ async def test_delivery_cancelled_mid_transaction_is_aborted_at_close(kafka: Kaf
     )
     assert at_end, "an open transaction holds read_committed readers back"
     assert seen == committed < 40_000
+
+
+async def test_placed_batches_share_one_transaction_until_caught_up(kafka: KafkaServer) -> None:
+    # The scheduler places batches one after another: they join the open
+    # transaction (one commit, one checkpoint) until it says it has nothing more.
+    prefix = unique_prefix("k")
+    sink = _exactly_once_sink(kafka, prefix, "placed", transaction_interval=60)
+    await sink.open()
+    try:
+        durables = [
+            await sink.place([_event(0x4000, 10 * b + i) for i in range(10)]) for b in range(3)
+        ]
+        assert not any(d.done() for d in durables), "committed before the scheduler caught up"
+        sink.caught_up()
+        await asyncio.wait_for(asyncio.gather(*durables), 30)
+        assert sink.checkpoint == format_event_id(0x4000, 29)
+    finally:
+        await sink.close()
+    marks = await asyncio.to_thread(
+        _committed_checkpoints, kafka.bootstrap, f"{prefix}.checkpoints"
+    )
+    assert marks == [format_event_id(0x4000, 29)]
+    reader = Reader(kafka.bootstrap, prefix)
+    try:
+        await reader.until(30)
+        await asyncio.to_thread(reader.read, 1.0, 3.0)
+        assert [s.envelope["record"]["id"] for s in reader.seen] == list(range(30))
+    finally:
+        reader.close()
+
+
+async def test_placed_batch_is_committed_after_the_interval(kafka: KafkaServer) -> None:
+    # Nobody says "caught up" (more was expected): the transaction still ends
+    # once it has been open transaction_interval.
+    prefix = unique_prefix("k")
+    sink = _exactly_once_sink(kafka, prefix, "interval", transaction_interval=0.2)
+    await sink.open()
+    try:
+        durable = await sink.place([_event(0x4100, i) for i in range(5)])
+        await asyncio.wait_for(durable, 30)
+        assert sink.checkpoint == format_event_id(0x4100, 4)
+    finally:
+        await sink.close()
+
+
+async def test_batches_of_a_failed_transaction_are_placed_again_first(kafka: KafkaServer) -> None:
+    # A record the producer refuses aborts the open transaction: the batch
+    # placed before it in that transaction fails too, and no batch may overtake
+    # it (the checkpoint of a later one would claim it) until it is placed again.
+    prefix = unique_prefix("k")
+    sink = _exactly_once_sink(kafka, prefix, "redo", transaction_interval=60)
+    first = [_event(0x4200, i) for i in range(5)]
+    huge = dataclasses.replace(_event(0x4200, 5), body=b'{"x":"' + b"y" * 2_000_000 + b'"}')
+    later = [_event(0x4200, i) for i in range(6, 9)]
+    await sink.open()
+    try:
+        durable = await sink.place(first)
+        with pytest.raises(PoisonEvent):
+            await sink.place([huge])
+        with pytest.raises(SinkUnavailable, match="the transaction was aborted"):
+            await durable
+        overtaking = re.escape(format_event_id(0x4200, 6)) + " waits"
+        with pytest.raises(SinkUnavailable, match=overtaking):
+            await sink.place(later)
+        again = [await sink.place(first), await sink.place(later)]
+        sink.caught_up()
+        await asyncio.wait_for(asyncio.gather(*again), 30)
+        assert sink.checkpoint == format_event_id(0x4200, 8)
+    finally:
+        await sink.close()
+    reader = Reader(kafka.bootstrap, prefix)
+    try:
+        await reader.until(8)
+        await asyncio.to_thread(reader.read, 1.0, 3.0)
+        got = [s.envelope["record"]["id"] for s in reader.seen]
+        assert got == [0, 1, 2, 3, 4, 6, 7, 8]  # the aborted copy of 0..4 is never read
+    finally:
+        reader.close()

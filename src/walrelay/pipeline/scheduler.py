@@ -16,6 +16,9 @@ Limits:
   (the file sink) gets the next batch as soon as the previous one is *placed*
   (``place`` returned: written), while earlier ones wait to be durable
   (``fsync``): one batch being placed, up to :data:`PIPELINE_DEPTH` in flight.
+  When it has placed batches and nothing more to place now, it tells the
+  sink (``caught_up``): Kafka's exactly_once sink then commits the
+  transaction those batches share.
 
 A delivery task of an unordered sink that finishes its batch takes the
 next one itself when it may (:meth:`Destination._next_batch`: nothing held,
@@ -338,12 +341,14 @@ class Destination:
         buffer = self._buffer
         if self.ordered:
             if self._pipelined is not None:
-                if self._placing is None and self._batches < PIPELINE_DEPTH:
-                    batch = buffer.take(self._batch_size)
+                if self._placing is None:
+                    batch = buffer.take(self._batch_size) if self._batches < PIPELINE_DEPTH else []
                     if batch:
                         self._placing = batch
                         self._batches += 1
                         self._spawn(batch)
+                    elif self._batches:
+                        self._pipelined.caught_up()  # nothing more to place now
             elif not buffer.in_flight:
                 batch = buffer.take(self._batch_size)
                 if batch:

@@ -83,12 +83,22 @@ class PipelinedSink(Sink, Protocol):
     only when its awaitable completes. A ``place`` that raises has placed
     nothing: no later batch is placed until it is retried and succeeds. A
     batch retried after its awaitable failed may already be in place; the
-    sink must then skip it and still wait for durability.
+    sink must then skip it and still wait for durability. Batches whose
+    awaitables failed are each retried on their own: the sink must refuse
+    (raise, placing nothing) one that would overtake an earlier failed batch.
+    Kafka's exactly_once sink places batches into one open transaction and
+    commits it when full or when the scheduler is :meth:`caught_up`.
     """
 
     pipelined: Literal[True]
 
     async def place(self, events: Sequence[Event]) -> Awaitable[None]: ...
+
+    def caught_up(self) -> None:
+        """The scheduler has nothing more to place for now (its buffer is
+        empty, or :data:`~walrelay.pipeline.scheduler.PIPELINE_DEPTH` batches
+        wait): a sink that gathers placed batches (Kafka's transaction) should
+        finish what it holds rather than wait for more."""
 
 
 def is_pipelined(sink: Sink) -> TypeGuard[PipelinedSink]:

@@ -157,6 +157,9 @@ class FileSink:
     async def deliver(self, events: Sequence[Event]) -> None:
         await (await self.place(events))
 
+    def caught_up(self) -> None:
+        """Nothing held back: each batch's fsync starts once it is written."""
+
     async def place(self, events: Sequence[Event]) -> Awaitable[None]:
         """Write what is new in ``events``; the awaitable completes once it is
         durable as the policy says (see the module docstring)."""

@@ -69,6 +69,7 @@ batch; a batch with several failed records raises one error by the policy of
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import logging
@@ -256,6 +257,19 @@ class _Txn:
             self.failures.append((err, msg))
 
 
+@dataclass(slots=True)
+class _Group:
+    """The open exactly_once transaction that placed batches share (see
+    :meth:`KafkaSink.place`): each batch waits on its future for the commit
+    of the transaction that holds its last record."""
+
+    txn: _Txn  # its failures and the record being produced, as _failed needs them
+    began: float  # time.monotonic() at begin
+    size: int = 0  # bytes of values and keys produced
+    last: Event | None = None  # the last event produced into it
+    waiting: list[tuple[_Mark, asyncio.Future[None]]] = field(default_factory=list)
+
+
 def _try_produce(producer: Producer, record: _Record, on_delivery: Any) -> bool:
     """Produce ``record``; False when the local queue is full (nothing done)."""
     try:
@@ -371,6 +385,14 @@ class KafkaSink:
         self._fatal = False
         self._mark: _Mark | None = None
         self.skipped = 0  # replayed events dropped by the checkpoint
+        # exactly_once, placed batches (see place): the open transaction, the
+        # commit under way, and the first ids of batches a failed transaction
+        # held, which must be placed again first and in this order.
+        self.pipelined = self.ordered
+        self._group: _Group | None = None
+        self._committing: asyncio.Task[SinkError | None] | None = None
+        self._redo: collections.deque[_Mark] = collections.deque()
+        self._place_lock = asyncio.Lock()
 
     @classmethod
     def from_config(cls, config: KafkaSinkConfig, context: SinkContext) -> KafkaSink:
@@ -408,9 +430,18 @@ class KafkaSink:
             self._poller.start()
 
     async def close(self) -> None:
-        executor, self._executor = self._executor, None
-        if executor is None:
+        if self._executor is None:
             return
+        committing = self._committing
+        if committing is not None:
+            await asyncio.wait([committing])  # its outcome reaches its batches
+        group, self._group = self._group, None
+        if group is not None:
+            # Placed, never committed (the pipeline stopped waiting): abort it below.
+            self._left_open = True
+            for _, fut in group.waiting:
+                fut.cancel()
+        executor, self._executor = self._executor, None
         # Deliveries the pipeline gave up waiting for (cancelled at shutdown) still
         # run in the pool: let them finish before the producer goes away.
         await asyncio.to_thread(executor.shutdown, wait=True)
@@ -420,7 +451,9 @@ class KafkaSink:
         if not events:
             return
         if self.ordered:
-            await self._deliver_ordered(events)
+            durable = await self.place(events)
+            self.caught_up()  # nothing follows this batch: commit it now
+            await durable
         else:
             await self._deliver_idempotent(events)
 
@@ -789,92 +822,221 @@ class KafkaSink:
             start = self._transaction(fresh, start)
 
     def _prepare_transactional(self, events: Sequence[Event]) -> Sequence[Event]:
-        """On the sink's thread: a settled producer (fenced and reset after a
-        failure), the events past the checkpoint, and their topics created."""
-        if self._needs_reset or self._fatal or self._producer is None:
-            self._reset_transactional()
-            self._left_open = False
-        mark = self._mark
-        fresh: Sequence[Event] = events
-        if mark is not None and (events[0].commit_lsn, events[0].seq) <= mark:
-            fresh = [e for e in events if (e.commit_lsn, e.seq) > mark]
-            skipped = len(events) - len(fresh)
-            self.skipped += skipped
-            log.info(
-                "kafka sink %s: skipped %d replayed event(s) at or below checkpoint %s",
-                self.bootstrap,
-                skipped,
-                self.checkpoint,
-            )
+        """On the sink's thread: a settled producer, the events past the
+        checkpoint, and their topics created."""
+        self._settle_producer()
+        fresh = self._past_checkpoint(events)
         if fresh:
             self._ensure_topics(self._topics(fresh))
         return fresh
 
-    async def _deliver_ordered(self, events: Sequence[Event]) -> None:
-        """exactly_once: begin and commit (which block) run on the sink's thread,
-        the records are produced here on the event loop, a few milliseconds at a
-        time. Producing on a thread made it fight the event loop, which reads
-        the slot, for the GIL on every event."""
-        fresh = await self._call(self._prepare_transactional, events)
-        start = 0
-        while start < len(fresh):
-            start = await self._transaction_on_loop(fresh, start)
-        # Here rather than before the next begin: what arrives meanwhile goes
-        # into the next batch, whose transaction then begins without a refusal.
+    def _settle_producer(self) -> None:
+        """On the sink's thread: a new producer after a failure (fencing the
+        old one and settling its transaction), the checkpoint read back."""
+        if self._needs_reset or self._fatal or self._producer is None:
+            self._reset_transactional()
+            self._left_open = False
+
+    # -- exactly_once: batches placed into a shared transaction --------------------
+    #
+    # The scheduler hands over the next batch as soon as ``place`` returns (see
+    # walrelay.sinks.base.PipelinedSink), so under load the batches read meanwhile
+    # join the open transaction until it has held transaction_interval or
+    # transaction_bytes, and one commit serves them all; when the scheduler has
+    # nothing more (``caught_up``) the transaction commits at once. Records are
+    # produced here on the event loop, a few milliseconds at a time (producing on
+    # a thread fought the loop, which reads the slot, for the GIL on every event);
+    # begin and commit, which block, run on the sink's thread.
+
+    async def place(self, events: Sequence[Event]) -> asyncio.Future[None]:
+        """Produce ``events`` into the open transaction (beginning one, or
+        committing the open one on the way when it is full); the future is done
+        once the transaction holding the last of them is committed."""
+        async with self._place_lock:
+            return await self._place(events)
+
+    def caught_up(self) -> None:
+        """Nothing more to place for now: commit the open transaction."""
+        if self._group is not None and self._committing is None and not self._place_lock.locked():
+            self._start_commit()
+
+    async def _place(self, events: Sequence[Event]) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        if self._committing is not None:
+            await asyncio.wait([self._committing])  # one transaction at a time
+        first = (events[0].commit_lsn, events[0].seq)
+        redo = self._redo
+        if redo and first != redo[0]:
+            raise SinkUnavailable(
+                f"kafka sink {self.bootstrap}: the batch from {format_event_id(*first)} "
+                "waits until the batches of the failed transaction are sent again "
+                f"(next: {format_event_id(*redo[0])})"
+            )
+        if self._group is None and (self._needs_reset or self._fatal or self._producer is None):
+            await self._call(self._settle_producer)
+        fresh = self._past_checkpoint(events)
+        topics = self._topics(fresh)
+        if not topics <= self._known_topics:
+            await self._call(self._ensure_topics, topics)
+        durable: asyncio.Future[None] = loop.create_future()
+        if not fresh:  # all of it committed before (a replay): nothing to wait for
+            if redo:
+                redo.popleft()
+            durable.set_result(None)
+            return durable
+        group = self._group
+        ck = self._ck
+        producer = self._producer
+        assert producer is not None
+        try:
+            clock = time.monotonic
+            pause = clock() + _PRODUCE_SLICE
+            records, budget, interval = (
+                self._records,
+                self.transaction_bytes,
+                self.transaction_interval,
+            )
+            for event in fresh:
+                if group is None:
+                    group = await self._begin_group(producer)
+                txn, on_delivery = group.txn, group.txn.on_delivery
+                for record in records(event):
+                    txn.current = record
+                    if not _try_produce(producer, record, on_delivery):
+                        await self._produce_when_room(producer, record, on_delivery)
+                    group.size += len(record.value or b"") + len(record.key or b"")
+                txn.current = None
+                txn.end += 1
+                group.last = event
+                now = clock()
+                if group.size >= budget or now >= group.began + interval:
+                    self._start_commit()
+                    group = None
+                    error = await self._committed()
+                    if error is not None:
+                        raise error
+                    pause = clock() + _PRODUCE_SLICE
+                elif now >= pause:
+                    await asyncio.sleep(0)  # let the loop read the slot meanwhile
+                    pause = clock() + _PRODUCE_SLICE
+        except (ck.KafkaException, RuntimeError) as exc:
+            if group is None:  # begin_transaction failed: nothing is open
+                raise await self._call(self._failed, producer, exc, _Txn(0)) from None
+            self._group = None
+            error = await self._call(self._failed, producer, exc, group.txn)
+            self._fail(
+                group,
+                SinkUnavailable(
+                    f"kafka sink {self.bootstrap}: the transaction was aborted: the batch "
+                    f"from {format_event_id(*first)}, placed after this one, failed: {error}"
+                ),
+            )
+            raise error from None
+        except asyncio.CancelledError:
+            # Left open: the next batch starts a new producer, whose
+            # init_transactions settles it; close() aborts it.
+            self._needs_reset = True
+            self._left_open = True
+            dropped, self._group = self._group, None
+            if dropped is not None:
+                for _, fut in dropped.waiting:
+                    fut.cancel()
+            raise
+        if redo:
+            redo.popleft()
+        if group is None:
+            durable.set_result(None)  # its last record was in the transaction just committed
+        else:
+            group.waiting.append((first, durable))
+        return durable
+
+    def _past_checkpoint(self, events: Sequence[Event]) -> Sequence[Event]:
+        """``events`` without those at or below the checkpoint (a replay after a
+        restart or a commit whose outcome was unknown)."""
+        mark = self._mark
+        if mark is None or (events[0].commit_lsn, events[0].seq) > mark:
+            return events
+        fresh = [e for e in events if (e.commit_lsn, e.seq) > mark]
+        skipped = len(events) - len(fresh)
+        self.skipped += skipped
+        log.info(
+            "kafka sink %s: skipped %d replayed event(s) at or below checkpoint %s",
+            self.bootstrap,
+            skipped,
+            self.checkpoint,
+        )
+        return fresh
+
+    async def _begin_group(self, producer: Producer) -> _Group:
         await self._spaced()
+        await self._call(self._begin, producer)
+        group = self._group = _Group(_Txn(0), time.monotonic())
+        asyncio.get_running_loop().call_later(self.transaction_interval, self._interval_over, group)
+        return group
+
+    def _interval_over(self, group: _Group) -> None:
+        """``transaction_interval`` after ``group`` began: commit it, unless a
+        batch is being placed into it (which commits it itself)."""
+        if self._group is group and self._committing is None and not self._place_lock.locked():
+            self._start_commit()
+
+    def _start_commit(self) -> None:
+        group, self._group = self._group, None
+        assert group is not None and self._committing is None
+        task = asyncio.get_running_loop().create_task(self._commit_group(group))
+        self._committing = task
+        task.add_done_callback(self._commit_done)
+
+    def _commit_done(self, task: asyncio.Task[SinkError | None]) -> None:
+        if self._committing is task:
+            self._committing = None
+
+    async def _committed(self) -> SinkError | None:
+        """Wait for the commit under way; its error, if it failed."""
+        task = self._committing
+        if task is None:
+            return None
+        await asyncio.wait([task])
+        return None if task.cancelled() else task.result()
+
+    async def _commit_group(self, group: _Group) -> SinkError | None:
+        """Commit ``group`` with its checkpoint; its batches learn the outcome."""
+        producer = self._producer
+        assert producer is not None and group.last is not None
+        try:
+            await self._call(self._commit, producer, group.last, group.txn)
+        except (self._ck.KafkaException, RuntimeError) as exc:
+            error: SinkError = await self._call(self._failed, producer, exc, group.txn)
+            self._fail(group, error)
+            return error
+        except asyncio.CancelledError:
+            self._needs_reset = True
+            for _, fut in group.waiting:
+                fut.cancel()
+            raise
+        self._committed_at = time.monotonic()
+        self._mark = (group.last.commit_lsn, group.last.seq)
+        for _, fut in group.waiting:
+            if not fut.done():
+                fut.set_result(None)
+        return None
+
+    def _fail(self, group: _Group, error: SinkError) -> None:
+        """``group`` was aborted (or its outcome is unknown): each of its batches
+        fails with ``error`` and is placed again, in the same order, before any
+        other (the checkpoint then skips what a commit of unknown outcome did
+        commit)."""
+        self._redo = collections.deque([*(first for first, _ in group.waiting), *self._redo])
+        for _, fut in group.waiting:
+            if not fut.done():
+                fut.set_exception(error)
+                fut.exception()  # retrieved: a batch the pipeline stopped waiting for
 
     async def _spaced(self) -> None:
         """Wait until ``transaction_spacing`` has passed since the last commit."""
         wait = self._committed_at + self.transaction_spacing - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
-
-    async def _transaction_on_loop(self, events: Sequence[Event], start: int) -> int:
-        """:meth:`_transaction`, producing on the event loop."""
-        ck = self._ck
-        producer = self._producer
-        assert producer is not None
-        txn = _Txn(start)
-        await self._spaced()
-        try:
-            try:
-                await self._call(self._begin, producer)
-                clock = time.monotonic
-                now = clock()
-                deadline = now + self.transaction_interval
-                pause = now + _PRODUCE_SLICE
-                budget = self.transaction_bytes
-                size = 0
-                total = len(events)
-                records, on_delivery = self._records, txn.on_delivery
-                while txn.end < total:
-                    for record in records(events[txn.end]):
-                        txn.current = record
-                        if not _try_produce(producer, record, on_delivery):
-                            await self._produce_when_room(producer, record, on_delivery)
-                        size += len(record.value or b"") + len(record.key or b"")
-                    txn.end += 1
-                    now = clock()
-                    if size >= budget or now >= deadline:
-                        break
-                    if now >= pause:
-                        await asyncio.sleep(0)  # let the loop read the slot meanwhile
-                        pause = clock() + _PRODUCE_SLICE
-                txn.current = None
-                await self._call(self._commit, producer, events[txn.end - 1], txn)
-                self._committed_at = time.monotonic()
-            except (ck.KafkaException, RuntimeError) as exc:
-                error = await self._call(self._failed, producer, exc, txn)
-                raise error from None
-        except asyncio.CancelledError:
-            # Left open (or committing on the thread): the next delivery starts a
-            # new producer, whose init_transactions settles it; close() aborts it.
-            self._needs_reset = True
-            self._left_open = True
-            raise
-        last = events[txn.end - 1]
-        self._mark = (last.commit_lsn, last.seq)
-        return txn.end
 
     @staticmethod
     async def _produce_when_room(producer: Producer, record: _Record, on_delivery: Any) -> None:
@@ -948,11 +1110,13 @@ class KafkaSink:
             self._needs_reset = True
         if err.fatal():
             self._needs_reset = True
-        if txn.failures:
-            failed = [(e, _record_of(msg)) for e, msg in txn.failures]
-            return self._combine(failed, txn.end - txn.start + 1)
-        if txn.current is not None:
+        if txn.current is not None:  # produce() itself refused this record
             return self._classify(err, txn.current)
+        # Records purged by the abort above report that, not why it failed.
+        purged = (ck.KafkaError._PURGE_QUEUE, ck.KafkaError._PURGE_INFLIGHT)
+        failed = [(e, _record_of(msg)) for e, msg in txn.failures if e.code() not in purged]
+        if failed:
+            return self._combine(failed, txn.end - txn.start + 1)
         return self._classify(err, None)
 
     def _seal(self, producer: Producer, last: Event, on_delivery: Any) -> None:

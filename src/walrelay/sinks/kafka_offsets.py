@@ -128,6 +128,7 @@ class KafkaOffsetsSink(KafkaSink):
         if config.mode != "exactly_once":
             raise ValueError("KafkaOffsetsSink is the exactly_once mode")
         super().__init__(config, context)
+        self.pipelined = False  # deliver(): its offsets are computed for the whole batch
         self.source = source
         self.transactional_id = f"{self.transactional_id}.{member}"
         self._producer_config["transactional.id"] = self.transactional_id
