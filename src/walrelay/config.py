@@ -390,9 +390,10 @@ class KafkaSinkConfig(SinkConfigBase):
     delivery_timeout: PositiveSeconds = 30.0
     options: dict[str, str | int | float | bool] = Field(default_factory=dict)  # librdkafka
     batch_size: int = Field(default=500, gt=0)
-    # exactly_once: one deliver() takes what is buffered (up to batch_size, default
-    # KAFKA_EXACTLY_ONCE_BATCH there) and commits a transaction whenever it has held
-    # transaction_interval or transaction_bytes, whichever comes first.
+    # exactly_once: a batch takes what is buffered (up to batch_size, default
+    # KAFKA_EXACTLY_ONCE_BATCH there); batches join the open transaction, which
+    # commits once it has been open transaction_interval or holds
+    # transaction_bytes, or when nothing more is buffered.
     transaction_interval: PositiveSeconds = 0.1
     transaction_bytes: int = Field(default=4 * 2**20, gt=0)
     # exactly_once (the relay's sink, not a worker's): the least time from one

@@ -25,8 +25,13 @@ Two modes:
 
 ``exactly_once`` (default)
     A transactional producer with a stable ``transactional.id`` (default
-    ``walrelay-<slot>-<destination>``). Each batch is one Kafka transaction
-    holding the batch's records *and* a checkpoint record
+    ``walrelay-<slot>-<destination>``). Batches go into an open Kafka
+    transaction as the scheduler hands them over (the sink is a
+    :class:`~walrelay.sinks.base.PipelinedSink`); it commits once it has been
+    open ``transaction_interval`` or holds ``transaction_bytes``, or at once
+    when the scheduler has nothing more (so a quiet stream is not held back,
+    and a busy one pays one commit per interval). It holds the records *and*
+    a checkpoint record
     ``{"slot", "destination", "last_id"}`` (key ``<slot>/<destination>``)
     on a compacted checkpoint topic: both become visible to ``read_committed``
     consumers together, or neither does. On start (and after any failure
@@ -39,7 +44,9 @@ Two modes:
     asks the scheduler for ``ordered = True``: one transaction at a time,
     ids increasing. (With parallel batches a later batch of other keys could
     commit first; its checkpoint would then claim the earlier batch, and a
-    crash before that one commits would lose it.)
+    crash before that one commits would lose it.) The batches of a transaction
+    that failed are placed again first, in their order; a later batch is
+    refused until then.
 
 ``at_least_once``
     The idempotent producer (``enable.idempotence``: no duplicates from the
