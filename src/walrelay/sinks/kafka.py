@@ -877,7 +877,8 @@ class KafkaSink:
             raise SinkUnavailable(
                 f"kafka sink {self.bootstrap}: the batch from {format_event_id(*first)} "
                 "waits until the batches of the failed transaction are sent again "
-                f"(next: {format_event_id(*redo[0])})"
+                f"(next: {format_event_id(*redo[0])})",
+                retry_after=0.05,  # soon, not after a backoff grown by each refusal
             )
         if self._group is None and (self._needs_reset or self._fatal or self._producer is None):
             await self._call(self._settle_producer)
