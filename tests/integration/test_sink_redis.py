@@ -318,14 +318,22 @@ def test_commands_are_the_bytes_redis_py_would_send(
     )
     sink._packer.command(wire, "o.évents", entry_id(routed), _routed_fields(routed))
 
-    options = {"maxlen": maxlen, "approximate": approximate, "nomkstream": not auto_create}
     pipe = aioredis.Redis().pipeline(transaction=False)
-    pipe.xadd(
-        "w:public.tä",
-        {"id": plain.id, "op": "insert", "table": plain.table, "body": plain.body},
-        id=entry_id(plain),
-        **options,
-    )
-    pipe.xadd("o.évents", _routed_fields(routed), id=entry_id(routed), **options)  # type: ignore[arg-type]
+    for stream, fields, eid in (
+        (
+            "w:public.tä",
+            {"id": plain.id, "op": "insert", "table": plain.table, "body": plain.body},
+            entry_id(plain),
+        ),
+        ("o.évents", _routed_fields(routed), entry_id(routed)),
+    ):
+        pipe.xadd(
+            stream,
+            fields,  # type: ignore[arg-type]
+            id=eid,
+            maxlen=maxlen,
+            approximate=approximate,
+            nomkstream=not auto_create,
+        )
     expected = Connection().pack_commands([args for args, _ in pipe.command_stack])
     assert b"".join(wire) == b"".join(expected)

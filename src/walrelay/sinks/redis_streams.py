@@ -245,7 +245,7 @@ class RedisStreamsSink:
         packing and dispatch. A reply that is an error is returned, not raised."""
         errors = self._redis.exceptions
         pool = client.connection_pool
-        conn = await pool.get_connection()
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
 
         async def attempt() -> list[Any]:
             await conn.send_packed_command(wire)
