@@ -303,11 +303,37 @@ class NatsSink:
         nc, js, acks = self._nc, self._js, self._acks
         if nc is None or js is None or acks is None:
             raise SinkError("nats sink: deliver() before open() or after close()")
+        routed = await self._check_routed(js, events)
+        batch = acks.batch()
+        try:
+            await self._publish(nc, batch, events, routed)
+            if not batch.sent:
+                return
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await batch.answered
+            except TimeoutError:
+                raise SinkUnavailable(
+                    f"nats sink: {batch.unanswered} of {len(batch.sent)} publishes not "
+                    f"acknowledged within {self.timeout:g} s (server unreachable?); the batch "
+                    "is retried, JetStream drops what it already stored"
+                ) from None
+        finally:
+            batch.forget()  # a failed or cancelled batch leaves no reply subject waiting
+        failpoints.hit(failpoints.NATS_AFTER_ACK)
+        self._settle(batch)
+
+    async def _publish(
+        self,
+        nc: Client,
+        batch: _Batch,
+        events: Sequence[Event],
+        routed: dict[str, dict[str, str]],
+    ) -> None:
+        """Publish every event of the batch, each with its own reply subject."""
         nats = self._nats
         names = self.naming.names
         stream = self.stream
-        routed = await self._check_routed(js, events)
-        batch = acks.batch()
         reply = batch.reply
         publish = nc.publish
         event: Event | None = None
@@ -333,34 +359,20 @@ class NatsSink:
                         "Walrelay-Table": table,
                         _EXPECTED_STREAM: stream,
                     }
+                    # nc.publish only buffers: nats-py's flusher writes what a
+                    # batch buffered in one go.
                     await publish(
                         subject, event.body, reply=reply(msg_id, subject), headers=headers
                     )
         except nats.errors.MaxPayloadError as exc:
-            batch.forget()
             raise PoisonEvent(
                 f"nats sink: event {event.id if event else '?'} is larger than the "
                 f"server's max_payload ({exc}); raise max_payload or filter the column out"
             ) from None
         except (nats.errors.Error, OSError) as exc:
-            batch.forget()
             raise SinkUnavailable(
                 f"nats sink: publish failed: {type(exc).__name__}: {exc}"
             ) from None
-        if not batch.sent:
-            return
-        try:
-            async with asyncio.timeout(self.timeout):
-                await batch.answered
-        except TimeoutError:
-            unanswered = batch.forget()
-            raise SinkUnavailable(
-                f"nats sink: {unanswered} of {len(batch.sent)} publishes not acknowledged "
-                f"within {self.timeout:g} s (server unreachable?); the batch is retried, "
-                "JetStream drops what it already stored"
-            ) from None
-        failpoints.hit(failpoints.NATS_AFTER_ACK)
-        self._settle(batch)
 
     def _settle(self, batch: _Batch) -> None:
         """Count the duplicates among the acknowledged publishes; raise for the failed ones."""
@@ -497,11 +509,12 @@ class _Acks:
         return _Batch(self)
 
     def expect(self, batch: _Batch, index: int) -> str:
-        """The reply subject of publish ``index`` of ``batch``."""
+        """A new token (the reply subject is ``prefix + token``) for publish
+        ``index`` of ``batch``."""
         self._next += 1
         token = str(self._next)
         self._waiting[token] = (batch, index)
-        return self.prefix + token
+        return token
 
     def forget(self, tokens: list[str]) -> None:
         for token in tokens:
@@ -549,12 +562,12 @@ class _Batch:
 
     def reply(self, msg_id: str, subject: str) -> str:
         """The reply subject for the next publish (``msg_id`` to ``subject``)."""
-        reply = self._acks.expect(self, len(self.sent))
-        self._tokens.append(reply[len(self._acks.prefix) :])
+        token = self._acks.expect(self, len(self.sent))
+        self._tokens.append(token)
         self.sent.append((msg_id, subject))
         self.outcomes.append(None)
         self._left += 1
-        return reply
+        return self._acks.prefix + token
 
     def answer(self, index: int, outcome: bool | BaseException) -> None:
         if self.outcomes[index] is None:
@@ -563,7 +576,11 @@ class _Batch:
         if not self._left and not self.answered.done():
             self.answered.set_result(None)
 
-    def forget(self) -> int:
-        """Stop waiting (the batch failed or timed out); the publishes not answered."""
-        self._acks.forget(self._tokens)
+    @property
+    def unanswered(self) -> int:
         return self._left
+
+    def forget(self) -> None:
+        """Stop waiting for the answers still due (the batch is over)."""
+        if self._left:
+            self._acks.forget(self._tokens)
