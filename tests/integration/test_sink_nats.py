@@ -84,6 +84,15 @@ class StreamReader:
         await wait_for(enough, within=within, what=f"{count} messages in {self.stream}")
 
 
+async def other_stream(server: NatsServer, prefix: str, subject: str) -> None:
+    """A stream ``OTHER<prefix>`` capturing ``subject``, beside the sink's."""
+    nc = await nats.connect(server.url)
+    try:
+        await nc.jetstream().add_stream(name="OTHER" + prefix, subjects=[subject])
+    finally:
+        await nc.close()
+
+
 def nats_dest(server: NatsServer, prefix: str, **sink: Any) -> dict[str, Any]:
     return {
         "name": f"nats-{prefix}",
@@ -177,11 +186,7 @@ async def test_missing_stream_without_auto_create(server: NatsServer) -> None:
 
 async def test_subject_outside_the_stream_is_a_clear_error(server: NatsServer) -> None:
     prefix = unique_prefix("n")
-    nc = await nats.connect(server.url)
-    try:
-        await nc.jetstream().add_stream(name="OTHER" + prefix, subjects=[f"{prefix}.other.>"])
-    finally:
-        await nc.close()
+    await other_stream(server, prefix, f"{prefix}.other.>")
     sink = NatsSink(
         NatsSinkConfig(
             servers=[server.url], prefix=prefix, stream="OTHER" + prefix, auto_create=False
@@ -299,11 +304,7 @@ async def test_acks_duplicates_errors_and_silence(server: NatsServer) -> None:
     from tests.factories import make_event
 
     prefix = unique_prefix("n")
-    nc = await nats.connect(server.url)
-    try:
-        await nc.jetstream().add_stream(name="OTHER" + prefix, subjects=[f"{prefix}.other.*"])
-    finally:
-        await nc.close()
+    await other_stream(server, prefix, f"{prefix}.other.*")
     config = NatsSinkConfig(
         servers=[server.url],
         prefix=prefix,
