@@ -32,6 +32,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -291,6 +292,21 @@ def streaming_seconds(log_path: Path) -> float | None:
     return (marks["stop"] - marks["start"]).total_seconds()
 
 
+LEDGER_LINE = re.compile(
+    r"sent behind the ledger \((?P<unchecked>\d+) unchecked\): (?P<trips>\d+) round "
+    r"trip\(s\) \((?P<bare>\d+) without ids\), (?P<ids>[\d.]+) ids each"
+)
+
+
+def ledger_round_trips(log_path: Path) -> dict[str, float] | None:
+    """The dedup ledger's round trips, from the line walrelay logs when it stops
+    (None without a ledger)."""
+    match = LEDGER_LINE.search(log_path.read_text(errors="replace"))
+    if match is None:
+        return None
+    return {k: float(v) if k == "ids" else int(v) for k, v in match.groupdict().items()}
+
+
 def broker_cpu(server: Any) -> float:
     """CPU seconds the broker process and its children (a PostgreSQL target's
     backends, running or ended) have used so far (0 without a broker)."""
@@ -442,6 +458,7 @@ def run_case(
     case.result = {
         "seconds": round(elapsed, 3),
         "streaming_seconds": streaming_seconds(log_path),
+        "ledger": ledger_round_trips(log_path),
         "delivered": delivered,
         "peak_rss_mb": round(peak / 2**20, 1),
         # CPU seconds of the whole walrelay process (start-up included) and of the
@@ -545,6 +562,12 @@ def main() -> int:
             print(
                 f"{'':<22}reference {label}: {more_rate:,.0f}/s, ratio {rate / more_rate:.2f}"
                 f" (streaming {more['streaming_ratio'] or 0:.2f}), cpu s {more['cpu_s']:.2f}"
+            )
+        if r["ledger"]:
+            ledger = r["ledger"]
+            print(
+                f"{'':<22}ledger: {ledger['trips']:,} round trips ({ledger['bare']:,} without"
+                f" ids), {ledger['ids']:.1f} ids each, {ledger['unchecked']:,} events unchecked"
             )
         if r["broker_cpu_s"] or ref_rate:
             print(

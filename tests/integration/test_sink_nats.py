@@ -31,7 +31,7 @@ from tests.integration.broker_workloads import (
 )
 from tests.integration.support import make_config, running_engine, wait_for
 from walrelay.config import NatsSinkConfig
-from walrelay.errors import ConfigError
+from walrelay.errors import ConfigError, SinkError, SinkUnavailable
 from walrelay.sinks.base import SinkContext
 from walrelay.sinks.nats import NatsSink
 from walrelay.testing.checker import check
@@ -82,6 +82,15 @@ class StreamReader:
             return await self.read() >= count
 
         await wait_for(enough, within=within, what=f"{count} messages in {self.stream}")
+
+
+async def other_stream(server: NatsServer, prefix: str, subject: str) -> None:
+    """A stream ``OTHER<prefix>`` capturing ``subject``, beside the sink's."""
+    nc = await nats.connect(server.url)
+    try:
+        await nc.jetstream().add_stream(name="OTHER" + prefix, subjects=[subject])
+    finally:
+        await nc.close()
 
 
 def nats_dest(server: NatsServer, prefix: str, **sink: Any) -> dict[str, Any]:
@@ -177,11 +186,7 @@ async def test_missing_stream_without_auto_create(server: NatsServer) -> None:
 
 async def test_subject_outside_the_stream_is_a_clear_error(server: NatsServer) -> None:
     prefix = unique_prefix("n")
-    nc = await nats.connect(server.url)
-    try:
-        await nc.jetstream().add_stream(name="OTHER" + prefix, subjects=[f"{prefix}.other.>"])
-    finally:
-        await nc.close()
+    await other_stream(server, prefix, f"{prefix}.other.>")
     sink = NatsSink(
         NatsSinkConfig(
             servers=[server.url], prefix=prefix, stream="OTHER" + prefix, auto_create=False
@@ -288,3 +293,50 @@ async def test_routed_subject_outside_the_stream_is_a_permanent_error(
     assert msg.subject == f"{prefix}.order.events" and not msg.data
     assert (msg.headers or {})["walrelay-tombstone"] == "true"
     assert (msg.headers or {})["walrelay-key"] == "7"
+
+
+async def test_acks_duplicates_errors_and_silence(server: NatsServer) -> None:
+    """The sink reads JetStream's acknowledgements itself: a batch sent again is
+    stored once (counted as duplicates); an error answer (here: the subject
+    belongs to another stream than the expected one) fails at once, not after
+    the timeout; a server that does not answer fails the batch after the
+    timeout, and nothing stays waiting for its answers."""
+    from tests.factories import make_event
+
+    prefix = unique_prefix("n")
+    await other_stream(server, prefix, f"{prefix}.other.*")
+    config = NatsSinkConfig(
+        servers=[server.url],
+        prefix=prefix,
+        stream=prefix.upper(),
+        stream_subjects=[f"{prefix}.public.*"],
+        timeout=3,
+    )
+    sink = NatsSink(config, SinkContext(tables=("public.t",)))
+    await sink.open()
+    try:
+        body = b'{"op":"insert"}'
+        batch = [make_event(0x7000, i, keys=(str(i),), body=body) for i in range(20)]
+        await sink.deliver(batch)
+        await sink.deliver(batch[5:])
+        assert sink.duplicates == 15
+        reader = StreamReader(server.url, prefix.upper())
+        await reader.read()
+        assert [s.msg_id for s in reader.seen] == [e.id for e in batch]
+
+        elsewhere = make_event(0x7100, 0, table="other.t")  # subject <prefix>.other.t
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(SinkError, match="belongs to another stream") as info:
+            await sink.deliver([batch[0], elsewhere])
+        assert info.value.permanent
+        assert asyncio.get_running_loop().time() - started < 2
+
+        await asyncio.to_thread(server.kill)
+        try:
+            with pytest.raises(SinkUnavailable, match="not acknowledged within 3 s"):
+                await sink.deliver([make_event(0x7200, i, keys=(str(i),)) for i in range(5)])
+            assert sink._acks is not None and not sink._acks._waiting
+        finally:
+            await server.arestart()
+    finally:
+        await sink.close()

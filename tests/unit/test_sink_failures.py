@@ -9,11 +9,9 @@ receiver in test_webhook_sink.py).
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from types import SimpleNamespace
 from typing import Any
 
 import aio_pika.exceptions
@@ -22,6 +20,7 @@ import nats.js.errors
 import orjson
 import pytest
 import redis.exceptions
+from nats.aio.msg import Msg
 
 from walrelay.config import (
     KafkaSinkConfig,
@@ -35,7 +34,7 @@ from walrelay.model import Event, format_event_id
 from walrelay.sinks import postgres as postgres_mod
 from walrelay.sinks.common import batch_error
 from walrelay.sinks.kafka import KafkaSink, _Record
-from walrelay.sinks.nats import NatsSink
+from walrelay.sinks.nats import NatsSink, _Acks, _Batch
 from walrelay.sinks.postgres import PostgresSink
 from walrelay.sinks.rabbitmq import RabbitMQSink
 from walrelay.sinks.redis_streams import RedisStreamsSink
@@ -167,32 +166,32 @@ async def test_kafka_record_refused_at_produce_does_not_hold_back_the_batch() ->
 
 
 async def test_nats_mixed_acks_are_transient() -> None:
+    """Acknowledgements as JetStream sends them to the sink's inbox: stored, a
+    duplicate, no stream for the subject (503 no responders, permanent), an
+    API error (503, transient)."""
     sink = NatsSink(NatsSinkConfig(servers=["nats://127.0.0.1:1"]))
-    loop = asyncio.get_running_loop()
+    acks = _Acks("_INBOX.test", nats.js.errors)
 
-    def ack(result: Any = None, error: BaseException | None = None) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = loop.create_future()
-        if error is None:
-            future.set_result(result)
-        else:
-            future.set_exception(error)
-        return future
+    async def batch(*answers: tuple[bytes, dict[str, str] | None]) -> _Batch:
+        b = acks.batch()
+        replies = [b.reply(str(i), "s") for i in range(len(answers))]
+        for reply, (data, headers) in zip(replies, answers, strict=True):
+            await acks.on_ack(Msg(None, subject=reply, data=data, headers=headers))  # type: ignore[arg-type]
+        assert b.answered.done()
+        return b
 
-    ok = SimpleNamespace(duplicate=False)
-    no_stream = nats.js.errors.NoStreamResponseError()
-    unavailable = nats.js.errors.ServiceUnavailableError(code=503, description="no responders")
-    mixed = [
-        (ack(ok), "1", "s"),
-        (ack(error=no_stream), "2", "s"),
-        (ack(error=unavailable), "3", "s"),
-    ]
-    with pytest.raises(SinkUnavailable, match="2 of 3 publishes failed") as info:
-        sink._settle(mixed)
+    stored = (b'{"stream":"S","seq":1}', None)
+    duplicate = (b'{"stream":"S","seq":1,"duplicate":true}', None)
+    no_stream = (b"", {"Status": "503"})
+    unavailable = (b'{"error":{"code":503,"err_code":10039,"description":"no leader"}}', None)
+    with pytest.raises(SinkUnavailable, match="2 of 4 publishes failed") as info:
+        sink._settle(await batch(stored, duplicate, no_stream, unavailable))
     assert not info.value.permanent
-    only_permanent = [(ack(ok), "1", "s"), (ack(error=no_stream), "2", "s")]
     with pytest.raises(SinkError) as permanent:
-        sink._settle(only_permanent)
+        sink._settle(await batch(stored, no_stream))
     assert permanent.value.permanent
+    sink._settle(await batch(stored, duplicate, duplicate))
+    assert sink.duplicates == 3
 
 
 # -- Redis ------------------------------------------------------------------------------

@@ -522,7 +522,19 @@ class LedgerHook(DeliveryHook):
                 self.destination,
                 self.replays_dropped,
             )
-        self._exchange.cancel()
+        exchange = self._exchange
+        if exchange.round_trips:
+            log.info(
+                "destination %s: %d event(s) sent behind the ledger (%d unchecked): %d round "
+                "trip(s) (%d without ids), %.1f ids each",
+                self.destination,
+                self.sent,
+                self.unchecked,
+                exchange.round_trips,
+                exchange.bare_round_trips,
+                exchange.ids / exchange.round_trips,
+            )
+        exchange.cancel()
         await self.ledger.close()
 
     @property

@@ -44,6 +44,7 @@ class LedgerExchange:
         # While a round trip is in flight: the callers of ready() waiting for it.
         self._riders: list[asyncio.Future[None]] | None = None
         self.round_trips = 0
+        self.bare_round_trips = 0  # carrying no ids: only ready() waited for them
         self.ids = 0  # ids carried (checks and records), over all round trips
 
     async def check(self, events: Sequence[Event]) -> set[str]:
@@ -86,6 +87,8 @@ class LedgerExchange:
             checks = [e for is_record, evs, _ in group if not is_record for e in evs]
             self.round_trips += 1
             self.ids += len(records) + len(checks)
+            if not records and not checks:
+                self.bare_round_trips += 1
             riders: list[asyncio.Future[None]] = []
             self._riders = riders
             try:

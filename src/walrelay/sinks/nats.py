@@ -66,7 +66,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from walrelay import failpoints
 from walrelay.config import env_secret
@@ -80,6 +83,7 @@ if TYPE_CHECKING:
     import ssl
 
     from nats.aio.client import Client
+    from nats.aio.msg import Msg
     from nats.js import JetStreamContext
 
     from walrelay.config import NatsSinkConfig
@@ -91,6 +95,8 @@ log = logging.getLogger("walrelay.sinks.nats")
 _BAD_SUBJECT = frozenset(" \t\r\n*>")
 _BAD_HEADER = frozenset(" \t\r\n:")
 _EXPECTED_STREAM_MISMATCH = 10060
+_EXPECTED_STREAM = "Nats-Expected-Stream"  # nats.js.api.Header.EXPECTED_STREAM
+_NO_RESPONDERS = "503"  # the Status header of a publish no stream captured
 _ROUTED_CACHE = 10_000  # routed subjects known to be captured by the stream, at most
 
 
@@ -161,6 +167,7 @@ class NatsSink:
         self._connect_options = _connect_options(config)
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
+        self._acks: _Acks | None = None
         self._routed_ok: set[str] = set()  # routed subjects the stream captures
         self.duplicates = 0  # publishes JetStream dropped as already stored
 
@@ -222,13 +229,16 @@ class NatsSink:
         try:
             js = nc.jetstream(timeout=self.timeout)
             await self._check_stream(js)
+            acks = _Acks(nc.new_inbox(), self._nats.js.errors)
+            # nats-py subscribes again after a reconnect.
+            await nc.subscribe(acks.prefix + "*", cb=acks.on_ack)
         except BaseException:
             await nc.close()
             raise
-        self._nc, self._js = nc, js
+        self._nc, self._js, self._acks = nc, js, acks
 
     async def close(self) -> None:
-        nc, self._nc, self._js = self._nc, None, None
+        nc, self._nc, self._js, self._acks = self._nc, None, None, None
         if nc is not None:
             try:
                 await nc.close()
@@ -290,26 +300,55 @@ class NatsSink:
     # -- delivery ------------------------------------------------------------------
 
     async def deliver(self, events: Sequence[Event]) -> None:
-        js = self._js
-        if js is None:
+        nc, js, acks = self._nc, self._js, self._acks
+        if nc is None or js is None or acks is None:
             raise SinkError("nats sink: deliver() before open() or after close()")
+        routed = await self._check_routed(js, events)
+        batch = acks.batch()
+        try:
+            await self._publish(nc, batch, events, routed)
+            if not batch.sent:
+                return
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await batch.answered
+            except TimeoutError:
+                raise SinkUnavailable(
+                    f"nats sink: {batch.unanswered} of {len(batch.sent)} publishes not "
+                    f"acknowledged within {self.timeout:g} s (server unreachable?); the batch "
+                    "is retried, JetStream drops what it already stored"
+                ) from None
+        finally:
+            batch.forget()  # a failed or cancelled batch leaves no reply subject waiting
+        failpoints.hit(failpoints.NATS_AFTER_ACK)
+        self._settle(batch)
+
+    async def _publish(
+        self,
+        nc: Client,
+        batch: _Batch,
+        events: Sequence[Event],
+        routed: dict[str, dict[str, str]],
+    ) -> None:
+        """Publish every event of the batch, each with its own reply subject."""
         nats = self._nats
-        pending: list[tuple[asyncio.Future[Any], str, str]] = []
         names = self.naming.names
         stream = self.stream
-        routed = await self._check_routed(js, events)
+        reply = batch.reply
+        publish = nc.publish
         event: Event | None = None
         try:
             for event in events:
                 route = event.route
                 if route is not None:  # set by the outbox router: as routed
-                    future = await js.publish_async(
+                    headers = routed[event.id]
+                    headers[_EXPECTED_STREAM] = stream
+                    await publish(
                         route.topic,
                         b"" if route.value is None else route.value,
-                        stream=stream,
-                        headers=routed[event.id],
+                        reply=reply(event.id, route.topic),
+                        headers=headers,
                     )
-                    pending.append((future, event.id, route.topic))
                     continue
                 targets = names(event)
                 for subject, table in targets:
@@ -318,55 +357,37 @@ class NatsSink:
                         "Nats-Msg-Id": msg_id,
                         "Walrelay-Op": event.op,
                         "Walrelay-Table": table,
+                        _EXPECTED_STREAM: stream,
                     }
-                    # No wait_stall: with one, nats-py wraps every publish in a task,
-                    # which yields to its flusher and costs one socket write per
-                    # message (7x slower). Pending acks are bounded by the batch.
-                    future = await js.publish_async(
-                        subject, event.body, stream=stream, headers=headers
+                    # nc.publish only buffers: nats-py's flusher writes what a
+                    # batch buffered in one go.
+                    await publish(
+                        subject, event.body, reply=reply(msg_id, subject), headers=headers
                     )
-                    pending.append((future, msg_id, subject))
         except nats.errors.MaxPayloadError as exc:
-            _cancel(pending)
             raise PoisonEvent(
                 f"nats sink: event {event.id if event else '?'} is larger than the "
                 f"server's max_payload ({exc}); raise max_payload or filter the column out"
             ) from None
         except (nats.errors.Error, OSError) as exc:
-            _cancel(pending)
             raise SinkUnavailable(
                 f"nats sink: publish failed: {type(exc).__name__}: {exc}"
             ) from None
-        if not pending:
-            return
-        _, not_done = await asyncio.wait([f for f, _, _ in pending], timeout=self.timeout)
-        if not_done:
-            for future in not_done:
-                future.cancel()
-            raise SinkUnavailable(
-                f"nats sink: {len(not_done)} of {len(pending)} publishes not acknowledged "
-                f"within {self.timeout:g} s (server unreachable?); the batch is retried, "
-                "JetStream drops what it already stored"
-            )
-        failpoints.hit(failpoints.NATS_AFTER_ACK)
-        self._settle(pending)
 
-    def _settle(self, pending: Sequence[tuple[asyncio.Future[Any], str, str]]) -> None:
-        """Count the duplicates among the finished publishes; raise for the failed ones."""
+    def _settle(self, batch: _Batch) -> None:
+        """Count the duplicates among the acknowledged publishes; raise for the failed ones."""
         failures: list[SinkError] = []
         duplicates = 0
-        for future, msg_id, subject in pending:
-            error = asyncio.CancelledError() if future.cancelled() else future.exception()
-            if error is None:
-                if future.result().duplicate:
-                    duplicates += 1
-                continue
-            failures.append(self._classify(error, msg_id, subject))
+        for (msg_id, subject), outcome in zip(batch.sent, batch.outcomes, strict=True):
+            if outcome is True:
+                duplicates += 1
+            elif isinstance(outcome, BaseException):
+                failures.append(self._classify(outcome, msg_id, subject))
         if duplicates:
             self.duplicates += duplicates
             log.debug("nats sink: %d publish(es) were duplicates JetStream dropped", duplicates)
         if failures:
-            raise batch_error(failures, len(pending), "publishes")
+            raise batch_error(failures, len(batch.sent), "publishes")
 
     async def _check_routed(
         self, js: JetStreamContext, events: Sequence[Event]
@@ -472,6 +493,94 @@ def _routed_headers(event: Event) -> dict[str, str]:
     return headers
 
 
-def _cancel(pending: list[tuple[asyncio.Future[Any], str, str]]) -> None:
-    for future, _, _ in pending:
-        future.cancel()
+class _Acks:
+    """The JetStream acknowledgements of the sink's publishes, all answered to
+    one inbox subscription (``<inbox>.<n>``, a number per publish), as nats-py's
+    ``publish_async`` does, without its future, semaphore and ``PubAck`` per
+    message (a third of the sink's CPU)."""
+
+    def __init__(self, inbox: str, errors: ModuleType) -> None:
+        self.prefix = inbox + "."
+        self._errors = errors
+        self._waiting: dict[str, tuple[_Batch, int]] = {}
+        self._next = 0
+
+    def batch(self) -> _Batch:
+        return _Batch(self)
+
+    def expect(self, batch: _Batch, index: int) -> str:
+        """A new token (the reply subject is ``prefix + token``) for publish
+        ``index`` of ``batch``."""
+        self._next += 1
+        token = str(self._next)
+        self._waiting[token] = (batch, index)
+        return token
+
+    def forget(self, tokens: list[str]) -> None:
+        for token in tokens:
+            self._waiting.pop(token, None)
+
+    async def on_ack(self, msg: Msg) -> None:
+        entry = self._waiting.pop(msg.subject[len(self.prefix) :], None)
+        if entry is not None:  # else: its batch timed out and is retried
+            batch, index = entry
+            batch.answer(index, self._outcome(msg))
+
+    def _outcome(self, msg: Msg) -> bool | BaseException:
+        """True: stored before (a duplicate), False: stored, or the error."""
+        headers = msg.headers
+        error: BaseException
+        if headers and headers.get("Status") == _NO_RESPONDERS:
+            error = self._errors.NoStreamResponseError()
+            return error
+        try:
+            answer = orjson.loads(msg.data)
+        except orjson.JSONDecodeError as exc:
+            return exc
+        if not isinstance(answer, dict):
+            return ValueError(f"unexpected acknowledgement {msg.data[:200]!r}")
+        if "error" in answer:
+            try:  # nats-py raises the error it makes from the answer
+                made = self._errors.APIError.from_error(answer["error"])
+            except Exception as exc:
+                return exc
+            return made if isinstance(made, BaseException) else ValueError(str(answer))
+        return answer.get("duplicate") is True
+
+
+class _Batch:
+    """The publishes of one ``deliver``: what was sent, and their outcomes as
+    they are acknowledged (None: not yet); ``answered`` completes with the last."""
+
+    def __init__(self, acks: _Acks) -> None:
+        self._acks = acks
+        self.sent: list[tuple[str, str]] = []  # (Nats-Msg-Id, subject)
+        self.outcomes: list[bool | BaseException | None] = []
+        self._tokens: list[str] = []
+        self._left = 0
+        self.answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def reply(self, msg_id: str, subject: str) -> str:
+        """The reply subject for the next publish (``msg_id`` to ``subject``)."""
+        token = self._acks.expect(self, len(self.sent))
+        self._tokens.append(token)
+        self.sent.append((msg_id, subject))
+        self.outcomes.append(None)
+        self._left += 1
+        return self._acks.prefix + token
+
+    def answer(self, index: int, outcome: bool | BaseException) -> None:
+        if self.outcomes[index] is None:
+            self._left -= 1
+        self.outcomes[index] = outcome
+        if not self._left and not self.answered.done():
+            self.answered.set_result(None)
+
+    @property
+    def unanswered(self) -> int:
+        return self._left
+
+    def forget(self) -> None:
+        """Stop waiting for the answers still due (the batch is over)."""
+        if self._left:
+            self._acks.forget(self._tokens)

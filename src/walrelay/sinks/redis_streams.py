@@ -40,6 +40,7 @@ as far as its persistence settings allow (``appendonly yes`` with
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -55,7 +56,6 @@ from walrelay.sinks.templates import Naming
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
-    from redis.typing import EncodableT, FieldT
 
     from walrelay.config import RedisSinkConfig
 
@@ -130,6 +130,7 @@ class RedisStreamsSink:
         self.timeout = config.timeout
         self.batch_size = config.batch_size
         self._options = options
+        self._packer = _XaddPacker(config.maxlen, config.approximate_maxlen, not config.auto_create)
         self._client: Redis | None = None
         self.replayed = 0  # XADDs Redis rejected as already stored
 
@@ -144,17 +145,23 @@ class RedisStreamsSink:
         if self._client is not None:
             return
         redis = self._redis
+        # No socket_timeout: redis-py would arm a timer for every reply it reads
+        # (a fifth of the process's CPU at 500 XADDs a batch); each round trip
+        # runs under one asyncio.timeout instead, and redis-py drops a
+        # connection whose read was cancelled, so no stale reply is read later.
         client = redis.asyncio.Redis.from_url(
             self._url,
-            socket_timeout=self.timeout,
+            socket_timeout=None,
             socket_connect_timeout=self.timeout,
             **self._options,
         )
         try:
-            await client.ping()
+            async with asyncio.timeout(self.timeout):
+                await client.ping()
             if not self.auto_create:
                 for stream, table in sorted(self.naming.table_names(self.tables).items()):
-                    kind = await client.type(stream)
+                    async with asyncio.timeout(self.timeout):
+                        kind = await client.type(stream)
                     kind = kind.decode() if isinstance(kind, bytes) else str(kind)
                     if kind != "stream":
                         state = "does not exist" if kind == "none" else f"is a {kind}"
@@ -164,7 +171,11 @@ class RedisStreamsSink:
                             fix=f"create it (XGROUP CREATE {stream} <group> $ MKSTREAM) or set "
                             "auto_create: true",
                         )
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        except (
+            redis.exceptions.ConnectionError,
+            redis.exceptions.TimeoutError,
+            TimeoutError,
+        ) as exc:
             await client.aclose()
             if isinstance(exc, redis.exceptions.AuthenticationError):
                 raise ConfigError(
@@ -201,37 +212,22 @@ class RedisStreamsSink:
             return
         redis = self._redis
         names = self.naming.names
-        maxlen = self.maxlen
-        approximate = self.approximate_maxlen
-        nomkstream = not self.auto_create
+        pack = self._packer
         sent: list[tuple[Event, str]] = []
-        pipe = client.pipeline(transaction=False)
+        wire: list[bytes] = []
         for event in events:
             eid = entry_id(event)
             route = event.route
             if route is not None:  # set by a router (walrelay.pipeline.outbox_router): as routed
-                pipe.xadd(
-                    route.topic,
-                    _routed_fields(event),
-                    id=eid,
-                    maxlen=maxlen,
-                    approximate=approximate,
-                    nomkstream=nomkstream,
-                )
+                pack.command(wire, route.topic, eid, _routed_fields(event))
                 sent.append((event, route.topic))
                 continue
             for stream, table in names(event):
-                pipe.xadd(
-                    stream,
-                    {"id": event.id, "op": event.op, "table": table, "body": event.body},
-                    id=eid,
-                    maxlen=maxlen,
-                    approximate=approximate,
-                    nomkstream=nomkstream,
-                )
+                pack.entry(wire, stream, eid, event.id, event.op, table, event.body)
                 sent.append((event, stream))
         try:
-            results = await pipe.execute(raise_on_error=False)
+            async with asyncio.timeout(self.timeout):
+                results = await self._round_trip(client, wire, len(sent))
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
             raise SinkUnavailable(
                 f"redis sink {self.url}: {type(exc).__name__}: {exc} "
@@ -241,6 +237,40 @@ class RedisStreamsSink:
             raise SinkError(f"redis sink {self.url}: {type(exc).__name__}: {exc}") from None
         failpoints.hit(failpoints.REDIS_AFTER_XADD)
         await self._settle(sent, results)
+
+    async def _round_trip(self, client: Redis, wire: list[bytes], replies: int) -> list[Any]:
+        """Send the packed commands on one pooled connection and read their
+        ``replies``: what a redis-py pipeline (``transaction=False``) does, with
+        the same retries (the connection's ``Retry``), without its per-command
+        packing and dispatch. A reply that is an error is returned, not raised."""
+        errors = self._redis.exceptions
+        pool = client.connection_pool
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+
+        async def attempt() -> list[Any]:
+            await conn.send_packed_command(wire)
+            results: list[Any] = []
+            read = conn.read_response
+            try:
+                for _ in range(replies):
+                    try:
+                        results.append(await read())
+                    except errors.ResponseError as exc:
+                        results.append(exc)
+            except BaseException:
+                # Replies of the rest of the batch may still be on the socket.
+                await conn.disconnect(nowait=True)
+                raise
+            return results
+
+        async def failed(_: Exception) -> None:
+            await conn.disconnect()
+
+        try:
+            results: list[Any] = await conn.retry.call_with_retry(attempt, failed)
+            return results
+        finally:
+            await pool.release(conn)
 
     async def _settle(self, sent: Sequence[tuple[Event, str]], results: Sequence[Any]) -> None:
         """Count the replays among the XADD results; raise for the failed ones."""
@@ -288,7 +318,8 @@ class RedisStreamsSink:
             eid = entry_id(event)
             pipe.xrange(stream, eid, eid)
         try:
-            found = await pipe.execute(raise_on_error=False)
+            async with asyncio.timeout(self.timeout):
+                found = await pipe.execute(raise_on_error=False)
         except Exception as exc:
             raise SinkUnavailable(
                 f"redis sink {self.url}: checking {len(claimed)} replayed entries: {exc}"
@@ -327,11 +358,66 @@ class RedisStreamsSink:
         return SinkError(text, permanent=False)
 
 
-def _routed_fields(event: Event) -> dict[FieldT, EncodableT]:
+class _XaddPacker:
+    """``XADD`` commands in the Redis protocol (RESP), as redis-py would send
+    them: ``XADD <stream> [NOMKSTREAM] [MAXLEN [~] <n>] <id> <field> <value> ...``,
+    strings in UTF-8. What comes before the entry id is made once per stream;
+    redis-py packed every argument of every command (half of the sink's CPU)."""
+
+    _HEADS = 10_000  # streams whose command head is kept, at most
+
+    def __init__(self, maxlen: int | None, approximate: bool, nomkstream: bool) -> None:
+        options: list[bytes] = [b"NOMKSTREAM"] if nomkstream else []
+        if maxlen is not None:
+            options += [b"MAXLEN", b"~"] if approximate else [b"MAXLEN"]
+            options.append(str(maxlen).encode())
+        self._options = options
+        self._heads: dict[tuple[str, int], bytes] = {}
+
+    def _head(self, stream: str, fields: int) -> bytes:
+        head = self._heads.get((stream, fields))
+        if head is None:
+            args = [b"XADD", stream.encode(), *self._options]
+            head = b"*%d\r\n" % (len(args) + 1 + 2 * fields) + b"".join(map(_bulk, args))
+            if len(self._heads) >= self._HEADS:
+                self._heads.clear()
+            self._heads[(stream, fields)] = head
+        return head
+
+    def entry(
+        self, out: list[bytes], stream: str, eid: str, msg_id: str, op: str, table: str, body: bytes
+    ) -> None:
+        """Append the XADD of an event's entry (fields id, op, table, body) to ``out``."""
+        e, i, o, t = eid.encode(), msg_id.encode(), op.encode(), table.encode()
+        out.append(self._head(stream, 4))
+        out.append(
+            b"$%d\r\n%b\r\n$2\r\nid\r\n$%d\r\n%b\r\n$2\r\nop\r\n$%d\r\n%b\r\n"
+            b"$5\r\ntable\r\n$%d\r\n%b\r\n$4\r\nbody\r\n$%d\r\n"
+            % (len(e), e, len(i), i, len(o), o, len(t), t, len(body))
+        )
+        out.append(body)
+        out.append(b"\r\n")
+
+    def command(
+        self, out: list[bytes], stream: str, eid: str, fields: dict[str, str | bytes]
+    ) -> None:
+        """Append the XADD of an entry with any ``fields`` to ``out``."""
+        out.append(self._head(stream, len(fields)))
+        out.append(_bulk(eid.encode()))
+        for name, value in fields.items():
+            out.append(_bulk(name.encode()))
+            out.append(_bulk(value if isinstance(value, bytes) else value.encode()))
+
+
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
+def _routed_fields(event: Event) -> dict[str, str | bytes]:
     """The entry fields of a routed event (module docstring)."""
     route = event.route
     assert route is not None
-    fields: dict[FieldT, EncodableT] = {"id": event.id, "op": event.op, "table": event.table}
+    fields: dict[str, str | bytes] = {"id": event.id, "op": event.op, "table": event.table}
     if route.key is not None:
         fields["key"] = route.key
     if route.value is None:
