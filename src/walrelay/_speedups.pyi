@@ -1,4 +1,7 @@
 from collections.abc import Callable
+from datetime import datetime
+
+from walrelay.model import Event
 
 def configure(unchanged: object) -> None: ...
 def decode_tuple(buf: bytes, pos: int, ncols: int) -> tuple[tuple[object, ...], int] | None: ...
@@ -9,7 +12,8 @@ def encode_object(
     row: tuple[object, ...],
     indexes: tuple[int, ...] | None,
 ) -> bytes | None: ...
-def encode_inserts(
+def set_event_type(cls: type[Event]) -> None: ...
+def encode_insert_events(
     frames: list[bytes],
     start: int,
     limit: int,
@@ -17,4 +21,8 @@ def encode_inserts(
     head: bytes,
     seq: int,
     tail: bytes,
-) -> list[tuple[bytes, bytes, str]]: ...
+    commit_lsn: int,
+    table: str,
+    xid: int,
+    committed_at: datetime,
+) -> list[Event]: ...
