@@ -25,6 +25,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <datetime.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -649,8 +650,8 @@ bad:
  * *gkey (the group key): 0; 1: decline (nothing set, no error); -1: error.
  * cells has room for sp->ncols. */
 static int encode_one(const Spec *sp, const unsigned char *buf, Py_ssize_t size, Py_ssize_t pos,
-                      Cell *cells, PyObject *head, long long seq, PyObject *tail, PyObject **body,
-                      PyObject **key_json, PyObject **gkey) {
+                      Cell *cells, const Out *head, long long seq, const Out *tail,
+                      PyObject **body, PyObject **key_json, PyObject **gkey) {
     Py_ssize_t ncols = sp->ncols;
     Out o, k;
     out_init(&o);
@@ -667,7 +668,7 @@ static int encode_one(const Spec *sp, const unsigned char *buf, Py_ssize_t size,
     if (rc == 0) {
         char digits[16];
         snprintf(digits, sizeof(digits), "%010lld", seq);
-        rc = put_bytes(&o, head);
+        rc = out_put(&o, head->data, head->len);
         if (rc == 0) rc = out_put(&o, digits, 10);
         if (rc == 0) rc = put_bytes(&o, sp->op);
         if (rc == 0) rc = out_put(&o, k.data, k.len);
@@ -675,7 +676,7 @@ static int encode_one(const Spec *sp, const unsigned char *buf, Py_ssize_t size,
         if (rc == 0)
             rc = encode_cells(&o, sp->row_names, sp->row_kinds, sp->row_enc, cells, ncols,
                               Py_None);
-        if (rc == 0) rc = put_bytes(&o, tail);
+        if (rc == 0) rc = out_put(&o, tail->data, tail->len);
     }
     if (rc == 0) {
         *gkey = group_key(sp->gprefix, sp->gidx, cells, ncols);
@@ -693,6 +694,45 @@ static int encode_one(const Spec *sp, const unsigned char *buf, Py_ssize_t size,
     }
     out_free(&o);
     out_free(&k);
+    return rc;
+}
+
+/* orjson.dumps of a datetime in UTC (tzinfo UTC, or None as
+ * EnvelopeBuilder._start reads it): "YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00".
+ * 1: decline (another zone, a year before 1000, a subclass). */
+static int write_utc_datetime(Out *o, PyObject *dt) {
+    if (!PyDateTime_CheckExact(dt)) return 1;
+    PyObject *tz = PyDateTime_DATE_GET_TZINFO(dt);
+    if (tz != Py_None && tz != PyDateTime_TimeZone_UTC) return 1;
+    int year = PyDateTime_GET_YEAR(dt);
+    if (year < 1000 || year > 9999) return 1;
+    char text[48];
+    int n = snprintf(text, sizeof(text), "\"%04d-%02d-%02dT%02d:%02d:%02d", year,
+                     PyDateTime_GET_MONTH(dt), PyDateTime_GET_DAY(dt),
+                     PyDateTime_DATE_GET_HOUR(dt), PyDateTime_DATE_GET_MINUTE(dt),
+                     PyDateTime_DATE_GET_SECOND(dt));
+    int us = PyDateTime_DATE_GET_MICROSECOND(dt);
+    if (us) n += snprintf(text + n, sizeof(text) - (size_t)n, ".%06d", us);
+    n += snprintf(text + n, sizeof(text) - (size_t)n, "+00:00\"");
+    return out_put(o, text, n);
+}
+
+/* The envelope's bytes before the seq and an insert's from "old" on, as
+ * EnvelopeBuilder._start makes them: 0, 1 (decline: the commit time), -1. */
+static int write_head_tail(Out *head, Out *tail, PyObject *lsn_obj, PyObject *xid_obj,
+                           PyObject *at) {
+    unsigned long long lsn = PyLong_AsUnsignedLongLong(lsn_obj);
+    if (lsn == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+    long long xid = PyLong_AsLongLong(xid_obj);
+    if (xid == -1 && PyErr_Occurred()) return -1;
+    char text[96];
+    int n = snprintf(text, sizeof(text), "{\"id\":\"%016llX/", lsn);
+    if (out_put(head, text, n) < 0) return -1;
+    n = snprintf(text, sizeof(text), ",\"old\":null,\"commit_lsn\":\"%llX/%llX\",\"xid\":%lld,"
+                 "\"committed_at\":", lsn >> 32, lsn & 0xFFFFFFFFULL, xid);
+    if (out_put(tail, text, n) < 0) return -1;
+    int rc = write_utc_datetime(tail, at);
+    if (rc == 0) rc = out_ch(tail, '}');
     return rc;
 }
 
@@ -762,17 +802,22 @@ static PyObject *new_event(PyObject *values[EVENT_NFIELDS]) {
  * what EnvelopeBuilder makes of the decoded change; key_json the key's JSON;
  * keys the scheduling key. The run ends at the first other frame or one the
  * general path must decode (unchanged TOAST, a value written differently, a
- * malformed message). spec (per relation,
+ * malformed message). head and tail None: made here from commit_lsn, xid and
+ * committed_at as EnvelopeBuilder._start makes them; None is returned when
+ * the commit time is not one written here (another zone: the caller then
+ * passes its own). spec (per relation,
  * walrelay.pipeline.envelope._Plan.c_insert): (row names, row kinds, row
  * encoders, key names | None, key kinds, key encoders, key indexes, op bytes,
  * group key prefix, group key indexes, ncols, relation OID).
  */
 static PyObject *encode_insert_events(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 11 || !PyList_CheckExact(args[0]) || !PyBytes_CheckExact(args[4]) ||
-        !PyBytes_CheckExact(args[6]) || !PyUnicode_CheckExact(args[8])) {
+    if (nargs != 11 || !PyList_CheckExact(args[0]) ||
+        (args[4] != Py_None && !PyBytes_CheckExact(args[4])) ||
+        (args[6] != Py_None && !PyBytes_CheckExact(args[6])) || !PyUnicode_CheckExact(args[8])) {
         PyErr_SetString(PyExc_TypeError,
                         "encode_insert_events(frames: list, start: int, limit: int, spec: tuple, "
-                        "head: bytes, seq: int, tail: bytes, commit_lsn: int, table: str, "
+                        "head: bytes | None, seq: int, tail: bytes | None, commit_lsn: int, "
+                        "table: str, "
                         "xid: int, committed_at: datetime)");
         return NULL;
     }
@@ -789,16 +834,37 @@ static PyObject *encode_insert_events(PyObject *self, PyObject *const *args, Py_
     if (limit == -1 && PyErr_Occurred()) return NULL;
     long long seq = PyLong_AsLongLong(args[5]);
     if (seq == -1 && PyErr_Occurred()) return NULL;
+    Out head, tail;
+    out_init(&head);
+    out_init(&tail);
+    if (args[4] == Py_None || args[6] == Py_None) {
+        int rc = write_head_tail(&head, &tail, args[7], args[9], args[10]);
+        if (rc != 0) {
+            out_free(&head);
+            out_free(&tail);
+            if (rc < 0) return NULL;
+            Py_RETURN_NONE;
+        }
+    } else if (out_put(&head, PyBytes_AS_STRING(args[4]), PyBytes_GET_SIZE(args[4])) < 0 ||
+               out_put(&tail, PyBytes_AS_STRING(args[6]), PyBytes_GET_SIZE(args[6])) < 0) {
+        out_free(&head);
+        out_free(&tail);
+        return NULL;
+    }
     PyObject *out = PyList_New(0);
-    if (out == NULL) return NULL;
     Cell stack_cells[CELLS_ON_STACK];
     Cell *cells = stack_cells;
-    if (sp.ncols > CELLS_ON_STACK) {
+    if (out != NULL && sp.ncols > CELLS_ON_STACK) {
         cells = PyMem_Malloc(sizeof(Cell) * (size_t)sp.ncols);
         if (cells == NULL) {
-            Py_DECREF(out);
-            return PyErr_NoMemory();
+            Py_CLEAR(out);
+            PyErr_NoMemory();
         }
+    }
+    if (out == NULL) {
+        out_free(&head);
+        out_free(&tail);
+        return NULL;
     }
     Py_ssize_t end = PyList_GET_SIZE(frames);
     if (start < 0) start = end;
@@ -813,8 +879,8 @@ static PyObject *encode_insert_events(PyObject *self, PyObject *const *args, Py_
             be32(msg + 1) != sp.oid || msg[5] != 'N')
             break;
         PyObject *body, *key_json, *gkey;
-        int declined = encode_one(&sp, buf, size, XLOGDATA_HEADER + 6, cells, args[4], seq,
-                                  args[6], &body, &key_json, &gkey);
+        int declined = encode_one(&sp, buf, size, XLOGDATA_HEADER + 6, cells, &head, seq, &tail,
+                                  &body, &key_json, &gkey);
         if (declined) {
             if (declined < 0) Py_CLEAR(out);
             break;
@@ -847,6 +913,8 @@ static PyObject *encode_insert_events(PyObject *self, PyObject *const *args, Py_
         }
     }
     if (cells != stack_cells) PyMem_Free(cells);
+    out_free(&head);
+    out_free(&tail);
     return out;
 }
 
@@ -875,6 +943,8 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__speedups(void) {
+    PyDateTime_IMPORT;
+    if (PyDateTimeAPI == NULL) return NULL;
     if (op_insert == NULL) {
         op_insert = PyUnicode_InternFromString("insert");
         if (op_insert == NULL) return NULL;

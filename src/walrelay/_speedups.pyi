@@ -18,11 +18,11 @@ def encode_insert_events(
     start: int,
     limit: int,
     spec: tuple[object, ...],
-    head: bytes,
+    head: bytes | None,
     seq: int,
-    tail: bytes,
+    tail: bytes | None,
     commit_lsn: int,
     table: str,
     xid: int,
     committed_at: datetime,
-) -> list[Event]: ...
+) -> list[Event] | None: ...

@@ -31,8 +31,20 @@ EncodeObject = Callable[
 ]
 
 EncodeInsertEvents = Callable[
-    [list[bytes], int, int, tuple[object, ...], bytes, int, bytes, int, str, int, datetime],
-    list[Event],
+    [
+        list[bytes],
+        int,
+        int,
+        tuple[object, ...],
+        bytes | None,
+        int,
+        bytes | None,
+        int,
+        str,
+        int,
+        datetime,
+    ],
+    list[Event] | None,
 ]
 
 decode_tuple: DecodeTuple | None

@@ -8,12 +8,13 @@ decline but never disagree).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import string
 import sys
 from dataclasses import dataclass, fields
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 from unittest import mock
@@ -455,9 +456,10 @@ def from_wire(
     key_columns: dict[str, list[str]] | None = None,
     seq: int = 7,
     start: int = 0,
+    begin: Begin = BEGIN,
 ) -> list[list[Any]]:
     built = EnvelopeBuilder(TypeRegistry(), key_columns).inserts_from_wire(
-        BEGIN, relation, frames, start, seq
+        begin, relation, frames, start, seq
     )
     assert all(type(e) is Event for e in built)  # made in C, without Event.__init__
     return [fields_of(e) for e in built]
@@ -468,12 +470,13 @@ def reference(
     rows: list[RawTuple],
     key_columns: dict[str, list[str]] | None = None,
     seq: int = 7,
+    begin: Begin = BEGIN,
 ) -> list[list[Any]]:
     """The pure-Python envelope builder's events of the decoded changes."""
     with mock.patch.object(envelope, "_c_encode_object", None):
         builder = EnvelopeBuilder(TypeRegistry(), key_columns)
         return [
-            fields_of(builder.build(BEGIN, Change("insert", relation, row), seq + i))
+            fields_of(builder.build(begin, Change("insert", relation, row), seq + i))
             for i, row in enumerate(rows)
         ]
 
@@ -526,6 +529,38 @@ def test_a_run_ends_at_the_first_frame_it_cannot_take() -> None:
         assert from_wire(t, frames, start=1) == reference(t, rows)
         assert from_wire(t, frames, start=4) == []
     assert from_wire(t, run, start=3) == []
+
+
+@settings(max_examples=300)
+@given(
+    st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31)),
+    st.sampled_from([UTC, None, timezone(timedelta(hours=2)), timezone(timedelta(0))]),
+    st.integers(0, 2**64 - 1),
+    st.integers(0, 2**32 - 1),
+)
+def test_the_transaction_head_from_c_is_pythons(
+    at: datetime, tz: timezone | None, commit_lsn: int, xid: int
+) -> None:
+    """The C code writes a transaction's id prefix, LSN, xid and commit time
+    itself (any LSN and xid; the commit time in UTC or naive, which the builder
+    reads as UTC; a commit time in another zone or before year 1000 is left to
+    Python): the same bytes as EnvelopeBuilder._start."""
+    begin = Begin(xid, commit_lsn, at.replace(tzinfo=tz))
+    row = (b"x",)
+    frames = [insert_message(keyless(), row)] * 2
+    in_c = tz in (UTC, None) and at.year >= 1000
+    no_python_head = mock.patch.object(EnvelopeBuilder, "_start", side_effect=AssertionError)
+    with no_python_head if in_c else contextlib.nullcontext():
+        got = from_wire(keyless(), frames, begin=begin)
+    assert got == reference(keyless(), [row] * 2, begin=begin)
+
+
+def test_a_transaction_begun_on_the_general_path_keeps_its_head() -> None:
+    builder = EnvelopeBuilder(TypeRegistry())
+    relation = keyless()
+    first = builder.build(BEGIN, Change("insert", relation, (b"x",)), 0)
+    [second] = builder.inserts_from_wire(BEGIN, relation, [insert_message(relation, (b"x",))], 0, 1)
+    assert second.body == first.body.replace(b"/0000000000", b"/0000000001")
 
 
 def test_events_from_the_wire_hold_and_release_their_parts() -> None:

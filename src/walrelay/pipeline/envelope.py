@@ -635,24 +635,30 @@ class EnvelopeBuilder:
         encode = _c_encode_insert_events
         if encode is None:
             return []
-        if begin is not self._begin:
-            self._start(begin)
         plan = self._plans.get(relation.oid)
         if plan is None or plan.relation is not relation or plan.version != self._types.version:
             plan = self._plan(relation)
-        return encode(
+        # A transaction's head and tail are made in C unless this builder has
+        # them already (_start: once per transaction, costly next to a
+        # single-row transaction's one insert).
+        started = begin is self._begin
+        events = encode(
             frames,
             start,
             _RUN_LIMIT,
             plan.c_insert,
-            self._head,
+            self._head if started else None,
             seq,
-            self._insert_tail,
+            self._insert_tail if started else None,
             begin.commit_lsn,
             plan.table,
             begin.xid,
             begin.committed_at,
         )
+        if events is None:  # a commit time the C code does not write
+            self._start(begin)
+            return self.inserts_from_wire(begin, relation, frames, start, seq)
+        return events
 
     def _insert_event_c(self, begin: Begin, change: Change, seq: int, plan: _Plan) -> Event | None:
         """An insert, the most common change, through the C encoder in one step:
