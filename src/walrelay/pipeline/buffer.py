@@ -203,21 +203,6 @@ class OrderedBuffer(EventBuffer):
         if not event.keys:
             self._barriers += 1
 
-    def try_push(self, event: Event) -> bool:
-        # EventBuffer.try_push with _push inlined: it runs once per event.
-        if self._putters or self._closed:
-            return False
-        size = len(event.body) + model.EVENT_OVERHEAD_BYTES if event.route is None else event.size
-        nbytes = self.nbytes
-        if nbytes and nbytes + size > self.max_bytes:
-            return False
-        self.nbytes = nbytes + size
-        self.count += 1
-        self._fifo.append(event)
-        if not event.keys:
-            self._barriers += 1
-        return True
-
     def take(self, limit: int) -> list[Event]:
         fifo = self._fifo
         if not fifo or limit <= 0:
