@@ -568,9 +568,15 @@ static PyObject *group_key(PyObject *prefix, PyObject *indexes, const Cell *cell
                            Py_ssize_t ncells) {
     Py_ssize_t m = PyTuple_GET_SIZE(indexes);
     if (m == 0) return Py_NewRef(prefix);
+    /* The prefix's UTF-8 goes first, so that one decoding makes the whole
+     * key: a prefix that is not plain UTF-8 (a surrogate) is concatenated. */
+    Py_ssize_t plen;
+    const char *ptext = PyUnicode_AsUTF8AndSize(prefix, &plen);
+    if (ptext == NULL) PyErr_Clear();
     Out k;
     out_init(&k);
     PyObject *result = NULL;
+    if (ptext != NULL && out_put(&k, ptext, plen) < 0) goto done;
     for (Py_ssize_t i = 0; i < m; i++) {
         Py_ssize_t at = PyLong_AsSsize_t(PyTuple_GET_ITEM(indexes, i));
         if (at == -1 && PyErr_Occurred()) goto done;
@@ -592,9 +598,11 @@ static PyObject *group_key(PyObject *prefix, PyObject *indexes, const Cell *cell
         }
     }
     PyObject *text = PyUnicode_DecodeUTF8(k.data, k.len, "surrogateescape");
-    if (text != NULL) {
+    if (text != NULL && ptext == NULL) {
         result = PyUnicode_Concat(prefix, text);
         Py_DECREF(text);
+    } else {
+        result = text;
     }
 done:
     out_free(&k);

@@ -502,6 +502,20 @@ def test_inserts_from_the_wire_are_identical_field_by_field(
     assert wire == reference(relation, [row], key_columns)
 
 
+@pytest.mark.parametrize("name", ["tå", "naïve \x1f", "日本"])
+def test_the_scheduling_key_of_any_table_name_is_pythons(name: str) -> None:
+    """The C code writes the table's part of the scheduling key and the key
+    values in one piece: non-ASCII names, the key separator in a name or a
+    value."""
+    relation = Relation(
+        7, "public", name, "d", (Column("id", 25, -1, True), Column("v", 25, -1, False))
+    )
+    row = (b"\xc3\xa9\x1fz", b"x")
+    wire = from_wire(relation, [insert_message(relation, row)])
+    assert wire, "the common case must take the wire path"
+    assert wire == reference(relation, [row])
+
+
 @pytest.mark.parametrize("seq", [0, 4095, 4096, 1234567, 9999999998])
 def test_inserts_from_the_wire_pad_the_id_alike(seq: int) -> None:
     frames = [insert_message(keyless(), (b"x",))] * 2
