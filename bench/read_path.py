@@ -9,14 +9,16 @@ steadier figure than a whole run on a shared machine, for before/after
 comparisons of the hot path.
 
     .venv/bin/python bench/read_path.py [--changes 200000] [--rows-per-tx 100]
-        [--op insert|update|delete|mix] [--repeat 3] [--profile out.prof]
+        [--op insert|update|delete|mix] [--repeat 3] [--profile out.prof] [--ordered]
         [--json bench/results/read_path.json]
 
 Instructions per change, steady on a loaded machine: run it under
 ``valgrind --tool=callgrind`` with ``--repeat 1`` and with ``--repeat 0``
 (builds the frames only) and divide the difference by the changes. The LSN
 tracker is never told of deliveries here, so on single-row transactions the
-figure also carries its growing bookkeeping.
+figure also carries its growing bookkeeping. ``--ordered``: the destination's
+sink asks for exact id order, as the file sink does (an ordered buffer, not a
+keyed one).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pathlib import Path
 import walrelay.speedups
 from walrelay.config import DestinationConfig, SourceConfig
 from walrelay.engine.feedback import Feedback
+from walrelay.engine.gc_tuning import tune_gc_for_streaming
 from walrelay.engine.session import ReplicationSession, Resume
 from walrelay.pipeline.envelope import EnvelopeBuilder
 from walrelay.pipeline.lsn import LsnTracker
@@ -126,9 +129,9 @@ class _Stream:
         pass
 
 
-async def run(reads: list[list[bytes]]) -> None:
+async def run(reads: list[list[bytes]], ordered: bool = False) -> None:
     dcfg = DestinationConfig.model_validate({"name": "file", "sink": {"type": "stdout"}})
-    dest = Destination("file", MemorySink(), max_buffer_bytes=1 << 30)
+    dest = Destination("file", MemorySink(ordered=ordered), max_buffer_bytes=1 << 30)
     tracker = LsnTracker()
     router = Router([dcfg], {"file": dest}, EnvelopeBuilder(TypeRegistry()), tracker)
     stop = asyncio.Event()
@@ -170,19 +173,21 @@ def main() -> None:
     ap.add_argument("--op", default="insert", choices=["insert", "update", "delete", "mix"])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--profile")
+    ap.add_argument("--ordered", action="store_true", help="an ordered sink, as the file sink")
     ap.add_argument("--json", default="bench/results/read_path.json")
     args = ap.parse_args()
     reads = frames(args.changes, args.rows_per_tx, args.op)
+    tune_gc_for_streaming()  # as walrelay run does
     n = (args.changes // args.rows_per_tx) * args.rows_per_tx
     best = float("inf") if args.repeat else 0.0
     for _ in range(args.repeat):
         t0 = time.process_time()
         if args.profile:
             with cProfile.Profile() as prof:
-                asyncio.run(run(reads))
+                asyncio.run(run(reads, args.ordered))
             prof.dump_stats(args.profile)
         else:
-            asyncio.run(run(reads))
+            asyncio.run(run(reads, args.ordered))
         best = min(best, time.process_time() - t0)
     per_change = best / n * 1e6
     print(f"{args.op} x{n} ({args.rows_per_tx}/tx): {per_change:.2f} CPU us per change", end="")
@@ -196,6 +201,7 @@ def main() -> None:
                     "op": args.op,
                     "changes": n,
                     "rows_per_tx": args.rows_per_tx,
+                    "ordered": args.ordered,
                     "best_of": args.repeat,
                     "cpu_us_per_change": round(per_change, 3),
                     "speedups": walrelay.speedups.ENABLED,

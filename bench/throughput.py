@@ -16,7 +16,8 @@ input; the cost per event of each is the time over the run without transforms.
 Each ``--format`` adds a run, from its own
 slot, with the destination's output format set to it (walrelay.pipeline.formats).
 ``WALRELAY_BENCH_PROFILE=FILE`` records each walrelay run with py-spy into FILE
-(collapsed stacks; the run is then slower by the sampling).
+(collapsed stacks; the run is then slower by the sampling). py-spy is taken
+from the venv's bin, else from PATH.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -198,7 +200,9 @@ def run_walrelay(
     # Like pg_recvlogical --endpos: the process exits once it has delivered
     # and confirmed everything up to the target, so both timings are whole runs.
     profile = os.environ.get("WALRELAY_BENCH_PROFILE")  # collapsed stacks, by py-spy
-    spy_cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw"]
+    venv_spy = Path(sys.executable).parent / "py-spy"
+    spy_bin = str(venv_spy) if venv_spy.exists() else shutil.which("py-spy") or str(venv_spy)
+    spy_cmd = [spy_bin, "record", "--format", "raw"]
     spy = [*spy_cmd, "--rate", "200", "--nonblocking", "-o", profile, "--"] if profile else []
     proc = subprocess.Popen(
         [

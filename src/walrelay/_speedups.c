@@ -16,18 +16,21 @@
  *     each raw text value written according to its kind byte (see below),
  *     exactly as orjson writes the value psycopg's loader returns for it.
  *
- * encode_inserts(frames, start, limit, spec, head, seq, tail) -> [(body, key_json, key)]
- *     decode_tuple, encode_object for the key and the row, and the scheduling
- *     key of each Insert frame of a run, in one call: envelopes straight from
- *     the wire.
+ * encode_insert_events(frames, start, limit, spec, head, seq, tail, ...) -> [Event]
+ *     decode_tuple, encode_object for the key and the row, the scheduling key
+ *     and the Event of each Insert frame of a run, in one call: events
+ *     straight from the wire.
  */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
+#include <datetime.h>
 #include <stdint.h>
 #include <string.h>
 
 static PyObject *unchanged_marker = NULL;
+static PyObject *op_insert = NULL; /* "insert", interned: the op of encode_insert_events' events */
 
 /* -------------------------------------------------------------- out buffer */
 
@@ -487,7 +490,7 @@ static PyObject *decode_tuple(PyObject *self, PyObject *const *args, Py_ssize_t 
     return result;
 }
 
-/* ----------------------------------------------------------- encode_inserts */
+/* ----------------------------------------------------- encode_insert_events */
 
 /* One column of a tuple read in place: its text at s[0:n]; n < 0 for NULL. */
 typedef struct {
@@ -565,9 +568,15 @@ static PyObject *group_key(PyObject *prefix, PyObject *indexes, const Cell *cell
                            Py_ssize_t ncells) {
     Py_ssize_t m = PyTuple_GET_SIZE(indexes);
     if (m == 0) return Py_NewRef(prefix);
+    /* The prefix's UTF-8 goes first, so that one decoding makes the whole
+     * key: a prefix that is not plain UTF-8 (a surrogate) is concatenated. */
+    Py_ssize_t plen;
+    const char *ptext = PyUnicode_AsUTF8AndSize(prefix, &plen);
+    if (ptext == NULL) PyErr_Clear();
     Out k;
     out_init(&k);
     PyObject *result = NULL;
+    if (ptext != NULL && out_put(&k, ptext, plen) < 0) goto done;
     for (Py_ssize_t i = 0; i < m; i++) {
         Py_ssize_t at = PyLong_AsSsize_t(PyTuple_GET_ITEM(indexes, i));
         if (at == -1 && PyErr_Occurred()) goto done;
@@ -589,9 +598,11 @@ static PyObject *group_key(PyObject *prefix, PyObject *indexes, const Cell *cell
         }
     }
     PyObject *text = PyUnicode_DecodeUTF8(k.data, k.len, "surrogateescape");
-    if (text != NULL) {
+    if (text != NULL && ptext == NULL) {
         result = PyUnicode_Concat(prefix, text);
         Py_DECREF(text);
+    } else {
+        result = text;
     }
 done:
     out_free(&k);
@@ -602,7 +613,7 @@ static int put_bytes(Out *o, PyObject *b) {
     return out_put(o, PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b));
 }
 
-/* A relation's spec (see encode_inserts), its parts borrowed. */
+/* A relation's spec (see encode_insert_events), its parts borrowed. */
 typedef struct {
     PyObject *row_names, *row_kinds, *row_enc, *key_names, *key_kinds, *key_enc, *key_idx, *op,
         *gprefix, *gidx;
@@ -639,20 +650,21 @@ static int read_spec(PyObject *spec, Spec *sp) {
     sp->oid = (uint32_t)oid;
     return 0;
 bad:
-    PyErr_SetString(PyExc_TypeError, "encode_inserts: malformed spec");
+    PyErr_SetString(PyExc_TypeError, "encode_insert_events: malformed spec");
     return -1;
 }
 
-/* One Insert's tuple at buf[pos] -> a new (body, key_json, group_key) tuple;
- * NULL with no error set: decline. cells has room for sp->ncols. */
-static PyObject *encode_one(const Spec *sp, const unsigned char *buf, Py_ssize_t size,
-                            Py_ssize_t pos, Cell *cells, PyObject *head, long long seq,
-                            PyObject *tail) {
-    PyObject *result = NULL, *key_json = NULL, *body = NULL, *gkey = NULL;
+/* One Insert's tuple at buf[pos] -> new references in *body, *key_json and
+ * *gkey (the group key): 0; 1: decline (nothing set, no error); -1: error.
+ * cells has room for sp->ncols. */
+static int encode_one(const Spec *sp, const unsigned char *buf, Py_ssize_t size, Py_ssize_t pos,
+                      Cell *cells, const Out *head, long long seq, const Out *tail,
+                      PyObject **body, PyObject **key_json, PyObject **gkey) {
     Py_ssize_t ncols = sp->ncols;
     Out o, k;
     out_init(&o);
     out_init(&k);
+    *body = *key_json = *gkey = NULL;
     int rc = read_cells(buf, size, pos, ncols, cells);
     if (rc == 0) {
         if (sp->key_names == Py_None)
@@ -664,7 +676,7 @@ static PyObject *encode_one(const Spec *sp, const unsigned char *buf, Py_ssize_t
     if (rc == 0) {
         char digits[16];
         snprintf(digits, sizeof(digits), "%010lld", seq);
-        rc = put_bytes(&o, head);
+        rc = out_put(&o, head->data, head->len);
         if (rc == 0) rc = out_put(&o, digits, 10);
         if (rc == 0) rc = put_bytes(&o, sp->op);
         if (rc == 0) rc = out_put(&o, k.data, k.len);
@@ -672,47 +684,153 @@ static PyObject *encode_one(const Spec *sp, const unsigned char *buf, Py_ssize_t
         if (rc == 0)
             rc = encode_cells(&o, sp->row_names, sp->row_kinds, sp->row_enc, cells, ncols,
                               Py_None);
-        if (rc == 0) rc = put_bytes(&o, tail);
+        if (rc == 0) rc = out_put(&o, tail->data, tail->len);
     }
     if (rc == 0) {
-        gkey = group_key(sp->gprefix, sp->gidx, cells, ncols);
-        if (gkey == NULL) rc = PyErr_Occurred() ? -1 : 1;
+        *gkey = group_key(sp->gprefix, sp->gidx, cells, ncols);
+        if (*gkey == NULL) rc = PyErr_Occurred() ? -1 : 1;
     }
     if (rc == 0) {
-        key_json = PyBytes_FromStringAndSize(k.data, k.len);
-        body = key_json == NULL ? NULL : PyBytes_FromStringAndSize(o.data, o.len);
-        if (body != NULL) result = PyTuple_Pack(3, body, key_json, gkey);
+        *key_json = PyBytes_FromStringAndSize(k.data, k.len);
+        if (*key_json != NULL) *body = PyBytes_FromStringAndSize(o.data, o.len);
+        if (*body == NULL) rc = -1;
     }
-    Py_XDECREF(body);
-    Py_XDECREF(key_json);
-    Py_XDECREF(gkey);
+    if (rc != 0) {
+        Py_CLEAR(*body);
+        Py_CLEAR(*key_json);
+        Py_CLEAR(*gkey);
+    }
     out_free(&o);
     out_free(&k);
-    return result;
+    return rc;
+}
+
+/* orjson.dumps of a datetime in UTC (tzinfo UTC, or None as
+ * EnvelopeBuilder._start reads it): "YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00".
+ * 1: decline (another zone, a year before 1000, a subclass). */
+static int write_utc_datetime(Out *o, PyObject *dt) {
+    if (!PyDateTime_CheckExact(dt)) return 1;
+    PyObject *tz = PyDateTime_DATE_GET_TZINFO(dt);
+    if (tz != Py_None && tz != PyDateTime_TimeZone_UTC) return 1;
+    int year = PyDateTime_GET_YEAR(dt);
+    if (year < 1000 || year > 9999) return 1;
+    char text[48];
+    int n = snprintf(text, sizeof(text), "\"%04d-%02d-%02dT%02d:%02d:%02d", year,
+                     PyDateTime_GET_MONTH(dt), PyDateTime_GET_DAY(dt),
+                     PyDateTime_DATE_GET_HOUR(dt), PyDateTime_DATE_GET_MINUTE(dt),
+                     PyDateTime_DATE_GET_SECOND(dt));
+    int us = PyDateTime_DATE_GET_MICROSECOND(dt);
+    if (us) n += snprintf(text + n, sizeof(text) - (size_t)n, ".%06d", us);
+    n += snprintf(text + n, sizeof(text) - (size_t)n, "+00:00\"");
+    return out_put(o, text, n);
+}
+
+/* The envelope's bytes before the seq and an insert's from "old" on, as
+ * EnvelopeBuilder._start makes them: 0, 1 (decline: the commit time), -1. */
+static int write_head_tail(Out *head, Out *tail, PyObject *lsn_obj, PyObject *xid_obj,
+                           PyObject *at) {
+    unsigned long long lsn = PyLong_AsUnsignedLongLong(lsn_obj);
+    if (lsn == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+    long long xid = PyLong_AsLongLong(xid_obj);
+    if (xid == -1 && PyErr_Occurred()) return -1;
+    char text[96];
+    int n = snprintf(text, sizeof(text), "{\"id\":\"%016llX/", lsn);
+    if (out_put(head, text, n) < 0) return -1;
+    n = snprintf(text, sizeof(text), ",\"old\":null,\"commit_lsn\":\"%llX/%llX\",\"xid\":%lld,"
+                 "\"committed_at\":", lsn >> 32, lsn & 0xFFFFFFFFULL, xid);
+    if (out_put(tail, text, n) < 0) return -1;
+    int rc = write_utc_datetime(tail, at);
+    if (rc == 0) rc = out_ch(tail, '}');
+    return rc;
 }
 
 #define CELLS_ON_STACK 64
 #define XLOGDATA_HEADER 25
 
-/* encode_inserts(frames, start, limit, spec, head, seq, tail) -> list
+/* walrelay.model.Event, made here without its __init__ (set_event_type): the
+ * offset of each slot, in EVENT_FIELDS order. A slots dataclass's __init__ only
+ * stores its arguments, so filling the slots is the same object, minus a
+ * Python call per event. */
+#define EVENT_NFIELDS 12
+static const char *const EVENT_FIELDS[EVENT_NFIELDS] = {
+    "commit_lsn", "seq",      "op",    "table",          "keys",    "body",
+    "xid",        "committed_at", "route", "key_json", "failure", "rendering",
+};
+enum { EV_COMMIT_LSN, EV_SEQ, EV_OP, EV_TABLE, EV_KEYS, EV_BODY, EV_XID, EV_AT, EV_ROUTE,
+       EV_KEY_JSON, EV_FAILURE, EV_RENDERING };
+static PyTypeObject *event_type = NULL;
+static Py_ssize_t event_offsets[EVENT_NFIELDS];
+
+/* set_event_type(cls): cls must be a class whose instances are exactly the
+ * EVENT_FIELDS object slots (a dataclass(slots=True) of those fields). */
+static PyObject *set_event_type(PyObject *self, PyObject *cls) {
+    if (!PyType_Check(cls)) goto bad;
+    PyTypeObject *t = (PyTypeObject *)cls;
+    if (t->tp_base != &PyBaseObject_Type || t->tp_dictoffset != 0 ||
+        t->tp_weaklistoffset != 0 || t->tp_members == NULL ||
+        t->tp_basicsize != (Py_ssize_t)(sizeof(PyObject) + EVENT_NFIELDS * sizeof(PyObject *)))
+        goto bad;
+    Py_ssize_t found = 0, members = 0;
+    for (PyMemberDef *m = t->tp_members; m->name != NULL; m++, members++) {
+        if (m->type != T_OBJECT_EX) goto bad;
+        for (Py_ssize_t i = 0; i < EVENT_NFIELDS; i++) {
+            if (strcmp(m->name, EVENT_FIELDS[i]) == 0) {
+                event_offsets[i] = m->offset;
+                found++;
+            }
+        }
+    }
+    if (found != EVENT_NFIELDS || members != EVENT_NFIELDS) goto bad;
+    Py_XSETREF(event_type, (PyTypeObject *)Py_NewRef(cls));
+    Py_RETURN_NONE;
+bad:
+    PyErr_SetString(PyExc_TypeError, "set_event_type: not a slots class of the Event fields");
+    return NULL;
+}
+
+/* A new Event of the values (new references stolen; NULL: error, all released). */
+static PyObject *new_event(PyObject *values[EVENT_NFIELDS]) {
+    PyObject *ev = event_type->tp_alloc(event_type, 0);
+    for (Py_ssize_t i = 0; i < EVENT_NFIELDS; i++) {
+        if (ev == NULL)
+            Py_DECREF(values[i]);
+        else
+            *(PyObject **)((char *)ev + event_offsets[i]) = values[i];
+    }
+    return ev;
+}
+
+/* encode_insert_events(frames, start, limit, spec, head, seq, tail, commit_lsn, table,
+ *                      xid, committed_at) -> [Event, ...]
  *
  * The run of XLogData frames from frames[start] (at most limit) that are
- * Inserts into spec's relation, each straight to (body, key_json, group_key)
- * with the values read in place: body is head, the seq (seq, seq + 1, ...) as
- * 10 digits, spec's op bytes, the key's JSON, ',"record":', the row's JSON
- * and tail -- what EnvelopeBuilder makes of the decoded change. The run ends
- * at the first other frame or one the general path must decode (unchanged
- * TOAST, a value written differently, a malformed message). spec (per
- * relation, walrelay.pipeline.envelope._Plan.c_insert): (row names, row kinds,
- * row encoders, key names | None, key kinds, key encoders, key indexes, op
- * bytes, group key prefix, group key indexes, ncols, relation OID).
+ * Inserts into spec's relation, each straight to its Event with the values
+ * read in place: the body is head, the seq (seq, seq + 1, ...) as 10 digits,
+ * spec's op bytes, the key's JSON, ',"record":', the row's JSON and tail --
+ * what EnvelopeBuilder makes of the decoded change; key_json the key's JSON;
+ * keys the scheduling key. The run ends at the first other frame or one the
+ * general path must decode (unchanged TOAST, a value written differently, a
+ * malformed message). head and tail None: made here from commit_lsn, xid and
+ * committed_at as EnvelopeBuilder._start makes them; None is returned when
+ * the commit time is not one written here (another zone: the caller then
+ * passes its own). spec (per relation,
+ * walrelay.pipeline.envelope._Plan.c_insert): (row names, row kinds, row
+ * encoders, key names | None, key kinds, key encoders, key indexes, op bytes,
+ * group key prefix, group key indexes, ncols, relation OID).
  */
-static PyObject *encode_inserts(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 7 || !PyList_CheckExact(args[0]) || !PyBytes_CheckExact(args[4]) ||
-        !PyBytes_CheckExact(args[6])) {
+static PyObject *encode_insert_events(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 11 || !PyList_CheckExact(args[0]) ||
+        (args[4] != Py_None && !PyBytes_CheckExact(args[4])) ||
+        (args[6] != Py_None && !PyBytes_CheckExact(args[6])) || !PyUnicode_CheckExact(args[8])) {
         PyErr_SetString(PyExc_TypeError,
-                        "encode_inserts(frames: list, start: int, limit: int, spec: tuple, "
-                        "head: bytes, seq: int, tail: bytes)");
+                        "encode_insert_events(frames: list, start: int, limit: int, spec: tuple, "
+                        "head: bytes | None, seq: int, tail: bytes | None, commit_lsn: int, "
+                        "table: str, "
+                        "xid: int, committed_at: datetime)");
+        return NULL;
+    }
+    if (event_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "encode_insert_events: set_event_type() first");
         return NULL;
     }
     Spec sp;
@@ -724,16 +842,37 @@ static PyObject *encode_inserts(PyObject *self, PyObject *const *args, Py_ssize_
     if (limit == -1 && PyErr_Occurred()) return NULL;
     long long seq = PyLong_AsLongLong(args[5]);
     if (seq == -1 && PyErr_Occurred()) return NULL;
+    Out head, tail;
+    out_init(&head);
+    out_init(&tail);
+    if (args[4] == Py_None || args[6] == Py_None) {
+        int rc = write_head_tail(&head, &tail, args[7], args[9], args[10]);
+        if (rc != 0) {
+            out_free(&head);
+            out_free(&tail);
+            if (rc < 0) return NULL;
+            Py_RETURN_NONE;
+        }
+    } else if (out_put(&head, PyBytes_AS_STRING(args[4]), PyBytes_GET_SIZE(args[4])) < 0 ||
+               out_put(&tail, PyBytes_AS_STRING(args[6]), PyBytes_GET_SIZE(args[6])) < 0) {
+        out_free(&head);
+        out_free(&tail);
+        return NULL;
+    }
     PyObject *out = PyList_New(0);
-    if (out == NULL) return NULL;
     Cell stack_cells[CELLS_ON_STACK];
     Cell *cells = stack_cells;
-    if (sp.ncols > CELLS_ON_STACK) {
+    if (out != NULL && sp.ncols > CELLS_ON_STACK) {
         cells = PyMem_Malloc(sizeof(Cell) * (size_t)sp.ncols);
         if (cells == NULL) {
-            Py_DECREF(out);
-            return PyErr_NoMemory();
+            Py_CLEAR(out);
+            PyErr_NoMemory();
         }
+    }
+    if (out == NULL) {
+        out_free(&head);
+        out_free(&tail);
+        return NULL;
     }
     Py_ssize_t end = PyList_GET_SIZE(frames);
     if (start < 0) start = end;
@@ -747,22 +886,43 @@ static PyObject *encode_inserts(PyObject *self, PyObject *const *args, Py_ssize_
         if (size < XLOGDATA_HEADER + 6 || buf[0] != 'w' || msg[0] != 'I' ||
             be32(msg + 1) != sp.oid || msg[5] != 'N')
             break;
-        PyObject *one = encode_one(&sp, buf, size, XLOGDATA_HEADER + 6, cells, args[4], seq,
-                                   args[6]);
-        if (one == NULL) {
-            if (PyErr_Occurred()) {
-                Py_CLEAR(out);
-            }
+        PyObject *body, *key_json, *gkey;
+        int declined = encode_one(&sp, buf, size, XLOGDATA_HEADER + 6, cells, &head, seq, &tail,
+                                  &body, &key_json, &gkey);
+        if (declined) {
+            if (declined < 0) Py_CLEAR(out);
             break;
         }
-        int rc = PyList_Append(out, one);
-        Py_DECREF(one);
+        PyObject *values[EVENT_NFIELDS];
+        values[EV_COMMIT_LSN] = Py_NewRef(args[7]);
+        values[EV_SEQ] = PyLong_FromLongLong(seq);
+        values[EV_OP] = Py_NewRef(op_insert);
+        values[EV_TABLE] = Py_NewRef(args[8]);
+        values[EV_KEYS] = PyTuple_Pack(1, gkey);
+        values[EV_BODY] = body;
+        values[EV_XID] = Py_NewRef(args[9]);
+        values[EV_AT] = Py_NewRef(args[10]);
+        values[EV_ROUTE] = Py_NewRef(Py_None);
+        values[EV_KEY_JSON] = key_json;
+        values[EV_FAILURE] = Py_NewRef(Py_None);
+        values[EV_RENDERING] = Py_NewRef(Py_None);
+        Py_DECREF(gkey);
+        PyObject *event = NULL;
+        if (values[EV_SEQ] == NULL || values[EV_KEYS] == NULL) {
+            for (Py_ssize_t f = 0; f < EVENT_NFIELDS; f++) Py_XDECREF(values[f]);
+        } else {
+            event = new_event(values);
+        }
+        int rc = event == NULL ? -1 : PyList_Append(out, event);
+        Py_XDECREF(event);
         if (rc < 0) {
             Py_CLEAR(out);
             break;
         }
     }
     if (cells != stack_cells) PyMem_Free(cells);
+    out_free(&head);
+    out_free(&tail);
     return out;
 }
 
@@ -778,8 +938,9 @@ static PyMethodDef methods[] = {
      "JSON object of a row's raw text values, or None for the slow path."},
     {"decode_tuple", (PyCFunction)(void (*)(void))decode_tuple, METH_FASTCALL,
      "pgoutput TupleData -> (values, next position), or None for the slow path."},
-    {"encode_inserts", (PyCFunction)(void (*)(void))encode_inserts, METH_FASTCALL,
-     "A run of Insert frames -> [(envelope, key JSON, group key), ...]."},
+    {"encode_insert_events", (PyCFunction)(void (*)(void))encode_insert_events, METH_FASTCALL,
+     "A run of Insert frames -> [Event, ...]."},
+    {"set_event_type", set_event_type, METH_O, "The Event class encode_insert_events makes."},
     {"configure", configure, METH_O, "Set the marker object for unchanged TOAST values."},
     {NULL, NULL, 0, NULL},
 };
@@ -789,4 +950,12 @@ static struct PyModuleDef module = {
     -1, methods, NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__speedups(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__speedups(void) {
+    PyDateTime_IMPORT;
+    if (PyDateTimeAPI == NULL) return NULL;
+    if (op_insert == NULL) {
+        op_insert = PyUnicode_InternFromString("insert");
+        if (op_insert == NULL) return NULL;
+    }
+    return PyModule_Create(&module);
+}

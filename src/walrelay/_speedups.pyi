@@ -1,4 +1,7 @@
 from collections.abc import Callable
+from datetime import datetime
+
+from walrelay.model import Event
 
 def configure(unchanged: object) -> None: ...
 def decode_tuple(buf: bytes, pos: int, ncols: int) -> tuple[tuple[object, ...], int] | None: ...
@@ -9,12 +12,17 @@ def encode_object(
     row: tuple[object, ...],
     indexes: tuple[int, ...] | None,
 ) -> bytes | None: ...
-def encode_inserts(
+def set_event_type(cls: type[Event]) -> None: ...
+def encode_insert_events(
     frames: list[bytes],
     start: int,
     limit: int,
     spec: tuple[object, ...],
-    head: bytes,
+    head: bytes | None,
     seq: int,
-    tail: bytes,
-) -> list[tuple[bytes, bytes, str]]: ...
+    tail: bytes | None,
+    commit_lsn: int,
+    table: str,
+    xid: int,
+    committed_at: datetime,
+) -> list[Event] | None: ...

@@ -12,10 +12,11 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Callable
+from datetime import datetime
 
-from walrelay.model import UNCHANGED_TOAST
+from walrelay.model import UNCHANGED_TOAST, Event
 
-__all__ = ["ENABLED", "decode_tuple", "encode_inserts", "encode_object"]
+__all__ = ["ENABLED", "decode_tuple", "encode_insert_events", "encode_object"]
 
 DecodeTuple = Callable[[bytes, int, int], "tuple[tuple[object, ...], int] | None"]
 EncodeObject = Callable[
@@ -29,14 +30,26 @@ EncodeObject = Callable[
     "bytes | None",
 ]
 
-EncodeInserts = Callable[
-    [list[bytes], int, int, tuple[object, ...], bytes, int, bytes],
-    "list[tuple[bytes, bytes, str]]",
+EncodeInsertEvents = Callable[
+    [
+        list[bytes],
+        int,
+        int,
+        tuple[object, ...],
+        bytes | None,
+        int,
+        bytes | None,
+        int,
+        str,
+        int,
+        datetime,
+    ],
+    list[Event] | None,
 ]
 
 decode_tuple: DecodeTuple | None
 encode_object: EncodeObject | None
-encode_inserts: EncodeInserts | None
+encode_insert_events: EncodeInsertEvents | None
 try:
     if os.environ.get("WALRELAY_NO_SPEEDUPS", "") not in ("", "0"):
         raise ImportError("turned off by WALRELAY_NO_SPEEDUPS")
@@ -45,12 +58,14 @@ try:
     # public API sits above every layer.
     _speedups = importlib.import_module("walrelay._speedups")
 except ImportError:  # built without a C compiler, or turned off
-    decode_tuple = encode_object = encode_inserts = None
+    decode_tuple = encode_object = encode_insert_events = None
 else:
     _speedups.configure(UNCHANGED_TOAST)
     decode_tuple = _speedups.decode_tuple
     encode_object = _speedups.encode_object
     # Older builds (a stale extension in a source tree) lack it: the general path then.
-    encode_inserts = getattr(_speedups, "encode_inserts", None)
+    encode_insert_events = getattr(_speedups, "encode_insert_events", None)
+    if encode_insert_events is not None:
+        _speedups.set_event_type(Event)
 
 ENABLED = encode_object is not None

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.factories import numbered_event
-from walrelay.model import Event
+from tests.factories import make_event, numbered_event
+from walrelay.model import Event, Route
 from walrelay.pipeline.buffer import BufferClosed, KeyedBuffer, OrderedBuffer
 
 
@@ -310,3 +310,26 @@ async def test_close_fails_waiting_and_later_puts() -> None:
         await waiting
     with pytest.raises(BufferClosed):
         await b.put(ev(2, "a", size=1))
+
+
+@pytest.mark.parametrize("buffer_class", [KeyedBuffer, OrderedBuffer])
+def test_buffer_bytes_are_the_events_sizes(
+    buffer_class: type[KeyedBuffer | OrderedBuffer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The buffers count an event without a route without calling Event.size:
+    the same bytes, per-event overhead included, as for a routed event (whose
+    record value counts too)."""
+    monkeypatch.setattr("walrelay.model.EVENT_OVERHEAD_BYTES", 320)
+    events = [
+        make_event(1, 0, keys=("a",), body=b"x" * 10),
+        make_event(1, 1, keys=("b",), body=b"y" * 3, route=Route("t", "k", b"v" * 7)),
+        make_event(1, 2, keys=("c",), body=b"z" * 5, route=Route("t", "k", None)),
+    ]
+    buffer = buffer_class(10_000)
+    for event in events:
+        assert buffer.try_push(event)
+    assert buffer.nbytes == sum(e.size for e in events) == (10 + 3 + 7 + 5) + 3 * 320
+    batch = buffer.take(10)
+    assert len(batch) == 3
+    buffer.done(batch)
+    assert (buffer.nbytes, buffer.count) == (0, 0)

@@ -8,10 +8,13 @@ decline but never disagree).
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import string
-from dataclasses import fields
-from datetime import UTC, date, datetime, timedelta
+import sys
+from dataclasses import dataclass, fields
+from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 from unittest import mock
@@ -28,6 +31,7 @@ from walrelay.model import (
     Begin,
     Change,
     Column,
+    Event,
     RawTuple,
     Relation,
     format_event_id,
@@ -452,10 +456,12 @@ def from_wire(
     key_columns: dict[str, list[str]] | None = None,
     seq: int = 7,
     start: int = 0,
+    begin: Begin = BEGIN,
 ) -> list[list[Any]]:
     built = EnvelopeBuilder(TypeRegistry(), key_columns).inserts_from_wire(
-        BEGIN, relation, frames, start, seq
+        begin, relation, frames, start, seq
     )
+    assert all(type(e) is Event for e in built)  # made in C, without Event.__init__
     return [fields_of(e) for e in built]
 
 
@@ -464,12 +470,13 @@ def reference(
     rows: list[RawTuple],
     key_columns: dict[str, list[str]] | None = None,
     seq: int = 7,
+    begin: Begin = BEGIN,
 ) -> list[list[Any]]:
     """The pure-Python envelope builder's events of the decoded changes."""
     with mock.patch.object(envelope, "_c_encode_object", None):
         builder = EnvelopeBuilder(TypeRegistry(), key_columns)
         return [
-            fields_of(builder.build(BEGIN, Change("insert", relation, row), seq + i))
+            fields_of(builder.build(begin, Change("insert", relation, row), seq + i))
             for i, row in enumerate(rows)
         ]
 
@@ -493,6 +500,20 @@ def test_inserts_from_the_wire_are_identical_field_by_field(
     wire = from_wire(relation, [insert_message(relation, row)], key_columns)
     assert wire, "the common case must take the wire path"
     assert wire == reference(relation, [row], key_columns)
+
+
+@pytest.mark.parametrize("name", ["tå", "naïve \x1f", "日本"])
+def test_the_scheduling_key_of_any_table_name_is_pythons(name: str) -> None:
+    """The C code writes the table's part of the scheduling key and the key
+    values in one piece: non-ASCII names, the key separator in a name or a
+    value."""
+    relation = Relation(
+        7, "public", name, "d", (Column("id", 25, -1, True), Column("v", 25, -1, False))
+    )
+    row = (b"\xc3\xa9\x1fz", b"x")
+    wire = from_wire(relation, [insert_message(relation, row)])
+    assert wire, "the common case must take the wire path"
+    assert wire == reference(relation, [row])
 
 
 @pytest.mark.parametrize("seq", [0, 4095, 4096, 1234567, 9999999998])
@@ -522,6 +543,65 @@ def test_a_run_ends_at_the_first_frame_it_cannot_take() -> None:
         assert from_wire(t, frames, start=1) == reference(t, rows)
         assert from_wire(t, frames, start=4) == []
     assert from_wire(t, run, start=3) == []
+
+
+@settings(max_examples=300)
+@given(
+    st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31)),
+    st.sampled_from([UTC, None, timezone(timedelta(hours=2)), timezone(timedelta(0))]),
+    st.integers(0, 2**64 - 1),
+    st.integers(0, 2**32 - 1),
+)
+def test_the_transaction_head_from_c_is_pythons(
+    at: datetime, tz: timezone | None, commit_lsn: int, xid: int
+) -> None:
+    """The C code writes a transaction's id prefix, LSN, xid and commit time
+    itself (any LSN and xid; the commit time in UTC or naive, which the builder
+    reads as UTC; a commit time in another zone or before year 1000 is left to
+    Python): the same bytes as EnvelopeBuilder._start."""
+    begin = Begin(xid, commit_lsn, at.replace(tzinfo=tz))
+    row = (b"x",)
+    frames = [insert_message(keyless(), row)] * 2
+    in_c = tz in (UTC, None) and at.year >= 1000
+    no_python_head = mock.patch.object(EnvelopeBuilder, "_start", side_effect=AssertionError)
+    with no_python_head if in_c else contextlib.nullcontext():
+        got = from_wire(keyless(), frames, begin=begin)
+    assert got == reference(keyless(), [row] * 2, begin=begin)
+
+
+def test_a_transaction_begun_on_the_general_path_keeps_its_head() -> None:
+    builder = EnvelopeBuilder(TypeRegistry())
+    relation = keyless()
+    first = builder.build(BEGIN, Change("insert", relation, (b"x",)), 0)
+    [second] = builder.inserts_from_wire(BEGIN, relation, [insert_message(relation, (b"x",))], 0, 1)
+    assert second.body == first.body.replace(b"/0000000000", b"/0000000001")
+
+
+def test_events_from_the_wire_hold_and_release_their_parts() -> None:
+    """The C code fills the Event's slots itself: every reference it takes is
+    dropped with the events (a leak or a missing reference shows here)."""
+    relation = keyless()
+    builder = EnvelopeBuilder(TypeRegistry())
+    frames = [insert_message(relation, (b"x",))] * 100
+    table = builder.inserts_from_wire(BEGIN, relation, frames, 0, 0)[0].table  # plan made
+    table_refs, at_refs = sys.getrefcount(table), sys.getrefcount(BEGIN.committed_at)
+    events = builder.inserts_from_wire(BEGIN, relation, frames, 0, 0)
+    assert [e.seq for e in events] == list(range(100))
+    assert sys.getrefcount(table) >= table_refs + 100
+    del events
+    assert (sys.getrefcount(table), sys.getrefcount(BEGIN.committed_at)) == (table_refs, at_refs)
+
+
+def test_the_c_encoder_takes_only_the_event_class_it_can_fill() -> None:
+    c = importlib.import_module("walrelay._speedups")
+
+    @dataclass(slots=True)
+    class Fewer:
+        commit_lsn: int
+
+    for cls in (Fewer, dict, 42):
+        with pytest.raises(TypeError):
+            c.set_event_type(cls)
 
 
 def test_a_run_is_at_most_the_limit() -> None:

@@ -141,7 +141,7 @@ class ReplicationSession:
         # where they can (Router.route_inserts); the rest is decoded, then routed.
         # Without the C encoder no run is ever built: every Insert is fed at once
         # (-1 matches no message kind).
-        run_kind = INSERT if speedups.encode_inserts is not None else -1
+        run_kind = INSERT if speedups.encode_insert_events is not None else -1
         insert_start = assembler.insert_start
         route_inserts = self._router.route_inserts
         bf_watch = self._bf_watch  # backfill windows: their changes take _route

@@ -41,6 +41,7 @@ import heapq
 from collections import deque
 from collections.abc import Sequence
 
+from walrelay import model
 from walrelay.model import Event
 
 __all__ = ["BufferClosed", "EventBuffer", "KeyedBuffer", "OrderedBuffer", "make_buffer"]
@@ -81,7 +82,9 @@ class EventBuffer:
         """Admit ``event`` if it fits now (and nobody is queued before it)."""
         if self._putters or self._closed:
             return False
-        size = event.size
+        # event.size without the property call for an event without a route
+        # (nearly all): the accounting runs twice per event.
+        size = len(event.body) + model.EVENT_OVERHEAD_BYTES if event.route is None else event.size
         nbytes = self.nbytes
         if nbytes and nbytes + size > self.max_bytes:
             return False
@@ -157,7 +160,12 @@ class EventBuffer:
         n = len(batch)
         self.count -= n
         self.in_flight -= n
-        self.nbytes -= sum([event.size for event in batch])
+        self.nbytes -= sum(
+            [
+                len(event.body) + model.EVENT_OVERHEAD_BYTES if event.route is None else event.size
+                for event in batch
+            ]
+        )
         if self._putters:
             self._wake_putter()
 

@@ -107,7 +107,7 @@ from walrelay.model import (
     format_lsn,
 )
 from walrelay.source.types import Converter, NotUtf8, TypeRegistry
-from walrelay.speedups import encode_inserts as _c_encode_inserts
+from walrelay.speedups import encode_insert_events as _c_encode_insert_events
 from walrelay.speedups import encode_object as _c_encode_object
 
 __all__ = ["KEY_SEPARATOR", "EnvelopeBuilder", "encode_json"]
@@ -402,7 +402,7 @@ class _Plan:
             op: b'","op":"' + op.encode() + b'","table":' + table_json + b',"key":'
             for op in ("insert", "update", "delete", "read")
         }
-        # What speedups.encode_inserts needs to make inserts' events from the wire.
+        # What speedups.encode_insert_events needs to make inserts' events from the wire.
         self.c_insert = (
             self.c_row.names,
             self.c_row.kinds,
@@ -632,20 +632,33 @@ class EnvelopeBuilder:
         or one the general path must decode (no C speedups, an unchanged TOAST
         value, a value the C encoder leaves to Python, a malformed message):
         empty when that is the first."""
-        encode = _c_encode_inserts
+        encode = _c_encode_insert_events
         if encode is None:
             return []
-        if begin is not self._begin:
-            self._start(begin)
         plan = self._plans.get(relation.oid)
         if plan is None or plan.relation is not relation or plan.version != self._types.version:
             plan = self._plan(relation)
-        built = encode(frames, start, _RUN_LIMIT, plan.c_insert, self._head, seq, self._insert_tail)
-        commit_lsn, xid, at, table = begin.commit_lsn, begin.xid, begin.committed_at, plan.table
-        return [
-            Event(commit_lsn, seq + i, "insert", table, (key,), body, xid, at, None, key_json)
-            for i, (body, key_json, key) in enumerate(built)
-        ]
+        # A transaction's head and tail are made in C unless this builder has
+        # them already (_start: once per transaction, costly next to a
+        # single-row transaction's one insert).
+        started = begin is self._begin
+        events = encode(
+            frames,
+            start,
+            _RUN_LIMIT,
+            plan.c_insert,
+            self._head if started else None,
+            seq,
+            self._insert_tail if started else None,
+            begin.commit_lsn,
+            plan.table,
+            begin.xid,
+            begin.committed_at,
+        )
+        if events is None:  # a commit time the C code does not write
+            self._start(begin)
+            return self.inserts_from_wire(begin, relation, frames, start, seq)
+        return events
 
     def _insert_event_c(self, begin: Begin, change: Change, seq: int, plan: _Plan) -> Event | None:
         """An insert, the most common change, through the C encoder in one step:
