@@ -150,6 +150,10 @@ class PostgresSink:
         self.ordered = config.ordered
         self.batch_size = config.batch_size
         self.max_connections = 1 if config.ordered else config.max_connections
+        # Unordered: one batch in flight per connection, cut when one is free
+        # (walrelay.pipeline.scheduler), so events arriving meanwhile make the
+        # next batch full instead of waiting here as many small transactions.
+        self.max_batches = self.max_connections
         self.connect_timeout = config.connect_timeout
         self._sem = asyncio.Semaphore(self.max_connections)
         self._idle: list[Conn] = []
