@@ -276,10 +276,62 @@ async def test_applied_records_are_trimmed(target: str) -> None:
     await sink.open()
     try:
         await sink.deliver([_event(100, i, "insert", "public.t", {"id": i}) for i in range(3)])
-        sink.trim_below(200)
-        await sink.deliver([_event(300, 0, "insert", "public.t", {"id": 10})])
+        await sink.deliver(
+            [_event(0x1C8, i, "insert", "public.t", {"id": 5 + i}) for i in range(2)]
+        )
+        sink.trim_below(0x1C8)  # the records of commit LSN 0x1C8 are kept
+        await sink.deliver([_event(0x2000, 0, "insert", "public.t", {"id": 10})])
     finally:
         await sink.close()
-    assert rows(target, "select event_id from walrelay.applied_events") == [
-        (format_event_id(300, 0),)
+    assert rows(target, "select event_id from walrelay.applied_events order by 1") == [
+        (format_event_id(0x1C8, 0),),
+        (format_event_id(0x1C8, 1),),
+        (format_event_id(0x2000, 0),),
+    ]
+
+
+async def test_applied_events_of_an_earlier_layout_are_migrated(target: str) -> None:
+    """A table made by an earlier version (ids in the database's collation, an
+    index on commit_lsn): ids compared byte-wise, the index gone, its records
+    kept (a replay of them is still skipped) and trimmed by commit LSN."""
+    execute(target, "create table t (id int primary key, v text)")
+    execute(target, "create schema walrelay")
+    execute(
+        target,
+        "create table walrelay.applied_events (destination text not null,"
+        ' event_id text collate "POSIX" not null, commit_lsn pg_lsn not null,'
+        " applied_at timestamptz not null default now(), primary key (destination, event_id))",
+    )
+    execute(
+        target,
+        "create index applied_events_destination_lsn on walrelay.applied_events"
+        " (destination, commit_lsn)",
+    )
+    old = _event(100, 0, "insert", "public.t", {"id": 1, "v": "old"})
+    execute(
+        target,
+        "insert into walrelay.applied_events (destination, event_id, commit_lsn)"
+        f" values ('d', '{old.id}', '{format_lsn(old.commit_lsn)}')",
+    )
+    sink = pg_sink(target)
+    await sink.open()
+    try:
+        await sink.deliver([old, _event(200, 0, "insert", "public.t", {"id": 2, "v": "new"})])
+        sink.trim_below(200)
+        await sink.deliver([_event(300, 0, "insert", "public.t", {"id": 3, "v": "new"})])
+    finally:
+        await sink.close()
+    assert sink.replays_skipped == 1
+    assert rows(target, "select id, v from t order by id") == [(2, "new"), (3, "new")]
+    assert rows(
+        target,
+        "select l.collname from pg_attribute a join pg_collation l on l.oid = a.attcollation"
+        " where a.attrelid = 'walrelay.applied_events'::regclass and a.attname = 'event_id'",
+    ) == [("C",)]
+    assert rows(target, "select indexname from pg_indexes where tablename = 'applied_events'") == [
+        ("applied_events_pkey",)
+    ]
+    assert rows(target, "select event_id from walrelay.applied_events order by 1") == [
+        (format_event_id(200, 0),),
+        (format_event_id(300, 0),),
     ]
