@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -290,10 +291,10 @@ async def test_applied_records_are_trimmed(target: str) -> None:
     ]
 
 
-async def test_applied_events_of_an_earlier_layout_are_migrated(target: str) -> None:
-    """A table made by an earlier version (ids in the database's collation, an
-    index on commit_lsn): ids compared byte-wise, the index gone, its records
-    kept (a replay of them is still skipped) and trimmed by commit LSN."""
+def _earlier_layout(target: str) -> Event:
+    """``walrelay.applied_events`` as an earlier version made it (ids in the
+    database's collation, an index on commit_lsn), holding the record of the
+    event returned; and a table ``t`` to apply to."""
     execute(target, "create table t (id int primary key, v text)")
     execute(target, "create schema walrelay")
     execute(
@@ -313,7 +314,11 @@ async def test_applied_events_of_an_earlier_layout_are_migrated(target: str) -> 
         "insert into walrelay.applied_events (destination, event_id, commit_lsn)"
         f" values ('d', '{old.id}', '{format_lsn(old.commit_lsn)}')",
     )
-    sink = pg_sink(target)
+    return old
+
+
+async def _replay_and_trim(sink: PostgresSink, old: Event) -> None:
+    """Replay ``old`` beside a new event, trim below LSN 200, apply one more."""
     await sink.open()
     try:
         await sink.deliver([old, _event(200, 0, "insert", "public.t", {"id": 2, "v": "new"})])
@@ -322,16 +327,57 @@ async def test_applied_events_of_an_earlier_layout_are_migrated(target: str) -> 
     finally:
         await sink.close()
     assert sink.replays_skipped == 1
-    assert rows(target, "select id, v from t order by id") == [(2, "new"), (3, "new")]
-    assert rows(
-        target,
-        "select l.collname from pg_attribute a join pg_collation l on l.oid = a.attcollation"
-        " where a.attrelid = 'walrelay.applied_events'::regclass and a.attname = 'event_id'",
-    ) == [("C",)]
-    assert rows(target, "select indexname from pg_indexes where tablename = 'applied_events'") == [
-        ("applied_events_pkey",)
-    ]
-    assert rows(target, "select event_id from walrelay.applied_events order by 1") == [
-        (format_event_id(200, 0),),
-        (format_event_id(300, 0),),
-    ]
+
+
+def _layout(target: str) -> tuple[list[tuple[Any, ...]], ...]:
+    """The event_id column's collation, the table's indexes, its records and ``t``."""
+    return (
+        rows(
+            target,
+            "select l.collname from pg_attribute a join pg_collation l on l.oid = a.attcollation"
+            " where a.attrelid = 'walrelay.applied_events'::regclass and a.attname = 'event_id'",
+        ),
+        rows(
+            target, "select indexname from pg_indexes where tablename = 'applied_events' order by 1"
+        ),
+        rows(target, "select event_id from walrelay.applied_events order by 1"),
+        rows(target, "select id, v from t order by id"),
+    )
+
+
+async def test_applied_events_of_an_earlier_layout_are_migrated(target: str) -> None:
+    """Ids compared byte-wise, the index gone, the records kept (a replay of
+    them is still skipped) and trimmed by commit LSN."""
+    old = _earlier_layout(target)
+    await _replay_and_trim(pg_sink(target), old)
+    assert _layout(target) == (
+        [("C",)],
+        [("applied_events_pkey",)],
+        [(format_event_id(200, 0),), (format_event_id(300, 0),)],
+        [(2, "new"), (3, "new")],
+    )
+
+
+async def test_applied_events_another_role_owns_stay_as_they_are(
+    target: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without the right to alter the table, the sink works with it as it is:
+    replays skipped, records trimmed by commit LSN (with its index)."""
+    old = _earlier_layout(target)
+    dbname = psycopg.conninfo.conninfo_to_dict(target)["dbname"]
+    role = f"sink_{dbname}"
+    execute(target, f"create role {role} login")
+    execute(target, f"grant create on database {dbname} to {role}")
+    execute(target, f"grant usage, create on schema walrelay to {role}")
+    execute(target, f"grant select, insert, update, delete on walrelay.applied_events, t to {role}")
+    dsn = target.replace("user=postgres", f"user={role}")
+    assert dsn != target
+    with caplog.at_level(logging.WARNING, logger="walrelay.sinks.postgres"):
+        await _replay_and_trim(pg_sink(dsn), old)
+    assert "cannot alter walrelay.applied_events" in caplog.text
+    assert _layout(target) == (
+        [("POSIX",)],
+        [("applied_events_destination_lsn",), ("applied_events_pkey",)],
+        [(format_event_id(200, 0),), (format_event_id(300, 0),)],
+        [(2, "new"), (3, "new")],
+    )

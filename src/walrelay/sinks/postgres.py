@@ -182,9 +182,13 @@ class PostgresSink:
         # Ids (walrelay.model.format_event_id) compared byte-wise (collation "C")
         # sort by commit LSN: those below the first id of LSN x are those of
         # commit LSNs below x, a range of the primary key.
-        self._q_trim = sql.SQL(
+        self._q_trim_by_key = sql.SQL(
             "delete from {}.applied_events where destination = %s and event_id < %s"
         ).format(s)
+        self._q_trim_by_lsn = sql.SQL(
+            "delete from {}.applied_events where destination = %s and commit_lsn < %s::pg_lsn"
+        ).format(s)
+        self._trim_by_key = True  # set by _prepare from the table's collation
         # Stats.
         self.applied = 0
         self.replays_skipped = 0
@@ -265,25 +269,63 @@ class PostgresSink:
                     "primary key (destination, event_id))"
                 ).format(s)
             )
-            # A table made before: its ids take collation "C" (the trim is a range
-            # of the key), and the index on commit_lsn the trim used goes (a third
-            # of the claim's cost on the target).
-            cur = await conn.execute(
-                "select l.collname from pg_attribute a"
-                " join pg_collation l on l.oid = a.attcollation"
-                " where a.attrelid = %s::regclass and a.attname = 'event_id'",
-                (sql.SQL("{}.applied_events").format(s).as_string(conn),),
-            )
-            row = await cur.fetchone()
-            if row is not None and row[0] != "C":
-                await conn.execute(
-                    sql.SQL(
-                        'alter table {}.applied_events alter column event_id type text collate "C"'
-                    ).format(s)
-                )
-            await conn.execute(
-                sql.SQL("drop index if exists {}.applied_events_destination_lsn").format(s)
-            )
+            # A table made before: its ids take collation "C" (the trim is then a
+            # range of the key), and the index on commit_lsn the trim used goes (a
+            # third of the claim's cost on the target). Without the right to alter
+            # the table (another role owns it) it stays as it is, trimmed as before.
+            if await self._event_id_collation(conn) != "C":
+                try:
+                    async with conn.transaction():
+                        await conn.execute(
+                            sql.SQL(
+                                "alter table {}.applied_events"
+                                ' alter column event_id type text collate "C"'
+                            ).format(s)
+                        )
+                except psycopg.errors.InsufficientPrivilege as e:
+                    log.warning(
+                        "postgres sink %s: cannot alter %s.applied_events (%s); its records"
+                        " are trimmed by commit_lsn as before",
+                        self.where,
+                        self.state_schema,
+                        str(e).strip(),
+                    )
+            self._trim_by_key = await self._event_id_collation(conn) == "C"
+            if self._trim_by_key:
+                with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
+                    async with conn.transaction():
+                        await conn.execute(
+                            sql.SQL(
+                                "drop index if exists {}.applied_events_destination_lsn"
+                            ).format(s)
+                        )
+
+    async def _event_id_collation(self, conn: Conn) -> str | None:
+        cur = await conn.execute(
+            "select l.collname from pg_attribute a"
+            " join pg_collation l on l.oid = a.attcollation"
+            " where a.attrelid = %s::regclass and a.attname = 'event_id'",
+            (
+                sql.SQL("{}.applied_events")
+                .format(sql.Identifier(self.state_schema))
+                .as_string(conn),
+            ),
+        )
+        row = await cur.fetchone()
+        return None if row is None else str(row[0])
+
+    def _trim_query(self, conn: Conn) -> bytes:
+        if self._trim_by_key:
+            return self._query(conn, ("trim",), lambda: self._q_trim_by_key)
+        return self._query(conn, ("trim_by_lsn",), lambda: self._q_trim_by_lsn)
+
+    def _trim_params(self, trim: Lsn) -> tuple[str, str]:
+        """The trim's parameters: below the first id of commit LSN ``trim`` (ids
+        collated "C"), or below ``trim`` itself (a table left as it was)."""
+        return (
+            self.destination,
+            format_event_id(trim, 0) if self._trim_by_key else format_lsn(trim),
+        )
 
     # -- delivery ---------------------------------------------------------------
 
@@ -383,8 +425,7 @@ class PostgresSink:
                     for query, params_seq in _runs(statements):
                         await cur.executemany(query, params_seq)
                     if trim is not None:
-                        q_trim = self._query(conn, ("trim",), lambda: self._q_trim)
-                        await cur.execute(q_trim, (self.destination, format_event_id(trim, 0)))
+                        await cur.execute(self._trim_query(conn), self._trim_params(trim))
                     failpoints.hit(failpoints.POSTGRES_BEFORE_COMMIT)
                 # The transaction's exit queued COMMIT, the pipeline's sent it all
                 # and read every result: the first error is raised there.
@@ -431,8 +472,7 @@ class PostgresSink:
                         for query, params_seq in _runs(statements):
                             await cur.executemany(query, params_seq)
                 if trim is not None:
-                    q_trim = self._query(conn, ("trim",), lambda: self._q_trim)
-                    await conn.execute(q_trim, (self.destination, format_event_id(trim, 0)))
+                    await conn.execute(self._trim_query(conn), self._trim_params(trim))
                 failpoints.hit(failpoints.POSTGRES_BEFORE_COMMIT)
         except psycopg.OperationalError:
             raise
