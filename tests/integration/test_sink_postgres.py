@@ -102,6 +102,32 @@ async def test_every_op_and_type_matrix(db: str, target: str) -> None:
     assert [r[0] for r in got] == [10, 20]
 
 
+async def test_json_numbers_arrive_exactly(db: str, target: str) -> None:
+    """Numbers a double cannot hold, in json/jsonb and numeric columns, and a
+    json object giving a key twice: the rows are sent as JSON and cast by the
+    target, every number as written."""
+    ddl = "create table nums (id int primary key, j json, jb jsonb, n numeric, a numeric[])"
+    execute(db, ddl)
+    execute(target, ddl)
+    config = make_config(db, ["public.nums"], [sink_dest(target)])
+    async with running_engine(config) as engine:
+        execute(
+            db,
+            "insert into nums values (1,"
+            ' \'{"a": 1, "a": 2.50, "b": 12345678901234567890123, "c": 1e400}\','
+            ' \'{"x": 0.1000000000000000000000001, "y": 1e400, "z": [1.50, -0.0]}\','
+            " 123456789012345678901234567890.123456789000, '{1.10,2e-30}')",
+            "insert into nums values (2, '[]', '\"text\"', 'NaN', '{}')",
+        )
+        await wait_for(
+            lambda: engine.destinations["pg"].delivered_total >= 2, what="2 events applied"
+        )
+    cols = "id, j::jsonb::text, jb::text, n::text, a::text"
+    assert rows(target, f"select {cols} from nums order by id") == rows(
+        db, f"select {cols} from nums order by id"
+    )
+
+
 async def test_table_mapping_schema_and_truncate(db: str, target: str) -> None:
     execute(
         db, "create table a (id int primary key, v text)", "create table b (id int primary key)"

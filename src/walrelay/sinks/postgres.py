@@ -18,7 +18,7 @@ What a batch does, in **one target transaction**:
 2. the events' statements, in order, pipelined: ``insert`` / ``update``
    become an upsert on the target's primary key (a run of upserts into one
    table that touch distinct rows is one statement over a JSON array of
-   their envelopes), ``delete`` deletes by key, an ``update`` that changed
+   their envelopes' records), ``delete`` deletes by key, an ``update`` that changed
    the key first moves the old row to the new key (an ``UPDATE``, so columns
    the event does not carry -- a TOASTed value the server did not resend, a
    target-only column -- keep their values), ``truncate`` truncates the mapped
@@ -46,10 +46,11 @@ table's ``tables`` mapping (default: the same name). Names are quoted as
 identifiers, never spliced into SQL.
 
 Column values come from the event envelope and are cast by PostgreSQL
-itself through ``jsonb_populate_record(null::<target>, <envelope> ->
-'record')``: every column gets its value by the target column's own input
-function (numeric strings, ``\\x`` bytea, ISO timestamps and intervals, JSON
-arrays into arrays, JSON into json/jsonb), so the target's types decide.
+itself through ``jsonb_populate_record(null::<target>, <record>)`` (the
+envelope's ``record``, or ``old`` for a delete's key): every column gets
+its value by the target column's own input function (numeric strings,
+``\\x`` bytea, ISO timestamps and intervals, JSON arrays into arrays, JSON
+into json/jsonb), so the target's types decide.
 Source columns missing in the target are ignored (logged once); generated
 target columns are never written; TOASTed values the server did not resend
 are left as they are (an upsert only sets the columns it got).
@@ -87,7 +88,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg import sql
 
-from walrelay import failpoints
+from walrelay import exact_json, failpoints
 from walrelay.config import masked_dsn
 from walrelay.errors import PoisonEvent, SinkError, SinkUnavailable
 from walrelay.model import Event, Lsn, format_event_id, format_lsn
@@ -107,10 +108,10 @@ Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 TRIM_INTERVAL = 1.0  # seconds between deletions of old applied-event records
 
 # A query, its parameters, and -- for an upsert, which takes a JSON array of
-# event bodies -- the target key of its row: consecutive upserts of distinct rows go
+# records -- the target key of its row: consecutive upserts of distinct rows go
 # as one statement (one upsert may not touch a row twice).
 _Statement = tuple[bytes, tuple[Any, ...], tuple[Any, ...] | None]
-# Bodies in one upsert's JSON array at most (a PostgreSQL value is at most 1 GB).
+# Characters of records in one upsert's JSON array at most (a value is at most 1 GB).
 MAX_ARRAY_CHARS = 64 * 2**20
 
 
@@ -560,7 +561,6 @@ class PostgresSink:
         if op == "message":
             return []
         env = event.envelope()
-        body = event.body.decode()
         if op == "truncate":
             return await self._truncate(conn, event, env)
         # A row envelope's route names its table (an outbox-routed body is no row).
@@ -572,7 +572,8 @@ class PostgresSink:
             shape_key = (event.table, routed, tuple(record))
             shape = self._shapes.get(shape_key)
             if shape is not None and not _key_changed(shape[0], env.get("old"), record):
-                return [(shape[1], (body,), tuple([str(record[k]) for k in shape[0].key]))]
+                row = tuple([str(record[k]) for k in shape[0].key])
+                return [(shape[1], (_record_json(record),), row)]
         table = await self._table(conn, event.table, routed)
         if table is None:
             schema, name = self._target_name(event.table, routed)
@@ -589,7 +590,7 @@ class PostgresSink:
         old = env.get("old")
         if op == "delete":
             self._require_key(table, old, event)
-            out.append((self._delete_sql(conn, table), (body,), None))
+            out.append((self._delete_sql(conn, table), (event.body.decode(),), None))
             return out
         if not isinstance(record, dict):
             return out
@@ -600,6 +601,7 @@ class PostgresSink:
             # not resend, and target-only columns, keep their values; without an
             # old row, the row is upserted.
             self._require_key(table, record, event)
+            body = event.body.decode()
             out.append((self._move_sql(conn, table, cols), (body, body, body), None))
             return out
         for c in record:
@@ -617,7 +619,7 @@ class PostgresSink:
         upsert = self._upsert_sql(conn, table, cols)
         if shape_key is not None:
             self._shapes[shape_key] = (table, upsert)
-        out.append((upsert, (body,), row))
+        out.append((upsert, (_record_json(record),), row))
         return out
 
     def _require_key(self, table: _Table, values: Any, event: Event) -> None:
@@ -643,8 +645,8 @@ class PostgresSink:
             action = _on_conflict(table, cols)
             return sql.SQL(
                 "insert into {t} ({names}) select {values} "
-                "from jsonb_array_elements(%s::jsonb) with ordinality as e(body, n) "
-                "cross join lateral jsonb_populate_record(null::{t}, e.body -> 'record') as r "
+                "from jsonb_array_elements(%s::jsonb) with ordinality as e(record, n) "
+                "cross join lateral jsonb_populate_record(null::{t}, e.record) as r "
                 "order by e.n on conflict ({conflict}) {action}"
             ).format(t=table.ident, names=names, values=values, conflict=conflict, action=action)
 
@@ -727,8 +729,8 @@ def _runs(
     statements: Sequence[_Statement], max_chars: int = MAX_ARRAY_CHARS
 ) -> Iterator[tuple[bytes, list[tuple[Any, ...]]]]:
     """The statements as (query, parameter sets) in their order: a run of upserts
-    of one query and distinct rows (up to ``max_chars`` of bodies) as one
-    statement with the JSON array of their bodies; a run of another query as
+    of one query and distinct rows (up to ``max_chars`` of records) as one
+    statement with the JSON array of their records; a run of another query as
     one parameter set each."""
     query: bytes | None = None
     params: list[tuple[Any, ...]] = []
@@ -758,3 +760,10 @@ def _runs(
 def _json_array(bodies: list[str]) -> str:
     """The bodies (each a JSON document) as one JSON array, without re-encoding them."""
     return "[" + ",".join(bodies) + "]"
+
+
+def _record_json(record: dict[str, Any]) -> str:
+    """An envelope's record as JSON, every number as it was: the upsert sends
+    the records, not their envelopes (a third of the text, which the target
+    parses as jsonb: the upsert's cost on the target falls by a third)."""
+    return exact_json.dumps(record).decode()
