@@ -123,6 +123,7 @@ class _Table:
     ident: sql.Composable
     columns: frozenset[str]
     key: tuple[str, ...]  # primary key columns
+    has_ordinality: bool = False  # a column named "ordinality" (generated ones too)
 
 
 class _BadEvent(Exception):
@@ -487,9 +488,15 @@ class PostgresSink:
         self.replays_skipped += len(events) - len(new)
 
     def _failed_batch(self, e: psycopg.Error, events: Sequence[Event]) -> _BadEvent:
-        """The error of a batch the target refused; a missing table or column
-        also forgets what was cached of the targets (they changed)."""
-        if isinstance(e, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedColumn):
+        """The error of a batch the target refused; a missing table or column (or
+        an ambiguous one: a column "ordinality" added) also forgets what was cached
+        of the targets (they changed)."""
+        changed = (
+            psycopg.errors.UndefinedTable,
+            psycopg.errors.UndefinedColumn,
+            psycopg.errors.AmbiguousColumn,
+        )
+        if isinstance(e, changed):
             self._meta.clear()
             self._shapes.clear()
         return _BadEvent(events[0], self._classify(e, events))
@@ -552,7 +559,8 @@ class PostgresSink:
             (oid,),
         )
         key = tuple(str(r[0]) for r in await cur.fetchall())
-        info = _Table(f"{schema}.{table}", sql.Identifier(schema, table), columns, key)
+        ordinality = any(r[1] == "ordinality" for r in rows)
+        info = _Table(f"{schema}.{table}", sql.Identifier(schema, table), columns, key, ordinality)
         self._meta[(schema, table)] = info
         return info
 
@@ -643,14 +651,26 @@ class PostgresSink:
         def build() -> sql.Composable:
             names, values, conflict = _names(cols), _names(cols, "r"), _names(table.key)
             action = _on_conflict(table, cols)
+            if table.has_ordinality:
+                # The recordset's "with ordinality" would add a second such column.
+                rows = (
+                    "from jsonb_array_elements(%s::jsonb) with ordinality as e(record, n) "
+                    "cross join lateral jsonb_populate_record(null::{t}, e.record) as r "
+                    "order by e.n"
+                )
+            else:  # a sixth less of the target's work
+                rows = (
+                    "from jsonb_populate_recordset(null::{t}, %s::jsonb) with ordinality as r "
+                    "order by r.ordinality"
+                )
             return sql.SQL(
                 "insert into {t} ({names}) select {values} "
-                "from jsonb_array_elements(%s::jsonb) with ordinality as e(record, n) "
-                "cross join lateral jsonb_populate_record(null::{t}, e.record) as r "
-                "order by e.n on conflict ({conflict}) {action}"
+                + rows
+                + " on conflict ({conflict}) {action}"
             ).format(t=table.ident, names=names, values=values, conflict=conflict, action=action)
 
-        return self._query(conn, ("upsert", table.name, table.key, cols), build)
+        key = ("upsert", table.name, table.key, cols, table.has_ordinality)
+        return self._query(conn, key, build)
 
     def _move_sql(self, conn: Conn, table: _Table, cols: tuple[str, ...]) -> bytes:
         def build() -> sql.Composable:
