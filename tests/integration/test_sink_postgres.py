@@ -68,15 +68,28 @@ TYPES_DDL = (
 )
 
 
+async def _stream(db: str, target: str, table: str, statements: list[str]) -> None:
+    """Run ``statements`` in ``db`` under an engine streaming ``table`` to
+    ``target``, until every change they made is applied."""
+    config = make_config(db, [table], [sink_dest(target)])
+    async with running_engine(config) as engine:
+        execute(db, *statements)
+        n = len(statements)
+        await wait_for(
+            lambda: engine.destinations["pg"].delivered_total >= n, what=f"{n} events applied"
+        )
+
+
 async def test_every_op_and_type_matrix(db: str, target: str) -> None:
     execute(
         db, TYPES_DDL.format(t="kinds"), "alter table kinds alter column big set storage external"
     )
     execute(target, TYPES_DDL.format(t="kinds"))
-    config = make_config(db, ["public.kinds"], [sink_dest(target)])
-    async with running_engine(config) as engine:
-        execute(
-            db,
+    await _stream(
+        db,
+        target,
+        "public.kinds",
+        [
             "insert into kinds values (1, 12345678901234.12345, '\\x00ff',"
             " '{\"k\": [1, 2.5, null]}', '{1,2,3}', '2024-01-02 03:04:05.123456+02',"
             " '1 day 02:03:04.5',"
@@ -91,10 +104,8 @@ async def test_every_op_and_type_matrix(db: str, target: str) -> None:
             # an UPDATE that changes the key
             "update kinds set id = 20 where id = 2",
             "delete from kinds where id = 3",
-        )
-        await wait_for(
-            lambda: engine.destinations["pg"].delivered_total >= 7, what="7 events applied"
-        )
+        ],
+    )
     cols = "id, row(n, b, j, a, ts, iv, u, t, f, ok, d, md5(big))::text"  # text: NaN = NaN
     want = rows(db, f"select {cols} from kinds order by id")
     got = rows(target, f"select {cols} from kinds order by id")
@@ -109,19 +120,18 @@ async def test_json_numbers_arrive_exactly(db: str, target: str) -> None:
     ddl = "create table nums (id int primary key, j json, jb jsonb, n numeric, a numeric[])"
     execute(db, ddl)
     execute(target, ddl)
-    config = make_config(db, ["public.nums"], [sink_dest(target)])
-    async with running_engine(config) as engine:
-        execute(
-            db,
+    await _stream(
+        db,
+        target,
+        "public.nums",
+        [
             "insert into nums values (1,"
             ' \'{"a": 1, "a": 2.50, "b": 12345678901234567890123, "c": 1e400}\','
             ' \'{"x": 0.1000000000000000000000001, "y": 1e400, "z": [1.50, -0.0]}\','
             " 123456789012345678901234567890.123456789000, '{1.10,2e-30}')",
             "insert into nums values (2, '[]', '\"text\"', 'NaN', '{}')",
-        )
-        await wait_for(
-            lambda: engine.destinations["pg"].delivered_total >= 2, what="2 events applied"
-        )
+        ],
+    )
     cols = "id, j::jsonb::text, jb::text, n::text, a::text"
     assert rows(target, f"select {cols} from nums order by id") == rows(
         db, f"select {cols} from nums order by id"
