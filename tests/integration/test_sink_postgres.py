@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -67,15 +68,28 @@ TYPES_DDL = (
 )
 
 
+async def _stream(db: str, target: str, table: str, statements: list[str]) -> None:
+    """Run ``statements`` in ``db`` under an engine streaming ``table`` to
+    ``target``, until every change they made is applied."""
+    config = make_config(db, [table], [sink_dest(target)])
+    async with running_engine(config) as engine:
+        execute(db, *statements)
+        n = len(statements)
+        await wait_for(
+            lambda: engine.destinations["pg"].delivered_total >= n, what=f"{n} events applied"
+        )
+
+
 async def test_every_op_and_type_matrix(db: str, target: str) -> None:
     execute(
         db, TYPES_DDL.format(t="kinds"), "alter table kinds alter column big set storage external"
     )
     execute(target, TYPES_DDL.format(t="kinds"))
-    config = make_config(db, ["public.kinds"], [sink_dest(target)])
-    async with running_engine(config) as engine:
-        execute(
-            db,
+    await _stream(
+        db,
+        target,
+        "public.kinds",
+        [
             "insert into kinds values (1, 12345678901234.12345, '\\x00ff',"
             " '{\"k\": [1, 2.5, null]}', '{1,2,3}', '2024-01-02 03:04:05.123456+02',"
             " '1 day 02:03:04.5',"
@@ -90,15 +104,38 @@ async def test_every_op_and_type_matrix(db: str, target: str) -> None:
             # an UPDATE that changes the key
             "update kinds set id = 20 where id = 2",
             "delete from kinds where id = 3",
-        )
-        await wait_for(
-            lambda: engine.destinations["pg"].delivered_total >= 7, what="7 events applied"
-        )
+        ],
+    )
     cols = "id, row(n, b, j, a, ts, iv, u, t, f, ok, d, md5(big))::text"  # text: NaN = NaN
     want = rows(db, f"select {cols} from kinds order by id")
     got = rows(target, f"select {cols} from kinds order by id")
     assert got == want
     assert [r[0] for r in got] == [10, 20]
+
+
+async def test_json_numbers_arrive_exactly(db: str, target: str) -> None:
+    """Numbers a double cannot hold, in json/jsonb and numeric columns, and a
+    json object giving a key twice: the rows are sent as JSON and cast by the
+    target, every number as written."""
+    ddl = "create table nums (id int primary key, j json, jb jsonb, n numeric, a numeric[])"
+    execute(db, ddl)
+    execute(target, ddl)
+    await _stream(
+        db,
+        target,
+        "public.nums",
+        [
+            "insert into nums values (1,"
+            ' \'{"a": 1, "a": 2.50, "b": 12345678901234567890123, "c": 1e400}\','
+            ' \'{"x": 0.1000000000000000000000001, "y": 1e400, "z": [1.50, -0.0]}\','
+            " 123456789012345678901234567890.123456789000, '{1.10,2e-30}')",
+            "insert into nums values (2, '[]', '\"text\"', 'NaN', '{}')",
+        ],
+    )
+    cols = "id, j::jsonb::text, jb::text, n::text, a::text"
+    assert rows(target, f"select {cols} from nums order by id") == rows(
+        db, f"select {cols} from nums order by id"
+    )
 
 
 async def test_table_mapping_schema_and_truncate(db: str, target: str) -> None:
@@ -228,6 +265,45 @@ async def test_bad_event_is_poison_and_earlier_ones_apply(target: str) -> None:
     assert rows(target, "select id, v from t order by id") == [(1, 1), (2, -1), (3, 3)]
 
 
+async def test_a_column_named_ordinality_is_upserted(target: str) -> None:
+    execute(target, "create table t (id int primary key, ordinality int, v text)")
+    execute(target, "insert into t values (1, 0, 'before')")
+    sink = pg_sink(target)
+    await sink.open()
+    try:
+        await sink.deliver(
+            [
+                _event(100, i, "insert", "public.t", {"id": i, "ordinality": 10 + i, "v": "new"})
+                for i in range(1, 4)
+            ]
+        )
+    finally:
+        await sink.close()
+    assert rows(target, "select * from t order by id") == [
+        (1, 11, "new"),
+        (2, 12, "new"),
+        (3, 13, "new"),
+    ]
+
+
+async def test_a_column_named_ordinality_added_later(target: str) -> None:
+    execute(target, "create table t (id int primary key, v text)")
+    sink = pg_sink(target)
+    await sink.open()
+    try:
+        await sink.deliver([_event(100, i, "insert", "public.t", {"id": i}) for i in range(2)])
+        execute(target, "alter table t add column ordinality int")
+        # The statement made for the table as it was fails (the column is then
+        # ambiguous); the events, tried one by one, are applied by statements
+        # made for the table as it is now.
+        await sink.deliver(
+            [_event(200, i, "insert", "public.t", {"id": i, "v": "x"}) for i in range(2)]
+        )
+    finally:
+        await sink.close()
+    assert rows(target, "select id, v from t order by id") == [(0, "x"), (1, "x")]
+
+
 async def test_missing_target_table_is_retryable(target: str) -> None:
     sink = pg_sink(target)
     await sink.open()
@@ -276,10 +352,107 @@ async def test_applied_records_are_trimmed(target: str) -> None:
     await sink.open()
     try:
         await sink.deliver([_event(100, i, "insert", "public.t", {"id": i}) for i in range(3)])
-        sink.trim_below(200)
-        await sink.deliver([_event(300, 0, "insert", "public.t", {"id": 10})])
+        await sink.deliver(
+            [_event(0x1C8, i, "insert", "public.t", {"id": 5 + i}) for i in range(2)]
+        )
+        sink.trim_below(0x1C8)  # the records of commit LSN 0x1C8 are kept
+        await sink.deliver([_event(0x2000, 0, "insert", "public.t", {"id": 10})])
     finally:
         await sink.close()
-    assert rows(target, "select event_id from walrelay.applied_events") == [
-        (format_event_id(300, 0),)
+    assert rows(target, "select event_id from walrelay.applied_events order by 1") == [
+        (format_event_id(0x1C8, 0),),
+        (format_event_id(0x1C8, 1),),
+        (format_event_id(0x2000, 0),),
     ]
+
+
+def _earlier_layout(target: str) -> Event:
+    """``walrelay.applied_events`` as an earlier version made it (ids in the
+    database's collation, an index on commit_lsn), holding the record of the
+    event returned; and a table ``t`` to apply to."""
+    execute(target, "create table t (id int primary key, v text)")
+    execute(target, "create schema walrelay")
+    execute(
+        target,
+        "create table walrelay.applied_events (destination text not null,"
+        ' event_id text collate "POSIX" not null, commit_lsn pg_lsn not null,'
+        " applied_at timestamptz not null default now(), primary key (destination, event_id))",
+    )
+    execute(
+        target,
+        "create index applied_events_destination_lsn on walrelay.applied_events"
+        " (destination, commit_lsn)",
+    )
+    old = _event(100, 0, "insert", "public.t", {"id": 1, "v": "old"})
+    execute(
+        target,
+        "insert into walrelay.applied_events (destination, event_id, commit_lsn)"
+        f" values ('d', '{old.id}', '{format_lsn(old.commit_lsn)}')",
+    )
+    return old
+
+
+async def _replay_and_trim(sink: PostgresSink, old: Event) -> None:
+    """Replay ``old`` beside a new event, trim below LSN 200, apply one more."""
+    await sink.open()
+    try:
+        await sink.deliver([old, _event(200, 0, "insert", "public.t", {"id": 2, "v": "new"})])
+        sink.trim_below(200)
+        await sink.deliver([_event(300, 0, "insert", "public.t", {"id": 3, "v": "new"})])
+    finally:
+        await sink.close()
+    assert sink.replays_skipped == 1
+
+
+def _layout(target: str) -> tuple[list[tuple[Any, ...]], ...]:
+    """The event_id column's collation, the table's indexes, its records and ``t``."""
+    return (
+        rows(
+            target,
+            "select l.collname from pg_attribute a join pg_collation l on l.oid = a.attcollation"
+            " where a.attrelid = 'walrelay.applied_events'::regclass and a.attname = 'event_id'",
+        ),
+        rows(
+            target, "select indexname from pg_indexes where tablename = 'applied_events' order by 1"
+        ),
+        rows(target, "select event_id from walrelay.applied_events order by 1"),
+        rows(target, "select id, v from t order by id"),
+    )
+
+
+async def test_applied_events_of_an_earlier_layout_are_migrated(target: str) -> None:
+    """Ids compared byte-wise, the index gone, the records kept (a replay of
+    them is still skipped) and trimmed by commit LSN."""
+    old = _earlier_layout(target)
+    await _replay_and_trim(pg_sink(target), old)
+    assert _layout(target) == (
+        [("C",)],
+        [("applied_events_pkey",)],
+        [(format_event_id(200, 0),), (format_event_id(300, 0),)],
+        [(2, "new"), (3, "new")],
+    )
+
+
+async def test_applied_events_another_role_owns_stay_as_they_are(
+    target: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without the right to alter the table, the sink works with it as it is:
+    replays skipped, records trimmed by commit LSN (with its index)."""
+    old = _earlier_layout(target)
+    dbname = psycopg.conninfo.conninfo_to_dict(target)["dbname"]
+    role = f"sink_{dbname}"
+    execute(target, f"create role {role} login")
+    execute(target, f"grant create on database {dbname} to {role}")
+    execute(target, f"grant usage, create on schema walrelay to {role}")
+    execute(target, f"grant select, insert, update, delete on walrelay.applied_events, t to {role}")
+    dsn = target.replace("user=postgres", f"user={role}")
+    assert dsn != target
+    with caplog.at_level(logging.WARNING, logger="walrelay.sinks.postgres"):
+        await _replay_and_trim(pg_sink(dsn), old)
+    assert "cannot alter walrelay.applied_events" in caplog.text
+    assert _layout(target) == (
+        [("POSIX",)],
+        [("applied_events_destination_lsn",), ("applied_events_pkey",)],
+        [(format_event_id(200, 0),), (format_event_id(300, 0),)],
+        [(2, "new"), (3, "new")],
+    )

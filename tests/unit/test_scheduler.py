@@ -269,6 +269,53 @@ async def test_failing_key_holds_only_its_own_key() -> None:
     await dest.stop()
 
 
+class SlotSink(MemorySink):
+    """A sink delivering on two connections: at most two batches in flight."""
+
+    max_batches = 2
+
+
+async def test_max_batches_cuts_a_batch_when_a_slot_is_free() -> None:
+    gates = Gates()
+    sink = SlotSink(batch_size=10, delay=gates, track_keys=True)
+    dest = Destination("d", sink, max_in_flight=100)
+    first = [ev(0, "a"), ev(1, "b")]
+    rest = [ev(i, f"k{i}") for i in range(2, 32)]
+    dest.start()
+    await dest.put(first[0])  # one at a time: each is a batch of its own
+    await until(lambda: len(gates.started) == 1)
+    await dest.put(first[1])
+    await until(lambda: len(gates.started) == 2)
+    for e in rest:
+        await dest.put(e)
+        await asyncio.sleep(0)  # the scheduler runs between arrivals
+    assert len(gates.started) == 2  # both slots busy: the rest waits in the buffer
+    assert dest.buffered_events == len(rest)
+    for e in first + rest:
+        gates.open(e)
+    assert await dest.drain(timeout=5)
+    await dest.stop()
+    assert sink.max_active == 2
+    assert sorted(len(b) for b in sink.batches) == [1, 1, 10, 10, 10]
+    assert sorted(sink.delivered, key=order_key) == first + rest
+
+
+async def test_a_batch_waiting_to_be_retried_leaves_its_slot() -> None:
+    sink = SlotSink(batch_size=1, fail_keys={"bad"})
+    dest = Destination("d", sink, max_in_flight=10, backoff=FAST)
+    events = [ev(0, "bad"), ev(1, "bad2"), *(ev(i, f"good{i}") for i in range(2, 8))]
+    sink.fail_keys.add("bad2")
+    dest.start()
+    await _put_all(dest, events)
+    await sink.wait_delivered(6)  # both slots' batches fail again and again
+    assert sorted(sink.delivered, key=order_key) == events[2:]
+    sink.fail_keys.clear()
+    assert await dest.drain(timeout=5)
+    assert sorted(sink.delivered[6:], key=order_key) == events[:2]
+    assert sink.max_active <= 2
+    await dest.stop()
+
+
 async def test_unexpected_exception_is_logged_and_retried(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -9,7 +9,11 @@ most ``sink.batch_size`` and runs one asyncio task per batch in flight.
 Limits:
 
 * unordered sinks: at most ``max_in_flight`` *events* in flight (so a batch
-  holds at most ``min(sink.batch_size, max_in_flight)`` events);
+  holds at most ``min(sink.batch_size, max_in_flight)`` events), and at most
+  ``sink.max_batches`` batches when the sink has that attribute (a sink that
+  delivers on a few connections: a batch is cut only when one of them can
+  take it, so events arriving meanwhile wait in the buffer and make the next
+  batch full, instead of waiting in the sink as many small batches);
 * ordered sinks (``sink.ordered``): exactly one batch in flight, batches cut
   strictly in id order, each up to ``sink.batch_size`` events;
   ``max_in_flight`` does not apply. A :class:`~walrelay.sinks.base.PipelinedSink`
@@ -167,6 +171,9 @@ class Destination:
         self.ordered = bool(sink.ordered)
         self.backoff = backoff or Backoff()
         self._batch_size = sink.batch_size
+        max_batches = getattr(sink, "max_batches", None)
+        self._max_batches: int | None = None if self.ordered else max_batches
+        self._running = 0  # delivery tasks of live batches (unordered sinks)
         self.hooks: tuple[DeliveryHook, ...] = tuple(hooks)
         # Per method, only the hooks that do something there (after_send in reverse).
         self._before_send = overriding(self.hooks, "before_send")
@@ -361,7 +368,8 @@ class Destination:
             self._held = held = []
         room = self._room()
         batch_size = self._batch_size
-        while room > 0:
+        max_batches = self._max_batches
+        while room > 0 and (max_batches is None or self._running < max_batches):
             batch = buffer.take(min(room, batch_size))
             if not batch:
                 break
@@ -389,6 +397,13 @@ class Destination:
                     if not batch:
                         continue
             self._spawn(batch)
+
+    def _spawn(self, batch: list[Event]) -> None:
+        if not self.ordered:
+            self._running += 1
+        task = asyncio.get_running_loop().create_task(self._deliver(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
 
     def _room(self) -> int:
         """Events that may still go in flight (unordered sinks)."""
@@ -472,11 +487,6 @@ class Destination:
         self._external -= n
         self._wake.set()  # live events get the first go at the slot, parking the next
 
-    def _spawn(self, batch: list[Event]) -> None:
-        task = asyncio.get_running_loop().create_task(self._deliver(batch))
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
@@ -489,8 +499,13 @@ class Destination:
 
     async def _deliver(self, batch: list[Event]) -> None:
         next_batch: list[Event] | None = batch
-        while next_batch is not None:
-            next_batch = await self._deliver_one(next_batch)
+        try:
+            while next_batch is not None:
+                next_batch = await self._deliver_one(next_batch)
+        finally:
+            # Before the scheduler runs again (the task ends in the step that woke it).
+            if not self.ordered:
+                self._running -= 1
 
     async def _deliver_one(self, batch: list[Event]) -> list[Event] | None:
         """Deliver ``batch`` (retrying) until it is finished; then the next
@@ -533,10 +548,16 @@ class Destination:
                 delay,
             )
             self.retrying += 1
+            if not self.ordered:
+                # A batch waiting to be retried leaves its slot to other keys' batches.
+                self._running -= 1
+                self._wake.set()
             try:
                 await asyncio.sleep(delay)
             finally:
                 self.retrying -= 1
+                if not self.ordered:
+                    self._running += 1
 
     async def _decide(
         self, batch: Sequence[Event], error: BaseException, attempts: int
