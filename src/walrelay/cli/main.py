@@ -177,9 +177,15 @@ def run(config_path: str, log_level: str | None, until_lsn: str | None, standby:
         config = config.model_copy(update={"ha": "standby"})
     engine = Engine(config, until_lsn=stop_at)
     tune_gc_for_streaming()
-    if config.http.enabled:
-        preload(["walrelay.web.server"])  # while start-up waits on the database
-    run_until_signalled(engine.run, engine.request_stop)
+    # The web server is imported on a thread while start-up waits on the database.
+    loading = preload(["walrelay.web.server"]) if config.http.enabled else None
+    try:
+        run_until_signalled(engine.run, engine.request_stop)
+    finally:
+        if loading is not None:
+            # A daemon thread still importing (aiohttp's C extensions) while the
+            # interpreter shuts down can crash it: a start-up error exited -11.
+            loading.join()
     skip_collections_at_exit()
 
 
