@@ -14,8 +14,8 @@ the sink uses (ordered: 1; unordered: ``max_connections``, 4):
 - ``COPY``: ``copy .. from stdin`` (plain inserts: the workload only inserts).
 
 The sink does more per transaction than either: it records the events' ids
-in ``walrelay.applied_events`` (its exactly-once claim) and casts each row
-from its JSON envelope on the server (``jsonb_populate_record``).
+in ``walrelay.applied_events`` (its exactly-once claim) and casts the rows
+from their JSON records on the server (``jsonb_populate_recordset``).
 """
 
 from __future__ import annotations

@@ -45,7 +45,11 @@ class Sink(Protocol):
     the same event ids, so an idempotent receiver can drop a resend); see the
     module docstring for which error a batch with mixed outcomes raises.
 
-    ``batch_size`` caps how many events one ``deliver`` call gets.
+    ``batch_size`` caps how many events one ``deliver`` call gets. An
+    unordered sink may also have ``max_batches`` (the PostgreSQL sink: its
+    connections): the scheduler then cuts a batch only when fewer than that
+    many are in flight, so events that arrive meanwhile fill the next one
+    instead of queueing in many small batches.
     ``ordered`` asks the scheduler for one batch in flight at a time, so the
     sink sees events in exact id order (a :class:`PipelinedSink` gets the next
     batch once the last one is placed).
