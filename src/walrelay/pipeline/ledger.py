@@ -246,6 +246,10 @@ class RedisLedger:
     async def open(self) -> None:
         try:
             await self._client.ping()
+            # Loaded now, the first exchange is one EVALSHA, not a NOSCRIPT
+            # answer, a SCRIPT LOAD and the EVALSHA again (redis-py's fallback,
+            # still there for a server restarted or flushed later).
+            await self._client.script_load(REDIS_EXCHANGE)
         except self._errors as e:
             log.warning("ledger %s is not reachable (%s); delivery waits for it", self.where, e)
 
