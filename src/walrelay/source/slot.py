@@ -387,6 +387,33 @@ async def _check_slot(
     return True, parse_lsn(str(confirmed)) if confirmed else None
 
 
+async def _make_publication(
+    conn: psycopg.AsyncConnection[tuple[object, ...]],
+    cfg: SourceConfig,
+    tables: list[str],
+    to_add: list[str] | None,
+    info: SourceInfo,
+) -> None:
+    """Create the publication for ``tables`` (``to_add`` None), or add ``to_add`` to it."""
+    if to_add == []:
+        return
+    listed = sql.SQL(", ").join(
+        sql.Identifier(*split_table(t)) for t in (tables if to_add is None else to_add)
+    )
+    pub = sql.Identifier(cfg.publication)
+    if to_add is None:
+        await conn.execute(
+            sql.SQL(
+                "CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)"
+            ).format(pub, listed)
+        )
+        info.publication_created = True
+        log.info("created publication %s for %s", cfg.publication, ", ".join(tables))
+    else:
+        await conn.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(pub, listed))
+        log.info("added %s to publication %s", ", ".join(to_add), cfg.publication)
+
+
 async def prepare_source(
     cfg: SourceConfig,
     conn: psycopg.AsyncConnection[tuple[object, ...]],
@@ -423,22 +450,16 @@ async def prepare_source(
     slot_exists, confirmed = await _check_slot(conn, cfg)
     info.confirmed_flush_lsn = confirmed
 
-    tables_sql = sql.SQL(", ").join(
-        sql.Identifier(*split_table(t)) for t in (actual if to_add is None else to_add)
-    )
     pub = sql.Identifier(cfg.publication)
     try:
-        if to_add is None:
-            await conn.execute(
-                sql.SQL(
-                    "CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)"
-                ).format(pub, tables_sql)
-            )
-            info.publication_created = True
-            log.info("created publication %s for %s", cfg.publication, ", ".join(actual))
-        elif to_add:
-            await conn.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(pub, tables_sql))
-            log.info("added %s to publication %s", ", ".join(to_add), cfg.publication)
+        try:
+            await _make_publication(conn, cfg, actual, to_add, info)
+        except psycopg.errors.DuplicateObject:
+            # Another walrelay (another slot on this publication) created it, or
+            # added a table to it, between our check and our statement: check
+            # what it holds now (it must still be one we accept), then finish.
+            to_add = await _check_publication(conn, cfg, actual)
+            await _make_publication(conn, cfg, actual, to_add, info)
     except psycopg.errors.InsufficientPrivilege as e:
         raise SourceSetupError(
             f"cannot create or alter publication {cfg.publication}: {e.diag.message_primary}",
