@@ -10,7 +10,7 @@ arrives meanwhile -- the ids of batches just sent, to record, and of batches
 about to be sent, to check -- waits and goes together as the next round
 trip. So the record of one group and the check of the next share a round
 trip, groups grow by themselves with the load, and a call that comes alone
-goes out at once (no added latency).
+goes out after one turn of the event loop (no timer, no added wait).
 
 Within one round trip the records go first, then the checks. A batch's
 check and its record are never in the same round trip (the record comes
@@ -79,6 +79,9 @@ class LedgerExchange:
 
     async def _drain(self) -> None:
         while self._queue:
+            # One turn of the loop first: the calls that the last answer (or
+            # the same wake-up) set off join this round trip instead of the next.
+            await asyncio.sleep(0)
             queue, self._queue = self._queue, []
             group = [item for item in queue if not item[2].done()]  # callers cancelled
             if not group:
