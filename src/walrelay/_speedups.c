@@ -355,12 +355,16 @@ static int write_value(Out *o, char kind, PyObject *raw, PyObject *encoder) {
 
 /* ------------------------------------------------------------ encode_object */
 
-/* The JSON object of row[indexes[i]] (or row[i]) into o: 0 done, 1 the slow
- * path must do it, -1 a Python error is set. The caller checked the types. */
-static int encode_into(Out *o, PyObject *names, PyObject *kinds, PyObject *encoders,
-                       PyObject *row, PyObject *indexes) {
+/* Writes the value at position `at` of a row (a tuple, or decoded cells). */
+typedef int (*WriteAt)(Out *o, char kind, Py_ssize_t at, PyObject *encoder, const void *row);
+
+/* The JSON object {names[i]: the row's value at indexes[i] (or i)} into o: 0
+ * done, 1 the slow path must do it, -1 a Python error is set. nrow: the row's
+ * length. Shared by encode_into (a tuple of bytes) and encode_cells (values
+ * read in place). */
+static int encode_fields(Out *o, PyObject *names, PyObject *kinds, PyObject *encoders,
+                         PyObject *indexes, Py_ssize_t nrow, WriteAt write_at, const void *row) {
     Py_ssize_t m = PyTuple_GET_SIZE(names);
-    Py_ssize_t nrow = PyTuple_GET_SIZE(row);
     if (PyBytes_GET_SIZE(kinds) != m || PyTuple_GET_SIZE(encoders) != m ||
         (indexes != Py_None && PyTuple_GET_SIZE(indexes) != m) ||
         (indexes == Py_None && nrow != m))
@@ -378,11 +382,22 @@ static int encode_into(Out *o, PyObject *names, PyObject *kinds, PyObject *encod
         if (!PyBytes_CheckExact(name)) return 1;
         if (i > 0) rc = out_ch(o, ',');
         if (rc == 0) rc = out_put(o, PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name));
-        if (rc == 0)
-            rc = write_value(o, kind[i], PyTuple_GET_ITEM(row, at), PyTuple_GET_ITEM(encoders, i));
+        if (rc == 0) rc = write_at(o, kind[i], at, PyTuple_GET_ITEM(encoders, i), row);
     }
     if (rc == 0) rc = out_ch(o, '}');
     return rc;
+}
+
+static int write_item_at(Out *o, char kind, Py_ssize_t at, PyObject *encoder, const void *row) {
+    return write_value(o, kind, PyTuple_GET_ITEM((PyObject *)row, at), encoder);
+}
+
+/* The JSON object of row[indexes[i]] (or row[i]) into o (see encode_fields).
+ * The caller checked the types. */
+static int encode_into(Out *o, PyObject *names, PyObject *kinds, PyObject *encoders,
+                       PyObject *row, PyObject *indexes) {
+    return encode_fields(o, names, kinds, encoders, indexes, PyTuple_GET_SIZE(row), write_item_at,
+                         row);
 }
 
 static PyObject *encode_object(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -528,36 +543,16 @@ static int read_cells(const unsigned char *buf, Py_ssize_t size, Py_ssize_t pos,
     return pos == size ? 0 : 1; /* trailing bytes: the decoder reports them */
 }
 
+static int write_cell_at(Out *o, char kind, Py_ssize_t at, PyObject *encoder, const void *row) {
+    const Cell *c = &((const Cell *)row)[at];
+    if (c->n < 0) return out_put(o, "null", 4);
+    return write_raw(o, kind, c->s, c->n, NULL, encoder);
+}
+
 /* encode_object over cells (indexes: None, or which cell each name takes). */
 static int encode_cells(Out *o, PyObject *names, PyObject *kinds, PyObject *encoders,
                         const Cell *cells, Py_ssize_t ncells, PyObject *indexes) {
-    Py_ssize_t m = PyTuple_GET_SIZE(names);
-    if (PyBytes_GET_SIZE(kinds) != m || PyTuple_GET_SIZE(encoders) != m ||
-        (indexes != Py_None && PyTuple_GET_SIZE(indexes) != m) ||
-        (indexes == Py_None && ncells != m))
-        return 1;
-    const char *kind = PyBytes_AS_STRING(kinds);
-    int rc = out_ch(o, '{');
-    for (Py_ssize_t i = 0; i < m && rc == 0; i++) {
-        Py_ssize_t at = i;
-        if (indexes != Py_None) {
-            at = PyLong_AsSsize_t(PyTuple_GET_ITEM(indexes, i));
-            if (at == -1 && PyErr_Occurred()) return -1;
-            if (at < 0 || at >= ncells) return 1;
-        }
-        PyObject *name = PyTuple_GET_ITEM(names, i);
-        if (!PyBytes_CheckExact(name)) return 1;
-        if (i > 0) rc = out_ch(o, ',');
-        if (rc == 0) rc = out_put(o, PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name));
-        if (rc != 0) break;
-        const Cell *c = &cells[at];
-        if (c->n < 0)
-            rc = out_put(o, "null", 4);
-        else
-            rc = write_raw(o, kind[i], c->s, c->n, NULL, PyTuple_GET_ITEM(encoders, i));
-    }
-    if (rc == 0) rc = out_ch(o, '}');
-    return rc;
+    return encode_fields(o, names, kinds, encoders, indexes, ncells, write_cell_at, cells);
 }
 
 /* The scheduling key of a row (walrelay.pipeline.envelope._group_key):
