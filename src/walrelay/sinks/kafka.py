@@ -840,7 +840,7 @@ class KafkaSink:
     def _settle_producer(self) -> None:
         """On the sink's thread: a new producer after a failure (fencing the
         old one and settling its transaction), the checkpoint read back."""
-        if self._needs_reset or self._fatal or self._producer is None:
+        if self._unsettled():
             self._reset_transactional()
             self._left_open = False
 
@@ -864,8 +864,16 @@ class KafkaSink:
 
     def caught_up(self) -> None:
         """Nothing more to place for now: commit the open transaction."""
-        if self._group is not None and self._committing is None and not self._place_lock.locked():
+        if self._group is not None and self._free_to_commit():
             self._start_commit()
+
+    def _free_to_commit(self) -> bool:
+        """No commit under way and no batch being placed (which commits itself)."""
+        return self._committing is None and not self._place_lock.locked()
+
+    def _unsettled(self) -> bool:
+        """The producer must be made anew (after a failure) before the next transaction."""
+        return self._needs_reset or self._fatal or self._producer is None
 
     async def _place(self, events: Sequence[Event]) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
@@ -880,7 +888,7 @@ class KafkaSink:
                 f"(next: {format_event_id(*redo[0])})",
                 retry_after=0.05,  # soon, not after a backoff grown by each refusal
             )
-        if self._group is None and (self._needs_reset or self._fatal or self._producer is None):
+        if self._group is None and self._unsettled():
             await self._call(self._settle_producer)
         fresh = self._past_checkpoint(events)
         topics = self._topics(fresh)
@@ -985,7 +993,7 @@ class KafkaSink:
     def _interval_over(self, group: _Group) -> None:
         """``transaction_interval`` after ``group`` began: commit it, unless a
         batch is being placed into it (which commits it itself)."""
-        if self._group is group and self._committing is None and not self._place_lock.locked():
+        if self._group is group and self._free_to_commit():
             self._start_commit()
 
     def _start_commit(self) -> None:
