@@ -454,10 +454,13 @@ async def prepare_source(
     try:
         try:
             await _make_publication(conn, cfg, actual, to_add, info)
-        except psycopg.errors.DuplicateObject:
+        except (psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
             # Another walrelay (another slot on this publication) created it, or
             # added a table to it, between our check and our statement: check
             # what it holds now (it must still be one we accept), then finish.
+            # DuplicateObject if its statement had committed before ours began;
+            # UniqueViolation (on the catalog's index) if ours waited for its
+            # transaction to commit.
             to_add = await _check_publication(conn, cfg, actual)
             await _make_publication(conn, cfg, actual, to_add, info)
     except psycopg.errors.InsufficientPrivilege as e:
