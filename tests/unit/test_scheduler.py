@@ -17,7 +17,12 @@ from walrelay.model import Event
 from walrelay.pipeline.backoff import Backoff
 from walrelay.pipeline.buffer import BufferClosed
 from walrelay.pipeline.hooks import DeliveryHook
-from walrelay.pipeline.scheduler import Destination, FailureDecision, OnFailure
+from walrelay.pipeline.scheduler import (
+    RECORDING_FACTOR,
+    Destination,
+    FailureDecision,
+    OnFailure,
+)
 from walrelay.sinks.base import Sink
 from walrelay.sinks.memory import MemorySink
 
@@ -298,6 +303,56 @@ async def test_max_batches_cuts_a_batch_when_a_slot_is_free() -> None:
     assert sink.max_active == 2
     assert sorted(len(b) for b in sink.batches) == [1, 1, 10, 10, 10]
     assert sorted(sink.delivered, key=order_key) == first + rest
+
+
+class SlowRecord(DeliveryHook):
+    """An after_send hook (like the ledger's record) that waits for the test."""
+
+    def __init__(self) -> None:
+        self.recording: list[Event] = []
+        self.release = asyncio.Event()
+
+    async def after_send(self, events: Sequence[Event]) -> None:
+        self.recording.extend(events)
+        await self.release.wait()
+
+
+async def test_a_sent_batch_leaves_its_slot_while_its_record_waits() -> None:
+    record = SlowRecord()
+    sink = MemorySink(batch_size=1)
+    dest = Destination("d", sink, max_in_flight=2, hooks=[record])
+    events = [ev(0, "a"), ev(1, "b"), ev(2, "c"), ev(3, "a"), ev(4, "d")]
+    dest.start()
+    await _put_all(dest, events)
+    # a, b sent and recording: their slots go to c and d; the second "a"
+    # waits behind the first one, which is not finished until recorded.
+    await until(lambda: len(record.recording) == 4)
+    assert sorted(sink.delivered, key=order_key) == [events[0], events[1], events[2], events[4]]
+    assert sink.max_active <= 2
+    assert dest.delivered_total == 0  # none finished: the LSN stays behind them
+    record.release.set()
+    assert await dest.drain(timeout=5)
+    await dest.stop()
+    assert sink.delivered[-1] == events[3]
+    assert dest.delivered_total == len(events)
+
+
+async def test_events_being_recorded_are_capped() -> None:
+    record = SlowRecord()
+    sink = MemorySink(batch_size=1)
+    dest = Destination("d", sink, max_in_flight=1, hooks=[record])
+    events = [ev(i, f"k{i}") for i in range(3 * RECORDING_FACTOR)]
+    dest.start()
+    await _put_all(dest, events)
+    await until(lambda: len(record.recording) == RECORDING_FACTOR)
+    for _ in range(20):
+        await asyncio.sleep(0)  # the scheduler gets its turns: nothing more goes out
+    assert len(sink.delivered) == RECORDING_FACTOR
+    record.release.set()
+    assert await dest.drain(timeout=5)
+    await dest.stop()
+    assert sorted(sink.delivered, key=order_key) == events
+    assert sink.max_active == 1
 
 
 async def test_a_batch_waiting_to_be_retried_leaves_its_slot() -> None:

@@ -8,8 +8,12 @@ most ``sink.batch_size`` and runs one asyncio task per batch in flight.
 
 Limits:
 
-* unordered sinks: at most ``max_in_flight`` *events* in flight (so a batch
-  holds at most ``min(sink.batch_size, max_in_flight)`` events), and at most
+* unordered sinks: at most ``max_in_flight`` *events* being sent (so a batch
+  holds at most ``min(sink.batch_size, max_in_flight)`` events); an event
+  the sink took whose ``after_send`` hooks still run (the ledger recording
+  its id) leaves its slot to the next one, though it stays unfinished and
+  keeps its keys (at most :data:`RECORDING_FACTOR` times ``max_in_flight``
+  such events); and at most
   ``sink.max_batches`` batches when the sink has that attribute (a sink that
   delivers on a few connections: a batch is cut only when one of them can
   take it, so events arriving meanwhile wait in the buffer and make the next
@@ -95,6 +99,11 @@ log = logging.getLogger(__name__)
 
 PIPELINE_DEPTH = 8
 """Batches of a pipelined ordered sink in flight at once (placed, not yet durable)."""
+
+RECORDING_FACTOR = 8
+"""Unordered sinks: events the sink took whose ``after_send`` hooks (the
+ledger's record) still run leave their ``max_in_flight`` slot, up to this many
+times ``max_in_flight`` of them."""
 
 OnFailure = Callable[[Sequence[Event], BaseException, int], Awaitable[FailureDecision]]
 _Decider = Callable[[Sequence[Event], BaseException, int], Awaitable[FailureDecision | None]]
@@ -189,6 +198,7 @@ class Destination:
         self._held: list[Event] = []
         self._diverting = 0  # diverted, not yet durably parked
         self._external = 0  # slots reserved by parking's retry loop
+        self._recording = 0  # sent, in after_send (ledger record): slots left
         self._buffer: EventBuffer = make_buffer(self.ordered, max_buffer_bytes)
         self._pipelined = sink if self.ordered and is_pipelined(sink) else None
         self._placing: list[Event] | None = None  # the pipelined batch not yet placed
@@ -406,8 +416,12 @@ class Destination:
         task.add_done_callback(self._task_done)
 
     def _room(self) -> int:
-        """Events that may still go in flight (unordered sinks)."""
-        return self.max_in_flight - (self._buffer.in_flight - len(self._held)) - self._external
+        """Events that may still go in flight (unordered sinks): ``max_in_flight``
+        being sent, plus up to ``RECORDING_FACTOR`` times that sent and being
+        recorded (:meth:`_send_and_record`)."""
+        taken = self._buffer.in_flight - len(self._held) + self._external
+        limit = self.max_in_flight
+        return min(limit - (taken - self._recording), limit * RECORDING_FACTOR - taken)
 
     def _next_batch(self) -> list[Event] | None:
         """For a delivery task whose batch just finished: the next batch, when
@@ -468,6 +482,28 @@ class Destination:
         for hook in self._after_send:
             await hook.after_send(todo)
 
+    async def _send_and_record(self, batch: Sequence[Event]) -> None:
+        """:meth:`send` for an unordered sink with ``after_send`` hooks: once the
+        sink took the batch, its slot goes to the next batch while the hooks
+        run (a ledger's record waits a round trip or two, which would
+        otherwise hold the slot idle). The events stay unfinished, holding
+        their keys and the LSN, until the hooks are done."""
+        todo = batch
+        for hook in self._before_send:
+            todo = await hook.before_send(todo)
+        if todo:
+            await self.sink.deliver(todo)
+        sent = len(batch)
+        self._recording += sent
+        self._running -= 1
+        self._wake.set()
+        try:
+            for hook in self._after_send:
+                await hook.after_send(todo)
+        finally:
+            self._recording -= sent
+            self._running += 1
+
     def _placed(self, batch: Sequence[Event]) -> None:
         """A pipelined batch is in place: the next one may start."""
         if self._placing is batch:
@@ -478,8 +514,7 @@ class Destination:
         """Take up to ``n`` of the ``max_in_flight`` slots for parking's retry
         loop (parked events count toward the destination's concurrency); parking
         holds a slot until the outcome is written, then :meth:`release`."""
-        free = self.max_in_flight - (self._buffer.in_flight - len(self._held)) - self._external
-        taken = max(0, min(n, free))
+        taken = max(0, min(n, self._room()))
         self._external += taken
         return taken
 
@@ -510,7 +545,7 @@ class Destination:
     async def _deliver_one(self, batch: list[Event]) -> list[Event] | None:
         """Deliver ``batch`` (retrying) until it is finished; then the next
         batch this task may deliver (:meth:`_next_batch`), if any."""
-        deliver = self.send
+        deliver = self.send if self.ordered or not self._after_send else self._send_and_record
         attempts = 0
         while True:
             retry_after: float | None = None
