@@ -492,6 +492,7 @@ async def test_placed_batches_share_one_transaction_until_caught_up(kafka: Kafka
         sink.caught_up()
         await asyncio.wait_for(asyncio.gather(*durables), 30)
         assert sink.checkpoint == format_event_id(0x4000, 29)
+        assert (sink.transactions, sink.transaction_events) == (1, 30)
     finally:
         await sink.close()
     marks = await asyncio.to_thread(

@@ -37,12 +37,12 @@ class Store:
 async def test_what_waits_goes_in_the_next_round_trip_records_first() -> None:
     store = Store()
     exchange = LedgerExchange(store)
-    first = asyncio.create_task(exchange.record([ev(1)]))
+    first = asyncio.ensure_future(exchange.record([ev(1)]))
     await wait_for(lambda: len(store.calls) == 1, what="the first round trip")
     waiting = [
-        asyncio.create_task(exchange.check([ev(1), ev(3)])),
-        asyncio.create_task(exchange.record([ev(2)])),
-        asyncio.create_task(exchange.check([ev(2)])),
+        asyncio.ensure_future(exchange.check([ev(1), ev(3)])),
+        asyncio.ensure_future(exchange.record([ev(2)])),
+        asyncio.ensure_future(exchange.check([ev(2)])),
     ]
     await asyncio.sleep(0)
     store.release.set()
@@ -56,7 +56,7 @@ async def test_what_waits_goes_in_the_next_round_trip_records_first() -> None:
 async def test_ready_rides_the_round_trip_in_flight() -> None:
     store = Store()
     exchange = LedgerExchange(store)
-    record = asyncio.create_task(exchange.record([ev(1)]))
+    record = asyncio.ensure_future(exchange.record([ev(1)]))
     await wait_for(lambda: len(store.calls) == 1, what="a round trip in flight")
     ready = asyncio.create_task(exchange.ready())
     await asyncio.sleep(0)
@@ -72,7 +72,7 @@ async def test_a_failed_round_trip_fails_its_callers_and_riders() -> None:
     store = Store()
     store.error = LedgerUnavailable("down")
     exchange = LedgerExchange(store)
-    record = asyncio.create_task(exchange.record([ev(1)]))
+    record = asyncio.ensure_future(exchange.record([ev(1)]))
     await wait_for(lambda: len(store.calls) == 1, what="a round trip in flight")
     ready = asyncio.create_task(exchange.ready())
     await asyncio.sleep(0)
@@ -86,10 +86,10 @@ async def test_a_failed_round_trip_fails_its_callers_and_riders() -> None:
 async def test_a_cancelled_caller_is_left_out() -> None:
     store = Store()
     exchange = LedgerExchange(store)
-    first = asyncio.create_task(exchange.check([ev(1)]))
+    first = asyncio.ensure_future(exchange.check([ev(1)]))
     await wait_for(lambda: len(store.calls) == 1, what="a round trip in flight")
-    gone = asyncio.create_task(exchange.record([ev(2)]))
-    kept = asyncio.create_task(exchange.record([ev(3)]))
+    gone = asyncio.ensure_future(exchange.record([ev(2)]))
+    kept = asyncio.ensure_future(exchange.record([ev(3)]))
     await asyncio.sleep(0)
     gone.cancel()
     store.release.set()

@@ -47,14 +47,14 @@ class LedgerExchange:
         self.bare_round_trips = 0  # carrying no ids: only ready() waited for them
         self.ids = 0  # ids carried (checks and records), over all round trips
 
-    async def check(self, events: Sequence[Event]) -> set[str]:
-        """The ids among ``events`` the ledger holds (possibly more ids: of the
-        other batches checked in the same round trip)."""
-        return await self._enqueue(False, events)
+    def check(self, events: Sequence[Event]) -> asyncio.Future[set[str]]:
+        """Resolves to the ids among ``events`` the ledger holds (possibly more
+        ids: of the other batches checked in the same round trip)."""
+        return self._enqueue(False, events)
 
-    async def record(self, events: Sequence[Event]) -> None:
-        """Record ``events`` (already sent) as delivered."""
-        await self._enqueue(True, events)
+    def record(self, events: Sequence[Event]) -> asyncio.Future[set[str]]:
+        """Record ``events`` (already sent) as delivered: resolves once recorded."""
+        return self._enqueue(True, events)
 
     async def ready(self) -> None:
         """Return once the ledger has answered a round trip that ends after this
@@ -69,13 +69,14 @@ class LedgerExchange:
         riders.append(fut)
         await fut
 
-    async def _enqueue(self, is_record: bool, events: Sequence[Event]) -> set[str]:
+    def _enqueue(self, is_record: bool, events: Sequence[Event]) -> asyncio.Future[set[str]]:
+        # A future, not a coroutine: one level less to resume per batch.
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[set[str]] = loop.create_future()
         self._queue.append((is_record, events, fut))
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._drain())
-        return await fut
+        return fut
 
     async def _drain(self) -> None:
         while self._queue:

@@ -392,6 +392,8 @@ class KafkaSink:
         self._fatal = False
         self._mark: _Mark | None = None
         self.skipped = 0  # replayed events dropped by the checkpoint
+        self.transactions = 0  # exactly_once: transactions committed
+        self.transaction_events = 0  # events in them
         # exactly_once, placed batches (see place): the open transaction, the
         # commit under way, and the first ids of batches a failed transaction
         # held, which must be placed again first and in this order.
@@ -448,6 +450,14 @@ class KafkaSink:
             self._left_open = True
             for _, fut in group.waiting:
                 fut.cancel()
+        if self.transactions:
+            log.info(
+                "kafka sink %s: %d event(s) in %d transaction(s), %.1f each",
+                self.bootstrap,
+                self.transaction_events,
+                self.transactions,
+                self.transaction_events / self.transactions,
+            )
         executor, self._executor = self._executor, None
         # Deliveries the pipeline gave up waiting for (cancelled at shutdown) still
         # run in the pool: let them finish before the producer goes away.
@@ -1032,6 +1042,8 @@ class KafkaSink:
             raise
         self._committed_at = time.monotonic()
         self._mark = (group.last.commit_lsn, group.last.seq)
+        self.transactions += 1
+        self.transaction_events += group.txn.end
         for _, fut in group.waiting:
             if not fut.done():
                 fut.set_result(None)
@@ -1093,6 +1105,8 @@ class KafkaSink:
             raise self._failed(producer, exc, txn) from None
         last = events[txn.end - 1]
         self._mark = (last.commit_lsn, last.seq)
+        self.transactions += 1
+        self.transaction_events += txn.end - txn.start
         return txn.end
 
     def _begin(self, producer: Producer) -> None:
