@@ -16,7 +16,7 @@ from datetime import datetime
 
 from walrelay.model import UNCHANGED_TOAST, Event
 
-__all__ = ["ENABLED", "decode_tuple", "encode_insert_events", "encode_object"]
+__all__ = ["ENABLED", "decode_tuple", "encode_insert_events", "encode_object", "pg_timestamp"]
 
 DecodeTuple = Callable[[bytes, int, int], "tuple[tuple[object, ...], int] | None"]
 EncodeObject = Callable[
@@ -50,6 +50,7 @@ EncodeInsertEvents = Callable[
 decode_tuple: DecodeTuple | None
 encode_object: EncodeObject | None
 encode_insert_events: EncodeInsertEvents | None
+pg_timestamp: Callable[[int], datetime | None] | None
 try:
     if os.environ.get("WALRELAY_NO_SPEEDUPS", "") not in ("", "0"):
         raise ImportError("turned off by WALRELAY_NO_SPEEDUPS")
@@ -58,7 +59,7 @@ try:
     # public API sits above every layer.
     _speedups = importlib.import_module("walrelay._speedups")
 except ImportError:  # built without a C compiler, or turned off
-    decode_tuple = encode_object = encode_insert_events = None
+    decode_tuple = encode_object = encode_insert_events = pg_timestamp = None
 else:
     _speedups.configure(UNCHANGED_TOAST)
     decode_tuple = _speedups.decode_tuple
@@ -67,5 +68,6 @@ else:
     encode_insert_events = getattr(_speedups, "encode_insert_events", None)
     if encode_insert_events is not None:
         _speedups.set_event_type(Event)
+    pg_timestamp = getattr(_speedups, "pg_timestamp", None)
 
 ENABLED = encode_object is not None

@@ -26,6 +26,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from walrelay import speedups
+from walrelay.errors import DecodeError
 from walrelay.model import (
     UNCHANGED_TOAST,
     Begin,
@@ -39,6 +40,7 @@ from walrelay.model import (
 from walrelay.pipeline import envelope
 from walrelay.pipeline.envelope import _C_KINDS, EnvelopeBuilder, _default
 from walrelay.source import pgoutput
+from walrelay.source.transactions import TransactionAssembler
 from walrelay.source.types import TypeRegistry
 
 REGISTRY = TypeRegistry()
@@ -645,3 +647,39 @@ def test_inserts_from_the_wire_never_disagree(
         assert wire == []  # the reference raises (a value it cannot convert)
         return
     assert wire in ([], expected)
+
+
+_US_RANGE = (
+    int((datetime(1, 1, 1, tzinfo=UTC) - pgoutput.PG_EPOCH).total_seconds()) * 1_000_000,
+    int((datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC) - pgoutput.PG_EPOCH).total_seconds())
+    * 1_000_000
+    + 999_999,
+)
+
+
+@settings(max_examples=2000)
+@given(
+    st.one_of(
+        st.integers(*_US_RANGE),
+        st.integers(-(2**63), 2**63 - 1),
+        st.sampled_from([*_US_RANGE, _US_RANGE[0] - 1, _US_RANGE[1] + 1, 0, -1, 86_399_999_999]),
+    )
+)
+def test_pg_timestamp_in_c_is_pythons(us: int) -> None:
+    """A Begin's commit time: the same aware datetime as the Python function,
+    or None where Python raises (outside years 1-9999)."""
+    assert speedups.pg_timestamp is not None
+    got = speedups.pg_timestamp(us)
+    try:
+        expected = pgoutput.pg_timestamp(us)
+    except DecodeError:
+        assert got is None
+    else:
+        assert got == expected and got.tzinfo is UTC and type(got) is datetime
+
+
+def test_a_begin_out_of_datetimes_range_is_a_decode_error() -> None:
+    late = (_US_RANGE[1] + 1).to_bytes(8, "big", signed=True)
+    begin = b"B" + (0x1000).to_bytes(8, "big") + late + (7).to_bytes(4, "big")
+    with pytest.raises(DecodeError, match="timestamp out of range"):
+        list(TransactionAssembler().feed(begin))

@@ -71,6 +71,7 @@ from walrelay.source.pgoutput import (
     TypeMessage,
     pg_timestamp,
 )
+from walrelay.speedups import pg_timestamp as _c_pg_timestamp
 
 __all__ = ["Item", "TransactionAssembler"]
 
@@ -279,7 +280,8 @@ class TransactionAssembler:
         # transaction is Begin, one change, Commit): no message objects.
         if kind == BEGIN and self._begin is None and len(payload) - offset == _BEGIN_LEN:
             final_lsn, ts, xid = _BEGIN.unpack_from(payload, offset + 1)
-            self._begin = Begin(xid, final_lsn, pg_timestamp(ts))
+            at = None if _c_pg_timestamp is None else _c_pg_timestamp(ts)
+            self._begin = Begin(xid, final_lsn, pg_timestamp(ts) if at is None else at)
             self._pending_begin = True
             return _NO_ITEMS
         if kind == COMMIT and self._begin is not None and len(payload) - offset == _COMMIT_LEN:
