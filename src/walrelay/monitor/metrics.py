@@ -146,23 +146,25 @@ class LatencyHistogram:
         lsn: Lsn = -1
         run = 0
         latency = 0.0
+        counts = series.counts
+        bucket = bisect.bisect_left
+        added = 0.0
+        # One step per run of a transaction's events (a single-row transaction
+        # is a run of one: _add inlined).
         for event in batch:
             if event.commit_lsn != lsn:
                 if run:
-                    self._add(series, latency, run)
+                    counts[bucket(BUCKETS, latency)] += run
+                    added += latency * run
                 lsn = event.commit_lsn
                 latency = max(0.0, now - event.committed_at.timestamp())
                 run = 0
             run += 1
-        self._add(series, latency, run)
+        counts[bucket(BUCKETS, latency)] += run
+        series.sum += added + latency * run
+        series.total += len(batch)
         self.last[destination] = latency
         self.last_finish[destination] = time.monotonic()
-
-    @staticmethod
-    def _add(series: _Series, value: float, count: int) -> None:
-        series.counts[bisect.bisect_left(BUCKETS, value)] += count
-        series.sum += value * count
-        series.total += count
 
     def cumulative(self, destination: str) -> list[tuple[str, float]]:
         series = self.series.get(destination) or _Series()
