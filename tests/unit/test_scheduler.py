@@ -628,3 +628,39 @@ async def test_with_events_parked_the_scheduler_hands_out_every_freed_slot() -> 
     parked events get the first go at it): a task per batch, as before."""
     tasks, _ = await delivering_tasks(IdleParking(idle=False))
     assert len(tasks) == 40
+
+
+class ReservingParking(IdleParking):
+    """Parking whose retry loop, when woken, reserves one slot for a parked event."""
+
+    def __init__(self, dest: Callable[[], Destination]) -> None:
+        super().__init__(idle=False)
+        self._dest = dest
+        self.granted = 0
+
+    def wake(self) -> None:
+        if not self.granted:
+            self.granted = self._dest().reserve(1)
+
+
+async def test_parking_gets_the_first_go_at_a_slot_freed_while_recording() -> None:
+    # A parked event's retry competes with the live stream for max_in_flight:
+    # a slot a batch leaves while its record waits goes first to parking, as
+    # a slot of a finished batch does; else a steady stream starves it.
+    record = SlowRecord()
+    holder: list[Destination] = []
+    parking = ReservingParking(lambda: holder[0])
+    sink = MemorySink(batch_size=1)
+    dest = Destination("d", sink, max_in_flight=1, hooks=[record], parking=lambda _: parking)
+    holder.append(dest)
+    events = [ev(i, f"k{i}") for i in range(4)]
+    dest.start()
+    await _put_all(dest, events)
+    await until(lambda: len(record.recording) == 1)
+    assert parking.granted == 1  # the slot went to parking, not to the next live event
+    assert len(sink.delivered) == 1
+    dest.release(1)
+    record.release.set()
+    assert await dest.drain(timeout=5)
+    await dest.stop()
+    assert sorted(sink.delivered, key=order_key) == events

@@ -496,6 +496,8 @@ class Destination:
         sent = len(batch)
         self._recording += sent
         self._running -= 1
+        if self._parking is not None:
+            self._parking.wake()  # the store gets the first go at the freed slot
         self._wake.set()
         try:
             for hook in self._after_send:
