@@ -338,21 +338,40 @@ async def test_a_sent_batch_leaves_its_slot_while_its_record_waits() -> None:
 
 
 async def test_events_being_recorded_are_capped() -> None:
+    # What a crash can resend (sent, not yet recorded) stays bounded.
     record = SlowRecord()
     sink = MemorySink(batch_size=1)
-    dest = Destination("d", sink, max_in_flight=1, hooks=[record])
-    events = [ev(i, f"k{i}") for i in range(3 * RECORDING_FACTOR)]
+    dest = Destination("d", sink, max_in_flight=3, hooks=[record])
+    cap = 3 * RECORDING_FACTOR
+    events = [ev(i, f"k{i}") for i in range(3 * cap)]
     dest.start()
     await _put_all(dest, events)
-    await until(lambda: len(record.recording) == RECORDING_FACTOR)
+    await until(lambda: len(record.recording) == cap)
     for _ in range(20):
         await asyncio.sleep(0)  # the scheduler gets its turns: nothing more goes out
-    assert len(sink.delivered) == RECORDING_FACTOR
+    assert len(sink.delivered) == cap
     record.release.set()
     assert await dest.drain(timeout=5)
     await dest.stop()
     assert sorted(sink.delivered, key=order_key) == events
-    assert sink.max_active == 1
+    assert sink.max_active <= 3
+
+
+async def test_with_max_in_flight_1_an_event_is_recorded_before_the_next_goes() -> None:
+    record = SlowRecord()
+    sink = MemorySink(batch_size=1)
+    dest = Destination("d", sink, max_in_flight=1, hooks=[record])
+    events = [ev(i, f"k{i}") for i in range(3)]
+    dest.start()
+    await _put_all(dest, events)
+    await until(lambda: len(record.recording) == 1)
+    for _ in range(20):
+        await asyncio.sleep(0)  # the scheduler gets its turns: nothing more goes out
+    assert sink.delivered == events[:1]
+    record.release.set()
+    assert await dest.drain(timeout=5)
+    await dest.stop()
+    assert sink.delivered == events  # one at a time, in order
 
 
 async def test_a_batch_waiting_to_be_retried_leaves_its_slot() -> None:
@@ -633,14 +652,17 @@ async def test_with_events_parked_the_scheduler_hands_out_every_freed_slot() -> 
 class ReservingParking(IdleParking):
     """Parking whose retry loop, when woken, reserves one slot for a parked event."""
 
-    def __init__(self, dest: Callable[[], Destination]) -> None:
+    def __init__(self, dest: Callable[[], Destination], sink: MemorySink) -> None:
         super().__init__(idle=False)
         self._dest = dest
+        self.sink = sink
         self.granted = 0
+        self.live_sent_then = -1  # live events the sink had taken at the grant
 
     def wake(self) -> None:
         if not self.granted:
             self.granted = self._dest().reserve(1)
+            self.live_sent_then = len(self.sink.delivered)
 
 
 async def test_parking_gets_the_first_go_at_a_slot_freed_while_recording() -> None:
@@ -649,16 +671,17 @@ async def test_parking_gets_the_first_go_at_a_slot_freed_while_recording() -> No
     # a slot of a finished batch does; else a steady stream starves it.
     record = SlowRecord()
     holder: list[Destination] = []
-    parking = ReservingParking(lambda: holder[0])
     sink = MemorySink(batch_size=1)
-    dest = Destination("d", sink, max_in_flight=1, hooks=[record], parking=lambda _: parking)
+    parking = ReservingParking(lambda: holder[0], sink)
+    dest = Destination("d", sink, max_in_flight=2, hooks=[record], parking=lambda _: parking)
     holder.append(dest)
-    events = [ev(i, f"k{i}") for i in range(4)]
+    events = [ev(i, f"k{i}") for i in range(6)]
     dest.start()
     await _put_all(dest, events)
-    await until(lambda: len(record.recording) == 1)
-    assert parking.granted == 1  # the slot went to parking, not to the next live event
-    assert len(sink.delivered) == 1
+    await until(lambda: len(record.recording) >= 2)
+    # The first freed slot went to parking, before any live event past the
+    # first two (then only what the rest of the bound allows goes).
+    assert parking.granted == 1 and parking.live_sent_then <= 2
     dest.release(1)
     record.release.set()
     assert await dest.drain(timeout=5)

@@ -9,11 +9,13 @@ most ``sink.batch_size`` and runs one asyncio task per batch in flight.
 Limits:
 
 * unordered sinks: at most ``max_in_flight`` *events* being sent (so a batch
-  holds at most ``min(sink.batch_size, max_in_flight)`` events); an event
-  the sink took whose ``after_send`` hooks still run (the ledger recording
-  its id) leaves its slot to the next one, though it stays unfinished and
-  keeps its keys (at most :data:`RECORDING_FACTOR` times ``max_in_flight``
-  such events); and at most
+  holds at most ``min(sink.batch_size, max_in_flight)`` events); with
+  ``max_in_flight`` above 1, an event the sink took whose ``after_send``
+  hooks still run (the ledger recording its id) leaves its slot to the next
+  one, though it stays unfinished and keeps its keys (sent and being
+  recorded together at most :data:`RECORDING_FACTOR` times
+  ``max_in_flight``; ``max_in_flight: 1`` stays one event at a time, in
+  order); and at most
   ``sink.max_batches`` batches when the sink has that attribute (a sink that
   delivers on a few connections: a batch is cut only when one of them can
   take it, so events arriving meanwhile wait in the buffer and make the next
@@ -100,10 +102,11 @@ log = logging.getLogger(__name__)
 PIPELINE_DEPTH = 8
 """Batches of a pipelined ordered sink in flight at once (placed, not yet durable)."""
 
-RECORDING_FACTOR = 8
-"""Unordered sinks: events the sink took whose ``after_send`` hooks (the
-ledger's record) still run leave their ``max_in_flight`` slot, up to this many
-times ``max_in_flight`` of them."""
+RECORDING_FACTOR = 2
+"""Unordered sinks with ``max_in_flight`` above 1: events the sink took whose
+``after_send`` hooks (the ledger's record) still run leave their
+``max_in_flight`` slot; sent and being recorded together, at most this many
+times ``max_in_flight`` (which bounds what a crash can resend)."""
 
 OnFailure = Callable[[Sequence[Event], BaseException, int], Awaitable[FailureDecision]]
 _Decider = Callable[[Sequence[Event], BaseException, int], Awaitable[FailureDecision | None]]
@@ -187,6 +190,8 @@ class Destination:
         # Per method, only the hooks that do something there (after_send in reverse).
         self._before_send = overriding(self.hooks, "before_send")
         self._after_send = overriding(self.hooks, "after_send")[::-1]
+        # Sent batches leave their slot while after_send runs (_send_and_record).
+        self._frees_slots = not self.ordered and bool(self._after_send) and max_in_flight > 1
         self._on_failure = overriding(self.hooks, "on_failure")
         self._on_finished = overriding(self.hooks, "on_finished")
         if parking is not None and self.ordered:
@@ -417,8 +422,8 @@ class Destination:
 
     def _room(self) -> int:
         """Events that may still go in flight (unordered sinks): ``max_in_flight``
-        being sent, plus up to ``RECORDING_FACTOR`` times that sent and being
-        recorded (:meth:`_send_and_record`)."""
+        being sent, and sent and being recorded together at most
+        ``RECORDING_FACTOR`` times that (:meth:`_send_and_record`)."""
         taken = self._buffer.in_flight - len(self._held) + self._external
         limit = self.max_in_flight
         return min(limit - (taken - self._recording), limit * RECORDING_FACTOR - taken)
@@ -547,7 +552,7 @@ class Destination:
     async def _deliver_one(self, batch: list[Event]) -> list[Event] | None:
         """Deliver ``batch`` (retrying) until it is finished; then the next
         batch this task may deliver (:meth:`_next_batch`), if any."""
-        deliver = self.send if self.ordered or not self._after_send else self._send_and_record
+        deliver = self._send_and_record if self._frees_slots else self.send
         attempts = 0
         while True:
             retry_after: float | None = None
