@@ -154,6 +154,9 @@ async def test_server_killed_and_restarted(server: RabbitMQServer, db: str) -> N
         destination = engine.destinations[dest["name"]]
         writer = LedgerWriter(db).start()
         await reader.until(200)
+        # The reader's queue and the sink's exchange on disk first (Mnesia
+        # writes definitions lazily: see RabbitMQServer.sync_metadata).
+        await asyncio.to_thread(server.sync_metadata)
         await asyncio.to_thread(server.kill)
         assert writer.committed < writer.transactions, "killed after the stream ended"
         await wait_for(lambda: destination.failures_total > 0, what="a failed delivery")
