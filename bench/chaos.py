@@ -977,6 +977,7 @@ async def run_all(plan: Plan, workdir: Path, verbose: bool) -> dict[str, Any]:
         hook_proxy = await TcpProxy(receiver.port).start()
         proxies = [source_proxy, target_proxy, hook_proxy]
         await sinks.bind_rabbitmq(rabbit.url)
+        await asyncio.to_thread(rabbit.sync_metadata)  # the queue survives a kill at once
         out_file = workdir / "events.jsonl"
         config = workdir / "walrelay.yaml"
         config.write_text(
