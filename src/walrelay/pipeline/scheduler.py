@@ -472,6 +472,12 @@ class Destination:
         """``sink.deliver`` between the hooks' ``before_send`` and ``after_send``;
         for a pipelined sink, ``place`` then its awaitable, the batch counting as
         placed in between."""
+        todo = await self._deliver_to_sink(batch)
+        for hook in self._after_send:
+            await hook.after_send(todo)
+
+    async def _deliver_to_sink(self, batch: Sequence[Event]) -> Sequence[Event]:
+        """The ``before_send`` hooks, then the sink; what the hooks left of ``batch``."""
         todo = batch
         for hook in self._before_send:
             todo = await hook.before_send(todo)
@@ -484,8 +490,7 @@ class Destination:
             self._placed(batch)
             if durable is not None:
                 await durable
-        for hook in self._after_send:
-            await hook.after_send(todo)
+        return todo
 
     async def _send_and_record(self, batch: Sequence[Event]) -> None:
         """:meth:`send` for an unordered sink with ``after_send`` hooks: once the
@@ -493,11 +498,7 @@ class Destination:
         run (a ledger's record waits a round trip or two, which would
         otherwise hold the slot idle). The events stay unfinished, holding
         their keys and the LSN, until the hooks are done."""
-        todo = batch
-        for hook in self._before_send:
-            todo = await hook.before_send(todo)
-        if todo:
-            await self.sink.deliver(todo)
+        todo = await self._deliver_to_sink(batch)
         sent = len(batch)
         self._recording += sent
         self._running -= 1
